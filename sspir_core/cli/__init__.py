@@ -1,0 +1,35 @@
+"""`sspir` command line: one sub-command per module in this package.
+
+Each module exposes ``add_parser(subparsers)`` and keeps heavy imports (torch, diffusers)
+inside its run function, so ``sspir --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-command modules, in the order `sspir --help` lists them.
+COMMANDS: tuple[str, ...] = ("convert",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sspir", description="SSP-IR image restoration tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
