@@ -57,7 +57,7 @@ def _as_prompt_list(prompts: str | Sequence[str], what: str = "prompt") -> list[
         return [prompts]
     items = list(prompts)
     if not items:
-        raise InputError(f"no {what} given: pass at least one string (use \"\" for an empty {what})")
+        raise InputError(f'no {what} given: pass at least one string (use "" for an empty {what})')
     for i, p in enumerate(items):
         if not isinstance(p, str):
             raise InputError(f"{what} {i} is a {type(p).__name__}, expected a string")
