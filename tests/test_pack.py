@@ -1,0 +1,79 @@
+"""The pack's entry point and CLI: import cleanly anywhere, whatever the folder is called."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _import_pack(folder: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_import_is_cheap_and_offline():
+    """Outside ComfyUI: no torch, no network, no model loading at import time."""
+    code = (
+        "import importlib.util, sys, socket\n"
+        "socket.socket.connect = lambda *a, **k: (_ for _ in ()).throw(RuntimeError('network at import'))\n"
+        f"spec = importlib.util.spec_from_file_location('pack', r'{REPO / '__init__.py'}', submodule_search_locations=[r'{REPO}'])\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_entrypoint_under_any_folder_name(tmp_path, monkeypatch):
+    """Loaded as custom_nodes.<anything>: comfy_entrypoint returns an extension listing the nodes."""
+    folder = tmp_path / "Some Other-Name"
+    shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__"))
+
+    class FakeExtension:
+        pass
+
+    api = types.ModuleType("comfy_api.v0_0_2")
+    api.ComfyExtension = FakeExtension
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", api)
+    pack = _import_pack(folder, "custom_nodes_sspir_test")
+    ext = asyncio.run(pack.comfy_entrypoint())
+    assert isinstance(ext, FakeExtension)
+    assert isinstance(asyncio.run(ext.get_node_list()), list)
+
+
+def test_cli_convert_round_trip(fixture_a, tmp_path):
+    from sspir_core.cli import main
+
+    compact = tmp_path / "w.safetensors"
+    assert main(["convert", "to-compact", str(fixture_a / "checkpoint-7"), str(compact)]) == 0
+    out = tmp_path / "official"
+    assert main(["convert", "to-official", str(compact), str(out), "--sd", str(fixture_a / "checkpoint-7")]) == 0
+    assert (out / "unet/config.json").is_file() and (out / "refine/refine.pt").is_file()
+    assert main(["convert", "to-official", str(compact), str(out)]) == 2  # --sd missing
+
+
+def test_cli_reports_bad_checkpoint_without_traceback(tmp_path, capsys):
+    from sspir_core.cli import main
+
+    assert main(["convert", "to-compact", str(tmp_path / "missing"), str(tmp_path / "x.safetensors")]) == 1
+    assert "checkpoint folder not found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["convert", "--help"]])
+def test_cli_help(argv):
+    out = subprocess.run([sys.executable, "-m", "sspir_core.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "usage: sspir" in out.stdout
