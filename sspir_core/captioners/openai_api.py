@@ -1,0 +1,180 @@
+"""Any OpenAI-compatible chat-completions server (Ollama, LM Studio, vLLM, llama.cpp server).
+
+Standard library only. The image goes inline as a base64 PNG data URL; the only host contacted is the
+URL the user configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from ..errors import InputError
+from .base import Captioner, CaptionerError
+from .llava import PAPER_PROMPT
+
+_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def chat_completions_url(url: str) -> str:
+    """Accept a server root, an API base (``.../v1``) or the full endpoint; return the endpoint."""
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InputError(f"not an http(s) URL: {url!r} (e.g. http://127.0.0.1:11434/v1 for Ollama)")
+    path = parsed.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path = (path or "/v1") + "/chat/completions"
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, parsed.query, ""))
+
+
+def image_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class OpenAICaptioner(Captioner):
+    """Captions from a vision model served behind ``POST {base}/chat/completions``.
+
+    Connection errors, timeouts and 408/429/5xx answers are retried ``retries`` times with exponential
+    backoff; other HTTP errors fail at once with the server's message.
+    """
+
+    name: ClassVar[str] = "openai"
+    default_prompt: ClassVar[str | None] = PAPER_PROMPT
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model_name: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        max_new_tokens: int = 512,
+        temperature: float = 0.2,
+        top_p: float = 0.7,
+        timeout: float = 120.0,
+        retries: int = 2,
+        backoff: float = 1.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if not url:
+            raise InputError("the openai captioner needs the server URL, e.g. http://127.0.0.1:11434/v1")
+        self.endpoint = chat_completions_url(url)
+        self.base_url = self.endpoint[: -len("/chat/completions")]
+        if api_key is None and api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise InputError(f"environment variable {api_key_env} (the API key) is not set or empty")
+        self._api_key = api_key
+        self.model_name = model_name
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self.backoff = max(0.0, float(backoff))
+        host = urllib.parse.urlsplit(self.endpoint).hostname or ""
+        # Loopback servers are reached directly, even when a proxy is set in the environment.
+        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            **super().identity(), "url": self.endpoint, "model": self.resolved_model_name(),
+            "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+        }
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+    def _request(self, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), 30.0))
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+            try:
+                with self._opener.open(request, timeout=self.timeout) as resp:
+                    payload = resp.read()
+            except urllib.error.HTTPError as exc:
+                detail = exc.read()[:500].decode("utf-8", "replace").strip()
+                last_error = f"HTTP {exc.code} {exc.reason}: {detail}"
+                if exc.code in _RETRY_STATUS:
+                    continue
+                raise CaptionerError(f"the captioning server at {url} refused the request ({last_error})") from exc
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                last_error = str(getattr(exc, "reason", exc))
+                continue
+            try:
+                return json.loads(payload)
+            except ValueError as exc:
+                raise CaptionerError(f"the server at {url} did not answer with JSON: {payload[:200]!r}") from exc
+        raise CaptionerError(
+            f"could not reach the captioning server at {url} after {self.retries + 1} tries ({last_error}). "
+            "Check that the server (Ollama, LM Studio, vLLM, llama.cpp server) is running and listening there, "
+            "that the URL includes the API prefix (usually /v1, e.g. http://127.0.0.1:11434/v1), and that "
+            "a vision model is loaded."
+        )
+
+    def resolved_model_name(self) -> str:
+        """The configured model name, or the server's only model (``GET /models``)."""
+        if self.model_name:
+            return self.model_name
+        listing = self._request(self.base_url + "/models", None)
+        ids = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict) and m.get("id")]
+        if len(ids) != 1:
+            found = ", ".join(ids) if ids else "none"
+            raise InputError(
+                f"the server at {self.base_url} offers {len(ids)} models ({found}): name one with model_name "
+                "(CLI: --model-name)"
+            )
+        self.model_name = ids[0]
+        return self.model_name
+
+    def request_body(self, image: Image.Image) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.resolved_model_name(),
+            "messages": [{
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": self.prompt},
+                    {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                ],
+            }],
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stream": False,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return body
+
+    def _caption_one(self, image: Image.Image) -> str:
+        answer = self._request(self.endpoint, self.request_body(image))
+        try:
+            content = answer["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise CaptionerError(f"unexpected answer from {self.endpoint}: {str(answer)[:300]}") from exc
+        if isinstance(content, list):  # some servers answer with content parts
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise CaptionerError(f"unexpected message content from {self.endpoint}: {content!r:.300}")
+        return content

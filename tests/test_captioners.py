@@ -1,0 +1,348 @@
+"""Captioners: tiny real-layout models, the OpenAI-compatible backend against a local server, the cache."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sspir_core.captioners import (  # noqa: E402
+    CAPTIONERS,
+    PAPER_PROMPT,
+    CaptionerError,
+    LlavaCaptioner,
+    clean_caption,
+    default_cache_dir,
+    get_captioner,
+    join_captions,
+    normalize_captions,
+    select_caption,
+    to_pil_images,
+)
+from sspir_core.captioners.llava import LLAVA15_TEMPLATE  # noqa: E402
+from sspir_core.captioners.openai_api import chat_completions_url  # noqa: E402
+from sspir_core.errors import CheckpointError, InputError, SSPIRError  # noqa: E402
+from tests.tiny_captioners import ChatServer, build_blip, build_llava, build_qwen_vl  # noqa: E402
+
+LEAKY = ("</s>", "<s>", "<|im_end|>", "<|endoftext|>", "<image>", "<|image_pad|>", "[SEP]", "[DEC]", "\n")
+
+
+def assert_clean(caption: object) -> None:
+    assert isinstance(caption, str) and caption
+    assert caption == caption.strip() and "  " not in caption
+    for token in LEAKY:
+        assert token not in caption, (token, caption)
+
+
+def _image(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captioners")
+    return {
+        "llava": build_llava(root / "llava-1.5-7b-hf"),
+        "llava_plain": build_llava(root / "llava-no-template", chat_template=False),
+        "qwen2": build_qwen_vl(root / "Qwen2-VL-2B-Instruct", version="2"),
+        "qwen25": build_qwen_vl(root / "Qwen2.5-VL-3B-Instruct", version="2.5"),
+        "blip": build_blip(root / "blip-image-captioning-large"),
+    }
+
+
+# -- text hygiene and the str / list contract -------------------------------------------------------
+def test_clean_caption_strips_special_tokens_and_newlines():
+    raw = "<s> A red\n\ncar</s> parked <|im_end|>\t on a  street.<|endoftext|>\x16\ufffd "
+    assert clean_caption(raw) == "A red car parked on a street."
+    with pytest.raises(InputError):
+        clean_caption(["a list"])  # type: ignore[arg-type]
+
+
+def test_caption_list_helpers():
+    assert normalize_captions("a\ncat", 3) == ["a cat"] * 3
+    assert normalize_captions(["x", "y"], 2) == ["x", "y"]
+    assert normalize_captions(["only"], 2) == ["only", "only"]
+    with pytest.raises(InputError, match="2 captions for 3 images"):
+        normalize_captions(["x", "y"], 3)
+    assert select_caption(["a", "b"], 1) == "b" and select_caption(["a"], 5) == "a"
+    with pytest.raises(InputError):
+        select_caption(["a", "b"], 2)
+    assert join_captions(["a", "", "b"], " | ") == "a | b"
+
+
+# -- image inputs -----------------------------------------------------------------------------------
+def test_images_from_tensors_arrays_and_odd_modes():
+    bhwc = torch.rand(2, 12, 20, 3)  # ComfyUI IMAGE
+    pils = to_pil_images(bhwc)
+    assert len(pils) == 2 and all(p.mode == "RGB" and p.size == (20, 12) for p in pils)
+    assert np.abs(np.asarray(pils[1]) / 255.0 - bhwc[1].numpy()).max() < 1 / 255 + 1e-6
+    assert [p.size for p in to_pil_images(torch.rand(3, 3, 12, 20))] == [(20, 12)] * 3
+    assert to_pil_images(np.zeros((8, 9, 4), np.uint8))[0].size == (9, 8)
+
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent -> white, not hidden colour
+    assert to_pil_images(rgba)[0].getpixel((0, 0)) == (255, 255, 255)
+    i16 = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert to_pil_images(i16)[0].getpixel((1, 1)) == (255, 255, 255)
+    pal = Image.new("L", (4, 4), 128).convert("P")
+    out = to_pil_images([pal, Image.new("L", (4, 4), 7), Image.new("F", (4, 4), 0.5)])
+    assert [o.mode for o in out] == ["RGB"] * 3 and out[1].getpixel((0, 0)) == (7, 7, 7)
+    assert out[2].getpixel((0, 0)) == (128, 128, 128)
+    with pytest.raises(InputError, match="shape"):
+        to_pil_images(np.zeros((2, 5, 6, 7)))
+    with pytest.raises(InputError):
+        to_pil_images("image.png")
+
+
+# -- LLaVA ------------------------------------------------------------------------------------------
+def test_llava_paper_defaults_and_prompt_formats(models):
+    cap = get_captioner("llava", model_dir=models["llava"], cache_dir=None, device="cpu")
+    assert cap.prompt == PAPER_PROMPT
+    assert cap.decoding == {"do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512}
+    cap._ensure_loaded()
+    templated = cap.build_prompt()
+    assert templated.startswith("USER: <image>\n" + PAPER_PROMPT) and templated.rstrip().endswith("ASSISTANT:")
+
+    plain = LlavaCaptioner(models["llava_plain"], cache_dir=None)
+    plain._ensure_loaded()
+    assert not plain.processor.chat_template
+    assert plain.build_prompt() == LLAVA15_TEMPLATE.format(prompt=PAPER_PROMPT)
+
+
+def test_llava_batch_gives_one_clean_caption_per_image(models):
+    cap = get_captioner("llava", model_dir=models["llava"], cache_dir=None, max_new_tokens=10,
+                        generate_kwargs={"min_new_tokens": 4})
+    batch = torch.stack([torch.from_numpy(np.asarray(_image(i), np.float32) / 255) for i in range(3)])
+    captions = cap.caption(batch)
+    assert isinstance(captions, list) and len(captions) == 3
+    for c in captions:
+        assert_clean(c)
+    assert cap.caption(_image(0)) == captions[:1]  # a single image is a one-element list
+    plain = get_captioner("llava", model_dir=models["llava_plain"], cache_dir=None, max_new_tokens=10,
+                          generate_kwargs={"min_new_tokens": 4})
+    assert_clean(plain.caption(_image(5))[0])
+
+
+def test_same_seed_same_caption_and_global_rng_untouched(models):
+    img = _image(1)
+
+    def run(seed):
+        return get_captioner("llava", model_dir=models["llava"], cache_dir=None, seed=seed,
+                             max_new_tokens=12, generate_kwargs={"min_new_tokens": 6}).caption(img)[0]
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = run(7)
+    assert torch.equal(torch.rand(3), expected_next)  # sampling did not consume the caller's RNG
+    assert run(7) == first
+    assert len({run(s) for s in range(4)}) > 1  # the seed does reach the sampler
+
+
+def test_unload_after_use_frees_the_model(models):
+    cap = get_captioner("llava", model_dir=models["llava"], cache_dir=None, keep_loaded=False, max_new_tokens=4)
+    cap.caption(_image(2))
+    assert cap.model is None and cap.processor is None
+    kept = get_captioner("llava", model_dir=models["llava"], cache_dir=None, max_new_tokens=4)
+    kept.caption(_image(2))
+    assert kept.model is not None
+
+
+# -- Qwen-VL and BLIP -------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["qwen2", "qwen25"])
+def test_qwen_vl_batches_and_large_images(models, key):
+    cap = get_captioner("qwen2-vl", model_dir=models[key], cache_dir=None, max_new_tokens=8,
+                        generate_kwargs={"min_new_tokens": 4}, max_pixels=112 * 112)
+    captions = cap.caption([_image(3), _image(4, size=(300, 200)), Image.new("RGBA", (60, 60))])
+    assert len(captions) == 3
+    for c in captions:
+        assert_clean(c)
+    assert "degradation" in cap.prompt
+
+
+def test_blip_continues_the_prefix(models):
+    cap = get_captioner("blip", model_dir=models["blip"], cache_dir=None, prompt="a detailed photo of",
+                        max_new_tokens=6, generate_kwargs={"min_new_tokens": 2})
+    captions = cap.caption(np.stack([np.asarray(_image(i)) for i in range(2)]))
+    assert len(captions) == 2
+    for c in captions:
+        assert_clean(c)
+        assert c.startswith("a detailed photo of ") and len(c) > len("a detailed photo of ")
+
+
+# -- cache ------------------------------------------------------------------------------------------
+def test_cache_avoids_running_the_model_twice(models, tmp_path):
+    opts = {"model_dir": models["llava"], "cache_dir": tmp_path / "cache", "max_new_tokens": 6}
+    a, b = _image(10), _image(11)
+    first = get_captioner("llava", **opts)
+    captions = first.caption([a, b, a])
+    assert first.model_calls == 2 and captions[0] == captions[2]
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
+
+    second = get_captioner("llava", **opts)
+    assert second.caption([b, a]) == [captions[1], captions[0]]
+    assert second.model_calls == 0 and second.model is None  # not even loaded
+    assert second.cache.hits == 2
+
+    other_prompt = get_captioner("llava", prompt="Describe it.", **opts)
+    other_prompt.caption(a)
+    assert other_prompt.model_calls == 1
+    other_seed = get_captioner("llava", seed=1, **opts)
+    other_seed.caption(a)
+    assert other_seed.model_calls == 1
+    # Same pixels in another mode/container is the same image: a ComfyUI tensor hits the cache.
+    tensor = torch.from_numpy(np.asarray(a, np.float32) / 255)[None]
+    third = get_captioner("llava", **opts)
+    assert third.caption(tensor) == [captions[0]] and third.model_calls == 0
+
+
+def test_cache_key_follows_the_model_files(models, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(models["blip"], tmp_path / "blip")
+    opts = {"model_dir": folder, "cache_dir": tmp_path / "cache", "max_new_tokens": 3}
+    get_captioner("blip", **opts).caption(_image(0))
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    again = get_captioner("blip", **opts)
+    again.caption(_image(0))
+    assert again.model_calls == 1
+
+
+def test_default_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSPIR_CACHE_DIR", str(tmp_path / "s"))
+    assert default_cache_dir() == tmp_path / "s" / "captions"
+    monkeypatch.delenv("SSPIR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x" / "sspir" / "captions"
+
+
+# -- typed text -------------------------------------------------------------------------------------
+def test_text_captioner():
+    imgs = torch.rand(3, 8, 8, 3)
+    assert get_captioner("text", text="a cat\non a mat").caption(imgs) == ["a cat on a mat"] * 3
+    assert get_captioner("text", text=["a", "b", "c"]).caption(imgs) == ["a", "b", "c"]
+    with pytest.raises(InputError):
+        get_captioner("text", text=["a", "b"]).caption(imgs)
+
+
+# -- error paths ------------------------------------------------------------------------------------
+def test_registry_and_missing_folders(tmp_path, models):
+    assert set(CAPTIONERS) == {"llava", "qwen2-vl", "florence2", "blip", "openai", "text"}
+    with pytest.raises(InputError, match="unknown captioner"):
+        get_captioner("gpt-9")
+    with pytest.raises(InputError, match="bad options"):
+        get_captioner("text", model_dir="x")
+    missing = tmp_path / "nope"
+    with pytest.raises(CheckpointError, match="llava-hf/llava-1.5-7b-hf") as err:
+        get_captioner("llava", model_dir=missing)
+    assert str(missing) in str(err.value)
+    with pytest.raises(CheckpointError, match="config.json"):
+        get_captioner("qwen2-vl", model_dir=tmp_path)
+    wrong = get_captioner("llava", model_dir=models["blip"], cache_dir=None)
+    with pytest.raises(CheckpointError, match="not a transformers LLaVA"):
+        wrong.caption(_image(0))
+    with pytest.raises(InputError, match="dtype"):
+        get_captioner("blip", model_dir=models["blip"], dtype="int3")
+
+
+def _florence_folder(path, vision_type):
+    path.mkdir()
+    config = {"model_type": "florence2", "vision_config": {"model_type": vision_type}}
+    if vision_type == "davit":
+        config["auto_map"] = {"AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_florence2_remote_code_is_refused_unless_asked(tmp_path):
+    original = _florence_folder(tmp_path / "Florence-2-large", "davit")
+    with pytest.raises(CheckpointError, match="trust_remote_code=True"):
+        get_captioner("florence2", model_dir=original)
+    allowed = get_captioner("florence2", model_dir=original, trust_remote_code=True, cache_dir=None)
+    assert allowed.remote_code and allowed.prompt == "<MORE_DETAILED_CAPTION>"
+    native = get_captioner("florence2", model_dir=_florence_folder(tmp_path / "native", "florence_vision"))
+    assert not native.remote_code and not native.trust_remote_code
+    with pytest.raises(InputError, match="caption task"):
+        get_captioner("florence2", model_dir=tmp_path / "native", prompt="Describe it")
+
+
+# -- OpenAI-compatible server -----------------------------------------------------------------------
+def test_openai_request_carries_prompt_and_image(monkeypatch):
+    monkeypatch.setenv("TINY_KEY", "sk-test")
+    with ChatServer() as srv:
+        cap = get_captioner("openai", url=srv.url, api_key_env="TINY_KEY", cache_dir=None, seed=3, timeout=5)
+        captions = cap.caption([_image(0, size=(17, 9)), _image(1)])
+    assert captions == ["A cat sitting", "A cat sitting"]
+    assert srv.requests[0]["method"] == "GET" and srv.requests[0]["path"] == "/v1/models"
+    post = srv.requests[1]
+    assert post["path"] == "/v1/chat/completions" and post["auth"] == "Bearer sk-test"
+    body = post["body"]
+    assert body["model"] == "tiny-vlm" and body["seed"] == 3 and body["temperature"] == 0.2
+    parts = body["messages"][0]["content"]
+    assert {"type": "text", "text": PAPER_PROMPT} in parts
+    url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+    assert url.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (17, 9)
+
+
+def test_openai_retries_then_succeeds_and_gives_up():
+    with ChatServer(fail_first=2) as srv:
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=2, backoff=0.01, cache_dir=None)
+        assert cap.caption(_image(0)) == ["A cat sitting"]
+        assert len(srv.requests) == 3
+    with ChatServer(fail_first=10) as srv:
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=1, backoff=0.01, cache_dir=None)
+        with pytest.raises(CaptionerError, match="after 2 tries"):
+            cap.caption(_image(0))
+        assert len(srv.requests) == 2
+    with ChatServer(fail_first=10, fail_status=400) as srv:  # a client error is not retried
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=3, backoff=0.01, cache_dir=None)
+        with pytest.raises(CaptionerError, match="HTTP 400"):
+            cap.caption(_image(0))
+        assert len(srv.requests) == 1
+
+
+def test_openai_unreachable_and_timeout_errors_are_clear():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    url = f"http://127.0.0.1:{port}/v1"
+    cap = get_captioner("openai", url=url, model_name="m", retries=1, backoff=0.01, timeout=2, cache_dir=None)
+    start = time.monotonic()
+    with pytest.raises(SSPIRError) as err:
+        cap.caption(_image(0))
+    msg = str(err.value)
+    assert f"{url}/chat/completions" in msg and "is running" in msg and "/v1" in msg
+    assert time.monotonic() - start < 5
+    with ChatServer(delay=1.0) as srv:
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=0, timeout=0.2, cache_dir=None)
+        start = time.monotonic()
+        with pytest.raises(CaptionerError, match="after 1 tries"):
+            cap.caption(_image(0))
+        assert time.monotonic() - start < 1.0
+
+
+def test_openai_url_forms_and_cache(tmp_path):
+    assert chat_completions_url("http://h:11434") == "http://h:11434/v1/chat/completions"
+    assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
+    assert chat_completions_url("https://h/api/v1/chat/completions") == "https://h/api/v1/chat/completions"
+    with pytest.raises(InputError):
+        chat_completions_url("ftp://h/v1")
+    with ChatServer() as srv:
+        opts = {"url": srv.url, "model_name": "m", "cache_dir": tmp_path}
+        get_captioner("openai", **opts).caption(_image(0))
+        again = get_captioner("openai", **opts)
+        assert again.caption(_image(0)) == ["A cat sitting"] and again.model_calls == 0
+        assert len(srv.requests) == 1
