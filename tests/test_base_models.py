@@ -191,6 +191,47 @@ def test_full_size_configs_give_the_known_parameter_counts():
     }
 
 
+def test_full_size_ldm_key_sets_match_real_checkpoints():
+    """SD1.5 pruned files hold 686 UNet + 248 VAE + 196 text keys (+ position_ids = 1131); names as in real files."""
+    from sspir_core.loaders.ldm_layout import expected_ldm_keys
+    from sspir_core.loaders.stable_diffusion import _skeleton_keys
+
+    keys = {}
+    for base in ("sd15", "sd21"):
+        for part in ("unet", "vae", "text_encoder"):
+            config = json.loads((sd_config_dir(base) / part / "config.json").read_text())
+            keys[base, part] = set(expected_ldm_keys(part, _skeleton_keys(part, config), config, base))
+    counts = {k: len(v) for k, v in keys.items()}
+    assert counts[("sd15", "unet")] == counts[("sd21", "unet")] == 686
+    assert counts[("sd15", "vae")] == counts[("sd21", "vae")] == 248
+    assert counts[("sd15", "text_encoder")] == 196
+    assert (
+        counts[("sd21", "text_encoder")] == 4 + 23 * 12
+    )  # OpenCLIP: packed in_proj, last of 24 layers unused
+    sd15 = keys["sd15", "unet"] | keys["sd15", "vae"] | keys["sd15", "text_encoder"]
+    for name in (
+        "model.diffusion_model.time_embed.0.weight",
+        "model.diffusion_model.input_blocks.3.0.op.weight",
+        "model.diffusion_model.middle_block.1.proj_in.weight",
+        "model.diffusion_model.output_blocks.2.1.conv.weight",
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+        "model.diffusion_model.out.2.bias",
+        "first_stage_model.encoder.mid.attn_1.q.weight",
+        "first_stage_model.decoder.up.3.block.0.conv1.weight",
+        "first_stage_model.decoder.up.1.block.0.nin_shortcut.weight",
+        "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+    ):
+        assert name in sd15, name
+    assert (
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+        in keys["sd21", "unet"]
+    )
+    assert (
+        "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight" in keys["sd21", "text_encoder"]
+    )
+
+
 def test_bundled_clip_vision_config_is_open_clips_vit_l_14():
     import open_clip
 
