@@ -1,0 +1,318 @@
+"""SSP-IR restoration: LQ image(s) + caption(s) -> restored image(s).
+
+Everything that does not depend on the timestep (text embedding, CLIP image embedding, Processor
+features) is computed once per image; the denoising loop only runs ControlNet + UNet, tile by tile
+when the image is larger than one tile (Gaussian-blended latent tiles keep memory bounded: pixel
+attention is quadratic in tile area).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .build import SSPIRModels
+from .color_fix import apply_color_fix
+from .errors import InputError, SSPIRError
+from .prompt import encode_prompt_pair
+from .schedulers import SCHEDULERS, make_scheduler, noise_to, step_accepts_generator
+from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
+
+# The paper starts from the LQ latent noised to the last training timestep.
+START_TIMESTEP = 999
+# Cheap latent -> RGB preview for SD1.x/2.x latents (a fixed linear map; good enough for a progress image).
+_PREVIEW = torch.tensor(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+)
+
+
+class RestoreCancelled(SSPIRError):
+    """The step callback asked to stop."""
+
+
+class OutOfMemory(SSPIRError):
+    """Raised instead of a bare CUDA OOM, with what to change."""
+
+
+@dataclass
+class RestoreOptions:
+    """Sampling options; the defaults are the paper's."""
+
+    steps: int = 50
+    cfg: float = 7.5
+    scheduler: str = "ddpm"
+    negative_prompt: str = ""
+    conditioning_scale: float = 1.0
+    start: str = "lq"  # "lq": the LQ latent noised to t=999 (paper); "noise": pure noise
+    seed: int = 0
+    color_fix: str = "adain"
+    tile: int | None = 96  # latent tile (x8 px); None = never tile
+    tile_overlap: int = 32
+    vae_tile: int | None = 1024  # pixel tile for VAE encode/decode; None = never tile
+    max_chunks: int = 4
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise InputError(f"steps must be >= 1, got {self.steps}")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if self.start not in ("lq", "noise"):
+            raise InputError(f"start must be 'lq' or 'noise', got {self.start!r}")
+        if self.tile is not None and self.tile_overlap >= self.tile:
+            raise InputError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})")
+
+
+StepCallback = Callable[[int, int, torch.Tensor], Any]
+
+
+@dataclass
+class RestorePipeline:
+    """The SSP-IR networks plus the frozen SD and CLIP parts they run with."""
+
+    models: SSPIRModels
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    clip_vision: nn.Module
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    offload: bool = False  # keep models on the CPU and move each stage to the device only while it runs
+    untrained: bool = False  # set by the tiny-random preset so callers can say so
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        for m in self._all_modules():
+            m.eval().requires_grad_(False)
+        home = torch.device("cpu") if self.offload else self.device
+        for m in self._all_modules():
+            _move(m, home, self.dtype)
+
+    def _all_modules(self) -> list[nn.Module]:
+        return [self.models.unet, self.models.controlnet, self.models.refine, self.vae, self.text_encoder,
+                self.clip_vision]
+
+    @contextlib.contextmanager
+    def _stage(self, *modules: nn.Module) -> Iterator[None]:
+        if self.offload:
+            for m in modules:
+                _move(m, self.device, None)
+        try:
+            yield
+        finally:
+            if self.offload:
+                for m in modules:
+                    _move(m, torch.device("cpu"), None)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ priors (once per image)
+
+    @torch.no_grad()
+    def encode_text(self, captions: Sequence[str], negative: str, max_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._stage(self.text_encoder):
+            pos, neg = encode_prompt_pair(self.text_encoder, self.tokenizer, list(captions), negative,
+                                          max_chunks=max_chunks, device=self.device)
+        return pos.to(self.dtype), neg.to(self.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, lq: torch.Tensor) -> torch.Tensor:
+        """CLIP patch tokens of the (upscaled) LQ through the Refine layer: the implicit semantic prior."""
+        with self._stage(self.clip_vision, self.models.refine):
+            tokens = self.clip_vision(lq.to(self.device))
+            return self.models.refine(tokens.to(self.dtype))
+
+    @torch.no_grad()
+    def structure_prior(self, lq: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Processor features (for the ControlNet) and its RGB maps (to show the structure prior)."""
+        with self._stage(self.models.controlnet):
+            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype))
+
+    # ------------------------------------------------------------------ VAE
+
+    @torch.no_grad()
+    def vae_encode(self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None) -> torch.Tensor:
+        x = (2 * lq - 1).to(self.device, self.dtype)
+        with self._stage(self.vae):
+            def moments(img: torch.Tensor) -> torch.Tensor:
+                return self.vae.encode(img).latent_dist.parameters
+
+            if vae_tile is None:
+                params = moments(x)
+            else:
+                params = tiled_vae_encode(moments, x, tile_px=vae_tile, overlap_px=min(128, vae_tile // 4))
+        latents = [DiagonalGaussianDistribution(params[i:i + 1]).sample(generator=g) for i, g in enumerate(generators)]
+        return torch.cat(latents) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def vae_decode(self, latents: torch.Tensor, vae_tile: int | None) -> torch.Tensor:
+        z = (latents / self.vae.config.scaling_factor).to(self.dtype)
+        with self._stage(self.vae):
+            def decode(t: torch.Tensor) -> torch.Tensor:
+                return self.vae.decode(t).sample
+
+            if vae_tile is None:
+                out = decode(z)
+            else:
+                tile = max(8, vae_tile // 8)
+                out = tiled_vae_decode(decode, z, tile_latent=tile, overlap_latent=min(16, tile // 4))
+        return ((out.float() + 1) / 2).clamp(0, 1)
+
+    # ------------------------------------------------------------------ denoising
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        text_negative: torch.Tensor,
+        image_emb: torch.Tensor,
+        features: torch.Tensor,
+        options: RestoreOptions,
+        generators: list[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop; ``latents`` are the starting point (already noised)."""
+        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(options.steps, device=self.device)
+        guided = options.cfg != 1.0
+        if guided:  # CFG on text only: image embedding and structure prior are the same in both halves
+            text_in = torch.cat([text_negative, text])
+            image_in = torch.cat([image_emb, image_emb])
+            features_in = torch.cat([features, features])
+        else:
+            text_in, image_in, features_in = text, image_emb, features
+        extra = {"generator": generators} if step_accepts_generator(scheduler) else {}
+        cn, unet = self.models.controlnet, self.models.unet
+
+        def predict(z: torch.Tensor, box: tuple[int, int, int, int], t: torch.Tensor) -> torch.Tensor:
+            y0, y1, x0, x1 = box
+            feats = features_in[..., y0:y1, x0:x1]
+            z_in = torch.cat([z, z]) if guided else z
+            res = cn(z_in, t, text_in, processor_features=feats, conditioning_scale=options.conditioning_scale,
+                     image_encoder_hidden_states=image_in, return_rgbs=False)
+            eps = unet(z_in, t, text_in, image_encoder_hidden_states=image_in,
+                       down_block_additional_residuals=res.down_residuals,
+                       mid_block_additional_residual=res.mid_residual).sample
+            if guided:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + options.cfg * (cond - uncond)
+            return eps
+
+        total = len(scheduler.timesteps)
+        with self._stage(cn, unet):
+            for i, t in enumerate(scheduler.timesteps):
+                z_in = scheduler.scale_model_input(latents, t).to(self.dtype)
+                h, w = z_in.shape[-2:]
+                if options.tile is None or (h <= options.tile and w <= options.tile):
+                    eps = predict(z_in, (0, h, 0, w), t)
+                else:
+                    eps = blend_tiles(lambda z, box, t=t: predict(z, box, t), z_in, options.tile, options.tile_overlap)
+                latents = scheduler.step(eps.float(), t, latents.float(), **extra).prev_sample
+                if callback is not None and callback(i + 1, total, latents) is False:
+                    raise RestoreCancelled(f"stopped at step {i + 1}/{total}")
+        return latents
+
+    # ------------------------------------------------------------------ the whole job
+
+    def restore(
+        self,
+        lq: torch.Tensor,
+        captions: str | Sequence[str] = "",
+        options: RestoreOptions | None = None,
+        callback: StepCallback | None = None,
+        box: tuple[int, int, int, int] | None = None,
+    ) -> torch.Tensor:
+        """Restore ``lq`` ([B,3,H,W] in [0,1], already at the output size, H and W multiples of 8).
+
+        ``captions``: one string for all images or one per image. ``box`` ``(y0, y1, x0, x1)``: the part
+        of ``lq`` that is the real image (the rest is padding); CLIP sees and the output keeps only that
+        part, and the colour fix is computed on it. Returns [B,3,h,w] in [0,1].
+        Use :func:`restore_image` to upscale, pad and crop arbitrary inputs.
+        """
+        options = options or RestoreOptions()
+        _check_lq(lq)
+        b = lq.shape[0]
+        caps = [captions] * b if isinstance(captions, str) else list(captions)
+        if len(caps) == 1 and b > 1:
+            caps = caps * b
+        if len(caps) != b:
+            raise InputError(f"got {len(caps)} captions for {b} images: give one caption, or one per image")
+        try:
+            return self._restore(lq, caps, options, callback, box or (0, lq.shape[-2], 0, lq.shape[-1]))
+        except torch.OutOfMemoryError as e:
+            raise OutOfMemory(
+                f"out of memory on {self.device} ({e}). Try a smaller tile (now {options.tile} latent px), "
+                f"dtype fp16/bf16 (now {self.dtype}), offload between stages, or a smaller upscale."
+            ) from e
+
+    def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
+                 callback: StepCallback | None, box: tuple[int, int, int, int]) -> torch.Tensor:
+        y0, y1, x0, x1 = box
+        real = lq[..., y0:y1, x0:x1]
+        generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
+        text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
+        image_emb = self.encode_image(real)
+        features, _ = self.structure_prior(lq)
+        shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
+        noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
+        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(options.steps, device=self.device)
+        if options.start == "lq":
+            clean = self.vae_encode(lq, generators, options.vae_tile).float()
+            latents = noise_to(scheduler, clean, noise, START_TIMESTEP)
+        else:
+            latents = noise * scheduler.init_noise_sigma
+        latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback)
+        out = self.vae_decode(latents, options.vae_tile)[..., y0:y1, x0:x1]
+        return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
+
+
+def _check_lq(lq: torch.Tensor) -> None:
+    if not isinstance(lq, torch.Tensor) or lq.ndim != 4 or lq.shape[1] != 3:
+        raise InputError(f"expected LQ images [B,3,H,W] in [0,1], got {getattr(lq, 'shape', type(lq))}")
+    if lq.shape[-1] % 8 or lq.shape[-2] % 8:
+        raise InputError(f"LQ height and width must be multiples of 8, got {tuple(lq.shape[-2:])}; use restore_image")
+
+
+def _move(m: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    p = next(m.parameters(), None)
+    if p is None or (p.device == device and (dtype is None or p.dtype == dtype)):
+        return
+    m.to(device=device, dtype=dtype) if dtype is not None else m.to(device=device)
+
+
+def latent_preview(latents: torch.Tensor, max_size: int = 256) -> torch.Tensor:
+    """A cheap RGB preview [B,3,h,w] in [0,1] of SD latents (a fixed linear map; no VAE)."""
+    x = latents[:, :4].float()
+    rgb = torch.einsum("bchw,cr->brhw", x, _PREVIEW.to(x.device))
+    rgb = ((rgb + 1) / 2).clamp(0, 1)
+    scale = max(1, max(rgb.shape[-2:]) // max_size)
+    return rgb[..., ::scale, ::scale]
+
+
+def with_options(options: RestoreOptions | None, **changes: Any) -> RestoreOptions:
+    return replace(options or RestoreOptions(), **changes)
+
+
+def restore_image(
+    pipe: RestorePipeline,
+    image: torch.Tensor,
+    captions: str | Sequence[str] = "",
+    options: RestoreOptions | None = None,
+    upscale: float = 4.0,
+    target_size: tuple[int, int] | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size."""
+    from .image_io import prepare_lq
+
+    prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
+    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box)

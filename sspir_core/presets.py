@@ -1,0 +1,75 @@
+"""`tiny-random`: every component at toy size with random weights, so the whole path runs anywhere in seconds.
+
+The outputs are noise-like: the weights are untrained. With ``sspir`` it loads a tiny-config SSP-IR
+checkpoint (such as the trainer's smoke runs write) and sizes the text and CLIP encoders to fit it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .build import SSPIRModels, build_models, stock_unet_from_config
+from .checkpoint import load_sspir_weights, read_compact_metadata
+from .pipeline import RestorePipeline
+
+# The official parity fixture's shape: an SD1.5-like UNet with 3 levels.
+TINY_UNET = {
+    "block_out_channels": [24, 48, 48],
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "attention_head_dim": 2,
+    "cross_attention_dim": 32,
+    "sample_size": 8,
+}
+TINY_CLIP_DIM = 64
+TINY_CLIP_IMAGE = 224  # 16x16 = 256 patch tokens, as CLIP ViT-L/14-224
+
+
+def tiny_models(sspir: str | Path | None = None, seed: int = 0) -> SSPIRModels:
+    torch.manual_seed(seed)
+    if sspir is None:
+        return build_models(unet_config=TINY_UNET, clip_dim=TINY_CLIP_DIM)
+    path = Path(sspir)
+    if path.is_dir():
+        return load_sspir_weights(path)
+    unet_config = read_compact_metadata(path)["unet_config"]
+    return load_sspir_weights(path, sd_unet=stock_unet_from_config(unet_config))
+
+
+def tiny_random_pipeline(
+    sspir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> RestorePipeline:
+    """A complete restore pipeline at toy size (random SD parts; SSP-IR parts random or from ``sspir``)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from .loaders import ClipVisionEncoder, load_tokenizer, sd_config_dir
+
+    models = tiny_models(sspir, seed)
+    torch.manual_seed(seed)
+    text_dim = models.unet.config.cross_attention_dim
+    clip_dim = models.refine.config["clip_dim"]
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=text_dim,
+    ))
+    vae = AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 16, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        scaling_factor=0.18215, sample_size=64,
+    )
+    tower = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=clip_dim, intermediate_size=2 * clip_dim, num_hidden_layers=2, num_attention_heads=2,
+        image_size=TINY_CLIP_IMAGE, patch_size=14, hidden_act="quick_gelu",
+    ))
+    clip = ClipVisionEncoder(tower, "transformers", TINY_CLIP_IMAGE, 14, clip_dim)
+    tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
+    return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=torch.device(device), dtype=dtype,
+                           untrained=True)

@@ -1,0 +1,128 @@
+"""The restoration pipeline on tiny random models: options, determinism, sizes, tiling, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sspir_core.errors import InputError
+from sspir_core.pipeline import OutOfMemory, RestoreCancelled, RestoreOptions, latent_preview, restore_image
+from sspir_core.presets import tiny_random_pipeline
+
+FAST = dict(steps=2, vae_tile=None)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = tiny_random_pipeline(seed=0)
+    # Wake the zero-initialised convs so the ControlNet path changes the output.
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, prm in p.models.controlnet.named_parameters():
+            if "controlnet_" in name or "conv_out" in name:
+                prm.copy_(0.05 * torch.randn(prm.shape, generator=g))
+    return p
+
+
+@pytest.fixture(scope="module")
+def lq():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(2, 3, 64, 64, generator=g)
+
+
+def run(pipe, lq, caption="a cat", **kw):
+    return pipe.restore(lq, caption, RestoreOptions(**{**FAST, **kw}))
+
+
+def test_output_shape_range_and_determinism(pipe, lq):
+    a = run(pipe, lq[:1], seed=5)
+    b = run(pipe, lq[:1], seed=5)
+    c = run(pipe, lq[:1], seed=6)
+    assert a.shape == (1, 3, 64, 64) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_same_seed_same_output_in_a_batch_or_alone(pipe, lq):
+    batch = run(pipe, lq, caption=["a cat", "a dog"], seed=9)
+    for i, cap in enumerate(["a cat", "a dog"]):
+        alone = run(pipe, lq[i:i + 1], caption=cap, seed=9)
+        assert torch.allclose(batch[i:i + 1], alone, atol=1e-4), i
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmpp", "unipc", "euler"])
+def test_every_scheduler_runs(pipe, lq, scheduler):
+    out = run(pipe, lq[:1], scheduler=scheduler, steps=3)
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(start="noise"), dict(cfg=1.0), dict(conditioning_scale=0.3), dict(color_fix="wavelet"),
+     dict(color_fix="none"), dict(negative_prompt="blurry")],
+)
+def test_each_option_changes_the_result(pipe, lq, change):
+    base = run(pipe, lq[:1])
+    assert not torch.allclose(run(pipe, lq[:1], **change), base, atol=1e-6)
+
+
+def test_caption_changes_the_result_and_long_captions_work(pipe, lq):
+    short = run(pipe, lq[:1], caption="a cat")
+    long_ = "a very detailed photo of a tabby cat sitting on a wooden table near a window, " * 8  # > 300 tokens
+    assert not torch.allclose(run(pipe, lq[:1], caption=long_), short)
+    run(pipe, lq[:1], caption="word " * 100)  # between 75 and 150 tokens: two chunks
+
+
+def test_tiled_equals_untiled_when_one_tile_covers(pipe, lq):
+    untiled = run(pipe, lq[:1], tile=None)
+    one_tile = run(pipe, lq[:1], tile=8, tile_overlap=2)  # latent is 8x8
+    assert torch.equal(untiled, one_tile)
+
+
+def test_tiling_runs_several_tiles_and_tiled_vae(pipe):
+    x = torch.linspace(0, 1, 96).expand(1, 3, 48, 96).contiguous()
+    out = pipe.restore(x, "", RestoreOptions(steps=2, tile=6, tile_overlap=2, vae_tile=32))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_restore_image_upscales_odd_sizes_and_crops_back(pipe):
+    x = torch.rand(1, 3, 37, 53)
+    out = restore_image(pipe, x, "", RestoreOptions(**FAST), upscale=1.0)
+    assert out.shape == (1, 3, 37, 53)
+    out2 = restore_image(pipe, torch.rand(1, 3, 10, 12), "", RestoreOptions(**FAST), target_size=(50, 41))
+    assert out2.shape == (1, 3, 41, 50)
+
+
+def test_one_pixel_wide_input_is_a_clear_error(pipe):
+    with pytest.raises(InputError, match="at least"):
+        restore_image(pipe, torch.rand(1, 3, 40, 1), "", RestoreOptions(**FAST))
+
+
+def test_bad_captions_and_shapes(pipe, lq):
+    with pytest.raises(InputError, match="2 captions for 1 images"):
+        pipe.restore(lq[:1], ["a", "b"], RestoreOptions(**FAST))
+    with pytest.raises(InputError, match="multiples of 8"):
+        pipe.restore(torch.rand(1, 3, 30, 30), "", RestoreOptions(**FAST))
+    with pytest.raises(InputError, match="unknown scheduler"):
+        RestoreOptions(scheduler="heun")
+
+
+def test_callback_progress_preview_and_stop(pipe, lq):
+    seen = []
+
+    def cb(i, n, z):
+        seen.append((i, n, latent_preview(z).shape))
+        return i < 2
+
+    with pytest.raises(RestoreCancelled, match="step 2/3"):
+        pipe.restore(lq[:1], "", RestoreOptions(steps=3, vae_tile=None), callback=cb)
+    assert [s[:2] for s in seen] == [(1, 3), (2, 3)] and seen[0][2] == (1, 3, 8, 8)
+
+
+def test_out_of_memory_becomes_advice(pipe, lq, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pipe, "denoise", oom)
+    with pytest.raises(OutOfMemory, match="smaller tile.*fp16"):
+        run(pipe, lq[:1])
