@@ -42,31 +42,12 @@ _ROOT_PREFIXES = ("module.", "_orig_mod.")
 # ---------------------------------------------------------------- low-level files
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load tensors from .safetensors, or .bin/.pt/.ckpt with ``torch.load(weights_only=True)``.
+    """All tensors of a weights file (see :class:`~sspir_core.loaders.WeightsFile`), with the ``module.``
+    (DDP) and ``_orig_mod.`` (torch.compile) prefixes that training wrappers add stripped."""
+    from .loaders.weights_file import read_state_dict as read_tensors
 
-    Strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes; unwraps ``{"state_dict": ...}``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors/pickle errors carry no file name
-        raise CheckpointError(
-            f"{path}: cannot read weights ({type(e).__name__}: {e}). The file is truncated, corrupt or not a "
-            "weights file: copy or download it again."
-        ) from e
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: does not hold a flat tensor state dict")
     out = {}
-    for k, v in sd.items():
+    for k, v in read_tensors(path).items():
         for prefix in _ROOT_PREFIXES:
             while k.startswith(prefix):
                 k = k[len(prefix):]

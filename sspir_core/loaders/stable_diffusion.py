@@ -184,6 +184,20 @@ def _wrap_load_error(source: Path, part: str, exc: Exception) -> CheckpointError
     return CheckpointError(f"Could not load the {part} from {source}: {type(exc).__name__}: {exc}")
 
 
+def _components(models: dict[str, Any], folder: Path, base: str) -> SDComponents:
+    """Bundle loaded models with the tokenizer and scheduler config of a diffusers-layout ``folder``."""
+    tokenizer_dir = folder / "tokenizer"
+    tokenizer = load_tokenizer(tokenizer_dir if tokenizer_dir.is_dir() else sd_config_dir(base) / "tokenizer")
+    return SDComponents(
+        unet=models.get("unet"),
+        vae=models.get("vae"),
+        text_encoder=models.get("text_encoder"),
+        tokenizer=tokenizer,
+        scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"),
+        base=base,
+    )
+
+
 def _load_single_file(
     path: Path, base: str | None, parts: tuple[str, ...], config_dir: Path | None, dtype: torch.dtype
 ) -> SDComponents:
@@ -218,17 +232,7 @@ def _load_single_file(
         except Exception as exc:
             raise _wrap_load_error(path, part, exc) from exc
         del state
-    tokenizer_dir = Path(config_dir) / "tokenizer"
-    tokenizer = load_tokenizer(tokenizer_dir if tokenizer_dir.is_dir() else sd_config_dir(base) / "tokenizer")
-    scheduler = read_json(Path(config_dir) / "scheduler" / "scheduler_config.json")
-    return SDComponents(
-        unet=models.get("unet"),
-        vae=models.get("vae"),
-        text_encoder=models.get("text_encoder"),
-        tokenizer=tokenizer,
-        scheduler_config=scheduler,
-        base=base,
-    )
+    return _components(models, Path(config_dir), base)
 
 
 def _folder_base(folder: Path) -> str | None:
@@ -286,17 +290,7 @@ def _load_diffusers_folder(
                 )
         except Exception as exc:
             raise _wrap_load_error(folder, part, exc) from exc
-    tokenizer_dir = folder / "tokenizer"
-    tokenizer = load_tokenizer(tokenizer_dir if tokenizer_dir.is_dir() else sd_config_dir(base) / "tokenizer")
-    scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
-    return SDComponents(
-        unet=models.get("unet"),
-        vae=models.get("vae"),
-        text_encoder=models.get("text_encoder"),
-        tokenizer=tokenizer,
-        scheduler_config=scheduler,
-        base=base,
-    )
+    return _components(models, folder, base)
 
 
 def load_sd_components(
