@@ -87,12 +87,8 @@ class SSPIRModels:
         yield "refine", self.refine
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SSPIRModels:
-        """Move/cast all three networks (a no-op cast is skipped: diffusers warns on every ``.to(dtype)``)."""
         for _, m in self.named_modules_():
-            if dtype is not None and any(p.dtype != dtype for p in m.parameters()):
-                m.to(device=device, dtype=dtype)
-            elif device is not None:
-                m.to(device=device)
+            move_module(m, device, dtype)
         return self
 
     def eval(self) -> SSPIRModels:
@@ -112,6 +108,26 @@ class SSPIRModels:
         for p in params:
             p.requires_grad_(True)
         return params
+
+
+def move_module(module: nn.Module, device: str | torch.device | None, dtype: torch.dtype | None = None) -> None:
+    """Move/cast a module, skipping no-ops and silencing diffusers' warning about casting with ``.to()``.
+
+    (That warning is about fp32-pinned submodules, which none of these models have.)
+    """
+    from diffusers.utils import logging as diffusers_logging
+
+    params = list(module.parameters())
+    same_device = device is None or all(p.device == torch.device(device) for p in params)
+    same_dtype = dtype is None or all(p.dtype == dtype for p in params)
+    if same_device and same_dtype:
+        return
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        module.to(device=device, dtype=dtype) if dtype is not None else module.to(device=device)
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def build_models(

@@ -18,7 +18,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .build import SSPIRModels
+from .build import SSPIRModels, move_module
 from .color_fix import apply_color_fix
 from .errors import InputError, SSPIRError
 from .prompt import encode_prompt_pair
@@ -93,7 +93,7 @@ class RestorePipeline:
             m.eval().requires_grad_(False)
         home = torch.device("cpu") if self.offload else self.device
         for m in self._all_modules():
-            _move(m, home, self.dtype)
+            move_module(m, home, self.dtype)
 
     def _all_modules(self) -> list[nn.Module]:
         return [self.models.unet, self.models.controlnet, self.models.refine, self.vae, self.text_encoder,
@@ -103,13 +103,13 @@ class RestorePipeline:
     def _stage(self, *modules: nn.Module) -> Iterator[None]:
         if self.offload:
             for m in modules:
-                _move(m, self.device, None)
+                move_module(m, self.device, None)
         try:
             yield
         finally:
             if self.offload:
                 for m in modules:
-                    _move(m, torch.device("cpu"), None)
+                    move_module(m, torch.device("cpu"), None)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
@@ -280,13 +280,6 @@ def _check_lq(lq: torch.Tensor) -> None:
         raise InputError(f"expected LQ images [B,3,H,W] in [0,1], got {getattr(lq, 'shape', type(lq))}")
     if lq.shape[-1] % 8 or lq.shape[-2] % 8:
         raise InputError(f"LQ height and width must be multiples of 8, got {tuple(lq.shape[-2:])}; use restore_image")
-
-
-def _move(m: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
-    p = next(m.parameters(), None)
-    if p is None or (p.device == device and (dtype is None or p.dtype == dtype)):
-        return
-    m.to(device=device, dtype=dtype) if dtype is not None else m.to(device=device)
 
 
 def latent_preview(latents: torch.Tensor, max_size: int = 256) -> torch.Tensor:

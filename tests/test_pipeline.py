@@ -126,3 +126,16 @@ def test_out_of_memory_becomes_advice(pipe, lq, monkeypatch):
     monkeypatch.setattr(pipe, "denoise", oom)
     with pytest.raises(OutOfMemory, match="smaller tile.*fp16"):
         run(pipe, lq[:1])
+
+
+def test_bf16_and_offload_paths_run(lq):
+    p16 = tiny_random_pipeline(seed=0, dtype=torch.bfloat16)
+    out = p16.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert next(p16.models.unet.parameters()).dtype == torch.bfloat16
+
+    ref = tiny_random_pipeline(seed=0).restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    off = tiny_random_pipeline(seed=0)
+    off.offload = True
+    assert torch.equal(off.restore(lq[:1], "a cat", RestoreOptions(**FAST)), ref)
+    assert all(next(m.parameters()).device.type == "cpu" for m in off._all_modules())
