@@ -1,0 +1,507 @@
+"""Benchmark of the SSP-IR sampler: what the SSP-IR attentions, the per-image priors and tiling cost.
+
+Three figures, measured in one run on one config so they can be compared:
+
+1. ms per denoising step of our ControlNet + patched UNet (CFG batch 2, as ``RestorePipeline.denoise``
+   runs it) next to a stock diffusers ControlNet + UNet built from the same UNet config; the ratio is
+   the price of the image and pixel attentions.
+2. the one-time per-image priors (text, CLIP image + Refine, Processor, VAE encode) as a share of a
+   50-step run: they are computed once, so they should stay a few percent.
+3. peak memory of a tiled restore at growing output sizes: tiling should keep it nearly flat.
+
+On the CPU each memory size runs in a fresh subprocess (``python -m sspir_core.bench --_memory-child``)
+so one size's heap does not hide the next one's peak. Timings are not asserted anywhere: this is a
+measuring tool, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .pipeline import RestoreOptions, RestorePipeline
+
+CONFIGS: tuple[str, ...] = ("tiny", "tiny-medium", "sd15")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CAPTION = "a photo of a red brick house with a wooden door, trees and a blue sky"
+
+# Between the tiny preset and SD1.5: same 4-level layout as SD1.5, ~1/5 of its width.
+TINY_MEDIUM_UNET: dict[str, Any] = {
+    "block_out_channels": [64, 128, 256, 256],
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "attention_head_dim": 4,  # SD1.x's quirk: this number is the head count
+    "cross_attention_dim": 256,
+    "sample_size": 64,
+}
+TINY_MEDIUM_CLIP_DIM = 128
+
+
+@dataclass
+class BenchSettings:
+    """What one bench run measures; the CLI fills it from its flags."""
+
+    config: str = "tiny-medium"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    size: int = 512  # output px of the step and priors measurements
+    steps: int = 50  # the run the priors are compared with
+    step_steps: int = 2  # denoising steps per timed repeat of the step measurement
+    repeats: int = 5
+    estimate_run: bool = False  # estimate the run as steps x per-step time instead of timing it
+    sizes: Sequence[int] = (512, 1024, 2048)
+    memory_steps: int = 2
+    tile: int = 64
+    tile_overlap: int = 16
+    vae_tile: int = 512
+    image: bool = False  # also time a whole restore (priors + steps + decode + colour fix)
+    image_steps: int = 50
+    cfg: float = 7.5
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def build_bench_pipeline(config: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                         seed: int = 0) -> RestorePipeline:
+    """A restore pipeline with random weights at a named size (no files needed: timings do not depend on weights)."""
+    if config == "tiny":
+        from .presets import tiny_random_pipeline
+
+        return tiny_random_pipeline(device=device, dtype=dtype, seed=seed)
+    if config not in CONFIGS:
+        raise ValueError(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from .build import build_models
+    from .loaders import CLIP_VISION_CONFIG, ClipVisionEncoder, load_tokenizer, sd_config_dir
+    from .loaders.bundled_configs import read_json
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    if config == "tiny-medium":
+        models = build_models(unet_config=TINY_MEDIUM_UNET, clip_dim=TINY_MEDIUM_CLIP_DIM, device=device)
+        text_cfg = CLIPTextConfig(vocab_size=49408, hidden_size=256, intermediate_size=1024, num_hidden_layers=3,
+                                  num_attention_heads=4, max_position_embeddings=77, projection_dim=256)
+        vae_cfg: dict[str, Any] = {
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
+            "norm_num_groups": 8, "scaling_factor": 0.18215, "sample_size": 256,
+        }
+        vision = {"hidden_size": TINY_MEDIUM_CLIP_DIM, "intermediate_size": 4 * TINY_MEDIUM_CLIP_DIM,
+                  "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 224, "patch_size": 14,
+                  "hidden_act": "quick_gelu"}
+    else:  # sd15: full size
+        models = build_models("sd15", device=device)
+        sd_dir = sd_config_dir("sd15")
+        text_cfg = CLIPTextConfig(**read_json(sd_dir / "text_encoder" / "config.json"))
+        vae_cfg = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
+        vision = read_json(CLIP_VISION_CONFIG)
+    with torch.device(device):
+        text_encoder = CLIPTextModel(text_cfg)
+        vae = AutoencoderKL.from_config(vae_cfg)
+        tower = CLIPVisionModel(CLIPVisionConfig(**vision))
+    clip = ClipVisionEncoder(tower, "transformers", int(vision["image_size"]), int(vision["patch_size"]),
+                             int(vision["hidden_size"])).to(device)  # its mean/std buffers too
+    tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
+    return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=device, dtype=dtype, untrained=True)
+
+
+def build_stock_pair(pipe: RestorePipeline) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A stock diffusers UNet + ControlNet from the same UNet config as ``pipe`` (random weights): the baseline."""
+    from diffusers import ControlNetModel
+
+    from .build import stock_unet_from_config
+
+    with torch.device(pipe.device):
+        unet = stock_unet_from_config(dict(pipe.models.unet.config))
+        controlnet = ControlNetModel.from_unet(unet)
+    for m in (unet, controlnet):
+        m.eval().requires_grad_(False)
+        if pipe.dtype != torch.float32:  # a no-op cast would only make diffusers warn
+            m.to(dtype=pipe.dtype)
+    return unet, controlnet
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
+    """Seconds per call, ``repeats`` times after ``warmup`` untimed calls (first calls pay one-time set-up)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, device: torch.device,
+                     warmup: int = 1) -> list[list[float]]:
+    """Like :func:`time_call` for several functions, alternating them so background load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    out: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, times in zip(fns, out, strict=True):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    return out
+
+
+def random_lq(size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """A [1,3,size,size] LQ already at the output size (content does not change the timings)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, size, size, generator=g).to(device)
+
+
+def _priors(pipe: RestorePipeline, lq: torch.Tensor, options: RestoreOptions) -> dict[str, Any]:
+    generators = [torch.Generator(device=pipe.device).manual_seed(options.seed)]
+    text, negative = pipe.encode_text([CAPTION], options.negative_prompt, options.max_chunks)
+    return {"text": text, "negative": negative, "image_emb": pipe.encode_image(lq),
+            "features": pipe.structure_prior(lq)[0], "latents": pipe.vae_encode(lq, generators, options.vae_tile)}
+
+
+def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]:
+    """Median ms per CFG step: ``RestorePipeline.denoise`` itself vs the same loop on stock diffusers models."""
+    from .schedulers import make_scheduler
+
+    options = RestoreOptions(steps=settings.step_steps, cfg=settings.cfg, tile=None, vae_tile=None,
+                             seed=settings.seed)
+    lq = random_lq(settings.size, pipe.device, settings.seed)
+    p = _priors(pipe, lq, options)
+    generators = [torch.Generator(device=pipe.device).manual_seed(settings.seed)]
+    latents = p["latents"].float()
+
+    def ours() -> None:
+        pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators)
+
+    unet, controlnet = build_stock_pair(pipe)
+    text_in = torch.cat([p["negative"], p["text"]])
+    image_in = torch.cat([lq, lq]).to(pipe.dtype)  # stock ControlNet: the image, embedded at every step
+
+    @torch.no_grad()
+    def baseline() -> None:
+        scheduler = make_scheduler(options.scheduler, pipe.scheduler_config)
+        scheduler.set_timesteps(options.steps, device=pipe.device)
+        z = latents
+        for t in scheduler.timesteps:
+            z_in = scheduler.scale_model_input(z, t).to(pipe.dtype)
+            z2 = torch.cat([z_in, z_in])
+            down, mid = controlnet(z2, t, text_in, controlnet_cond=image_in, return_dict=False)
+            eps = unet(z2, t, text_in, down_block_additional_residuals=down,
+                       mid_block_additional_residual=mid).sample
+            uncond, cond = eps.chunk(2)
+            eps = uncond + options.cfg * (cond - uncond)
+            z = scheduler.step(eps.float(), t, z.float(), generator=generators).prev_sample
+
+    ours_s, base_s = time_interleaved([ours, baseline], settings.repeats, pipe.device)
+    ours_ms = 1000 * statistics.median(ours_s) / options.steps
+    base_ms = 1000 * statistics.median(base_s) / options.steps
+    return {
+        "size_px": settings.size, "latent": list(latents.shape[-2:]), "cfg_batch": 2,
+        "text_tokens": int(text_in.shape[1]), "image_tokens": int(p["image_emb"].shape[1]),
+        "steps_per_repeat": options.steps, "repeats": len(ours_s),
+        "ours_ms": ours_ms, "baseline_ms": base_ms, "ratio": ours_ms / base_ms,
+        "ours_ms_all": [1000 * s / options.steps for s in ours_s],
+        "baseline_ms_all": [1000 * s / options.steps for s in base_s],
+    }
+
+
+def bench_priors(pipe: RestorePipeline, settings: BenchSettings, step_ms: float | None = None) -> dict[str, Any]:
+    """Median ms of each per-image prior and their share of a ``settings.steps``-step denoise."""
+    options = RestoreOptions(steps=settings.steps, cfg=settings.cfg, tile=None, vae_tile=settings.vae_tile,
+                             seed=settings.seed)
+    lq = random_lq(settings.size, pipe.device, settings.seed)
+    generators = [torch.Generator(device=pipe.device).manual_seed(settings.seed)]
+    parts: dict[str, Callable[[], Any]] = {
+        "text": lambda: pipe.encode_text([CAPTION], options.negative_prompt, options.max_chunks),
+        "clip_refine": lambda: pipe.encode_image(lq),
+        "processor": lambda: pipe.structure_prior(lq),
+        "vae_encode": lambda: pipe.vae_encode(lq, generators, options.vae_tile),
+    }
+    part_ms = {k: 1000 * statistics.median(time_call(fn, settings.repeats, pipe.device)) for k, fn in parts.items()}
+    total = sum(part_ms.values())
+    if settings.estimate_run:
+        if step_ms is None:
+            raise ValueError("estimating the run needs the measured per-step time")
+        run_ms, measured = settings.steps * step_ms, False
+    else:
+        p = _priors(pipe, lq, options)
+        latents = p["latents"].float()
+        run_ms = 1000 * time_call(lambda: pipe.denoise(latents, p["text"], p["negative"], p["image_emb"],
+                                                       p["features"], options, generators), 1, pipe.device,
+                                  warmup=0)[0]
+        measured = True
+    return {"size_px": settings.size, "parts_ms": part_ms, "priors_ms": total, "run_steps": settings.steps,
+            "run_ms": run_ms, "run_measured": measured, "percent": 100 * total / run_ms}
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+class _RssSampler:
+    """Samples this process's RSS in a thread: its peak after a point, unlike ru_maxrss (whole life)."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:  # Linux fallback
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) -> dict[str, Any]:
+    """Peak memory of one tiled restore to ``size`` px (input size/4, x4) above what the loaded models hold.
+
+    CUDA: max_memory_allocated minus the allocation before the run. CPU: peak RSS minus the RSS after the
+    models are built and a 64 px warm-up restore ran (so weights, libraries and one-time kernel set-up are
+    not counted); the peak is the larger of a 2 ms RSS sampler and ru_maxrss when it grew during the run.
+    """
+    from .pipeline import restore_image
+
+    options = RestoreOptions(steps=settings.memory_steps, cfg=settings.cfg, tile=settings.tile,
+                             tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile, seed=settings.seed)
+    small = RestoreOptions(steps=1, cfg=settings.cfg, tile=settings.tile, tile_overlap=settings.tile_overlap,
+                           vae_tile=settings.vae_tile)
+    lq = random_lq(size // 4, pipe.device, settings.seed)
+    restore_image(pipe, random_lq(16, pipe.device), CAPTION, small, upscale=4)  # warm-up
+    gc.collect()
+    t0 = time.perf_counter()
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize(pipe.device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(pipe.device)
+        torch.cuda.reset_peak_memory_stats(pipe.device)
+        restore_image(pipe, lq, CAPTION, options, upscale=4)
+        torch.cuda.synchronize(pipe.device)
+        peak = torch.cuda.max_memory_allocated(pipe.device)
+        return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20,
+                "method": "cuda max_memory_allocated - allocated before the run",
+                "seconds": time.perf_counter() - t0}
+    base, maxrss_before = _rss(), _maxrss()
+    try:
+        with _RssSampler() as sampler:
+            restore_image(pipe, lq, CAPTION, options, upscale=4)
+        sampled = sampler.peak
+    except ImportError:
+        restore_image(pipe, lq, CAPTION, options, upscale=4)
+        sampled = _rss()
+    maxrss = _maxrss()
+    peak = max(sampled, maxrss if maxrss > maxrss_before else 0)
+    return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20,
+            "method": "peak RSS - RSS after build + warm-up", "seconds": time.perf_counter() - t0}
+
+
+def _child_args(settings: BenchSettings) -> list[str]:
+    return ["--config", settings.config, "--device", settings.device, "--dtype", settings.dtype,
+            "--memory-steps", str(settings.memory_steps), "--tile", str(settings.tile),
+            "--tile-overlap", str(settings.tile_overlap), "--vae-tile", str(settings.vae_tile),
+            "--cfg", str(settings.cfg), "--seed", str(settings.seed)]
+
+
+def bench_memory(settings: BenchSettings, pipe: RestorePipeline | None = None) -> dict[str, Any]:
+    """Peak memory per output size; the 2048/1024 (or last/second-to-last) ratio shows whether tiling bounds it."""
+    rows = []
+    for size in settings.sizes:
+        if torch.device(settings.device).type == "cuda" and pipe is not None:
+            rows.append(measure_memory(pipe, size, settings))
+            continue
+        cmd = [sys.executable, "-m", "sspir_core.bench", "--_memory-child", str(size), *_child_args(settings)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"memory child for {size} px failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        rows.append(json.loads(lines[-1]))
+    by_size = {r["size_px"]: r["peak_mib"] for r in rows}
+    ratio, pair = None, None
+    if len(by_size) >= 2:
+        pair = [1024, 2048] if {1024, 2048} <= by_size.keys() else sorted(by_size)[-2:]
+        ratio = by_size[pair[1]] / by_size[pair[0]] if by_size[pair[0]] > 0 else None
+    return {"rows": rows, "tile": settings.tile, "tile_overlap": settings.tile_overlap,
+            "vae_tile": settings.vae_tile, "steps": settings.memory_steps,
+            "ratio_sizes": pair, "ratio": ratio}
+
+
+def bench_image(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]:
+    """Seconds for one whole restore: (size/4 px input) x4, ``image_steps`` steps, CFG, tiling as set."""
+    from .pipeline import restore_image
+
+    options = RestoreOptions(steps=settings.image_steps, cfg=settings.cfg, tile=settings.tile or None,
+                             tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile, seed=settings.seed)
+    lq = random_lq(settings.size // 4, pipe.device, settings.seed)
+    s = time_call(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4), 1, pipe.device, warmup=1)[0]
+    return {"size_px": settings.size, "input_px": settings.size // 4, "steps": settings.image_steps,
+            "cfg": settings.cfg, "seconds": s}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_count"] = os.cpu_count()
+        try:
+            env["load_avg_1m"] = os.getloadavg()[0]
+        except OSError:
+            pass
+    return env
+
+
+def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors", "memory"),
+              log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Build the config once and measure the requested parts; returns everything as plain data."""
+    device = torch.device(settings.device)
+    t0 = time.perf_counter()
+    pipe = build_bench_pipeline(settings.config, device, DTYPES[settings.dtype], settings.seed)
+    result: dict[str, Any] = {"config": settings.config, "dtype": settings.dtype, "env": environment(device),
+                              "build_s": time.perf_counter() - t0}
+    if "step" in parts:
+        log(f"timing steps ({settings.repeats} x {settings.step_steps} steps, ours and stock diffusers)...")
+        result["step"] = bench_step(pipe, settings)
+    if "priors" in parts:
+        how = "estimating" if settings.estimate_run else "timing"
+        log(f"timing priors and {how} a {settings.steps}-step run...")
+        step_ms = result.get("step", {}).get("ours_ms")
+        result["priors"] = bench_priors(pipe, settings, step_ms)
+    if "image" in parts:
+        log(f"timing a whole {settings.size} px restore ({settings.image_steps} steps)...")
+        result["image"] = bench_image(pipe, settings)
+    if "memory" in parts:
+        log(f"peak memory at {', '.join(map(str, settings.sizes))} px ({settings.memory_steps} steps each)...")
+        result["memory"] = bench_memory(settings, pipe)
+    result["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The compact table ``sspir bench`` prints."""
+    env = r["env"]
+    where = env.get("gpu") or f"cpu ({env.get('threads')} threads, load {env.get('load_avg_1m', float('nan')):.2f})"
+    lines = [f"sspir bench: config {r['config']}, {r['dtype']}, {env['device']}: {where}, torch {env['torch']}"]
+    if "step" in r:
+        s = r["step"]
+        lines += [
+            "",
+            f"1. per denoising step: latent {s['latent'][0]}x{s['latent'][1]} ({s['size_px']} px), CFG batch "
+            f"{s['cfg_batch']}, {s['text_tokens']} text tokens, median of {s['repeats']} x {s['steps_per_repeat']} "
+            "steps after a warm-up",
+            f"   {'SSP-IR (ControlNet+Processor feats, image+pixel attn)':58s} {s['ours_ms']:10.1f} ms/step",
+            f"   {'stock diffusers ControlNet + UNet (same UNet config)':58s} {s['baseline_ms']:10.1f} ms/step",
+            f"   {'ratio (cost of the SSP-IR attentions)':58s} {s['ratio']:10.2f} x",
+        ]
+    if "priors" in r:
+        p = r["priors"]
+        run = "measured" if p["run_measured"] else f"ESTIMATED as {p['run_steps']} x measured ms/step"
+        lines += ["", f"2. one-time priors per image at {p['size_px']} px vs a {p['run_steps']}-step denoise ({run})"]
+        lines += [f"   {k:22s} {v:10.1f} ms" for k, v in p["parts_ms"].items()]
+        lines += [f"   {'priors total':22s} {p['priors_ms']:10.1f} ms",
+                  f"   {str(p['run_steps']) + '-step denoise':22s} {p['run_ms']:10.1f} ms",
+                  f"   {'priors / run':22s} {p['percent']:10.2f} %   (target <= 5%)"]
+    if "image" in r:
+        i = r["image"]
+        lines += ["", f"3. whole restore {i['input_px']} px x4 -> {i['size_px']} px, {i['steps']} steps, CFG "
+                      f"{i['cfg']}: {i['seconds']:.2f} s/image"]
+    if "memory" in r:
+        m = r["memory"]
+        lines += ["", f"4. peak memory of a tiled restore (latent tile {m['tile']}, overlap {m['tile_overlap']}, "
+                      f"VAE tile {m['vae_tile']} px, {m['steps']} steps)",
+                  f"   measured as {m['rows'][0]['method']}; the weights ({m['rows'][0]['models_mib']:.0f} MiB with "
+                  "libraries) are not counted"]
+        lines += [f"   {row['size_px']:5d} px {row['peak_mib']:10.1f} MiB   ({row['seconds']:.1f} s)" for row in m["rows"]]
+        if m["ratio"] is not None:
+            a, b = m["ratio_sizes"]
+            lines.append(f"   ratio {b}/{a}: {m['ratio']:.2f}   (target <= 1.3 with tiling on)")
+    lines += ["", f"total {r['total_s']:.1f} s (build {r['build_s']:.1f} s)"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- memory child
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sspir_core.bench --_memory-child SIZE ...``: one memory measurement, one JSON line out."""
+    p = argparse.ArgumentParser(prog="python -m sspir_core.bench")
+    p.add_argument("--_memory-child", dest="size", type=int, required=True)
+    p.add_argument("--config", default="tiny-medium", choices=CONFIGS)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--memory-steps", type=int, default=2)
+    p.add_argument("--tile", type=int, default=64)
+    p.add_argument("--tile-overlap", type=int, default=16)
+    p.add_argument("--vae-tile", type=int, default=512)
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    settings = BenchSettings(config=a.config, device=a.device, dtype=a.dtype, memory_steps=a.memory_steps,
+                             tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed)
+    pipe = build_bench_pipeline(a.config, a.device, DTYPES[a.dtype], a.seed)
+    print(json.dumps(measure_memory(pipe, a.size, settings)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

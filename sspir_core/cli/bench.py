@@ -1,0 +1,87 @@
+"""`sspir bench`: time the SSP-IR sampler against stock diffusers, the per-image priors, and tiled peak memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PARTS = ("step", "priors", "image", "memory")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes, got {text!r}") from e
+    if not sizes or any(s < 64 or s % 32 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be multiples of 32 and >= 64, got {text!r}")
+    return sizes
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark: ms/step vs stock diffusers, priors share, peak memory vs size",
+                       description="Random-weight models; nothing is downloaded. Timings are noisy when other "
+                                   "processes share the cores: check the load printed in the header.")
+    p.add_argument("--config", choices=("tiny", "tiny-medium", "sd15"),
+                   help="model size (default: sd15 with CUDA, else tiny-medium)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, else fp32")
+    p.add_argument("--parts", default=None,
+                   help=f"comma-separated subset of {','.join(PARTS)} (default: step,priors,memory; sd15 adds image)")
+    p.add_argument("--size", type=int, help="output px for the step/priors/image parts (default 256 CPU, 512 sd15)")
+    p.add_argument("--steps", type=int, default=50, help="steps of the run the priors are compared with")
+    p.add_argument("--estimate-run", action="store_true", help="estimate that run as steps x ms/step (faster)")
+    p.add_argument("--step-steps", type=int, default=2, help="denoising steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (median) after one warm-up")
+    p.add_argument("--sizes", type=_sizes, default=[512, 1024, 2048], help="output sizes for peak memory")
+    p.add_argument("--memory-steps", type=int, default=None, help="steps per memory run (default 1 CPU, 2 CUDA)")
+    p.add_argument("--tile", type=int, default=64, help="latent tile for the memory runs")
+    p.add_argument("--tile-overlap", type=int, default=16)
+    p.add_argument("--vae-tile", type=int, default=512, help="VAE tile in px")
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write all numbers to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench import BenchSettings, format_report, run_bench
+
+    cuda = torch.cuda.is_available()
+    device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
+    config = args.config or ("sd15" if device.startswith("cuda") else "tiny-medium")
+    if device.startswith("cuda") and not cuda:
+        print(f"error: --device {device} but CUDA is not available here (torch {torch.__version__}); "
+              "use --device cpu --config tiny-medium on the CPU", file=sys.stderr)
+        return 2
+    if config == "sd15" and not device.startswith("cuda") and args.device != "cpu":
+        print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
+              "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
+        return 2
+    parts = args.parts.split(",") if args.parts else ["step", "priors", "memory"] + (["image"] if config == "sd15"
+                                                                                      else [])
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    if min(args.steps, args.step_steps, args.repeats) < 1 or not 0 <= args.tile_overlap < args.tile:
+        print("error: --steps, --step-steps and --repeats must be >= 1 and 0 <= --tile-overlap < --tile",
+              file=sys.stderr)
+        return 2
+    settings = BenchSettings(
+        config=config, device=device, dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
+        size=args.size or (512 if config == "sd15" else 256), steps=args.steps, step_steps=args.step_steps,
+        repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
+        memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
+        tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
+    )
+    result = run_bench(settings, parts, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
