@@ -130,10 +130,15 @@ class RestorePipeline:
             return self.models.refine(tokens.to(self.dtype))
 
     @torch.no_grad()
-    def structure_prior(self, lq: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Processor features (for the ControlNet) and its RGB maps (to show the structure prior)."""
+    def structure_prior(
+        self, lq: torch.Tensor, tile: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Processor features (for the ControlNet) and its RGB maps (to show the structure prior).
+
+        ``tile`` in pixels (multiple of 8): an exact tiled pass that bounds memory on large images.
+        """
         with self._stage(self.models.controlnet):
-            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype))
+            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype), tile=tile)
 
     # ------------------------------------------------------------------ VAE
 
@@ -260,7 +265,7 @@ class RestorePipeline:
         generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
         text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
         image_emb = self.encode_image(real)
-        features, _ = self.structure_prior(lq)
+        features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         scheduler = make_scheduler(options.scheduler, self.scheduler_config)

@@ -162,3 +162,15 @@ def test_written_configs_match_official(base, manifests):
         assert len(shared) >= 25
         diff = {k: (ours[k], ref[k]) for k in shared if json.loads(json.dumps(ours[k])) != ref[k]}
         assert not diff, f"{base} {what} config differs: {diff}"
+
+
+@torch.no_grad()
+def test_tiled_processor_equals_whole_image(tiny):
+    lq = torch.rand(2, 3, 96, 136, generator=torch.Generator().manual_seed(4))
+    whole, rgbs = tiny.controlnet.encode_condition(lq)
+    tiled, rgbs_t = tiny.controlnet.encode_condition(lq, tile=32)
+    assert torch.allclose(tiled, whole, atol=1e-5) and whole.abs().max() > 0.01
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(rgbs, rgbs_t))
+    # Too small a halo is NOT exact: the check can fail.
+    narrow, _ = tiny.controlnet.controlnet_cond_embedding.forward_tiled(lq, 32, halo=8)
+    assert not torch.allclose(narrow, whole, atol=1e-5)

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Receptive-field radius of the conv stack (47 px window), rounded up to a multiple of 8.
+RECEPTIVE_HALO = 32
+
 
 class Processor(nn.Module):
     """Conv stack ``conv_in -> [conv, conv stride 2] x 3 -> conv_out`` with SiLU after every conv but the last."""
@@ -46,6 +49,39 @@ class Processor(nn.Module):
             if i % 2 == 1 and return_rgbs and self.return_rgbs:
                 rgbs.append(self.to_rgbs[i // 2](h))
         return self.conv_out(h), rgbs
+
+    def forward_tiled(
+        self, lq: torch.Tensor, tile: int, halo: int = RECEPTIVE_HALO, return_rgbs: bool = True
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Same result as :meth:`forward` (up to float rounding) with memory bounded by the tile size.
+
+        The network is convolutions only, so each output depends on a 47-px window of the input: tiles
+        with a ``halo`` of at least 24 px of real neighbours, cropped back, are exact. ``tile``, ``halo``
+        and the image size must be multiples of 8 so every tile keeps the stride-2 grid of the full image.
+        """
+        h, w = lq.shape[-2:]
+        if any(v % 8 for v in (tile, halo, h, w)) or tile <= 0:
+            raise ValueError(f"tile ({tile}), halo ({halo}) and image size {h}x{w} must be positive multiples of 8")
+        if h <= tile and w <= tile:
+            return self(lq, return_rgbs)
+        features: torch.Tensor | None = None
+        rgbs: list[torch.Tensor] = []
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                py0, px0, py1, px1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
+                f, r = self(lq[..., py0:py1, px0:px1], return_rgbs)
+                if features is None:
+                    features = f.new_empty(*f.shape[:2], h // 8, w // 8)
+                    rgbs = [t.new_empty(*t.shape[:2], h * t.shape[-2] // (py1 - py0), w * t.shape[-1] // (px1 - px0))
+                            for t in r]
+                for full, part in ((features, f), *zip(rgbs, r)):
+                    s = (py1 - py0) // part.shape[-2]  # this output's downscale factor
+                    full[..., y0 // s:y1 // s, x0 // s:x1 // s] = part[
+                        ..., (y0 - py0) // s:(y1 - py0) // s, (x0 - px0) // s:(x1 - px0) // s
+                    ]
+        assert features is not None
+        return features, rgbs
 
     def zero_init_output(self) -> None:
         """Zero ``conv_out`` so a freshly built ControlNet starts as a no-op (as when training from scratch)."""
