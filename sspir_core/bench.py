@@ -87,19 +87,19 @@ def build_bench_pipeline(config: str, device: str | torch.device = "cpu", dtype:
         return tiny_random_pipeline(device=device, dtype=dtype, seed=seed)
     if config not in CONFIGS:
         raise ValueError(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
-
     from .build import build_models
-    from .loaders import CLIP_VISION_CONFIG, ClipVisionEncoder, load_tokenizer, sd_config_dir
+    from .loaders import CLIP_VISION_CONFIG, sd_config_dir
     from .loaders.bundled_configs import read_json
+    from .presets import random_pipeline
 
     device = torch.device(device)
     torch.manual_seed(seed)
     if config == "tiny-medium":
         models = build_models(unet_config=TINY_MEDIUM_UNET, clip_dim=TINY_MEDIUM_CLIP_DIM, device=device)
-        text_cfg = CLIPTextConfig(vocab_size=49408, hidden_size=256, intermediate_size=1024, num_hidden_layers=3,
-                                  num_attention_heads=4, max_position_embeddings=77, projection_dim=256)
+        text_cfg: dict[str, Any] = {
+            "vocab_size": 49408, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 256,
+        }
         vae_cfg: dict[str, Any] = {
             "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
             "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
@@ -111,17 +111,10 @@ def build_bench_pipeline(config: str, device: str | torch.device = "cpu", dtype:
     else:  # sd15: full size
         models = build_models("sd15", device=device)
         sd_dir = sd_config_dir("sd15")
-        text_cfg = CLIPTextConfig(**read_json(sd_dir / "text_encoder" / "config.json"))
+        text_cfg = {k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")}
         vae_cfg = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
         vision = read_json(CLIP_VISION_CONFIG)
-    with torch.device(device):
-        text_encoder = CLIPTextModel(text_cfg)
-        vae = AutoencoderKL.from_config(vae_cfg)
-        tower = CLIPVisionModel(CLIPVisionConfig(**vision))
-    clip = ClipVisionEncoder(tower, "transformers", int(vision["image_size"]), int(vision["patch_size"]),
-                             int(vision["hidden_size"])).to(device)  # its mean/std buffers too
-    tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
-    return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=device, dtype=dtype, untrained=True)
+    return random_pipeline(models, text_cfg, vae_cfg, vision, device, dtype)
 
 
 def build_stock_pair(pipe: RestorePipeline) -> tuple[torch.nn.Module, torch.nn.Module]:

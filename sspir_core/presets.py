@@ -7,6 +7,7 @@ checkpoint (such as the trainer's smoke runs write) and sizes the text and CLIP 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,11 @@ TINY_UNET = {
     "sample_size": 8,
 }
 TINY_CLIP_DIM = 64
+TINY_VAE: dict[str, Any] = {
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4,
+    "scaling_factor": 0.18215, "sample_size": 64,
+}
 TINY_CLIP_IMAGE = 224  # 16x16 = 256 patch tokens, as CLIP ViT-L/14-224
 
 
@@ -40,6 +46,31 @@ def tiny_models(sspir: str | Path | None = None, seed: int = 0) -> SSPIRModels:
     return load_sspir_weights(path, sd_unet=stock_unet_from_config(unet_config))
 
 
+def random_pipeline(
+    models: SSPIRModels,
+    text_config: dict[str, Any],
+    vae_config: dict[str, Any],
+    vision_config: dict[str, Any],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> RestorePipeline:
+    """Wrap SSP-IR models with randomly initialised SD/CLIP parts built from configs (and the real tokenizer)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from .loaders import ClipVisionEncoder, load_tokenizer, sd_config_dir
+
+    device = torch.device(device)
+    with torch.device(device):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+        vae = AutoencoderKL.from_config(vae_config)
+        tower = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+    clip = ClipVisionEncoder(tower, "transformers", int(vision_config["image_size"]), int(vision_config["patch_size"]),
+                             int(vision_config["hidden_size"])).to(device)  # its mean/std buffers too
+    tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
+    return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=device, dtype=dtype, untrained=True)
+
+
 def tiny_random_pipeline(
     sspir: str | Path | None = None,
     device: str | torch.device = "cpu",
@@ -47,29 +78,12 @@ def tiny_random_pipeline(
     seed: int = 0,
 ) -> RestorePipeline:
     """A complete restore pipeline at toy size (random SD parts; SSP-IR parts random or from ``sspir``)."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
-
-    from .loaders import ClipVisionEncoder, load_tokenizer, sd_config_dir
-
     models = tiny_models(sspir, seed)
     torch.manual_seed(seed)
     text_dim = models.unet.config.cross_attention_dim
     clip_dim = models.refine.config["clip_dim"]
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=text_dim,
-    ))
-    vae = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 16, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4,
-        scaling_factor=0.18215, sample_size=64,
-    )
-    tower = CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=clip_dim, intermediate_size=2 * clip_dim, num_hidden_layers=2, num_attention_heads=2,
-        image_size=TINY_CLIP_IMAGE, patch_size=14, hidden_act="quick_gelu",
-    ))
-    clip = ClipVisionEncoder(tower, "transformers", TINY_CLIP_IMAGE, 14, clip_dim)
-    tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
-    return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=torch.device(device), dtype=dtype,
-                           untrained=True)
+    text = {"vocab_size": 49408, "hidden_size": text_dim, "intermediate_size": 2 * text_dim, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "projection_dim": text_dim}
+    vision = {"hidden_size": clip_dim, "intermediate_size": 2 * clip_dim, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": TINY_CLIP_IMAGE, "patch_size": 14, "hidden_act": "quick_gelu"}
+    return random_pipeline(models, text, TINY_VAE, vision, device, dtype)
