@@ -54,7 +54,7 @@ def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = 1e-
     t_std = t.std(dim=(2, 3), keepdim=True, unbiased=False)
     s_mean = s.mean(dim=(2, 3), keepdim=True)
     s_std = s.std(dim=(2, 3), keepdim=True, unbiased=False)
-    out = (t - t_mean) / (t_std + eps) * s_std + s_mean
+    out = (t - t_mean).mul_(s_std / (t_std + eps)).add_(s_mean)  # one image-sized temporary, not three
     return out.to(target.dtype)
 
 

@@ -144,10 +144,10 @@ class RestorePipeline:
 
     @torch.no_grad()
     def vae_encode(self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None) -> torch.Tensor:
-        x = (2 * lq - 1).to(self.device, self.dtype)
+        x = lq.to(self.device, self.dtype)
         with self._stage(self.vae):
-            def moments(img: torch.Tensor) -> torch.Tensor:
-                return self.vae.encode(img).latent_dist.parameters
+            def moments(img: torch.Tensor) -> torch.Tensor:  # [0,1] -> [-1,1] per tile: no image-sized copy
+                return self.vae.encode(2 * img - 1).latent_dist.parameters
 
             if vae_tile is None:
                 params = moments(x)
@@ -168,7 +168,7 @@ class RestorePipeline:
             else:
                 tile = max(8, vae_tile // 8)
                 out = tiled_vae_decode(decode, z, tile_latent=tile, overlap_latent=min(16, tile // 4))
-        return ((out.float() + 1) / 2).clamp(0, 1)
+        return out.float().add_(1).div_(2).clamp_(0, 1)
 
     # ------------------------------------------------------------------ denoising
 
