@@ -110,4 +110,4 @@ def apply_color_fix(
         out = adain_color_fix(target, source)
     else:
         raise InputError(f"unknown colour fix {method!r}: choose one of {', '.join(COLOR_FIX_METHODS)}")
-    return out.clamp(0.0, 1.0)
+    return out.clamp_(0.0, 1.0)  # out is our own temporary: clamp in place
