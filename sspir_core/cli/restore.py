@@ -90,12 +90,11 @@ def build_pipeline(args: argparse.Namespace, device, dtype):
     from ..checkpoint import load_sspir_weights
     from ..loaders import load_clip_vision, load_sd_components
     from ..pipeline import RestorePipeline
-    from ..sd_unet import load_sd_unet
 
     official = Path(args.sspir).is_dir()
     parts = ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder")
     sd = load_sd_components(args.sd, base=args.base, parts=parts)
-    sd_unet = None if official else (sd.unet if sd.unet is not None else load_sd_unet(args.sd, args.base))
+    sd_unet = None if official else sd.unet  # the official folder holds the full UNet; compact needs SD's
     models = load_sspir_weights(args.sspir, sd_unet=sd_unet, base=args.base or sd.base)
     clip = load_clip_vision(args.clip_vision)
     return RestorePipeline(models, sd.vae, sd.text_encoder, sd.tokenizer, clip, sd.scheduler_config,
