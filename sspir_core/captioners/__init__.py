@@ -5,12 +5,12 @@
 (torch, transformers) load only when a model runs.
 """
 
-from .base import DEFAULT_CACHE, Captioner, CaptionerError
+from .base import DEFAULT_CACHE, PAPER_PROMPT, Captioner, CaptionerError
 from .blip import BlipCaptioner
 from .cache import CaptionCache, default_cache_dir
 from .florence2 import Florence2Captioner
 from .images import image_digest, to_pil_images
-from .llava import PAPER_PROMPT, LlavaCaptioner
+from .llava import LlavaCaptioner
 from .openai_api import OpenAICaptioner
 from .qwen_vl import QwenVLCaptioner
 from .registry import ALIASES, CAPTIONERS, get_captioner

@@ -14,6 +14,9 @@ from .cache import CaptionCache, default_cache_dir, identity_digest
 from .images import image_digest, to_pil_images
 from .text import clean_caption
 
+# The paper's explicit-prior settings (LLaVA-1.5): one place for every backend that follows them.
+PAPER_PROMPT = "Describe the image in a very detailed manner if we remove the degradation artifacts from the image."
+PAPER_DECODING: dict = {"do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512}
 
 class CaptionerError(SSPIRError):
     """A captioner could not produce a caption (model failed to load or run, server unreachable)."""

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from ..errors import CheckpointError
+from .base import PAPER_DECODING, PAPER_PROMPT
 from .local_model import LocalModelCaptioner, dtype_kwarg, transformers_class
 
-PAPER_PROMPT = "Describe the image in a very detailed manner if we remove the degradation artifacts from the image."
 # LLaVA-1.5's own conversation format, for processors saved without a chat template.
 LLAVA15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
@@ -20,9 +20,7 @@ class LlavaCaptioner(LocalModelCaptioner):
     name: ClassVar[str] = "llava"
     default_prompt: ClassVar[str | None] = PAPER_PROMPT
     expected_layout: ClassVar[str] = "llava-hf/llava-1.5-7b-hf"
-    default_decoding: ClassVar[dict[str, Any]] = {
-        "do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512,
-    }
+    default_decoding: ClassVar[dict[str, Any]] = PAPER_DECODING
 
     def _load(self) -> tuple[Any, Any]:
         model_type = self.config.get("model_type")

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from ..errors import InputError
-from .base import Captioner, CaptionerError
-from .llava import PAPER_PROMPT
+from .base import PAPER_DECODING, PAPER_PROMPT, Captioner, CaptionerError
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -60,9 +59,9 @@ class OpenAICaptioner(Captioner):
         model_name: str | None = None,
         api_key: str | None = None,
         api_key_env: str | None = None,
-        max_new_tokens: int = 512,
-        temperature: float = 0.2,
-        top_p: float = 0.7,
+        max_new_tokens: int = PAPER_DECODING["max_new_tokens"],
+        temperature: float = PAPER_DECODING["temperature"],
+        top_p: float = PAPER_DECODING["top_p"],
         timeout: float = 120.0,
         retries: int = 2,
         backoff: float = 1.0,

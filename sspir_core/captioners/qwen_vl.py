@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from ..errors import CheckpointError
+from .base import PAPER_DECODING
 from .local_model import LocalModelCaptioner, dtype_kwarg, transformers_class
 
 RESTORATION_PROMPT = (
@@ -29,9 +30,7 @@ class QwenVLCaptioner(LocalModelCaptioner):
     name: ClassVar[str] = "qwen2-vl"
     default_prompt: ClassVar[str | None] = RESTORATION_PROMPT
     expected_layout: ClassVar[str] = "Qwen/Qwen2-VL-2B-Instruct or Qwen/Qwen2.5-VL-3B-Instruct"
-    default_decoding: ClassVar[dict[str, Any]] = {
-        "do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512,
-    }
+    default_decoding: ClassVar[dict[str, Any]] = PAPER_DECODING
 
     def __init__(self, model_dir: Any, *, max_pixels: int = 1024 * 28 * 28, **options: Any) -> None:
         super().__init__(model_dir, **options)
