@@ -173,6 +173,13 @@ def run_up_block(
     return h
 
 
+def reject_unused(kwargs: dict[str, Any], owner: str) -> None:
+    """Accept the diffusers call style (``return_dict=``, None-valued extras) but refuse inputs we would ignore."""
+    extra = sorted(k for k, v in kwargs.items() if v is not None and k != "return_dict")
+    if extra:
+        raise TypeError(f"{owner}.forward does not support {extra}")
+
+
 def time_embedding(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
     """Sinusoidal projection + MLP, broadcast to the batch (per-sample timesteps allowed)."""
     t = timestep

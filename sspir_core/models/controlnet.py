@@ -14,6 +14,7 @@ from .blocks import (
     heads_per_level,
     image_attentions_for,
     per_level,
+    reject_unused,
     run_down_blocks,
     run_mid_block,
     time_embedding,
@@ -60,9 +61,7 @@ class SSPIRControlNet(ControlNetModel):
         **unused,
     ) -> ControlNetOutput:
         """``controlnet_cond``: LQ in [0,1] [B,3,8h,8w], or pass ``processor_features`` from :meth:`encode_condition`."""
-        extra = sorted(k for k, v in unused.items() if v is not None and k != "return_dict")
-        if extra:
-            raise TypeError(f"SSPIRControlNet.forward does not support {extra}")
+        reject_unused(unused, "SSPIRControlNet")
         rgbs: list[torch.Tensor] = []
         if processor_features is None:
             if controlnet_cond is None:

@@ -15,6 +15,7 @@ from .blocks import (
     image_attentions_for,
     per_level,
     prior_attention,
+    reject_unused,
     run_down_blocks,
     run_mid_block,
     run_up_block,
@@ -52,10 +53,7 @@ class SSPIRUNet(UNet2DConditionModel):
         pixel attentions attend to; defaults to the down residuals (the official behaviour), zeros when
         there are none. Pass it separately to examine each path on its own.
         """
-        if unused:
-            extra = sorted(k for k, v in unused.items() if v is not None)
-            if extra:
-                raise TypeError(f"SSPIRUNet.forward does not support {extra}")
+        reject_unused(unused, "SSPIRUNet")
         temb = time_embedding(self, sample, timestep)
         ckpt = self.is_gradient_checkpointing and self.training
 
