@@ -172,6 +172,11 @@ class RestorePipeline:
 
     # ------------------------------------------------------------------ denoising
 
+    def make_scheduler(self, options: RestoreOptions) -> Any:
+        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(options.steps, device=self.device)
+        return scheduler
+
     @torch.no_grad()
     def denoise(
         self,
@@ -183,10 +188,11 @@ class RestorePipeline:
         options: RestoreOptions,
         generators: list[torch.Generator],
         callback: StepCallback | None = None,
+        scheduler: Any | None = None,
     ) -> torch.Tensor:
-        """The sampling loop; ``latents`` are the starting point (already noised)."""
-        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
-        scheduler.set_timesteps(options.steps, device=self.device)
+        """The sampling loop; ``latents`` are the starting point (already noised, with ``scheduler`` if given)."""
+        if scheduler is None:
+            scheduler = self.make_scheduler(options)
         guided = options.cfg != 1.0
         if guided:  # CFG on text only: image embedding and structure prior are the same in both halves
             text_in = torch.cat([text_negative, text])
@@ -268,14 +274,14 @@ class RestorePipeline:
         features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
-        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
-        scheduler.set_timesteps(options.steps, device=self.device)
+        scheduler = self.make_scheduler(options)
         if options.start == "lq":
             clean = self.vae_encode(lq, generators, options.vae_tile).float()
             latents = noise_to(scheduler, clean, noise, START_TIMESTEP)
         else:
             latents = noise * scheduler.init_noise_sigma
-        latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback)
+        latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback,
+                               scheduler)
         out = self.vae_decode(latents, options.vae_tile)[..., y0:y1, x0:x1]
         return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
 
