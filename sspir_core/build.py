@@ -40,17 +40,9 @@ def structure(config: dict[str, Any] | Any) -> dict[str, Any]:
     cfg = dict(config)
     out = {k: (list(cfg[k]) if isinstance(cfg.get(k), (list, tuple)) else cfg.get(k)) for k in _STRUCTURE_KEYS}
     out["use_linear_projection"] = bool(out["use_linear_projection"])
-    ns = _Namespace(cfg)
-    out["heads"] = heads_per_level(ns)
+    out["heads"] = heads_per_level(cfg)
     out["depth"] = per_level(cfg.get("transformer_layers_per_block", 1), len(cfg["block_out_channels"]))
     return out
-
-
-class _Namespace:
-    def __init__(self, cfg: dict[str, Any]):
-        self.num_attention_heads = cfg.get("num_attention_heads")
-        self.attention_head_dim = cfg.get("attention_head_dim", 8)
-        self.block_out_channels = cfg["block_out_channels"]
 
 
 def infer_base(unet_config: dict[str, Any] | Any) -> str:

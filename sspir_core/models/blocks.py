@@ -6,7 +6,7 @@ layer runs its modules, shared by the UNet and the ControlNet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,10 +27,12 @@ def per_level(value: int | Sequence[int], levels: int) -> list[int]:
     return values
 
 
-def heads_per_level(config: Any) -> list[int]:
+def heads_per_level(config: Mapping[str, Any]) -> list[int]:
     """Number of attention heads per level. diffusers' `attention_head_dim` holds the HEAD COUNT here."""
-    heads = config.num_attention_heads if config.num_attention_heads is not None else config.attention_head_dim
-    return per_level(heads, len(config.block_out_channels))
+    heads = config.get("num_attention_heads")
+    if heads is None:
+        heads = config.get("attention_head_dim", 8)
+    return per_level(heads, len(config["block_out_channels"]))
 
 
 def prior_attention(
