@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sspir_core.errors import InputError
+from sspir_core.errors import InputError, OptionError
 from sspir_core.pipeline import OutOfMemory, RestoreCancelled, RestoreOptions, latent_preview, restore_image
 from sspir_core.presets import tiny_random_pipeline
 
@@ -117,8 +117,30 @@ def test_bad_captions_and_shapes(pipe, lq):
         pipe.restore(lq[:1], ["a", "b"], RestoreOptions(**FAST))
     with pytest.raises(InputError, match="multiples of 8"):
         pipe.restore(torch.rand(1, 3, 30, 30), "", RestoreOptions(**FAST))
-    with pytest.raises(InputError, match="unknown scheduler"):
+    with pytest.raises(InputError, match="scheduler 'heun' is unknown"):
         RestoreOptions(scheduler="heun")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("steps", 0), ("steps", 2.5), ("steps", 1001), ("cfg", float("nan")), ("cfg", float("inf")), ("cfg", -1.0),
+     ("scheduler", "heun"), ("negative_prompt", None), ("conditioning_scale", float("nan")), ("start", "middle"),
+     ("seed", -1), ("seed", 2**64), ("color_fix", "sepia"), ("tile", 0), ("tile_overlap", -1), ("vae_tile", 4),
+     ("max_chunks", 0), ("steps", True)],
+)
+def test_every_option_is_checked_and_names_itself(field, value):
+    with pytest.raises(OptionError) as e:
+        RestoreOptions(**{field: value})
+    assert e.value.option == field and str(e.value).startswith(field)
+    assert e.value.named({field: "--my-flag"}).startswith("--my-flag ")
+
+
+def test_restore_checks_options_changed_after_they_were_made_before_any_work(pipe, lq, monkeypatch):
+    opts = RestoreOptions(**FAST)
+    opts.cfg = float("nan")
+    monkeypatch.setattr(pipe, "encode_text", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(OptionError, match="cfg must be a finite number"):
+        pipe.restore(lq[:1], "", opts)
 
 
 def test_callback_progress_preview_and_stop(pipe, lq):
