@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -119,6 +120,8 @@ class RestorePipeline:
     dtype: torch.dtype = torch.float32
     offload: bool = False  # keep models on the CPU and move each stage to the device only while it runs
     untrained: bool = False  # set by the tiny-random preset so callers can say so
+    # One run at a time: runs share the modules (and, with offload, move them), so a second thread waits.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -134,6 +137,11 @@ class RestorePipeline:
 
     @contextlib.contextmanager
     def _stage(self, *modules: nn.Module) -> Iterator[None]:
+        with self._lock, self._placed(*modules):
+            yield
+
+    @contextlib.contextmanager
+    def _placed(self, *modules: nn.Module) -> Iterator[None]:
         if self.offload:
             for m in modules:
                 move_module(m, self.device, None)
@@ -297,15 +305,16 @@ class RestorePipeline:
         # (and its negative with it) would change its image, so each image gets what it gets alone.
         groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
         try:
-            if len(groups) == 1:
-                return self._restore(lq, caps, options, callback, box)
-            out: list[torch.Tensor | None] = [None] * b
-            for g, idx in enumerate(groups):
-                part = self._restore(lq[idx], [caps[i] for i in idx], options,
-                                     _group_progress(callback, g, len(groups)), box)
-                for j, i in enumerate(idx):
-                    out[i] = part[j:j + 1]
-            return torch.cat(out)  # type: ignore[arg-type]
+            with self._lock:  # one run at a time (a server may call from several threads)
+                if len(groups) == 1:
+                    return self._restore(lq, caps, options, callback, box)
+                out: list[torch.Tensor | None] = [None] * b
+                for g, idx in enumerate(groups):
+                    part = self._restore(lq[idx], [caps[i] for i in idx], options,
+                                         _group_progress(callback, g, len(groups)), box)
+                    for j, i in enumerate(idx):
+                        out[i] = part[j:j + 1]
+                return torch.cat(out)  # type: ignore[arg-type]
         except torch.OutOfMemoryError as e:
             raise OutOfMemory(
                 f"out of memory on {self.device} ({e}). Try a smaller tile (now {options.tile} latent px), "

@@ -175,3 +175,68 @@ def test_bf16_and_offload_paths_run(lq):
     off.offload = True
     assert torch.equal(off.restore(lq[:1], "a cat", RestoreOptions(**FAST)), ref)
     assert all(next(m.parameters()).device.type == "cpu" for m in off._all_modules())
+
+
+def test_building_and_running_change_no_process_wide_state(lq, monkeypatch):
+    import logging
+
+    import diffusers.utils.logging as diffusers_logging
+
+    calls = []
+    monkeypatch.setattr(diffusers_logging, "set_verbosity", lambda level: calls.append(level))
+    monkeypatch.setattr(diffusers_logging, "set_verbosity_error", lambda: calls.append("error"))
+    rng = torch.random.get_rng_state().clone()
+    filters = list(logging.getLogger().filters)
+    p = tiny_random_pipeline(seed=3, dtype=torch.bfloat16)  # bf16: every module is cast
+    p.offload = True  # and moved at every stage
+    p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    assert torch.equal(torch.random.get_rng_state(), rng), "torch's global RNG was seeded or drawn from"
+    assert calls == [] and logging.getLogger().filters == filters
+
+
+def test_random_presets_are_reproducible_from_their_own_generator():
+    a, b, c = (tiny_random_pipeline(seed=s) for s in (5, 5, 6))
+    for name in ("unet", "controlnet", "refine"):
+        sa, sb, sc = (getattr(p.models, name).state_dict() for p in (a, b, c))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    te = a.text_encoder.state_dict()
+    assert all(torch.equal(te[k], b.text_encoder.state_dict()[k]) for k in te)
+    # the ControlNet starts as a copy of the UNet encoder, as the official trainer's does
+    unet = a.models.unet.state_dict()
+    assert torch.equal(a.models.controlnet.state_dict()["conv_in.weight"], unet["conv_in.weight"])
+
+
+def test_two_threads_on_one_pipeline_run_one_after_the_other_with_the_same_results(lq, monkeypatch):
+    import threading
+    import time
+
+    p = tiny_random_pipeline(seed=0)
+    p.offload = True  # the case where overlapping runs would move each other's modules away
+    expected = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    active, overlaps = [], []
+    real_denoise = p.denoise
+
+    def watched(*a, **k):
+        overlaps.append(len(active))
+        active.append(1)
+        time.sleep(0.2)  # widen the window a second run would overlap in
+        try:
+            return real_denoise(*a, **k)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(p, "denoise", watched)
+    results: list = [None, None]
+
+    def work(i):
+        results[i] = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [0, 0]
+    for r in results:
+        assert torch.equal(r, expected)
