@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model-name", help="for openai: the model name the server knows (default: its only model)")
     p.add_argument("--api-key-env", metavar="VAR", help="for openai: environment variable holding the API key")
     p.add_argument("--timeout", type=float, default=120.0, help="for openai: seconds per request (default 120)")
+    p.add_argument("--deadline", type=float, default=300.0,
+                   help="for openai: most seconds one caption may take, retries included (default 300)")
     p.add_argument("--retries", type=int, default=2, help="for openai: retries after a failed request (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32")
@@ -76,7 +78,7 @@ def _captioner_options(args: argparse.Namespace) -> dict:
     name = args.captioner.lower()
     if name in ("openai", "ollama"):
         opts.update(url=args.url, model_name=args.model_name, api_key_env=args.api_key_env,
-                    timeout=args.timeout, retries=args.retries)
+                    timeout=args.timeout, deadline=args.deadline, retries=args.retries)
         if args.max_new_tokens is not None:
             opts["max_new_tokens"] = args.max_new_tokens
     elif name in ("text", "typed"):
