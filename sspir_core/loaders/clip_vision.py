@@ -53,16 +53,21 @@ class ClipVisionEncoder(nn.Module):
         return (self.image_size // self.patch_size) ** 2
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Squash-resize to ``image_size`` (bicubic, antialias) and normalise with the CLIP mean/std."""
+        """Squash-resize to ``image_size`` (bicubic, antialias) and normalise with the CLIP mean/std.
+
+        The resize runs on the CPU whatever the model's device: antialiased bicubic is missing from some
+        backends (older Apple MPS builds), it is cheap next to the tower, and the tokens then do not depend
+        on the device's resize kernel. Only the 224 px result travels to the device.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(
                 f"CLIP vision expects images [B, 3, H, W] in [0, 1]; got shape {tuple(images.shape)}."
             )
-        x = images.to(device=self.mean.device, dtype=torch.float32)
+        x = images.to(device="cpu", dtype=torch.float32)
         if x.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        return (x.to(self.mean.device) - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.preprocess(images).to(next(self.tower.parameters()).dtype)
@@ -169,7 +174,7 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
     if any(True for _ in tower.buffers()):
         raise CheckpointError("This open_clip_torch version adds buffers to the vision tower; not supported.")
     if not getattr(tower.transformer, "batch_first", True):
-        raise CheckpointError("This open_clip_torch version is not supported: use open_clip_torch >= 2.24.")
+        raise CheckpointError("This open_clip_torch version is not supported: use open_clip_torch >= 2.32.")
     _load_into(tower, state, path, unused=("ln_post.weight", "ln_post.bias", "proj"))
     return tower
 

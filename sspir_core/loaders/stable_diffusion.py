@@ -258,6 +258,8 @@ def _load_diffusers_folder(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from ..captioners.local_model import dtype_kwarg  # torch_dtype= or dtype=, whichever transformers reads
+
     if not (folder / "model_index.json").is_file():
         raise CheckpointError(
             f"{folder} is a folder but not a diffusers pipeline (no model_index.json): pass a single-file "
@@ -277,7 +279,7 @@ def _load_diffusers_folder(
         try:
             if part == "text_encoder":
                 models[part] = CLIPTextModel.from_pretrained(
-                    str(folder), subfolder=part, local_files_only=True, dtype=dtype, variant=_variant(sub)
+                    str(folder), subfolder=part, local_files_only=True, variant=_variant(sub), **dtype_kwarg(dtype)
                 )
             else:
                 cls = UNet2DConditionModel if part == "unet" else AutoencoderKL
