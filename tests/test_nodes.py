@@ -14,7 +14,6 @@ import torch
 from sspir_core import demo_models
 from sspir_core.errors import InputError
 from tests import fake_comfy
-from tests.conftest import SHARED
 
 CONTRACT = {  # node id -> (display name, output types), from the nodes/comfy contract (issue 8)
     "SSPIRModelLoader": ("SSP-IR Model Loader", ["SSPIR_MODEL"]),
@@ -106,11 +105,11 @@ def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp
     assert rec.unloads == 0
 
 
-def test_loader_choices_list_official_folders_and_reject_unknown_names(host, models_dir, tmp_path, monkeypatch):
+def test_loader_choices_list_official_folders_and_reject_unknown_names(host, fixture_a, tmp_path):
     import folder_paths
 
     official = tmp_path / "sspir-extra"
-    shutil.copytree(SHARED / "fixtures" / "official-tiny-a" / "checkpoint-7", official / "run-a" / "checkpoint-7")
+    shutil.copytree(fixture_a / "checkpoint-7", official / "run-a" / "checkpoint-7")
     folder_paths.folder_names_and_paths["sspir"][0].append(str(official))
     loader = host.nodes["SSPIRModelLoader"]
     options = {i.id: i.kw.get("options") for i in loader.define_schema().inputs}
