@@ -111,7 +111,7 @@ WORKFLOWS = [
          Node(4, "SSPIRCaptionerLoader", (40, 800), (340, 330), {
              "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
              "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
-             "trust_remote_code": False}),
+             "trust_remote_code": False, "keep_loaded": False}),
          Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
          Node(6, "PreviewAny", (440, 170), (320, 200), {}, title="Caption (read it; to edit, type your own "
                                                                  "into the sampler's caption)"),
