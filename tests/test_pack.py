@@ -65,7 +65,10 @@ def test_cli_reports_bad_checkpoint_without_traceback(tmp_path, capsys):
     from sspir_core.cli import main
 
     assert main(["convert", "to-compact", str(tmp_path / "missing"), str(tmp_path / "x.safetensors")]) == 1
-    assert "checkpoint folder not found" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "checkpoint folder not found" in captured.err and captured.out == ""  # errors go to stderr
+    assert main(["convert", "to-official", str(tmp_path / "x.safetensors"), str(tmp_path / "o")]) == 2
+    assert "needs --sd" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["convert", "--help"]])
