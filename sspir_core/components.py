@@ -14,6 +14,7 @@ node whose upscale matches the sampler's computes only once.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ CACHE_CHOICES = ("on device", "in RAM", "off")
 """What happens to loaded models after a run: stay where they ran (fastest), move to RAM (frees VRAM for
 other nodes; moved back next run, no disk read), or be dropped (frees everything; next run reloads)."""
 
+# Cached modules are shared by every pipeline built from them: runs that use them take turns.
+RUN_LOCK = threading.RLock()
 MODELS = ModelCache(max_items=2)
 CLIP_VISION = ModelCache(max_items=2)
 CAPTIONER_CACHE = ModelCache(max_items=2)
@@ -167,19 +170,20 @@ def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None) -> None:
     """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`)."""
     from .build import move_module
 
-    if model.cache == "off":
-        MODELS.drop(model.key())
-        if clip is not None:
-            CLIP_VISION.drop(clip.key())
-    elif model.cache == "in RAM" and model.torch_device.type != "cpu":
-        parts = MODELS.peek(model.key())
-        modules = [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
-        if clip is not None and CLIP_VISION.peek(clip.key()) is not None:
-            modules.append(CLIP_VISION.peek(clip.key()))
-        for m in modules:
-            move_module(m, torch.device("cpu"))
-    if model.torch_device.type == "cuda":
-        torch.cuda.empty_cache()
+    with RUN_LOCK:
+        if model.cache == "off":
+            MODELS.drop(model.key())
+            if clip is not None:
+                CLIP_VISION.drop(clip.key())
+        elif model.cache == "in RAM" and model.torch_device.type != "cpu":
+            parts = MODELS.peek(model.key())
+            modules = [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
+            if clip is not None and CLIP_VISION.peek(clip.key()) is not None:
+                modules.append(CLIP_VISION.peek(clip.key()))
+            for m in modules:
+                move_module(m, torch.device("cpu"))
+        if model.torch_device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def captioner_for(spec: CaptionerSpec) -> Captioner:
@@ -211,10 +215,11 @@ class ImageEmbedPrior:
         """The embedding for output size ``(width, height)``: [B, tokens, 512] on the CPU."""
         size = (int(size[0]), int(size[1]))
         if size not in self.computed:
-            pipe = pipeline_for(self.model, self.clip)
             prepared = prepare_lq(self.image, target_size=size)
             y0, y1, x0, x1 = prepared.box
-            self.computed[size] = pipe.encode_image(prepared.image[..., y0:y1, x0:x1]).cpu()
+            with RUN_LOCK:
+                pipe = pipeline_for(self.model, self.clip)
+                self.computed[size] = pipe.encode_image(prepared.image[..., y0:y1, x0:x1]).cpu()
         return self.computed[size]
 
 
@@ -235,9 +240,10 @@ class StructurePrior:
         """Features [B, C, Hp/8, Wp/8] and RGB maps (padded size) for output size ``(width, height)``, on the CPU."""
         size = (int(size[0]), int(size[1]))
         if size not in self.computed:
-            pipe = pipeline_for(self.model, None)
             prepared = prepare_lq(self.image, target_size=size)
-            features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile)
+            with RUN_LOCK:
+                pipe = pipeline_for(self.model, None)
+                features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile)
             self.computed[size] = (features.cpu(), [r.cpu() for r in rgbs])
         return self.computed[size]
 
@@ -274,7 +280,9 @@ def restore_components(
             log.info("SSP-IR: a prior was made from a %s image, the sampler's LQ is %s; using the prior's image "
                      "at the output size", tuple(prior.image.shape[-2:]), tuple(image.shape[-2:]))
     clip = clip or (image_embed.clip if image_embed is not None else None)
-    pipe = pipeline_for(model, clip)
-    emb = image_embed.at(out_size) if image_embed is not None else None
-    features = structure.at(out_size)[0] if structure is not None else None
-    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=Priors(emb, features))
+    with RUN_LOCK:
+        emb = image_embed.at(out_size) if image_embed is not None else None
+        features = structure.at(out_size)[0] if structure is not None else None
+        pipe = pipeline_for(model, clip)
+        return pipe.restore(prepared.image, captions, options, callback, box=prepared.box,
+                            priors=Priors(emb, features))
