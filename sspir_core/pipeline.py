@@ -13,7 +13,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -104,6 +104,32 @@ def _check_number(name: str, value: Any, low: float) -> None:
 
 
 StepCallback = Callable[[int, int, torch.Tensor], Any]
+
+
+class Priors(NamedTuple):
+    """Priors computed outside :meth:`RestorePipeline.restore` for one padded LQ batch; None = compute there.
+
+    ``image_emb``: Refine-layer output [B, tokens, 512] of the LQ's real part (see ``box``);
+    ``features``: Processor features [B, C, H/8, W/8] of the padded LQ.
+    """
+
+    image_emb: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    def check(self, lq: torch.Tensor, device: torch.device, dtype: torch.dtype
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Both on ``device``/``dtype``, after checking they belong to ``lq`` (batch and latent size)."""
+        b, h, w = lq.shape[0], lq.shape[-2] // 8, lq.shape[-1] // 8
+        if self.image_emb is not None and self.image_emb.shape[0] != b:
+            raise InputError(f"image embedding has batch {self.image_emb.shape[0]}, the LQ batch is {b}")
+        if self.features is not None and (self.features.shape[0] != b or tuple(self.features.shape[-2:]) != (h, w)):
+            raise InputError(f"structure features {tuple(self.features.shape)} do not fit an LQ of batch {b} "
+                             f"and latent size {h}x{w}")
+        return tuple(None if t is None else t.to(device, dtype) for t in self)  # type: ignore[return-value]
+
+    def select(self, index: list[int]) -> Priors:
+        """The priors of some images of the batch (in that order)."""
+        return Priors(*(None if t is None else t[index] for t in self))
 
 
 @dataclass
@@ -281,12 +307,15 @@ class RestorePipeline:
         options: RestoreOptions | None = None,
         callback: StepCallback | None = None,
         box: tuple[int, int, int, int] | None = None,
+        priors: Priors | None = None,
     ) -> torch.Tensor:
         """Restore ``lq`` ([B,3,H,W] in [0,1], already at the output size, H and W multiples of 8).
 
         ``captions``: one string for all images or one per image. ``box`` ``(y0, y1, x0, x1)``: the part
         of ``lq`` that is the real image (the rest is padding); CLIP sees and the output keeps only that
-        part, and the colour fix is computed on it. Returns [B,3,h,w] in [0,1].
+        part, and the colour fix is computed on it. ``priors``: image embedding and/or Processor features
+        computed elsewhere (e.g. by separate ComfyUI nodes) for exactly this ``lq``; missing ones are
+        computed here. Returns [B,3,h,w] in [0,1].
         Each image gets what it gets alone with the same seed: captions that need different chunk
         counts run as separate groups, and ``callback`` then counts the steps of all groups in turn.
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs.
@@ -305,13 +334,14 @@ class RestorePipeline:
         # (and its negative with it) would change its image, so each image gets what it gets alone.
         groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
         try:
+            priors = priors or Priors()
             with self._lock:  # one run at a time (a server may call from several threads)
                 if len(groups) == 1:
-                    return self._restore(lq, caps, options, callback, box)
+                    return self._restore(lq, caps, options, callback, box, priors)
                 out: list[torch.Tensor | None] = [None] * b
                 for g, idx in enumerate(groups):
                     part = self._restore(lq[idx], [caps[i] for i in idx], options,
-                                         _group_progress(callback, g, len(groups)), box)
+                                         _group_progress(callback, g, len(groups)), box, priors.select(idx))
                     for j, i in enumerate(idx):
                         out[i] = part[j:j + 1]
                 return torch.cat(out)  # type: ignore[arg-type]
@@ -322,13 +352,16 @@ class RestorePipeline:
             ) from e
 
     def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
-                 callback: StepCallback | None, box: tuple[int, int, int, int]) -> torch.Tensor:
+                 callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
         generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
         text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
-        image_emb = self.encode_image(real)
-        features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
+        image_emb, features = priors.check(lq, self.device, self.dtype)
+        if image_emb is None:
+            image_emb = self.encode_image(real)
+        if features is None:
+            features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         scheduler = self.make_scheduler(options)
@@ -378,9 +411,10 @@ def restore_image(
     upscale: float = 4.0,
     target_size: tuple[int, int] | None = None,
     callback: StepCallback | None = None,
+    priors: Priors | None = None,
 ) -> torch.Tensor:
     """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size."""
     from .image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
-    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box)
+    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors)
