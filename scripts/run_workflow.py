@@ -51,9 +51,9 @@ def set_input_image(prompt: dict, name: str) -> int:
 
 def demo_models(models_dir: Path, python: str) -> Path:
     """The demo models folder, written by ``sspir demo-models`` when any file is missing."""
-    from sspir_core import demo_models as dm
+    from sspir_core.demo_models import DEMO_FILES
 
-    if all(p.exists() for p in dm.demo_paths(models_dir).values()):
+    if all((models_dir / folder / name).exists() for folder, name in DEMO_FILES.values()):
         return models_dir
     print(f"writing demo models into {models_dir} (sspir demo-models)", file=sys.stderr)
     subprocess.run([python, "-m", "sspir_core.cli", "demo-models", str(models_dir)], check=True, cwd=REPO)
