@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -70,6 +70,28 @@ class RestoreOptions:
 
 
 StepCallback = Callable[[int, int, torch.Tensor], Any]
+
+
+class Priors(NamedTuple):
+    """Priors computed outside :meth:`RestorePipeline.restore` for one padded LQ batch; None = compute there.
+
+    ``image_emb``: Refine-layer output [B, tokens, 512] of the LQ's real part (see ``box``);
+    ``features``: Processor features [B, C, H/8, W/8] of the padded LQ.
+    """
+
+    image_emb: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    def check(self, lq: torch.Tensor, device: torch.device, dtype: torch.dtype
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Both on ``device``/``dtype``, after checking they belong to ``lq`` (batch and latent size)."""
+        b, h, w = lq.shape[0], lq.shape[-2] // 8, lq.shape[-1] // 8
+        if self.image_emb is not None and self.image_emb.shape[0] != b:
+            raise InputError(f"image embedding has batch {self.image_emb.shape[0]}, the LQ batch is {b}")
+        if self.features is not None and (self.features.shape[0] != b or tuple(self.features.shape[-2:]) != (h, w)):
+            raise InputError(f"structure features {tuple(self.features.shape)} do not fit an LQ of batch {b} "
+                             f"and latent size {h}x{w}")
+        return tuple(None if t is None else t.to(device, dtype) for t in self)  # type: ignore[return-value]
 
 
 @dataclass
@@ -240,12 +262,15 @@ class RestorePipeline:
         options: RestoreOptions | None = None,
         callback: StepCallback | None = None,
         box: tuple[int, int, int, int] | None = None,
+        priors: Priors | None = None,
     ) -> torch.Tensor:
         """Restore ``lq`` ([B,3,H,W] in [0,1], already at the output size, H and W multiples of 8).
 
         ``captions``: one string for all images or one per image. ``box`` ``(y0, y1, x0, x1)``: the part
         of ``lq`` that is the real image (the rest is padding); CLIP sees and the output keeps only that
-        part, and the colour fix is computed on it. Returns [B,3,h,w] in [0,1].
+        part, and the colour fix is computed on it. ``priors``: image embedding and/or Processor features
+        computed elsewhere (e.g. by separate ComfyUI nodes) for exactly this ``lq``; missing ones are
+        computed here. Returns [B,3,h,w] in [0,1].
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs.
         """
         options = options or RestoreOptions()
@@ -257,7 +282,8 @@ class RestorePipeline:
         if len(caps) != b:
             raise InputError(f"got {len(caps)} captions for {b} images: give one caption, or one per image")
         try:
-            return self._restore(lq, caps, options, callback, box or (0, lq.shape[-2], 0, lq.shape[-1]))
+            return self._restore(lq, caps, options, callback, box or (0, lq.shape[-2], 0, lq.shape[-1]),
+                                 priors or Priors())
         except torch.OutOfMemoryError as e:
             raise OutOfMemory(
                 f"out of memory on {self.device} ({e}). Try a smaller tile (now {options.tile} latent px), "
@@ -265,13 +291,16 @@ class RestorePipeline:
             ) from e
 
     def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
-                 callback: StepCallback | None, box: tuple[int, int, int, int]) -> torch.Tensor:
+                 callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
         generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
         text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
-        image_emb = self.encode_image(real)
-        features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
+        image_emb, features = priors.check(lq, self.device, self.dtype)
+        if image_emb is None:
+            image_emb = self.encode_image(real)
+        if features is None:
+            features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         scheduler = self.make_scheduler(options)
@@ -314,9 +343,10 @@ def restore_image(
     upscale: float = 4.0,
     target_size: tuple[int, int] | None = None,
     callback: StepCallback | None = None,
+    priors: Priors | None = None,
 ) -> torch.Tensor:
     """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size."""
     from .image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
-    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box)
+    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors)

@@ -87,17 +87,13 @@ def build_pipeline(args: argparse.Namespace, device, dtype):
 
     if args.preset == "tiny-random":
         return tiny_random_pipeline(args.sspir, device=device, dtype=dtype, seed=args.seed)
-    from ..checkpoint import load_sspir_weights
-    from ..loaders import load_clip_vision, load_sd_components
+    from ..components import load_pipeline_parts
+    from ..loaders import load_clip_vision
     from ..pipeline import RestorePipeline
 
-    official = Path(args.sspir).is_dir()
-    parts = ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder")
-    sd = load_sd_components(args.sd, base=args.base, parts=parts)
-    sd_unet = None if official else sd.unet  # the official folder holds the full UNet; compact needs SD's
-    models = load_sspir_weights(args.sspir, sd_unet=sd_unet, base=args.base or sd.base)
+    parts = load_pipeline_parts(args.sd, args.sspir, base=args.base)
     clip = load_clip_vision(args.clip_vision)
-    return RestorePipeline(models, sd.vae, sd.text_encoder, sd.tokenizer, clip, sd.scheduler_config,
+    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config,
                            device=device, dtype=dtype, offload=args.offload)
 
 

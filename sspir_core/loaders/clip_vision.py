@@ -8,6 +8,7 @@ LayerNorm (``hidden_states[-1][:, 1:]``: 256 x 1024 for ViT-L/14 at 224 px). Com
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -18,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from .bundled_configs import CLIP_VISION_CONFIG, read_json
-from .weights_file import read_state_dict
+from .bundled_configs import CLIP_VISION_CONFIG, CLIP_VISION_CONFIG_METADATA, read_json
+from .weights_file import WeightsFile
 
 # The CLIP normalisation SSP-IR was trained with (the official test script's ImageNet values are a bug).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -221,7 +222,8 @@ def load_clip_vision(
 
     ``source``: a transformers-layout file (``vision_model.*`` keys, as in ComfyUI ``models/clip_vision``),
     an OpenAI/OpenCLIP-layout file (``visual.*`` keys), or a transformers folder (config.json + weights).
-    ``config``: transformers ``CLIPVisionConfig`` fields (dict or JSON path); default the bundled ViT-L/14 one.
+    ``config``: transformers ``CLIPVisionConfig`` fields (dict or JSON path); default the config the file carries
+    in its ``sspir_clip_vision_config`` metadata (tiny demo files), else the bundled ViT-L/14 one.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -236,9 +238,16 @@ def load_clip_vision(
         if config is None and folder_config is not None:
             config = folder_config.get("vision_config", folder_config)
         path = weights
+    weights = WeightsFile(path)
+    embedded = weights.metadata().get(CLIP_VISION_CONFIG_METADATA)
+    if config is None and embedded:
+        try:
+            config = json.loads(embedded)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {CLIP_VISION_CONFIG_METADATA} metadata is not valid JSON: {exc}") from exc
     if config is None or isinstance(config, (str, Path)):
         config = read_json(config or CLIP_VISION_CONFIG)
-    weight_format, state = _split_formats(read_state_dict(path))
+    weight_format, state = _split_formats(weights.tensors(("",)))
     if weight_format == "unknown":
         raise CheckpointError(
             f"{path} is not a CLIP vision model (no vision_model.embeddings.patch_embedding.weight or "

@@ -70,6 +70,10 @@ class WeightsFile:
     def keys(self) -> list[str]:
         return list(self._keys)
 
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata (empty for pickles and files without any)."""
+        return dict(self._handle.metadata() or {}) if self._handle is not None else {}
+
     def __contains__(self, key: str) -> bool:
         return key in self._key_set
 
