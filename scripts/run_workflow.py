@@ -21,6 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfyui  # noqa: E402 (sits beside this script)
 
+# This checkout's sspir_core (for the demo-model names), whatever is installed.
+sys.path.insert(1, str(comfyui.REPO))
+
 REPO = comfyui.REPO
 
 
