@@ -8,6 +8,7 @@ from sspir_core.comfy_support import target_size
 from sspir_core.components import ImageEmbedPrior
 from sspir_core.image_io import comfy_to_bchw
 
+from . import host
 from .sizes import SIZE_NOTE, size_inputs
 from .sockets import CATEGORY, SSPIRClipVision, SSPIRImageEmbed, SSPIRModel
 
@@ -37,5 +38,6 @@ class SSPIRClipImageEmbed(io.ComfyNode):
 
         rgb = comfy_to_bchw(image).rgb
         prior = ImageEmbedPrior(sspir_model, clip_vision, rgb)
+        host.free_memory_for(sspir_model.torch_device)
         prior.at(output_size(rgb, upscale, target_size(width, height)))
         return io.NodeOutput(prior)

@@ -100,9 +100,14 @@ def resolve_file(folder: str, name: str, what: str) -> str:
 
 
 def resolve_base_model(name: str) -> str:
+    """A single file from ``checkpoints``, else a diffusers folder from ``diffusers``."""
     if name in file_choices("checkpoints"):
         return resolve_file("checkpoints", name, "base_model")
-    return str(resolve_in_roots(roots("diffusers"), name, "base_model", "checkpoints or diffusers"))
+    if name in list_model_folders(roots("diffusers"), "model_index.json"):
+        return str(resolve_in_roots(roots("diffusers"), name, "base_model", "diffusers"))
+    shown = ", ".join(roots("checkpoints") + roots("diffusers")) or "(none)"
+    raise InputError(f"base_model: {name!r} is not in the checkpoints folders nor a diffusers folder ({shown}); "
+                     "put the SD1.5/SD2.1-base file there and press R (refresh) in ComfyUI, or pick another")
 
 
 def resolve_in(folder: str, name: str, what: str) -> str:

@@ -69,7 +69,7 @@ def options_from(kw: dict[str, Any]) -> RestoreOptions:
 
 
 def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, structure=None, clip=None,
-        captioner=None, ) -> tuple[torch.Tensor, list[str]]:
+        captioner=None) -> tuple[torch.Tensor, list[str]]:
     """Restore a ComfyUI IMAGE; every argument may come as a list (list-input nodes). Returns (IMAGE, captions)."""
     from sspir_core.components import captioner_for
 
@@ -85,14 +85,14 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
         caps = captions_for_batch(generated, b, prefix=typed)
     else:
         caps = captions_for_batch(captions, b)
+    image_embed = single("image_embed", image_embed) if image_embed else None
+    structure = single("structure", structure) if structure else None
+    clip = single("clip_vision", clip) if clip else (image_embed.clip if image_embed is not None else None)
     host.free_memory_for(model.torch_device)
     try:
-        out = restore_components(model, lq.rgb, caps, options, upscale, size,
-                                 image_embed=single("image_embed", image_embed) if image_embed else None,
-                                 structure=single("structure", structure) if structure else None,
-                                 clip=single("clip_vision", clip) if clip else None,
-                                 callback=host.step_callback(options.steps))
+        out = restore_components(model, lq.rgb, caps, options, upscale, size, image_embed=image_embed,
+                                 structure=structure, clip=clip, callback=host.step_callback(options.steps))
     finally:
-        after_run(model, single("clip_vision", clip) if clip else None)
+        after_run(model, clip)
     alpha = None if lq.alpha is None else resize_image(lq.alpha, tuple(out.shape[-2:]))
     return bchw_to_comfy(out, alpha), caps

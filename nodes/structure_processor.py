@@ -8,6 +8,7 @@ from sspir_core.comfy_support import structure_preview, target_size
 from sspir_core.components import StructurePrior, output_size
 from sspir_core.image_io import bchw_to_comfy, comfy_to_bchw, prepare_lq
 
+from . import host
 from .sizes import SIZE_NOTE, size_inputs
 from .sockets import CATEGORY, SSPIRModel, SSPIRStructure
 
@@ -40,6 +41,7 @@ class SSPIRStructureProcessor(io.ComfyNode):
     def execute(cls, sspir_model, image, upscale: float, width: int, height: int) -> io.NodeOutput:
         rgb = comfy_to_bchw(image).rgb
         prior = StructurePrior(sspir_model, rgb)
+        host.free_memory_for(sspir_model.torch_device)
         size = output_size(rgb, upscale, target_size(width, height))
         _, rgbs = prior.at(size)
         prepared = prepare_lq(rgb[:1], target_size=size)

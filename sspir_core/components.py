@@ -165,20 +165,18 @@ def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None) -> None:
     """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`)."""
     from .build import move_module
 
-    if model.cache == "on device" or model.torch_device.type == "cpu":
-        return
     if model.cache == "off":
         MODELS.drop(model.key())
         if clip is not None:
             CLIP_VISION.drop(clip.key())
-    else:
+    elif model.cache == "in RAM" and model.torch_device.type != "cpu":
         parts = MODELS.peek(model.key())
         modules = [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
         if clip is not None and CLIP_VISION.peek(clip.key()) is not None:
             modules.append(CLIP_VISION.peek(clip.key()))
         for m in modules:
             move_module(m, torch.device("cpu"))
-    if torch.cuda.is_available():
+    if model.torch_device.type == "cuda":
         torch.cuda.empty_cache()
 
 

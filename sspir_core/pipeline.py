@@ -21,7 +21,7 @@ from torch import nn
 from .build import SSPIRModels, move_module
 from .color_fix import apply_color_fix
 from .errors import InputError, SSPIRError
-from .prompt import encode_prompt_pair
+from .prompt import encode_prompt_pair, group_by_chunks
 from .schedulers import SCHEDULERS, make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
 
@@ -92,6 +92,10 @@ class Priors(NamedTuple):
             raise InputError(f"structure features {tuple(self.features.shape)} do not fit an LQ of batch {b} "
                              f"and latent size {h}x{w}")
         return tuple(None if t is None else t.to(device, dtype) for t in self)  # type: ignore[return-value]
+
+    def select(self, index: list[int]) -> Priors:
+        """The priors of some images of the batch (in that order)."""
+        return Priors(*(None if t is None else t[index] for t in self))
 
 
 @dataclass
@@ -271,6 +275,8 @@ class RestorePipeline:
         part, and the colour fix is computed on it. ``priors``: image embedding and/or Processor features
         computed elsewhere (e.g. by separate ComfyUI nodes) for exactly this ``lq``; missing ones are
         computed here. Returns [B,3,h,w] in [0,1].
+        Each image gets what it gets alone with the same seed: captions that need different chunk
+        counts run as separate groups, and ``callback`` then counts the steps of all groups in turn.
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs.
         """
         options = options or RestoreOptions()
@@ -281,9 +287,21 @@ class RestorePipeline:
             caps = caps * b
         if len(caps) != b:
             raise InputError(f"got {len(caps)} captions for {b} images: give one caption, or one per image")
+        box = box or (0, lq.shape[-2], 0, lq.shape[-1])
+        # Captions of different chunk counts run as separate groups: padding one caption to another's length
+        # (and its negative with it) would change its image, so each image gets what it gets alone.
+        groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
         try:
-            return self._restore(lq, caps, options, callback, box or (0, lq.shape[-2], 0, lq.shape[-1]),
-                                 priors or Priors())
+            priors = priors or Priors()
+            if len(groups) == 1:
+                return self._restore(lq, caps, options, callback, box, priors)
+            out: list[torch.Tensor | None] = [None] * b
+            for g, idx in enumerate(groups):
+                part = self._restore(lq[idx], [caps[i] for i in idx], options,
+                                     _group_progress(callback, g, len(groups)), box, priors.select(idx))
+                for j, i in enumerate(idx):
+                    out[i] = part[j:j + 1]
+            return torch.cat(out)  # type: ignore[arg-type]
         except torch.OutOfMemoryError as e:
             raise OutOfMemory(
                 f"out of memory on {self.device} ({e}). Try a smaller tile (now {options.tile} latent px), "
@@ -313,6 +331,13 @@ class RestorePipeline:
                                scheduler)
         out = self.vae_decode(latents, options.vae_tile)[..., y0:y1, x0:x1]
         return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
+
+
+def _group_progress(callback: StepCallback | None, group: int, groups: int) -> StepCallback | None:
+    """Report a group's steps as part of the whole batch's progress (steps of all groups, in order)."""
+    if callback is None:
+        return None
+    return lambda i, n, z: callback(group * n + i, groups * n, z)
 
 
 def _check_lq(lq: torch.Tensor) -> None:

@@ -7,11 +7,11 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
+from tests import fake_comfy
 from tests.conftest import REPO
 
 
@@ -42,17 +42,12 @@ def test_entrypoint_under_any_folder_name(tmp_path, monkeypatch):
     folder = tmp_path / "Some Other-Name"
     shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__"))
 
-    class FakeExtension:
-        pass
-
-    api = types.ModuleType("comfy_api.v0_0_2")
-    api.ComfyExtension = FakeExtension
-    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", api)
+    fake_comfy.install(monkeypatch, str(tmp_path / "models"))
     pack = _import_pack(folder, "custom_nodes_sspir_test")
     ext = asyncio.run(pack.comfy_entrypoint())
-    assert isinstance(ext, FakeExtension)
-    assert isinstance(asyncio.run(ext.get_node_list()), list)
+    assert isinstance(ext, sys.modules["comfy_api.v0_0_2"].ComfyExtension)
+    node_ids = [cls.define_schema().node_id for cls in asyncio.run(ext.get_node_list())]
+    assert len(node_ids) == 8 and all(n.startswith("SSPIR") for n in node_ids)
 
 
 def test_cli_convert_round_trip(fixture_a, tmp_path):

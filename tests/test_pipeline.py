@@ -50,6 +50,20 @@ def test_same_seed_same_output_in_a_batch_or_alone(pipe, lq):
         assert torch.allclose(batch[i:i + 1], alone, atol=1e-4), i
 
 
+def test_each_image_of_a_batch_gets_what_it_gets_alone_whatever_the_other_captions(pipe):
+    # Captions of 1, 2 and 1 chunks, and a negative prompt: neither the long caption nor its padding may leak
+    # into the short captions' images (before grouping, image 0 moved by ~0.1).
+    lq3 = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    caps = ["a cat", "word " * 100, "a dog"]
+    seen = []
+    opts = dict(seed=9, negative_prompt="blurry")
+    batch = pipe.restore(lq3, caps, RestoreOptions(**FAST, **opts), callback=lambda i, n, z: seen.append((i, n)))
+    assert seen == [(i, 4) for i in range(1, 5)]  # two groups of 2 steps, counted as one run
+    for i, cap in enumerate(caps):
+        alone = run(pipe, lq3[i:i + 1], caption=cap, **opts)
+        assert (batch[i:i + 1] - alone).abs().max() < 1e-4, i
+
+
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmpp", "unipc", "euler"])
 def test_every_scheduler_runs(pipe, lq, scheduler):
     out = run(pipe, lq[:1], scheduler=scheduler, steps=3)
