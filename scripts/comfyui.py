@@ -383,17 +383,22 @@ class ComfyServer:
             time.sleep(0.3)
         raise ComfyUIError(f"ComfyUI did not answer on {self.url} within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server: cancel a running prompt, then SIGINT (a clean exit), SIGTERM, SIGKILL."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError, ComfyUIError):
+                self.post("/interrupt", {}, timeout=2)
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)  # ComfyUI shuts down cleanly on SIGINT
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+        if proc is not None:
+            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+                if proc.poll() is not None:
+                    break
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                    os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
             self._log_file = None

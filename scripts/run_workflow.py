@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the workflow")
     args = parser.parse_args(argv)
 
+    # A plain `kill` stops ComfyUI too (SystemExit unwinds through the server's context manager).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     prompt = load_api_workflow(args.workflow)
     if not args.image.is_file():
         raise SystemExit(f"error: --image {args.image} does not exist")

@@ -79,7 +79,13 @@ async function main() {
           window.app.canvas.setDirty(true, true);
         }
       } catch (e) { /* framing is cosmetic */ }
+      // What the Run button would queue: widget values as the front end reads them from the file.
+      let apiPrompt = null;
+      try {
+        apiPrompt = (await window.app.graphToPrompt()).output;
+      } catch (e) { apiPrompt = { error: String(e) }; }
       return {
+        apiPrompt,
         nodeCount: nodes.length,
         expectedNodes: wf.nodes.length,
         linkCount: links.filter(Boolean).length,

@@ -68,3 +68,16 @@ def test_ui_workflow_loads_wired_in_the_front_end(server, tmp_path, workflow):
     assert report["nodeCount"] == report["expectedNodes"]
     assert report["linkCount"] == report["expectedLinks"] > 0
     assert shot.is_file() and shot.stat().st_size > 10_000
+    # What the front end would queue from this file is its API twin (same nodes, links and widget values):
+    # catches widget values shifted by widgets the front end adds (e.g. "control after generate").
+    twin = WORKFLOWS / "api" / workflow
+    if twin.is_file():
+        queued = report["apiPrompt"]
+        expected = json.loads(twin.read_text())
+        assert set(queued) == set(expected), f"node ids differ: {sorted(queued)} vs {sorted(expected)}"
+        for nid, node in expected.items():
+            assert queued[nid]["class_type"] == node["class_type"]
+            got = {k: v for k, v in queued[nid]["inputs"].items() if k in node["inputs"]}
+            assert got == node["inputs"], f"{workflow} node {nid} ({node['class_type']}): front end queues {got}"
+            extra = set(queued[nid]["inputs"]) - set(node["inputs"])
+            assert not extra, f"{workflow} node {nid}: inputs missing from the API twin: {extra}"

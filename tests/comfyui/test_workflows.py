@@ -212,9 +212,13 @@ def test_corrupt_model_file_is_a_clear_node_error(server):
 
 
 def test_interrupt_stops_a_long_run_and_the_next_prompt_runs(server):
+    """POST /interrupt (the Cancel button) stops the sampler within a step; the server runs the next prompt."""
     name = put_image(server, _rng(8).integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB", tag="long_")
-    # Warm up: load the models, so the long run below reaches its sampling loop right away.
+    # Warm up: load the models, so the long run below reaches its sampling loop right away. The warm-up's
+    # time (loading + STEPS steps) bounds one step on this machine, however loaded it is.
+    t_warm = time.monotonic()
     server.run(with_images(_first_workflow(), [name]))
+    t_warm = time.monotonic() - t_warm
     prompt = with_images(_first_workflow(), [name], steps=500)  # far longer than the test waits
     restorer(prompt)["seed"] = int(_rng(9).integers(0, 2**31))
     prompt_id = server.queue(prompt)
@@ -231,5 +235,7 @@ def test_interrupt_stops_a_long_run_and_the_next_prompt_runs(server):
     stopped_after = time.monotonic() - t0
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, harness.prompt_error(entry)
-    assert stopped_after < 5, f"interrupt took {stopped_after:.1f} s"
+    # Within a step: a few seconds on an idle machine; 500 ignored steps would take ~500/STEPS warm-ups.
+    limit = 5 + t_warm
+    assert stopped_after < limit, f"interrupt took {stopped_after:.1f} s (limit {limit:.1f} s)"
     _assert_still_serves(server)
