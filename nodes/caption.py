@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from comfy_api.v0_0_2 import io, ui
 
 from sspir_core.captioners import to_pil_images
 from sspir_core.components import captioner_for
 from sspir_core.image_io import comfy_to_bchw
 
+from . import host
 from .sockets import CATEGORY, SSPIRCaptioner
 
 
@@ -32,5 +34,7 @@ class SSPIRCaption(io.ComfyNode):
     @classmethod
     def execute(cls, captioner, image) -> io.NodeOutput:
         rgb = comfy_to_bchw(image).rgb
+        if captioner.backend != "openai" and captioner.device != "auto":
+            host.free_memory_for(torch.device(captioner.device))
         captions = captioner_for(captioner).caption(to_pil_images(rgb))
         return io.NodeOutput(captions, ui=ui.PreviewText("\n\n".join(captions)))

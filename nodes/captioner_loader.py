@@ -50,13 +50,17 @@ class SSPIRCaptionerLoader(io.ComfyNode):
                 io.Boolean.Input("trust_remote_code", default=False, tooltip=(
                     "Run Python code shipped inside the model folder (some Florence-2 copies need it). Off by "
                     "default: turn on only for folders you trust.")),
+                io.Boolean.Input("keep_loaded", default=False, tooltip=(
+                    "Keep the captioner in memory after captioning. Off: it is unloaded so the restoration gets the "
+                    "memory (a 7B LLaVA holds about 14 GB); captions are cached on disk by image, so the same image "
+                    "is not captioned twice anyway.")),
             ],
             outputs=[SSPIRCaptioner.Output(display_name="captioner", tooltip="The captioner (loaded on first use).")],
         )
 
     @classmethod
     def execute(cls, backend: str, model: str, url: str, server_model: str, prompt: str, max_new_tokens: int,
-                seed: int, device: str, dtype: str, trust_remote_code: bool) -> io.NodeOutput:
+                seed: int, device: str, dtype: str, trust_remote_code: bool, keep_loaded: bool = False) -> io.NodeOutput:
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         model_dir = None
@@ -69,6 +73,7 @@ class SSPIRCaptionerLoader(io.ComfyNode):
             backend=backend, model_dir=model_dir, url=url.strip() if backend == "openai" else None,
             model_name=server_model.strip() or None, prompt=prompt.strip() or None, device=dev, dtype=dtype,
             seed=int(seed), max_new_tokens=int(max_new_tokens) or None, trust_remote_code=bool(trust_remote_code),
+            keep_loaded=bool(keep_loaded),
         )
         spec.options()  # unknown backend or options fail here, in the loader
         return io.NodeOutput(spec)

@@ -79,12 +79,10 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
     upscale = float(single("upscale", kw["upscale"]))
     size = target_size(single("width", kw["width"]), single("height", kw["height"]))
     b = lq.rgb.shape[0]
-    if captioner is not None:
-        generated = captioner_for(single("captioner", captioner)).caption(lq.rgb)
-        typed = " ".join(c for c in (captions_for_batch(captions, 1) if captions else []) if c)
-        caps = captions_for_batch(generated, b, prefix=typed)
-    else:
-        caps = captions_for_batch(captions, b)
+    caps = captions_for_batch(captions, b)
+    if captioner is not None:  # typed text (one, or one per image) goes in front of each generated caption
+        generated = captions_for_batch(captioner_for(single("captioner", captioner)).caption(lq.rgb), b)
+        caps = [f"{typed} {gen}".strip() for typed, gen in zip(caps, generated)]
     image_embed = single("image_embed", image_embed) if image_embed else None
     structure = single("structure", structure) if structure else None
     clip = single("clip_vision", clip) if clip else (image_embed.clip if image_embed is not None else None)

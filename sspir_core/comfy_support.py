@@ -116,16 +116,9 @@ def flatten_strings(values: Any) -> list[str] | None:
     return out
 
 
-def captions_for_batch(values: Any, batch: int, prefix: str = "") -> list[str]:
-    """Exactly ``batch`` clean captions: one string is shared, a list needs one per image.
-
-    ``prefix`` (e.g. typed text in front of generated captions) goes before each caption.
-    """
-    items = normalize_captions(flatten_strings(values) or [""], batch)
-    prefix = prefix.strip()
-    if prefix:
-        items = [f"{prefix} {c}".strip() for c in items]
-    return items
+def captions_for_batch(values: Any, batch: int) -> list[str]:
+    """Exactly ``batch`` clean captions from a caption input: one string is shared, a list needs one per image."""
+    return normalize_captions(flatten_strings(values) or [""], batch)
 
 
 def images_from_list(values: Any) -> ImageWithAlpha:

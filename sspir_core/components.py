@@ -94,6 +94,7 @@ class CaptionerSpec:
     seed: int = 0
     max_new_tokens: int | None = None
     trust_remote_code: bool = False
+    keep_loaded: bool = False
     text: str = ""
 
     def options(self) -> dict[str, Any]:
@@ -103,7 +104,8 @@ class CaptionerSpec:
         wanted = {
             "model_dir": self.model_dir, "url": self.url, "model_name": self.model_name or None,
             "prompt": self.prompt or None, "device": self.device, "dtype": self.dtype, "seed": self.seed,
-            "max_new_tokens": self.max_new_tokens, "trust_remote_code": self.trust_remote_code, "text": self.text,
+            "max_new_tokens": self.max_new_tokens, "trust_remote_code": self.trust_remote_code,
+            "keep_loaded": self.keep_loaded, "text": self.text,
         }
         accepted = accepted_options(cls)
         return {k: v for k, v in wanted.items() if k in accepted and v is not None}

@@ -9,6 +9,8 @@ attention is quadratic in tile area).
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -19,8 +21,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .build import SSPIRModels, move_module
-from .color_fix import apply_color_fix
-from .errors import InputError, SSPIRError
+from .color_fix import COLOR_FIX_METHODS, apply_color_fix
+from .errors import InputError, OptionError, SSPIRError
 from .prompt import encode_prompt_pair, group_by_chunks
 from .schedulers import SCHEDULERS, make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
@@ -59,14 +61,46 @@ class RestoreOptions:
     max_chunks: int = 4
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting before any work; raises :class:`OptionError` naming the setting."""
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_number("cfg", self.cfg, 0.0)
         if self.scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if self.start not in ("lq", "noise"):
-            raise InputError(f"start must be 'lq' or 'noise', got {self.start!r}")
+            raise OptionError("scheduler", f"{self.scheduler!r} is unknown: choose one of {', '.join(SCHEDULERS)}")
+        if not isinstance(self.negative_prompt, str):
+            raise OptionError("negative_prompt", f"must be a string, got {type(self.negative_prompt).__name__}")
+        _check_number("conditioning_scale", self.conditioning_scale, 0.0)
+        if self.start not in START_CHOICES:
+            raise OptionError("start", f"must be one of {', '.join(START_CHOICES)}, got {self.start!r}")
+        _check_int("seed", self.seed, 0, 2**64 - 1)
+        if self.color_fix not in COLOR_FIX_METHODS:
+            raise OptionError("color_fix", f"{self.color_fix!r} is unknown: choose one of {', '.join(COLOR_FIX_METHODS)}")
+        if self.tile is not None:
+            _check_int("tile", self.tile, 1)
+        _check_int("tile_overlap", self.tile_overlap, 0)
         if self.tile is not None and self.tile_overlap >= self.tile:
-            raise InputError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})")
+            raise OptionError("tile_overlap", f"({self.tile_overlap}) must be smaller than {{tile}} ({self.tile})")
+        if self.vae_tile is not None:
+            _check_int("vae_tile", self.vae_tile, 8)
+        _check_int("max_chunks", self.max_chunks, 1)
+
+
+MAX_STEPS = 1000
+"""SD's training timesteps: no sampler can take more steps than that."""
+START_CHOICES = ("lq", "noise")
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
+        raise OptionError(name, f"must be {bound}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise OptionError(name, f"must be a finite number >= {low:g}, got {value!r}")
 
 
 StepCallback = Callable[[int, int, torch.Tensor], Any]
@@ -112,6 +146,8 @@ class RestorePipeline:
     dtype: torch.dtype = torch.float32
     offload: bool = False  # keep models on the CPU and move each stage to the device only while it runs
     untrained: bool = False  # set by the tiny-random preset so callers can say so
+    # One run at a time: runs share the modules (and, with offload, move them), so a second thread waits.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -127,6 +163,11 @@ class RestorePipeline:
 
     @contextlib.contextmanager
     def _stage(self, *modules: nn.Module) -> Iterator[None]:
+        with self._lock, self._placed(*modules):
+            yield
+
+    @contextlib.contextmanager
+    def _placed(self, *modules: nn.Module) -> Iterator[None]:
         if self.offload:
             for m in modules:
                 move_module(m, self.device, None)
@@ -280,6 +321,7 @@ class RestorePipeline:
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs.
         """
         options = options or RestoreOptions()
+        options.validate()  # again: a field may have been changed since it was made
         _check_lq(lq)
         b = lq.shape[0]
         caps = [captions] * b if isinstance(captions, str) else list(captions)
@@ -293,15 +335,16 @@ class RestorePipeline:
         groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
         try:
             priors = priors or Priors()
-            if len(groups) == 1:
-                return self._restore(lq, caps, options, callback, box, priors)
-            out: list[torch.Tensor | None] = [None] * b
-            for g, idx in enumerate(groups):
-                part = self._restore(lq[idx], [caps[i] for i in idx], options,
-                                     _group_progress(callback, g, len(groups)), box, priors.select(idx))
-                for j, i in enumerate(idx):
-                    out[i] = part[j:j + 1]
-            return torch.cat(out)  # type: ignore[arg-type]
+            with self._lock:  # one run at a time (a server may call from several threads)
+                if len(groups) == 1:
+                    return self._restore(lq, caps, options, callback, box, priors)
+                out: list[torch.Tensor | None] = [None] * b
+                for g, idx in enumerate(groups):
+                    part = self._restore(lq[idx], [caps[i] for i in idx], options,
+                                         _group_progress(callback, g, len(groups)), box, priors.select(idx))
+                    for j, i in enumerate(idx):
+                        out[i] = part[j:j + 1]
+                return torch.cat(out)  # type: ignore[arg-type]
         except torch.OutOfMemoryError as e:
             raise OutOfMemory(
                 f"out of memory on {self.device} ({e}). Try a smaller tile (now {options.tile} latent px), "

@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 # The official parity fixture and the full-size manifests live in the repository (tests/fixtures/README.md
 # keeps their provenance), so the suite runs on any clone; SSPIR_FIXTURES points at another copy.
-FIXTURES = Path(os.environ.get("SSPIR_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
+FIXTURES = Path(os.environ.get("SSPIR_FIXTURES", REPO / "tests" / "fixtures"))
 
 
 @pytest.fixture(scope="session")

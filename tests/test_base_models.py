@@ -475,3 +475,16 @@ def test_clip_vision_errors_name_the_file_and_what_it_is(tiny_vision, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors.*truncated"):
         load_clip_vision(cut, config=TINY_VISION)
+
+
+def test_loading_an_open_clip_file_touches_no_process_wide_logging(tiny_vision, monkeypatch, caplog):
+    import logging
+
+    root = logging.getLogger()
+    added = []
+    monkeypatch.setattr(root, "addFilter", lambda f: added.append(f))
+    with caplog.at_level(logging.WARNING):
+        encoder = load_clip_vision(tiny_vision[1] / "open_clip.safetensors", config=TINY_VISION)
+    assert encoder.weight_format == "open_clip"
+    assert added == [] and root.filters == []
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]

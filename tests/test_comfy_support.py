@@ -55,7 +55,6 @@ def test_list_inputs_and_captions():
     # one string is shared by the batch; a per-image list is kept in order; cleaned like every caption
     assert captions_for_batch(["a  cat\n"], 3) == ["a cat"] * 3
     assert captions_for_batch([["one", "two", "three"]], 3) == ["one", "two", "three"]
-    assert captions_for_batch([["x", "y"]], 2, prefix="photo,") == ["photo, x", "photo, y"]
     assert captions_for_batch(None, 2) == ["", ""]
     with pytest.raises(InputError, match="got 2 captions for 3 images"):
         captions_for_batch([["x", "y"]], 3)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.conftest import FIXTURES
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import FIXTURES, REPO
 
 
 def test_default_fixture_location_is_inside_the_repository(monkeypatch):

@@ -201,6 +201,7 @@ def test_captions_rgba_and_cache_off(host, models_dir):
     captions = result.args[0]
     assert isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert result.ui.as_dict()["text"][0] == "\n\n".join(captions)
+    assert components.captioner_for(captioner).model is None  # keep_loaded off: unloaded for the restoration
     out, used = n["SSPIRRestore"].execute([model], [clip], [image], ["photo,"], captioner=[captioner],
                                           **_widgets()).args
     assert used == [f"photo, {c}".strip() for c in captions]

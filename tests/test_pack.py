@@ -65,10 +65,24 @@ def test_cli_reports_bad_checkpoint_without_traceback(tmp_path, capsys):
     from sspir_core.cli import main
 
     assert main(["convert", "to-compact", str(tmp_path / "missing"), str(tmp_path / "x.safetensors")]) == 1
-    assert "checkpoint folder not found" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "checkpoint folder not found" in captured.err and captured.out == ""  # errors go to stderr
+    assert main(["convert", "to-official", str(tmp_path / "x.safetensors"), str(tmp_path / "o")]) == 2
+    assert "needs --sd" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["convert", "--help"]])
 def test_cli_help(argv):
     out = subprocess.run([sys.executable, "-m", "sspir_core.cli", *argv], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and "usage: sspir" in out.stdout
+
+
+def test_requirements_txt_is_pyproject_without_torch():
+    """ComfyUI installers read requirements.txt: same pins as pyproject, but never a torch that replaces ComfyUI's."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [ln.strip() for ln in (REPO / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines == [d for d in deps if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))]
+    assert not any(ln.startswith("torch") and not ln.startswith("torch_") for ln in lines)

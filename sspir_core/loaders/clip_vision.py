@@ -9,7 +9,6 @@ LayerNorm (``hidden_states[-1][:, 1:]``: 256 x 1024 for ViT-L/14 at 224 px). Com
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -142,13 +141,6 @@ def _build_transformers(config: dict[str, Any], state: dict[str, torch.Tensor], 
     return model
 
 
-class _DropRandomInitWarning(logging.Filter):
-    """open_clip logs "initialized randomly" for a model built empty on purpose; users would misread it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
 def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     import open_clip
     from accelerate import init_empty_weights
@@ -167,25 +159,13 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
         "head_width": config["hidden_size"] // config["num_attention_heads"],
         "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
     }
-    # The text tower is unused: a one-layer stub keeps create_model from building 123M idle parameters.
+    # The text tower is unused: a one-layer stub keeps CLIP from building 123M idle parameters.
     text_cfg = {"context_length": 2, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
-    drop = _DropRandomInitWarning()
-    logging.getLogger().addFilter(drop)
-    try:
-        with init_empty_weights(include_buffers=False):
-            clip = open_clip.create_model(
-                "ViT-L-14",
-                pretrained=None,
-                load_weights=False,
-                device="meta",  # weights are assigned below; create_model would otherwise copy meta tensors
-                force_quick_gelu=True,  # OpenAI weights were trained with QuickGELU
-                pretrained_text=False,
-                embed_dim=config["projection_dim"],
-                vision_cfg=vision_cfg,
-                text_cfg=text_cfg,
-            )
-    finally:
-        logging.getLogger().removeFilter(drop)
+    # The CLIP class itself, not create_model: create_model logs "initialized randomly" on the root logger
+    # for a model built empty on purpose, and silencing that would touch process-wide logging.
+    with init_empty_weights(include_buffers=False):
+        clip = open_clip.CLIP(embed_dim=config["projection_dim"], vision_cfg=vision_cfg, text_cfg=text_cfg,
+                              quick_gelu=True)  # OpenAI weights were trained with QuickGELU
     tower = clip.visual
     if any(True for _ in tower.buffers()):
         raise CheckpointError("This open_clip_torch version adds buffers to the vision tower; not supported.")
