@@ -42,7 +42,9 @@ class SSPIRCaptionerLoader(io.ComfyNode):
                     f"The question asked about each image; empty: the backend's default (the paper's: \"{PAPER_PROMPT}\").")),
                 io.Int.Input("max_new_tokens", default=0, min=0, max=4096, tooltip=(
                     "Longest caption in tokens; 0: the backend's default (512, as in the paper).")),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip=(
+                # control_after_generate=False: ComfyUI's front end otherwise adds a "control after generate"
+                # widget to any INT named seed, which shifts every widget value saved after it.
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False, tooltip=(
                     "Sampling seed: the same image, model and seed give the same caption (captions are also cached on disk).")),
                 io.Combo.Input("device", options=device_choices(), default="auto", tooltip="auto: ComfyUI's device."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto", tooltip=(
