@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -145,9 +146,11 @@ def run(args: argparse.Namespace) -> int:
               "It only shows that the whole path runs.")
 
     failed = 0
+    timings = getattr(args, "timings", None)  # `sspir eval --restore` passes a dict: seconds per image stem
     bar = tqdm(todo, desc="restore", unit="img", disable=None)
     for file in bar:
         try:
+            start = time.perf_counter()
             caption = args.caption
             if args.captions:
                 txt = Path(args.captions) / f"{file.stem}.txt"
@@ -159,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
             steps.close()
             alpha = None if image.alpha is None else resize_image(image.alpha, tuple(out.shape[-2:])).clamp(0, 1)
             save_png(out, out_dir / f"{file.stem}.png", alpha=alpha)
+            if timings is not None:
+                timings[file.stem] = time.perf_counter() - start
         except (SSPIRError, ValueError, OSError) as e:
             failed += 1
             tqdm.write(f"failed: {file}: {e}", file=sys.stderr)
