@@ -60,7 +60,11 @@ def _restore(args: argparse.Namespace, protocol, scratch: Path) -> tuple[int, di
         lq_dir = crops
     parser = argparse.ArgumentParser(prog="sspir eval --restore")
     restore.add_parser(parser.add_subparsers())
-    ns = parser.parse_args(["restore", str(lq_dir), "-o", args.pred, *args.restore])
+    try:
+        ns = parser.parse_args(["restore", str(lq_dir), "-o", args.pred, *args.restore])
+    except SystemExit as exc:  # argparse has printed what was wrong
+        raise ValueError("--restore: `sspir restore` does not accept those flags; every flag after --restore "
+                         "goes to it, so put eval's own flags (--json, --metrics, ...) before --restore") from exc
     ns.timings = {}
     return int(restore.run(ns) or 0), ns.timings
 

@@ -1,9 +1,9 @@
 """PSNR and SSIM on the BT.601 Y channel, as restoration papers report them (see ``color``).
 
-PSNR is one line, written here so an identical pair gives ``inf`` as in BasicSR. SSIM comes from
-torchmetrics: Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03, averaged over the window positions that
-fit inside the image (torchmetrics pads by reflection and crops the padded border off again), which is
-the Wang et al. / BasicSR definition.
+Both are written here, in float64, because the library versions differ from the protocol in ways that
+move published numbers: torchmetrics' SSIM averages over the whole image after reflection padding, whereas
+Wang et al.'s definition (BasicSR, MATLAB ``ssim``, scikit-image) averages only the positions where the
+11x11 Gaussian window (sigma 1.5) fits inside the image. PSNR of an identical pair is ``inf``, as in BasicSR.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .color import Y_PEAK, rgb_to_y
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
 
 def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
@@ -33,13 +36,24 @@ def psnr_y(pred: torch.Tensor, gt: torch.Tensor, border: int = 0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(Y_PEAK**2 / mse)
 
 
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
 def ssim_y(pred: torch.Tensor, gt: torch.Tensor, border: int = 0) -> float:
     """SSIM between the Y channels of two ``[1, 3, H, W]`` RGB images in [0, 1] (data range 255)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    y_pred, y_gt = crop_border(rgb_to_y(pred), border), crop_border(rgb_to_y(gt), border)
-    if min(y_pred.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11x11 px after the border crop, got {tuple(y_pred.shape[-2:])}")
-    value = structural_similarity_index_measure(y_pred, y_gt, gaussian_kernel=True, sigma=1.5, kernel_size=11,
-                                                data_range=Y_PEAK, k1=0.01, k2=0.03)
-    return float(value)
+    x, y = crop_border(rgb_to_y(pred), border), crop_border(rgb_to_y(gt), border)
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px after the border crop, "
+                         f"got {tuple(x.shape[-2:])}")
+    w = _gaussian_window().to(x.device)
+    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)  # no padding: only windows inside the image
+    var_x = F.conv2d(x * x, w) - mu_x**2
+    var_y = F.conv2d(y * y, w) - mu_y**2
+    cov = F.conv2d(x * y, w) - mu_x * mu_y
+    c1, c2 = (0.01 * Y_PEAK) ** 2, (0.03 * Y_PEAK) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(ssim_map.mean())

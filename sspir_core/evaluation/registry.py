@@ -37,7 +37,7 @@ class MetricSpec:
 PYIQA = ("pyiqa",)
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("psnr_y", "fr", True, about="PSNR (dB) on BT.601 Y"),
-    MetricSpec("ssim_y", "fr", True, ("torchmetrics",), about="SSIM on BT.601 Y"),
+    MetricSpec("ssim_y", "fr", True, about="SSIM on BT.601 Y (Gaussian 11x11, sigma 1.5)"),
     MetricSpec("lpips", "fr", False, PYIQA, ("pyiqa/LPIPS_v0.1_alex-df73285e.pth",
                                              "checkpoints/alexnet-owt-7be5be79.pth"), "lpips", "LPIPS (AlexNet, v0.1)"),
     MetricSpec("dists", "fr", False, PYIQA, ("pyiqa/DISTS_weights-f5e65c96.pth", "checkpoints/vgg16-397923af.pth"),
