@@ -46,7 +46,7 @@ def pyiqa_scorer(spec: MetricSpec, weights: WeightsConfig, device: torch.device)
 
     if spec.kind == "set":
         def score_set(pred_dir: Path, gt_dir: Path) -> float:
-            return float(metric(str(pred_dir), str(gt_dir), verbose=False))
+            return float(metric(str(pred_dir), str(gt_dir), verbose=False, num_workers=0))  # no worker processes
         return score_set
 
     @torch.no_grad()
