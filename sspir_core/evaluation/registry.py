@@ -54,7 +54,6 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                "FID between the restored and GT sets"),
 )}
 DEFAULT_METRICS = tuple(METRICS)
-CHEAP_METRICS = ("psnr_y", "ssim_y")
 
 
 def parse_metric_names(text: str) -> list[str]:
