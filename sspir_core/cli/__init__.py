@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `sspir --help` lists them.
-COMMANDS: tuple[str, ...] = ("restore", "caption", "convert", "bench", "demo_models")
+COMMANDS: tuple[str, ...] = ("restore", "caption", "convert", "bench", "eval", "demo_models")
 
 
 def build_parser() -> argparse.ArgumentParser:

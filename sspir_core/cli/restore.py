@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,9 +348,11 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
               "It only shows that the whole path runs.")
 
     failed: list[Path] = []
+    timings = getattr(args, "timings", None)  # `sspir eval --restore` passes a dict: seconds per output stem
     bar = tqdm(todo, desc="restore", unit="img", disable=None)
     for job in bar:
         try:
+            start = time.perf_counter()
             caption = _read_caption(job, args.caption)
             image = load_image(job.source)
             with tqdm(total=options.steps, desc=job.source.name, leave=False, disable=None) as steps:
@@ -357,6 +360,8 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
                                     callback=lambda i, n, z, bar=steps: bar.update(1))
             alpha = None if image.alpha is None else resize_image(image.alpha, tuple(out.shape[-2:])).clamp(0, 1)
             _save(out, job.output, alpha, job.bits)
+            if timings is not None:
+                timings[job.output.stem] = time.perf_counter() - start
         except Exception as e:  # any failure of one image: name it, go on with the rest
             failed.append(job.source)
             tqdm.write(_failure(job.source, e, args.debug), file=sys.stderr)
