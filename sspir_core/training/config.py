@@ -61,6 +61,7 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     cpu: bool = False
+    trace_samples: bool = False
 
     def validate(self) -> TrainConfig:
         def need(ok: bool, msg: str) -> None:
@@ -128,6 +129,8 @@ HELP: dict[str, str] = {
     "num_workers": "DataLoader worker processes",
     "seed": "run seed: data order, crops, degradations, noise and timesteps all derive from it",
     "cpu": "train on the CPU even when a GPU is present",
+    "trace_samples": "write OUTPUT/samples/rank-R.jsonl: the images each process saw per step and a checksum of "
+                     "its final weights (to check data sharding and replica consistency)",
 }
 
 

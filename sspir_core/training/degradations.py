@@ -18,6 +18,7 @@ Real-ESRGAN x4 / SeeSR settings listed in ``SSPIR-METHOD.md``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,16 +278,33 @@ def poisson_noise(img: torch.Tensor, scale: float, gray: bool, g: torch.Generato
 
 
 def jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
-    """Real JPEG round trip (libjpeg via torchvision; on CUDA with nvJPEG when the image is there)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-
+    """Real JPEG round trip: libjpeg through torchvision (nvJPEG when the image is on CUDA), else Pillow."""
     u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     try:
-        data = encode_jpeg(u8, quality=int(quality))
-        out = decode_jpeg(data, device=img.device)
-    except RuntimeError:  # no GPU codec in this build: go through the CPU
-        out = decode_jpeg(encode_jpeg(u8.cpu(), quality=int(quality))).to(img.device)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs; Pillow takes over when they go
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg, encode_jpeg
+
+            try:
+                out = decode_jpeg(encode_jpeg(u8, quality=int(quality)), device=img.device)
+            except RuntimeError:  # no GPU codec in this build: through the CPU
+                out = decode_jpeg(encode_jpeg(u8.cpu(), quality=int(quality))).to(img.device)
+    except (ImportError, AttributeError):
+        out = _pillow_jpeg(u8.cpu(), int(quality)).to(img.device)
     return out.to(img.dtype) / 255.0
+
+
+def _pillow_jpeg(u8: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(u8.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 def _stage(img: torch.Tensor, p: StageParams, target: tuple[int, int], g: torch.Generator) -> torch.Tensor:

@@ -92,6 +92,10 @@ class Trainer:
 
         self.cfg = cfg.validate()
         self.out = Path(cfg.output)
+        if cfg.report_to == "tensorboard" and not _importable("tensorboard"):
+            print("warning: tensorboard is not installed (pip install tensorboard): not logging to it; metrics.jsonl "
+                  "has every step", file=sys.stderr)
+            cfg.report_to = "none"
         trackers = None if cfg.report_to in ("", "none") else cfg.report_to
         self.accelerator = Accelerator(
             gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision, log_with=trackers,
@@ -187,7 +191,20 @@ class Trainer:
             clip_tokens = pipe.clip_vision(lq.to(dt))
         return latents, text.float(), clip_tokens.float()
 
+    def trace(self, record: dict) -> None:
+        if self.cfg.trace_samples:
+            path = self.out / "samples" / f"rank-{self.rank}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def weights_checksum(self) -> float:
+        """Sum of |w| over the trainable weights (float64): equal on every replica when DDP keeps them in sync."""
+        return float(sum(p.detach().double().abs().sum() for p in self.params))
+
     def micro_step(self, batch: dict, micro: int) -> dict[str, torch.Tensor]:
+        self.trace({"step": self.step + 1, "micro_step": micro,
+                    "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
         g = self._generator(micro, self.rank)
         gt, lq = self.prepare_batch(batch)
         latents, text, clip_tokens = self.encode(gt, lq, batch["caption"], g)
@@ -348,6 +365,7 @@ class Trainer:
                 last = self.save_checkpoint()
             t0 = time.perf_counter()  # step_time_s leaves out validation and saving
         bar.close()
+        self.trace({"final_step": self.step, "weights_checksum": self.weights_checksum()})
         if cfg.report_to not in ("", "none"):
             acc.end_training()
         return TrainResult(self.step, last, losses)
@@ -360,6 +378,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
