@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..losses import sspir_losses
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
 from .degradations import DegradationSettings, degrade, usm_sharpen
 from .models import TrainModule, build_pipeline
+from .step import training_losses
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -178,19 +178,6 @@ class Trainer:
             gt = torch.stack([usm_sharpen(g) for g in gt])
         return gt, lq
 
-    @torch.no_grad()
-    def encode(self, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..prompt import encode_long_prompt
-
-        pipe, dt = self.pipe, self.frozen_dtype
-        with self.accelerator.autocast():
-            dist = pipe.vae.encode((2 * gt - 1).to(dt)).latent_dist
-            latents = dist.sample(generator=g).float() * pipe.vae.config.scaling_factor
-            text = encode_long_prompt(pipe.text_encoder, pipe.tokenizer, captions, self.cfg.max_chunks, self.device)
-            clip_tokens = pipe.clip_vision(lq.to(dt))
-        return latents, text.float(), clip_tokens.float()
-
     def trace(self, record: dict) -> None:
         if self.cfg.trace_samples:
             path = self.out / "samples" / f"rank-{self.rank}.jsonl"
@@ -207,13 +194,8 @@ class Trainer:
                     "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
         g = self._generator(micro, self.rank)
         gt, lq = self.prepare_batch(batch)
-        latents, text, clip_tokens = self.encode(gt, lq, batch["caption"], g)
-        noise = torch.randn(latents.shape, generator=g, device=self.device)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g,
-                          device=self.device).long()
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        eps, rgbs = self.module_p(noisy, t, text, clip_tokens, lq)
-        losses = sspir_losses(eps, noise, rgbs, 2 * gt - 1)
+        losses = training_losses(self.pipe, self.module_p, self.noise_scheduler, gt, lq, batch["caption"], g,
+                                 self.cfg.max_chunks, self.frozen_dtype, self.accelerator.autocast)
         self.accelerator.backward(losses.total)
         return {"loss": losses.total.detach(), "loss_mse": losses.diffusion.detach(), "loss_rgb": losses.rgb.detach(),
                 "loss_fft": losses.fft.detach()}
