@@ -156,9 +156,11 @@ def test_two_cpu_processes_shard_data_and_save_one_consistent_checkpoint(pairs, 
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "sspir_core.cli", "train", "--preset", "tiny-random", "--data", str(pairs), "--output", str(out),
+    # accelerate's own `--cpu --num_processes 2` starts ONE process unless mpirun is set up; its torchrun launcher
+    # (--multi_gpu) with the trainer's --cpu gives two CPU processes on gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "sspir_core.cli", "train", "--cpu", "--preset", "tiny-random", "--data", str(pairs), "--output", str(out),
            "--resolution", "64", "--batch-size", "1", "--grad-accum", "1", "--max-steps", "4", "--lr", "1e-3",
            "--mixed-precision", "no", "--checkpoint-every", "4", "--validate-every", "1000", "--report-to", "none",
            "--num-workers", "0", "--trace-samples"]
@@ -176,7 +178,9 @@ def test_two_cpu_processes_shard_data_and_save_one_consistent_checkpoint(pairs, 
     first_epoch = seen[0][:2] + seen[1][:2]  # positions 0..3: one pass over the 4 photos
     assert sorted(first_epoch) == sorted(f"{p}.png" for p in PHOTOS)
 
-    sums = [next(rec["weights_checksum"] for rec in traces[r] if "weights_checksum" in rec) for r in (0, 1)]
+    finals = [next(rec for rec in traces[r] if "weights_checksum" in rec) for r in (0, 1)]
+    assert all(f["world_size"] == 2 and f["backend"] == "gloo" for f in finals)
+    sums = [f["weights_checksum"] for f in finals]
     assert sums[0] == sums[1]  # replicas identical after 4 synchronised steps
     ckpt = out / "checkpoint-4"
     assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]

@@ -96,6 +96,10 @@ class Trainer:
             print("warning: tensorboard is not installed (pip install tensorboard): not logging to it; metrics.jsonl "
                   "has every step", file=sys.stderr)
             cfg.report_to = "none"
+        if cfg.mixed_precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
+            print("warning: fp16 mixed precision needs a CUDA GPU; training in fp32 on the CPU (--mixed-precision bf16 "
+                  "also works on CPUs)", file=sys.stderr)
+            cfg.mixed_precision = "no"
         trackers = None if cfg.report_to in ("", "none") else cfg.report_to
         self.accelerator = Accelerator(
             gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision, log_with=trackers,
@@ -347,7 +351,8 @@ class Trainer:
                 last = self.save_checkpoint()
             t0 = time.perf_counter()  # step_time_s leaves out validation and saving
         bar.close()
-        self.trace({"final_step": self.step, "weights_checksum": self.weights_checksum()})
+        self.trace({"final_step": self.step, "weights_checksum": self.weights_checksum(), "world_size": self.world,
+                    "backend": str(acc.state.backend)})
         if cfg.report_to not in ("", "none"):
             acc.end_training()
         return TrainResult(self.step, last, losses)
