@@ -86,3 +86,11 @@ def test_requirements_txt_is_pyproject_without_torch():
              if ln.strip() and not ln.startswith("#")]
     assert lines == [d for d in deps if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))]
     assert not any(ln.startswith("torch") and not ln.startswith("torch_") for ln in lines)
+
+
+def test_cli_help_imports_no_torch():
+    """Every sub-command keeps heavy imports inside its run function: `sspir --help` stays instant."""
+    code = "import sys; from sspir_core.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
