@@ -45,6 +45,14 @@ def schemas(monkeypatch, tmp_path):
     return out
 
 
+def _has_control(widget) -> bool:
+    """Whether the front end saves a "control after generate" value after this widget: asked for, or an INT
+    named seed/noise_seed that does not say False (the front end adds the control to those by itself)."""
+    name, io_type, kw = widget
+    flag = kw.get("control_after_generate")
+    return bool(flag) or (flag is None and io_type == "INT" and name in ("seed", "noise_seed"))
+
+
 def _load(*parts):
     return json.loads((REPO / "workflows" / "/".join(parts)).read_text())
 
@@ -67,7 +75,7 @@ def test_ui_workflow_links_and_widgets_match_the_schemas(name, schemas):
             assert len(n["widgets_values"]) == len(widget_names), n["type"]
         else:
             sockets, outputs, widgets = schemas[n["type"]]
-            expected_len = sum(2 if w[2].get("control_after_generate") else 1 for w in widgets)
+            expected_len = sum(2 if _has_control(w) else 1 for w in widgets)
             assert len(n["widgets_values"]) == expected_len, n["type"]
             values = iter(n["widgets_values"])
             for wid, io_type, kw in widgets:  # each value fits its widget, in schema order
@@ -80,7 +88,7 @@ def test_ui_workflow_links_and_widgets_match_the_schemas(name, schemas):
                     assert isinstance(value, bool)
                 elif io_type == "STRING":
                     assert isinstance(value, str)
-                if kw.get("control_after_generate"):
+                if _has_control((wid, io_type, kw)):
                     assert next(values) in ("fixed", "increment", "decrement", "randomize")
         socket_inputs = [(i["name"], i["type"]) for i in n["inputs"] if "widget" not in i]
         assert socket_inputs == sockets, n["type"]
