@@ -219,3 +219,12 @@ def test_gt_only_folder_degrades_on_the_fly(photos, tmp_path):
     assert grid.size == (64, 2 * 64)  # LQ row and restored row (no GT for user LQ images)
     seen = [json.loads(x) for x in (out / "samples" / "rank-0.jsonl").read_text().splitlines()]
     assert sum(len(r.get("images", [])) for r in seen) == 4
+
+
+def test_adamw8bit_trains_and_checkpoints(pairs, tmp_path):
+    bnb = pytest.importorskip("bitsandbytes", reason="8-bit AdamW is optional (pip install bitsandbytes)")
+    trainer = Trainer(_cfg(tmp_path / "run", pairs, max_steps=1, optimizer="adamw8bit", checkpoint_every=1),
+                      log=lambda m: None)
+    assert isinstance(trainer.optimizer.optimizer, bnb.optim.AdamW8bit)
+    trainer.train()
+    assert (tmp_path / "run" / "checkpoint-1" / "optimizer.bin").is_file()

@@ -59,3 +59,16 @@ def test_unpaired_data_stops_before_training(tmp_path, capsys):
 def test_make_pairs_missing_folder(tmp_path, capsys):
     assert cli_main(["make-pairs", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+
+
+def test_adamw8bit_without_bitsandbytes_says_what_to_install(monkeypatch):
+    import sys
+
+    import torch
+
+    from sspir_core.training.config import TrainConfig
+    from sspir_core.training.trainer import make_optimizer
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as when it is not installed
+    with pytest.raises(InputError, match="--optimizer adamw8bit needs bitsandbytes"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="adamw8bit"))
