@@ -41,13 +41,14 @@ def bench_train_step(config: str, device: str | torch.device = "cpu", dtype: str
                      batch: int = 1, repeats: int = 3, gradient_checkpointing: bool = False, find_max_batch: bool = False,
                      seed: int = 0) -> dict[str, Any]:
     """Median seconds per optimisation step (one micro-step) at ``batch`` x ``size`` px, plus CUDA peak memory."""
+    from .build import move_module
     from .training.step import training_losses
 
     device = torch.device(device)
     pipe, module, optimizer, params, scheduler = _setup(config, device, gradient_checkpointing, seed)
     frozen = DTYPES[dtype]
     for m in (pipe.vae, pipe.text_encoder, pipe.clip_vision):
-        m.to(dtype=frozen)
+        move_module(m, None, frozen)
 
     def autocast():
         if dtype == "fp32":

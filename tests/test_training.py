@@ -24,6 +24,16 @@ from sspir_core.checkpoint import load_official_checkpoint, read_compact_metadat
 from sspir_core.cli import main as cli_main
 from sspir_core.training import TrainConfig, Trainer
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a step ~20x slower here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -91,10 +101,11 @@ def test_loss_falls_in_60_steps(pairs, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
-    full = _cfg(tmp_path / "full", pairs, checkpoint_every=2)
+    full = _cfg(tmp_path / "full", pairs, checkpoint_every=2, checkpoints_total_limit=1)
     Trainer(full, log=lambda m: None).train()
+    assert sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*")) == ["checkpoint-4"]  # the limit
 
-    part = replace(full, output=str(tmp_path / "cut"))
+    part = replace(full, output=str(tmp_path / "cut"), checkpoints_total_limit=None)
     Trainer(part, log=lambda m: None).train(stop_after=2)  # "killed" after the step-2 checkpoint
     assert not (tmp_path / "cut" / "checkpoint-4").exists()
     Trainer(replace(part, resume="latest"), log=lambda m: None).train()
@@ -188,3 +199,32 @@ def test_two_cpu_processes_shard_data_and_save_one_consistent_checkpoint(pairs, 
     saved = float(sum(p.double().abs().sum() for p in models.trainable_parameters()))
     assert saved == pytest.approx(sums[0], rel=1e-12)
     assert len(_metrics(out)) == 4  # one metrics line per step, from the main process only
+
+
+def test_gt_only_folder_degrades_on_the_fly(photos, tmp_path):
+    """GT-only data: Real-ESRGAN degradation in the loop, captions from a folder, validation on given LQ images."""
+    captions = tmp_path / "captions"
+    captions.mkdir()
+    (captions / "coffee.txt").write_text("a cup of coffee on a saucer\n")
+    val = tmp_path / "val"
+    val.mkdir()
+    Image.open(photos / "chelsea.png").resize((16, 16)).save(val / "cat.png")
+    out = tmp_path / "run"
+    cfg = _cfg(out, photos, max_steps=2, captions=str(captions), validate_every=2, validation_images=str(val),
+               validation_steps=2, trace_samples=True)
+    Trainer(cfg, log=lambda m: None).train()
+    rows = _metrics(out)
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    grid = Image.open(out / "validation" / "step-0000002.png")
+    assert grid.size == (64, 2 * 64)  # LQ row and restored row (no GT for user LQ images)
+    seen = [json.loads(x) for x in (out / "samples" / "rank-0.jsonl").read_text().splitlines()]
+    assert sum(len(r.get("images", [])) for r in seen) == 4
+
+
+def test_adamw8bit_trains_and_checkpoints(pairs, tmp_path):
+    bnb = pytest.importorskip("bitsandbytes", reason="8-bit AdamW is optional (pip install bitsandbytes)")
+    trainer = Trainer(_cfg(tmp_path / "run", pairs, max_steps=1, optimizer="adamw8bit", checkpoint_every=1),
+                      log=lambda m: None)
+    assert isinstance(trainer.optimizer.optimizer, bnb.optim.AdamW8bit)
+    trainer.train()
+    assert (tmp_path / "run" / "checkpoint-1" / "optimizer.bin").is_file()

@@ -14,6 +14,15 @@ from sspir_core.image_io import save_png
 from sspir_core.training.data import PositionSampler, TrainingSet, collate, gt_items, paired_items
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a step ~20x slower here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _rgb(path: Path, size=(40, 36), seed=0) -> np.ndarray:
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,8 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 
 
 class Trainer:
+    """Builds everything from a :class:`TrainConfig` (data checked first), then :meth:`train` runs the loop."""
+
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
