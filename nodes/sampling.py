@@ -10,7 +10,7 @@ from comfy_api.v0_0_2 import io
 from sspir_core.comfy_support import captions_for_batch, images_from_list, single, target_size
 from sspir_core.components import after_run, restore_components
 from sspir_core.image_io import bchw_to_comfy, resize_image
-from sspir_core.pipeline import RestoreOptions
+from sspir_core.pipeline import MAX_STEPS, RestoreOptions
 from sspir_core.schedulers import SCHEDULERS
 
 from . import host
@@ -34,7 +34,7 @@ def sampling_inputs() -> list:
     return [
         io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**63 - 1, control_after_generate=True, tooltip=(
             "Noise seed. Each image of a batch uses it alone, so it restores the same as on its own.")),
-        io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=1000, tooltip="Denoising steps (paper: 50)."),
+        io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=MAX_STEPS, tooltip="Denoising steps (paper: 50)."),
         io.Float.Input("cfg", default=_DEFAULTS.cfg, min=1.0, max=30.0, step=0.1, round=0.01, tooltip=(
             "Classifier-free guidance on the caption (paper: 7.5); 1 turns it off and halves the work.")),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(

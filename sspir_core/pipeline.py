@@ -87,8 +87,10 @@ class RestoreOptions:
         _check_int("max_chunks", self.max_chunks, 1)
 
 
-MAX_STEPS = 1000
-"""SD's training timesteps: no sampler can take more steps than that."""
+MAX_STEPS = 998
+"""SD has 1000 training timesteps (0..999). With "leading" spacing and steps_offset 1 (the official
+settings) 1000 DDPM/DDIM steps ask for timestep 1000 (IndexError) and 999 DPM++/UniPC steps do too
+(NaN), so 998 is the most every sampler can take."""
 START_CHOICES = ("lq", "noise")
 
 

@@ -114,3 +114,13 @@ def test_user_comfyui_dir_without_main_py_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
     with pytest.raises(comfyui.ComfyUIError, match="COMFYUI_DIR=.*no main.py"):
         comfyui.fetch()
+
+
+def test_user_comfyui_is_used_as_is_and_missing_requirements_are_named(tmp_path, monkeypatch):
+    (tmp_path / "main.py").write_text("")
+    (tmp_path / "requirements.txt").write_text("torch\nno-such-package-sspir\n")
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
+    assert comfyui.comfyui_dir() == tmp_path.resolve()
+    with pytest.raises(comfyui.ComfyUIError, match=r"lacks ComfyUI's requirements \(no-such-package-sspir.*COMFYUI_PYTHON"):
+        comfyui.ensure(sys.executable)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["main.py", "requirements.txt"]  # nothing written there

@@ -148,7 +148,7 @@ def test_unusable_output_folder_is_found_before_models_load(tmp_path, inputs, ca
      (["--size", "big"], "--size must be WIDTHxHEIGHT"),
      (["--upscale", "nan"], "--upscale must be a positive number"),
      (["--upscale", "0"], "--upscale must be a positive number"),
-     (["--steps", "0"], "--steps must be between 1 and 1000"),
+     (["--steps", "0"], "--steps must be between 1 and 998"),
      (["--tile", "-3"], "--tile must be >= 0"),
      (["--tile", "8", "--tile-overlap", "8"], "--tile-overlap (8) must be smaller than --tile (8)"),
      (["--tile-overlap", "-1"], "--tile-overlap must be an integer >= 0"),

@@ -9,6 +9,7 @@ cannot be fetched, and ``SSPIR_REQUIRE_COMFYUI=1`` (set by .ci/run) turns that s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def demo_models(tmp_path_factory) -> Path:
 def server(comfy_dir, demo_models, tmp_path_factory):
     work = tmp_path_factory.mktemp("comfyui-work")
     srv = harness.ComfyServer(work, models_dir=demo_models, comfy_dir=comfy_dir)
+    # The bundled workflows' LoadImage names the sample image (NODES-CONTRACT.md).
+    srv.input_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "examples" / "astronaut_lq.png", srv.input_dir / "astronaut_lq.png")
     srv.start()
     print(f"\nComfyUI {srv.url}, log {srv.log_path}")
     yield srv
