@@ -121,6 +121,7 @@ def test_a_missing_captions_folder_is_an_error(tmp_path, inputs, capsys, no_mode
     code = main(["restore", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), *FAST, "--captions",
                  str(tmp_path / "captionz")])
     assert code == 2 and "--captions" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # stopped before creating anything
 
 
 @pytest.mark.parametrize("output", ["a_file", "a_file/sub", "unwritable"])

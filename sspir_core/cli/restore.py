@@ -227,8 +227,6 @@ def plan_jobs(args: argparse.Namespace, files: list[Path], out_dir: Path) -> lis
                          f"{', '.join(str(p) for p in clobbered)}; choose another output folder")
     if args.captions:
         folder = Path(args.captions)
-        if not folder.is_dir():
-            raise InputError(f"--captions {folder}: no such folder")
         for job in jobs:
             txt = folder / f"{job.source.stem}.txt"
             job.caption_file = txt if txt.is_file() else None
@@ -301,12 +299,14 @@ def run(args: argparse.Namespace) -> int:
             raise SSPIRError(message)
         options = _options(args)
         target = _target_size(args)
+        device = _device(args.device)
+        if args.captions and not Path(args.captions).is_dir():
+            raise SSPIRError(f"--captions {args.captions}: no such folder")
         files = collect_inputs(args.inputs)
         if not files:
             raise SSPIRError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(args.inputs)}")
-        out_dir = _output_folder(Path(args.output))
+        out_dir = _output_folder(Path(args.output))  # the last check: it creates the folder
         jobs = plan_jobs(args, files, out_dir)
-        device = _device(args.device)
     except SSPIRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
