@@ -242,3 +242,19 @@ def test_the_caption_file_is_really_used(tmp_path, inputs, monkeypatch):
     assert main(["restore", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), *FAST, "--captions", str(caps),
                  "--caption", "fallback"]) == 0
     assert seen == ["a red bicycle by a wall"]
+
+
+def test_sampling_seed_does_not_change_the_tiny_presets_models():
+    """--seed is the sampling seed: the toy VAE/text/CLIP parts (frozen under trained --sspir weights) stay the same."""
+    import argparse
+
+    import torch
+
+    from sspir_core.cli.restore import build_pipeline
+
+    pipes = [build_pipeline(argparse.Namespace(preset="tiny-random", sspir=None, seed=s), "cpu", torch.float32)
+             for s in (0, 5)]
+    for a, b in zip(pipes[0].vae.state_dict().values(), pipes[1].vae.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(pipes[0].text_encoder.state_dict().values(), pipes[1].text_encoder.state_dict().values()):
+        assert torch.equal(a, b)

@@ -125,7 +125,9 @@ def build_pipeline(args: argparse.Namespace, device, dtype):
     from ..presets import tiny_random_pipeline
 
     if args.preset == "tiny-random":
-        return tiny_random_pipeline(args.sspir, device=device, dtype=dtype, seed=args.seed)
+        # The toy models' own seed stays fixed (the trainer builds its frozen parts with the same one):
+        # --seed is the sampling seed, it must not swap the frozen VAE/text/CLIP parts under trained weights.
+        return tiny_random_pipeline(args.sspir, device=device, dtype=dtype)
     from ..components import load_pipeline_parts
     from ..loaders import load_clip_vision
     from ..pipeline import RestorePipeline
@@ -344,7 +346,9 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
         print(f"error: cannot load the models: {what}", file=sys.stderr)
         return 2
     if pipe.untrained:
-        print("NOTE: tiny-random preset: the weights are random and untrained, so outputs are noise-like. "
+        trained = "the SSP-IR parts come from --sspir, the SD and CLIP parts are random" if args.sspir else \
+            "the weights are random and untrained"
+        print(f"NOTE: tiny-random preset: {trained}, so outputs are noise-like. "
               "It only shows that the whole path runs.")
 
     failed: list[Path] = []
