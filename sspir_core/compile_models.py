@@ -16,6 +16,14 @@ import torch
 from torch import nn
 
 
+def _cause(e: BaseException) -> str:
+    """The innermost cause's type and first line (dynamo wraps the real error)."""
+    while (inner := getattr(e, "inner_exception", None) or e.__cause__) is not None:
+        e = inner
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
 class _GuardedForward:
     """``module.forward`` replacement: the compiled forward until it fails once, then the eager one."""
 
@@ -30,16 +38,17 @@ class _GuardedForward:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
                 self.failed = True
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                self.log(f"--compile: could not compile the {self.name} ({type(e).__name__}: {first[:300]}); "
+                self.log(f"--compile: could not compile the {self.name} ({_cause(e)}); "
                          "running it eagerly (same results, no speed-up)")
         return self.eager(*args, **kwargs)
 
 
-def compile_denoiser(pipe: Any, mode: str | None = None, log: Callable[[str], Any] | None = None) -> list[str]:
+def compile_denoiser(pipe: Any, mode: str | None = None, log: Callable[[str], Any] | None = None,
+                     backend: str | Callable[..., Any] = "inductor") -> list[str]:
     """``torch.compile`` the pipeline's ControlNet and UNet in place; returns the names compiled.
 
-    ``mode``: a ``torch.compile`` mode (None = default; "max-autotune" on a GPU for long runs).
+    ``mode``: a ``torch.compile`` mode (None = default; "max-autotune" on a GPU for long runs);
+    ``backend``: a ``torch.compile`` backend.
     Refuses nothing: when compiling is impossible the modules run eagerly, with one message.
     """
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -50,7 +59,7 @@ def compile_denoiser(pipe: Any, mode: str | None = None, log: Callable[[str], An
     for name, module in (("ControlNet", pipe.models.controlnet), ("UNet", pipe.models.unet)):
         if isinstance(getattr(module, "forward", None), _GuardedForward):
             continue
-        module.forward = _GuardedForward(module, name, log, mode=mode, dynamic=False)
+        module.forward = _GuardedForward(module, name, log, mode=mode, dynamic=False, backend=backend)
         done.append(name)
     return done
 

@@ -102,3 +102,32 @@ def test_bad_arguments_are_named(vae, latents):
         decode_to_integers(decode(vae), latents, src, (0, 160, 0, 112), "histogram", 8, 6, 2)
     with pytest.raises(InputError, match="source"):
         decode_to_integers(decode(vae), latents, src, (0, 100, 0, 112), "adain", 8, 6, 2)
+
+
+def test_restore_integer_output_matches_float_restore():
+    """The pipeline's streamed tail (tiled VAE, padding crop, AdaIN) against its float tail, quantised."""
+    from sspir_core.pipeline import RestoreOptions, restore_image
+    from sspir_core.presets import tiny_random_pipeline
+
+    pipe = tiny_random_pipeline(seed=0)
+    image = torch.rand(1, 3, 30, 21, generator=torch.Generator().manual_seed(4))  # x4 = 120 x 84: padded
+    opts = RestoreOptions(steps=1, tile=8, tile_overlap=4, vae_tile=48, color_fix="adain")
+    flt = restore_image(pipe, image, "a cat", opts, upscale=4)
+    ints = restore_image(pipe, image, "a cat", opts, upscale=4, output_bits=8)
+    assert ints.dtype == torch.uint8 and ints.shape == flt.shape == (1, 3, 120, 84)
+    assert (ints.int() - quantize(flt, 8).int()).abs().max() <= 1
+
+
+def test_png_writer_takes_integer_images(tmp_path):
+    from sspir_core.image_io import load_image, save_png
+
+    g = torch.Generator().manual_seed(5)
+    img16 = torch.randint(0, 65536, (1, 3, 9, 7), generator=g).to(torch.uint16)
+    img8 = torch.randint(0, 256, (1, 3, 9, 7), generator=g).to(torch.uint8)
+    alpha = torch.rand(1, 1, 9, 7, generator=g)
+    (p16,) = save_png(img16, tmp_path / "a.png")
+    (p8,) = save_png(img8, tmp_path / "b.png", alpha=alpha)
+    back16, back8 = load_image(p16), load_image(p8)
+    assert torch.equal((back16.rgb * 65535).round().int(), img16.int())
+    assert torch.equal((back8.rgb * 255).round().int(), img8.int())
+    assert torch.equal((back8.alpha * 255).round().int(), (alpha * 255).round().int())
