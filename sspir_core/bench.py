@@ -79,8 +79,8 @@ class BenchSettings:
 
 
 # Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).
-# ``measure`` gets the bench pipeline (None if only the memory part asked for one) and returns plain data;
-# ``lines`` turns that data into report lines.
+# ``measure`` gets the bench pipeline when a built-in part built one, else None (build what you need), and
+# returns plain data; ``lines`` turns that data into report lines. Register, then name the part in --parts.
 ExtraPart = tuple[Callable[["BenchSettings", "RestorePipeline | None"], dict[str, Any]],
                   Callable[[dict[str, Any]], list[str]]]
 EXTRA_PARTS: dict[str, ExtraPart] = {}
@@ -427,9 +427,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+IN_PROCESS_PARTS = ("step", "flops", "priors", "image")
+
+
 def _needs_pipeline(parts: Sequence[str], device: torch.device) -> bool:
     """The memory part on the CPU measures in child processes: the parent must not hold the models too."""
-    return any(p != "memory" for p in parts) or device.type == "cuda"
+    return any(p in IN_PROCESS_PARTS for p in parts) or ("memory" in parts and device.type == "cuda")
 
 
 def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors", "memory"),
@@ -501,7 +504,7 @@ def summary_line(r: dict[str, Any]) -> str:
                     f"x{s['cache_ratio']:.3f} plain)")
     if "flops" in r:
         f = r["flops"]
-        per = f" = {f['step_flops'] / (r['step']['ours_ms'] / 1000) / 1e12:.2f} TFLOP/s" if "step" in r else ""
+        per = f" = {_si(f['step_flops'] / (r['step']['ours_ms'] / 1000))}/s" if "step" in r else ""
         bits.append(f"{_si(f['step_flops'])}/step{per}, {_si(f['image_flops'])}/image ({f['steps']} steps)")
     if "image" in r:
         i = r["image"]
@@ -540,11 +543,11 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"   {'per image (' + str(f['steps']) + ' steps + the above)':40s} {_si(f['image_flops']):>14s}")
         if "step" in r:
             achieved = f["step_flops"] / (r["step"]["ours_ms"] / 1000)
-            lines.append(f"   {'achieved in the timed steps':40s} {achieved / 1e12:10.3f} TFLOP/s "
+            lines.append(f"   {'achieved in the timed steps':40s} {_si(achieved) + '/s':>14s} "
                          "(divide by the card's peak for utilisation)")
         if "image" in r:
             lines.append(f"   {'achieved over the whole restore':40s} "
-                         f"{f['image_flops'] / r['image']['seconds'] / 1e12:10.3f} TFLOP/s (untiled count)")
+                         f"{_si(f['image_flops'] / r['image']['seconds']) + '/s':>14s} (untiled count)")
     if "priors" in r:
         p = r["priors"]
         run = "measured" if p["run_measured"] else f"ESTIMATED as {p['run_steps']} x measured ms/step"
