@@ -1,17 +1,21 @@
 """Benchmark of the SSP-IR sampler: what the SSP-IR attentions, the per-image priors and tiling cost.
 
-Three figures, measured in one run on one config so they can be compared:
+Figures measured in one run on one config so they can be compared:
 
 1. ms per denoising step of our ControlNet + patched UNet (CFG batch 2, as ``RestorePipeline.denoise``
-   runs it) next to a stock diffusers ControlNet + UNet built from the same UNet config; the ratio is
-   the price of the image and pixel attentions.
-2. the one-time per-image priors (text, CLIP image + Refine, Processor, VAE encode) as a share of a
+   runs it) next to the same sampler without the cached context K/V (the plain path) and a stock
+   diffusers ControlNet + UNet built from the same UNet config, timed alternately; the ratios are the
+   speed-up of the cache and the price of the image and pixel attentions.
+2. model FLOPs per step and per image (:mod:`sspir_core.flops`) and the FLOP rate they imply.
+3. the one-time per-image priors (text, CLIP image + Refine, Processor, VAE encode) as a share of a
    50-step run: they are computed once, so they should stay a few percent.
-3. peak memory of a tiled restore at growing output sizes: tiling should keep it nearly flat.
+4. peak memory of a tiled restore at growing output sizes (through the streamed 8-bit output tail by
+   default): tiling should keep it nearly flat.
 
 On the CPU each memory size runs in a fresh subprocess (``python -m sspir_core.bench --_memory-child``)
-so one size's heap does not hide the next one's peak. Timings are not asserted anywhere: this is a
-measuring tool, not a test.
+so one size's heap does not hide the next one's peak, and the parent builds no models for it. A last
+line sums everything up for pasting into an issue. Timings are not asserted anywhere: this is a
+measuring tool, not a test. Other modules can add parts through :data:`EXTRA_PARTS`.
 """
 
 from __future__ import annotations
