@@ -1,8 +1,26 @@
-"""Thin ComfyUI node classes (V3 API), one concept per module; all work happens in ``sspir_core``."""
+"""Thin ComfyUI node classes (V3 API), one concept per module; all work happens in ``sspir_core``.
+
+Import the node modules only through :func:`node_list` (they import ``comfy_api``, which exists only inside
+ComfyUI), so ``import nodes`` stays cheap and works anywhere.
+"""
 
 from __future__ import annotations
 
 
 def node_list() -> list:
-    """The node classes this pack registers. Imported only inside ComfyUI (they import ``comfy_api``)."""
-    return []
+    """The node classes this pack registers; also adds the ``sspir`` and ``LLM`` model folders to ComfyUI's list."""
+    from . import host
+    from .caption import SSPIRCaption
+    from .captioner_loader import SSPIRCaptionerLoader
+    from .clip_image_embed import SSPIRClipImageEmbed
+    from .clip_vision_loader import SSPIRClipVisionLoader
+    from .model_loader import SSPIRModelLoader
+    from .restore import SSPIRRestore
+    from .sampler import SSPIRSampler
+    from .structure_processor import SSPIRStructureProcessor
+
+    host.register_model_folders()
+    return [
+        SSPIRModelLoader, SSPIRClipVisionLoader, SSPIRCaptionerLoader, SSPIRCaption, SSPIRClipImageEmbed,
+        SSPIRStructureProcessor, SSPIRSampler, SSPIRRestore,
+    ]

@@ -103,23 +103,19 @@ class SSPIRModels:
 
 
 def move_module(module: nn.Module, device: str | torch.device | None, dtype: torch.dtype | None = None) -> None:
-    """Move/cast a module, skipping no-ops and silencing diffusers' warning about casting with ``.to()``.
+    """Move/cast a module, skipping no-ops.
 
-    (That warning is about fp32-pinned submodules, which none of these models have.)
+    Calls ``torch.nn.Module.to`` itself: diffusers' ``ModelMixin.to`` warns about fp32-pinned submodules on
+    every cast (none of these models have any), and silencing that would change diffusers' global log level.
+    Quantized models keep their own ``.to`` and its checks.
     """
-    from diffusers.utils import logging as diffusers_logging
-
     params = list(module.parameters())
     same_device = device is None or all(p.device == torch.device(device) for p in params)
     same_dtype = dtype is None or all(p.dtype == dtype for p in params)
     if same_device and same_dtype:
         return
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        module.to(device=device, dtype=dtype) if dtype is not None else module.to(device=device)
-    finally:
-        diffusers_logging.set_verbosity(level)
+    to = module.to if getattr(module, "is_quantized", False) else nn.Module.to.__get__(module)
+    to(device=device, dtype=dtype) if dtype is not None else to(device=device)
 
 
 def build_models(

@@ -203,6 +203,41 @@ def load_image(path: str | Path) -> ImageWithAlpha:
     return out
 
 
+class ImageInfo(NamedTuple):
+    """What :func:`probe_image` reads from a file's header: size as displayed (EXIF orientation applied),
+    frame count (animated GIF/WebP/APNG, multi-page TIFF) and bits per sample (8 or 16)."""
+
+    width: int
+    height: int
+    frames: int
+    bits: int
+
+
+_EXIF_ORIENTATION = 0x0112
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def probe_image(path: str | Path) -> ImageInfo:
+    """Read size, frame count and bit depth without decoding the pixels (cheap: done for every input first).
+
+    16 bits: a 16-bit PNG, or a file Pillow opens in a 16/32-bit integer or float mode (e.g. 16-bit TIFF).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+            frames = int(getattr(img, "n_frames", 1))
+            deep = img.mode in _HIGH_DEPTH_MODES
+    except FileNotFoundError as exc:
+        raise InputError(f"image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: cannot read image ({exc})") from exc
+    bits = 16 if deep or _png_bit_depth(path) == 16 else 8
+    return ImageInfo(w, h, frames, bits)
+
+
 # ------------------------------------------------------------------------------------------ ComfyUI IMAGE
 
 
@@ -374,6 +409,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, t
     return F.pad(x, (0, pw, 0, ph), mode=mode), box
 
 
+def output_size(width: int, height: int, upscale: float = 4.0,
+                target_size: Sequence[int] | None = None) -> tuple[int, int]:
+    """``(width, height)`` of the restored image: ``target_size`` when given, else the input size x ``upscale``."""
+    if target_size is not None:
+        if len(target_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in target_size):
+            raise InputError(f"target_size must be (width, height) in positive integers, got {target_size!r}")
+        return int(target_size[0]), int(target_size[1])
+    if isinstance(upscale, bool) or not (isinstance(upscale, (int, float)) and math.isfinite(upscale) and upscale > 0):
+        raise InputError(f"upscale must be a positive number, got {upscale!r}")
+    return max(1, round(width * upscale)), max(1, round(height * upscale))
+
+
 def prepare_lq(
     image: torch.Tensor,
     upscale: float = 4.0,
@@ -394,16 +441,8 @@ def prepare_lq(
             f"LQ image is {w}x{h} px; it must be at least {MIN_INPUT_SIDE} px on each side "
             f"and at least {min_side} px on each side after upscaling"
         )
-    if target_size is not None:
-        if len(target_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in target_size):
-            raise InputError(f"target_size must be (width, height) in positive integers, got {target_size!r}")
-        out_w, out_h = int(target_size[0]), int(target_size[1])
-        how = f"target size {out_w}x{out_h}"
-    else:
-        if not (isinstance(upscale, (int, float)) and math.isfinite(upscale) and upscale > 0):
-            raise InputError(f"upscale must be a positive number, got {upscale!r}")
-        out_h, out_w = max(1, round(h * upscale)), max(1, round(w * upscale))
-        how = f"{w}x{h} px x{upscale:g} = {out_w}x{out_h}"
+    out_w, out_h = output_size(w, h, upscale, target_size)
+    how = f"target size {out_w}x{out_h}" if target_size is not None else f"{w}x{h} px x{upscale:g} = {out_w}x{out_h}"
     if out_h < min_side or out_w < min_side:
         raise InputError(
             f"output would be {out_w}x{out_h} px ({how}); it must be at least {min_side} px on each side "

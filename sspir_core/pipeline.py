@@ -9,9 +9,11 @@ attention is quadratic in tile area).
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -19,11 +21,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .build import SSPIRModels, move_module
-from .color_fix import apply_color_fix
-from .errors import InputError, SSPIRError
+from .color_fix import COLOR_FIX_METHODS, apply_color_fix
+from .errors import InputError, OptionError, SSPIRError
 from .models.kv_cache import context_kv_cache
 from .output_stream import decode_to_integers
-from .prompt import encode_prompt_pair
+from .prompt import encode_prompt_pair, group_by_chunks
 from .schedulers import SCHEDULERS, make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
 
@@ -61,17 +63,75 @@ class RestoreOptions:
     max_chunks: int = 4
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting before any work; raises :class:`OptionError` naming the setting."""
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_number("cfg", self.cfg, 0.0)
         if self.scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if self.start not in ("lq", "noise"):
-            raise InputError(f"start must be 'lq' or 'noise', got {self.start!r}")
+            raise OptionError("scheduler", f"{self.scheduler!r} is unknown: choose one of {', '.join(SCHEDULERS)}")
+        if not isinstance(self.negative_prompt, str):
+            raise OptionError("negative_prompt", f"must be a string, got {type(self.negative_prompt).__name__}")
+        _check_number("conditioning_scale", self.conditioning_scale, 0.0)
+        if self.start not in START_CHOICES:
+            raise OptionError("start", f"must be one of {', '.join(START_CHOICES)}, got {self.start!r}")
+        _check_int("seed", self.seed, 0, 2**64 - 1)
+        if self.color_fix not in COLOR_FIX_METHODS:
+            raise OptionError("color_fix", f"{self.color_fix!r} is unknown: choose one of {', '.join(COLOR_FIX_METHODS)}")
+        if self.tile is not None:
+            _check_int("tile", self.tile, 1)
+        _check_int("tile_overlap", self.tile_overlap, 0)
         if self.tile is not None and self.tile_overlap >= self.tile:
-            raise InputError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})")
+            raise OptionError("tile_overlap", f"({self.tile_overlap}) must be smaller than {{tile}} ({self.tile})")
+        if self.vae_tile is not None:
+            _check_int("vae_tile", self.vae_tile, 8)
+        _check_int("max_chunks", self.max_chunks, 1)
+
+
+MAX_STEPS = 1000
+"""SD's training timesteps: no sampler can take more steps than that."""
+START_CHOICES = ("lq", "noise")
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
+        raise OptionError(name, f"must be {bound}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise OptionError(name, f"must be a finite number >= {low:g}, got {value!r}")
 
 
 StepCallback = Callable[[int, int, torch.Tensor], Any]
+
+
+class Priors(NamedTuple):
+    """Priors computed outside :meth:`RestorePipeline.restore` for one padded LQ batch; None = compute there.
+
+    ``image_emb``: Refine-layer output [B, tokens, 512] of the LQ's real part (see ``box``);
+    ``features``: Processor features [B, C, H/8, W/8] of the padded LQ.
+    """
+
+    image_emb: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    def check(self, lq: torch.Tensor, device: torch.device, dtype: torch.dtype
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Both on ``device``/``dtype``, after checking they belong to ``lq`` (batch and latent size)."""
+        b, h, w = lq.shape[0], lq.shape[-2] // 8, lq.shape[-1] // 8
+        if self.image_emb is not None and self.image_emb.shape[0] != b:
+            raise InputError(f"image embedding has batch {self.image_emb.shape[0]}, the LQ batch is {b}")
+        if self.features is not None and (self.features.shape[0] != b or tuple(self.features.shape[-2:]) != (h, w)):
+            raise InputError(f"structure features {tuple(self.features.shape)} do not fit an LQ of batch {b} "
+                             f"and latent size {h}x{w}")
+        return tuple(None if t is None else t.to(device, dtype) for t in self)  # type: ignore[return-value]
+
+    def select(self, index: list[int]) -> Priors:
+        """The priors of some images of the batch (in that order)."""
+        return Priors(*(None if t is None else t[index] for t in self))
 
 
 @dataclass
@@ -88,6 +148,8 @@ class RestorePipeline:
     dtype: torch.dtype = torch.float32
     offload: bool = False  # keep models on the CPU and move each stage to the device only while it runs
     untrained: bool = False  # set by the tiny-random preset so callers can say so
+    # One run at a time: runs share the modules (and, with offload, move them), so a second thread waits.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -103,6 +165,11 @@ class RestorePipeline:
 
     @contextlib.contextmanager
     def _stage(self, *modules: nn.Module) -> Iterator[None]:
+        with self._lock, self._placed(*modules):
+            yield
+
+    @contextlib.contextmanager
+    def _placed(self, *modules: nn.Module) -> Iterator[None]:
         if self.offload:
             for m in modules:
                 move_module(m, self.device, None)
@@ -260,18 +327,24 @@ class RestorePipeline:
         options: RestoreOptions | None = None,
         callback: StepCallback | None = None,
         box: tuple[int, int, int, int] | None = None,
+        priors: Priors | None = None,
         output_bits: int | None = None,
     ) -> torch.Tensor:
         """Restore ``lq`` ([B,3,H,W] in [0,1], already at the output size, H and W multiples of 8).
 
         ``captions``: one string for all images or one per image. ``box`` ``(y0, y1, x0, x1)``: the part
         of ``lq`` that is the real image (the rest is padding); CLIP sees and the output keeps only that
-        part, and the colour fix is computed on it. Returns [B,3,h,w] in [0,1].
+        part, and the colour fix is computed on it. ``priors``: image embedding and/or Processor features
+        computed elsewhere (e.g. by separate ComfyUI nodes) for exactly this ``lq``; missing ones are
+        computed here. Returns [B,3,h,w] in [0,1].
+        Each image gets what it gets alone with the same seed: captions that need different chunk
+        counts run as separate groups, and ``callback`` then counts the steps of all groups in turn.
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs. ``output_bits`` 8 or 16: return
         ``uint8``/``uint16`` from a streamed decode -> colour fix -> quantise tail that never holds a float
         image of the whole output (what a file writer needs; memory stays flat on large images).
         """
         options = options or RestoreOptions()
+        options.validate()  # again: a field may have been changed since it was made
         _check_lq(lq)
         b = lq.shape[0]
         caps = [captions] * b if isinstance(captions, str) else list(captions)
@@ -279,8 +352,23 @@ class RestorePipeline:
             caps = caps * b
         if len(caps) != b:
             raise InputError(f"got {len(caps)} captions for {b} images: give one caption, or one per image")
+        box = box or (0, lq.shape[-2], 0, lq.shape[-1])
+        # Captions of different chunk counts run as separate groups: padding one caption to another's length
+        # (and its negative with it) would change its image, so each image gets what it gets alone.
+        groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
         try:
-            return self._restore(lq, caps, options, callback, box or (0, lq.shape[-2], 0, lq.shape[-1]), output_bits)
+            priors = priors or Priors()
+            with self._lock:  # one run at a time (a server may call from several threads)
+                if len(groups) == 1:
+                    return self._restore(lq, caps, options, callback, box, priors, output_bits)
+                out: list[torch.Tensor | None] = [None] * b
+                for g, idx in enumerate(groups):
+                    part = self._restore(lq[idx], [caps[i] for i in idx], options,
+                                         _group_progress(callback, g, len(groups)), box, priors.select(idx),
+                                         output_bits)
+                    for j, i in enumerate(idx):
+                        out[i] = part[j:j + 1]
+                return torch.cat(out)  # type: ignore[arg-type]
         except torch.OutOfMemoryError as e:
             raise OutOfMemory(
                 f"out of memory on {self.device} ({e}). Try a smaller tile (now {options.tile} latent px), "
@@ -288,15 +376,18 @@ class RestorePipeline:
             ) from e
 
     def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
-                 callback: StepCallback | None, box: tuple[int, int, int, int],
+                 callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors,
                  output_bits: int | None = None) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
         generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
         text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
-        image_emb = self.encode_image(real)
-        features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile,
-                                           return_rgbs=False)
+        image_emb, features = priors.check(lq, self.device, self.dtype)
+        if image_emb is None:
+            image_emb = self.encode_image(real)
+        if features is None:  # features only: the RGB maps are not needed here
+            features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile,
+                                               return_rgbs=False)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         scheduler = self.make_scheduler(options)
@@ -312,6 +403,13 @@ class RestorePipeline:
             return self.decode_to_integers(latents, real, box, options.color_fix, output_bits, options.vae_tile)
         out = self.vae_decode(latents, options.vae_tile)[..., y0:y1, x0:x1]
         return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
+
+
+def _group_progress(callback: StepCallback | None, group: int, groups: int) -> StepCallback | None:
+    """Report a group's steps as part of the whole batch's progress (steps of all groups, in order)."""
+    if callback is None:
+        return None
+    return lambda i, n, z: callback(group * n + i, groups * n, z)
 
 
 def _check_lq(lq: torch.Tensor) -> None:
@@ -342,6 +440,7 @@ def restore_image(
     upscale: float = 4.0,
     target_size: tuple[int, int] | None = None,
     callback: StepCallback | None = None,
+    priors: Priors | None = None,
     output_bits: int | None = None,
 ) -> torch.Tensor:
     """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size.
@@ -351,4 +450,5 @@ def restore_image(
     from .image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
-    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, output_bits=output_bits)
+    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors,
+                        output_bits=output_bits)

@@ -14,10 +14,20 @@ scheme, so inference must reproduce it exactly (ComfyUI's and diffusers' own sch
    For ``m == 1`` the 77 ids are encoded as they are.
 
 The result has ``75m + 2`` positions: 77, 152, 227 or 302.
+
+The negative (unconditional) prompt follows the official inference code, which lays it out differently: the
+tokenizer's own ``max_length`` padding to the positive's length, ``[BOS] + tokens + [EOS] + [PAD]*``, cut to
+that length when longer (a negative never lengthens the caption). Chunk boundaries are then forced to BOS and
+to the row's own last id, which is EOS for SD1.x (PAD = EOS, so both layouts coincide) but ``"!"`` for SD2.x.
+
+Every prompt's layout depends only on itself and on the caption it belongs to: a batch whose captions need
+different chunk counts must be encoded (and sampled) in groups of equal count (:func:`group_by_chunks`), so
+that each image gets what it gets alone.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +36,8 @@ from typing import Any
 import torch
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 CHUNK_TOKENS = 75
 """Content tokens per chunk; with BOS and EOS a chunk fills CLIP's 77-position window."""
@@ -37,7 +49,7 @@ DEFAULT_MAX_CHUNKS = 4
 class LongTokens:
     """Token ids laid out for :func:`encode_tokens`: ``input_ids`` is ``[B, 75 * num_chunks + 2]`` (long).
 
-    ``bos_id``/``eos_id`` are kept because every chunk boundary is overwritten with them before encoding.
+    Every chunk boundary is overwritten with each row's own first id (BOS) and last id before encoding.
     """
 
     input_ids: torch.Tensor
@@ -99,6 +111,44 @@ def tokenize_long(
     return LongTokens(torch.tensor(rows, dtype=torch.long), num_chunks, bos, eos)
 
 
+def chunk_count(tokenizer: Any, prompt: str, max_chunks: int = DEFAULT_MAX_CHUNKS) -> int:
+    """How many 75-token chunks ``prompt`` needs on its own (1 to ``max_chunks``)."""
+    return tokenize_long(tokenizer, [prompt], max_chunks).num_chunks
+
+
+def group_by_chunks(tokenizer: Any, prompts: Sequence[str], max_chunks: int = DEFAULT_MAX_CHUNKS) -> list[list[int]]:
+    """Indices of ``prompts`` grouped by chunk count, in first-seen order: each group encodes to one length
+    without padding any prompt beyond what it needs alone."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(_as_prompt_list(prompts)):
+        groups.setdefault(chunk_count(tokenizer, p, max_chunks), []).append(i)
+    return list(groups.values())
+
+
+def tokenize_negative(tokenizer: Any, prompts: str | Sequence[str], length: int) -> LongTokens:
+    """Lay out negative prompts as the official inference code does, for positives of ``length`` positions.
+
+    ``[BOS] + tokens + [EOS] + [PAD]*``, exactly ``length`` long; a longer negative is cut to
+    ``length - 2`` tokens (it never changes the caption's length).
+    """
+    if length < CHUNK_TOKENS + 2 or (length - 2) % CHUNK_TOKENS:
+        raise InputError(f"negative prompt length must be 75 * chunks + 2, got {length}")
+    items = _as_prompt_list(prompts, "negative prompt")
+    bos, eos, pad = _special_ids(tokenizer)
+    room = length - 2
+    rows = []
+    # max_length one past the room: enough to notice a cut, and no transformers warning about > 77 tokens
+    enc = tokenizer(items, add_special_tokens=False, truncation=True, max_length=room + 1)
+    for text, ids in zip(items, enc["input_ids"]):
+        ids = list(ids)
+        if len(ids) > room:
+            log.warning("negative prompt %r is longer than the caption (%d tokens): cut to that length, as the "
+                        "official code does", text[:40], room)
+            ids = ids[:room]
+        rows.append([bos] + ids + [eos] + [pad] * (room - len(ids)))
+    return LongTokens(torch.tensor(rows, dtype=torch.long), (length - 2) // CHUNK_TOKENS, bos, eos)
+
+
 def _encoder_device(text_encoder: Any) -> torch.device | None:
     device = getattr(text_encoder, "device", None)
     if device is not None:
@@ -125,13 +175,13 @@ def encode_tokens(
     m = tokens.num_chunks
     if m == 1:
         return text_encoder(ids)[0]
-    bos, eos = tokens.bos_id, tokens.eos_id
+    first, last = ids[:, 0], ids[:, -1]  # BOS, and EOS (positives) or the negative's own last id
     window = CHUNK_TOKENS + 2
     chunks = []
     for i in range(m):
         chunk = ids[:, i * CHUNK_TOKENS : i * CHUNK_TOKENS + window].clone()
-        chunk[:, 0] = bos
-        chunk[:, -1] = eos
+        chunk[:, 0] = first
+        chunk[:, -1] = last
         chunks.append(chunk)
     batch = ids.shape[0]
     hidden = text_encoder(torch.cat(chunks, dim=0))[0]
@@ -165,8 +215,10 @@ def encode_prompt_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode positive and negative prompts to the SAME length, as classifier-free guidance needs.
 
-    The chunk count comes from the longest of all prompts (the paper pads the negative ``""`` to the
-    positive's length). A single negative is repeated for every positive prompt.
+    The length comes from the positives alone (their longest); each negative is laid out by
+    :func:`tokenize_negative` to that length, as the official code does. A single negative is repeated for
+    every positive prompt. For batch-independent results give positives of one chunk count
+    (:func:`group_by_chunks`).
     """
     pos = _as_prompt_list(positive, "positive prompt")
     neg = _as_prompt_list(negative, "negative prompt")
@@ -176,6 +228,9 @@ def encode_prompt_pair(
         raise InputError(
             f"got {len(pos)} positive prompts but {len(neg)} negative prompts: give one negative or one per positive"
         )
-    tokens = tokenize_long(tokenizer, pos + neg, max_chunks)
-    embeds = encode_tokens(text_encoder, tokens, device)
+    pos_tokens = tokenize_long(tokenizer, pos, max_chunks)
+    neg_tokens = tokenize_negative(tokenizer, neg, pos_tokens.length)
+    both = LongTokens(torch.cat([pos_tokens.input_ids, neg_tokens.input_ids]), pos_tokens.num_chunks,
+                      pos_tokens.bos_id, pos_tokens.eos_id)
+    embeds = encode_tokens(text_encoder, both, device)
     return embeds[: len(pos)], embeds[len(pos) :]

@@ -11,19 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-# CI lays shared/ beside the clone; SSPIR_SHARED overrides.
-SHARED = Path(os.environ.get("SSPIR_SHARED", REPO.parent / "shared"))
+# The official parity fixture and the full-size manifests live in the repository (tests/fixtures/README.md
+# keeps their provenance), so the suite runs on any clone; SSPIR_FIXTURES points at another copy.
+FIXTURES = Path(os.environ.get("SSPIR_FIXTURES", REPO / "tests" / "fixtures"))
 
 
 @pytest.fixture(scope="session")
 def fixture_a() -> Path:
-    path = SHARED / "fixtures" / "official-tiny-a"
-    assert (path / "checkpoint-7").is_dir(), f"official parity fixture not found at {path} (set SSPIR_SHARED)"
+    path = FIXTURES / "official-tiny-a"
+    assert (path / "checkpoint-7").is_dir(), f"official parity fixture not found at {path} (set SSPIR_FIXTURES)"
     return path
 
 
 @pytest.fixture(scope="session")
 def manifests() -> Path:
-    path = SHARED / "fixtures" / "manifests"
-    assert path.is_dir(), f"manifests not found at {path} (set SSPIR_SHARED)"
+    path = FIXTURES / "manifests"
+    assert path.is_dir(), f"manifests not found at {path} (set SSPIR_FIXTURES)"
     return path

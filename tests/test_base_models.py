@@ -411,7 +411,8 @@ def tiny_vision(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip_vision")
     torch.manual_seed(2)
     model = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
-    state = {"vision_model." + k: v for k, v in model.state_dict().items()}
+    # a CLIP file's keys; transformers < 5 already names CLIPVisionModel's own keys "vision_model.*"
+    state = {k if k.startswith("vision_model.") else "vision_model." + k: v for k, v in model.state_dict().items()}
     state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
     state["visual_projection.weight"] = torch.randn(32, 64)
     save_file(state, root / "hf.safetensors")
@@ -431,7 +432,8 @@ def test_clip_vision_transformers_and_open_clip_files_give_the_same_tokens(tiny_
     assert tokens_hf.shape == (2, (56 // 14) ** 2, 64) == (2, hf.num_tokens, hf.width)
     torch.testing.assert_close(tokens_oc, tokens_hf, atol=1e-5, rtol=0)
     torch.testing.assert_close(tokens_hf, hidden[:, 1:], atol=0, rtol=0)  # last layer, no post-LayerNorm
-    assert not torch.allclose(tokens_hf, model.post_layernorm(hidden[:, 1:]), atol=1e-3)
+    post_layernorm = getattr(model, "vision_model", model).post_layernorm  # transformers < 5 nests it
+    assert not torch.allclose(tokens_hf, post_layernorm(hidden[:, 1:]), atol=1e-3)
 
 
 def test_clip_vision_from_a_transformers_folder(tiny_vision, tmp_path):
@@ -475,3 +477,30 @@ def test_clip_vision_errors_name_the_file_and_what_it_is(tiny_vision, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors.*truncated"):
         load_clip_vision(cut, config=TINY_VISION)
+
+
+def test_loading_an_open_clip_file_touches_no_process_wide_logging(tiny_vision, monkeypatch, caplog):
+    import logging
+
+    root = logging.getLogger()
+    added = []
+    monkeypatch.setattr(root, "addFilter", lambda f: added.append(f))
+    with caplog.at_level(logging.WARNING):
+        encoder = load_clip_vision(tiny_vision[1] / "open_clip.safetensors", config=TINY_VISION)
+    assert encoder.weight_format == "open_clip"
+    assert added == [] and root.filters == []
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+
+
+def test_clip_resize_runs_on_the_cpu_whatever_the_models_device(tiny_vision, monkeypatch):
+    import sspir_core.loaders.clip_vision as clip_vision
+
+    encoder = load_clip_vision(tiny_vision[1] / "hf.safetensors", config=TINY_VISION)
+    images = torch.rand(1, 3, 40, 72)
+    reference = encoder.preprocess(images)
+    seen = []
+    real = clip_vision.F.interpolate
+    monkeypatch.setattr(clip_vision.F, "interpolate", lambda x, **k: seen.append(x.device.type) or real(x, **k))
+    encoder.to("meta")  # stands in for a device without antialiased bicubic (older MPS)
+    out = encoder.preprocess(images)
+    assert seen == ["cpu"] and out.device.type == "meta" and out.shape == reference.shape

@@ -82,6 +82,24 @@ def test_typed_text_and_missing_model(image_folder, tmp_path, capsys):
     assert "no-model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", [None, "", "   "])
+def test_text_captioner_without_text_is_an_error(image_folder, tmp_path, capsys, text):
+    out = tmp_path / "typed"
+    argv = [str(image_folder / "a.png"), "-o", str(out), "--captioner", "text"]
+    assert run_cli(argv + ([] if text is None else ["--text", text])) == 2
+    assert "--text is missing or empty" in capsys.readouterr().err
+    assert not (out / "a.txt").exists()
+
+
+def test_caption_files_get_normal_permissions(image_folder, tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = tmp_path / "typed"
+    assert run_cli([str(image_folder / "a.png"), "-o", str(out), "--captioner", "text", "--text", "a barn"]) == 0
+    assert (out / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in out.iterdir()] == ["a.txt"]  # no temporary left behind
+
+
 def test_openai_server_through_the_cli(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-cli")
     out = tmp_path / "srv"

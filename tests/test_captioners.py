@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -346,3 +347,91 @@ def test_openai_url_forms_and_cache(tmp_path):
         again = get_captioner("openai", **opts)
         assert again.caption(_image(0)) == ["A cat sitting"] and again.model_calls == 0
         assert len(srv.requests) == 1
+
+
+class _Redirector:
+    """Answers every request with a redirect to ``target`` (another origin)."""
+
+    def __init__(self, target: str, status: int = 302):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _redirect(self):
+                self.send_response(status)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _redirect
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("named", [True, False])
+def test_openai_refuses_redirects_to_another_origin_and_sends_it_nothing(monkeypatch, status, named):
+    monkeypatch.setenv("TINY_KEY", "sk-secret")
+    with ChatServer(answer="an attacker's caption") as evil:
+        with _Redirector(evil.url + "/chat/completions", status) as hop:
+            cap = get_captioner("openai", url=hop.url, api_key_env="TINY_KEY", cache_dir=None, retries=0,
+                                model_name="m" if named else None)
+            with pytest.raises(CaptionerError, match="another host: refused"):
+                cap.caption(_image(0))
+        assert evil.requests == []  # neither the key nor the image reached it
+
+
+def test_openai_total_deadline_stops_a_trickling_server():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(200):  # one byte every 50 ms: never a socket timeout, 10 s in all
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        cap = get_captioner("openai", url=url, model_name="m", cache_dir=None, retries=3, timeout=5, deadline=1.0)
+        start = time.monotonic()
+        with pytest.raises(CaptionerError, match="deadline of 1 s"):
+            cap.caption(_image(0))
+        assert time.monotonic() - start < 2.5
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_openai_cache_hit_needs_no_server_even_without_a_model_name(tmp_path):
+    with ChatServer() as srv:
+        first = get_captioner("openai", url=srv.url, cache_dir=tmp_path, retries=0)
+        assert first.caption(_image(0)) == ["A cat sitting"]
+        assert first.caption(_image(0)) == ["A cat sitting"] and first.model_calls == 1  # same key after asking
+    # the server is gone now
+    again = get_captioner("openai", url=srv.url, cache_dir=tmp_path, retries=0, timeout=1)
+    assert again.caption(_image(0)) == ["A cat sitting"] and again.model_calls == 0

@@ -143,3 +143,17 @@ def test_not_a_compact_file(tmp_path):
     save_file({"a": torch.zeros(1)}, str(f), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="not an SSP-IR compact file"):
         read_compact_metadata(f)
+
+
+def test_pickle_refused_by_the_safe_loader_says_so(tmp_path):
+    import argparse
+
+    from sspir_core.loaders import WeightsFile
+
+    path = tmp_path / "refine.pt"
+    torch.save({"w": torch.zeros(2), "args": argparse.Namespace(lr=1)}, path)  # an object besides tensors
+    with pytest.raises(CheckpointError) as e:
+        WeightsFile(path)
+    message = str(e.value)
+    assert str(path) in message and "refused by the safe loader" in message and "argparse.Namespace" in message
+    assert "truncated" not in message

@@ -7,11 +7,11 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
+from tests import fake_comfy
 from tests.conftest import REPO
 
 
@@ -42,17 +42,12 @@ def test_entrypoint_under_any_folder_name(tmp_path, monkeypatch):
     folder = tmp_path / "Some Other-Name"
     shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__"))
 
-    class FakeExtension:
-        pass
-
-    api = types.ModuleType("comfy_api.v0_0_2")
-    api.ComfyExtension = FakeExtension
-    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", api)
+    fake_comfy.install(monkeypatch, str(tmp_path / "models"))
     pack = _import_pack(folder, "custom_nodes_sspir_test")
     ext = asyncio.run(pack.comfy_entrypoint())
-    assert isinstance(ext, FakeExtension)
-    assert isinstance(asyncio.run(ext.get_node_list()), list)
+    assert isinstance(ext, sys.modules["comfy_api.v0_0_2"].ComfyExtension)
+    node_ids = [cls.define_schema().node_id for cls in asyncio.run(ext.get_node_list())]
+    assert len(node_ids) == 8 and all(n.startswith("SSPIR") for n in node_ids)
 
 
 def test_cli_convert_round_trip(fixture_a, tmp_path):
@@ -70,10 +65,32 @@ def test_cli_reports_bad_checkpoint_without_traceback(tmp_path, capsys):
     from sspir_core.cli import main
 
     assert main(["convert", "to-compact", str(tmp_path / "missing"), str(tmp_path / "x.safetensors")]) == 1
-    assert "checkpoint folder not found" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "checkpoint folder not found" in captured.err and captured.out == ""  # errors go to stderr
+    assert main(["convert", "to-official", str(tmp_path / "x.safetensors"), str(tmp_path / "o")]) == 2
+    assert "needs --sd" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["convert", "--help"]])
 def test_cli_help(argv):
     out = subprocess.run([sys.executable, "-m", "sspir_core.cli", *argv], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and "usage: sspir" in out.stdout
+
+
+def test_requirements_txt_is_pyproject_without_torch():
+    """ComfyUI installers read requirements.txt: same pins as pyproject, but never a torch that replaces ComfyUI's."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [ln.strip() for ln in (REPO / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines == [d for d in deps if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))]
+    assert not any(ln.startswith("torch") and not ln.startswith("torch_") for ln in lines)
+
+
+def test_cli_help_imports_no_torch():
+    """Every sub-command keeps heavy imports inside its run function: `sspir --help` stays instant."""
+    code = "import sys; from sspir_core.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sspir_core.errors import InputError
+from sspir_core.errors import InputError, OptionError
 from sspir_core.pipeline import OutOfMemory, RestoreCancelled, RestoreOptions, latent_preview, restore_image
 from sspir_core.presets import tiny_random_pipeline
 
@@ -48,6 +48,20 @@ def test_same_seed_same_output_in_a_batch_or_alone(pipe, lq):
     for i, cap in enumerate(["a cat", "a dog"]):
         alone = run(pipe, lq[i:i + 1], caption=cap, seed=9)
         assert torch.allclose(batch[i:i + 1], alone, atol=1e-4), i
+
+
+def test_each_image_of_a_batch_gets_what_it_gets_alone_whatever_the_other_captions(pipe):
+    # Captions of 1, 2 and 1 chunks, and a negative prompt: neither the long caption nor its padding may leak
+    # into the short captions' images (before grouping, image 0 moved by ~0.1).
+    lq3 = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    caps = ["a cat", "word " * 100, "a dog"]
+    seen = []
+    opts = dict(seed=9, negative_prompt="blurry")
+    batch = pipe.restore(lq3, caps, RestoreOptions(**FAST, **opts), callback=lambda i, n, z: seen.append((i, n)))
+    assert seen == [(i, 4) for i in range(1, 5)]  # two groups of 2 steps, counted as one run
+    for i, cap in enumerate(caps):
+        alone = run(pipe, lq3[i:i + 1], caption=cap, **opts)
+        assert (batch[i:i + 1] - alone).abs().max() < 1e-4, i
 
 
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmpp", "unipc", "euler"])
@@ -103,8 +117,30 @@ def test_bad_captions_and_shapes(pipe, lq):
         pipe.restore(lq[:1], ["a", "b"], RestoreOptions(**FAST))
     with pytest.raises(InputError, match="multiples of 8"):
         pipe.restore(torch.rand(1, 3, 30, 30), "", RestoreOptions(**FAST))
-    with pytest.raises(InputError, match="unknown scheduler"):
+    with pytest.raises(InputError, match="scheduler 'heun' is unknown"):
         RestoreOptions(scheduler="heun")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("steps", 0), ("steps", 2.5), ("steps", 1001), ("cfg", float("nan")), ("cfg", float("inf")), ("cfg", -1.0),
+     ("scheduler", "heun"), ("negative_prompt", None), ("conditioning_scale", float("nan")), ("start", "middle"),
+     ("seed", -1), ("seed", 2**64), ("color_fix", "sepia"), ("tile", 0), ("tile_overlap", -1), ("vae_tile", 4),
+     ("max_chunks", 0), ("steps", True)],
+)
+def test_every_option_is_checked_and_names_itself(field, value):
+    with pytest.raises(OptionError) as e:
+        RestoreOptions(**{field: value})
+    assert e.value.option == field and str(e.value).startswith(field)
+    assert e.value.named({field: "--my-flag"}).startswith("--my-flag ")
+
+
+def test_restore_checks_options_changed_after_they_were_made_before_any_work(pipe, lq, monkeypatch):
+    opts = RestoreOptions(**FAST)
+    opts.cfg = float("nan")
+    monkeypatch.setattr(pipe, "encode_text", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(OptionError, match="cfg must be a finite number"):
+        pipe.restore(lq[:1], "", opts)
 
 
 def test_callback_progress_preview_and_stop(pipe, lq):
@@ -139,3 +175,68 @@ def test_bf16_and_offload_paths_run(lq):
     off.offload = True
     assert torch.equal(off.restore(lq[:1], "a cat", RestoreOptions(**FAST)), ref)
     assert all(next(m.parameters()).device.type == "cpu" for m in off._all_modules())
+
+
+def test_building_and_running_change_no_process_wide_state(lq, monkeypatch):
+    import logging
+
+    import diffusers.utils.logging as diffusers_logging
+
+    calls = []
+    monkeypatch.setattr(diffusers_logging, "set_verbosity", lambda level: calls.append(level))
+    monkeypatch.setattr(diffusers_logging, "set_verbosity_error", lambda: calls.append("error"))
+    rng = torch.random.get_rng_state().clone()
+    filters = list(logging.getLogger().filters)
+    p = tiny_random_pipeline(seed=3, dtype=torch.bfloat16)  # bf16: every module is cast
+    p.offload = True  # and moved at every stage
+    p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    assert torch.equal(torch.random.get_rng_state(), rng), "torch's global RNG was seeded or drawn from"
+    assert calls == [] and logging.getLogger().filters == filters
+
+
+def test_random_presets_are_reproducible_from_their_own_generator():
+    a, b, c = (tiny_random_pipeline(seed=s) for s in (5, 5, 6))
+    for name in ("unet", "controlnet", "refine"):
+        sa, sb, sc = (getattr(p.models, name).state_dict() for p in (a, b, c))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    te = a.text_encoder.state_dict()
+    assert all(torch.equal(te[k], b.text_encoder.state_dict()[k]) for k in te)
+    # the ControlNet starts as a copy of the UNet encoder, as the official trainer's does
+    unet = a.models.unet.state_dict()
+    assert torch.equal(a.models.controlnet.state_dict()["conv_in.weight"], unet["conv_in.weight"])
+
+
+def test_two_threads_on_one_pipeline_run_one_after_the_other_with_the_same_results(lq, monkeypatch):
+    import threading
+    import time
+
+    p = tiny_random_pipeline(seed=0)
+    p.offload = True  # the case where overlapping runs would move each other's modules away
+    expected = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    active, overlaps = [], []
+    real_denoise = p.denoise
+
+    def watched(*a, **k):
+        overlaps.append(len(active))
+        active.append(1)
+        time.sleep(0.2)  # widen the window a second run would overlap in
+        try:
+            return real_denoise(*a, **k)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(p, "denoise", watched)
+    results: list = [None, None]
+
+    def work(i):
+        results[i] = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [0, 0]
+    for r in results:
+        assert torch.equal(r, expected)

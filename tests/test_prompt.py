@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from sspir_core.errors import InputError
-from sspir_core.prompt import LongTokens, encode_long_prompt, encode_prompt_pair, tokenize_long
+from sspir_core.prompt import (
+    LongTokens,
+    encode_long_prompt,
+    encode_prompt_pair,
+    group_by_chunks,
+    tokenize_long,
+    tokenize_negative,
+)
 from tests.clip_tokenizer_files import BOS_ID, EOS_ID, load_clip_tokenizer
 
 PAD_SD15 = EOS_ID  # SD1.5's tokenizer pads with <|endoftext|>
@@ -155,10 +162,59 @@ def test_negative_empty_padded_to_positive_length(tok15, text_encoder):
     torch.testing.assert_close(pos[0:1], exp_pos0, atol=1e-5, rtol=1e-5)
 
 
-def test_long_negative_sets_length_for_short_positive(tok15, text_encoder):
+def official_negative(text_encoder, content: list[int], length: int, pad: int) -> tuple[list[int], torch.Tensor]:
+    """The official inference code's unconditional prompt, written out from its description: the tokenizer's
+    ``padding="max_length", max_length=L, truncation=True`` ids ``[BOS] + tokens + [EOS] + [PAD]*``, chunked with
+    each chunk's first id forced to the row's first id and its last id forced to the ROW'S LAST id."""
+    content = content[: length - 2]
+    ids = [BOS_ID] + content + [EOS_ID] + [pad] * (length - 2 - len(content))
+    m = (length - 2) // 75
     with torch.no_grad():
-        pos, neg = encode_prompt_pair(text_encoder, tok15, "a cat", [words(250)])
-    assert pos.shape == neg.shape == (1, 302, 32)
+        if m == 1:
+            return ids, text_encoder(torch.tensor([ids]))[0]
+        outs = []
+        for i in range(m):
+            chunk = ids[75 * i : 75 * i + 77]
+            chunk = [ids[0]] + chunk[1:-1] + [ids[-1]]
+            h = text_encoder(torch.tensor([chunk]))[0]
+            outs.append(h[:, :76] if i == 0 else h[:, 1:] if i == m - 1 else h[:, 1:76])
+    return ids, torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("base", ["sd15", "sd21"])
+@pytest.mark.parametrize("negative", ["", "blurry, low quality, noisy"])
+@pytest.mark.parametrize("n_pos", [5, 100, 160])
+def test_negative_layout_matches_official(request, text_encoder, base, negative, n_pos):
+    tok = request.getfixturevalue("tok15" if base == "sd15" else "tok21")
+    pad = PAD_SD15 if base == "sd15" else PAD_SD21
+    length = {5: 77, 100: 152, 160: 227}[n_pos]
+    ids, expected = official_negative(text_encoder, content_ids(tok, negative), length, pad)
+    assert len(ids) == length
+    assert tokenize_negative(tok, [negative], length).input_ids.tolist() == [ids]
+    with torch.no_grad():
+        pos, neg = encode_prompt_pair(text_encoder, tok, [words(n_pos)], negative)
+    assert pos.shape == neg.shape == (1, length, 32)
+    torch.testing.assert_close(neg, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sd21_empty_negative_is_eos_then_exclamation_marks(tok21):
+    # "" -> [BOS, EOS, "!" x 75]: the EOS comes first, the pad after (not [BOS, "!" x 75, EOS] as for captions)
+    assert tokenize_negative(tok21, "", 77).input_ids.tolist() == [[BOS_ID, EOS_ID] + [PAD_SD21] * 75]
+
+
+def test_negative_longer_than_positive_is_cut_to_its_length(tok15, tok21, text_encoder):
+    for tok, pad in ((tok15, PAD_SD15), (tok21, PAD_SD21)):
+        with torch.no_grad():
+            pos, neg = encode_prompt_pair(text_encoder, tok, "a cat", [words(250)])
+        assert pos.shape == neg.shape == (1, 77, 32)
+        ids, expected = official_negative(text_encoder, content_ids(tok, words(250)), 77, pad)
+        assert ids == [BOS_ID] + content_ids(tok, words(75)) + [EOS_ID]
+        torch.testing.assert_close(neg, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_group_by_chunks_keeps_each_prompt_at_its_own_length(tok15):
+    prompts = ["a cat", words(100), "a dog", words(300), words(80)]
+    assert group_by_chunks(tok15, prompts) == [[0, 2], [1, 4], [3]]
 
 
 def test_sd21_pad_token_is_used(tok15, tok21, text_encoder):

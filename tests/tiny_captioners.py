@@ -18,90 +18,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-_CORPUS = [
-    "a photo of a cat sitting on a red chair in a sunny garden with green trees and a blue sky",
-    "a detailed picture of a city street at night with cars, people, shops and bright lights",
-    "an old stone house beside a calm lake, mountains and clouds in the background",
-    "a close up of a dog with brown fur, a wooden table, flowers, a window, a white wall",
-]
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %} "
-    "{% else %}ASSISTANT: {% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+from sspir_core.captioners.tiny import CORPUS, LLAVA_CHAT_TEMPLATE, bpe_tokenizer, build_llava, seed_weights  # noqa: E402
+
+__all__ = ["LLAVA_CHAT_TEMPLATE", "ChatServer", "build_blip", "build_llava", "build_qwen_vl"]
+
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def _bpe_tokenizer(specials: list[str], vocab_size: int = 320):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    return tok
-
-
-def _seed_weights(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-
-
-def build_llava(folder: Path, *, chat_template: bool = True) -> Path:
-    """llava-hf layout: LlavaForConditionalGeneration + LlavaProcessor (CLIP image processor, BPE tokenizer)."""
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"]),
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    image_token_id = tok.convert_tokens_to_ids("<image>")
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=28, patch_size=14, projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        ),
-        image_token_id=image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
-    _seed_weights(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE if chat_template else None, num_additional_image_tokens=1,
-    )
-    model.save_pretrained(folder, safe_serialization=True)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def build_qwen_vl(folder: Path, *, version: str = "2") -> Path:
@@ -112,7 +38,7 @@ def build_qwen_vl(folder: Path, *, version: str = "2") -> Path:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(specials), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe_tokenizer(specials), eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                               "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
     )
@@ -137,7 +63,7 @@ def build_qwen_vl(folder: Path, *, version: str = "2") -> Path:
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    _seed_weights(1)
+    seed_weights(1)
     model = model_cls(config).eval()
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
@@ -163,7 +89,7 @@ def build_blip(folder: Path) -> Path:
         BlipProcessor,
     )
 
-    words = sorted({w for line in _CORPUS for w in line.replace(",", " ,").split()})
+    words = sorted({w for line in CORPUS for w in line.replace(",", " ,").split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *words, ","]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
@@ -180,7 +106,7 @@ def build_blip(folder: Path) -> Path:
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         projection_dim=32,
     )
-    _seed_weights(2)
+    seed_weights(2)
     model = BlipForConditionalGeneration(config).eval()
     processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
     model.save_pretrained(folder, safe_serialization=True)

@@ -1,7 +1,9 @@
 """Any OpenAI-compatible chat-completions server (Ollama, LM Studio, vLLM, llama.cpp server).
 
-Standard library only. The image goes inline as a base64 PNG data URL; the only host contacted is the
-URL the user configured.
+Standard library only. The image goes inline as a base64 PNG data URL; the only origin contacted is the
+URL the user configured: a redirect elsewhere is refused, so neither the API key nor the image leaves it,
+and no other host's answer becomes a caption. Each caption has a total deadline besides the socket
+timeout (a server that trickles bytes cannot hold a batch forever).
 """
 
 from __future__ import annotations
@@ -23,6 +25,29 @@ from .base import PAPER_DECODING, PAPER_PROMPT, Captioner, CaptionerError
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a caption answer is a few kB; more is not a chat completion
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only within the configured origin (scheme, host, port)."""
+
+    def __init__(self, origin: tuple[str, str, int | None]) -> None:
+        self.origin = origin
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if _origin(newurl) != self.origin:
+            raise CaptionerError(
+                f"the server at {req.full_url} redirected to {newurl}, another host: refused, so the API key "
+                "and the image are sent only where you pointed (--url). If that host is the right server, "
+                "give its URL instead."
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def chat_completions_url(url: str) -> str:
@@ -63,6 +88,7 @@ class OpenAICaptioner(Captioner):
         temperature: float = PAPER_DECODING["temperature"],
         top_p: float = PAPER_DECODING["top_p"],
         timeout: float = 120.0,
+        deadline: float = 300.0,
         retries: int = 2,
         backoff: float = 1.0,
         **options: Any,
@@ -82,20 +108,42 @@ class OpenAICaptioner(Captioner):
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.timeout = float(timeout)
+        self.deadline = float(deadline)
+        if not (self.timeout > 0 and self.deadline > 0):
+            raise InputError(f"timeout and deadline must be positive seconds, got {timeout} and {deadline}")
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
         host = urllib.parse.urlsplit(self.endpoint).hostname or ""
         # Loopback servers are reached directly, even when a proxy is set in the environment.
-        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        handlers.append(_SameOriginRedirects(_origin(self.endpoint)))
         self._opener = urllib.request.build_opener(*handlers)
+        self._server_model: str | None = None  # the server's only model, asked once when none is named
 
     def identity(self) -> dict[str, Any]:
+        """The cache key's captioner part; it needs no network, so cached captions work with the server down.
+
+        Without a configured model name the key stands for "this URL's only model": name the model
+        (``model_name``, CLI ``--model-name``) to keep captions of different models apart.
+        """
         return {
-            **super().identity(), "url": self.endpoint, "model": self.resolved_model_name(),
+            **super().identity(), "url": self.endpoint, "model": self.model_name,
             "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
         }
 
     # -- HTTP ---------------------------------------------------------------------------------------
+    def _read(self, resp: Any, deadline_at: float) -> bytes:
+        """The whole answer, checking the deadline between reads (each read waits at most the socket timeout)."""
+        chunks, size = [], 0
+        while chunk := resp.read1(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_ANSWER_BYTES:
+                raise CaptionerError(f"the answer from {resp.geturl()} is larger than {_MAX_ANSWER_BYTES} bytes")
+            if time.monotonic() > deadline_at:
+                raise TimeoutError("the answer did not arrive within the deadline")
+        return b"".join(chunks)
+
     def _request(self, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         data = None
@@ -104,14 +152,21 @@ class OpenAICaptioner(Captioner):
             headers["Content-Type"] = "application/json"
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        deadline_at = time.monotonic() + self.deadline
         last_error = ""
+        tries = 0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 30.0))
+                time.sleep(max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline_at - time.monotonic())))
+            remaining = deadline_at - time.monotonic()
+            if remaining <= 0:
+                last_error = f"no answer within the deadline of {self.deadline:g} s"
+                break
+            tries += 1
             request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
             try:
-                with self._opener.open(request, timeout=self.timeout) as resp:
-                    payload = resp.read()
+                with self._opener.open(request, timeout=min(self.timeout, remaining)) as resp:
+                    payload = self._read(resp, deadline_at)
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:500].decode("utf-8", "replace").strip()
                 last_error = f"HTTP {exc.code} {exc.reason}: {detail}"
@@ -120,13 +175,15 @@ class OpenAICaptioner(Captioner):
                 raise CaptionerError(f"the captioning server at {url} refused the request ({last_error})") from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
                 last_error = str(getattr(exc, "reason", exc))
+                if time.monotonic() >= deadline_at:
+                    last_error = f"no answer within the deadline of {self.deadline:g} s ({last_error})"
                 continue
             try:
                 return json.loads(payload)
             except ValueError as exc:
                 raise CaptionerError(f"the server at {url} did not answer with JSON: {payload[:200]!r}") from exc
         raise CaptionerError(
-            f"could not reach the captioning server at {url} after {self.retries + 1} tries ({last_error}). "
+            f"could not reach the captioning server at {url} after {tries} tries ({last_error}). "
             "Check that the server (Ollama, LM Studio, vLLM, llama.cpp server) is running and listening there, "
             "that the URL includes the API prefix (usually /v1, e.g. http://127.0.0.1:11434/v1), and that "
             "a vision model is loaded."
@@ -136,6 +193,8 @@ class OpenAICaptioner(Captioner):
         """The configured model name, or the server's only model (``GET /models``)."""
         if self.model_name:
             return self.model_name
+        if self._server_model:
+            return self._server_model
         listing = self._request(self.base_url + "/models", None)
         ids = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict) and m.get("id")]
         if len(ids) != 1:
@@ -144,8 +203,8 @@ class OpenAICaptioner(Captioner):
                 f"the server at {self.base_url} offers {len(ids)} models ({found}): name one with model_name "
                 "(CLI: --model-name)"
             )
-        self.model_name = ids[0]
-        return self.model_name
+        self._server_model = ids[0]
+        return self._server_model
 
     def request_body(self, image: Image.Image) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -11,14 +11,14 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `sspir --help` lists them.
-COMMANDS: tuple[str, ...] = ("restore", "caption", "convert", "bench")
+COMMANDS: tuple[str, ...] = ("restore", "caption", "convert", "bench", "eval", "train", "make-pairs", "demo-models")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sspir", description="SSP-IR image restoration tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-PARTS = ("step", "flops", "priors", "image", "memory")
+PARTS = ("step", "flops", "priors", "image", "memory", "train")
 DEFAULT_PARTS = ["step", "flops", "priors", "memory"]
 
 
@@ -93,6 +93,15 @@ def run(args: argparse.Namespace) -> int:
         tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
         threads=args.threads, output_bits=args.output_bits or None, compile=args.compile,
     )
+    if "train" in parts:  # training-step figure: sspir_core/bench_train.py
+        from ..bench_train import bench_train_step, format_train_report
+
+        cuda_run = device.startswith("cuda")
+        print(format_train_report(bench_train_step(config, device, settings.dtype, settings.size, repeats=args.repeats,
+                                                   gradient_checkpointing=cuda_run, find_max_batch=cuda_run)))
+        parts = [p for p in parts if p != "train"]
+        if not parts:
+            return 0
     result = run_bench(settings, parts, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_report(result))
     if args.json:

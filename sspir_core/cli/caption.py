@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model-name", help="for openai: the model name the server knows (default: its only model)")
     p.add_argument("--api-key-env", metavar="VAR", help="for openai: environment variable holding the API key")
     p.add_argument("--timeout", type=float, default=120.0, help="for openai: seconds per request (default 120)")
+    p.add_argument("--deadline", type=float, default=300.0,
+                   help="for openai: most seconds one caption may take, retries included (default 300)")
     p.add_argument("--retries", type=int, default=2, help="for openai: retries after a failed request (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32")
@@ -76,11 +78,11 @@ def _captioner_options(args: argparse.Namespace) -> dict:
     name = args.captioner.lower()
     if name in ("openai", "ollama"):
         opts.update(url=args.url, model_name=args.model_name, api_key_env=args.api_key_env,
-                    timeout=args.timeout, retries=args.retries)
+                    timeout=args.timeout, deadline=args.deadline, retries=args.retries)
         if args.max_new_tokens is not None:
             opts["max_new_tokens"] = args.max_new_tokens
     elif name in ("text", "typed"):
-        opts = {"text": args.text or ""}
+        opts = {"text": args.text}
     else:
         opts.update(model_dir=args.model, device=args.device, dtype=args.dtype,
                     max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code)
@@ -88,13 +90,16 @@ def _captioner_options(args: argparse.Namespace) -> dict:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    """Write through a temporary file (no half caption after a crash) created with the usual permissions
+    (0666 less the umask, like any file the user writes; mkstemp would make it 0600)."""
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -105,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from ..captioners import get_captioner
     from ..errors import SSPIRError
 
+    if args.captioner.lower() in ("text", "typed") and not (args.text or "").strip():
+        print("error: --captioner text writes the caption given with --text; --text is missing or empty",
+              file=sys.stderr)
+        return 2
     images, problems = find_images(args.inputs, args.recursive)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)

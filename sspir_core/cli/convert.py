@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +29,14 @@ def run(args: argparse.Namespace) -> int:
             out = save_compact(load_official_checkpoint(args.source, base=args.base), args.output)
         else:
             if not args.sd:
-                print("error: to-official needs --sd (the official layout stores the full UNet, SD weights included)")
+                print("error: to-official needs --sd (the official layout stores the full UNet, SD weights included)",
+                      file=sys.stderr)
                 return 2
             from ..sd_unet import load_sd_unet
 
             out = compact_to_official(args.source, load_sd_unet(Path(args.sd), base=args.base), args.output)
     except SSPIRError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

@@ -1,14 +1,33 @@
-"""`sspir restore`: restore image files or folders to OUTDIR/<stem>.png."""
+"""`sspir restore`: restore image files or folders to OUTDIR/<stem>.png.
+
+Everything that can be checked is checked before a model is loaded: every option (messages name the flag),
+the output folder (created, writable, and never where an output would replace an input), two inputs that
+would write one output, the captions folder, and outputs so large they deserve a warning. Then one failing
+image is reported with its name and the rest go on; ``--debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# RestoreOptions field -> the flag that sets it, so option errors name what the user typed.
+FLAGS = {
+    "steps": "--steps", "cfg": "--cfg", "scheduler": "--scheduler", "negative_prompt": "--negative",
+    "conditioning_scale": "--conditioning-scale", "start": "--start", "seed": "--seed", "color_fix": "--color-fix",
+    "tile": "--tile", "tile_overlap": "--tile-overlap", "vae_tile": "--vae-tile",
+}
+LARGE_OUTPUT = 4096 * 4096
+"""Outputs with more pixels than this are announced (with their size) before any model is loaded."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages (less GPU memory)")
-    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (never replaces an input)")
+    p.add_argument("--debug", action="store_true", help="print the traceback of every failure")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the ControlNet + UNet (faster steps after a one-time compile; falls back "
                         "to eager with a message where it cannot compile)")
@@ -74,15 +94,34 @@ def missing_weights_message(args: argparse.Namespace) -> str | None:
 
 
 def _device(name: str):
+    """The torch device for ``--device``, refused (InputError) when this machine cannot run it."""
     import torch
 
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    from ..errors import InputError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA/ROCm support" if torch.version.cuda is None and torch.version.hip is None \
+                else "no GPU is visible"
+            raise InputError(f"--device {name}: not available on this machine ({why}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError(f"--device {name}: Apple MPS is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: only cpu, cuda (also ROCm) and mps are supported")
+    return device
 
 
 def build_pipeline(args: argparse.Namespace, device, dtype):
@@ -90,58 +129,222 @@ def build_pipeline(args: argparse.Namespace, device, dtype):
 
     if args.preset == "tiny-random":
         return tiny_random_pipeline(args.sspir, device=device, dtype=dtype, seed=args.seed)
-    from ..checkpoint import load_sspir_weights
-    from ..loaders import load_clip_vision, load_sd_components
+    from ..components import load_pipeline_parts
+    from ..loaders import load_clip_vision
     from ..pipeline import RestorePipeline
 
-    official = Path(args.sspir).is_dir()
-    parts = ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder")
-    sd = load_sd_components(args.sd, base=args.base, parts=parts)
-    sd_unet = None if official else sd.unet  # the official folder holds the full UNet; compact needs SD's
-    models = load_sspir_weights(args.sspir, sd_unet=sd_unet, base=args.base or sd.base)
+    parts = load_pipeline_parts(args.sd, args.sspir, base=args.base)
     clip = load_clip_vision(args.clip_vision)
-    return RestorePipeline(models, sd.vae, sd.text_encoder, sd.tokenizer, clip, sd.scheduler_config,
+    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config,
                            device=device, dtype=dtype, offload=args.offload)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.preset is None:
-        message = missing_weights_message(args)
-        if message:
-            print(f"error: {message}", file=sys.stderr)
-            return 2
-    import torch
-    from tqdm import tqdm
+# ------------------------------------------------------------------------------------------ checks first
 
+
+@dataclass
+class Job:
+    """One input and where it goes; ``caption_file`` is None when the caption comes from ``--caption``."""
+
+    source: Path
+    output: Path
+    caption_file: Path | None = None
+    bits: int = 8
+
+
+def _options(args: argparse.Namespace):
+    from ..errors import InputError, OptionError
+    from ..pipeline import RestoreOptions
+
+    for flag, value in (("--tile", args.tile), ("--vae-tile", args.vae_tile)):
+        if value < 0:
+            raise InputError(f"{flag} must be >= 0 (0 = no tiling), got {value}")
+    try:
+        return RestoreOptions(
+            steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, negative_prompt=args.negative,
+            conditioning_scale=args.conditioning_scale, start=args.start, seed=args.seed, color_fix=args.color_fix,
+            tile=args.tile or None, tile_overlap=args.tile_overlap, vae_tile=args.vae_tile or None,
+        )
+    except OptionError as e:
+        raise InputError(e.named(FLAGS)) from None
+
+
+def _target_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    from ..errors import InputError
+
+    if not args.size:
+        if not (math.isfinite(args.upscale) and args.upscale > 0):
+            raise InputError(f"--upscale must be a positive number, got {args.upscale}")
+        return None
+    parts = args.size.lower().split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        w = h = 0
+    if len(parts) != 2 or w < 1 or h < 1:
+        raise InputError(f"--size must be WIDTHxHEIGHT in pixels, e.g. 2048x1536; got {args.size!r}")
+    return w, h
+
+
+def _output_folder(path: Path) -> Path:
+    """Create ``-o`` if needed and prove it writable, before anything else is done."""
+    from ..errors import InputError
+
+    if path.exists() and not path.is_dir():
+        raise InputError(f"-o {path}: this is a file; give a folder for the restored images")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise InputError(f"-o {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def _identity(path: Path) -> object:
+    """What makes two paths one file: (device, inode) when it exists (links too), else the resolved path."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return path.resolve()
+
+
+def plan_jobs(args: argparse.Namespace, files: list[Path], out_dir: Path) -> list[Job]:
+    """One job per input, after refusing outputs that would replace an input or that two inputs share."""
+    from ..errors import InputError
+
+    jobs = [Job(f, out_dir / f"{f.stem}.png") for f in files]
+    by_output: dict[Path, list[Path]] = {}
+    for job in jobs:
+        by_output.setdefault(job.output, []).append(job.source)
+    shared = {out: srcs for out, srcs in by_output.items() if len(srcs) > 1}
+    if shared:
+        lines = [f"  {out} <- {', '.join(str(s) for s in srcs)}" for out, srcs in shared.items()]
+        raise InputError("inputs with the same name would write the same output; rename them or restore them "
+                         "into separate folders:\n" + "\n".join(lines))
+    inputs = {_identity(f) for f in files}
+    clobbered = [job.output for job in jobs if _identity(job.output) in inputs]
+    if clobbered:
+        raise InputError(f"-o {out_dir}: the restored images would replace the input file(s) "
+                         f"{', '.join(str(p) for p in clobbered)}; choose another output folder")
+    if args.captions:
+        folder = Path(args.captions)
+        if not folder.is_dir():
+            raise InputError(f"--captions {folder}: no such folder")
+        for job in jobs:
+            txt = folder / f"{job.source.stem}.txt"
+            job.caption_file = txt if txt.is_file() else None
+    return jobs
+
+
+def _announce(jobs: list[Job], upscale: float, target: tuple[int, int] | None) -> None:
+    """Read each input's header: note animations and huge outputs; keep 16-bit inputs 16-bit."""
+    from ..errors import InputError
+    from ..image_io import output_size, probe_image
+
+    for job in jobs:
+        try:
+            info = probe_image(job.source)
+        except InputError:
+            continue  # reported when the image is read
+        job.bits = info.bits
+        if info.frames > 1:
+            print(f"note: {job.source} has {info.frames} frames; only the first is restored")
+        w, h = output_size(info.width, info.height, upscale, target)
+        if w * h > LARGE_OUTPUT:
+            how = "--size" if target else f"x{upscale:g}"
+            print(f"note: {job.source} is {info.width}x{info.height} px: the output will be {w}x{h} px "
+                  f"({w * h / 1e6:.0f} MP, {how}), which takes long and needs much memory; "
+                  "--upscale or --size make it smaller")
+
+
+def _failure(path: Path, exc: BaseException, debug: bool) -> str:
+    """One line naming the file once; the traceback only with --debug."""
     from ..errors import SSPIRError
-    from ..image_io import load_image, resize_image, save_png
-    from ..pipeline import RestoreOptions, restore_image
 
-    files = collect_inputs(args.inputs)
-    rank, world, device = 0, 1, _device(args.device)
+    message = str(exc) if isinstance(exc, SSPIRError) else f"{type(exc).__name__}: {exc}"
+    line = message if str(path) in message else f"{path}: {message}"
+    if debug:
+        line += "\n" + "".join(traceback.format_exception(exc))
+    return f"failed: {line}"
+
+
+def _read_caption(job: Job, default: str) -> str:
+    from ..errors import InputError
+
+    if job.caption_file is None:
+        return default
+    try:
+        return job.caption_file.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise InputError(f"caption file {job.caption_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _save(out, path: Path, alpha, bits: int) -> None:
+    """Write through a temporary file, so an interrupted run never leaves a half image that looks done."""
+    from ..image_io import save_png
+
+    tmp = path.with_name(f".{path.stem}.sspir-partial.png")
+    try:
+        save_png(out, tmp, bits=bits, alpha=alpha)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import SSPIRError
+
+    try:
+        if args.preset is None and (message := missing_weights_message(args)):
+            raise SSPIRError(message)
+        options = _options(args)
+        target = _target_size(args)
+        files = collect_inputs(args.inputs)
+        if not files:
+            raise SSPIRError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(args.inputs)}")
+        out_dir = _output_folder(Path(args.output))
+        jobs = plan_jobs(args, files, out_dir)
+        device = _device(args.device)
+    except SSPIRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    rank, world = 0, 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: split the inputs
         from accelerate import PartialState
 
         state = PartialState()
         rank, world, device = state.process_index, state.num_processes, state.device
-    files = files[rank::world]
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [f for f in files if args.overwrite or not (out_dir / f"{f.stem}.png").exists()]
-    if len(todo) < len(files):
-        print(f"skipping {len(files) - len(todo)} image(s) already in {out_dir} (use --overwrite to redo)")
+    jobs = jobs[rank::world]
+    todo = [j for j in jobs if args.overwrite or not j.output.exists()]
+    if len(todo) < len(jobs):
+        print(f"skipping {len(jobs) - len(todo)} image(s) already in {out_dir} (use --overwrite to redo)")
     if not todo:
         return 0
+    _announce(todo, args.upscale, target)
+    return _restore_all(args, todo, options, target, device, out_dir)
+
+
+def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..errors import SSPIRError
+    from ..image_io import load_image, resize_image
+    from ..pipeline import restore_image
+
     try:
-        target = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
-        options = RestoreOptions(
-            steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, negative_prompt=args.negative,
-            conditioning_scale=args.conditioning_scale, start=args.start, seed=args.seed, color_fix=args.color_fix,
-            tile=args.tile or None, tile_overlap=args.tile_overlap, vae_tile=args.vae_tile or None,
-        )
         pipe = build_pipeline(args, device, getattr(torch, DTYPES[args.dtype]))
-    except (SSPIRError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # a model that cannot load stops the run: what went wrong, the traceback on --debug
+        if args.debug:
+            traceback.print_exception(e)
+        what = str(e) if isinstance(e, SSPIRError) else f"{type(e).__name__}: {e} (--debug shows the traceback)"
+        print(f"error: cannot load the models: {what}", file=sys.stderr)
         return 2
     if args.compile:
         from ..compile_models import compile_denoiser
@@ -151,23 +354,31 @@ def run(args: argparse.Namespace) -> int:
         print("NOTE: tiny-random preset: the weights are random and untrained, so outputs are noise-like. "
               "It only shows that the whole path runs.")
 
-    failed = 0
+    failed: list[Path] = []
+    timings = getattr(args, "timings", None)  # `sspir eval --restore` passes a dict: seconds per output stem
     bar = tqdm(todo, desc="restore", unit="img", disable=None)
-    for file in bar:
+    for job in bar:
         try:
-            caption = args.caption
-            if args.captions:
-                txt = Path(args.captions) / f"{file.stem}.txt"
-                caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else args.caption
-            image = load_image(file)
-            steps = tqdm(total=options.steps, desc=file.name, leave=False, disable=None)
-            out = restore_image(pipe, image.rgb, caption, options, upscale=args.upscale, target_size=target,
-                                callback=lambda i, n, z, bar=steps: bar.update(1), output_bits=8)
-            steps.close()
+            start = time.perf_counter()
+            caption = _read_caption(job, args.caption)
+            image = load_image(job.source)
+            with tqdm(total=options.steps, desc=job.source.name, leave=False, disable=None) as steps:
+                out = restore_image(pipe, image.rgb, caption, options, upscale=args.upscale, target_size=target,
+                                    callback=lambda i, n, z, bar=steps: bar.update(1),
+                                    output_bits=job.bits)  # streamed integer tail: flat memory
             alpha = None if image.alpha is None else resize_image(image.alpha, tuple(out.shape[-2:])).clamp(0, 1)
-            save_png(out, out_dir / f"{file.stem}.png", alpha=alpha)
-        except (SSPIRError, ValueError, OSError) as e:
-            failed += 1
-            tqdm.write(f"failed: {file}: {e}", file=sys.stderr)
-    print(f"restored {len(todo) - failed}/{len(todo)} image(s) into {out_dir}")
+            _save(out, job.output, alpha, job.bits)
+            if timings is not None:
+                timings[job.output.stem] = time.perf_counter() - start
+        except Exception as e:  # any failure of one image: name it, go on with the rest
+            failed.append(job.source)
+            tqdm.write(_failure(job.source, e, args.debug), file=sys.stderr)
+    print(f"restored {len(todo) - len(failed)}/{len(todo)} image(s) into {out_dir}")
+    if failed:
+        print(f"failed ({len(failed)}): {', '.join(str(p) for p in failed)}", file=sys.stderr)
+    if args.captions:
+        uncaptioned = [j.source.name for j in todo if j.caption_file is None]
+        if uncaptioned:
+            print(f"no caption file in {args.captions} for {len(uncaptioned)} image(s), used --caption "
+                  f"{args.caption!r}: {', '.join(uncaptioned)}")
     return 1 if failed else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import gzip
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -23,6 +24,13 @@ from ..errors import CheckpointError
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASES = ("sd15", "sd21")
 CLIP_VISION_CONFIG = CONFIGS_DIR / "clip_vision_vit_l14.json"
+
+# safetensors metadata keys under which a file may carry its own configs (tiny demo models, custom sizes):
+# SD single files hold {"unet": {...}, "vae": {...}, "text_encoder": {...}} diffusers/transformers configs,
+# CLIP vision files hold a transformers CLIPVisionConfig. Files without them use the bundled full-size configs.
+SD_CONFIGS_METADATA = "sspir_sd_configs"
+CLIP_VISION_CONFIG_METADATA = "sspir_clip_vision_config"
+SD_CONFIG_PARTS = ("unet", "vae", "text_encoder")
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_MAX_LENGTH = 77
@@ -119,4 +127,26 @@ def sd_config_dir(base: str) -> Path:
     (target / "unet").mkdir(exist_ok=True)
     shutil.copyfile(source / "unet.json", target / "unet" / "config.json")
     write_clip_vocab(target / "tokenizer")
+    return target
+
+
+def embedded_config_dir(configs_json: str, base: str) -> Path:
+    """A diffusers-layout config folder for configs carried in a file's metadata (``SD_CONFIGS_METADATA``).
+
+    The scheduler and tokenizer are the bundled ones of ``base``; the folder is made once per distinct configs.
+    """
+    try:
+        configs = json.loads(configs_json)
+    except ValueError as exc:
+        raise CheckpointError(f"{SD_CONFIGS_METADATA} metadata is not valid JSON: {exc}") from exc
+    missing = [p for p in SD_CONFIG_PARTS if not isinstance(configs.get(p), dict)]
+    if missing:
+        raise CheckpointError(f"{SD_CONFIGS_METADATA} metadata lacks the {', '.join(missing)} config(s)")
+    digest = hashlib.sha256(f"{base}\n{configs_json}".encode()).hexdigest()[:16]
+    target = _scratch_dir() / f"embedded-{digest}"
+    if not (target / "scheduler").is_dir():
+        shutil.copytree(sd_config_dir(base), target, dirs_exist_ok=True)
+        for part in SD_CONFIG_PARTS:
+            (target / part).mkdir(parents=True, exist_ok=True)
+            (target / part / "config.json").write_text(json.dumps(configs[part]), encoding="utf-8")
     return target

@@ -8,7 +8,7 @@ LayerNorm (``hidden_states[-1][:, 1:]``: 256 x 1024 for ViT-L/14 at 224 px). Com
 
 from __future__ import annotations
 
-import logging
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from .bundled_configs import CLIP_VISION_CONFIG, read_json
-from .weights_file import read_state_dict
+from .bundled_configs import CLIP_VISION_CONFIG, CLIP_VISION_CONFIG_METADATA, read_json
+from .weights_file import WeightsFile
 
 # The CLIP normalisation SSP-IR was trained with (the official test script's ImageNet values are a bug).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,16 +54,21 @@ class ClipVisionEncoder(nn.Module):
         return (self.image_size // self.patch_size) ** 2
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Squash-resize to ``image_size`` (bicubic, antialias) and normalise with the CLIP mean/std."""
+        """Squash-resize to ``image_size`` (bicubic, antialias) and normalise with the CLIP mean/std.
+
+        The resize runs on the CPU whatever the model's device: antialiased bicubic is missing from some
+        backends (older Apple MPS builds), it is cheap next to the tower, and the tokens then do not depend
+        on the device's resize kernel. Only the 224 px result travels to the device.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(
                 f"CLIP vision expects images [B, 3, H, W] in [0, 1]; got shape {tuple(images.shape)}."
             )
-        x = images.to(device=self.mean.device, dtype=torch.float32)
+        x = images.to(device="cpu", dtype=torch.float32)
         if x.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        return (x.to(self.mean.device) - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.preprocess(images).to(next(self.tower.parameters()).dtype)
@@ -141,13 +146,6 @@ def _build_transformers(config: dict[str, Any], state: dict[str, torch.Tensor], 
     return model
 
 
-class _DropRandomInitWarning(logging.Filter):
-    """open_clip logs "initialized randomly" for a model built empty on purpose; users would misread it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
 def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     import open_clip
     from accelerate import init_empty_weights
@@ -166,30 +164,18 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
         "head_width": config["hidden_size"] // config["num_attention_heads"],
         "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
     }
-    # The text tower is unused: a one-layer stub keeps create_model from building 123M idle parameters.
+    # The text tower is unused: a one-layer stub keeps CLIP from building 123M idle parameters.
     text_cfg = {"context_length": 2, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
-    drop = _DropRandomInitWarning()
-    logging.getLogger().addFilter(drop)
-    try:
-        with init_empty_weights(include_buffers=False):
-            clip = open_clip.create_model(
-                "ViT-L-14",
-                pretrained=None,
-                load_weights=False,
-                device="meta",  # weights are assigned below; create_model would otherwise copy meta tensors
-                force_quick_gelu=True,  # OpenAI weights were trained with QuickGELU
-                pretrained_text=False,
-                embed_dim=config["projection_dim"],
-                vision_cfg=vision_cfg,
-                text_cfg=text_cfg,
-            )
-    finally:
-        logging.getLogger().removeFilter(drop)
+    # The CLIP class itself, not create_model: create_model logs "initialized randomly" on the root logger
+    # for a model built empty on purpose, and silencing that would touch process-wide logging.
+    with init_empty_weights(include_buffers=False):
+        clip = open_clip.CLIP(embed_dim=config["projection_dim"], vision_cfg=vision_cfg, text_cfg=text_cfg,
+                              quick_gelu=True)  # OpenAI weights were trained with QuickGELU
     tower = clip.visual
     if any(True for _ in tower.buffers()):
         raise CheckpointError("This open_clip_torch version adds buffers to the vision tower; not supported.")
     if not getattr(tower.transformer, "batch_first", True):
-        raise CheckpointError("This open_clip_torch version is not supported: use open_clip_torch >= 2.24.")
+        raise CheckpointError("This open_clip_torch version is not supported: use open_clip_torch >= 2.32.")
     _load_into(tower, state, path, unused=("ln_post.weight", "ln_post.bias", "proj"))
     return tower
 
@@ -221,7 +207,8 @@ def load_clip_vision(
 
     ``source``: a transformers-layout file (``vision_model.*`` keys, as in ComfyUI ``models/clip_vision``),
     an OpenAI/OpenCLIP-layout file (``visual.*`` keys), or a transformers folder (config.json + weights).
-    ``config``: transformers ``CLIPVisionConfig`` fields (dict or JSON path); default the bundled ViT-L/14 one.
+    ``config``: transformers ``CLIPVisionConfig`` fields (dict or JSON path); default the config the file carries
+    in its ``sspir_clip_vision_config`` metadata (tiny demo files), else the bundled ViT-L/14 one.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -236,9 +223,16 @@ def load_clip_vision(
         if config is None and folder_config is not None:
             config = folder_config.get("vision_config", folder_config)
         path = weights
+    weights = WeightsFile(path)
+    embedded = weights.metadata().get(CLIP_VISION_CONFIG_METADATA)
+    if config is None and embedded:
+        try:
+            config = json.loads(embedded)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {CLIP_VISION_CONFIG_METADATA} metadata is not valid JSON: {exc}") from exc
     if config is None or isinstance(config, (str, Path)):
         config = read_json(config or CLIP_VISION_CONFIG)
-    weight_format, state = _split_formats(read_state_dict(path))
+    weight_format, state = _split_formats(weights.tensors(("",)))
     if weight_format == "unknown":
         raise CheckpointError(
             f"{path} is not a CLIP vision model (no vision_model.embeddings.patch_embedding.weight or "

@@ -19,8 +19,10 @@ from ..errors import CheckpointError
 from .bundled_configs import (
     CLIP_MAX_LENGTH,
     CLIP_VOCAB_SIZE,
+    SD_CONFIGS_METADATA,
     check_base,
     component_config,
+    embedded_config_dir,
     read_json,
     sd_config_dir,
 )
@@ -208,7 +210,9 @@ def _load_single_file(
     weights = WeightsFile(path)
     detected, evidence = detect_base(weights)
     base = _resolve_base(base, detected, evidence, path)
-    config_dir = config_dir or sd_config_dir(base)
+    embedded = weights.metadata().get(SD_CONFIGS_METADATA)
+    if config_dir is None:
+        config_dir = embedded_config_dir(embedded, base) if embedded else sd_config_dir(base)
     configs = {part: component_config(config_dir, part) for part in parts}
     for part in parts:  # every check before any (slow) conversion
         _check_keys(weights, part, configs[part], base)
@@ -258,6 +262,8 @@ def _load_diffusers_folder(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from ..captioners.local_model import dtype_kwarg  # torch_dtype= or dtype=, whichever transformers reads
+
     if not (folder / "model_index.json").is_file():
         raise CheckpointError(
             f"{folder} is a folder but not a diffusers pipeline (no model_index.json): pass a single-file "
@@ -277,7 +283,7 @@ def _load_diffusers_folder(
         try:
             if part == "text_encoder":
                 models[part] = CLIPTextModel.from_pretrained(
-                    str(folder), subfolder=part, local_files_only=True, dtype=dtype, variant=_variant(sub)
+                    str(folder), subfolder=part, local_files_only=True, variant=_variant(sub), **dtype_kwarg(dtype)
                 )
             else:
                 cls = UNet2DConditionModel if part == "unet" else AutoencoderKL
@@ -308,7 +314,8 @@ def load_sd_components(
     ``base``: "sd15" or "sd21"; detected from the file when None, and checked against it when given.
     ``parts``: which of "unet", "vae", "text_encoder" to load (skip "unet" when the SSP-IR checkpoint has one);
     tokenizer and scheduler config always come back.
-    ``config_dir``: a diffusers-layout config folder for single files (default: the bundled full-size one).
+    ``config_dir``: a diffusers-layout config folder for single files (default: the configs the file carries in
+    its ``sspir_sd_configs`` metadata, as tiny demo files do, else the bundled full-size ones).
     Raises ``CheckpointError`` naming the file for a wrong family/base, missing keys or a damaged file.
     """
     parts = _check_parts(parts)

@@ -56,19 +56,25 @@ class WeightsFile:
         except CheckpointError:
             raise
         except Exception as exc:  # safetensors/torch raise many unrelated types for a damaged file
-            hint = (
-                " If it is an old pickle with non-tensor objects, convert it to .safetensors."
-                if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__
-                else ""
-            )
+            if "Weights only load failed" in str(exc):  # torch's safe unpickler refused an object: not damage
+                raise CheckpointError(
+                    f"{self.path}: refused by the safe loader (torch.load with weights_only=True): the pickle "
+                    "holds Python objects besides tensors, and unpickling them could run code from the file. "
+                    "If you trust its source, convert it to .safetensors in a separate session."
+                    + "".join(f" ({line.strip()})" for line in str(exc).splitlines() if "Unsupported global" in line)
+                ) from exc
             raise CheckpointError(
                 f"Could not read {self.path}: {exc}. The file is probably truncated or corrupt "
-                f"(an interrupted download?): download or copy it again.{hint}"
+                f"(an interrupted download?): download or copy it again."
             ) from exc
         self._key_set = set(self._keys)
 
     def keys(self) -> list[str]:
         return list(self._keys)
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata (empty for pickles and files without any)."""
+        return dict(self._handle.metadata() or {}) if self._handle is not None else {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._key_set

@@ -1,0 +1,173 @@
+"""What the nodes need from ComfyUI itself: model folders, device and VRAM state, memory, progress, Cancel.
+
+Every ComfyUI module is imported inside a function and its absence tolerated, so the pack always imports and
+its nodes also run outside a server (tests, scripts). Decisions on the values read here live in
+``sspir_core.comfy_support``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sspir_core.comfy_support import (
+    list_model_folders,
+    list_sspir_choices,
+    merge_folder_entry,
+    resolve_in_roots,
+)
+from sspir_core.errors import InputError
+
+log = logging.getLogger("sspir")
+
+# Folders this pack adds to ComfyUI's model folder list, with the file extensions they list.
+PACK_FOLDERS: dict[str, set[str]] = {"sspir": {".safetensors", ".sft"}, "LLM": {"folder"}}
+
+
+def _folder_paths() -> Any | None:
+    try:
+        import folder_paths
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def _model_management() -> Any | None:
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    return mm
+
+
+def register_model_folders() -> None:
+    """Add ``models/sspir`` and ``models/LLM``, keeping folders that extra_model_paths.yaml already declared."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    for name, exts in PACK_FOLDERS.items():
+        existing = fp.folder_names_and_paths.get(name)
+        fp.folder_names_and_paths[name] = merge_folder_entry(existing, os.path.join(fp.models_dir, name), exts)
+
+
+def roots(name: str) -> list[str]:
+    fp = _folder_paths()
+    if fp is None:
+        return []
+    return list(fp.get_folder_paths(name) or [])
+
+
+def file_choices(name: str) -> list[str]:
+    """File names ComfyUI lists for a core folder (``checkpoints``, ``clip_vision``)."""
+    fp = _folder_paths()
+    if fp is None:
+        return []
+    try:
+        return list(fp.get_filename_list(name))
+    except KeyError:
+        return []
+
+
+def base_model_choices() -> list[str]:
+    """Single-file checkpoints, then diffusers folders (sub-folders holding model_index.json)."""
+    return file_choices("checkpoints") + list_model_folders(roots("diffusers"), "model_index.json")
+
+
+def sspir_choices() -> list[str]:
+    return list_sspir_choices(roots("sspir"))
+
+
+def llm_choices() -> list[str]:
+    return list_model_folders(roots("LLM"), "config.json")
+
+
+def resolve_file(folder: str, name: str, what: str) -> str:
+    """Full path of a file picked from a core folder's list. ComfyUI 0.3.75 does not reject a combo value
+    outside its options, so the name is checked here."""
+    fp = _folder_paths()
+    if fp is None:
+        raise InputError(f"{what}: ComfyUI's folder_paths is not available")
+    try:
+        return fp.get_full_path_or_raise(folder, name)
+    except FileNotFoundError as exc:
+        shown = ", ".join(fp.get_folder_paths(folder) or []) or "(none)"
+        raise InputError(f"{what}: {name!r} is not in the {folder} folders ({shown}); put the file there and "
+                         "press R (refresh) in ComfyUI, or pick another") from exc
+
+
+def resolve_base_model(name: str) -> str:
+    """A single file from ``checkpoints``, else a diffusers folder from ``diffusers``."""
+    if name in file_choices("checkpoints"):
+        return resolve_file("checkpoints", name, "base_model")
+    if name in list_model_folders(roots("diffusers"), "model_index.json"):
+        return str(resolve_in_roots(roots("diffusers"), name, "base_model", "diffusers"))
+    shown = ", ".join(roots("checkpoints") + roots("diffusers")) or "(none)"
+    raise InputError(f"base_model: {name!r} is not in the checkpoints folders nor a diffusers folder ({shown}); "
+                     "put the SD1.5/SD2.1-base file there and press R (refresh) in ComfyUI, or pick another")
+
+
+def resolve_in(folder: str, name: str, what: str) -> str:
+    return str(resolve_in_roots(roots(folder), name, what, folder))
+
+
+# ------------------------------------------------------------------------------------- device and memory
+
+
+def device() -> torch.device | None:
+    """ComfyUI's device (``--cpu`` makes it the CPU), or None outside ComfyUI."""
+    mm = _model_management()
+    return None if mm is None else mm.get_torch_device()
+
+
+def low_vram() -> bool:
+    """True when ComfyUI runs in a low-VRAM mode (``--lowvram``, ``--novram``, or chosen for a small GPU)."""
+    mm = _model_management()
+    if mm is None:
+        return False
+    return mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
+
+
+def free_memory_for(target: torch.device) -> None:
+    """Unload ComfyUI's own models before ours need the accelerator's memory."""
+    mm = _model_management()
+    if mm is None or target.type == "cpu":
+        return
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel."""
+    mm = _model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def step_callback(total: int) -> Callable[[int, int, torch.Tensor], None]:
+    """A per-step callback for the pipeline: progress bar with a live latent preview, and Cancel every step."""
+    from sspir_core.pipeline import latent_preview
+
+    try:
+        from comfy.utils import ProgressBar
+    except ImportError:
+        ProgressBar = None  # noqa: N806
+    bar = ProgressBar(total) if ProgressBar is not None else None
+
+    def callback(step: int, steps: int, latents: torch.Tensor) -> None:
+        check_interrupted()
+        if bar is not None:
+            bar.update_absolute(step, steps, ("JPEG", preview_image(latent_preview(latents[:1])), 256))
+
+    return callback
+
+
+def preview_image(rgb: torch.Tensor):
+    """[1,3,h,w] in [0,1] -> a PIL image for ComfyUI's live preview."""
+    from PIL import Image
+
+    arr = (rgb[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(arr)

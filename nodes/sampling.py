@@ -1,0 +1,96 @@
+"""Sampling settings shared by PGA Sampler and SSP-IR Restore, and the run both of them do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from sspir_core.comfy_support import captions_for_batch, images_from_list, single, target_size
+from sspir_core.components import after_run, restore_components
+from sspir_core.image_io import bchw_to_comfy, resize_image
+from sspir_core.pipeline import RestoreOptions
+from sspir_core.schedulers import SCHEDULERS
+
+from . import host
+from .sizes import size_inputs
+
+_DEFAULTS = RestoreOptions()  # the paper's settings: one source for the widget defaults
+
+
+def caption_inputs() -> list:
+    return [
+        io.String.Input("caption", default="", multiline=True, tooltip=(
+            "The explicit semantic prior: what the restored image shows. Type it, or connect any STRING: MLLM "
+            "Caption (one per image), Florence-2, JoyCaption, Ollama, a Primitive...\n"
+            "A batch of N images takes one caption for all or a list of N (in batch order).")),
+        io.String.Input("negative_prompt", default=_DEFAULTS.negative_prompt, multiline=True, tooltip=(
+            "Guidance pushes away from this text; the paper uses an empty one.")),
+    ]
+
+
+def sampling_inputs() -> list:
+    return [
+        io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**63 - 1, control_after_generate=True, tooltip=(
+            "Noise seed. Each image of a batch uses it alone, so it restores the same as on its own.")),
+        io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=1000, tooltip="Denoising steps (paper: 50)."),
+        io.Float.Input("cfg", default=_DEFAULTS.cfg, min=1.0, max=30.0, step=0.1, round=0.01, tooltip=(
+            "Classifier-free guidance on the caption (paper: 7.5); 1 turns it off and halves the work.")),
+        io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(
+            "- ddpm: the paper's sampler\n- ddim, dpmpp, unipc, euler: fewer steps (20-30) often suffice")),
+        io.Combo.Input("start", options=["lq", "noise"], default=_DEFAULTS.start, tooltip=(
+            "- lq: start from the LQ image's latent noised to t=999 (the paper)\n- noise: start from pure noise")),
+        io.Float.Input("conditioning_scale", default=_DEFAULTS.conditioning_scale, min=0.0, max=2.0, step=0.05,
+                       tooltip="Strength of the structure prior through the ControlNet (paper: 1)."),
+        *size_inputs(),
+        io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=512, step=8, tooltip=(
+            "Latent tile size (x8 pixels) for large outputs; 0 = never tile. Tiles are blended with Gaussian "
+            "weights and the colour fix is applied once after stitching, so there are no seams.")),
+        io.Int.Input("tile_overlap", default=_DEFAULTS.tile_overlap, min=0, max=256, step=8, tooltip=(
+            "Latent overlap between tiles; must be smaller than tile.")),
+        io.Int.Input("vae_tile", default=_DEFAULTS.vae_tile or 0, min=0, max=8192, step=64, tooltip=(
+            "Pixel tile for the VAE encode/decode (bounds memory); 0 = never tile.")),
+        io.Combo.Input("color_fix", options=["adain", "wavelet", "none"], default=_DEFAULTS.color_fix, tooltip=(
+            "Match the output's colours to the input's (removes the colour shift of diffusion restorers):\n"
+            "- adain: per-channel mean/std (paper)\n- wavelet: low frequencies of the input, details of the output")),
+    ]
+
+
+def options_from(kw: dict[str, Any]) -> RestoreOptions:
+    v = {k: single(k, kw[k]) for k in ("negative_prompt", "seed", "steps", "cfg", "scheduler", "start",
+                                       "conditioning_scale", "tile", "tile_overlap", "vae_tile", "color_fix")}
+    return RestoreOptions(
+        steps=int(v["steps"]), cfg=float(v["cfg"]), scheduler=v["scheduler"], negative_prompt=v["negative_prompt"],
+        conditioning_scale=float(v["conditioning_scale"]), start=v["start"], seed=int(v["seed"]),
+        color_fix=v["color_fix"], tile=int(v["tile"]) or None, tile_overlap=int(v["tile_overlap"]),
+        vae_tile=int(v["vae_tile"]) or None,
+    )
+
+
+def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, structure=None, clip=None,
+        captioner=None) -> tuple[torch.Tensor, list[str]]:
+    """Restore a ComfyUI IMAGE; every argument may come as a list (list-input nodes). Returns (IMAGE, captions)."""
+    from sspir_core.components import captioner_for
+
+    model = single("sspir_model", model)
+    lq = images_from_list(image)
+    options = options_from(kw)
+    upscale = float(single("upscale", kw["upscale"]))
+    size = target_size(single("width", kw["width"]), single("height", kw["height"]))
+    b = lq.rgb.shape[0]
+    caps = captions_for_batch(captions, b)
+    if captioner is not None:  # typed text (one, or one per image) goes in front of each generated caption
+        generated = captions_for_batch(captioner_for(single("captioner", captioner)).caption(lq.rgb), b)
+        caps = [f"{typed} {gen}".strip() for typed, gen in zip(caps, generated)]
+    image_embed = single("image_embed", image_embed) if image_embed else None
+    structure = single("structure", structure) if structure else None
+    clip = single("clip_vision", clip) if clip else (image_embed.clip if image_embed is not None else None)
+    host.free_memory_for(model.torch_device)
+    try:
+        out = restore_components(model, lq.rgb, caps, options, upscale, size, image_embed=image_embed,
+                                 structure=structure, clip=clip, callback=host.step_callback(options.steps))
+    finally:
+        after_run(model, clip)
+    alpha = None if lq.alpha is None else resize_image(lq.alpha, tuple(out.shape[-2:]))
+    return bchw_to_comfy(out, alpha), caps

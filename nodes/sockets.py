@@ -1,0 +1,19 @@
+"""The pack's custom socket types, defined once; node categories."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+CATEGORY = "SSP-IR"
+LOADERS = "SSP-IR/loaders"
+
+SSPIRModel = io.Custom("SSPIR_MODEL")
+"""A loaded-on-demand SSP-IR model (base SD + SSP-IR weights + device/dtype): sspir_core.components.ModelSpec."""
+SSPIRClipVision = io.Custom("SSPIR_CLIP_VISION")
+"""The CLIP ViT-L/14 vision tower: sspir_core.components.ClipVisionSpec."""
+SSPIRCaptioner = io.Custom("SSPIR_CAPTIONER")
+"""A captioner backend and its settings: sspir_core.components.CaptionerSpec."""
+SSPIRImageEmbed = io.Custom("SSPIR_IMAGE_EMBED")
+"""The implicit semantic prior: sspir_core.components.ImageEmbedPrior."""
+SSPIRStructure = io.Custom("SSPIR_STRUCTURE")
+"""The structure prior: sspir_core.components.StructurePrior."""

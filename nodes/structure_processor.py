@@ -1,0 +1,49 @@
+"""Structure Processor: the structure prior (Processor features for the ControlNet) and a view of it."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from sspir_core.comfy_support import structure_preview, target_size
+from sspir_core.components import StructurePrior, output_size
+from sspir_core.image_io import bchw_to_comfy, comfy_to_bchw, prepare_lq
+
+from . import host
+from .sizes import SIZE_NOTE, size_inputs
+from .sockets import CATEGORY, SSPIRModel, SSPIRStructure
+
+
+class SSPIRStructureProcessor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SSPIRStructureProcessor",
+            display_name="Structure Processor (SSP-IR)",
+            category=CATEGORY,
+            description="Runs the SSP-IR Processor on the low-quality image: degradation-independent features that "
+            "guide the ControlNet, and its RGB predictions at 1/2, 1/4 and 1/8 scale so you can see what "
+            "structure it found. " + SIZE_NOTE,
+            inputs=[
+                SSPIRModel.Input("sspir_model", tooltip="From SSP-IR Model Loader (its ControlNet holds the Processor)."),
+                io.Image.Input("image", tooltip="The low-quality image(s): connect the same IMAGE as the sampler's."),
+                *size_inputs(),
+            ],
+            outputs=[
+                SSPIRStructure.Output(display_name="structure", tooltip=(
+                    "The structure prior; the sampler brings it to its own output size.")),
+                io.Image.Output(display_name="rgb_preview", tooltip=(
+                    "The Processor's RGB predictions, enlarged to the output size: for each input image its "
+                    "1/2, 1/4 and 1/8 scale predictions, one after the other in the batch.")),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, sspir_model, image, upscale: float, width: int, height: int) -> io.NodeOutput:
+        rgb = comfy_to_bchw(image).rgb
+        prior = StructurePrior(sspir_model, rgb)
+        host.free_memory_for(sspir_model.torch_device)
+        size = output_size(rgb, upscale, target_size(width, height))
+        _, rgbs = prior.at(size)
+        prepared = prepare_lq(rgb[:1], target_size=size)
+        preview = structure_preview(rgbs, prepared.box, tuple(prepared.image.shape[-2:]))
+        return io.NodeOutput(prior, bchw_to_comfy(preview))

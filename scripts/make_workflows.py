@@ -1,0 +1,227 @@
+"""Write the bundled workflows (UI format and API format) from one description, so the twins never drift.
+
+    python scripts/make_workflows.py           # (re)write workflows/*.json and workflows/api/*.json
+    python scripts/make_workflows.py --check   # exit 1 if a file differs from what this script writes
+
+Each node is described once: its type, position, the values of its widgets in the order of the node's
+inputs, and which output feeds which input. tests/test_workflows.py checks every link and widget against the
+node schemas, so a changed node shows up as a failing test instead of a workflow that will not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sspir_core import demo_models  # noqa: E402  (names written by `sspir demo-models`)
+
+INPUT_IMAGE = "astronaut_lq.png"  # the harness copies examples/astronaut_lq.png into ComfyUI's input/
+TYPED_CAPTION = ("a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, "
+                 "the American flag and a model of the space shuttle behind her")
+
+# Socket inputs and outputs of every node type used, in schema order: (name, type). Widgets are given per node.
+SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SaveImage": ([("images", "IMAGE")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "PreviewAny": ([("source", "*")], []),
+    "SSPIRModelLoader": ([], [("sspir_model", "SSPIR_MODEL")]),
+    "SSPIRClipVisionLoader": ([], [("clip_vision", "SSPIR_CLIP_VISION")]),
+    "SSPIRCaptionerLoader": ([], [("captioner", "SSPIR_CAPTIONER")]),
+    "SSPIRCaption": ([("captioner", "SSPIR_CAPTIONER"), ("image", "IMAGE")], [("caption", "STRING")]),
+    "SSPIRClipImageEmbed": ([("sspir_model", "SSPIR_MODEL"), ("clip_vision", "SSPIR_CLIP_VISION"), ("image", "IMAGE")],
+                            [("image_embed", "SSPIR_IMAGE_EMBED")]),
+    "SSPIRStructureProcessor": ([("sspir_model", "SSPIR_MODEL"), ("image", "IMAGE")],
+                                [("structure", "SSPIR_STRUCTURE"), ("rgb_preview", "IMAGE")]),
+    "SSPIRSampler": ([("sspir_model", "SSPIR_MODEL"), ("image", "IMAGE"), ("image_embed", "SSPIR_IMAGE_EMBED"),
+                      ("structure", "SSPIR_STRUCTURE")], [("image", "IMAGE")]),
+}
+# Widgets that exist only in the UI (not sent in the API prompt): LoadImage's upload button; and the
+# widgets followed in the UI by their "control after generate" value.
+UI_ONLY = {"upload"}
+CONTROL_AFTER_GENERATE = {"SSPIRSampler": {"seed"}}
+
+SIZE = {"upscale": 4.0, "width": 0, "height": 0}
+SAMPLING = {  # the paper's settings (RestoreOptions defaults)
+    "negative_prompt": "", "seed": 0, "steps": 50, "cfg": 7.5, "scheduler": "ddpm", "start": "lq",
+    "conditioning_scale": 1.0, **SIZE, "tile": 96, "tile_overlap": 32, "vae_tile": 1024, "color_fix": "adain",
+}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    size: tuple[int, int]
+    widgets: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+
+
+@dataclass
+class Workflow:
+    name: str
+    nodes: list[Node]
+    links: list[tuple[int, str, int, str]]  # (from node, output name, to node, input name)
+    groups: list[tuple[str, tuple[int, int, int, int]]]
+
+
+def _loaders() -> list[Node]:
+    return [
+        Node(2, "SSPIRModelLoader", (40, 420), (340, 250), {
+            "base_model": demo_models.SD_NAME, "sspir_weights": demo_models.SSPIR_NAME, "base": "auto",
+            "device": "auto", "dtype": "auto", "offload": "auto", "cache": "in RAM"}),
+        Node(3, "SSPIRClipVisionLoader", (40, 700), (340, 60), {"clip_name": demo_models.CLIP_VISION_NAME}),
+    ]
+
+
+def _priors() -> list[Node]:
+    return [
+        Node(7, "SSPIRClipImageEmbed", (440, 420), (320, 150), dict(SIZE)),
+        Node(8, "SSPIRStructureProcessor", (440, 620), (320, 130), dict(SIZE)),
+        Node(9, "PreviewImage", (440, 800), (320, 300), {}, title="Structure prior (RGB at 1/2, 1/4, 1/8)"),
+    ]
+
+
+def _restore_nodes(caption: str) -> list[Node]:
+    return [
+        Node(10, "SSPIRSampler", (820, 40), (380, 620), {"caption": caption, **SAMPLING}),
+        Node(11, "SaveImage", (1240, 40), (420, 460), {"filename_prefix": "sspir"}),
+    ]
+
+
+PRIOR_LINKS = [
+    (1, "IMAGE", 7, "image"), (2, "sspir_model", 7, "sspir_model"), (3, "clip_vision", 7, "clip_vision"),
+    (1, "IMAGE", 8, "image"), (2, "sspir_model", 8, "sspir_model"), (8, "rgb_preview", 9, "images"),
+    (2, "sspir_model", 10, "sspir_model"), (1, "IMAGE", 10, "image"), (7, "image_embed", 10, "image_embed"),
+    (8, "structure", 10, "structure"), (10, "image", 11, "images"),
+]
+
+WORKFLOWS = [
+    Workflow(
+        "sspir_restore",
+        [Node(1, "LoadImage", (40, 40), (340, 340), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
+         Node(4, "SSPIRCaptionerLoader", (40, 800), (340, 330), {
+             "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
+             "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
+             "trust_remote_code": False, "keep_loaded": False}),
+         Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
+         Node(6, "PreviewAny", (440, 170), (320, 200), {}, title="Caption (read it; to edit, type your own "
+                                                                 "into the sampler's caption)"),
+         *_priors(), *_restore_nodes("")],
+        [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 6, "source"),
+         (5, "caption", 10, "caption"), *PRIOR_LINKS],
+        [("Models", (20, 390, 380, 760)), ("Priors", (420, 0, 360, 1120)), ("Restore", (800, 0, 880, 680))],
+    ),
+    Workflow(
+        "sspir_restore_typed_caption",
+        [Node(1, "LoadImage", (40, 40), (340, 340), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
+         *_priors(), *_restore_nodes(TYPED_CAPTION)],
+        list(PRIOR_LINKS),
+        [("Models", (20, 390, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
+    ),
+]
+
+
+def _order(wf: Workflow) -> dict[int, int]:
+    """Execution order (topological) for the UI file's ``order`` fields."""
+    deps = {n.id: {a for a, _, b, _ in wf.links if b == n.id} for n in wf.nodes}
+    order: dict[int, int] = {}
+    while len(order) < len(deps):
+        ready = sorted(i for i, d in deps.items() if i not in order and d <= set(order))
+        if not ready:
+            raise ValueError(f"{wf.name}: links form a cycle")
+        for i in ready:
+            order[i] = len(order)
+    return order
+
+
+def ui_workflow(wf: Workflow) -> dict[str, Any]:
+    by_id = {n.id: n for n in wf.nodes}
+    links = []
+    inputs: dict[int, list[dict[str, Any]]] = {n.id: [] for n in wf.nodes}
+    outputs: dict[int, list[dict[str, Any]]] = {}
+    for n in wf.nodes:
+        socket_in, socket_out = SOCKETS[n.type]
+        inputs[n.id] = [{"name": name, "type": t, "link": None} for name, t in socket_in]
+        outputs[n.id] = [{"name": name, "type": t, "links": [], "slot_index": i} for i, (name, t) in enumerate(socket_out)]
+    for link_id, (src, out_name, dst, in_name) in enumerate(wf.links, start=1):
+        out_slot = next(i for i, o in enumerate(outputs[src]) if o["name"] == out_name)
+        out_type = outputs[src][out_slot]["type"]
+        slots = inputs[dst]
+        in_slot = next((i for i, s in enumerate(slots) if s["name"] == in_name), None)
+        if in_slot is None:  # a widget fed by a link (e.g. the sampler's caption)
+            if in_name not in by_id[dst].widgets:
+                raise ValueError(f"{wf.name}: node {dst} ({by_id[dst].type}) has no input {in_name!r}")
+            slots.append({"name": in_name, "type": out_type, "widget": {"name": in_name}, "link": None})
+            in_slot = len(slots) - 1
+        slots[in_slot]["link"] = link_id
+        outputs[src][out_slot]["links"].append(link_id)
+        links.append([link_id, src, out_slot, dst, in_slot, out_type])
+    order = _order(wf)
+    nodes = []
+    for n in wf.nodes:
+        values: list[Any] = []
+        for name, value in n.widgets.items():
+            values.append(value)
+            if name in CONTROL_AFTER_GENERATE.get(n.type, ()):
+                values.append("fixed")
+        for o in outputs[n.id]:
+            o["links"] = o["links"] or None
+        node = {"id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {},
+                "order": order[n.id], "mode": 0, "inputs": inputs[n.id], "outputs": outputs[n.id],
+                "properties": {"Node name for S&R": n.type}, "widgets_values": values}
+        if n.title:
+            node["title"] = n.title
+        nodes.append(node)
+    groups = [{"id": i, "title": title, "bounding": list(box), "color": "#3f789e", "font_size": 24, "flags": {}}
+              for i, (title, box) in enumerate(wf.groups, start=1)]
+    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def api_workflow(wf: Workflow) -> dict[str, Any]:
+    prompt: dict[str, Any] = {}
+    for n in wf.nodes:
+        values = {k: v for k, v in n.widgets.items() if k not in UI_ONLY}
+        prompt[str(n.id)] = {"class_type": n.type, "inputs": values, "_meta": {"title": n.title or n.type}}
+    for src, out_name, dst, in_name in wf.links:
+        slot = [name for name, _ in SOCKETS[next(n.type for n in wf.nodes if n.id == src)][1]].index(out_name)
+        prompt[str(dst)]["inputs"][in_name] = [str(src), slot]
+    return prompt
+
+
+def render() -> dict[Path, str]:
+    out = {}
+    for wf in WORKFLOWS:
+        out[REPO / "workflows" / f"{wf.name}.json"] = json.dumps(ui_workflow(wf), indent=1) + "\n"
+        out[REPO / "workflows" / "api" / f"{wf.name}.json"] = json.dumps(api_workflow(wf), indent=1) + "\n"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in render().items():
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    for path in stale:
+        print(("stale: " if args.check else "wrote: ") + str(path.relative_to(REPO)))
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

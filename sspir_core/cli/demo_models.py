@@ -1,0 +1,35 @@
+"""`sspir demo-models DIR`: tiny random models in ComfyUI's folder layout, so the bundled workflows run anywhere."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo-models",
+        help="write tiny random models (untrained: outputs are noise) in ComfyUI's models/ layout",
+        description="Writes DIR/checkpoints, DIR/sspir, DIR/clip_vision and DIR/LLM with the file names the "
+        "bundled workflows use. Point ComfyUI at DIR (its models/ folder, or extra_model_paths.yaml).",
+    )
+    p.add_argument("dir", help="a ComfyUI models/ folder, or any folder to list in extra_model_paths.yaml")
+    p.add_argument("--overwrite", action="store_true", help="write files that already exist again")
+    p.add_argument("--no-captioner", action="store_true", help="skip the tiny LLaVA folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo_models import write_demo_models
+    from ..errors import SSPIRError
+
+    try:
+        paths = write_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite, captioner=not args.no_captioner)
+    except (SSPIRError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind:12s} {path}")
+    print("NOTE: random, untrained weights: restored images are noise-like; they only show that the path runs.")
+    return 0

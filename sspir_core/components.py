@@ -1,0 +1,288 @@
+"""SSP-IR as separate components (model, CLIP vision, captioner, the two priors, the sampler).
+
+What the ComfyUI nodes pass between each other: small frozen *specs* that name files and settings (loading is
+lazy and cached, so editing a graph never reloads weights), and *prior* objects.
+
+The priors depend on the output size: the pipeline computes the CLIP embedding and the Processor features on
+the LQ image after it is upscaled (and padded) to the output size. A prior object therefore keeps the LQ
+image it was made from and the specs of the models that made it, computes itself for a given output size,
+and remembers each size it computed. The sampler asks it for the sampler's own output size, so the component
+graph gives exactly what :func:`~sspir_core.pipeline.restore_image` gives with the same settings, and a prior
+node whose upscale matches the sampler's computes only once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .captioners import Captioner, get_captioner
+from .captioners.registry import CAPTIONERS as CAPTIONER_CLASSES
+from .captioners.registry import accepted_options
+from .errors import InputError
+from .image_io import prepare_lq
+from .model_cache import ModelCache, file_signature
+from .pipeline import Priors, RestoreOptions, RestorePipeline, StepCallback
+
+log = logging.getLogger("sspir")
+
+CACHE_CHOICES = ("on device", "in RAM", "off")
+"""What happens to loaded models after a run: stay where they ran (fastest), move to RAM (frees VRAM for
+other nodes; moved back next run, no disk read), or be dropped (frees everything; next run reloads)."""
+
+# Cached modules are shared by every pipeline built from them: runs that use them take turns.
+RUN_LOCK = threading.RLock()
+MODELS = ModelCache(max_items=2)
+CLIP_VISION = ModelCache(max_items=2)
+CAPTIONER_CACHE = ModelCache(max_items=2)
+
+
+# ------------------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An SSP-IR model to run: base SD weights + SSP-IR weights, and where/how to run them."""
+
+    sd: str
+    sspir: str
+    base: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    offload: bool = False
+    cache: str = "in RAM"
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_CHOICES:
+            raise InputError(f"cache {self.cache!r}: choose one of {', '.join(CACHE_CHOICES)}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def key(self) -> tuple[Any, ...]:
+        """Cache key: file identities (a replaced file reloads), base and dtype (not device: modules move)."""
+        return ("sspir", file_signature(self.sd), file_signature(self.sspir), self.base, self.dtype)
+
+
+@dataclass(frozen=True)
+class ClipVisionSpec:
+    path: str
+
+    def key(self) -> tuple[Any, ...]:
+        return ("clip_vision", file_signature(self.path))
+
+
+@dataclass(frozen=True)
+class CaptionerSpec:
+    """A captioner backend and its settings; options a backend does not take are left out when it is built."""
+
+    backend: str
+    model_dir: str | None = None
+    url: str | None = None
+    model_name: str | None = None
+    prompt: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    max_new_tokens: int | None = None
+    trust_remote_code: bool = False
+    keep_loaded: bool = False
+    text: str = ""
+
+    def options(self) -> dict[str, Any]:
+        cls = CAPTIONER_CLASSES.get(self.backend)
+        if cls is None:
+            raise InputError(f"unknown captioner {self.backend!r}; choose one of {', '.join(CAPTIONER_CLASSES)}")
+        wanted = {
+            "model_dir": self.model_dir, "url": self.url, "model_name": self.model_name or None,
+            "prompt": self.prompt or None, "device": self.device, "dtype": self.dtype, "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens, "trust_remote_code": self.trust_remote_code,
+            "keep_loaded": self.keep_loaded, "text": self.text,
+        }
+        accepted = accepted_options(cls)
+        return {k: v for k, v in wanted.items() if k in accepted and v is not None}
+
+    def key(self) -> tuple[Any, ...]:
+        files = file_signature(self.model_dir) if self.model_dir and "model_dir" in self.options() else None
+        return ("captioner", self, files)
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class PipelineParts:
+    """Everything a :class:`RestorePipeline` needs except the CLIP vision tower (loaded apart, often shared)."""
+
+    models: Any
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+
+
+def load_pipeline_parts(sd: str | Path, sspir: str | Path, base: str | None = None,
+                        dtype: torch.dtype = torch.float32) -> PipelineParts:
+    """SD parts from ``sd`` and SSP-IR weights from ``sspir`` (a ``checkpoint-N/`` folder holds the full UNet;
+    a compact file is applied to the SD UNet)."""
+    from .checkpoint import load_sspir_weights
+    from .loaders import load_sd_components
+
+    official = Path(sspir).is_dir()
+    parts = ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder")
+    components = load_sd_components(sd, base=base, parts=parts, dtype=dtype)
+    models = load_sspir_weights(sspir, sd_unet=None if official else components.unet,
+                                base=base or components.base, dtype=dtype)
+    return PipelineParts(models, components.vae, components.text_encoder, components.tokenizer,
+                         components.scheduler_config)
+
+
+class MissingClipVision(nn.Module):
+    """Stands in for the CLIP tower when none is connected; says what to connect if it is ever needed."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise InputError("this run needs the CLIP vision model: connect an SSP-IR CLIP Vision Loader")
+
+
+def pipeline_for(model: ModelSpec, clip: ClipVisionSpec | None) -> RestorePipeline:
+    """The restore pipeline for these specs, from the cache when it holds them."""
+    from .loaders import load_clip_vision
+
+    parts = MODELS.get(model.key(), lambda: load_pipeline_parts(model.sd, model.sspir, model.base, model.torch_dtype))
+    encoder = CLIP_VISION.get(clip.key(), lambda: load_clip_vision(clip.path)) if clip else MissingClipVision()
+    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, encoder,
+                           parts.scheduler_config, device=model.torch_device, dtype=model.torch_dtype,
+                           offload=model.offload)
+
+
+def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None) -> None:
+    """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`)."""
+    from .build import move_module
+
+    with RUN_LOCK:
+        if model.cache == "off":
+            MODELS.drop(model.key())
+            if clip is not None:
+                CLIP_VISION.drop(clip.key())
+        elif model.cache == "in RAM" and model.torch_device.type != "cpu":
+            parts = MODELS.peek(model.key())
+            modules = [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
+            if clip is not None and CLIP_VISION.peek(clip.key()) is not None:
+                modules.append(CLIP_VISION.peek(clip.key()))
+            for m in modules:
+                move_module(m, torch.device("cpu"))
+        if model.torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def captioner_for(spec: CaptionerSpec) -> Captioner:
+    return CAPTIONER_CACHE.get(spec.key(), lambda: get_captioner(spec.backend, **spec.options()))
+
+
+# ------------------------------------------------------------------------------------- priors
+
+
+def output_size(image: torch.Tensor, upscale: float, size: tuple[int, int] | None) -> tuple[int, int]:
+    """``(width, height)`` of the restored image, as :func:`~sspir_core.image_io.prepare_lq` computes it."""
+    return prepare_lq(image[:1, :, :, :], upscale=upscale, target_size=size).size
+
+
+@dataclass(eq=False)
+class ImageEmbedPrior:
+    """The implicit semantic prior: Refine(CLIP patch tokens) of the LQ upscaled to the output size."""
+
+    model: ModelSpec
+    clip: ClipVisionSpec
+    image: torch.Tensor  # the LQ batch it is made from, [B,3,h,w] on the CPU
+    computed: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.image.shape[0]
+
+    def at(self, size: tuple[int, int]) -> torch.Tensor:
+        """The embedding for output size ``(width, height)``: [B, tokens, 512] on the CPU."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self.computed:
+            prepared = prepare_lq(self.image, target_size=size)
+            y0, y1, x0, x1 = prepared.box
+            with RUN_LOCK:
+                pipe = pipeline_for(self.model, self.clip)
+                self.computed[size] = pipe.encode_image(prepared.image[..., y0:y1, x0:x1]).cpu()
+        return self.computed[size]
+
+
+@dataclass(eq=False)
+class StructurePrior:
+    """The structure prior: Processor features of the padded LQ at the output size (+ its RGB predictions)."""
+
+    model: ModelSpec
+    image: torch.Tensor
+    tile: int | None = 8 * 96  # pixels; an exact tiled pass (same result), bounds memory on large images
+    computed: dict[tuple[int, int], tuple[torch.Tensor, list[torch.Tensor]]] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.image.shape[0]
+
+    def at(self, size: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features [B, C, Hp/8, Wp/8] and RGB maps (padded size) for output size ``(width, height)``, on the CPU."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self.computed:
+            prepared = prepare_lq(self.image, target_size=size)
+            with RUN_LOCK:
+                pipe = pipeline_for(self.model, None)
+                features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile)
+            self.computed[size] = (features.cpu(), [r.cpu() for r in rgbs])
+        return self.computed[size]
+
+
+# ------------------------------------------------------------------------------------- the sampler
+
+
+def restore_components(
+    model: ModelSpec,
+    image: torch.Tensor,
+    captions: list[str],
+    options: RestoreOptions,
+    upscale: float = 4.0,
+    size: tuple[int, int] | None = None,
+    image_embed: ImageEmbedPrior | None = None,
+    structure: StructurePrior | None = None,
+    clip: ClipVisionSpec | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Restore ``image`` ([B,3,h,w] in [0,1]) with priors from other nodes, each brought to this output size.
+
+    Without priors it computes them itself (then ``clip`` is needed): the same as
+    :func:`~sspir_core.pipeline.restore_image`.
+    """
+    prepared = prepare_lq(image, upscale=upscale, target_size=size)
+    out_size = prepared.size
+    b = image.shape[0]
+    for prior, what in ((image_embed, "CLIP image embedding"), (structure, "structure prior")):
+        if prior is not None and prior.batch != b:
+            raise InputError(f"the {what} was made from {prior.batch} image(s) but the sampler got {b}: "
+                             "connect the same IMAGE to both nodes")
+    for prior in (image_embed, structure):
+        if prior is not None and prior.image.shape[-2:] != image.shape[-2:]:
+            log.info("SSP-IR: a prior was made from a %s image, the sampler's LQ is %s; using the prior's image "
+                     "at the output size", tuple(prior.image.shape[-2:]), tuple(image.shape[-2:]))
+    clip = clip or (image_embed.clip if image_embed is not None else None)
+    with RUN_LOCK:
+        emb = image_embed.at(out_size) if image_embed is not None else None
+        features = structure.at(out_size)[0] if structure is not None else None
+        pipe = pipeline_for(model, clip)
+        return pipe.restore(prepared.image, captions, options, callback, box=prepared.box,
+                            priors=Priors(emb, features))

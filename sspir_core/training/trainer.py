@@ -1,0 +1,378 @@
+"""The one-stage SSP-IR trainer on accelerate (one process to many nodes; DDP, or FSDP/DeepSpeed via accelerate config).
+
+One optimisation step = ``grad_accum`` micro-steps. A micro-step: (degrade GT on the device when the data has no
+LQ) -> frozen encoders (VAE latents of the GT, long-prompt text embedding, CLIP tokens of the LQ) -> noise at a
+uniform timestep -> ControlNet + UNet predict the noise -> ``MSE + RGB + FFT`` losses.
+
+Reproducibility: every random number of micro-step ``m`` on process ``r`` comes from generators seeded with
+``(seed, m, r)`` and the data stream is positional (see :mod:`.data`), so a run resumed from ``checkpoint-N``
+continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .config import TrainConfig
+from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
+from .degradations import DegradationSettings, degrade, usm_sharpen
+from .models import TrainModule, build_pipeline
+from .step import training_losses
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.json"
+COMPACT_NAME = "sspir.safetensors"
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_checkpoint: Path | None
+    losses: list[float]
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints (their trainer_state.json is written last), oldest first."""
+    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file()
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = list_checkpoints(Path(cfg.output))
+        return found[-1] if found else None  # nothing yet: a fresh start
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).is_file():
+        raise InputError(f"--resume {path}: not a complete checkpoint folder (no {STATE_FILE})")
+    return path
+
+
+def build_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> TrainingSet:
+    roots = [Path(d) for d in cfg.data]
+    if len(roots) == 1 and is_paired_layout(roots[0]):
+        items = paired_items(roots[0])
+    else:
+        paired = [r for r in roots if is_paired_layout(r)]
+        if paired:
+            raise InputError(f"{paired[0]} is in the paired layout: give it alone as --data (not mixed with GT folders)")
+        items = gt_items(roots, Path(cfg.captions) if cfg.captions else None)
+    return TrainingSet(items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=log)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    kwargs = {"lr": cfg.lr, "betas": (cfg.adam_beta1, cfg.adam_beta2), "weight_decay": cfg.weight_decay,
+              "eps": cfg.adam_eps}
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise InputError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from e
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg.validate()
+        self.out = Path(cfg.output)
+        if cfg.report_to == "tensorboard" and not _importable("tensorboard"):
+            print("warning: tensorboard is not installed (pip install tensorboard): not logging to it; metrics.jsonl "
+                  "has every step", file=sys.stderr)
+            cfg.report_to = "none"
+        if cfg.mixed_precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
+            print("warning: fp16 mixed precision needs a CUDA GPU; training in fp32 on the CPU (--mixed-precision bf16 "
+                  "also works on CPUs)", file=sys.stderr)
+            cfg.mixed_precision = "no"
+        trackers = None if cfg.report_to in ("", "none") else cfg.report_to
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision, log_with=trackers,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+            cpu=cfg.cpu,
+        )
+        acc = self.accelerator
+        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.device = acc.device
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.dataset = build_dataset(cfg, self.log)
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log(f"data: {self.dataset.report.summary()}")
+            (self.out / "data-report.txt").write_text(
+                "".join(f"skipped\t{p}\t{why}\n" for p, why in self.dataset.report.skipped)
+                + "".join(f"note\t{p}\t{what}\n" for p, what in self.dataset.report.notes), encoding="utf-8")
+        self.frozen_dtype = _DTYPES[cfg.mixed_precision] if self.device.type != "cpu" or cfg.mixed_precision == "bf16" \
+            else torch.float32
+        self.pipe = build_pipeline(cfg, self.device, self.frozen_dtype)
+        self.models = self.pipe.models
+        self.models.to(self.device, torch.float32)
+        params = self.models.set_trainable()
+        if cfg.gradient_checkpointing:
+            self.models.unet.enable_gradient_checkpointing()
+            self.models.controlnet.enable_gradient_checkpointing()
+        self.module = TrainModule(self.models).train()
+        self.params = params
+        from diffusers.optimization import get_scheduler
+
+        from ..schedulers import make_scheduler
+
+        optimizer = make_optimizer(params, cfg)
+        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * self.world,
+                                     num_training_steps=cfg.max_steps * self.world)
+        self.noise_scheduler = make_scheduler("ddpm", self.pipe.scheduler_config)
+        self.module_p, self.optimizer, self.lr_scheduler = acc.prepare(self.module, optimizer, lr_scheduler)
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+        self.degradation = DegradationSettings(scale=cfg.scale)
+        self.step = 0
+        self.validation_batch: dict | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            self._log(message)
+
+    def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
+        """accelerate's save_state: write the SSP-IR weights in the official layout + compact, not a pickle."""
+        from ..checkpoint import save_compact, save_official_checkpoint
+
+        if self.accelerator.is_main_process:
+            save_official_checkpoint(self.models, output_dir)
+            save_compact(self.models, Path(output_dir) / COMPACT_NAME)
+        weights.clear()  # accelerate must not write its own copy of the models
+
+    def _load_hook(self, models: list, input_dir: str) -> None:
+        from ..checkpoint import load_official_checkpoint
+
+        models.clear()  # loaded here instead
+        loaded = load_official_checkpoint(input_dir)
+        for name, module in self.models.named_modules_():
+            module.load_state_dict(getattr(loaded, name).state_dict())
+
+    def _generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))
+
+    # ------------------------------------------------------------------ one micro-step
+
+    @torch.no_grad()
+    def prepare_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target GT in [0,1], LQ in [0,1]) on the device; GT-only samples are degraded here, on the device."""
+        gt = batch["gt"].to(self.device, torch.float32)
+        if "lq" in batch:
+            return gt, batch["lq"].to(self.device, torch.float32)
+        lq = torch.stack([degrade(g, seed, self.degradation) for g, seed in zip(gt, batch["seed"])])
+        if self.cfg.usm_target:
+            gt = torch.stack([usm_sharpen(g) for g in gt])
+        return gt, lq
+
+    def trace(self, record: dict) -> None:
+        if self.cfg.trace_samples:
+            path = self.out / "samples" / f"rank-{self.rank}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def weights_checksum(self) -> float:
+        """Sum of |w| over the trainable weights (float64): equal on every replica when DDP keeps them in sync."""
+        return float(sum(p.detach().double().abs().sum() for p in self.params))
+
+    def micro_step(self, batch: dict, micro: int) -> dict[str, torch.Tensor]:
+        self.trace({"step": self.step + 1, "micro_step": micro,
+                    "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
+        g = self._generator(micro, self.rank)
+        gt, lq = self.prepare_batch(batch)
+        losses = training_losses(self.pipe, self.module_p, self.noise_scheduler, gt, lq, batch["caption"], g,
+                                 self.cfg.max_chunks, self.frozen_dtype, self.accelerator.autocast)
+        self.accelerator.backward(losses.total)
+        return {"loss": losses.total.detach(), "loss_mse": losses.diffusion.detach(), "loss_rgb": losses.rgb.detach(),
+                "loss_fft": losses.fft.detach()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        path = self.out / f"{CHECKPOINT_PREFIX}{self.step}"
+        if acc.is_main_process and self.cfg.checkpoints_total_limit:
+            old = list_checkpoints(self.out)
+            for stale in old[: max(0, len(old) - self.cfg.checkpoints_total_limit + 1)]:
+                shutil.rmtree(stale)
+        acc.wait_for_everyone()
+        acc.save_state(str(path))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"step": self.step, "micro_step": self.step * self.cfg.grad_accum, "world_size": self.world,
+                     "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, "base": self.models.base}
+            (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+        acc.wait_for_everyone()
+        self.log(f"saved {path}")
+        return path
+
+    def resume(self, path: Path) -> None:
+        state = json.loads((path / STATE_FILE).read_text())
+        if state["world_size"] * state["batch_size"] != self.world * self.cfg.batch_size or state["seed"] != self.cfg.seed:
+            self.log(f"warning: {path} was written with {state['world_size']} process(es) x batch {state['batch_size']}"
+                     f" and seed {state['seed']}: the data stream will not continue exactly")
+        self.accelerator.load_state(str(path))
+        self.step = int(state["step"])
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ validation
+
+    def _validation_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """(LQ batch, GT batch or None, upscale) for validation; fixed for the whole run."""
+        if self.validation_batch is None:
+            cfg = self.cfg
+            if cfg.validation_images:
+                from ..image_io import load_image, resize_image
+                from .data import list_images
+
+                files = list_images(Path(cfg.validation_images))[: cfg.validation_count]
+                if not files:
+                    raise InputError(f"--validation-images {cfg.validation_images}: no images")
+                size = max(8, cfg.resolution // cfg.scale)
+                lq = torch.cat([resize_image(load_image(f).rgb, (size, size)) for f in files])
+                self.validation_batch = {"lq": lq, "gt": None, "upscale": float(cfg.scale)}
+            else:
+                n = min(cfg.validation_count, len(self.dataset))
+                samples = [self.dataset[(i, -1 - i)] for i in range(n)]
+                gt, lq = self.prepare_batch(collate(samples))
+                self.validation_batch = {"lq": lq.cpu(), "gt": gt.cpu(), "upscale": 1.0}
+        v = self.validation_batch
+        return v["lq"], v["gt"], v["upscale"]
+
+    @torch.no_grad()
+    def validate(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        from ..image_io import save_png
+        from ..pipeline import RestoreOptions, restore_image
+
+        lq, gt, upscale = self._validation_inputs()
+        options = RestoreOptions(steps=self.cfg.validation_steps, seed=self.cfg.seed, tile=None, vae_tile=None)
+        self.module.eval()
+        try:
+            with self.accelerator.autocast():
+                out = torch.cat([restore_image(self.pipe, lq[i:i + 1], "", options, upscale=upscale)
+                                 for i in range(lq.shape[0])]).cpu()
+        finally:
+            self.module.train()
+        size = tuple(out.shape[-2:])
+        rows = [torch.nn.functional.interpolate(lq, size=size, mode="nearest"), out]
+        if gt is not None:
+            rows.append(gt)
+        grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # one row per kind, one column per image
+        path = self.out / "validation" / f"step-{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(grid[None].clamp(0, 1), path)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``max_steps`` (or stop after ``stop_after`` more steps, for tests of resuming)."""
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        acc, cfg = self.accelerator, self.cfg
+        resume_from = resolve_resume(cfg)
+        if resume_from is not None:
+            self.resume(resume_from)
+        if acc.is_main_process:
+            (self.out / "train-config.json").write_text(cfg.to_json())
+            metrics_file = self.out / "metrics.jsonl"
+            _truncate_metrics(metrics_file, self.step)
+        if cfg.report_to not in ("", "none"):
+            acc.init_trackers("sspir", config={k: v for k, v in json.loads(cfg.to_json()).items()
+                                               if isinstance(v, (int, float, str, bool))})
+        sampler = PositionSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.rank, self.world,
+                                  start=self.step * cfg.grad_accum)
+        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+        batches = iter(loader)
+        end = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not acc.is_main_process or None)
+        losses: list[float] = []
+        last: Path | None = None
+        grad_norm = None
+        t0 = time.perf_counter()
+        while self.step < end:
+            parts: dict[str, torch.Tensor] = {}
+            for k in range(cfg.grad_accum):
+                batch = next(batches)
+                with acc.accumulate(self.module_p):
+                    out = self.micro_step(batch, self.step * cfg.grad_accum + k)
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for name, v in out.items():
+                    parts[name] = parts.get(name, 0) + v / cfg.grad_accum
+            self.step += 1
+            means = {k: float(acc.reduce(v.detach().clone(), reduction="mean")) for k, v in parts.items()}
+            dt = time.perf_counter() - t0
+            record = {"step": self.step, **means, "lr": self.lr_scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm) if grad_norm is not None else None, "step_time_s": round(dt, 4),
+                      "samples_per_s": round(cfg.batch_size * cfg.grad_accum * self.world / dt, 3)}
+            losses.append(means["loss"])
+            if not math.isfinite(means["loss"]):
+                raise FloatingPointError(f"loss is {means['loss']} at step {self.step}; lower --lr or use bf16")
+            if acc.is_main_process:
+                with open(metrics_file, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{means['loss']:.4f}")
+                if self.step % cfg.log_every == 0:
+                    bar.write(f"step {self.step}: loss {means['loss']:.4f} (mse {means['loss_mse']:.4f} rgb "
+                              f"{means['loss_rgb']:.4f} fft {means['loss_fft']:.4f})", file=sys.stderr)
+            if cfg.report_to not in ("", "none"):
+                acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+            if self.step % cfg.validate_every == 0:
+                self.validate()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                last = self.save_checkpoint()
+            t0 = time.perf_counter()  # step_time_s leaves out validation and saving
+        bar.close()
+        self.trace({"final_step": self.step, "weights_checksum": self.weights_checksum(), "world_size": self.world,
+                    "backend": str(acc.state.backend)})
+        if cfg.report_to not in ("", "none"):
+            acc.end_training()
+        return TrainResult(self.step, last, losses)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines past the resumed step so metrics.jsonl holds each step once."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
+    return Trainer(cfg, log).train()
+

@@ -1,0 +1,53 @@
+"""Helpers shared by the end-to-end tests: workflows, input images, unique prompts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
+sys.path.insert(0, str(REPO / "scripts"))
+import comfyui as harness  # noqa: E402, F401 (scripts/comfyui.py: fetch, server control; re-exported)
+
+
+def unique(tag: str = "") -> str:
+    return f"{tag}{uuid.uuid4().hex[:10]}"
+
+
+def load_api(name: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / name).read_text())
+
+
+def api_workflows() -> list[str]:
+    return sorted(p.name for p in (WORKFLOWS / "api").glob("*.json"))
+
+
+def nodes_of(prompt: dict, class_type: str) -> list[str]:
+    return [nid for nid, node in prompt.items() if node["class_type"] == class_type]
+
+
+def put_image(server, array: np.ndarray, mode: str | None = None, tag: str = "img") -> str:
+    """Write an image into the server's input folder under a unique name; returns the name."""
+    name = unique(tag) + ".png"
+    Image.fromarray(array, mode=mode).save(server.input_dir / name)
+    return name
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+
+
+def with_unique_outputs(prompt: dict) -> dict:
+    """A copy whose SaveImage/PreviewImage prefixes are unique, so the server never answers from cache."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = unique("sspir_test_")
+    return prompt

@@ -1,0 +1,183 @@
+"""`sspir eval` end to end: pairing, skips, JSON schema, sizes, protocol, pictures, --restore, learned metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sspir_core.cli import main
+from sspir_core.evaluation import METRICS, WeightsConfig, evaluate, pair_images
+from sspir_core.evaluation.fidelity import psnr_y
+from sspir_core.evaluation.protocol import Protocol
+
+skdata = pytest.importorskip("skimage.data", reason="scikit-image is in the test extra")
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "examples" / "eval"
+
+
+def save(folder: Path, name: str, u8: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(u8).save(folder / name)
+    return folder / name
+
+
+@pytest.fixture
+def photo_set(tmp_path):
+    """GT crops of two photos; predictions with known damage; one image without GT, one without prediction."""
+    rng = np.random.default_rng(0)
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    for name, img in (("astronaut", skdata.astronaut()[100:164, 180:244]), ("coffee", skdata.coffee()[:64, :64])):
+        save(gt_dir, f"{name}.png", img)
+        noisy = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+        save(pred_dir, f"{name}.png", noisy)  # same stem, any format
+    save(pred_dir, "extra.png", skdata.chelsea()[:64, :64])
+    save(gt_dir, "lonely.png", skdata.rocket()[:64, :64])
+    return tmp_path
+
+
+def run_json(args: list[str], tmp_path: Path) -> dict:
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--json", str(out), *args]) == 0  # --restore takes every flag after it
+    return json.loads(out.read_text())
+
+
+def test_json_schema_means_and_missing_partners(photo_set, tmp_path, capsys):
+    empty = tmp_path / "no-weights"
+    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"),
+                    "--weights-dir", str(empty)], tmp_path)
+    assert set(doc) >= {"images", "mean", "skipped", "missing"}
+    assert sorted(doc["images"]) == ["astronaut", "coffee"]
+    assert doc["missing"] == {"gt": ["extra"], "pred": ["lonely"]}
+    for row in doc["images"].values():
+        assert set(row) == {"psnr_y", "ssim_y"} and 20 < row["psnr_y"] < 40 and 0 < row["ssim_y"] < 1
+    for metric in ("psnr_y", "ssim_y"):
+        assert doc["mean"][metric] == pytest.approx(np.mean([r[metric] for r in doc["images"].values()]))
+    err = capsys.readouterr().err
+    assert "no ground truth: extra" in err and "no restored image: lonely" in err
+
+
+def test_missing_weights_are_listed_as_skipped_with_the_files(photo_set, tmp_path, capsys):
+    empty = tmp_path / "no-weights"
+    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--weights-dir", str(empty)],
+                   tmp_path)
+    learned = [m for m in METRICS if m not in ("psnr_y", "ssim_y")]
+    assert sorted(doc["skipped"]) == sorted(learned)
+    needs = doc["skipped"]["lpips"]["needs"]
+    assert str(empty / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth") in needs
+    assert str(empty / "checkpoints" / "alexnet-owt-7be5be79.pth") in needs
+    assert any("ViT-L-14" in f for f in doc["skipped"]["clip_sim"]["needs"])
+    assert "skipped `fid`" in capsys.readouterr().out
+    assert not any(empty.rglob("*")), "nothing may be downloaded into the weights folder"
+
+
+def test_mismatched_sizes_are_a_clear_error_listing_every_pair(photo_set, capsys):
+    save(photo_set / "pred", "coffee.png", skdata.coffee()[:60, :64])
+    code = main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y"])
+    err = capsys.readouterr().err
+    assert code == 2 and "coffee: restored image is 64x60 px but GT is 64x64 px" in err
+
+
+def test_no_pair_at_all_and_bad_flags_are_errors(photo_set, tmp_path, capsys):
+    other = tmp_path / "other"
+    save(other, "zzz.png", skdata.coffee()[:32, :32])
+    assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(other)]) == 2
+    assert "no image in --pred" in capsys.readouterr().err
+    assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr,lpips"]) == 2
+    assert "--metrics: unknown psnr" in capsys.readouterr().err
+    assert main(["eval", "--gt", str(tmp_path / "nope"), "--pred", str(photo_set / "pred")]) == 2
+    assert "--gt: folder not found" in capsys.readouterr().err
+
+
+def test_realsr_protocol_scores_the_aligned_512_centre_crop(tmp_path):
+    """GT 520x524: the crop starts at 4 * ((130 - 128) // 2) = 4 rows and 4 * ((131 - 128) // 2) = 4 columns."""
+    gt = np.asarray(Image.fromarray(skdata.astronaut()).resize((524, 520)))
+    pred = gt.copy()
+    pred[:4] = 0  # outside the scored box
+    pred[200:210, 200:210] = 255  # inside it
+    save(tmp_path / "gt", "a.png", gt)
+    save(tmp_path / "pred", "a.png", pred)
+    cropped = np.ascontiguousarray(pred[4:516, 4:516])
+    save(tmp_path / "pred512", "a.png", cropped)  # restored from the LQ crop: already 512 px
+    expected = psnr_y(torch.from_numpy(pred[4:516, 4:516] / 255.0).permute(2, 0, 1)[None],
+                      torch.from_numpy(gt[4:516, 4:516] / 255.0).permute(2, 0, 1)[None])
+    weights = WeightsConfig(tmp_path / "w")
+    for pred_dir in ("pred", "pred512"):
+        result = evaluate(pair_images(tmp_path / pred_dir, tmp_path / "gt"), ["psnr_y"], weights,
+                          protocol=Protocol("realsr"))
+        assert result.images["a"]["psnr_y"] == pytest.approx(expected)
+    lq = torch.zeros(1, 3, 130, 131)
+    lq[..., 1:129, 1:129] = 1
+    assert Protocol("realsr").crop_lq(lq, "lq").min() == 1  # LQ box at (1, 1) = GT box / 4
+    save(tmp_path / "small", "a.png", gt[:500])
+    assert main(["eval", "--gt", str(tmp_path / "small"), "--pred", str(tmp_path / "small"),
+                 "--protocol", "realsr"]) == 2
+
+
+def test_pictures_csv_and_markdown(photo_set, tmp_path):
+    lq_dir = tmp_path / "lq"
+    for name in ("astronaut", "coffee"):
+        img = np.asarray(Image.open(photo_set / "gt" / f"{name}.png").resize((16, 16)))
+        save(lq_dir, f"{name}.png", img)
+    pics, csv_file, md = tmp_path / "pics", tmp_path / "s.csv", tmp_path / "s.md"
+    assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--lq", str(lq_dir),
+                 "--metrics", "psnr_y,ssim_y", "--pictures", str(pics), "--csv", str(csv_file),
+                 "--markdown", str(md), "--rank-by", "ssim_y"]) == 0
+    best, worst = Image.open(pics / "best_ssim_y.png"), Image.open(pics / "worst_ssim_y.png")
+    assert best.width == 3 * 64 + 2 * 4 and best.height > 64  # LQ | restored | GT
+    assert worst.size == best.size
+    assert Image.open(pics / "distribution.png").height > 0
+    rows = csv_file.read_text().splitlines()
+    assert rows[0] == "image,psnr_y,ssim_y" and rows[-1].startswith("mean,") and len(rows) == 4
+    table = md.read_text()
+    assert "| psnr_y ↑ |" in table and "| **mean** |" in table
+
+
+def test_eval_restore_chains_and_times_each_image(tmp_path):
+    gt = skdata.astronaut()[100:164, 180:244]
+    save(tmp_path / "gt", "astronaut.png", gt)
+    save(tmp_path / "lq", "astronaut.png", np.asarray(Image.fromarray(gt).resize((16, 16), Image.Resampling.BICUBIC)))
+    pred = tmp_path / "pred"
+    doc = run_json(["--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq"), "--pred", str(pred),
+                    "--metrics", "psnr_y", "--weights-dir", str(tmp_path / "w"),
+                    "--restore", "--preset", "tiny-random", "--steps", "2", "--tile", "0"], tmp_path)
+    assert list(doc["images"]) == ["astronaut"] and [p.name for p in pred.iterdir()] == ["astronaut.png"]
+    row = doc["images"]["astronaut"]
+    assert row["time_s"] > 0 and math.isfinite(row["psnr_y"]) and doc["mean"]["time_s"] == row["time_s"]
+    assert main(["eval", "--gt", str(SAMPLES / "gt"), "--pred", str(pred), "--restore", "--preset", "tiny-random"]) == 2
+    assert main(["eval", "--gt", str(SAMPLES / "gt"), "--lq", str(SAMPLES / "lq"), "--pred", str(pred),
+                 "--restore", "--preset", "tiny-random", "--json", "x.json"]) == 2  # eval flags after --restore
+
+
+def _niqe_params() -> Path | None:
+    env = os.environ.get("SSPIR_NIQE_PARAMS")
+    if env:
+        return Path(env)
+    import torch.hub
+
+    path = Path(os.environ.get("SSPIR_EVAL_WEIGHTS", torch.hub.get_dir())) / "niqe_pris_params.npz"
+    return path if path.is_file() else None
+
+
+def test_niqe_with_basicsr_params_ranks_noise_worse(tmp_path):
+    pytest.importorskip("pyiqa")
+    params = _niqe_params()
+    if params is None:
+        pytest.skip("NIQE params not on disk: run scripts/fetch_niqe_params.sh (CI does)")
+    clean = skdata.astronaut()[64:320, 128:384]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    save(tmp_path / "gt", "a.png", clean)
+    save(tmp_path / "gt", "b.png", clean)
+    save(tmp_path / "pred", "a.png", clean)
+    save(tmp_path / "pred", "b.png", noisy)
+    result = evaluate(pair_images(tmp_path / "pred", tmp_path / "gt"), ["niqe"],
+                      WeightsConfig(tmp_path / "w", niqe_params=params))
+    assert not result.skipped
+    a, b = result.images["a"]["niqe"], result.images["b"]["niqe"]
+    assert 0 < a < b  # NIQE: lower is more natural

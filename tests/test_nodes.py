@@ -1,0 +1,227 @@
+"""Node ``execute`` without a server: the pack's nodes on a fake ComfyUI host with the demo models.
+
+The reference for every restored image is the core path the CLI uses (``restore_image`` on a pipeline loaded
+straight from the files), so the component graph is checked against an independent assembly of the same models.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from sspir_core import demo_models
+from sspir_core.errors import InputError
+from tests import fake_comfy
+
+CONTRACT = {  # node id -> (display name, output types), from the nodes/comfy contract (issue 8)
+    "SSPIRModelLoader": ("SSP-IR Model Loader", ["SSPIR_MODEL"]),
+    "SSPIRClipVisionLoader": ("SSP-IR CLIP Vision Loader", ["SSPIR_CLIP_VISION"]),
+    "SSPIRCaptionerLoader": ("SSP-IR Captioner Loader", ["SSPIR_CAPTIONER"]),
+    "SSPIRCaption": ("MLLM Caption (SSP-IR)", ["STRING"]),
+    "SSPIRClipImageEmbed": ("CLIP Image Embed (SSP-IR)", ["SSPIR_IMAGE_EMBED"]),
+    "SSPIRStructureProcessor": ("Structure Processor (SSP-IR)", ["SSPIR_STRUCTURE", "IMAGE"]),
+    "SSPIRSampler": ("PGA Sampler (SSP-IR)", ["IMAGE"]),
+    "SSPIRRestore": ("SSP-IR Restore (all in one)", ["IMAGE", "STRING"]),
+}
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    demo_models.write_demo_models(root)
+    return root
+
+
+@pytest.fixture
+def host(monkeypatch, models_dir):
+    rec = fake_comfy.install(monkeypatch, str(models_dir))
+    import nodes
+
+    rec.nodes = {cls.define_schema().node_id: cls for cls in nodes.node_list()}
+    return rec
+
+
+def _load(n):
+    model = n["SSPIRModelLoader"].execute(demo_models.SD_NAME, demo_models.SSPIR_NAME, "auto", "auto", "auto",
+                                          "auto", "in RAM").args[0]
+    clip = n["SSPIRClipVisionLoader"].execute(demo_models.CLIP_VISION_NAME).args[0]
+    return model, clip
+
+
+def _widgets(**changes):
+    """Sampler widgets as a list-input node receives them (every value in a list)."""
+    values = dict(negative_prompt="", seed=3, steps=STEPS, cfg=7.5, scheduler="ddpm", start="lq",
+                  conditioning_scale=1.0, upscale=4.0, width=0, height=0, tile=96, tile_overlap=32, vae_tile=1024,
+                  color_fix="adain")
+    values.update(changes)
+    return {k: [v] for k, v in values.items()}
+
+
+def _reference(models_dir, rgb, captions, **options):
+    """The CLI's path: a pipeline assembled from the files (not the node cache) and restore_image."""
+    from sspir_core.components import load_pipeline_parts
+    from sspir_core.loaders import load_clip_vision
+    from sspir_core.pipeline import RestoreOptions, RestorePipeline, restore_image
+
+    parts = load_pipeline_parts(models_dir / "checkpoints" / demo_models.SD_NAME,
+                                models_dir / "sspir" / demo_models.SSPIR_NAME)
+    clip = load_clip_vision(models_dir / "clip_vision" / demo_models.CLIP_VISION_NAME)
+    pipe = RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config)
+    size = options.pop("target_size", None)
+    return restore_image(pipe, rgb, captions, RestoreOptions(steps=STEPS, seed=3, **options), target_size=size)
+
+
+def _bchw(image):
+    return image.permute(0, 3, 1, 2)
+
+
+def test_nodes_match_the_contract_and_every_input_has_a_tooltip(host):
+    assert set(host.nodes) == set(CONTRACT)
+    for node_id, cls in host.nodes.items():
+        schema = cls.define_schema()
+        assert (schema.display_name, [o.io_type for o in schema.outputs]) == CONTRACT[node_id]
+        assert schema.category.startswith("SSP-IR") and schema.description
+        missing = [i.id for i in schema.inputs if not (i.tooltip or "").strip()]
+        assert not missing, f"{node_id}: inputs without a tooltip: {missing}"
+    caption_out = host.nodes["SSPIRCaption"].define_schema().outputs[0]
+    assert caption_out.is_output_list  # one caption per image
+    assert host.nodes["SSPIRSampler"].define_schema().is_input_list
+
+
+def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):
+    rec = fake_comfy.install(monkeypatch, str(models_dir),
+                             existing_folders={"LLM": ([str(tmp_path / "extra-llm")], set())})
+    import folder_paths
+
+    import nodes
+
+    nodes.node_list()
+    assert folder_paths.folder_names_and_paths["LLM"] == (
+        [str(models_dir / "LLM"), str(tmp_path / "extra-llm")], {"folder"})
+    assert folder_paths.folder_names_and_paths["sspir"][0] == [str(models_dir / "sspir")]
+    assert rec.unloads == 0
+
+
+def test_loader_choices_list_official_folders_and_reject_unknown_names(host, fixture_a, tmp_path):
+    import folder_paths
+
+    official = tmp_path / "sspir-extra"
+    shutil.copytree(fixture_a / "checkpoint-7", official / "run-a" / "checkpoint-7")
+    folder_paths.folder_names_and_paths["sspir"][0].append(str(official))
+    loader = host.nodes["SSPIRModelLoader"]
+    options = {i.id: i.kw.get("options") for i in loader.define_schema().inputs}
+    assert options["base_model"] == [demo_models.SD_NAME]
+    assert options["sspir_weights"] == ["run-a/checkpoint-7", demo_models.SSPIR_NAME]  # no files inside the folder
+    with pytest.raises(InputError, match="'missing.safetensors' is not in the checkpoints folders"):
+        loader.execute("missing.safetensors", demo_models.SSPIR_NAME, "auto", "auto", "auto", "auto", "in RAM")
+    with pytest.raises(InputError, match="'nope.safetensors' was not found in the sspir folders"):
+        loader.execute(demo_models.SD_NAME, "nope.safetensors", "auto", "auto", "auto", "auto", "in RAM")
+    with pytest.raises(InputError, match="is not in the clip_vision folders"):
+        host.nodes["SSPIRClipVisionLoader"].execute("other.safetensors")
+    spec = loader.execute(demo_models.SD_NAME, "run-a/checkpoint-7", "sd15", "auto", "fp16", "on", "off").args[0]
+    assert (spec.device, spec.dtype, spec.offload, spec.base) == ("cpu", "float16", False, "sd15")  # host is --cpu
+
+
+def test_component_graph_equals_the_cli_path_and_reuses_loaded_models(host, models_dir):
+    from sspir_core import components
+
+    n = host.nodes
+    model, clip = _load(n)
+    torch.manual_seed(0)
+    image = torch.rand(2, 10, 12, 3)
+    captions = ["a red car", "a green tree"]
+    embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 4.0, 0, 0).args[0]
+    structure, preview = n["SSPIRStructureProcessor"].execute(model, image, 4.0, 0, 0).args
+    assert preview.shape == (2 * 3, 40, 48, 3)  # 3 scales per image at the output size
+    loads = components.MODELS.loads
+    out = n["SSPIRSampler"].execute([model], [image], [embed], [structure], [captions], **_widgets()).args[0]
+    expected = _reference(models_dir, _bchw(image), captions)
+    assert out.shape == (2, 40, 48, 3)
+    torch.testing.assert_close(_bchw(out), expected, atol=1e-4, rtol=0)
+    # the all-in-one node gives the same, and nothing was loaded again
+    restored, used = n["SSPIRRestore"].execute([model], [clip], [image], [captions], **_widgets()).args
+    torch.testing.assert_close(restored, out, atol=1e-4, rtol=0)
+    assert used == captions and components.MODELS.loads == loads
+    # progress with a live preview and a Cancel check at every step
+    steps = [p for p in host.progress if p[0] >= 1]
+    assert [(v, t) for v, t, _ in steps[-STEPS:]] == [(i, STEPS) for i in range(1, STEPS + 1)]
+    kind, img, size = steps[-1][2]
+    assert kind == "JPEG" and size == 256 and img.size[0] > 0
+    assert host.interrupt_checks >= 2 * STEPS
+
+
+def test_priors_made_at_another_size_are_brought_to_the_samplers_size(host, models_dir):
+    n = host.nodes
+    model, clip = _load(n)
+    torch.manual_seed(1)
+    image = torch.rand(1, 9, 11, 3)
+    embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 2.0, 0, 0).args[0]
+    structure, _ = n["SSPIRStructureProcessor"].execute(model, image, 2.0, 0, 0).args
+    out = n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"],
+                                    **_widgets(width=40, height=32, upscale=2.0)).args[0]
+    assert out.shape == (1, 32, 40, 3)
+    assert set(embed.computed) == {(22, 18), (40, 32)} and set(structure.computed) == {(22, 18), (40, 32)}
+    expected = _reference(models_dir, _bchw(image), "a cat", target_size=(40, 32))
+    torch.testing.assert_close(_bchw(out), expected, atol=1e-4, rtol=0)
+
+
+def test_each_image_of_a_batch_restores_as_it_would_alone(host):
+    """Same seed, whatever the other images' captions (a long one changes the text padding of a naive batch)."""
+    n = host.nodes
+    model, clip = _load(n)
+    torch.manual_seed(2)
+    image = torch.rand(2, 8, 8, 3)
+    long_caption = "a very detailed photo of " + " and ".join(f"object number {i}" for i in range(40))
+    batch = n["SSPIRRestore"].execute([model], [clip], [image], [["a red car", long_caption]], **_widgets()).args[0]
+    alone = n["SSPIRRestore"].execute([model], [clip], [image[:1]], ["a red car"], **_widgets()).args[0]
+    torch.testing.assert_close(batch[:1], alone, atol=1e-4, rtol=0)
+
+
+def test_cancel_stops_within_a_step(host):
+    n = host.nodes
+    model, clip = _load(n)
+    host.interrupt_after = host.interrupt_checks + 2  # Cancel pressed during step 2
+    with pytest.raises(fake_comfy.InterruptProcessingException):
+        n["SSPIRRestore"].execute([model], [clip], [torch.rand(1, 8, 8, 3)], [""], **_widgets(steps=10))
+    assert max(v for v, _, _ in host.progress) == 1  # step 1 reported, then stopped
+
+
+def test_captions_rgba_and_cache_off(host, models_dir):
+    from sspir_core import components
+
+    n = host.nodes
+    model, clip = _load(n)
+    captioner = n["SSPIRCaptionerLoader"].execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto",
+                                                  "auto", False).args[0]
+    image = torch.rand(2, 8, 8, 4)  # RGBA batch: alpha is kept
+    result = n["SSPIRCaption"].execute(captioner, image)
+    captions = result.args[0]
+    assert isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    assert result.ui.as_dict()["text"][0] == "\n\n".join(captions)
+    assert components.captioner_for(captioner).model is None  # keep_loaded off: unloaded for the restoration
+    out, used = n["SSPIRRestore"].execute([model], [clip], [image], ["photo,"], captioner=[captioner],
+                                          **_widgets()).args
+    assert used == [f"photo, {c}".strip() for c in captions]
+    assert out.shape == (2, 32, 32, 4)
+    torch.testing.assert_close(out[..., 3], torch.nn.functional.interpolate(
+        image[..., 3:].permute(0, 3, 1, 2), size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)[:, 0])
+    with pytest.raises(InputError, match="got 3 captions for 2 images"):
+        n["SSPIRRestore"].execute([model], [clip], [image], [["a", "b", "c"]], **_widgets())
+    with pytest.raises(InputError, match="needs a model folder"):
+        n["SSPIRCaptionerLoader"].execute("llava", "(none: openai server)", "", "", "", 0, 0, "auto", "auto", False)
+    off = n["SSPIRModelLoader"].execute(demo_models.SD_NAME, demo_models.SSPIR_NAME, "auto", "auto", "auto", "auto",
+                                        "off").args[0]
+    n["SSPIRRestore"].execute([off], [clip], [image[:1, ..., :3]], [""], **_widgets(steps=1))
+    assert off.key() not in components.MODELS  # dropped after the run
+
+
+def test_memory_is_freed_from_comfy_before_a_gpu_run(host):
+    from nodes import host as comfy_host
+
+    comfy_host.free_memory_for(torch.device("cpu"))
+    assert host.unloads == 0
+    comfy_host.free_memory_for(torch.device("cuda"))
+    assert (host.unloads, host.soft_empties) == (1, 1)

@@ -1,0 +1,190 @@
+"""`sspir train` end to end with the tiny-random preset on real photos (scikit-image ships them).
+
+- the loss falls within 60 steps;
+- a run interrupted after a checkpoint and resumed reproduces the uninterrupted run exactly;
+- two CPU processes (accelerate launch, gloo) see disjoint samples and write one consistent checkpoint;
+- `sspir restore --preset tiny-random --sspir OUTPUT/checkpoint-N` restores with exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sspir_core.checkpoint import load_official_checkpoint, read_compact_metadata, read_state_dict
+from sspir_core.cli import main as cli_main
+from sspir_core.training import TrainConfig, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos (pip install .[test])")
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pairs(photos, tmp_path_factory) -> Path:
+    """The official layout written by `sspir make-pairs` (64 px crops, Real-ESRGAN x4 degradation)."""
+    out = tmp_path_factory.mktemp("pairs")
+    assert cli_main(["make-pairs", str(photos), str(out), "--crop", "64", "--seed", "0"]) == 0
+    return out
+
+
+def _cfg(out: Path, data: Path, **kw) -> TrainConfig:
+    base = dict(output=str(out), data=[str(data)], preset="tiny-random", resolution=64, batch_size=2, grad_accum=1,
+                max_steps=4, mixed_precision="no", checkpoint_every=1000, validate_every=1000, report_to="none",
+                num_workers=0, log_every=1000)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_make_pairs_writes_the_official_layout(pairs, photos):
+    for sub, ext in (("gt", ".png"), ("sr_bicubic", ".png"), ("gt_llm_caption", ".txt")):
+        assert sorted(p.stem for p in (pairs / sub).iterdir() if p.suffix == ext) == sorted(PHOTOS)
+    gt = np.asarray(Image.open(pairs / "gt" / "coffee.png"))
+    lq = np.asarray(Image.open(pairs / "sr_bicubic" / "coffee.png"))
+    assert gt.shape == lq.shape == (64, 64, 3)
+    assert np.abs(gt.astype(float) - lq).mean() > 2  # degraded, not a copy
+
+
+def test_loss_falls_in_60_steps(pairs, tmp_path):
+    cfg = _cfg(tmp_path / "run", pairs, max_steps=60, lr=1e-3, caption_dropout=0.0)
+    Trainer(cfg, log=lambda m: None).train()
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert all({"loss", "loss_mse", "loss_rgb", "loss_fft", "lr"} <= r.keys() for r in rows)
+    for r in rows:  # the total is the sum of its parts
+        assert r["loss"] == pytest.approx(r["loss_mse"] + r["loss_rgb"] + r["loss_fft"], rel=1e-5)
+    first = np.mean([r["loss"] for r in rows[:10]])
+    last = np.mean([r["loss"] for r in rows[-10:]])
+    assert last < 0.8 * first, (first, last)
+    rgb_first, rgb_last = np.mean([r["loss_rgb"] for r in rows[:10]]), np.mean([r["loss_rgb"] for r in rows[-10:]])
+    assert rgb_last < rgb_first  # the Processor learns to predict the GT colours
+    assert (tmp_path / "run" / "checkpoint-60" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
+    full = _cfg(tmp_path / "full", pairs, checkpoint_every=2)
+    Trainer(full, log=lambda m: None).train()
+
+    part = replace(full, output=str(tmp_path / "cut"))
+    Trainer(part, log=lambda m: None).train(stop_after=2)  # "killed" after the step-2 checkpoint
+    assert not (tmp_path / "cut" / "checkpoint-4").exists()
+    Trainer(replace(part, resume="latest"), log=lambda m: None).train()
+
+    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "cut")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for sub in ("unet", "controlnet"):
+        sa = read_state_dict(tmp_path / "full" / "checkpoint-4" / sub / "diffusion_pytorch_model.safetensors")
+        sb = read_state_dict(tmp_path / "cut" / "checkpoint-4" / sub / "diffusion_pytorch_model.safetensors")
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), sub
+    ra = torch.load(tmp_path / "full" / "checkpoint-4" / "refine" / "refine.pt", weights_only=True)
+    rb = torch.load(tmp_path / "cut" / "checkpoint-4" / "refine" / "refine.pt", weights_only=True)
+    assert all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
+    from sspir_core.image_io import load_image
+    from sspir_core.pipeline import RestoreOptions, restore_image
+
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, pairs, max_steps=2, lr=1e-3, checkpoint_every=2, validate_every=2,
+                           validation_count=2, validation_steps=2), log=lambda m: None)
+    trainer.train()
+    ckpt = out / "checkpoint-2"
+    # official layout, each part its own class (the official final save overwrites the ControlNet with the UNet)
+    assert json.loads((ckpt / "unet" / "config.json").read_text())["_class_name"] == "UNet2DConditionModel"
+    assert json.loads((ckpt / "controlnet" / "config.json").read_text())["_class_name"] == "ControlNetModel"
+    assert (ckpt / "refine" / "refine.pt").is_file()
+    assert read_compact_metadata(ckpt / "sspir.safetensors")["format"] == "sspir-compact"
+    grid = Image.open(out / "validation" / "step-0000002.png")
+    assert grid.size == (2 * 64, 3 * 64)  # columns: images; rows: LQ, restored, GT
+
+    loaded = load_official_checkpoint(ckpt)
+    for name, module in trainer.models.named_modules_():
+        mine = module.state_dict()
+        assert all(torch.equal(mine[k], v) for k, v in getattr(loaded, name).state_dict().items()), name
+
+    lq_file = tmp_path / "lq.png"
+    Image.fromarray(np.asarray(Image.open(pairs / "sr_bicubic" / "chelsea.png").resize((16, 16)))).save(lq_file)
+    args = ["restore", str(lq_file), "-o", str(tmp_path / "restored"), "--preset", "tiny-random", "--sspir", str(ckpt),
+            "--steps", "3", "--upscale", "4", "--device", "cpu"]
+    assert cli_main(args) == 0
+    got = np.asarray(Image.open(tmp_path / "restored" / "lq.png"))
+
+    trainer.models.eval()
+    expected = restore_image(trainer.pipe, load_image(lq_file).rgb, "", RestoreOptions(steps=3), upscale=4)
+    expected = (expected[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.abs(got.astype(int) - expected).max() <= 1  # same trained weights and the same frozen parts
+
+    untrained = restore_image(
+        __import__("sspir_core.presets", fromlist=["x"]).tiny_random_pipeline(), load_image(lq_file).rgb, "",
+        RestoreOptions(steps=3), upscale=4)
+    assert np.abs(got.astype(float) - untrained[0].permute(1, 2, 0).numpy() * 255).mean() > 0.5
+
+
+def test_two_cpu_processes_shard_data_and_save_one_consistent_checkpoint(pairs, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # accelerate's own `--cpu --num_processes 2` starts ONE process unless mpirun is set up; its torchrun launcher
+    # (--multi_gpu) with the trainer's --cpu gives two CPU processes on gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "sspir_core.cli", "train", "--cpu", "--preset", "tiny-random", "--data", str(pairs), "--output", str(out),
+           "--resolution", "64", "--batch-size", "1", "--grad-accum", "1", "--max-steps", "4", "--lr", "1e-3",
+           "--mixed-precision", "no", "--checkpoint-every", "4", "--validate-every", "1000", "--report-to", "none",
+           "--num-workers", "0", "--trace-samples"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    traces = {}
+    for rank in (0, 1):
+        lines = [json.loads(x) for x in (out / "samples" / f"rank-{rank}.jsonl").read_text().splitlines()]
+        traces[rank] = lines
+    seen = {r: [rec["images"][0] for rec in traces[r] if "images" in rec] for r in (0, 1)}
+    assert len(seen[0]) == len(seen[1]) == 4
+    for step in range(4):
+        assert seen[0][step] != seen[1][step]  # different samples at the same step
+    first_epoch = seen[0][:2] + seen[1][:2]  # positions 0..3: one pass over the 4 photos
+    assert sorted(first_epoch) == sorted(f"{p}.png" for p in PHOTOS)
+
+    finals = [next(rec for rec in traces[r] if "weights_checksum" in rec) for r in (0, 1)]
+    assert all(f["world_size"] == 2 and f["backend"] == "gloo" for f in finals)
+    sums = [f["weights_checksum"] for f in finals]
+    assert sums[0] == sums[1]  # replicas identical after 4 synchronised steps
+    ckpt = out / "checkpoint-4"
+    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    models = load_official_checkpoint(ckpt)
+    saved = float(sum(p.double().abs().sum() for p in models.trainable_parameters()))
+    assert saved == pytest.approx(sums[0], rel=1e-12)
+    assert len(_metrics(out)) == 4  # one metrics line per step, from the main process only
