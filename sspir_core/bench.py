@@ -1,17 +1,21 @@
 """Benchmark of the SSP-IR sampler: what the SSP-IR attentions, the per-image priors and tiling cost.
 
-Three figures, measured in one run on one config so they can be compared:
+Figures measured in one run on one config so they can be compared:
 
 1. ms per denoising step of our ControlNet + patched UNet (CFG batch 2, as ``RestorePipeline.denoise``
-   runs it) next to a stock diffusers ControlNet + UNet built from the same UNet config; the ratio is
-   the price of the image and pixel attentions.
-2. the one-time per-image priors (text, CLIP image + Refine, Processor, VAE encode) as a share of a
+   runs it) next to the same sampler without the cached context K/V (the plain path) and a stock
+   diffusers ControlNet + UNet built from the same UNet config, timed alternately; the ratios are the
+   speed-up of the cache and the price of the image and pixel attentions.
+2. model FLOPs per step and per image (:mod:`sspir_core.flops`) and the FLOP rate they imply.
+3. the one-time per-image priors (text, CLIP image + Refine, Processor, VAE encode) as a share of a
    50-step run: they are computed once, so they should stay a few percent.
-3. peak memory of a tiled restore at growing output sizes: tiling should keep it nearly flat.
+4. peak memory of a tiled restore at growing output sizes (through the streamed 8-bit output tail by
+   default): tiling should keep it nearly flat.
 
 On the CPU each memory size runs in a fresh subprocess (``python -m sspir_core.bench --_memory-child``)
-so one size's heap does not hide the next one's peak. Timings are not asserted anywhere: this is a
-measuring tool, not a test.
+so one size's heap does not hide the next one's peak, and the parent builds no models for it. A last
+line sums everything up for pasting into an issue. Timings are not asserted anywhere: this is a
+measuring tool, not a test. Other modules can add parts through :data:`EXTRA_PARTS`.
 """
 
 from __future__ import annotations
@@ -73,6 +77,17 @@ class BenchSettings:
     image_steps: int = 50
     cfg: float = 7.5
     seed: int = 0
+    threads: int | None = None  # torch CPU threads (1 is steadiest when other processes share the cores)
+    output_bits: int | None = 8  # memory runs: 8/16 = the streamed integer tail the CLI writes; None = float
+    compile: bool = False  # torch.compile the ControlNet + UNet (falls back to eager with a message)
+
+
+# Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).
+# ``measure`` gets the bench pipeline when a built-in part built one, else None (build what you need), and
+# returns plain data; ``lines`` turns that data into report lines. Register, then name the part in --parts.
+ExtraPart = tuple[Callable[["BenchSettings", "RestorePipeline | None"], dict[str, Any]],
+                  Callable[[dict[str, Any]], list[str]]]
+EXTRA_PARTS: dict[str, ExtraPart] = {}
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -199,6 +214,10 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
     def ours() -> None:
         pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators)
 
+    def ours_plain() -> None:  # the same sampler without the cached context K/V
+        pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators,
+                     cache_context_kv=False)
+
     unet, controlnet = build_stock_pair(pipe)
     text_in = torch.cat([p["negative"], p["text"]])
     image_in = torch.cat([lq, lq]).to(pipe.dtype)  # stock ControlNet: the image, embedded at every step
@@ -218,15 +237,23 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
             eps = uncond + options.cfg * (cond - uncond)
             z = scheduler.step(eps.float(), t, z.float(), generator=generators).prev_sample
 
-    ours_s, base_s = time_interleaved([ours, baseline], settings.repeats, pipe.device)
+    if settings.compile:  # switching the processors would recompile: compare with stock only
+        ours_s, base_s = time_interleaved([ours, baseline], settings.repeats, pipe.device)
+        plain_s = [float("nan")] * len(ours_s)
+    else:
+        ours_s, plain_s, base_s = time_interleaved([ours, ours_plain, baseline], settings.repeats, pipe.device)
     ours_ms = 1000 * statistics.median(ours_s) / options.steps
+    plain_ms = 1000 * statistics.median(plain_s) / options.steps
     base_ms = 1000 * statistics.median(base_s) / options.steps
     return {
         "size_px": settings.size, "latent": list(latents.shape[-2:]), "cfg_batch": 2,
         "text_tokens": int(text_in.shape[1]), "image_tokens": int(p["image_emb"].shape[1]),
         "steps_per_repeat": options.steps, "repeats": len(ours_s),
-        "ours_ms": ours_ms, "baseline_ms": base_ms, "ratio": ours_ms / base_ms,
+        "ours_ms": ours_ms, "plain_ms": plain_ms, "baseline_ms": base_ms, "ratio": ours_ms / base_ms,
+        # speed-up of the cached K/V: median of the per-repeat ratios (each pair ran back to back)
+        "cache_ratio": statistics.median(a / b for a, b in zip(ours_s, plain_s, strict=True)),
         "ours_ms_all": [1000 * s / options.steps for s in ours_s],
+        "plain_ms_all": [1000 * s / options.steps for s in plain_s],
         "baseline_ms_all": [1000 * s / options.steps for s in base_s],
     }
 
@@ -318,7 +345,8 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
     small = RestoreOptions(steps=1, cfg=settings.cfg, tile=settings.tile, tile_overlap=settings.tile_overlap,
                            vae_tile=settings.vae_tile)
     lq = random_lq(size // 4, pipe.device, settings.seed)
-    restore_image(pipe, random_lq(16, pipe.device), CAPTION, small, upscale=4)  # warm-up
+    bits = settings.output_bits
+    restore_image(pipe, random_lq(16, pipe.device), CAPTION, small, upscale=4, output_bits=bits)  # warm-up
     gc.collect()
     t0 = time.perf_counter()
     if pipe.device.type == "cuda":
@@ -326,7 +354,7 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(pipe.device)
         torch.cuda.reset_peak_memory_stats(pipe.device)
-        restore_image(pipe, lq, CAPTION, options, upscale=4)
+        restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits)
         torch.cuda.synchronize(pipe.device)
         peak = torch.cuda.max_memory_allocated(pipe.device)
         return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20,
@@ -335,10 +363,10 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
     base, maxrss_before = _rss(), _maxrss()
     try:
         with _RssSampler() as sampler:
-            restore_image(pipe, lq, CAPTION, options, upscale=4)
+            restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits)
         sampled = sampler.peak
     except ImportError:
-        restore_image(pipe, lq, CAPTION, options, upscale=4)
+        restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits)
         sampled = _rss()
     maxrss = _maxrss()
     peak = max(sampled, maxrss if maxrss > maxrss_before else 0)
@@ -350,7 +378,9 @@ def _child_args(settings: BenchSettings) -> list[str]:
     return ["--config", settings.config, "--device", settings.device, "--dtype", settings.dtype,
             "--memory-steps", str(settings.memory_steps), "--tile", str(settings.tile),
             "--tile-overlap", str(settings.tile_overlap), "--vae-tile", str(settings.vae_tile),
-            "--cfg", str(settings.cfg), "--seed", str(settings.seed)]
+            "--cfg", str(settings.cfg), "--seed", str(settings.seed),
+            "--output-bits", str(settings.output_bits or 0)] + (
+        ["--threads", str(settings.threads)] if settings.threads else [])
 
 
 def bench_memory(settings: BenchSettings, pipe: RestorePipeline | None = None) -> dict[str, Any]:
@@ -372,7 +402,7 @@ def bench_memory(settings: BenchSettings, pipe: RestorePipeline | None = None) -
         pair = [1024, 2048] if {1024, 2048} <= by_size.keys() else sorted(by_size)[-2:]
         ratio = by_size[pair[1]] / by_size[pair[0]] if by_size[pair[0]] > 0 else None
     return {"rows": rows, "tile": settings.tile, "tile_overlap": settings.tile_overlap,
-            "vae_tile": settings.vae_tile, "steps": settings.memory_steps,
+            "vae_tile": settings.vae_tile, "steps": settings.memory_steps, "output_bits": settings.output_bits,
             "ratio_sizes": pair, "ratio": ratio}
 
 
@@ -383,7 +413,8 @@ def bench_image(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any
     options = RestoreOptions(steps=settings.image_steps, cfg=settings.cfg, tile=settings.tile or None,
                              tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile, seed=settings.seed)
     lq = random_lq(settings.size // 4, pipe.device, settings.seed)
-    s = time_call(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4), 1, pipe.device, warmup=1)[0]
+    s = time_call(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=settings.output_bits),
+                  1, pipe.device, warmup=1)[0]
     return {"size_px": settings.size, "input_px": settings.size // 4, "steps": settings.image_steps,
             "cfg": settings.cfg, "seconds": s}
 
@@ -404,30 +435,94 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+IN_PROCESS_PARTS = ("step", "flops", "priors", "image")
+
+
+def _needs_pipeline(parts: Sequence[str], device: torch.device) -> bool:
+    """The memory part on the CPU measures in child processes: the parent must not hold the models too."""
+    return any(p in IN_PROCESS_PARTS for p in parts) or ("memory" in parts and device.type == "cuda")
+
+
 def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors", "memory"),
               log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Build the config once and measure the requested parts; returns everything as plain data."""
+    """Build the config once (only if a part measures in this process) and measure the requested parts."""
     device = torch.device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
-    pipe = build_bench_pipeline(settings.config, device, DTYPES[settings.dtype], settings.seed)
+    pipe = None
+    if _needs_pipeline(parts, device):
+        pipe = build_bench_pipeline(settings.config, device, DTYPES[settings.dtype], settings.seed)
     result: dict[str, Any] = {"config": settings.config, "dtype": settings.dtype, "env": environment(device),
-                              "build_s": time.perf_counter() - t0}
+                              "build_s": time.perf_counter() - t0, "compile": settings.compile,
+                              "parent_built_models": pipe is not None}
+    if "flops" in parts:
+        assert pipe is not None
+        from .flops import restore_flops
+
+        log(f"counting model FLOPs at {settings.size} px...")
+        result["flops"] = restore_flops(pipe, settings.size, settings.steps, settings.cfg, CAPTION)
+    if settings.compile and pipe is not None:
+        from .compile_models import compile_denoiser
+
+        compile_denoiser(pipe, log=log)
     if "step" in parts:
-        log(f"timing steps ({settings.repeats} x {settings.step_steps} steps, ours and stock diffusers)...")
+        assert pipe is not None
+        log(f"timing steps ({settings.repeats} x {settings.step_steps} steps: ours, ours without cached K/V, "
+            "stock diffusers)...")
         result["step"] = bench_step(pipe, settings)
     if "priors" in parts:
+        assert pipe is not None
         how = "estimating" if settings.estimate_run else "timing"
         log(f"timing priors and {how} a {settings.steps}-step run...")
         step_ms = result.get("step", {}).get("ours_ms")
         result["priors"] = bench_priors(pipe, settings, step_ms)
     if "image" in parts:
+        assert pipe is not None
         log(f"timing a whole {settings.size} px restore ({settings.image_steps} steps)...")
         result["image"] = bench_image(pipe, settings)
     if "memory" in parts:
         log(f"peak memory at {', '.join(map(str, settings.sizes))} px ({settings.memory_steps} steps each)...")
         result["memory"] = bench_memory(settings, pipe)
+    for name, (measure, _) in EXTRA_PARTS.items():
+        if name in parts:
+            log(f"measuring {name}...")
+            result[name] = measure(settings, pipe)
     result["total_s"] = time.perf_counter() - t0
+    result["summary"] = summary_line(result)
     return result
+
+
+def _si(flops: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.2f} {unit}"
+    return f"{flops:.0f} FLOP"
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """One line with the headline figures, to paste into an issue."""
+    env = r["env"]
+    where = env.get("gpu") or f"cpu x{env.get('threads')}"
+    bits = [f"sspir bench {r['config']} {r['dtype']}{' compiled' if r.get('compile') else ''} on {where} "
+            f"(torch {env['torch']})"]
+    if "step" in r:
+        s = r["step"]
+        cache = "" if s["cache_ratio"] != s["cache_ratio"] else f", cached K/V x{s['cache_ratio']:.3f} plain"
+        bits.append(f"{s['size_px']}px step {s['ours_ms']:.1f} ms (x{s['ratio']:.2f} stock{cache})")
+    if "flops" in r:
+        f = r["flops"]
+        per = f" = {_si(f['step_flops'] / (r['step']['ours_ms'] / 1000))}/s" if "step" in r else ""
+        bits.append(f"{_si(f['step_flops'])}/step{per}, {_si(f['image_flops'])}/image ({f['steps']} steps)")
+    if "image" in r:
+        i = r["image"]
+        bits.append(f"{i['input_px']}px x4 {i['steps']} steps: {i['seconds']:.2f} s/image")
+    if "memory" in r and r["memory"]["ratio"] is not None:
+        m = r["memory"]
+        peaks = ", ".join(f"{row['size_px']}px {row['peak_mib']:.0f} MiB" for row in m["rows"])
+        bits.append(f"tiled peak above weights {peaks}, {m['ratio_sizes'][1]}/{m['ratio_sizes'][0]} "
+                    f"{m['ratio']:.2f}")
+    return "; ".join(bits)
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -443,9 +538,24 @@ def format_report(r: dict[str, Any]) -> str:
             f"{s['cfg_batch']}, {s['text_tokens']} text tokens, median of {s['repeats']} x {s['steps_per_repeat']} "
             "steps after a warm-up",
             f"   {'SSP-IR (ControlNet+Processor feats, image+pixel attn)':58s} {s['ours_ms']:10.1f} ms/step",
+            f"   {'SSP-IR without the cached text/image K/V (plain path)':58s} {s['plain_ms']:10.1f} ms/step",
             f"   {'stock diffusers ControlNet + UNet (same UNet config)':58s} {s['baseline_ms']:10.1f} ms/step",
             f"   {'ratio (cost of the SSP-IR attentions)':58s} {s['ratio']:10.2f} x",
+            f"   {'cached K/V vs plain (median of paired repeats)':58s} {s['cache_ratio']:10.3f} x",
         ]
+    if "flops" in r:
+        f = r["flops"]
+        lines += ["", f"model FLOPs (matmul, conv, attention; untiled {f['size_px']} px, CFG batch {f['cfg_batch']})",
+                  f"   {'per denoising step (ControlNet + UNet)':40s} {_si(f['step_flops']):>14s}"]
+        lines += [f"   {'once per image: ' + k:40s} {_si(v):>14s}" for k, v in f["parts_flops"].items()]
+        lines.append(f"   {'per image (' + str(f['steps']) + ' steps + the above)':40s} {_si(f['image_flops']):>14s}")
+        if "step" in r:
+            achieved = f["step_flops"] / (r["step"]["ours_ms"] / 1000)
+            lines.append(f"   {'achieved in the timed steps':40s} {_si(achieved) + '/s':>14s} "
+                         "(divide by the card's peak for utilisation)")
+        if "image" in r:
+            lines.append(f"   {'achieved over the whole restore':40s} "
+                         f"{_si(f['image_flops'] / r['image']['seconds']) + '/s':>14s} (untiled count)")
     if "priors" in r:
         p = r["priors"]
         run = "measured" if p["run_measured"] else f"ESTIMATED as {p['run_steps']} x measured ms/step"
@@ -463,12 +573,18 @@ def format_report(r: dict[str, Any]) -> str:
         lines += ["", f"4. peak memory of a tiled restore (latent tile {m['tile']}, overlap {m['tile_overlap']}, "
                       f"VAE tile {m['vae_tile']} px, {m['steps']} steps)",
                   f"   measured as {m['rows'][0]['method']}; the weights ({m['rows'][0]['models_mib']:.0f} MiB with "
-                  "libraries) are not counted"]
+                  "libraries) are not counted; output "
+                  + (f"{m['output_bits']}-bit integers, streamed" if m.get("output_bits") else "float")]
         lines += [f"   {row['size_px']:5d} px {row['peak_mib']:10.1f} MiB   ({row['seconds']:.1f} s)" for row in m["rows"]]
         if m["ratio"] is not None:
             a, b = m["ratio_sizes"]
             lines.append(f"   ratio {b}/{a}: {m['ratio']:.2f}   (target <= 1.3 with tiling on)")
+    for name, (_, report_lines) in EXTRA_PARTS.items():
+        if name in r:
+            lines += ["", *report_lines(r[name])]
     lines += ["", f"total {r['total_s']:.1f} s (build {r['build_s']:.1f} s)"]
+    if "summary" in r:
+        lines += ["", "summary (paste into an issue):", r["summary"]]
     return "\n".join(lines)
 
 
@@ -488,9 +604,14 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vae-tile", type=int, default=512)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-bits", type=int, default=8, choices=(0, 8, 16), help="0: the float output path")
+    p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     settings = BenchSettings(config=a.config, device=a.device, dtype=a.dtype, memory_steps=a.memory_steps,
-                             tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed)
+                             tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed,
+                             output_bits=a.output_bits or None)
     pipe = build_bench_pipeline(a.config, a.device, DTYPES[a.dtype], a.seed)
     print(json.dumps(measure_memory(pipe, a.size, settings)), flush=True)
     return 0

@@ -313,12 +313,15 @@ def save_png(
     """Save ``[B, 3, H, W]`` (or ``[3, H, W]``) in [0, 1] as PNG, 8 or 16 bits per channel.
 
     One image goes to ``path``; a batch to ``<stem>_0000.png``, ``<stem>_0001.png``, ... Returns the paths.
-    ``alpha`` (``[B, 1, H, W]`` or ``[1, 1, H, W]``) is written as an alpha channel.
+    ``alpha`` (``[B, 1, H, W]`` or ``[1, 1, H, W]``) is written as an alpha channel. A ``uint8``/``uint16``
+    image (the streamed restore output) is written as it is, at its own bit depth (``bits`` is ignored).
     """
-    if bits not in (8, 16):
-        raise InputError(f"PNG bit depth must be 8 or 16, got {bits}")
     if isinstance(image, torch.Tensor) and image.ndim == 3:
         image = image.unsqueeze(0)
+    if isinstance(image, torch.Tensor) and image.dtype in _INTEGER_BITS:
+        return _save_integer_png(image, Path(path), alpha)
+    if bits not in (8, 16):
+        raise InputError(f"PNG bit depth must be 8 or 16, got {bits}")
     x = check_image_tensor(image, "image").detach()
     if alpha is not None:
         if alpha.ndim == 3:
@@ -344,6 +347,34 @@ def save_png(
             )
         else:
             p.write_bytes(_png16_bytes(arr.astype(np.uint16)))
+    return paths
+
+
+_INTEGER_BITS = {torch.uint8: 8, torch.uint16: 16}
+
+
+def _save_integer_png(image: torch.Tensor, path: Path, alpha: torch.Tensor | None) -> list[Path]:
+    """Write already-quantised ``[B, 3, H, W]`` integers without a float copy of the image."""
+    bits = _INTEGER_BITS[image.dtype]
+    if image.ndim != 4 or image.shape[1] != 3 or image.numel() == 0:
+        raise InputError(f"image must be [B, 3, H, W], got shape {tuple(image.shape)}")
+    hwc = image.detach().permute(0, 2, 3, 1).cpu()  # free when the tensor is laid out [B, H, W, 3]
+    if alpha is not None:
+        if alpha.ndim == 3:
+            alpha = alpha.unsqueeze(0)
+        alpha = check_image_tensor(alpha, "alpha", channels=1).detach()
+        if alpha.shape[0] not in (1, image.shape[0]) or alpha.shape[-2:] != image.shape[-2:]:
+            raise InputError(f"alpha {tuple(alpha.shape)} does not match image {tuple(image.shape)}")
+        a = (alpha.clamp(0.0, 1.0) * (255.0 if bits == 8 else 65535.0)).round().to(image.dtype)
+        hwc = torch.cat([hwc, a.permute(0, 2, 3, 1).cpu().expand(image.shape[0], -1, -1, -1)], dim=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    b = hwc.shape[0]
+    paths = [path] if b == 1 else [path.with_name(f"{path.stem}_{i:04d}{path.suffix or '.png'}") for i in range(b)]
+    for arr, p in zip(hwc.numpy(), paths, strict=True):
+        if bits == 8:
+            Image.fromarray(np.ascontiguousarray(arr), mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(p, format="PNG")
+        else:
+            p.write_bytes(_png16_bytes(arr))
     return paths
 
 

@@ -23,6 +23,8 @@ from torch import nn
 from .build import SSPIRModels, move_module
 from .color_fix import COLOR_FIX_METHODS, apply_color_fix
 from .errors import InputError, OptionError, SSPIRError
+from .models.kv_cache import context_kv_cache
+from .output_stream import decode_to_integers
 from .prompt import encode_prompt_pair, group_by_chunks
 from .schedulers import SCHEDULERS, make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
@@ -200,14 +202,14 @@ class RestorePipeline:
 
     @torch.no_grad()
     def structure_prior(
-        self, lq: torch.Tensor, tile: int | None = None
+        self, lq: torch.Tensor, tile: int | None = None, return_rgbs: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Processor features (for the ControlNet) and its RGB maps (to show the structure prior).
 
         ``tile`` in pixels (multiple of 8): an exact tiled pass that bounds memory on large images.
         """
         with self._stage(self.models.controlnet):
-            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype), tile=tile)
+            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype), return_rgbs, tile=tile)
 
     # ------------------------------------------------------------------ VAE
 
@@ -239,6 +241,20 @@ class RestorePipeline:
                 out = tiled_vae_decode(decode, z, tile_latent=tile, overlap_latent=min(16, tile // 4))
         return out.float().add_(1).div_(2).clamp_(0, 1)
 
+    @torch.no_grad()
+    def decode_to_integers(self, latents: torch.Tensor, source: torch.Tensor, box: tuple[int, int, int, int],
+                           color_fix: str, bits: int, vae_tile: int | None) -> torch.Tensor:
+        """:meth:`vae_decode`, crop to ``box``, colour fix against ``source`` and 8/16-bit quantising, streamed.
+
+        Never holds a float image of the whole output (see :mod:`sspir_core.output_stream`); returns
+        ``uint8``/``uint16`` ``[B,3,h,w]``.
+        """
+        z = (latents / self.vae.config.scaling_factor).to(self.dtype)
+        tile = None if vae_tile is None else max(8, vae_tile // 8)
+        with self._stage(self.vae):
+            return decode_to_integers(lambda t: self.vae.decode(t).sample, z, source.to(self.device), box,
+                                      color_fix, bits, tile, 0 if tile is None else min(16, tile // 4))
+
     # ------------------------------------------------------------------ denoising
 
     def make_scheduler(self, options: RestoreOptions) -> Any:
@@ -258,24 +274,28 @@ class RestorePipeline:
         generators: list[torch.Generator],
         callback: StepCallback | None = None,
         scheduler: Any | None = None,
+        cache_context_kv: bool = True,
     ) -> torch.Tensor:
-        """The sampling loop; ``latents`` are the starting point (already noised, with ``scheduler`` if given)."""
+        """The sampling loop; ``latents`` are the starting point (already noised, with ``scheduler`` if given).
+
+        ``cache_context_kv``: project the text and image contexts to keys/values once for the whole loop
+        (same numbers; False runs the plain per-call projections, for comparison).
+        """
         if scheduler is None:
             scheduler = self.make_scheduler(options)
         guided = options.cfg != 1.0
         if guided:  # CFG on text only: image embedding and structure prior are the same in both halves
             text_in = torch.cat([text_negative, text])
             image_in = torch.cat([image_emb, image_emb])
-            features_in = torch.cat([features, features])
         else:
-            text_in, image_in, features_in = text, image_emb, features
+            text_in, image_in = text, image_emb
         extra = {"generator": generators} if step_accepts_generator(scheduler) else {}
         cn, unet = self.models.controlnet, self.models.unet
 
         def predict(z: torch.Tensor, box: tuple[int, int, int, int], t: torch.Tensor) -> torch.Tensor:
             y0, y1, x0, x1 = box
-            feats = features_in[..., y0:y1, x0:x1]
-            z_in = torch.cat([z, z]) if guided else z
+            feats = features[..., y0:y1, x0:x1]  # doubled per tile, never the whole image twice
+            z_in, feats = (torch.cat([z, z]), torch.cat([feats, feats])) if guided else (z, feats)
             res = cn(z_in, t, text_in, processor_features=feats, conditioning_scale=options.conditioning_scale,
                      image_encoder_hidden_states=image_in, return_rgbs=False)
             eps = unet(z_in, t, text_in, image_encoder_hidden_states=image_in,
@@ -287,7 +307,7 @@ class RestorePipeline:
             return eps
 
         total = len(scheduler.timesteps)
-        with self._stage(cn, unet):
+        with self._stage(cn, unet), context_kv_cache(cn, unet, enabled=cache_context_kv):
             for i, t in enumerate(scheduler.timesteps):
                 z_in = scheduler.scale_model_input(latents, t).to(self.dtype)
                 h, w = z_in.shape[-2:]
@@ -310,6 +330,7 @@ class RestorePipeline:
         callback: StepCallback | None = None,
         box: tuple[int, int, int, int] | None = None,
         priors: Priors | None = None,
+        output_bits: int | None = None,
     ) -> torch.Tensor:
         """Restore ``lq`` ([B,3,H,W] in [0,1], already at the output size, H and W multiples of 8).
 
@@ -320,7 +341,9 @@ class RestorePipeline:
         computed here. Returns [B,3,h,w] in [0,1].
         Each image gets what it gets alone with the same seed: captions that need different chunk
         counts run as separate groups, and ``callback`` then counts the steps of all groups in turn.
-        Use :func:`restore_image` to upscale, pad and crop arbitrary inputs.
+        Use :func:`restore_image` to upscale, pad and crop arbitrary inputs. ``output_bits`` 8 or 16: return
+        ``uint8``/``uint16`` from a streamed decode -> colour fix -> quantise tail that never holds a float
+        image of the whole output (what a file writer needs; memory stays flat on large images).
         """
         options = options or RestoreOptions()
         options.validate()  # again: a field may have been changed since it was made
@@ -339,11 +362,12 @@ class RestorePipeline:
             priors = priors or Priors()
             with self._lock:  # one run at a time (a server may call from several threads)
                 if len(groups) == 1:
-                    return self._restore(lq, caps, options, callback, box, priors)
+                    return self._restore(lq, caps, options, callback, box, priors, output_bits)
                 out: list[torch.Tensor | None] = [None] * b
                 for g, idx in enumerate(groups):
                     part = self._restore(lq[idx], [caps[i] for i in idx], options,
-                                         _group_progress(callback, g, len(groups)), box, priors.select(idx))
+                                         _group_progress(callback, g, len(groups)), box, priors.select(idx),
+                                         output_bits)
                     for j, i in enumerate(idx):
                         out[i] = part[j:j + 1]
                 return torch.cat(out)  # type: ignore[arg-type]
@@ -354,7 +378,8 @@ class RestorePipeline:
             ) from e
 
     def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
-                 callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors) -> torch.Tensor:
+                 callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors,
+                 output_bits: int | None = None) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
         generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
@@ -362,8 +387,9 @@ class RestorePipeline:
         image_emb, features = priors.check(lq, self.device, self.dtype)
         if image_emb is None:
             image_emb = self.encode_image(real)
-        if features is None:
-            features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile)
+        if features is None:  # features only: the RGB maps are not needed here
+            features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile,
+                                               return_rgbs=False)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
         scheduler = self.make_scheduler(options)
@@ -374,6 +400,9 @@ class RestorePipeline:
             latents = noise * scheduler.init_noise_sigma
         latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback,
                                scheduler)
+        del features, image_emb, noise  # not needed by the decode: free them before its peak
+        if output_bits is not None:
+            return self.decode_to_integers(latents, real, box, options.color_fix, output_bits, options.vae_tile)
         out = self.vae_decode(latents, options.vae_tile)[..., y0:y1, x0:x1]
         return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
 
@@ -414,9 +443,14 @@ def restore_image(
     target_size: tuple[int, int] | None = None,
     callback: StepCallback | None = None,
     priors: Priors | None = None,
+    output_bits: int | None = None,
 ) -> torch.Tensor:
-    """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size."""
+    """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size.
+
+    ``output_bits`` 8/16: integer output from the streamed tail (see :meth:`RestorePipeline.restore`).
+    """
     from .image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
-    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors)
+    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors,
+                        output_bits=output_bits)

@@ -22,6 +22,8 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     assert step["latent"] == [8, 8] and step["cfg_batch"] == 2
     assert step["ours_ms"] > 0 and step["baseline_ms"] > 0
     assert step["ratio"] == pytest.approx(step["ours_ms"] / step["baseline_ms"])
+    assert step["plain_ms"] > 0 and len(step["plain_ms_all"]) == 1
+    assert step["cache_ratio"] == pytest.approx(step["ours_ms_all"][0] / step["plain_ms_all"][0])
 
     priors = bench.bench_priors(tiny_pipe, settings)
     assert set(priors["parts_ms"]) == {"text", "clip_refine", "processor", "vae_encode"}
@@ -35,12 +37,22 @@ def test_bench_parts_structure(tiny_pipe) -> None:
                                    step_ms=step["ours_ms"])
     assert not estimated["run_measured"] and estimated["run_ms"] == pytest.approx(2 * step["ours_ms"])
 
+    from sspir_core.flops import restore_flops
+
+    flops = restore_flops(tiny_pipe, 64, 2, 7.5, bench.CAPTION)
+    assert flops["step_flops"] > 0 and flops["image_flops"] == 2 * flops["step_flops"] + flops["once_flops"]
+
     result = {"config": "tiny", "dtype": "fp32", "env": bench.environment(tiny_pipe.device), "build_s": 0.0,
-              "total_s": 1.0, "step": step, "priors": priors,
-              "memory": {"rows": rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1,
+              "total_s": 1.0, "step": step, "priors": priors, "flops": flops,
+              "memory": {"rows": rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1, "output_bits": 8,
                          "ratio_sizes": [64, 128], "ratio": rows[1]["peak_mib"] / max(rows[0]["peak_mib"], 1e-9)}}
+    result["summary"] = bench.summary_line(result)
     report = bench.format_report(result)
     assert "ms/step" in report and "priors / run" in report and "ratio 128/64" in report
+    assert "per denoising step (ControlNet + UNet)" in report and "cached K/V vs plain" in report
+    summary = report.splitlines()[-1]
+    assert summary == result["summary"] and "\n" not in summary
+    assert "MFLOP/step" in summary and "128/64" in summary and "cached K/V" in summary
     json.dumps(result)  # what --json writes
 
 
@@ -59,3 +71,21 @@ def test_sd15_without_cuda_fails_clearly(capsys, monkeypatch) -> None:
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert main(["bench", "--device", "cuda", "--config", "tiny"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cpu_memory_run_builds_no_models_in_the_parent(monkeypatch) -> None:
+    """Each size is measured in a child that builds its own models; the parent holding them too wasted GBs."""
+    def no_build(*a, **k):
+        raise AssertionError("the parent built the models")
+
+    fake_rows = [{"size_px": 64, "peak_mib": 1.0, "models_mib": 9.0, "method": "m", "seconds": 0.1}]
+    monkeypatch.setattr(bench, "build_bench_pipeline", no_build)
+    monkeypatch.setattr(bench, "bench_memory", lambda settings, pipe: {
+        "rows": fake_rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1, "output_bits": 8,
+        "ratio_sizes": None, "ratio": None, "pipe_was": pipe})
+    seen = {}
+    monkeypatch.setitem(bench.EXTRA_PARTS, "extra", (lambda s, p: seen.setdefault("pipe", p) or {"n": 1},
+                                                     lambda d: [f"extra part: {d}"]))
+    r = bench.run_bench(bench.BenchSettings(config="tiny"), ["memory", "extra"], log=lambda m: None)
+    assert r["parent_built_models"] is False and r["memory"]["pipe_was"] is None and seen == {"pipe": None}
+    assert "extra part:" in bench.format_report(r)

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-PARTS = ("step", "priors", "image", "memory", "train")
+PARTS = ("step", "flops", "priors", "image", "memory", "train")
+DEFAULT_PARTS = ["step", "flops", "priors", "memory"]
 
 
 def _sizes(text: str) -> list[int]:
@@ -29,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, else fp32")
     p.add_argument("--parts", default=None,
-                   help=f"comma-separated subset of {','.join(PARTS)} (default: step,priors,memory; sd15 adds image)")
+                   help=f"comma-separated subset of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)}; sd15 "
+                        "adds image)")
     p.add_argument("--size", type=int, help="output px for the step/priors/image parts (default 256 CPU, 512 sd15)")
     p.add_argument("--steps", type=int, default=50, help="steps of the run the priors are compared with")
     p.add_argument("--estimate-run", action="store_true", help="estimate that run as steps x ms/step (faster)")
@@ -42,6 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae-tile", type=int, default=512, help="VAE tile in px")
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-bits", type=int, default=8, choices=(0, 8, 16),
+                   help="output of the memory/image runs: 8/16-bit integers from the streamed tail (what "
+                        "`sspir restore` writes) or 0 for the float tensor path")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 gives the steadiest ratios on shared cores)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the ControlNet + UNet (falls back to eager with a message if it cannot)")
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.set_defaults(func=run)
 
@@ -62,11 +70,16 @@ def run(args: argparse.Namespace) -> int:
         print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
               "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
         return 2
-    parts = args.parts.split(",") if args.parts else ["step", "priors", "memory"] + (["image"] if config == "sd15"
-                                                                                      else [])
-    unknown = sorted(set(parts) - set(PARTS))
+    from ..bench import EXTRA_PARTS
+
+    known = (*PARTS, *EXTRA_PARTS)
+    parts = args.parts.split(",") if args.parts else DEFAULT_PARTS + (["image"] if config == "sd15" else [])
+    unknown = sorted(set(parts) - set(known))
     if unknown:
-        print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print("error: --threads must be >= 1", file=sys.stderr)
         return 2
     if min(args.steps, args.step_steps, args.repeats) < 1 or not 0 <= args.tile_overlap < args.tile:
         print("error: --steps, --step-steps and --repeats must be >= 1 and 0 <= --tile-overlap < --tile",
@@ -78,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
         memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
         tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
+        threads=args.threads, output_bits=args.output_bits or None, compile=args.compile,
     )
     if "train" in parts:  # training-step figure: sspir_core/bench_train.py
         from ..bench_train import bench_train_step, format_train_report
