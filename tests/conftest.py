@@ -28,3 +28,14 @@ def manifests() -> Path:
     path = FIXTURES / "manifests"
     assert path.is_dir(), f"manifests not found at {path} (set SSPIR_FIXTURES)"
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a training step ~20x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

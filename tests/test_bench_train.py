@@ -9,14 +9,7 @@ from sspir_core.bench_train import bench_train_step, format_train_report
 from sspir_core.build import build_models
 from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a step ~20x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_step_bench_on_cpu():

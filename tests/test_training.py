@@ -24,14 +24,7 @@ from sspir_core.checkpoint import load_official_checkpoint, read_compact_metadat
 from sspir_core.cli import main as cli_main
 from sspir_core.training import TrainConfig, Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a step ~20x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,14 +13,7 @@ from sspir_core.errors import InputError
 from sspir_core.image_io import save_png
 from sspir_core.training.data import PositionSampler, TrainingSet, collate, gt_items, paired_items
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a step ~20x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rgb(path: Path, size=(40, 36), seed=0) -> np.ndarray:

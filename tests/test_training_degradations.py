@@ -18,14 +18,7 @@ from sspir_core.training.degradations import (
     usm_sharpen,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on cores shared with other jobs, two OpenMP threads made a step ~20x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N = 400  # draws for the frequency checks
