@@ -73,6 +73,10 @@ class Workflow:
     groups: list[tuple[str, tuple[int, int, int, int]]]
 
 
+# Room above the nodes for each group's title (nodes sit this much lower than their described position).
+GROUP_TITLE = 50
+
+
 def _loaders() -> list[Node]:
     return [
         Node(2, "SSPIRModelLoader", (40, 420), (340, 250), {
@@ -107,14 +111,13 @@ PRIOR_LINKS = [
 WORKFLOWS = [
     Workflow(
         "sspir_restore",
-        [Node(1, "LoadImage", (40, 40), (340, 340), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
+        [Node(1, "LoadImage", (40, 40), (340, 290), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
          Node(4, "SSPIRCaptionerLoader", (40, 800), (340, 330), {
              "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
              "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
              "trust_remote_code": False, "keep_loaded": False}),
          Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
-         Node(6, "PreviewAny", (440, 170), (320, 200), {}, title="Caption (read it; to edit, type your own "
-                                                                 "into the sampler's caption)"),
+         Node(6, "PreviewAny", (440, 170), (320, 200), {}, title="Caption (edit: type it into the sampler)"),
          *_priors(), *_restore_nodes("")],
         [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 6, "source"),
          (5, "caption", 10, "caption"), *PRIOR_LINKS],
@@ -122,7 +125,7 @@ WORKFLOWS = [
     ),
     Workflow(
         "sspir_restore_typed_caption",
-        [Node(1, "LoadImage", (40, 40), (340, 340), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
+        [Node(1, "LoadImage", (40, 40), (340, 290), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
          *_priors(), *_restore_nodes(TYPED_CAPTION)],
         list(PRIOR_LINKS),
         [("Models", (20, 390, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
@@ -175,13 +178,13 @@ def ui_workflow(wf: Workflow) -> dict[str, Any]:
                 values.append("fixed")
         for o in outputs[n.id]:
             o["links"] = o["links"] or None
-        node = {"id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {},
+        node = {"id": n.id, "type": n.type, "pos": [n.pos[0], n.pos[1] + GROUP_TITLE], "size": list(n.size), "flags": {},
                 "order": order[n.id], "mode": 0, "inputs": inputs[n.id], "outputs": outputs[n.id],
                 "properties": {"Node name for S&R": n.type}, "widgets_values": values}
         if n.title:
             node["title"] = n.title
         nodes.append(node)
-    groups = [{"id": i, "title": title, "bounding": list(box), "color": "#3f789e", "font_size": 24, "flags": {}}
+    groups = [{"id": i, "title": title, "bounding": [box[0], box[1], box[2], box[3] + GROUP_TITLE], "color": "#3f789e", "font_size": 24, "flags": {}}
               for i, (title, box) in enumerate(wf.groups, start=1)]
     return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
