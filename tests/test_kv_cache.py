@@ -131,3 +131,29 @@ def test_pipeline_denoise_same_with_and_without_cache():
         return pipe.denoise(z, text, neg, image, feats, opts, gens, cache_context_kv=cache)
 
     assert torch.allclose(run(True), run(False), atol=1e-5, rtol=0)
+
+
+def test_inference_mode_contexts_are_cached_too(models, inputs):
+    """ComfyUI runs nodes under torch.inference_mode(): its tensors track no version counter."""
+    with torch.inference_mode():
+        plain = step(models, inputs)
+        with context_kv_cache(models.unet, models.controlnet) as procs:
+            first = step(models, inputs)
+            second = step(models, inputs)
+    n = len(constant_context_attentions(models.unet, models.controlnet))
+    assert sum(p.misses for p in procs) == n and sum(p.hits for p in procs) == n
+    assert torch.allclose(first, plain, atol=1e-6, rtol=0) and torch.equal(first, second)
+
+
+def test_pipeline_restore_under_inference_mode_matches_no_grad():
+    from sspir_core.pipeline import RestoreOptions
+    from sspir_core.presets import tiny_random_pipeline
+
+    pipe = tiny_random_pipeline(seed=0)
+    lq = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(1))
+    opts = RestoreOptions(steps=2, vae_tile=None)
+    with torch.no_grad():
+        ref = pipe.restore(lq, "a cat", opts)
+    with torch.inference_mode():
+        out = pipe.restore(lq, "a cat", opts)
+    assert torch.allclose(out, ref, atol=1e-6, rtol=0)

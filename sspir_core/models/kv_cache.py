@@ -27,6 +27,13 @@ from torch import nn
 CONSTANT_CONTEXT_STAGES = ("attentions", "image_attentions")
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """In-place version of ``t``; None for an inference tensor (made under ``torch.inference_mode``, as ComfyUI
+    runs its nodes), which tracks none: such a context is matched by identity alone, so code that opens the
+    cache must not change its contexts in place inside it (the pipeline builds them fresh for its loop)."""
+    return None if t.is_inference() else t._version
+
+
 class CachedKVProcessor:
     """``AttnProcessor2_0`` for plain cross-attention, with K/V kept per context tensor.
 
@@ -37,7 +44,7 @@ class CachedKVProcessor:
     def __init__(self, fallback: AttnProcessor2_0):
         self.fallback = fallback
         self._context: torch.Tensor | None = None
-        self._version = -1
+        self._version: int | None = -1
         self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.hits = 0
         self.misses = 0
@@ -61,7 +68,8 @@ class CachedKVProcessor:
         )
 
     def _keys_values(self, attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._kv is not None and self._context is context and self._version == context._version:
+        version = _version(context)
+        if self._kv is not None and self._context is context and self._version == version:
             self.hits += 1
             return self._kv
         self.misses += 1
@@ -71,7 +79,7 @@ class CachedKVProcessor:
         head_dim = key.shape[-1] // attn.heads
         key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)
         value = value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-        self._context, self._version, self._kv = context, context._version, (key, value)
+        self._context, self._version, self._kv = context, version, (key, value)
         return key, value
 
     def __call__(
