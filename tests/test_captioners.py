@@ -33,7 +33,7 @@ from sspir_core.captioners import (  # noqa: E402
 from sspir_core.captioners.llava import LLAVA15_TEMPLATE  # noqa: E402
 from sspir_core.captioners.openai_api import chat_completions_url  # noqa: E402
 from sspir_core.errors import CheckpointError, InputError, SSPIRError  # noqa: E402
-from tests.tiny_captioners import ChatServer, build_blip, build_llava, build_qwen_vl  # noqa: E402
+from tests.tiny_captioners import ChatServer, LocalServer, build_blip, build_llava, build_qwen_vl  # noqa: E402
 
 LEAKY = ("</s>", "<s>", "<|im_end|>", "<|endoftext|>", "<image>", "<|image_pad|>", "[SEP]", "[DEC]", "\n")
 
@@ -349,11 +349,11 @@ def test_openai_url_forms_and_cache(tmp_path):
         assert len(srv.requests) == 1
 
 
-class _Redirector:
+class _Redirector(LocalServer):
     """Answers every request with a redirect to ``target`` (another origin)."""
 
     def __init__(self, target: str, status: int = 302):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -367,17 +367,7 @@ class _Redirector:
 
             do_GET = do_POST = _redirect
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -114,7 +114,24 @@ def build_blip(folder: Path) -> Path:
     return folder
 
 
-class ChatServer:
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) for the lifetime of a ``with`` block; ``url`` ends in /v1."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ChatServer(LocalServer):
     """A chat-completions stub on 127.0.0.1 that records requests and can fail the first N."""
 
     def __init__(self, answer="A cat\n sitting <|im_end|>", fail_first=0, fail_status=503, delay=0.0):
@@ -146,14 +163,4 @@ class ChatServer:
                     return self._send(fail_status, {"error": "busy"})
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
