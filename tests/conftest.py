@@ -39,3 +39,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def wake_zero_convs(controlnet, seed: int = 1) -> None:
+    """Give the ControlNet's zero-initialised output convs small random weights so its path changes the output."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in controlnet.named_parameters():
+            if "controlnet_" in name or "conv_out" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))

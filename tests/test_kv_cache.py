@@ -9,17 +9,14 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from sspir_core.build import build_models
 from sspir_core.models.kv_cache import CachedKVProcessor, constant_context_attentions, context_kv_cache
 from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
+from tests.conftest import wake_zero_convs
 
 
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
     m = build_models(unet_config=TINY_UNET, clip_dim=TINY_CLIP_DIM).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # wake the zero-initialised ControlNet outputs so every path counts
-        for name, p in m.controlnet.named_parameters():
-            if "controlnet_" in name or "conv_out" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    wake_zero_convs(m.controlnet)  # so every path counts
     return m
 
 

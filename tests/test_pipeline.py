@@ -8,6 +8,7 @@ import torch
 from sspir_core.errors import InputError, OptionError
 from sspir_core.pipeline import OutOfMemory, RestoreCancelled, RestoreOptions, latent_preview, restore_image
 from sspir_core.presets import tiny_random_pipeline
+from tests.conftest import wake_zero_convs
 
 FAST = dict(steps=2, vae_tile=None)
 
@@ -15,12 +16,7 @@ FAST = dict(steps=2, vae_tile=None)
 @pytest.fixture(scope="module")
 def pipe():
     p = tiny_random_pipeline(seed=0)
-    # Wake the zero-initialised convs so the ControlNet path changes the output.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, prm in p.models.controlnet.named_parameters():
-            if "controlnet_" in name or "conv_out" in name:
-                prm.copy_(0.05 * torch.randn(prm.shape, generator=g))
+    wake_zero_convs(p.models.controlnet)
     return p
 
 
