@@ -3,9 +3,11 @@
 Figures measured in one run on one config so they can be compared:
 
 1. ms per denoising step of our ControlNet + patched UNet (CFG batch 2, as ``RestorePipeline.denoise``
-   runs it) next to the same sampler without the cached context K/V (the plain path) and a stock
-   diffusers ControlNet + UNet built from the same UNet config, timed alternately; the ratios are the
-   speed-up of the cache and the price of the image and pixel attentions.
+   runs it, with its inference rewrites, :class:`~sspir_core.models.fast_paths.FastPaths`) next to the
+   same sampler without them (the plain path: the official computation) and a stock diffusers
+   ControlNet + UNet built from the same UNet config, timed alternately; the ratios are the speed-up
+   of the rewrites and the price of the image and pixel attentions. ``--ablate`` adds one run per
+   rewrite switched (off, or on for one that is off by default), so each one's share is measured.
 2. model FLOPs per step and per image (:mod:`sspir_core.flops`) and the FLOP rate they imply.
 3. the one-time per-image priors (text, CLIP image + Refine, Processor, VAE encode) as a share of a
    50-step run: they are computed once, so they should stay a few percent.
@@ -36,6 +38,8 @@ from typing import Any
 
 import torch
 
+from .cpu_memory import heap_bytes, keep_freed_memory, keep_freed_memory_from_env, prefault_heap
+from .models.fast_paths import FastPaths
 from .pipeline import RestoreOptions, RestorePipeline
 
 CONFIGS: tuple[str, ...] = ("tiny", "tiny-medium", "sd15")
@@ -80,6 +84,7 @@ class BenchSettings:
     threads: int | None = None  # torch CPU threads (1 is steadiest when other processes share the cores)
     output_bits: int | None = 8  # memory runs: 8/16 = the streamed integer tail the CLI writes; None = float
     compile: bool = False  # torch.compile the ControlNet + UNet (falls back to eager with a message)
+    ablate: bool = False  # step part: also time the sampler with each fast path left out
 
 
 # Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).
@@ -150,6 +155,8 @@ def build_stock_pair(pipe: RestorePipeline) -> tuple[torch.nn.Module, torch.nn.M
 
 # ---------------------------------------------------------------------------------------------- timing
 
+HEAP = "kept_heap"  # the ablation entry for cpu_memory.keep_freed_memory (CPU only)
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -172,13 +179,19 @@ def time_call(fn: Callable[[], Any], repeats: int, device: torch.device, warmup:
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, device: torch.device,
                      warmup: int = 1) -> list[list[float]]:
-    """Like :func:`time_call` for several functions, alternating them so background load hits all alike."""
+    """Like :func:`time_call` for several functions, alternating them so background load hits all alike.
+
+    Each round starts one function later than the previous one, so no function always runs right after
+    the same neighbour (a run can leave caches, the heap or the clock in a state that favours the next).
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
     out: list[list[float]] = [[] for _ in fns]
-    for _ in range(max(1, repeats)):
-        for fn, times in zip(fns, out, strict=True):
+    n = len(fns)
+    for r in range(max(1, repeats)):
+        for i in (*range(r % n, n), *range(r % n)):
+            fn, times = fns[i], out[i]
             _sync(device)
             t0 = time.perf_counter()
             fn()
@@ -211,12 +224,33 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
     generators = [torch.Generator(device=pipe.device).manual_seed(settings.seed)]
     latents = p["latents"].float()
 
-    def ours() -> None:
-        pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators)
+    # On a CPU the heap setting of `sspir` (cpu_memory) is part of what is timed: ours and stock run with
+    # it, the plain path with glibc's default use of mmap (its best case), switched before each call.
+    # A kept-heap run that follows a default one first regrows the heap untimed (its size after the warm-up),
+    # so each is timed in the steady state a 50-step restore is in after its first step.
+    heap = pipe.device.type == "cpu" and keep_freed_memory(True)
+    state = {"kept": True, "size": 0}
 
-    def ours_plain() -> None:  # the same sampler without the cached context K/V
-        pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators,
-                     cache_context_kv=False)
+    def set_heap(keep: bool) -> None:
+        if not heap:
+            return
+        keep_freed_memory(keep)
+        if keep and not state["kept"]:
+            prefault_heap(state["size"] - (heap_bytes() or state["size"]))  # only what the default run gave back
+        state["kept"] = keep
+
+    def sampler(paths: FastPaths, keep_heap: bool = True) -> Callable[[], None]:
+        def run() -> None:
+            set_heap(keep_heap)
+            pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators,
+                         paths=paths)
+            if keep_heap and not state["size"]:  # the heap one kept-heap run leaves (fixed: never chases growth)
+                state["size"] = heap_bytes() or 0
+        return run
+
+    ours, ours_plain = sampler(FastPaths()), sampler(FastPaths.none(), keep_heap=False)
+    left_out: list[str] = FastPaths.names() + ([HEAP] if heap else []) if settings.ablate and not settings.compile else []
+    without = [sampler(FastPaths(), keep_heap=False) if n == HEAP else sampler(FastPaths().toggled(n)) for n in left_out]
 
     unet, controlnet = build_stock_pair(pipe)
     text_in = torch.cat([p["negative"], p["text"]])
@@ -224,6 +258,7 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
 
     @torch.no_grad()
     def baseline() -> None:
+        set_heap(True)
         scheduler = make_scheduler(options.scheduler, pipe.scheduler_config)
         scheduler.set_timesteps(options.steps, device=pipe.device)
         z = latents
@@ -237,21 +272,34 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
             eps = uncond + options.cfg * (cond - uncond)
             z = scheduler.step(eps.float(), t, z.float(), generator=generators).prev_sample
 
-    if settings.compile:  # switching the processors would recompile: compare with stock only
-        ours_s, base_s = time_interleaved([ours, baseline], settings.repeats, pipe.device)
-        plain_s = [float("nan")] * len(ours_s)
+    if settings.compile:  # compiled ours against the eager plain path (the official computation as it runs)
+        from .compile_models import eager_denoiser
+
+        def plain_eager() -> None:
+            with eager_denoiser(pipe):
+                ours_plain()
+
+        ours_s, plain_s, base_s = time_interleaved([ours, plain_eager, baseline], settings.repeats, pipe.device)
+        without_s: list[list[float]] = []
     else:
-        ours_s, plain_s, base_s = time_interleaved([ours, ours_plain, baseline], settings.repeats, pipe.device)
+        ours_s, plain_s, base_s, *without_s = time_interleaved(
+            [ours, ours_plain, baseline, *without], settings.repeats, pipe.device)
+    set_heap(True)
     ours_ms = 1000 * statistics.median(ours_s) / options.steps
     plain_ms = 1000 * statistics.median(plain_s) / options.steps
     base_ms = 1000 * statistics.median(base_s) / options.steps
     return {
-        "size_px": settings.size, "latent": list(latents.shape[-2:]), "cfg_batch": 2,
+        "size_px": settings.size, "latent": list(latents.shape[-2:]), "cfg_batch": 2, "kept_heap": bool(heap),
         "text_tokens": int(text_in.shape[1]), "image_tokens": int(p["image_emb"].shape[1]),
         "steps_per_repeat": options.steps, "repeats": len(ours_s),
         "ours_ms": ours_ms, "plain_ms": plain_ms, "baseline_ms": base_ms, "ratio": ours_ms / base_ms,
-        # speed-up of the cached K/V: median of the per-repeat ratios (each pair ran back to back)
-        "cache_ratio": statistics.median(a / b for a, b in zip(ours_s, plain_s, strict=True)),
+        # speed-up of the fast paths: median of the per-repeat ratios (each pair ran back to back)
+        "fast_ratio": statistics.median(a / b for a, b in zip(ours_s, plain_s, strict=True)),
+        # each fast path's own share: time with it switched (off if on by default, else on) over time with
+        # the defaults (> 1: the default choice is the faster one)
+        "toggled": {n: statistics.median(w / a for w, a in zip(ws, ours_s, strict=True))
+                    for n, ws in zip(left_out, without_s, strict=True)},
+        "defaults": {**{n: getattr(FastPaths(), n) for n in FastPaths.names()}, **({HEAP: True} if heap else {})},
         "ours_ms_all": [1000 * s / options.steps for s in ours_s],
         "plain_ms_all": [1000 * s / options.steps for s in plain_s],
         "baseline_ms_all": [1000 * s / options.steps for s in base_s],
@@ -468,8 +516,9 @@ def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors",
         compile_denoiser(pipe, log=log)
     if "step" in parts:
         assert pipe is not None
-        log(f"timing steps ({settings.repeats} x {settings.step_steps} steps: ours, ours without cached K/V, "
-            "stock diffusers)...")
+        extra = ", each fast path left out" if settings.ablate and not settings.compile else ""
+        log(f"timing steps ({settings.repeats} x {settings.step_steps} steps: ours, plain path, "
+            f"stock diffusers{extra})...")
         result["step"] = bench_step(pipe, settings)
     if "priors" in parts:
         assert pipe is not None
@@ -508,7 +557,7 @@ def summary_line(r: dict[str, Any]) -> str:
             f"(torch {env['torch']})"]
     if "step" in r:
         s = r["step"]
-        cache = "" if s["cache_ratio"] != s["cache_ratio"] else f", cached K/V x{s['cache_ratio']:.3f} plain"
+        cache = "" if s["fast_ratio"] != s["fast_ratio"] else f", x{s['fast_ratio']:.3f} plain path"
         bits.append(f"{s['size_px']}px step {s['ours_ms']:.1f} ms (x{s['ratio']:.2f} stock{cache})")
     if "flops" in r:
         f = r["flops"]
@@ -538,15 +587,22 @@ def format_report(r: dict[str, Any]) -> str:
             f"{s['cfg_batch']}, {s['text_tokens']} text tokens, median of {s['repeats']} x {s['steps_per_repeat']} "
             "steps after a warm-up",
             f"   {'SSP-IR (ControlNet+Processor feats, image+pixel attn)':58s} {s['ours_ms']:10.1f} ms/step",
-            f"   {'SSP-IR without the cached text/image K/V (plain path)':58s} {s['plain_ms']:10.1f} ms/step",
+            f"   {'SSP-IR plain path (no fast paths: the official computation)':58s} {s['plain_ms']:10.1f} ms/step",
+            *(["     (CPU: ours and stock with the kept heap of `sspir`, plain with glibc's mmap use)"]
+              if s.get("kept_heap") else []),
             f"   {'stock diffusers ControlNet + UNet (same UNet config)':58s} {s['baseline_ms']:10.1f} ms/step",
             f"   {'ratio (cost of the SSP-IR attentions)':58s} {s['ratio']:10.2f} x",
-            f"   {'cached K/V vs plain (median of paired repeats)':58s} {s['cache_ratio']:10.3f} x",
+            f"   {('compiled + fast paths vs eager plain' if r.get('compile') else 'fast paths vs plain') + ' (median of paired repeats)':58s} {s['fast_ratio']:10.3f} x",
         ]
+        lines += [f"   {'  time with ' + n + (' off' if s['defaults'][n] else ' on') + ' / with the defaults':58s} "
+                  f"{v:10.3f} x" for n, v in s["toggled"].items()]
     if "flops" in r:
         f = r["flops"]
         lines += ["", f"model FLOPs (matmul, conv, attention; untiled {f['size_px']} px, CFG batch {f['cfg_batch']})",
                   f"   {'per denoising step (ControlNet + UNet)':40s} {_si(f['step_flops']):>14s}"]
+        if "step_flops_plain" in f:
+            lines.append(f"   {'  the plain path':40s} {_si(f['step_flops_plain']):>14s} "
+                         f"(fast paths: x{f['step_flops'] / f['step_flops_plain']:.3f})")
         lines += [f"   {'once per image: ' + k:40s} {_si(v):>14s}" for k, v in f["parts_flops"].items()]
         lines.append(f"   {'per image (' + str(f['steps']) + ' steps + the above)':40s} {_si(f['image_flops']):>14s}")
         if "step" in r:
@@ -609,6 +665,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if __name__ == "__main__":  # a process of its own, like `sspir restore`: the same heap setting
+        keep_freed_memory_from_env()
     settings = BenchSettings(config=a.config, device=a.device, dtype=a.dtype, memory_steps=a.memory_steps,
                              tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed,
                              output_bits=a.output_bits or None)

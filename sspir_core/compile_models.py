@@ -8,8 +8,9 @@ re-runs the call eagerly, so a restore never dies because of ``--compile``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -69,3 +70,21 @@ def uncompile_denoiser(pipe: Any) -> None:
     for module in (pipe.models.controlnet, pipe.models.unet):
         if isinstance(getattr(module, "forward", None), _GuardedForward):
             del module.forward
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """True while ``module`` runs through :func:`compile_denoiser`'s compiled forward (not fallen back)."""
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, _GuardedForward) and not forward.failed
+
+
+@contextlib.contextmanager
+def eager_denoiser(pipe: Any) -> Iterator[None]:
+    """Inside the block the ControlNet and UNet run their eager forwards (the bench's uncompiled baseline)."""
+    saved = [(m, m.__dict__.pop("forward")) for m in (pipe.models.controlnet, pipe.models.unet)
+             if isinstance(m.__dict__.get("forward"), _GuardedForward)]
+    try:
+        yield
+    finally:
+        for module, forward in saved:
+            module.forward = forward

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .models.fast_paths import FastPaths
+
 aten = torch.ops.aten
 
 
@@ -67,11 +69,13 @@ def restore_flops(pipe: Any, size: int, steps: int, cfg: float, caption: str) ->
         parts[name] = count_flops(fn)
     pos, neg = box["text"]
 
-    def one_step() -> None:
-        pipe.denoise(box["latents"].float(), pos, neg, box["image"], box["features"], options, gens)
+    def one_step(paths: FastPaths) -> None:
+        pipe.denoise(box["latents"].float(), pos, neg, box["image"], box["features"], options, gens, paths=paths)
 
-    step = count_flops(one_step)
+    step = count_flops(lambda: one_step(FastPaths()))
+    step_plain = count_flops(lambda: one_step(FastPaths.none()))
     parts["vae_decode"] = count_flops(lambda: pipe.vae_decode(box["latents"], None))
     once = sum(parts.values())
-    return {"size_px": size, "cfg_batch": 2 if cfg != 1.0 else 1, "step_flops": step, "parts_flops": parts,
+    return {"size_px": size, "cfg_batch": 2 if cfg != 1.0 else 1, "step_flops": step, "step_flops_plain": step_plain,
+            "parts_flops": parts,
             "steps": steps, "image_flops": steps * step + once, "once_flops": once}

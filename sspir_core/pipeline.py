@@ -22,8 +22,9 @@ from torch import nn
 
 from .build import SSPIRModels, move_module
 from .color_fix import COLOR_FIX_METHODS, apply_color_fix
+from .compile_models import is_compiled
 from .errors import InputError, OptionError, SSPIRError
-from .models.kv_cache import context_kv_cache
+from .models.fast_paths import FastPaths, fast_paths
 from .output_stream import decode_to_integers
 from .prompt import encode_prompt_pair, group_by_chunks
 from .schedulers import SCHEDULERS, make_scheduler, noise_to, step_accepts_generator
@@ -274,12 +275,12 @@ class RestorePipeline:
         generators: list[torch.Generator],
         callback: StepCallback | None = None,
         scheduler: Any | None = None,
-        cache_context_kv: bool = True,
+        paths: FastPaths | None = None,
     ) -> torch.Tensor:
         """The sampling loop; ``latents`` are the starting point (already noised, with ``scheduler`` if given).
 
-        ``cache_context_kv``: project the text and image contexts to keys/values once for the whole loop
-        (same numbers; False runs the plain per-call projections, for comparison).
+        ``paths``: the inference rewrites to use (default all: same numbers within fp rounding, faster);
+        ``FastPaths.none()`` runs the plain path, for comparison.
         """
         if scheduler is None:
             scheduler = self.make_scheduler(options)
@@ -291,11 +292,15 @@ class RestorePipeline:
             text_in, image_in = text, image_emb
         extra = {"generator": generators} if step_accepts_generator(scheduler) else {}
         cn, unet = self.models.controlnet, self.models.unet
+        paths = FastPaths() if paths is None else paths
+        if paths.context_kv and (is_compiled(cn) or is_compiled(unet)):
+            paths = replace(paths, context_kv=False)  # its per-tensor bookkeeping would break the compiled graph
+        share = guided and paths.shared_cfg_prefix  # both halves equal up to the first text attention
 
         def predict(z: torch.Tensor, box: tuple[int, int, int, int], t: torch.Tensor) -> torch.Tensor:
             y0, y1, x0, x1 = box
             feats = features[..., y0:y1, x0:x1]  # doubled per tile, never the whole image twice
-            z_in, feats = (torch.cat([z, z]), torch.cat([feats, feats])) if guided else (z, feats)
+            z_in, feats = (torch.cat([z, z]), torch.cat([feats, feats])) if guided and not share else (z, feats)
             res = cn(z_in, t, text_in, processor_features=feats, conditioning_scale=options.conditioning_scale,
                      image_encoder_hidden_states=image_in, return_rgbs=False)
             eps = unet(z_in, t, text_in, image_encoder_hidden_states=image_in,
@@ -307,7 +312,7 @@ class RestorePipeline:
             return eps
 
         total = len(scheduler.timesteps)
-        with self._stage(cn, unet), context_kv_cache(cn, unet, enabled=cache_context_kv):
+        with self._stage(cn, unet), fast_paths(cn, unet, paths=paths):
             for i, t in enumerate(scheduler.timesteps):
                 z_in = scheduler.scale_model_input(latents, t).to(self.dtype)
                 h, w = z_in.shape[-2:]

@@ -17,13 +17,16 @@ def tiny_pipe():
 
 def test_bench_parts_structure(tiny_pipe) -> None:
     settings = bench.BenchSettings(config="tiny", size=64, steps=2, step_steps=1, repeats=1, sizes=(64, 128),
-                                   memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
+                                   memory_steps=1, tile=8, tile_overlap=2, vae_tile=64, ablate=True)
     step = bench.bench_step(tiny_pipe, settings)
     assert step["latent"] == [8, 8] and step["cfg_batch"] == 2
     assert step["ours_ms"] > 0 and step["baseline_ms"] > 0
     assert step["ratio"] == pytest.approx(step["ours_ms"] / step["baseline_ms"])
     assert step["plain_ms"] > 0 and len(step["plain_ms_all"]) == 1
-    assert step["cache_ratio"] == pytest.approx(step["ours_ms_all"][0] / step["plain_ms_all"][0])
+    assert step["fast_ratio"] == pytest.approx(step["ours_ms_all"][0] / step["plain_ms_all"][0])
+    assert set(step["toggled"]) == {"context_kv", "linear_projections", "shared_cfg_prefix"} | (
+        {"kept_heap"} if step["kept_heap"] else set())
+    assert all(v > 0 for v in step["toggled"].values())
 
     priors = bench.bench_priors(tiny_pipe, settings)
     assert set(priors["parts_ms"]) == {"text", "clip_refine", "processor", "vae_encode"}
@@ -49,10 +52,12 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     result["summary"] = bench.summary_line(result)
     report = bench.format_report(result)
     assert "ms/step" in report and "priors / run" in report and "ratio 128/64" in report
-    assert "per denoising step (ControlNet + UNet)" in report and "cached K/V vs plain" in report
+    assert "per denoising step (ControlNet + UNet)" in report and "fast paths vs plain" in report
+    assert "time with shared_cfg_prefix off / with the defaults" in report
+    assert "time with linear_projections on / with the defaults" in report
     summary = report.splitlines()[-1]
     assert summary == result["summary"] and "\n" not in summary
-    assert "MFLOP/step" in summary and "128/64" in summary and "cached K/V" in summary
+    assert "MFLOP/step" in summary and "128/64" in summary and "plain path" in summary
     json.dumps(result)  # what --json writes
 
 

@@ -56,3 +56,48 @@ def test_flop_counts_match_hand_counts():
     # QK^T and PV: 2 matmuls of 2*16*10*8 multiply-adds per head
     n = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     assert n == 2 * 3 * 2 * (2 * 16 * 10 * 8)
+
+
+def test_compiled_sampler_has_no_graph_breaks_and_no_recompiles():
+    """The fast paths under torch.compile: one graph per model, reused by the next restore, same numbers."""
+    import torch._dynamo
+
+    from sspir_core.models.fast_paths import FastPaths
+    from sspir_core.pipeline import RestoreOptions
+    from sspir_core.presets import tiny_random_pipeline
+    from tests.conftest import wake_zero_convs
+
+    pipe = tiny_random_pipeline(seed=0)
+    wake_zero_convs(pipe.models.controlnet)
+    g = torch.Generator().manual_seed(3)
+    lq = torch.rand(1, 3, 64, 64, generator=g)
+    opts = RestoreOptions(steps=2, cfg=7.5, tile=None, vae_tile=None)
+    text, neg = pipe.encode_text(["a cat"], "", 4)
+    image = pipe.encode_image(lq)
+    feats, _ = pipe.structure_prior(lq, return_rgbs=False)
+    z = torch.randn(1, 4, 8, 8, generator=g)
+
+    def run(paths: FastPaths | None = None) -> torch.Tensor:
+        return pipe.denoise(z, text, neg, image, feats, opts, [torch.Generator().manual_seed(0)], paths=paths)
+
+    plain = run(FastPaths.none())
+    graphs: list[int] = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(len(gm.graph.nodes))
+        return gm.forward
+
+    torch._dynamo.reset()
+    messages: list[str] = []
+    try:
+        compile_denoiser(pipe, log=messages.append, backend=counting_backend)
+        first = run()
+        n = len(graphs)
+        second = run()
+    finally:
+        uncompile_denoiser(pipe)
+        torch._dynamo.reset()
+    assert not messages
+    assert n == 2, f"{n} graphs: the compiled ControlNet and UNet should each be one graph"
+    assert len(graphs) == n  # the second restore reused them
+    assert torch.allclose(first, plain, atol=1e-4, rtol=0) and torch.equal(first, second)

@@ -7,6 +7,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from sspir_core.build import build_models
+from sspir_core.models.fast_paths import FastPaths
 from sspir_core.models.kv_cache import CachedKVProcessor, constant_context_attentions, context_kv_cache
 from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
 from tests.conftest import wake_zero_convs
@@ -125,7 +126,8 @@ def test_pipeline_denoise_same_with_and_without_cache():
 
     def run(cache: bool) -> torch.Tensor:
         gens = [torch.Generator().manual_seed(0)]
-        return pipe.denoise(z, text, neg, image, feats, opts, gens, cache_context_kv=cache)
+        paths = FastPaths(context_kv=cache, linear_projections=False, shared_cfg_prefix=False)
+        return pipe.denoise(z, text, neg, image, feats, opts, gens, paths=paths)
 
     assert torch.allclose(run(True), run(False), atol=1e-5, rtol=0)
 

@@ -31,5 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> int:
+    """The ``sspir`` executable: owns its process, so it may retune the process-wide CPU heap first."""
+    from ..cpu_memory import keep_freed_memory_from_env
+
+    keep_freed_memory_from_env()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -50,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives the steadiest ratios on shared cores)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the ControlNet + UNet (falls back to eager with a message if it cannot)")
+    p.add_argument("--ablate", action="store_true",
+                   help="step part: also time the sampler with each fast path switched, one at a time (their shares)")
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.set_defaults(func=run)
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
         memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
         tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
-        threads=args.threads, output_bits=args.output_bits or None, compile=args.compile,
+        threads=args.threads, output_bits=args.output_bits or None, compile=args.compile, ablate=args.ablate,
     )
     if "train" in parts:  # training-step figure: sspir_core/bench_train.py
         from ..bench_train import bench_train_step, format_train_report

@@ -95,8 +95,26 @@ def _semantic_attentions(
     if image_attentions is not None:
         if image is None:
             raise ValueError("this model has image attentions: pass image_encoder_hidden_states (the Refine-layer output)")
-        h = _attend(image_attentions[j], h, image, checkpoint)
-    return _attend(block.attentions[j], h, text, checkpoint)
+        h = _attend(image_attentions[j], h, first_rows(image, h.shape[0]), checkpoint)
+    return _attend(block.attentions[j], h if text is None else widen(h, text.shape[0]), text, checkpoint)
+
+
+def check_shared_batch(sample: torch.Tensor, text: torch.Tensor) -> None:
+    """A latent batch B with a context batch k*B is the shared-prefix convention (see :func:`run_down_blocks`)."""
+    b, n = sample.shape[0], text.shape[0]
+    if n != b and (b == 0 or n % b != 0):
+        raise ValueError(f"sample batch {b} and encoder_hidden_states batch {n}: give equal batches, or a context "
+                         f"batch that is a multiple of the sample batch (CFG copies sharing one latent)")
+
+
+def widen(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat a batch of B to n = k*B rows, in the order ``torch.cat([x] * k)`` (the CFG layout)."""
+    return x if x.shape[0] == n else x.repeat(n // x.shape[0], *([1] * (x.dim() - 1)))
+
+
+def first_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n rows of a batch whose k copies are equal (image embedding, time embedding)."""
+    return x if x.shape[0] == n else x[:n]
 
 
 def run_down_blocks(
@@ -107,12 +125,19 @@ def run_down_blocks(
     image: torch.Tensor | None,
     checkpoint: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Down path: per layer ``resnet -> [image_attn -> attn]``; returns h and the skip features (conv_in first)."""
+    """Down path: per layer ``resnet -> [image_attn -> attn]``; returns h and the skip features (conv_in first).
+
+    Shared prefix: ``h`` may hold B rows while ``text`` and ``temb`` hold k*B (k CFG copies whose latent,
+    image embedding and structure prior are the same, in the ``cat([x] * k)`` layout). Everything before
+    the first text attention then runs on the B rows once; ``h`` is repeated to k*B there, and so are the
+    skips taken before it. ``image`` may hold B or k*B rows (its first B are used before the repeat).
+    """
+    n = text.shape[0] if text is not None else h.shape[0]
     skips = [h]
     for block in blocks:
         has_attn = getattr(block, "attentions", None) is not None
         for j, resnet in enumerate(block.resnets):
-            h = _call(resnet, checkpoint, h, temb)
+            h = _call(resnet, checkpoint, h, first_rows(temb, h.shape[0]))
             if has_attn:
                 h = _semantic_attentions(block, j, h, text, image, checkpoint)
             skips.append(h)
@@ -120,7 +145,7 @@ def run_down_blocks(
             for down in block.downsamplers:
                 h = down(h)
             skips.append(h)
-    return h, skips
+    return widen(h, n), [widen(s, n) for s in skips]
 
 
 def run_mid_block(
@@ -182,8 +207,10 @@ def reject_unused(kwargs: dict[str, Any], owner: str) -> None:
         raise TypeError(f"{owner}.forward does not support {extra}")
 
 
-def time_embedding(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
-    """Sinusoidal projection + MLP, broadcast to the batch (per-sample timesteps allowed)."""
+def time_embedding(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                   batch: int | None = None) -> torch.Tensor:
+    """Sinusoidal projection + MLP, broadcast to ``batch`` rows (default: the sample's; per-sample timesteps
+    allowed, repeated like the sample when ``batch`` is a multiple of it)."""
     t = timestep
     if not torch.is_tensor(t):
         is_float = isinstance(t, float)
@@ -191,7 +218,9 @@ def time_embedding(model: nn.Module, sample: torch.Tensor, timestep: torch.Tenso
         t = torch.tensor([t], dtype=dtype, device=sample.device)
     elif t.ndim == 0:
         t = t[None]
-    t = t.to(sample.device).expand(sample.shape[0])
+    t = t.to(sample.device)
+    n = sample.shape[0] if batch is None else batch
+    t = t.expand(n) if t.numel() == 1 else widen(t, n)
     t_emb = model.time_proj(t).to(dtype=sample.dtype)
     return model.time_embedding(t_emb)
 

@@ -10,6 +10,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from .blocks import (
+    check_shared_batch,
     check_supported,
     heads_per_level,
     image_attentions_for,
@@ -60,14 +61,19 @@ class SSPIRControlNet(ControlNetModel):
         return_rgbs: bool = True,
         **unused,
     ) -> ControlNetOutput:
-        """``controlnet_cond``: LQ in [0,1] [B,3,8h,8w], or pass ``processor_features`` from :meth:`encode_condition`."""
+        """``controlnet_cond``: LQ in [0,1] [B,3,8h,8w], or pass ``processor_features`` from :meth:`encode_condition`.
+
+        ``sample`` (and the condition) may hold B rows for a context batch of k*B, k CFG copies of one
+        latent: see :func:`.blocks.run_down_blocks`; the residuals then have k*B rows.
+        """
         reject_unused(unused, "SSPIRControlNet")
         rgbs: list[torch.Tensor] = []
         if processor_features is None:
             if controlnet_cond is None:
                 raise ValueError("pass controlnet_cond (the LQ image) or processor_features")
             processor_features, rgbs = self.encode_condition(controlnet_cond, return_rgbs)
-        temb = time_embedding(self, sample, timestep)
+        check_shared_batch(sample, encoder_hidden_states)
+        temb = time_embedding(self, sample, timestep, batch=encoder_hidden_states.shape[0])
         ckpt = self.is_gradient_checkpointing and self.training
 
         h = self.conv_in(sample) + processor_features

@@ -10,6 +10,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
 from .blocks import (
+    check_shared_batch,
     check_supported,
     heads_per_level,
     image_attentions_for,
@@ -52,9 +53,12 @@ class SSPIRUNet(UNet2DConditionModel):
         added to the skips and to the mid output (None = zeros). ``pixel_attention_context``: what the
         pixel attentions attend to; defaults to the down residuals (the official behaviour), zeros when
         there are none. Pass it separately to examine each path on its own.
+        ``sample`` may hold B rows for a context batch of k*B (k CFG copies of one latent): see
+        :func:`.blocks.run_down_blocks`; the output then has k*B rows.
         """
         reject_unused(unused, "SSPIRUNet")
-        temb = time_embedding(self, sample, timestep)
+        check_shared_batch(sample, encoder_hidden_states)
+        temb = time_embedding(self, sample, timestep, batch=encoder_hidden_states.shape[0])
         ckpt = self.is_gradient_checkpointing and self.training
 
         upsample_factor = 2 ** (len(self.up_blocks) - 1)
