@@ -279,8 +279,8 @@ class RestorePipeline:
     ) -> torch.Tensor:
         """The sampling loop; ``latents`` are the starting point (already noised, with ``scheduler`` if given).
 
-        ``paths``: the inference rewrites to use (default all: same numbers within fp rounding, faster);
-        ``FastPaths.none()`` runs the plain path, for comparison.
+        ``paths``: the inference rewrites to use (default ``FastPaths()``: same numbers within fp rounding,
+        less work); ``FastPaths.none()`` runs the plain path, for comparison.
         """
         if scheduler is None:
             scheduler = self.make_scheduler(options)

@@ -52,7 +52,7 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     result["summary"] = bench.summary_line(result)
     report = bench.format_report(result)
     assert "ms/step" in report and "priors / run" in report and "ratio 128/64" in report
-    assert "per denoising step (ControlNet + UNet)" in report and "fast paths vs plain" in report
+    assert "per denoising step (ControlNet + UNet)" in report and "ours vs plain (median of paired repeats)" in report
     assert "time with shared_cfg_prefix off / with the defaults" in report
     assert "time with linear_projections on / with the defaults" in report
     summary = report.splitlines()[-1]

@@ -1,8 +1,8 @@
 """Inference-only rewrites of the denoiser that give the plain path's numbers (within fp rounding) faster.
 
-Each one is a switch in :class:`FastPaths`, so ``sspir bench`` can time the sampler with all of them, with
+Each one is a switch in :class:`FastPaths`, so ``sspir bench`` can time the sampler with the defaults, with
 none (the plain path, which computes what the official code computes, the way it computes it) and with
-each one left out:
+each one switched (``--ablate``):
 
 - ``context_kv``: text and image cross-attentions project their constant contexts to keys/values once
   per restore (:mod:`.kv_cache`).
