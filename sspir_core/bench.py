@@ -303,6 +303,7 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
         "ours_ms_all": [1000 * s / options.steps for s in ours_s],
         "plain_ms_all": [1000 * s / options.steps for s in plain_s],
         "baseline_ms_all": [1000 * s / options.steps for s in base_s],
+        "toggled_ms_all": {n: [1000 * s / options.steps for s in ws] for n, ws in zip(left_out, without_s, strict=True)},
     }
 
 
