@@ -156,3 +156,19 @@ def test_pipeline_restore_under_inference_mode_matches_no_grad():
     with torch.inference_mode():
         out = pipe.restore(lq, "a cat", opts)
     assert torch.allclose(out, ref, atol=1e-6, rtol=0)
+
+
+def test_a_fresh_slice_of_the_same_context_hits_and_other_slices_miss(models, inputs):
+    """The shared CFG prefix hands its first image attention ``image[:B]``, a new view at every step."""
+    image = torch.cat([inputs["image"], inputs["image"]])
+    z, text = inputs["z"], torch.cat([inputs["text"], inputs["text"]])
+    with torch.no_grad(), context_kv_cache(models.unet) as procs:
+        for t in (500, 20, 5):
+            models.unet(z, t, text, image_encoder_hidden_states=image)
+        misses = sum(p.misses for p in procs)
+        other = image.clone()  # equal values, other storage: must be projected again
+        models.unet(z, 5, text, image_encoder_hidden_states=other)
+    n = len(constant_context_attentions(models.unet))
+    assert misses == n  # one projection per attention over three steps, the sliced one included
+    assert sum(p.misses for p in procs) - misses == sum(1 for n_, _ in models.unet.named_modules()
+                                                       if n_.endswith("attn2") and "image_attentions" in n_)

@@ -3,7 +3,8 @@
 The text embedding and the Refine-layer image embedding do not change over the 50 denoising steps nor
 between tiles, yet every text and image cross-attention projects them to keys and values at every call.
 Inside :func:`context_kv_cache` those attentions run :class:`CachedKVProcessor`, which computes K/V for a
-context tensor once and reuses them while the same tensor (same object, same in-place version) comes back.
+context tensor once and reuses them while the same tensor (same object, or the same view of the same
+storage, with the same in-place version) comes back.
 
 Exactness: the cached K/V are the very tensors the plain path would compute, so outputs are bitwise those
 of diffusers' ``AttnProcessor2_0``. Safety: only inference is cached (with autograd on, the plain path
@@ -32,6 +33,19 @@ def _version(t: torch.Tensor) -> int | None:
     runs its nodes), which tracks none: such a context is matched by identity alone, so code that opens the
     cache must not change its contexts in place inside it (the pipeline builds them fresh for its loop)."""
     return None if t.is_inference() else t._version
+
+
+def _same_view(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """``b`` is ``a`` or the same view of the same storage (e.g. ``image[:1]`` sliced again at every step).
+
+    Safe for the same reason identity is: the cache holds ``a``, so its storage cannot be freed and reused,
+    and views share their base's in-place version counter.
+    """
+    if a is b:
+        return True
+    return (a is not None and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+            and a.device == b.device and a.storage_offset() == b.storage_offset()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
 class CachedKVProcessor:
@@ -69,7 +83,7 @@ class CachedKVProcessor:
 
     def _keys_values(self, attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         version = _version(context)
-        if self._kv is not None and self._context is context and self._version == version:
+        if self._kv is not None and _same_view(self._context, context) and self._version == version:
             self.hits += 1
             return self._kv
         self.misses += 1
