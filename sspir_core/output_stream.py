@@ -30,7 +30,7 @@ from .tiling import DEFAULT_SIGMA_SCALE, Box, gaussian_weights, tile_grid
 
 OUTPUT_DTYPES = {8: torch.uint8, 16: torch.uint16}
 WAVELET_RADIUS = sum(2**i for i in range(WAVELET_LEVELS))  # 31 px: how far the low band reaches
-ROWS_PER_CHUNK = 256  # rows per pass-2 chunk of AdaIN (bounded temporaries)
+ROWS_PER_CHUNK = 256  # rows per band of the AdaIN statistics and mapping (bounded temporaries)
 
 
 def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -135,6 +135,28 @@ def _wavelet_rows(
             window, start = window[..., drop:, :], start + drop
 
 
+def _add_moments(x: torch.Tensor, total: torch.Tensor, squares: torch.Tensor) -> None:
+    """Add per-channel sums and sums of squares of ``x`` [B,C,h,w] in float64, a band of rows at a time.
+
+    float64 keeps the one-pass variance exact to far below an output step; the bands keep the float64
+    temporaries small whatever the image size.
+    """
+    for r0 in range(0, x.shape[-2], ROWS_PER_CHUNK):
+        band = x[..., r0 : r0 + ROWS_PER_CHUNK, :].double()
+        total += band.sum(dim=(2, 3))
+        squares += band.square_().sum(dim=(2, 3))
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and population std [B,C] (float64) of ``x`` without an image-sized temporary."""
+    total = torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device)
+    squares = torch.zeros_like(total)
+    _add_moments(x, total, squares)
+    n = x.shape[-2] * x.shape[-1]
+    mean = total / n
+    return mean, (squares / n - mean.square()).clamp_min(0).sqrt()
+
+
 def decode_to_integers(
     decode_fn: Callable[[torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
@@ -177,15 +199,11 @@ def decode_to_integers(
     squares = torch.zeros_like(total)
     for r0, rows in chunks:
         pre[..., r0 : r0 + rows.shape[-2], :] = quantize(rows, 16)
-        rows64 = rows.double()
-        total += rows64.sum(dim=(2, 3))
-        squares += rows64.square_().sum(dim=(2, 3))
+        _add_moments(rows, total, squares)
     n = h * w
     t_mean = total / n
     t_std = (squares / n - t_mean.square()).clamp_min(0).sqrt()
-    s = source.float()
-    s_mean = s.mean(dim=(2, 3)).double()
-    s_std = s.std(dim=(2, 3), unbiased=False).double()
+    s_mean, s_std = _mean_std(source)
     gain = (s_std / (t_std + 1e-5)).float()[..., None, None]
     shift = (s_mean - t_mean * s_std / (t_std + 1e-5)).float()[..., None, None]
     for r0 in range(0, h, ROWS_PER_CHUNK):  # pass 2: map the stored rows

@@ -210,21 +210,24 @@ class RestorePipeline:
         ``tile`` in pixels (multiple of 8): an exact tiled pass that bounds memory on large images.
         """
         with self._stage(self.models.controlnet):
-            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype), return_rgbs, tile=tile)
+            if tile is not None:  # each tile is moved and cast alone: no image-sized copy in the model dtype
+                return self.models.controlnet.encode_condition(lq, return_rgbs, tile=tile,
+                                                               cast=(self.device, self.dtype))
+            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype), return_rgbs)
 
     # ------------------------------------------------------------------ VAE
 
     @torch.no_grad()
     def vae_encode(self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None) -> torch.Tensor:
-        x = lq.to(self.device, self.dtype)
         with self._stage(self.vae):
-            def moments(img: torch.Tensor) -> torch.Tensor:  # [0,1] -> [-1,1] per tile: no image-sized copy
+            def moments(img: torch.Tensor) -> torch.Tensor:  # cast, then [0,1] -> [-1,1], per tile:
+                img = img.to(self.device, self.dtype)        # no image-sized copy
                 return self.vae.encode(2 * img - 1).latent_dist.parameters
 
             if vae_tile is None:
-                params = moments(x)
+                params = moments(lq)
             else:
-                params = tiled_vae_encode(moments, x, tile_px=vae_tile, overlap_px=min(128, vae_tile // 4))
+                params = tiled_vae_encode(moments, lq, tile_px=vae_tile, overlap_px=min(128, vae_tile // 4))
         latents = [DiagonalGaussianDistribution(params[i:i + 1]).sample(generator=g) for i, g in enumerate(generators)]
         return torch.cat(latents) * self.vae.config.scaling_factor
 

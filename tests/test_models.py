@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sspir_core import build_models
 from sspir_core.checkpoint import load_official_checkpoint
@@ -174,3 +175,40 @@ def test_tiled_processor_equals_whole_image(tiny):
     # Too small a halo is NOT exact: the check can fail.
     narrow, _ = tiny.controlnet.controlnet_cond_embedding.forward_tiled(lq, 32, halo=8)
     assert not torch.allclose(narrow, whole, atol=1e-5)
+
+
+class _LargestCopy(TorchDispatchMode):
+    """Records the largest tensor made by a dtype/device copy (``aten._to_copy``) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default:
+            self.largest = max(self.largest, out.numel())
+        return out
+
+
+@torch.no_grad()
+def test_tiled_priors_cast_per_tile_with_the_numbers_of_a_whole_cast():
+    """The Processor and the VAE encode of a half-precision pipeline cast each tile, not the whole LQ."""
+    from sspir_core.presets import tiny_random_pipeline
+
+    pipe = tiny_random_pipeline(seed=0, dtype=torch.bfloat16)
+    lq = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(5))
+    with _LargestCopy() as copies:
+        feats, rgbs = pipe.structure_prior(lq, tile=32)
+    assert copies.largest < lq.numel() // 2
+    ref, ref_rgbs = pipe.models.controlnet.encode_condition(lq.to(torch.bfloat16), tile=32)
+    assert feats.dtype == torch.bfloat16 and torch.equal(feats, ref)
+    assert all(torch.equal(a, b) for a, b in zip(rgbs, ref_rgbs))
+
+    def latents(x: torch.Tensor) -> torch.Tensor:
+        return pipe.vae_encode(x, [torch.Generator().manual_seed(1)], vae_tile=64)
+
+    with _LargestCopy() as copies:
+        ours = latents(lq)
+    assert copies.largest < lq.numel() // 2
+    assert torch.equal(ours, latents(lq.to(torch.bfloat16)))  # a whole cast first: the same numbers

@@ -79,6 +79,34 @@ def test_streamed_tail_matches_float_path(vae, latents, decoded, method, bits):
     assert got.permute(0, 2, 3, 1).is_contiguous()  # what the PNG writer reads, without a copy
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_adain_statistics_in_bands_keep_float64_temporaries_small(vae, latents, decoded, bits, monkeypatch):
+    """AdaIN's float64 moments are summed a band of rows at a time: same result, no image-sized float64."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sspir_core import output_stream
+
+    class LargestDouble(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    band = 16
+    monkeypatch.setattr(output_stream, "ROWS_PER_CHUNK", band)
+    box = (5, 157, 3, 107)
+    source = torch.rand(1, 3, box[1] - box[0], box[3] - box[2], generator=torch.Generator().manual_seed(2)) * 0.6 + 0.2
+    ref = reference(decoded, source, box, "adain", bits)
+    with torch.no_grad(), LargestDouble() as doubles:
+        got = decode_to_integers(decode(vae), latents, source, box, "adain", bits, 6, 2)
+    assert (got.int() - ref.int()).abs().max().item() <= 1  # the tolerance of the whole-image test above
+    assert 0 < doubles.largest <= latents.shape[0] * 3 * band * (box[3] - box[2])
+
+
 def test_wavelet_halo_covers_the_blur():
     """The halo is the blur's reach (1+2+4+8+16): a smaller window would change the result."""
     assert WAVELET_RADIUS == 31

@@ -38,14 +38,16 @@ class SSPIRControlNet(ControlNetModel):
     """diffusers' ControlNetModel with the SSP-IR Processor and image attentions. Build with :func:`make_controlnet`."""
 
     def encode_condition(
-        self, lq: torch.Tensor, return_rgbs: bool = True, tile: int | None = None
+        self, lq: torch.Tensor, return_rgbs: bool = True, tile: int | None = None,
+        cast: tuple[torch.device, torch.dtype] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the Processor once per image; the result can be reused at every denoising step.
 
-        ``tile`` (pixels, multiple of 8) bounds its memory on large images with an exact tiled pass.
+        ``tile`` (pixels, multiple of 8) bounds its memory on large images with an exact tiled pass;
+        ``cast`` (device, dtype) is then applied to each tile of ``lq`` alone.
         """
         if tile is not None:
-            return self.controlnet_cond_embedding.forward_tiled(lq, tile, return_rgbs=return_rgbs)
+            return self.controlnet_cond_embedding.forward_tiled(lq, tile, return_rgbs=return_rgbs, cast=cast)
         return self.controlnet_cond_embedding(lq, return_rgbs=return_rgbs)
 
     def forward(  # noqa: D417

@@ -51,26 +51,32 @@ class Processor(nn.Module):
         return self.conv_out(h), rgbs
 
     def forward_tiled(
-        self, lq: torch.Tensor, tile: int, halo: int = RECEPTIVE_HALO, return_rgbs: bool = True
+        self, lq: torch.Tensor, tile: int, halo: int = RECEPTIVE_HALO, return_rgbs: bool = True,
+        cast: tuple[torch.device, torch.dtype] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Same result as :meth:`forward` (up to float rounding) with memory bounded by the tile size.
 
         The network is convolutions only, so each output depends on a 47-px window of the input: tiles
         with a ``halo`` of at least 24 px of real neighbours, cropped back, are exact. ``tile``, ``halo``
         and the image size must be multiples of 8 so every tile keeps the stride-2 grid of the full image.
+        ``cast`` (device, dtype) moves each input tile alone, so ``lq`` never gets a whole-image copy.
         """
         h, w = lq.shape[-2:]
         if any(v % 8 for v in (tile, halo, h, w)) or tile <= 0:
             raise ValueError(f"tile ({tile}), halo ({halo}) and image size {h}x{w} must be positive multiples of 8")
+
+        def run(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            return self(x if cast is None else x.to(*cast), return_rgbs)
+
         if h <= tile and w <= tile:
-            return self(lq, return_rgbs)
+            return run(lq)
         features: torch.Tensor | None = None
         rgbs: list[torch.Tensor] = []
         for y0 in range(0, h, tile):
             for x0 in range(0, w, tile):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
                 py0, px0, py1, px1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
-                f, r = self(lq[..., py0:py1, px0:px1], return_rgbs)
+                f, r = run(lq[..., py0:py1, px0:px1])
                 if features is None:
                     features = f.new_empty(*f.shape[:2], h // 8, w // 8)
                     rgbs = [t.new_empty(*t.shape[:2], h * t.shape[-2] // (py1 - py0), w * t.shape[-1] // (px1 - px0))
