@@ -85,6 +85,7 @@ class BenchSettings:
     output_bits: int | None = 8  # memory runs: 8/16 = the streamed integer tail the CLI writes; None = float
     compile: bool = False  # torch.compile the ControlNet + UNet (falls back to eager with a message)
     ablate: bool = False  # step part: also time the sampler with each fast path left out
+    memory_method: str = "tensors"  # CPU memory runs: "tensors" (allocator accounting) or "rss" (what the OS sees)
 
 
 # Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).
@@ -380,13 +381,57 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+MEMORY_METHODS = ("tensors", "rss")
+
+
+def cpu_tensor_peak(fn: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``fn()`` and the peak bytes of CPU tensor memory allocated during it and live at the same time.
+
+    The CPU counterpart of CUDA's ``max_memory_allocated`` minus the allocation before the run: torch's
+    CPU allocator reports every allocation and free to the profiler with its running total; the peak is
+    taken above the total at the start (memory held before, such as the weights, is not counted). Unlike
+    RSS it does not move with the C heap's fragmentation or with memory freed but not yet returned to the
+    OS, so it is repeatable to the byte. Returns ``(result, None)`` where this torch's profiler has no
+    such record.
+    """
+    try:
+        from torch._C._profiler import _EventType
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return fn(), None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    try:
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    except AttributeError:
+        return result, None
+    # The allocator's running total persists between profiling sessions (and misses frees made outside
+    # one), so the peak is taken above the total just before this session's first event.
+    first: tuple[int, int] | None = None  # (time, total before the event)
+    top = 0
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            fields = event.extra_fields
+            top = max(top, int(fields.total_allocated))
+            if first is None or event.start_time_ns < first[0]:
+                first = (event.start_time_ns, int(fields.total_allocated) - int(fields.alloc_size))
+    return result, (0 if first is None else max(0, top - first[1]))
+
+
 def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) -> dict[str, Any]:
     """Peak memory of one tiled restore to ``size`` px (input size/4, x4) above what the loaded models hold.
 
-    CUDA: max_memory_allocated minus the allocation before the run. CPU: peak RSS minus the RSS after the
-    models are built and a 64 px warm-up restore ran (so weights, libraries and one-time kernel set-up are
-    not counted); the peak is the larger of a 2 ms RSS sampler and ru_maxrss when it grew during the run.
+    CUDA: max_memory_allocated minus the allocation before the run. CPU, ``memory_method="tensors"`` (the
+    default): the same quantity from the CPU allocator's accounting (:func:`cpu_tensor_peak`). CPU, ``"rss"``:
+    peak RSS minus the RSS after the models are built and a 64 px warm-up restore ran (so weights,
+    libraries and one-time kernel set-up are not counted); the peak is the larger of a 2 ms RSS sampler and
+    ru_maxrss when it grew during the run. RSS includes what the C heap keeps after frees, so it moves by
+    100 MiB or more between identical runs.
     """
+    if settings.memory_method not in MEMORY_METHODS:
+        raise ValueError(f"memory_method must be one of {', '.join(MEMORY_METHODS)}, got {settings.memory_method!r}")
     from .pipeline import restore_image
 
     options = RestoreOptions(steps=settings.memory_steps, cfg=settings.cfg, tile=settings.tile,
@@ -409,6 +454,14 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20,
                 "method": "cuda max_memory_allocated - allocated before the run",
                 "seconds": time.perf_counter() - t0}
+    if settings.memory_method == "tensors":
+        base = _rss()
+        _, peak = cpu_tensor_peak(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits))
+        if peak is not None:
+            return {"size_px": size, "peak_mib": peak / 2**20, "models_mib": base / 2**20,
+                    "method": "peak CPU tensor bytes allocated during the run (torch allocator accounting)",
+                    "seconds": time.perf_counter() - t0}
+        # this torch keeps no allocation totals: measure RSS instead (the method field says so)
     base, maxrss_before = _rss(), _maxrss()
     try:
         with _RssSampler() as sampler:
@@ -428,7 +481,7 @@ def _child_args(settings: BenchSettings) -> list[str]:
             "--memory-steps", str(settings.memory_steps), "--tile", str(settings.tile),
             "--tile-overlap", str(settings.tile_overlap), "--vae-tile", str(settings.vae_tile),
             "--cfg", str(settings.cfg), "--seed", str(settings.seed),
-            "--output-bits", str(settings.output_bits or 0)] + (
+            "--output-bits", str(settings.output_bits or 0), "--memory-method", settings.memory_method] + (
         ["--threads", str(settings.threads)] if settings.threads else [])
 
 
@@ -664,6 +717,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-bits", type=int, default=8, choices=(0, 8, 16), help="0: the float output path")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-method", default="tensors", choices=MEMORY_METHODS)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -671,7 +725,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     # freed while the models are built and cast, and hide the restore's own peak inside it.
     settings = BenchSettings(config=a.config, device=a.device, dtype=a.dtype, memory_steps=a.memory_steps,
                              tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed,
-                             output_bits=a.output_bits or None)
+                             output_bits=a.output_bits or None, memory_method=a.memory_method)
     pipe = build_bench_pipeline(a.config, a.device, DTYPES[a.dtype], a.seed)
     print(json.dumps(measure_memory(pipe, a.size, settings)), flush=True)
     return 0

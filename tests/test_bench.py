@@ -61,6 +61,37 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     json.dumps(result)  # what --json writes
 
 
+def test_cpu_tensor_peak_counts_live_bytes_allocated_during_the_call() -> None:
+    """Hand count: 4 MB + 8 MB live together, then 2 MB after freeing the first; memory held before is not counted."""
+    import torch
+
+    held = [torch.empty(3_000_000, dtype=torch.float32)]  # 12 MB allocated before the call, freed inside it
+
+    def work() -> int:
+        held.pop()
+        a = torch.empty(1_000_000, dtype=torch.float32)  # 4 MB
+        b = torch.empty(2_000_000, dtype=torch.float32)  # 8 MB: 12 MB live
+        del a
+        c = torch.empty(500_000, dtype=torch.float32)  # 2 MB: 10 MB live
+        return b.numel() + c.numel()
+
+    result, peak = bench.cpu_tensor_peak(work)
+    assert result == 2_500_000
+    assert peak is not None and 12_000_000 <= peak < 12_000_000 + 64 * 1024  # small bookkeeping tensors only
+
+
+def test_memory_methods_measure_the_same_restore(tiny_pipe) -> None:
+    settings = bench.BenchSettings(config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
+    tensors = bench.measure_memory(tiny_pipe, 128, settings)
+    again = bench.measure_memory(tiny_pipe, 128, settings)
+    assert "tensor bytes" in tensors["method"] and tensors["peak_mib"] > 0
+    assert again["peak_mib"] == tensors["peak_mib"]  # repeatable to the byte, unlike RSS
+    rss = bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "rss"}))
+    assert "RSS" in rss["method"]
+    with pytest.raises(ValueError, match="memory_method"):
+        bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "vms"}))
+
+
 def test_memory_child_prints_one_json_line(capsys) -> None:
     assert bench._child_main(["--_memory-child", "64", "--config", "tiny", "--memory-steps", "1",
                               "--tile", "8", "--tile-overlap", "2", "--vae-tile", "64"]) == 0

@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-bits", type=int, default=8, choices=(0, 8, 16),
                    help="output of the memory/image runs: 8/16-bit integers from the streamed tail (what "
                         "`sspir restore` writes) or 0 for the float tensor path")
+    p.add_argument("--memory-method", default="tensors", choices=("tensors", "rss"),
+                   help="CPU memory runs: peak tensor bytes from torch's allocator accounting (repeatable, what "
+                        "CUDA's max_memory_allocated counts) or peak process RSS (what the OS sees; moves with "
+                        "the C heap's fragmentation)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives the steadiest ratios on shared cores)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the ControlNet + UNet (falls back to eager with a message if it cannot)")
@@ -93,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
         memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
         tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
-        threads=args.threads, output_bits=args.output_bits or None, compile=args.compile, ablate=args.ablate,
+        threads=args.threads, output_bits=args.output_bits or None, memory_method=args.memory_method,
+        compile=args.compile, ablate=args.ablate,
     )
     if "train" in parts:  # training-step figure: sspir_core/bench_train.py
         from ..bench_train import bench_train_step, format_train_report
