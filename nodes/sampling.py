@@ -10,7 +10,7 @@ from comfy_api.v0_0_2 import io
 from sspir_core.comfy_support import captions_for_batch, images_from_list, single, target_size
 from sspir_core.components import after_run, restore_components
 from sspir_core.image_io import bchw_to_comfy, resize_image
-from sspir_core.pipeline import MAX_STEPS, RestoreOptions
+from sspir_core.options import MAX_STEPS, RestoreOptions
 from sspir_core.schedulers import SCHEDULERS
 
 from . import host

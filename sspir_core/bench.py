@@ -451,14 +451,14 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits)
         torch.cuda.synchronize(pipe.device)
         peak = torch.cuda.max_memory_allocated(pipe.device)
-        return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20,
+        return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20, "measure": "cuda",
                 "method": "cuda max_memory_allocated - allocated before the run",
                 "seconds": time.perf_counter() - t0}
     if settings.memory_method == "tensors":
         base = _rss()
         _, peak = cpu_tensor_peak(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits))
         if peak is not None:
-            return {"size_px": size, "peak_mib": peak / 2**20, "models_mib": base / 2**20,
+            return {"size_px": size, "peak_mib": peak / 2**20, "models_mib": base / 2**20, "measure": "tensors",
                     "method": "peak CPU tensor bytes allocated during the run (torch allocator accounting)",
                     "seconds": time.perf_counter() - t0}
         # this torch keeps no allocation totals: measure RSS instead (the method field says so)
@@ -472,7 +472,7 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         sampled = _rss()
     maxrss = _maxrss()
     peak = max(sampled, maxrss if maxrss > maxrss_before else 0)
-    return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20,
+    return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20, "measure": "rss",
             "method": "peak RSS - RSS after build + warm-up", "seconds": time.perf_counter() - t0}
 
 
@@ -623,8 +623,8 @@ def summary_line(r: dict[str, Any]) -> str:
     if "memory" in r and r["memory"]["ratio"] is not None:
         m = r["memory"]
         peaks = ", ".join(f"{row['size_px']}px {row['peak_mib']:.0f} MiB" for row in m["rows"])
-        bits.append(f"tiled peak above weights {peaks}, {m['ratio_sizes'][1]}/{m['ratio_sizes'][0]} "
-                    f"{m['ratio']:.2f}")
+        bits.append(f"tiled peak above weights ({m['rows'][0].get('measure', '?')}) {peaks}, "
+                    f"{m['ratio_sizes'][1]}/{m['ratio_sizes'][0]} {m['ratio']:.2f}")
     return "; ".join(bits)
 
 

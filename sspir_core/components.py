@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,7 +28,10 @@ from .captioners.registry import accepted_options
 from .errors import InputError
 from .image_io import prepare_lq
 from .model_cache import ModelCache, file_signature
-from .pipeline import Priors, RestoreOptions, RestorePipeline, StepCallback
+from .options import RestoreOptions, StepCallback
+
+if TYPE_CHECKING:  # the pipeline (and diffusers) load on the first run, not when ComfyUI lists the nodes
+    from .pipeline import RestorePipeline
 
 log = logging.getLogger("sspir")
 
@@ -158,6 +161,7 @@ class MissingClipVision(nn.Module):
 def pipeline_for(model: ModelSpec, clip: ClipVisionSpec | None) -> RestorePipeline:
     """The restore pipeline for these specs, from the cache when it holds them."""
     from .loaders import load_clip_vision
+    from .pipeline import RestorePipeline
 
     parts = MODELS.get(model.key(), lambda: load_pipeline_parts(model.sd, model.sspir, model.base, model.torch_dtype))
     encoder = CLIP_VISION.get(clip.key(), lambda: load_clip_vision(clip.path)) if clip else MissingClipVision()
@@ -279,6 +283,8 @@ def restore_components(
         if prior is not None and prior.image.shape[-2:] != image.shape[-2:]:
             log.info("SSP-IR: a prior was made from a %s image, the sampler's LQ is %s; using the prior's image "
                      "at the output size", tuple(prior.image.shape[-2:]), tuple(image.shape[-2:]))
+    from .pipeline import Priors
+
     clip = clip or (image_embed.clip if image_embed is not None else None)
     with RUN_LOCK:
         emb = image_embed.at(out_size) if image_embed is not None else None

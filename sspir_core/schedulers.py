@@ -6,22 +6,17 @@ import inspect
 from typing import Any
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 
 from .errors import InputError
 
-SCHEDULERS: dict[str, type] = {
-    "ddpm": DDPMScheduler,  # the paper's sampler (50 steps)
-    "ddim": DDIMScheduler,
-    "dpmpp": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
+# Sampler name -> diffusers scheduler class, by name: diffusers is imported on the first restore, not when
+# ComfyUI lists the nodes (the names are all a node's widget needs).
+SCHEDULERS: dict[str, str] = {
+    "ddpm": "DDPMScheduler",  # the paper's sampler (50 steps)
+    "ddim": "DDIMScheduler",
+    "dpmpp": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
 }
 
 # SD's training schedule; used when no scheduler config comes with the weights.
@@ -42,7 +37,9 @@ def make_scheduler(name: str, config: dict[str, Any] | None = None) -> Any:
         raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cfg = {**SD_SCHEDULE, **(config or {}), "timestep_spacing": "leading", "steps_offset": 1}
     cfg.pop("_class_name", None)
-    return SCHEDULERS[name].from_config(cfg)
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name]).from_config(cfg)
 
 
 def step_accepts_generator(scheduler: Any) -> bool:
@@ -55,6 +52,8 @@ def noise_to(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timestep:
     Alpha-based samplers take ``sqrt(a)x + sqrt(1-a)eps`` at any training timestep (the paper uses 999);
     sigma-based ones (Euler) start from their first sigma.
     """
+    from diffusers import EulerDiscreteScheduler
+
     if isinstance(scheduler, EulerDiscreteScheduler):
         return scheduler.add_noise(clean, noise, scheduler.timesteps[:1].repeat(clean.shape[0]))
     a = scheduler.alphas_cumprod[timestep].to(device=clean.device, dtype=torch.float32)

@@ -57,7 +57,7 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     assert "time with linear_projections on / with the defaults" in report
     summary = report.splitlines()[-1]
     assert summary == result["summary"] and "\n" not in summary
-    assert "MFLOP/step" in summary and "128/64" in summary and "plain path" in summary
+    assert "MFLOP/step" in summary and "128/64" in summary and "plain path" in summary and "(tensors)" in summary
     json.dumps(result)  # what --json writes
 
 
@@ -84,10 +84,10 @@ def test_memory_methods_measure_the_same_restore(tiny_pipe) -> None:
     settings = bench.BenchSettings(config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
     tensors = bench.measure_memory(tiny_pipe, 128, settings)
     again = bench.measure_memory(tiny_pipe, 128, settings)
-    assert "tensor bytes" in tensors["method"] and tensors["peak_mib"] > 0
+    assert tensors["measure"] == "tensors" and "tensor bytes" in tensors["method"] and tensors["peak_mib"] > 0
     assert again["peak_mib"] == tensors["peak_mib"]  # repeatable to the byte, unlike RSS
     rss = bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "rss"}))
-    assert "RSS" in rss["method"]
+    assert rss["measure"] == "rss" and "RSS" in rss["method"]
     with pytest.raises(ValueError, match="memory_method"):
         bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "vms"}))
 

@@ -37,6 +37,28 @@ def test_plain_import_is_cheap_and_offline():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_listing_the_nodes_imports_no_model_library(tmp_path):
+    """ComfyUI lists the nodes at start: diffusers, transformers and open_clip load on the first run only
+    (importing diffusers alone took 2-8 s of every ComfyUI start)."""
+    code = (
+        "import asyncio, importlib.util, sys\n"
+        f"sys.path.insert(0, r'{REPO}')\n"
+        "from _pytest.monkeypatch import MonkeyPatch\n"
+        "from tests import fake_comfy\n"
+        f"fake_comfy.install(MonkeyPatch(), r'{tmp_path}')\n"
+        f"spec = importlib.util.spec_from_file_location('pack', r'{REPO / '__init__.py'}', "
+        f"submodule_search_locations=[r'{REPO}'])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['pack'] = m; spec.loader.exec_module(m)\n"
+        "nodes = asyncio.run(asyncio.run(m.comfy_entrypoint()).get_node_list())\n"
+        "schemas = [n.define_schema() for n in nodes]\n"
+        "heavy = [n for n in ('diffusers', 'transformers', 'open_clip') if n in sys.modules]\n"
+        "assert len(schemas) == 8 and not heavy, heavy\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def test_entrypoint_under_any_folder_name(tmp_path, monkeypatch):
     """Loaded as custom_nodes.<anything>: comfy_entrypoint returns an extension listing the nodes."""
     folder = tmp_path / "Some Other-Name"
