@@ -36,5 +36,5 @@ class SSPIRCaption(io.ComfyNode):
         rgb = comfy_to_bchw(image).rgb
         if captioner.backend != "openai" and captioner.device != "auto":
             host.free_memory_for(torch.device(captioner.device))
-        captions = captioner_for(captioner).caption(to_pil_images(rgb))
+        captions = captioner_for(captioner).caption(to_pil_images(rgb), check=host.check_interrupted)
         return io.NodeOutput(captions, ui=ui.PreviewText("\n\n".join(captions)))

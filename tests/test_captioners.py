@@ -105,6 +105,30 @@ def test_images_from_tensors_arrays_and_odd_modes():
         to_pil_images("image.png")
 
 
+# -- cancelling --------------------------------------------------------------------------------------
+class Cancelled(Exception):
+    pass
+
+
+def test_cancel_stops_inside_a_caption_and_keeps_the_finished_ones(models, tmp_path):
+    """``check`` runs after every generated token; captions finished before the cancel stay in the cache."""
+    cap = get_captioner("llava", model_dir=models["llava"], cache_dir=tmp_path, max_new_tokens=12,
+                        generate_kwargs={"min_new_tokens": 12})
+    calls = []
+
+    def check() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1 + 12 + 1 + 3:  # image 1: before it and 12 tokens; image 2: before it, 3 tokens
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        cap.caption([_image(0), _image(1)], check=check)
+    assert len(calls) == 17 and cap.check is None  # stopped inside image 2, after its third token
+    first_calls = cap.model_calls
+    again = cap.caption([_image(0)])  # image 1 was finished before the cancel: from the cache
+    assert cap.model_calls == first_calls and len(again) == 1 and again[0]
+
+
 # -- LLaVA ------------------------------------------------------------------------------------------
 def test_llava_paper_defaults_and_prompt_formats(models):
     cap = get_captioner("llava", model_dir=models["llava"], cache_dir=None, device="cpu")

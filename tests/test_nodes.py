@@ -218,6 +218,17 @@ def test_captions_rgba_and_cache_off(host, models_dir):
     assert off.key() not in components.MODELS  # dropped after the run
 
 
+def test_cancel_stops_a_caption_within_a_token(host):
+    n = host.nodes
+    captioner = n["SSPIRCaptionerLoader"].execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto",
+                                                  "auto", False).args[0]
+    start = host.interrupt_checks
+    host.interrupt_after = start + 3  # Cancel pressed while the first caption is being written
+    with pytest.raises(fake_comfy.InterruptProcessingException):
+        n["SSPIRCaption"].execute(captioner, torch.rand(1, 8, 8, 3) * 0.5 + 0.25)
+    assert host.interrupt_checks == start + 3  # one check before the image, then one per token
+
+
 def test_memory_is_freed_from_comfy_before_a_gpu_run(host):
     from nodes import host as comfy_host
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +60,9 @@ class Captioner(ABC):
             cache_dir = default_cache_dir()
         self.cache: CaptionCache | None = CaptionCache(Path(cache_dir)) if cache_dir is not None else None
         self.model_calls = 0  # images actually sent to the model (cache misses)
+        # While caption() runs: the caller's cancel check (raises to stop). Backends that generate token by
+        # token call it after every token, the others between images.
+        self.check: Callable[[], None] | None = None
 
     # -- to implement -------------------------------------------------------------------------------
     @abstractmethod
@@ -74,8 +78,12 @@ class Captioner(ABC):
         return None
 
     # -- public API ---------------------------------------------------------------------------------
-    def caption(self, images: Any) -> list[str]:
-        """One clean caption per image (PIL, numpy or torch; a batch or a list)."""
+    def caption(self, images: Any, check: Callable[[], None] | None = None) -> list[str]:
+        """One clean caption per image (PIL, numpy or torch; a batch or a list).
+
+        ``check``: called between images and, by local models, after every generated token; it raises to
+        cancel (e.g. ComfyUI's interrupt). Captions finished before are already in the disk cache.
+        """
         pils = to_pil_images(images)
         results: list[str | None] = [None] * len(pils)
         keys: list[str | None] = [None] * len(pils)
@@ -87,10 +95,13 @@ class Captioner(ABC):
                 keys[i] = self.cache.key(id_hash, image_digest(img))
                 results[i] = self.cache.get(keys[i])
         done: dict[str, str] = {}  # the same image twice in one batch is captioned once
+        self.check = check
         try:
             for i, img in enumerate(pils):
                 if results[i] is not None:
                     continue
+                if check is not None:
+                    check()
                 if keys[i] is not None and keys[i] in done:
                     results[i] = done[keys[i]]
                     continue
@@ -101,6 +112,7 @@ class Captioner(ABC):
                     self.cache.put(keys[i], text, identity)
                     done[keys[i]] = text
         finally:
+            self.check = None
             if not self.keep_loaded:
                 self.unload()
         return [r if r is not None else "" for r in results]

@@ -10,7 +10,7 @@ import contextlib
 import gc
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -139,6 +139,19 @@ def move_inputs(inputs: Any, device: Any, dtype: Any) -> dict[str, Any]:
     return out
 
 
+def _checked_every_token(check: Callable[[], None]) -> Any:
+    """A stopping-criteria list that calls ``check`` after each generated token (``check`` raises to cancel)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Checked(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            check()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Checked()])
+
+
 class LocalModelCaptioner(Captioner):
     """A transformers vision-language model loaded lazily from a local folder."""
 
@@ -213,8 +226,9 @@ class LocalModelCaptioner(Captioner):
         import torch
 
         batch = move_inputs(inputs, self.device, self.dtype)
+        extra = {} if self.check is None else {"stopping_criteria": _checked_every_token(self.check)}
         with torch.inference_mode(), seeded(self.seed, self.device):
-            out = self.model.generate(**batch, **self.decoding)
+            out = self.model.generate(**batch, **self.decoding, **extra)
         if new_tokens_only and "input_ids" in batch and not self.model.config.is_encoder_decoder:
             out = out[:, batch["input_ids"].shape[1] :]
         return self.processor.batch_decode(out, skip_special_tokens=True)[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from PIL import Image
@@ -23,8 +23,8 @@ class TextCaptioner(Captioner):
         super().__init__(**options)
         self.text = text
 
-    def caption(self, images: Any) -> list[str]:
-        return normalize_captions(self.text, len(to_pil_images(images)))
+    def caption(self, images: Any, check: Callable[[], None] | None = None) -> list[str]:
+        return normalize_captions(self.text, len(to_pil_images(images)))  # instant: nothing to cancel
 
     __call__ = caption
 
