@@ -81,7 +81,8 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
     b = lq.rgb.shape[0]
     caps = captions_for_batch(captions, b)
     if captioner is not None:  # typed text (one, or one per image) goes in front of each generated caption
-        generated = captions_for_batch(captioner_for(single("captioner", captioner)).caption(lq.rgb, check=host.check_interrupted), b)
+        generator = captioner_for(single("captioner", captioner))
+        generated = captions_for_batch(generator.caption(lq.rgb, check=host.check_interrupted), b)
         caps = [f"{typed} {gen}".strip() for typed, gen in zip(caps, generated)]
     image_embed = single("image_embed", image_embed) if image_embed else None
     structure = single("structure", structure) if structure else None

@@ -92,6 +92,20 @@ def test_memory_methods_measure_the_same_restore(tiny_pipe) -> None:
         bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "vms"}))
 
 
+def test_cli_offers_the_memory_methods_the_bench_has() -> None:
+    import argparse
+
+    from sspir_core.cli import bench as cli_bench
+
+    parser = argparse.ArgumentParser()
+    cli_bench.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench"])
+    assert args.memory_method == bench.BenchSettings().memory_method
+    action = next(a for a in parser._subparsers._group_actions[0].choices["bench"]._actions
+                  if a.dest == "memory_method")
+    assert tuple(action.choices) == bench.MEMORY_METHODS
+
+
 def test_memory_child_prints_one_json_line(capsys) -> None:
     assert bench._child_main(["--_memory-child", "64", "--config", "tiny", "--memory-steps", "1",
                               "--tile", "8", "--tile-overlap", "2", "--vae-tile", "64"]) == 0
