@@ -46,8 +46,6 @@ class OutOfMemory(SSPIRError):
     """Raised instead of a bare CUDA OOM, with what to change."""
 
 
-
-
 class Priors(NamedTuple):
     """Priors computed outside :meth:`RestorePipeline.restore` for one padded LQ batch; None = compute there.
 
