@@ -183,3 +183,91 @@ def test_niqe_with_basicsr_params_ranks_noise_worse(tmp_path):
     assert not result.skipped
     a, b = result.images["a"]["niqe"], result.images["b"]["niqe"]
     assert 0 < a < b  # NIQE: lower is more natural
+
+
+def shifted(u8: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, float]:
+    """``u8`` with +-k grey levels on every channel, and its PSNR on Y by hand: Y moves by exactly k * 219/255."""
+    gt = np.clip(u8, 10, 245).astype(np.int16)
+    sign = np.random.default_rng(seed).choice([-1, 1], size=gt.shape[:2])[..., None]
+    return (gt + k * sign).astype(np.uint8), 10 * math.log10(255**2 / (k * 219 / 255) ** 2)
+
+
+def test_an_image_too_small_for_ssim_is_named_and_skipped_the_rest_is_scored(photo_set, tmp_path, capsys):
+    tiny_gt = np.clip(skdata.rocket()[100:108, 100:108], 10, 245).astype(np.uint8)
+    tiny_pred, tiny_psnr = shifted(tiny_gt, 5, seed=3)
+    save(photo_set / "gt", "tiny.png", tiny_gt)
+    save(photo_set / "pred", "tiny.png", tiny_pred)
+    md = tmp_path / "s.md"
+    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y,ssim_y",
+                    "--markdown", str(md), "--pictures", str(tmp_path / "pics"), "--rank-by", "ssim_y"], tmp_path)
+    assert sorted(doc["images"]) == ["astronaut", "coffee", "tiny"]
+    assert doc["images"]["tiny"] == {"psnr_y": pytest.approx(tiny_psnr, abs=1e-4)}  # PSNR still scored
+    for name in ("astronaut", "coffee"):
+        assert 0 < doc["images"][name]["ssim_y"] < 1
+    reason = "smaller than SSIM's 11x11 window after the border crop"
+    assert doc["not_scored"] == {"tiny": {"ssim_y": {"reason": reason, "detail": "8x8 px after a 0 px border crop"}}}
+    assert doc["not_scored_summary"] == {"ssim_y": {"images": 1, "of": 3, "reasons": {reason: ["tiny"]}}}
+    assert doc["mean"]["ssim_y"] == pytest.approx((doc["images"]["astronaut"]["ssim_y"]
+                                                    + doc["images"]["coffee"]["ssim_y"]) / 2)
+    assert doc["mean"]["psnr_y"] == pytest.approx(np.mean([r["psnr_y"] for r in doc["images"].values()]))
+    captured = capsys.readouterr()
+    assert f"tiny: ssim_y not scored: {reason} (8x8 px" in captured.err
+    assert f"`ssim_y` not scored for 1 of 3 image(s), {reason}: tiny (its mean is over the other 2)" in md.read_text()
+    assert (tmp_path / "pics" / "worst_ssim_y.png").is_file()  # ranking skips the image without a value
+
+    # a border crop that leaves nothing of the tiny image: both metrics skip it, the others are scored
+    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y,ssim_y",
+                    "--crop-border", "4"], tmp_path)
+    assert doc["images"]["tiny"] == {}
+    assert set(doc["not_scored"]["tiny"]) == {"psnr_y", "ssim_y"}
+    assert doc["not_scored"]["tiny"]["psnr_y"]["reason"] == "--crop-border 4 leaves nothing of the image"
+    assert all(0 < doc["images"][n]["ssim_y"] < 1 for n in ("astronaut", "coffee"))
+
+
+@pytest.fixture
+def nested_set(tmp_path):
+    """GT and restored trees: top-level a, city/b, city/night/c (restored copies shifted by known amounts)."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    psnr = {}
+    for i, (name, img) in enumerate((("a", skdata.astronaut()[:48, :48]), ("city/b", skdata.coffee()[:48, :48]),
+                                     ("city/night/c", skdata.chelsea()[:48, :48]))):
+        gt = np.clip(img, 10, 245).astype(np.uint8)
+        pred, psnr[name] = shifted(gt, 2 + i, seed=i)
+        save(gt_dir / Path(name).parent, f"{Path(name).name}.png", gt)
+        save(pred_dir / Path(name).parent, f"{Path(name).name}.png", pred)
+    save(gt_dir / "city", "only_gt.jpg", skdata.rocket()[:48, :48])
+    return gt_dir, pred_dir, psnr
+
+
+def test_images_in_subfolders_are_counted_in_a_warning(nested_set, tmp_path, capsys):
+    gt_dir, pred_dir, psnr = nested_set
+    doc = run_json(["--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y"], tmp_path)
+    assert list(doc["images"]) == ["a"] and doc["images"]["a"]["psnr_y"] == pytest.approx(psnr["a"], abs=1e-4)
+    assert doc["in_subfolders"] == {"gt": {"city": 2, "city/night": 1}, "pred": {"city": 1, "city/night": 1}}
+    out = capsys.readouterr()
+    assert (f"warning: --gt: 3 image(s) in subfolders of {gt_dir} are not paired: city/ (2), city/night/ (1); "
+            "pass --recursive to pair them by relative path") in out.err
+    assert f"warning: --pred: 2 image(s) in subfolders of {pred_dir} are not paired" in out.err
+    assert "not paired: 3 image(s) in subfolders of --gt (city, city/night)" in out.out  # the Markdown notes
+    # nothing at the top level: the "no pair" error points at --recursive
+    assert main(["eval", "--gt", str(gt_dir / "city"), "--pred", str(pred_dir)]) == 2
+    assert "pass --recursive" in capsys.readouterr().err
+
+
+def test_recursive_pairs_by_relative_path(nested_set, tmp_path, capsys):
+    gt_dir, pred_dir, psnr = nested_set
+    doc = run_json(["--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y", "--recursive"],
+                   tmp_path)
+    assert list(doc["images"]) == ["a", "city/b", "city/night/c"]
+    for name, expected in psnr.items():
+        assert doc["images"][name]["psnr_y"] == pytest.approx(expected, abs=1e-4)
+    assert doc["missing"] == {"pred": ["city/only_gt"]} and doc["in_subfolders"] == {}
+    assert "warning: 1 image(s) with no restored image: city/only_gt" in capsys.readouterr().err
+    # same stem in two subfolders is two names; --restore reads one level, so it refuses --recursive
+    save(gt_dir / "other", "b.png", skdata.coffee()[:48, :48])
+    save(pred_dir / "other", "b.png", skdata.coffee()[:48, :48])
+    doc = run_json(["--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y", "--recursive"], tmp_path)
+    assert "other/b" in doc["images"] and "city/b" in doc["images"]
+    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--lq", str(gt_dir), "--recursive",
+                 "--restore", "--preset", "tiny-random"]) == 2
+    assert "--recursive cannot be combined with --restore" in capsys.readouterr().err

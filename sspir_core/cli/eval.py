@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", required=True, help="folder of ground-truth images")
     p.add_argument("--pred", required=True, help="folder of restored images (with --restore: written there)")
     p.add_argument("--lq", help="folder of LQ inputs (for the side-by-side pictures; required by --restore)")
+    p.add_argument("--recursive", action="store_true", help="also pair the images in subfolders, by path "
+                   "relative to each folder (GT city/a.png with restored city/a.png); without it they are "
+                   "counted in a warning and not scored")
     p.add_argument("--metrics", default="all", help="comma list or 'all' (default): psnr_y, ssim_y, lpips, dists, "
                    "clip_sim, niqe, musiq, maniqa, clipiqa, fid")
     p.add_argument("--weights-dir", help="metric weights in torch-hub layout (pyiqa/, checkpoints/, clip/, "
@@ -52,6 +55,10 @@ def _restore(args: argparse.Namespace, protocol, scratch: Path) -> tuple[int, di
         raise ValueError("--restore needs --lq (the folder of degraded inputs)")
     if any(a in ("-o", "--output") or a.startswith("--output=") for a in args.restore):
         raise ValueError("--restore: do not pass -o/--output, the restored images go to --pred")
+    if args.recursive:
+        raise ValueError("--recursive cannot be combined with --restore: `sspir restore` reads one folder level "
+                         "and writes flat names; restore each subfolder into the same subfolder of --pred, "
+                         "then run eval --recursive without --restore")
     lq_dir = Path(args.lq)
     if protocol.name != "none":
         crops = scratch / "lq"
@@ -100,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
                 code, timings = _restore(args, protocol, Path(scratch))
                 if code == 2:
                     return 2
-            pairing = pair_images(args.pred, args.gt, args.lq)
-        for line in pairing.describe_missing():
+            pairing = pair_images(args.pred, args.gt, args.lq, recursive=args.recursive)
+        for line in pairing.describe_missing() + pairing.describe_subfolders():
             print(f"warning: {line}", file=sys.stderr)
         import torch
 
@@ -113,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     except (SSPIRError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for image, metrics in result.not_scored.items():
+        for metric, why in metrics.items():
+            print(f"warning: {image}: {metric} not scored: {why['reason']} ({why['detail']})", file=sys.stderr)
     return _write_outputs(args, result, pairing, protocol)
 
 

@@ -13,9 +13,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .color import Y_PEAK, rgb_to_y
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+
+
+class NotScorable(InputError):
+    """One image cannot be scored by one metric (it is too small); the run scores everything else.
+
+    ``reason`` is the same for every image that fails the same way (the report counts images per reason);
+    the message adds this image's size.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason} ({detail})")
 
 
 def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
@@ -26,7 +39,7 @@ def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
         return x
     h, w = x.shape[-2:]
     if 2 * border >= min(h, w):
-        raise ValueError(f"--crop-border {border} leaves nothing of a {w}x{h} image")
+        raise NotScorable(f"--crop-border {border} leaves nothing of the image", f"{w}x{h} px")
     return x[..., border:-border, border:-border]
 
 
@@ -47,8 +60,9 @@ def ssim_y(pred: torch.Tensor, gt: torch.Tensor, border: int = 0) -> float:
     """SSIM between the Y channels of two ``[1, 3, H, W]`` RGB images in [0, 1] (data range 255)."""
     x, y = crop_border(rgb_to_y(pred), border), crop_border(rgb_to_y(gt), border)
     if min(x.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px after the border crop, "
-                         f"got {tuple(x.shape[-2:])}")
+        h, w = x.shape[-2:]
+        raise NotScorable(f"smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window after the border crop",
+                          f"{w}x{h} px after a {border} px border crop")
     w = _gaussian_window().to(x.device)
     mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)  # no padding: only windows inside the image
     var_x = F.conv2d(x * x, w) - mu_x**2

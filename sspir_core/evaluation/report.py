@@ -38,7 +38,13 @@ def markdown(result: EvalResult) -> str:
                                              for c in cols) + " |")
     notes = [f"- skipped `{n}`: {info['reason']}; needs " + ", ".join(f"`{f}`" for f in info["needs"])
              for n, info in result.skipped.items()]
+    for metric, info in result.not_scored_summary().items():
+        scored = info["of"] - info["images"]
+        notes += [f"- `{metric}` not scored for {len(images)} of {info['of']} image(s), {reason}: {', '.join(images)} "
+                  f"(its mean is over the other {scored})" for reason, images in info["reasons"].items()]
     notes += [f"- missing partner: {len(v)} image(s) without {k}: {', '.join(v)}" for k, v in result.missing.items()]
+    notes += [f"- not paired: {sum(subs.values())} image(s) in subfolders of --{k} ({', '.join(subs)}); "
+              "`--recursive` pairs them" for k, subs in result.in_subfolders.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
