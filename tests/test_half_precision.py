@@ -21,11 +21,12 @@ from sspir_core.build import build_models
 from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
 
 QK_SCALE = 2.0
-"""Pixel attentions' to_q/to_k weights are scaled by this: logits then reach ~54 with residuals of 40, past
-fp16's exp range (exp overflows fp16 above 11.09), so a softmax taken in half without subtracting the max overflows. Scaling
-by 8 (logits ~880) made the softmax so ill-conditioned near ties that a correct fp16 computation (fp32
-compute, each result rounded to fp16, emulated) landed anywhere between 32 and 117 eps depending only on
-the rounding pattern: no precision bound holds there. That case stays in the overflow test below."""
+"""Pixel attentions' to_q/to_k weights are scaled by this: logits then reach ~54 with residuals of 40, far
+past fp16's exp range (exp overflows fp16 above 11.09), so a softmax taken in half without subtracting the
+max overflows. Scaling by 8 (logits ~880) made the softmax so ill-conditioned near ties that a correct fp16
+computation (fp32 compute, each result rounded to fp16, emulated) landed anywhere between 32 and 117 eps
+depending only on the rounding pattern: no precision bound holds there. That case stays in the overflow
+test below."""
 
 
 def _inputs(dtype):
