@@ -221,3 +221,34 @@ def test_adamw8bit_trains_and_checkpoints(pairs, tmp_path):
     assert isinstance(trainer.optimizer.optimizer, bnb.optim.AdamW8bit)
     trainer.train()
     assert (tmp_path / "run" / "checkpoint-1" / "optimizer.bin").is_file()
+
+
+def test_gradient_clipping_covers_controlnet_and_unet_only(pairs, tmp_path, monkeypatch):
+    """Official train.py: clip_grad_norm_(controlnet + unet parameters); Refine gradients are not clipped."""
+    trainer = Trainer(_cfg(tmp_path / "run", pairs, max_steps=1, max_grad_norm=1.0), log=lambda m: None)
+    m = trainer.models
+    clipped = [p for mod in (m.controlnet, m.unet) for p in mod.parameters() if p.requires_grad]
+    refine = [p for p in m.refine.parameters() if p.requires_grad]
+    assert clipped and refine
+    g = 2.0**-7  # its square 2^-14 and every partial sum of squares (< 2^24 terms) are exact in float32
+    for p in clipped:
+        p.grad = torch.full_like(p, g)
+    for p in refine:
+        p.grad = torch.full_like(p, 3.0)  # alone far above max_grad_norm: it would dominate a joint norm
+    n = sum(p.numel() for p in clipped)
+    expected_norm = g * n**0.5  # hand computation: sqrt(n * g^2)
+    assert expected_norm > 1.0  # so clipping happens
+    norm = trainer.clip_gradients()
+    # per-tensor norms are exact sums then one rounded sqrt; the norm of those len(clipped) norms adds at most
+    # one rounding per term (+2 for the squares and the sqrt): (len + 2) float32 unit roundoffs, relative
+    rel = (len(clipped) + 2) * 2.0**-24
+    assert float(norm) == pytest.approx(expected_norm, rel=rel)
+    coef = 1.0 / (expected_norm + 1e-6)  # torch.nn.utils.clip_grad_norm_: max_norm / (total_norm + 1e-6)
+    for p in clipped:
+        torch.testing.assert_close(p.grad, torch.full_like(p, g * coef), rtol=rel + 4 * 2.0**-24, atol=0)
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in refine)  # untouched
+
+    calls = []
+    monkeypatch.setattr(trainer, "clip_gradients", lambda: calls.append(1))
+    trainer.train()
+    assert calls == [1]  # the training loop clips through it, once per optimisation step

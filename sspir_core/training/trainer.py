@@ -130,6 +130,10 @@ class Trainer:
             self.models.controlnet.enable_gradient_checkpointing()
         self.module = TrainModule(self.models).train()
         self.params = params
+        # official train.py: params_to_clip = list(controlnet.parameters()) + list(unet.parameters()); the Refine
+        # layer trains unclipped
+        refine = {id(p) for p in self.models.refine.parameters()}
+        self.clip_params = [p for p in params if id(p) not in refine]
         from diffusers.optimization import get_scheduler
 
         from ..schedulers import make_scheduler
@@ -167,6 +171,11 @@ class Trainer:
         loaded = load_official_checkpoint(input_dir)
         for name, module in self.models.named_modules_():
             module.load_state_dict(getattr(loaded, name).state_dict())
+
+    def clip_gradients(self) -> torch.Tensor | None:
+        """Clip the ControlNet + UNet gradients to ``max_grad_norm`` together (their norm alone decides the
+        scale; the Refine layer's gradients are neither counted nor scaled), as the official ``train.py``."""
+        return self.accelerator.clip_grad_norm_(self.clip_params, self.cfg.max_grad_norm)
 
     def _generator(self, *parts: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))
@@ -322,7 +331,7 @@ class Trainer:
                 with acc.accumulate(self.module_p):
                     out = self.micro_step(batch, self.step * cfg.grad_accum + k)
                     if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                        grad_norm = self.clip_gradients()
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
