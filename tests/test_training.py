@@ -252,3 +252,48 @@ def test_gradient_clipping_covers_controlnet_and_unet_only(pairs, tmp_path, monk
     monkeypatch.setattr(trainer, "clip_gradients", lambda: calls.append(1))
     trainer.train()
     assert calls == [1]  # the training loop clips through it, once per optimisation step
+
+
+def test_resume_latest_skips_damaged_checkpoints_and_an_explicit_one_is_refused(pairs, tmp_path):
+    from sspir_core.errors import InputError
+
+    out = tmp_path / "run"
+    cfg = _cfg(out, pairs, max_steps=3, checkpoint_every=1)
+    Trainer(cfg, log=lambda m: None).train()
+    (out / "checkpoint-3" / "trainer_state.json").write_text("")  # a crash while it was written in place
+    compact = out / "checkpoint-2" / "sspir.safetensors"
+    compact.write_bytes(compact.read_bytes()[:1000])  # cut short
+    (out / "checkpoint-4").mkdir()  # a save that never finished: no trainer_state.json yet
+    logged: list[str] = []
+    trainer = Trainer(replace(cfg, resume="latest", max_steps=4), log=logged.append)
+    assert trainer.resume_from == out / "checkpoint-1"
+    warnings = [m for m in logged if m.startswith("warning: --resume latest: skipping")]
+    assert len(warnings) == 3
+    assert "checkpoint-4 is incomplete: no trainer_state.json" in warnings[0]
+    assert f"{out / 'checkpoint-3' / 'trainer_state.json'} is damaged" in warnings[1]
+    assert str(compact) in warnings[2]
+    with pytest.raises(InputError, match=r"checkpoint-3[/\\]trainer_state\.json is damaged \(JSONDecodeError"):
+        Trainer(replace(cfg, resume=str(out / "checkpoint-3")), log=lambda m: None)
+    assert trainer.train().step == 4
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4]
+
+
+def test_trainer_state_is_written_atomically(pairs, tmp_path, monkeypatch):
+    """A crash while trainer_state.json is written leaves no state file (an unfinished checkpoint), not a broken one."""
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, pairs, max_steps=1), log=lambda m: None)
+    real = Path.write_text
+
+    def crash_midway(self, text, *args, **kwargs):
+        if "trainer_state.json" in self.name:
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", crash_midway)
+    with pytest.raises(OSError, match="No space"):
+        trainer.train()
+    monkeypatch.undo()
+    ckpt = out / "checkpoint-1"
+    assert ckpt.is_dir() and not (ckpt / "trainer_state.json").exists()
+    assert not [p for p in ckpt.iterdir() if "trainer_state" in p.name]  # no half-written temporary either

@@ -6,7 +6,8 @@ uniform timestep -> ControlNet + UNet predict the noise -> ``MSE + RGB + FFT`` l
 
 Reproducibility: every random number of micro-step ``m`` on process ``r`` comes from generators seeded with
 ``(seed, m, r)`` and the data stream is positional (see :mod:`.data`), so a run resumed from ``checkpoint-N``
-continues exactly as if it had never stopped.
+continues exactly as if it had never stopped. Checkpoint files are written atomically, ``trainer_state.json`` last,
+and resuming checks a checkpoint first (:func:`read_state`), so a crash mid-save never blocks ``--resume latest``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, SSPIRError
+from ..files import write_text_atomic
+from ..loaders.weights_file import WeightsFile
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
 from .degradations import DegradationSettings, degrade, usm_sharpen
@@ -32,6 +35,9 @@ from .step import training_losses
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 COMPACT_NAME = "sspir.safetensors"
+STATE_KEYS = ("step", "micro_step", "world_size", "batch_size", "seed")
+WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
+                "refine/refine.pt", COMPACT_NAME)
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -42,22 +48,62 @@ class TrainResult:
     losses: list[float]
 
 
-def list_checkpoints(output: Path) -> list[Path]:
-    """Complete checkpoints (their trainer_state.json is written last), oldest first."""
-    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file()
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+def _numbered(output: Path) -> list[Path]:
+    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
+def list_checkpoints(output: Path) -> list[Path]:
+    """Finished checkpoints (their trainer_state.json is written last), oldest first."""
+    return [p for p in _numbered(output) if (p / STATE_FILE).is_file()]
+
+
+def read_state(path: Path) -> dict:
+    """The trainer state of a checkpoint after checking it can be resumed; an InputError naming the file if not.
+
+    Checked: ``trainer_state.json`` (written last, atomically: missing means the save never finished) parses
+    and holds every key; the SSP-IR weight files exist, are not empty, and the safetensors headers read.
+    """
+    file = path / STATE_FILE
+    if not path.is_dir():
+        raise InputError(f"--resume {path}: no such checkpoint folder")
+    if not file.is_file():
+        raise InputError(f"{path} is incomplete: no {STATE_FILE} (it is written last, so the save did not finish)")
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{file} is damaged ({type(e).__name__}: {e})") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise InputError(f"{file} is damaged: no {', '.join(missing)}")
+    for rel in WEIGHT_FILES:
+        weights = path / rel
+        if not weights.is_file() or weights.stat().st_size == 0:
+            raise InputError(f"{path} is incomplete: {weights} is {'empty' if weights.is_file() else 'missing'}")
+        if weights.suffix == ".safetensors":
+            try:
+                WeightsFile(weights)
+            except SSPIRError as e:
+                raise InputError(f"{path} is damaged: {e}") from None
+    return state
+
+
+def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to resume from: ``latest`` is the newest one that passes :func:`read_state` (each damaged
+    or unfinished newer one is skipped with a warning naming it); an explicit folder must pass it."""
     if not cfg.resume:
         return None
     if cfg.resume == "latest":
-        found = list_checkpoints(Path(cfg.output))
-        return found[-1] if found else None  # nothing yet: a fresh start
+        for path in reversed(_numbered(Path(cfg.output))):
+            try:
+                read_state(path)
+            except InputError as e:
+                log(f"warning: --resume latest: skipping {path}: {e}")
+                continue
+            return path
+        return None  # nothing yet: a fresh start
     path = Path(cfg.resume)
-    if not (path / STATE_FILE).is_file():
-        raise InputError(f"--resume {path}: not a complete checkpoint folder (no {STATE_FILE})")
+    read_state(path)
     return path
 
 
@@ -112,6 +158,7 @@ class Trainer:
         self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.device = acc.device
         self.rank, self.world = acc.process_index, acc.num_processes
+        self.resume_from = resolve_resume(cfg, self.log)  # before the models: a bad --resume fails at once
         self.dataset = build_dataset(cfg, self.log)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -230,13 +277,13 @@ class Trainer:
         if acc.is_main_process:
             state = {"step": self.step, "micro_step": self.step * self.cfg.grad_accum, "world_size": self.world,
                      "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, "base": self.models.base}
-            (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+            write_text_atomic(path / STATE_FILE, json.dumps(state, indent=2))  # last: marks the checkpoint done
         acc.wait_for_everyone()
         self.log(f"saved {path}")
         return path
 
     def resume(self, path: Path) -> None:
-        state = json.loads((path / STATE_FILE).read_text())
+        state = read_state(path)
         if state["world_size"] * state["batch_size"] != self.world * self.cfg.batch_size or state["seed"] != self.cfg.seed:
             self.log(f"warning: {path} was written with {state['world_size']} process(es) x batch {state['batch_size']}"
                      f" and seed {state['seed']}: the data stream will not continue exactly")
@@ -302,9 +349,8 @@ class Trainer:
         from tqdm import tqdm
 
         acc, cfg = self.accelerator, self.cfg
-        resume_from = resolve_resume(cfg)
-        if resume_from is not None:
-            self.resume(resume_from)
+        if self.resume_from is not None:
+            self.resume(self.resume_from)
         if acc.is_main_process:
             (self.out / "train-config.json").write_text(cfg.to_json())
             metrics_file = self.out / "metrics.jsonl"
