@@ -297,3 +297,18 @@ def test_trainer_state_is_written_atomically(pairs, tmp_path, monkeypatch):
     ckpt = out / "checkpoint-1"
     assert ckpt.is_dir() and not (ckpt / "trainer_state.json").exists()
     assert not [p for p in ckpt.iterdir() if "trainer_state" in p.name]  # no half-written temporary either
+
+
+def test_a_caption_damaged_mid_run_goes_into_the_data_report(photos, tmp_path):
+    captions = tmp_path / "captions"
+    captions.mkdir()
+    for name in PHOTOS:
+        (captions / f"{name}.txt").write_text(f"a photo of {name}\n")
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, photos, max_steps=2, captions=str(captions), caption_dropout=0.0), log=lambda m: None)
+    assert (out / "data-report.txt").read_text() == ""  # all fine at the start
+    (captions / "coffee.txt").write_bytes("caf\xe9".encode("latin-1"))  # replaced while the run goes on
+    trainer.train()  # 2 steps x batch 2 = one pass over the 4 photos
+    lines = (out / "data-report.txt").read_text().splitlines()
+    assert lines == [f"skipped\t{photos / 'coffee.png'}\tmid-run: caption file {captions / 'coffee.txt'} is not UTF-8 "
+                     "text (unexpected end of data at byte 3): save it as UTF-8"]

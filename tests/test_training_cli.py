@@ -56,6 +56,20 @@ def test_unpaired_data_stops_before_training(tmp_path, capsys):
     assert "gt/x.png has no partner" in capsys.readouterr().err
 
 
+def test_too_small_photos_name_the_flag_that_changes_it(tmp_path, capsys):
+    """96 px photos under --preset tiny-random's default 512 px crops: the message says which flag to lower."""
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (96, 96), "white").save(tmp_path / "photos" / "p.png")
+    argv = ["train", "--preset", "tiny-random", "--data", str(tmp_path / "photos"), "--output", str(tmp_path / "o"),
+            "--mixed-precision", "no", "--report-to", "none"]
+    assert cli_main(argv) == 2
+    assert "p.png: too small (96x96; crops are 512 px: --resolution 96 or less would use it)" in capsys.readouterr().err
+    assert cli_main(["make-pairs", str(tmp_path / "photos"), str(tmp_path / "pairs"), "--crop", "128"]) == 0
+    assert "too small (96x96; crops are 128 px: --crop 96 or less would use it)" in capsys.readouterr().err
+
+
 def test_make_pairs_missing_folder(tmp_path, capsys):
     assert cli_main(["make-pairs", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "data folder not found" in capsys.readouterr().err

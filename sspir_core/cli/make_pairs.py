@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     except SSPIRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = scan(files, max(args.crop, 4 * args.scale), args.allow_gray)
+    report = scan(files, max(args.crop, 4 * args.scale), args.allow_gray, size_flag="--crop")
     print(report.summary(), file=sys.stderr)
     out = Path(args.out_dir)
     for sub in (GT_DIR, LQ_DIR, CAPTION_DIR):

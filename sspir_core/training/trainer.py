@@ -34,6 +34,7 @@ from .step import training_losses
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+DATA_REPORT = "data-report.txt"
 COMPACT_NAME = "sspir.safetensors"
 STATE_KEYS = ("step", "micro_step", "world_size", "batch_size", "seed")
 WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
@@ -163,9 +164,9 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log(f"data: {self.dataset.report.summary()}")
-            (self.out / "data-report.txt").write_text(
-                "".join(f"skipped\t{p}\t{why}\n" for p, why in self.dataset.report.skipped)
-                + "".join(f"note\t{p}\t{what}\n" for p, what in self.dataset.report.notes), encoding="utf-8")
+            (self.out / DATA_REPORT).write_text(_report_lines("skipped", self.dataset.report.skipped)
+                                                + _report_lines("note", self.dataset.report.notes), encoding="utf-8")
+        self._reported: set[str] = set()
         self.frozen_dtype = _DTYPES[cfg.mixed_precision] if self.device.type != "cpu" or cfg.mixed_precision == "bf16" \
             else torch.float32
         self.pipe = build_pipeline(cfg, self.device, self.frozen_dtype)
@@ -224,6 +225,19 @@ class Trainer:
         scale; the Refine layer's gradients are neither counted nor scaled), as the official ``train.py``."""
         return self.accelerator.clip_grad_norm_(self.clip_params, self.cfg.max_grad_norm)
 
+    def report_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """Append the files a batch had to skip mid-run (damaged since the scan) to data-report.txt, once each.
+
+        Every process appends its own (lines are written with one O_APPEND write each); a process on a node that
+        does not see the output folder only logs them, as the data loader already did.
+        """
+        new = [(p, why) for p, why in skipped if p not in self._reported]
+        if not new or not self.out.is_dir():
+            return
+        self._reported.update(p for p, _ in new)
+        with open(self.out / DATA_REPORT, "a", encoding="utf-8") as fh:
+            fh.write(_report_lines("skipped", [(p, f"mid-run: {why}") for p, why in new]))
+
     def _generator(self, *parts: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))
 
@@ -252,6 +266,7 @@ class Trainer:
         return float(sum(p.detach().double().abs().sum() for p in self.params))
 
     def micro_step(self, batch: dict, micro: int) -> dict[str, torch.Tensor]:
+        self.report_skipped(batch.get("skipped", []))
         self.trace({"step": self.step + 1, "micro_step": micro,
                     "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
         g = self._generator(micro, self.rank)
@@ -309,8 +324,9 @@ class Trainer:
                 self.validation_batch = {"lq": lq, "gt": None, "upscale": float(cfg.scale)}
             else:
                 n = min(cfg.validation_count, len(self.dataset))
-                samples = [self.dataset[(i, -1 - i)] for i in range(n)]
-                gt, lq = self.prepare_batch(collate(samples))
+                batch = collate([self.dataset[(i, -1 - i)] for i in range(n)])
+                self.report_skipped(batch["skipped"])
+                gt, lq = self.prepare_batch(batch)
                 self.validation_batch = {"lq": lq.cpu(), "gt": gt.cpu(), "upscale": 1.0}
         v = self.validation_batch
         return v["lq"], v["gt"], v["upscale"]
@@ -413,6 +429,11 @@ class Trainer:
         if cfg.report_to not in ("", "none"):
             acc.end_training()
         return TrainResult(self.step, last, losses)
+
+
+def _report_lines(kind: str, entries: list[tuple[Path | str, str]]) -> str:
+    """data-report.txt lines: ``kind<TAB>path<TAB>reason``, one per file (reasons kept on one line)."""
+    return "".join(f"{kind}\t{p}\t{' '.join(str(why).split())}\n" for p, why in entries)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
