@@ -1,5 +1,9 @@
 """Training data: the official paired layout or GT-only folders, checked up front, sampled reproducibly.
 
+The paired layout is the one the official ``dataloaders/paired_dataset.py`` (repository ``zyhrainbow/SSP-IR``)
+reads: ``gt/``, ``sr_bicubic/`` (the LQ bicubic-upsampled to the GT size) and ``gt_llm_caption/``, with an empty
+caption at ``null_text_ratio`` 0.5. It pairs by unsorted ``glob`` (files may pair wrongly); here by file stem.
+
 Every random choice of a sample (which image, crop, caption dropout, degradation) comes from one seed derived
 from the run seed and the sample's *position* in the stream of samples, never from worker or process state.
 So the stream is the same whatever the number of DataLoader workers, and a resumed run continues it exactly

@@ -4,6 +4,13 @@ One optimisation step = ``grad_accum`` micro-steps. A micro-step: (degrade GT on
 LQ) -> frozen encoders (VAE latents of the GT, long-prompt text embedding, CLIP tokens of the LQ) -> noise at a
 uniform timestep -> ControlNet + UNet predict the noise -> ``MSE + RGB + FFT`` losses.
 
+As the official ``train.py`` (repository ``zyhrainbow/SSP-IR``): what trains (the whole ControlNet, the UNet
+modules named ``image_attentions``/``pixel_attentions`` by ``--trainable_modules``, the ``TPBNet`` Refine
+layer: ``params_to_optimize``), AdamW over all of them, ``clip_grad_norm_`` over the ControlNet + UNet
+parameters only, the checkpoint layout of its ``save_model_hook`` (``unet/``, ``controlnet/``,
+``refine/refine.pt``), and the loop of :mod:`.step`. The CLIP input is the one of
+``dataloaders/paired_dataset.py`` (see ``ClipVisionEncoder.preprocess``).
+
 Reproducibility: every random number of micro-step ``m`` on process ``r`` comes from generators seeded with
 ``(seed, m, r)`` and the data stream is positional (see :mod:`.data`), so a run resumed from ``checkpoint-N``
 continues exactly as if it had never stopped. Checkpoint files are written atomically, ``trainer_state.json`` last,
