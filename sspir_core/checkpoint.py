@@ -11,6 +11,7 @@ Two layouts:
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .build import (
     structure,
 )
 from .errors import CheckpointError
+from .files import atomic_path, write_text_atomic
 from .models import RefineLayer, make_controlnet, patch_unet
 from .models.unet import is_prior_attention_key
 
@@ -211,12 +213,32 @@ def _diffusers_version() -> str:
 
 
 def _save_tensors(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically, readable as the umask allows, and the same bytes for the same input."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)  # never leave a half-written file under the real name
+    with atomic_path(path) as tmp:  # never a half-written file under the real name
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        if metadata:
+            _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite the header's ``__metadata__`` in sorted key order, in place.
+
+    safetensors serialises the metadata from a Rust HashMap, whose order changes on every write, so two saves
+    of the same model differed in their bytes and a checksum could not identify a model. Tensors are already
+    written in a fixed order. The re-encoded header is the same JSON with the same length; it is padded with
+    spaces to the original length, as safetensors pads, so the tensor data does not move.
+    """
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(raw) > size:  # cannot happen for a header safetensors wrote: same keys and values, same length
+            raise RuntimeError(f"{path}: sorted safetensors header is longer than the original")
+        fh.seek(8)
+        fh.write(raw + b" " * (size - len(raw)))
 
 
 def save_official_checkpoint(models: SSPIRModels, out_dir: str | Path) -> Path:
@@ -226,11 +248,12 @@ def save_official_checkpoint(models: SSPIRModels, out_dir: str | Path) -> Path:
         ("unet", official_unet_config(models), models.unet),
         ("controlnet", official_controlnet_config(models), models.controlnet),
     ):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        (out / sub / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        write_text_atomic(out / sub / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
         _save_tensors(module.state_dict(), out / sub / WEIGHT_NAMES[0], {"format": "pt"})
-    (out / "refine").mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in models.refine.state_dict().items()}, out / "refine" / "refine.pt")
+    # through a file object: torch names the records inside the zip after a path's file name (here the random
+    # temporary one), "archive" for an open file
+    with atomic_path(out / "refine" / "refine.pt") as tmp, open(tmp, "wb") as fh:
+        torch.save({k: v.detach().cpu() for k, v in models.refine.state_dict().items()}, fh)
     return out
 
 

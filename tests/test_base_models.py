@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -462,6 +463,59 @@ def test_clip_preprocessing_is_squash_resize_and_clip_normalisation(tiny_vision)
     assert row[:27].max() < row[29:].min()
     with pytest.raises(InputError):
         encoder(torch.rand(3, 56, 56))
+
+
+# zyhrainbow/SSP-IR dataloaders/paired_dataset.py (PairedPromptDataset, which train.py uses):
+#   clip_mean = [0.48145466, 0.4578275, 0.40821073]; clip_std = [0.26862954, 0.26130258, 0.275777]
+#   clip_values = F.interpolate(lq_img.unsqueeze(0), size=(224, 224), mode='bicubic').clamp(0.0, 1.0)
+OFFICIAL_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OFFICIAL_CLIP_STD = (0.26862954, 0.26130258, 0.275777)
+
+
+def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Plain (not antialiased) bicubic as a float64 [n_out, n_in] matrix: Keys kernel A = -0.75, half-pixel
+    centres (align_corners False), edge taps clamped; the definition torch and OpenCV use."""
+    import numpy as np
+
+    a = -0.75
+
+    def w(d: float) -> float:
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d**3 - (a + 3) * d**2 + 1
+        return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a if d < 2 else 0.0
+
+    m = np.zeros((n_out, n_in))
+    for j in range(n_out):
+        src = (j + 0.5) * n_in / n_out - 0.5
+        i0 = int(np.floor(src))
+        for i in range(i0 - 1, i0 + 3):
+            m[j, min(max(i, 0), n_in - 1)] += w(src - i)
+    return m
+
+
+@pytest.mark.parametrize("size", [(448, 448), (56, 112)])  # a 2x downscale; a 4x / 2x upscale (overshoots)
+def test_clip_input_is_the_official_training_preprocessing(size):
+    """Against an independent float64 computation: plain bicubic, clamp, the official mean/std.
+
+    Sizes with scale factors 2, 1/4 and 1/2 make every sample position and kernel weight exact in float32, so
+    the only error is float32 rounding of the two 4-tap sums (at most 7 operations x (sum |w| = 1.375)^2 x
+    2^-24 = 1.1e-6 in [0, 1] units), divided by the smallest std (0.2613): 4.2e-6; 1e-5 bounds it.
+    """
+    from sspir_core.loaders.clip_vision import ClipVisionEncoder
+
+    encoder = ClipVisionEncoder(torch.nn.Identity(), "transformers", 224, 14, 64)
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(2, 3, *size, generator=g) > 0.5).float()  # 0/1 noise: bicubic overshoots [0, 1]
+    my, mx = _bicubic_matrix(size[0], 224), _bicubic_matrix(size[1], 224)
+    resized = np.einsum("yh,bchw,xw->bcyx", my, images.double().numpy(), mx)
+    assert resized.min() < -0.05 and resized.max() > 1.05  # so the clamp is exercised
+    mean = np.array(OFFICIAL_CLIP_MEAN).reshape(1, 3, 1, 1)
+    std = np.array(OFFICIAL_CLIP_STD).reshape(1, 3, 1, 1)
+    expected = torch.from_numpy((resized.clip(0.0, 1.0) - mean) / std)
+    got = encoder.preprocess(images)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
 
 
 def test_clip_vision_errors_name_the_file_and_what_it_is(tiny_vision, tmp_path):

@@ -157,3 +157,58 @@ def test_pickle_refused_by_the_safe_loader_says_so(tmp_path):
     message = str(e.value)
     assert str(path) in message and "refused by the safe loader" in message and "argparse.Namespace" in message
     assert "truncated" not in message
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["umask022", "umask002"])
+def test_weight_files_get_the_umask_permissions(fixture_a, tmp_path, umask):
+    """Every file of a checkpoint is 0666 less the umask, as open() makes it (safetensors' own writer: 0600)."""
+    import os
+    import stat
+
+    from sspir_core.checkpoint import save_compact, save_official_checkpoint
+
+    models = load_official_checkpoint(fixture_a / "checkpoint-7")
+    old = os.umask(umask)
+    try:
+        save_official_checkpoint(models, tmp_path / "out")
+        save_compact(models, tmp_path / "out" / "sspir.safetensors")
+    finally:
+        os.umask(old)
+    files = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert {p.relative_to(tmp_path / "out").as_posix() for p in files} == {
+        UNET_FILE, CN_FILE, "unet/config.json", "controlnet/config.json", "refine/refine.pt", "sspir.safetensors"}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+def test_same_model_same_compact_bytes(fixture_a, tmp_path):
+    """Two saves of the same tensors and metadata are byte-identical, so a checksum identifies a model."""
+    import hashlib
+
+    from sspir_core.checkpoint import save_compact
+
+    models = load_official_checkpoint(fixture_a / "checkpoint-7")
+    digests = set()
+    for i in range(4):  # safetensors' metadata order changed on each write (7 keys: 5040 orders)
+        path = save_compact(models, tmp_path / f"{i}.safetensors")
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    meta = read_compact_metadata(tmp_path / "0.safetensors")
+    assert meta["format"] == "sspir-compact" and meta["base"] == models.base
+    assert _same_tensors(load_file(tmp_path / "0.safetensors"), load_file(tmp_path / "3.safetensors"))
+    assert not list(tmp_path.glob(".*partial"))  # no temporary file left
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from sspir_core import files
+
+    target = tmp_path / "state.json"
+    target.write_text("old")
+
+    def crash(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", crash)
+    with pytest.raises(OSError, match="No space"):
+        files.write_text_atomic(target, "new and longer")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

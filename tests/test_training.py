@@ -221,3 +221,94 @@ def test_adamw8bit_trains_and_checkpoints(pairs, tmp_path):
     assert isinstance(trainer.optimizer.optimizer, bnb.optim.AdamW8bit)
     trainer.train()
     assert (tmp_path / "run" / "checkpoint-1" / "optimizer.bin").is_file()
+
+
+def test_gradient_clipping_covers_controlnet_and_unet_only(pairs, tmp_path, monkeypatch):
+    """Official train.py: clip_grad_norm_(controlnet + unet parameters); Refine gradients are not clipped."""
+    trainer = Trainer(_cfg(tmp_path / "run", pairs, max_steps=1, max_grad_norm=1.0), log=lambda m: None)
+    m = trainer.models
+    clipped = [p for mod in (m.controlnet, m.unet) for p in mod.parameters() if p.requires_grad]
+    refine = [p for p in m.refine.parameters() if p.requires_grad]
+    assert clipped and refine
+    g = 2.0**-7  # its square 2^-14 and every partial sum of squares (< 2^24 terms) are exact in float32
+    for p in clipped:
+        p.grad = torch.full_like(p, g)
+    for p in refine:
+        p.grad = torch.full_like(p, 3.0)  # alone far above max_grad_norm: it would dominate a joint norm
+    n = sum(p.numel() for p in clipped)
+    expected_norm = g * n**0.5  # hand computation: sqrt(n * g^2)
+    assert expected_norm > 1.0  # so clipping happens
+    norm = trainer.clip_gradients()
+    # per-tensor norms are exact sums then one rounded sqrt; the norm of those len(clipped) norms adds at most
+    # one rounding per term (+2 for the squares and the sqrt): (len + 2) float32 unit roundoffs, relative
+    rel = (len(clipped) + 2) * 2.0**-24
+    assert float(norm) == pytest.approx(expected_norm, rel=rel)
+    coef = 1.0 / (expected_norm + 1e-6)  # torch.nn.utils.clip_grad_norm_: max_norm / (total_norm + 1e-6)
+    for p in clipped:
+        torch.testing.assert_close(p.grad, torch.full_like(p, g * coef), rtol=rel + 4 * 2.0**-24, atol=0)
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in refine)  # untouched
+
+    calls = []
+    monkeypatch.setattr(trainer, "clip_gradients", lambda: calls.append(1))
+    trainer.train()
+    assert calls == [1]  # the training loop clips through it, once per optimisation step
+
+
+def test_resume_latest_skips_damaged_checkpoints_and_an_explicit_one_is_refused(pairs, tmp_path):
+    from sspir_core.errors import InputError
+
+    out = tmp_path / "run"
+    cfg = _cfg(out, pairs, max_steps=3, checkpoint_every=1)
+    Trainer(cfg, log=lambda m: None).train()
+    (out / "checkpoint-3" / "trainer_state.json").write_text("")  # a crash while it was written in place
+    compact = out / "checkpoint-2" / "sspir.safetensors"
+    compact.write_bytes(compact.read_bytes()[:1000])  # cut short
+    (out / "checkpoint-4").mkdir()  # a save that never finished: no trainer_state.json yet
+    logged: list[str] = []
+    trainer = Trainer(replace(cfg, resume="latest", max_steps=4), log=logged.append)
+    assert trainer.resume_from == out / "checkpoint-1"
+    warnings = [m for m in logged if m.startswith("warning: --resume latest: skipping")]
+    assert len(warnings) == 3
+    assert "checkpoint-4 is incomplete: no trainer_state.json" in warnings[0]
+    assert f"{out / 'checkpoint-3' / 'trainer_state.json'} is damaged" in warnings[1]
+    assert str(compact) in warnings[2]
+    with pytest.raises(InputError, match=r"checkpoint-3[/\\]trainer_state\.json is damaged \(JSONDecodeError"):
+        Trainer(replace(cfg, resume=str(out / "checkpoint-3")), log=lambda m: None)
+    assert trainer.train().step == 4
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4]
+
+
+def test_trainer_state_is_written_atomically(pairs, tmp_path, monkeypatch):
+    """A crash while trainer_state.json is written leaves no state file (an unfinished checkpoint), not a broken one."""
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, pairs, max_steps=1), log=lambda m: None)
+    real = Path.write_text
+
+    def crash_midway(self, text, *args, **kwargs):
+        if "trainer_state.json" in self.name:
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", crash_midway)
+    with pytest.raises(OSError, match="No space"):
+        trainer.train()
+    monkeypatch.undo()
+    ckpt = out / "checkpoint-1"
+    assert ckpt.is_dir() and not (ckpt / "trainer_state.json").exists()
+    assert not [p for p in ckpt.iterdir() if "trainer_state" in p.name]  # no half-written temporary either
+
+
+def test_a_caption_damaged_mid_run_goes_into_the_data_report(photos, tmp_path):
+    captions = tmp_path / "captions"
+    captions.mkdir()
+    for name in PHOTOS:
+        (captions / f"{name}.txt").write_text(f"a photo of {name}\n")
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, photos, max_steps=2, captions=str(captions), caption_dropout=0.0), log=lambda m: None)
+    assert (out / "data-report.txt").read_text() == ""  # all fine at the start
+    (captions / "coffee.txt").write_bytes("caf\xe9".encode("latin-1"))  # replaced while the run goes on
+    trainer.train()  # 2 steps x batch 2 = one pass over the 4 photos
+    lines = (out / "data-report.txt").read_text().splitlines()
+    assert lines == [f"skipped\t{photos / 'coffee.png'}\tmid-run: caption file {captions / 'coffee.txt'} is not UTF-8 "
+                     "text (unexpected end of data at byte 3): save it as UTF-8"]

@@ -56,6 +56,39 @@ def test_unpaired_data_stops_before_training(tmp_path, capsys):
     assert "gt/x.png has no partner" in capsys.readouterr().err
 
 
+def test_too_small_photos_name_the_flag_that_changes_it(tmp_path, capsys):
+    """96 px photos under --preset tiny-random's default 512 px crops: the message says which flag to lower."""
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (96, 96), "white").save(tmp_path / "photos" / "p.png")
+    argv = ["train", "--preset", "tiny-random", "--data", str(tmp_path / "photos"), "--output", str(tmp_path / "o"),
+            "--mixed-precision", "no", "--report-to", "none"]
+    assert cli_main(argv) == 2
+    assert "p.png: too small (96x96; crops are 512 px: --resolution 96 or less would use it)" in capsys.readouterr().err
+    assert cli_main(["make-pairs", str(tmp_path / "photos"), str(tmp_path / "pairs"), "--crop", "128"]) == 0
+    assert "too small (96x96; crops are 128 px: --crop 96 or less would use it)" in capsys.readouterr().err
+
+
+def test_make_pairs_refuses_a_caption_that_is_not_utf8(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "captions").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 32), "white").save(tmp_path / "photos" / f"{name}.png")
+        (tmp_path / "captions" / f"{name}.txt").write_text(f"photo {name}", encoding="utf-8")
+    (tmp_path / "captions" / "b.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    argv = ["make-pairs", str(tmp_path / "photos"), str(tmp_path / "pairs"), "--crop", "16",
+            "--captions", str(tmp_path / "captions")]
+    assert cli_main(argv) == 1
+    assert f"caption file {tmp_path / 'captions' / 'b.txt'} is not UTF-8 text" in capsys.readouterr().err
+    assert (tmp_path / "pairs" / "gt_llm_caption" / "a.txt").read_text() == "photo a"
+    # nothing of b: a rerun after fixing the caption makes its pair (it skips pairs whose LQ exists)
+    assert sorted(p.relative_to(tmp_path / "pairs").as_posix() for p in (tmp_path / "pairs").rglob("*.*")) == [
+        "gt/a.png", "gt_llm_caption/a.txt", "sr_bicubic/a.png"]
+
+
 def test_make_pairs_missing_folder(tmp_path, capsys):
     assert cli_main(["make-pairs", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "data folder not found" in capsys.readouterr().err

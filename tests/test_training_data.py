@@ -11,7 +11,14 @@ from PIL import Image
 
 from sspir_core.errors import InputError
 from sspir_core.image_io import save_png
-from sspir_core.training.data import PositionSampler, TrainingSet, collate, gt_items, paired_items
+from sspir_core.training.data import (
+    PositionSampler,
+    TrainingSet,
+    collate,
+    gt_items,
+    paired_items,
+    read_caption,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,8 +125,40 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
 
 def test_no_usable_images_is_a_clear_error(tmp_path):
     _rgb(tmp_path / "tiny.png", size=(8, 8))
-    with pytest.raises(InputError, match="(?s)no usable training images.*tiny.png: too small"):
+    with pytest.raises(InputError, match=r"(?s)no usable training images.*tiny.png: too small \(8x8; crops are 32 px: "
+                                         r"--resolution 8 or less would use it\)"):
         TrainingSet(gt_items([tmp_path], None), resolution=32, seed=0)
+
+
+def test_a_caption_that_is_not_utf8_is_reported_and_its_image_skipped(tmp_path):
+    """Decoded strictly, as `sspir restore` reads captions: never trained on with replacement characters."""
+    _layout(tmp_path)
+    bad = tmp_path / "gt_llm_caption" / "b.txt"
+    bad.write_bytes("un caf\xe9 cr\xe8me".encode("latin-1"))
+    ds = TrainingSet(paired_items(tmp_path), resolution=16, seed=0, caption_dropout=0.0)
+    assert [it.gt.name for it in ds.items] == ["a.png", "c.png"]
+    skipped = {p.name: why for p, why in ds.report.skipped}
+    assert skipped == {"b.png": f"caption file {bad} is not UTF-8 text (invalid continuation byte at byte 6): "
+                                "save it as UTF-8"}
+    assert "b.png" not in {p.name for p in ds.report.usable}
+    assert "skipped" in ds.report.summary() and str(bad) in ds.report.summary()
+    with pytest.raises(InputError, match="b.txt is not UTF-8"):
+        read_caption(bad)
+
+
+def test_a_caption_that_breaks_mid_run_is_listed_with_the_sample(tmp_path):
+    _layout(tmp_path)
+    logged: list[str] = []
+    ds = TrainingSet(paired_items(tmp_path), resolution=16, seed=0, caption_dropout=0.0, log=logged.append)
+    assert ds[(0, 0)]["skipped"] == []
+    bad = tmp_path / "gt_llm_caption" / "a.txt"
+    bad.write_bytes(b"\xff\xfe not utf-8")  # changed after the scan
+    s = ds[(0, 1)]
+    assert ds.items[s["index"]].gt.name == "b.png"  # the next image instead
+    assert [(Path(p).name, why) for p, why in s["skipped"]] == [
+        ("a.png", f"caption file {bad} is not UTF-8 text (invalid start byte at byte 0): save it as UTF-8")]
+    assert any(str(bad) in m for m in logged)
+    assert collate([s, ds[(2, 2)]])["skipped"] == s["skipped"]
 
 
 def test_sampler_shards_are_disjoint_and_cover_each_epoch():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from sspir_core.training.degradations import (
+    DegradationSettings,
     apply_degradation,
     degrade,
     gaussian_kernel,
@@ -23,6 +25,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 400  # draws for the frequency checks
 
+# zyhrainbow/SSP-IR basicsr/data/realesrgan_dataset.py, RealESRGANDataset.__init__:
+#   self.kernel_range = [2 * v + 1 for v in range(3, 11)]  # kernel size ranges from 7 to 21
+# and __getitem__ draws `kernel_size = random.choice(self.kernel_range)` for the first kernel, the second kernel
+# and the final sinc alike (the `blur_kernel_size2: 11` option of utils_data/make_paired_data.py is never read).
+OFFICIAL_KERNEL_SIZES = (7, 9, 11, 13, 15, 17, 19, 21)
+# same file, both kernels: `omega_c = np.random.uniform(np.pi / 3, np.pi)` if kernel_size < 13,
+# else `np.random.uniform(np.pi / 5, np.pi)`
+OFFICIAL_SINC_SMALL, OFFICIAL_SINC_LARGE, OFFICIAL_SINC_SPLIT = (math.pi / 3, math.pi), (math.pi / 5, math.pi), 13
+
 
 @pytest.fixture(scope="module")
 def draws():
@@ -36,14 +47,14 @@ def _freq_ok(count: int, p: float, n: int = N) -> bool:
 
 def test_stage_ranges_match_the_method_note(draws):
     for d in draws:
-        for stage, max_k, sigma_hi, (lo, hi), noise_hi, poisson_hi in (
-            (d.stage1, 21, 3.0, (0.15, 1.5), 30.0, 3.0),
-            (d.stage2, 11, 1.5, (0.3, 1.2), 25.0, 2.5),
+        for stage, sigma_hi, (lo, hi), noise_hi, poisson_hi in (
+            (d.stage1, 3.0, (0.15, 1.5), 30.0, 3.0),
+            (d.stage2, 1.5, (0.3, 1.2), 25.0, 2.5),
         ):
             if stage.kernel is not None:
                 assert stage.kernel.shape == (21, 21)
                 assert stage.kernel.sum().item() == pytest.approx(1.0, abs=1e-9)
-                assert stage.kernel_size in range(7, max_k + 1, 2)
+                assert stage.kernel_size in OFFICIAL_KERNEL_SIZES
                 if stage.sigma is not None:
                     assert all(0.2 <= s <= sigma_hi for s in stage.sigma)
                 if stage.kernel_type.startswith("generalized"):
@@ -61,6 +72,29 @@ def test_stage_ranges_match_the_method_note(draws):
             assert 30 <= stage.jpeg_quality <= 95
         assert 30 <= d.final_jpeg_quality <= 95
         assert d.final_kernel.sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_kernel_sizes_and_sinc_cutoffs_are_the_official_ones(draws, stage):
+    """Both orders draw every odd size 7..21 uniformly; the sinc cutoff follows the official size rule."""
+    sizes = [getattr(d, stage).kernel_size for d in draws if getattr(d, stage).kernel is not None]
+    assert set(sizes) == set(OFFICIAL_KERNEL_SIZES)  # stage 2 drew only 7..11 before
+    for size in OFFICIAL_KERNEL_SIZES:
+        assert _freq_ok(sizes.count(size), 1 / len(OFFICIAL_KERNEL_SIZES), len(sizes))
+    # sinc only (probability 1) to see enough of them; sizes and the cutoff rule are what is checked
+    only_sinc = replace(getattr(DegradationSettings(), stage), blur_prob=1.0, sinc_prob=1.0)
+    settings = replace(DegradationSettings(), **{stage: only_sinc})
+    sincs = [getattr(sample_degradation(seed, settings), stage) for seed in range(N)]
+    assert all(s.kernel_type == "sinc" for s in sincs)
+    for s in sincs:
+        lo, hi = OFFICIAL_SINC_SMALL if s.kernel_size < OFFICIAL_SINC_SPLIT else OFFICIAL_SINC_LARGE
+        assert lo <= s.cutoff <= hi
+        assert torch.allclose(s.kernel, torch.nn.functional.pad(sinc_kernel(s.cutoff, s.kernel_size),
+                                                                 [(21 - s.kernel_size) // 2] * 4))
+    large = [s.cutoff for s in sincs if s.kernel_size >= OFFICIAL_SINC_SPLIT]
+    # the stronger low-pass (cutoff below pi/3) exists only for the large kernels: 1/6 of their draws
+    assert _freq_ok(sum(c < math.pi / 3 for c in large), (math.pi / 3 - math.pi / 5) / (math.pi - math.pi / 5),
+                    len(large))
 
 
 def test_probabilities_match_the_method_note(draws):

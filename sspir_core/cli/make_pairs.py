@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     except SSPIRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = scan(files, max(args.crop, 4 * args.scale), args.allow_gray)
+    report = scan(files, max(args.crop, 4 * args.scale), args.allow_gray, size_flag="--crop")
     print(report.summary(), file=sys.stderr)
     out = Path(args.out_dir)
     for sub in (GT_DIR, LQ_DIR, CAPTION_DIR):
@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
             if not args.overwrite and (out / LQ_DIR / f"{name}.png").is_file():
                 continue
             try:
+                caption = ""  # read first: a bad caption must not leave a pair without its caption file
+                if args.captions and (Path(args.captions) / f"{path.stem}.txt").is_file():
+                    caption = read_caption(Path(args.captions) / f"{path.stem}.txt")
                 g = torch.Generator().manual_seed(derive_seed(args.seed, index, copy))
                 gt = load_image(path).rgb[0]
                 h, w = gt.shape[-2:]
@@ -71,9 +74,6 @@ def run(args: argparse.Namespace) -> int:
                 target = gt if args.no_usm else usm_sharpen(gt)
                 save_png(target[None].cpu(), out / GT_DIR / f"{name}.png")
                 save_png(lq[None].cpu(), out / LQ_DIR / f"{name}.png")
-                caption = ""
-                if args.captions and (Path(args.captions) / f"{path.stem}.txt").is_file():
-                    caption = read_caption(Path(args.captions) / f"{path.stem}.txt")
                 (out / CAPTION_DIR / f"{name}.txt").write_text(caption, encoding="utf-8")
                 written += 1
             except (SSPIRError, ValueError, OSError) as e:

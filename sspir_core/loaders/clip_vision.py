@@ -21,9 +21,11 @@ from ..errors import CheckpointError, InputError
 from .bundled_configs import CLIP_VISION_CONFIG, CLIP_VISION_CONFIG_METADATA, read_json
 from .weights_file import WeightsFile
 
-# The CLIP normalisation SSP-IR was trained with (the official test script's ImageNet values are a bug).
+# The CLIP normalisation SSP-IR was trained with, as typed in the official training data code
+# (zyhrainbow/SSP-IR dataloaders/paired_dataset.py: its third std is 0.275777, OpenAI's 0.27577711, a 4e-7
+# relative difference). The official test script's ImageNet values are a bug.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_STD = (0.26862954, 0.26130258, 0.275777)
 
 _KNOWN_WIDTHS = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H/14", 1664: "ViT-bigG/14"}
 _HF_PREFIX = "vision_model."
@@ -33,8 +35,9 @@ _OPEN_CLIP_PREFIX = "visual."
 class ClipVisionEncoder(nn.Module):
     """Images in [0, 1] -> last-layer patch tokens without post-LayerNorm, ``[B, (size/patch)^2, width]``.
 
-    Preprocessing matches SSP-IR training: squash-resize (no crop, aspect ratio not kept) to the model's
-    input size with bicubic interpolation, ``antialias=True``, then CLIP mean/std normalisation.
+    Preprocessing is SSP-IR's training one (``dataloaders/paired_dataset.py``): squash-resize (no crop,
+    aspect ratio not kept) to the model's input size with plain bicubic (no antialiasing), clamp to [0, 1],
+    then CLIP mean/std normalisation; the Refine layer learned on exactly these tokens.
     """
 
     def __init__(self, tower: nn.Module, weight_format: str, image_size: int, patch_size: int, width: int):
@@ -54,21 +57,25 @@ class ClipVisionEncoder(nn.Module):
         return (self.image_size // self.patch_size) ** 2
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Squash-resize to ``image_size`` (bicubic, antialias) and normalise with the CLIP mean/std.
+        """Squash-resize to ``image_size`` (bicubic, no antialias), clamp to [0, 1], normalise (CLIP mean/std).
 
-        The resize runs on the CPU whatever the model's device: antialiased bicubic is missing from some
-        backends (older Apple MPS builds), it is cheap next to the tower, and the tokens then do not depend
-        on the device's resize kernel. Only the 224 px result travels to the device.
+        As the official ``PairedPromptDataset`` feeds its CLIP tower: ``F.interpolate(lq, (224, 224),
+        mode='bicubic')`` (torch's default ``antialias=False``, ``align_corners=False``), ``clamp(0, 1)``
+        (bicubic overshoots at edges), ``Normalize(clip_mean, clip_std)``. Training and inference both come here.
+
+        The resize runs on the CPU whatever the model's device: bicubic is missing from some backends' older
+        builds (Apple MPS), it is cheap next to the tower, and the tokens then do not depend on the device's
+        resize kernel. Only the 224 px result travels to the device.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(
                 f"CLIP vision expects images [B, 3, H, W] in [0, 1]; got shape {tuple(images.shape)}."
             )
         x = images.to(device="cpu", dtype=torch.float32)
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        if x.shape[-2:] != (self.image_size, self.image_size):  # same size: bicubic would be the identity
             size = (self.image_size, self.image_size)
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-        return (x.to(self.mean.device) - self.mean) / self.std
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
+        return (x.clamp(0.0, 1.0).to(self.mean.device) - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.preprocess(images).to(next(self.tower.parameters()).dtype)

@@ -1,5 +1,9 @@
 """Training data: the official paired layout or GT-only folders, checked up front, sampled reproducibly.
 
+The paired layout is the one the official ``dataloaders/paired_dataset.py`` (repository ``zyhrainbow/SSP-IR``)
+reads: ``gt/``, ``sr_bicubic/`` (the LQ bicubic-upsampled to the GT size) and ``gt_llm_caption/``, with an empty
+caption at ``null_text_ratio`` 0.5. It pairs by unsorted ``glob`` (files may pair wrongly); here by file stem.
+
 Every random choice of a sample (which image, crop, caption dropout, degradation) comes from one seed derived
 from the run seed and the sample's *position* in the stream of samples, never from worker or process state.
 So the stream is the same whatever the number of DataLoader workers, and a resumed run continues it exactly
@@ -57,8 +61,12 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def check_image(path: Path, min_side: int, allow_gray: bool = False) -> tuple[str | None, str | None]:
-    """(reason to skip, note) from the file header: unreadable, smaller than a crop, grayscale; 16-bit is a note."""
+def check_image(path: Path, min_side: int, allow_gray: bool = False, size_flag: str = "--resolution"
+                ) -> tuple[str | None, str | None]:
+    """(reason to skip, note) from the file header: unreadable, smaller than a crop, grayscale; 16-bit is a note.
+
+    ``size_flag``: the option that sets the crop size, named in the too-small reason so the user knows what to change.
+    """
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -67,7 +75,7 @@ def check_image(path: Path, min_side: int, allow_gray: bool = False) -> tuple[st
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         return f"not a readable image ({type(e).__name__}: {e})", None
     if min(w, h) < min_side:
-        return f"too small ({w}x{h}; crops are {min_side} px)", None
+        return f"too small ({w}x{h}; crops are {min_side} px: {size_flag} {min(w, h)} or less would use it)", None
     if not allow_gray and (mode in _GRAY_MODES or len(bands) < 3 and mode != "P"):
         return f"grayscale ({mode}); pass --allow-gray to train on it", None
     if mode.startswith("I;16") or mode in ("I", "RGB;16", "RGBA;16") or _is_png16(path):
@@ -81,10 +89,10 @@ def _is_png16(path: Path) -> bool:
     return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16
 
 
-def scan(files: Sequence[Path], min_side: int, allow_gray: bool = False) -> ScanReport:
+def scan(files: Sequence[Path], min_side: int, allow_gray: bool = False, size_flag: str = "--resolution") -> ScanReport:
     report = ScanReport()
     for f in files:
-        reason, note = check_image(f, min_side, allow_gray)
+        reason, note = check_image(f, min_side, allow_gray, size_flag)
         if reason:
             report.skipped.append((f, reason))
         else:
@@ -95,7 +103,29 @@ def scan(files: Sequence[Path], min_side: int, allow_gray: bool = False) -> Scan
 
 
 def read_caption(path: Path) -> str:
-    return " ".join(path.read_text(encoding="utf-8", errors="replace").split())  # newlines stripped, as official
+    """A caption file's text with newlines stripped (as official); InputError naming the file if not UTF-8.
+
+    Decoding strictly, as ``sspir restore`` reads its caption files: a latin-1 file decoded with replacement
+    characters would train on mangled text without a word.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"caption file {path} is not UTF-8 text ({e.reason} at byte {e.start}): "
+                         "save it as UTF-8") from None
+    return " ".join(text.split())
+
+
+def _caption_problem(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        read_caption(path)
+    except InputError as e:
+        return str(e)
+    except OSError as e:
+        return f"caption file {path} cannot be read ({e.strerror or e})"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -156,7 +186,16 @@ class TrainingSet(Dataset):
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.report = scan([it.gt for it in items], resolution, allow_gray)
         usable = set(self.report.usable)
-        self.items = [it for it in items if it.gt in usable]
+        self.items = []
+        for it in items:
+            if it.gt not in usable:
+                continue
+            reason = _caption_problem(it.caption)
+            if reason:  # read once here, so a bad caption is reported before training, not met mid-run
+                self.report.usable.remove(it.gt)
+                self.report.skipped.append((it.gt, reason))
+            else:
+                self.items.append(it)
         if not self.items:
             raise InputError(f"no usable training images:\n{self.report.summary()}")
         self.resolution, self.seed, self.caption_dropout = resolution, seed, caption_dropout
@@ -166,16 +205,20 @@ class TrainingSet(Dataset):
         return len(self.items)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
+        """The sample at ``key``; an image (or its caption) that fails to load is replaced by the next one and
+        listed in the sample's ``skipped`` as ``(path, reason)``, for the trainer's data-report.txt."""
         index, position = key
+        skipped: list[tuple[str, str]] = []
         for attempt in range(MAX_RETRIES):
             i = (index + attempt) % len(self.items)
             if i in self.failed:
                 continue
             try:
-                return self._load(i, derive_seed(self.seed, position))
+                return {**self._load(i, derive_seed(self.seed, position)), "skipped": skipped}
             except (InputError, OSError, ValueError) as e:
                 self.failed.add(i)
                 self.log(f"warning: skipping {self.items[i].gt}: {e}")
+                skipped.append((str(self.items[i].gt), str(e)))
         raise InputError(f"{MAX_RETRIES} training images in a row could not be read, last {self.items[i].gt}")
 
     def _load(self, i: int, seed: int) -> dict:
@@ -201,7 +244,8 @@ class TrainingSet(Dataset):
 
 def collate(samples: list[dict]) -> dict:
     out = {"gt": torch.stack([s["gt"] for s in samples]), "caption": [s["caption"] for s in samples],
-           "seed": [s["seed"] for s in samples], "index": [s["index"] for s in samples]}
+           "seed": [s["seed"] for s in samples], "index": [s["index"] for s in samples],
+           "skipped": [x for s in samples for x in s.get("skipped", [])]}
     if all("lq" in s for s in samples):
         out["lq"] = torch.stack([s["lq"] for s in samples])
     elif any("lq" in s for s in samples):

@@ -11,8 +11,19 @@ seeded per sample, the filtering/noise/resizing run on any torch device (the GPU
 and JPEG is real libjpeg through ``torchvision.io`` (Real-ESRGAN uses a differentiable approximation).
 
 Two steps: :func:`sample_degradation` draws every parameter (kernels included) on the CPU from a seed;
-:func:`apply_degradation` applies them to a ``[3, H, W]`` image in [0, 1] on its device. Defaults are the
-Real-ESRGAN x4 / SeeSR settings listed in ``SSPIR-METHOD.md``.
+:func:`apply_degradation` applies them to a ``[3, H, W]`` image in [0, 1] on its device.
+
+Where each setting comes from (official repository ``zyhrainbow/SSP-IR``, a SeeSR fork):
+
+- probabilities and ranges of both orders (kernel types and probabilities, sinc probability, blur sigma,
+  beta ranges, resize probabilities and ranges, noise, gray noise, JPEG, second blur 0.8, final sinc 0.8):
+  the settings dicts of ``utils_data/make_paired_data.py``, the script that made the official pairs;
+- kernel sizes: ``basicsr/data/realesrgan_dataset.py`` draws the size of *both* blur kernels and of the final
+  sinc from ``kernel_range`` = odd 7..21 (its ``blur_kernel_size``/``blur_kernel_size2`` options are never
+  read), with sinc cutoff U(pi/3, pi) for sizes below 13 and U(pi/5, pi) from 13 up; the final sinc's cutoff
+  is always U(pi/3, pi); every kernel is zero-padded to 21x21;
+- the order of the steps, the two orders of the last step (p 0.5 each) and the x4 sizes: the
+  ``realesrgan_degradation`` function of ``utils_data/make_paired_data.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ class StageSettings:
     """Ranges and probabilities of one degradation order."""
 
     blur_prob: float
-    max_kernel: int  # kernel sizes are drawn from the odd numbers 7..max_kernel
+    max_kernel: int  # kernel sizes are drawn from the odd numbers 7..max_kernel (21 in both orders, official)
     kernel_probs: tuple[float, ...]
     sinc_prob: float
     blur_sigma: tuple[float, float]
@@ -56,8 +67,8 @@ STAGE1 = StageSettings(
     gaussian_noise_prob=0.5, noise_sigma=(1.0, 30.0), poisson_scale=(0.05, 3.0), gray_noise_prob=0.4,
     jpeg_range=(30.0, 95.0),
 )
-STAGE2 = StageSettings(
-    blur_prob=0.8, max_kernel=11, kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03), sinc_prob=0.1,
+STAGE2 = StageSettings(  # max_kernel 21 as stage 1: the official `blur_kernel_size2: 11` is never read
+    blur_prob=0.8, max_kernel=21, kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03), sinc_prob=0.1,
     blur_sigma=(0.2, 1.5), betag=(0.5, 4.0), betap=(1.0, 2.0), resize_probs=(0.3, 0.4, 0.3), resize_range=(0.3, 1.2),
     gaussian_noise_prob=0.5, noise_sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5), gray_noise_prob=0.4,
     jpeg_range=(30.0, 95.0),
@@ -89,6 +100,7 @@ class StageParams:
     noise_level: float  # sigma (0..255 scale) or Poisson scale
     gray_noise: bool
     jpeg_quality: int
+    cutoff: float | None = None  # sinc kernels: the cutoff frequency (radians per pixel)
 
 
 @dataclass
@@ -181,11 +193,12 @@ def _kernel_sizes(max_kernel: int) -> list[int]:
     return list(range(7, max_kernel + 1, 2))
 
 
-def _sample_blur(d: _Draw, s: StageSettings) -> tuple[torch.Tensor, str, int, tuple[float, float] | None, float | None]:
+def _sample_blur(d: _Draw, s: StageSettings
+                 ) -> tuple[torch.Tensor, str, int, tuple[float, float] | None, float | None, float | None]:
     size = d.choice(_kernel_sizes(s.max_kernel))
-    if d.coin(s.sinc_prob):
+    if d.coin(s.sinc_prob):  # the official cutoff rule for kernels of 7..21 (stronger low-pass when large)
         cutoff = d.uniform(math.pi / 3, math.pi) if size < 13 else d.uniform(math.pi / 5, math.pi)
-        return pad_kernel(sinc_kernel(cutoff, size)), "sinc", size, None, None
+        return pad_kernel(sinc_kernel(cutoff, size)), "sinc", size, None, None, cutoff
     kind = d.choice(KERNEL_TYPES, s.kernel_probs)
     sig_x = d.uniform(*s.blur_sigma)
     iso = kind.endswith("iso") and not kind.endswith("aniso")
@@ -200,13 +213,13 @@ def _sample_blur(d: _Draw, s: StageSettings) -> tuple[torch.Tensor, str, int, tu
         k = plateau_kernel(size, sig_x, sig_y, theta, beta)
     else:
         k = gaussian_kernel(size, sig_x, sig_y, theta)
-    return pad_kernel(k), kind, size, (sig_x, sig_y), beta
+    return pad_kernel(k), kind, size, (sig_x, sig_y), beta, None
 
 
 def _sample_stage(d: _Draw, s: StageSettings) -> StageParams:
-    kernel = kind = size = sigma = beta = None
+    kernel = kind = size = sigma = beta = cutoff = None
     if d.coin(s.blur_prob):
-        kernel, kind, size, sigma, beta = _sample_blur(d, s)
+        kernel, kind, size, sigma, beta, cutoff = _sample_blur(d, s)
     resize_kind = d.choice(("up", "down", "keep"), s.resize_probs)
     scale = {"up": lambda: d.uniform(1.0, s.resize_range[1]), "down": lambda: d.uniform(s.resize_range[0], 1.0),
              "keep": lambda: 1.0}[resize_kind]()
@@ -216,7 +229,7 @@ def _sample_stage(d: _Draw, s: StageSettings) -> StageParams:
     gray = d.coin(s.gray_noise_prob)
     quality = int(round(d.uniform(*s.jpeg_range)))
     return StageParams(kernel, kind, size, sigma, beta, scale, resize_kind, mode, "gaussian" if gaussian else "poisson",
-                       level, gray, quality)
+                       level, gray, quality, cutoff)
 
 
 def sample_degradation(seed: int, settings: DegradationSettings = DegradationSettings()) -> DegradationParams:
@@ -344,7 +357,11 @@ def degrade(gt: torch.Tensor, seed: int, settings: DegradationSettings = Degrada
 # ------------------------------------------------------------------------------------------ target
 
 def usm_sharpen(img: torch.Tensor, weight: float = 0.5, threshold: float = 10.0, radius: int = 50) -> torch.Tensor:
-    """Unsharp mask as Real-ESRGAN sharpens its GT targets (Gaussian 51x51, sigma 8, soft threshold mask)."""
+    """Unsharp mask as Real-ESRGAN sharpens its GT targets (Gaussian 51x51, sigma 8, soft threshold mask).
+
+    basicsr's ``USMSharp`` (``basicsr/utils/img_process_util.py`` in XPixelGroup/BasicSR) with its defaults,
+    applied to the GT before degrading in the official ``utils_data/make_paired_data.py`` (``use_usm=True``).
+    """
     size = radius + 1 if radius % 2 == 0 else radius
     sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a given size
     ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2

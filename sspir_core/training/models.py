@@ -37,8 +37,9 @@ class TrainModule(nn.Module):
 def build_pipeline(cfg: TrainConfig, device: torch.device, frozen_dtype: torch.dtype) -> RestorePipeline:
     """A RestorePipeline whose SSP-IR models are trainable (fp32) and whose SD/CLIP parts are frozen.
 
-    Fresh SSP-IR parts follow the official init: the ControlNet is a copy of the (patched) UNet encoder, the
-    new attentions and the Refine layer start random, the Processor's output conv starts at zero.
+    Fresh SSP-IR parts follow the official init (``train.py``: ``ControlNetModel.from_unet(unet,
+    use_image_cross_attention=True)``, ``TPBNet(last_dim=512)``): the ControlNet is a copy of the (patched) UNet
+    encoder, the new attentions and the Refine layer start random, the Processor's output conv starts at zero.
     """
     if cfg.preset == "tiny-random":
         from ..presets import tiny_random_pipeline

@@ -1,4 +1,10 @@
-"""One training micro-step's forward pass and losses, shared by the trainer and `sspir bench` (no accelerate here)."""
+"""One training micro-step's forward pass and losses, shared by the trainer and `sspir bench` (no accelerate here).
+
+The official ``train.py`` loop (repository ``zyhrainbow/SSP-IR``): GT latents ``vae.encode(gt).latent_dist.sample()
+* scaling_factor``, Gaussian noise, timesteps ``randint(0, num_train_timesteps)``, ``add_noise``, epsilon target;
+text through ``get_unweighted_text_embeddings`` of ``models/model.py`` (long prompts in 75-token chunks); the
+loss ``MSE + 0.1 * L1 + 0.01 * FFTLoss`` against the GT resized to each Processor RGB scale (:mod:`..losses`).
+"""
 
 from __future__ import annotations
 

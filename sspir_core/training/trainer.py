@@ -4,9 +4,17 @@ One optimisation step = ``grad_accum`` micro-steps. A micro-step: (degrade GT on
 LQ) -> frozen encoders (VAE latents of the GT, long-prompt text embedding, CLIP tokens of the LQ) -> noise at a
 uniform timestep -> ControlNet + UNet predict the noise -> ``MSE + RGB + FFT`` losses.
 
+As the official ``train.py`` (repository ``zyhrainbow/SSP-IR``): what trains (the whole ControlNet, the UNet
+modules named ``image_attentions``/``pixel_attentions`` by ``--trainable_modules``, the ``TPBNet`` Refine
+layer: ``params_to_optimize``), AdamW over all of them, ``clip_grad_norm_`` over the ControlNet + UNet
+parameters only, the checkpoint layout of its ``save_model_hook`` (``unet/``, ``controlnet/``,
+``refine/refine.pt``), and the loop of :mod:`.step`. The CLIP input is the one of
+``dataloaders/paired_dataset.py`` (see ``ClipVisionEncoder.preprocess``).
+
 Reproducibility: every random number of micro-step ``m`` on process ``r`` comes from generators seeded with
 ``(seed, m, r)`` and the data stream is positional (see :mod:`.data`), so a run resumed from ``checkpoint-N``
-continues exactly as if it had never stopped.
+continues exactly as if it had never stopped. Checkpoint files are written atomically, ``trainer_state.json`` last,
+and resuming checks a checkpoint first (:func:`read_state`), so a crash mid-save never blocks ``--resume latest``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, SSPIRError
+from ..files import write_text_atomic
+from ..loaders.weights_file import WeightsFile
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
 from .degradations import DegradationSettings, degrade, usm_sharpen
@@ -31,7 +41,11 @@ from .step import training_losses
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+DATA_REPORT = "data-report.txt"
 COMPACT_NAME = "sspir.safetensors"
+STATE_KEYS = ("step", "micro_step", "world_size", "batch_size", "seed")
+WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
+                "refine/refine.pt", COMPACT_NAME)
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -42,22 +56,62 @@ class TrainResult:
     losses: list[float]
 
 
-def list_checkpoints(output: Path) -> list[Path]:
-    """Complete checkpoints (their trainer_state.json is written last), oldest first."""
-    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file()
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+def _numbered(output: Path) -> list[Path]:
+    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
+def list_checkpoints(output: Path) -> list[Path]:
+    """Finished checkpoints (their trainer_state.json is written last), oldest first."""
+    return [p for p in _numbered(output) if (p / STATE_FILE).is_file()]
+
+
+def read_state(path: Path) -> dict:
+    """The trainer state of a checkpoint after checking it can be resumed; an InputError naming the file if not.
+
+    Checked: ``trainer_state.json`` (written last, atomically: missing means the save never finished) parses
+    and holds every key; the SSP-IR weight files exist, are not empty, and the safetensors headers read.
+    """
+    file = path / STATE_FILE
+    if not path.is_dir():
+        raise InputError(f"--resume {path}: no such checkpoint folder")
+    if not file.is_file():
+        raise InputError(f"{path} is incomplete: no {STATE_FILE} (it is written last, so the save did not finish)")
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{file} is damaged ({type(e).__name__}: {e})") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise InputError(f"{file} is damaged: no {', '.join(missing)}")
+    for rel in WEIGHT_FILES:
+        weights = path / rel
+        if not weights.is_file() or weights.stat().st_size == 0:
+            raise InputError(f"{path} is incomplete: {weights} is {'empty' if weights.is_file() else 'missing'}")
+        if weights.suffix == ".safetensors":
+            try:
+                WeightsFile(weights)
+            except SSPIRError as e:
+                raise InputError(f"{path} is damaged: {e}") from None
+    return state
+
+
+def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to resume from: ``latest`` is the newest one that passes :func:`read_state` (each damaged
+    or unfinished newer one is skipped with a warning naming it); an explicit folder must pass it."""
     if not cfg.resume:
         return None
     if cfg.resume == "latest":
-        found = list_checkpoints(Path(cfg.output))
-        return found[-1] if found else None  # nothing yet: a fresh start
+        for path in reversed(_numbered(Path(cfg.output))):
+            try:
+                read_state(path)
+            except InputError as e:
+                log(f"warning: --resume latest: skipping {path}: {e}")
+                continue
+            return path
+        return None  # nothing yet: a fresh start
     path = Path(cfg.resume)
-    if not (path / STATE_FILE).is_file():
-        raise InputError(f"--resume {path}: not a complete checkpoint folder (no {STATE_FILE})")
+    read_state(path)
     return path
 
 
@@ -112,13 +166,14 @@ class Trainer:
         self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.device = acc.device
         self.rank, self.world = acc.process_index, acc.num_processes
+        self.resume_from = resolve_resume(cfg, self.log)  # before the models: a bad --resume fails at once
         self.dataset = build_dataset(cfg, self.log)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log(f"data: {self.dataset.report.summary()}")
-            (self.out / "data-report.txt").write_text(
-                "".join(f"skipped\t{p}\t{why}\n" for p, why in self.dataset.report.skipped)
-                + "".join(f"note\t{p}\t{what}\n" for p, what in self.dataset.report.notes), encoding="utf-8")
+            (self.out / DATA_REPORT).write_text(_report_lines("skipped", self.dataset.report.skipped)
+                                                + _report_lines("note", self.dataset.report.notes), encoding="utf-8")
+        self._reported: set[str] = set()
         self.frozen_dtype = _DTYPES[cfg.mixed_precision] if self.device.type != "cpu" or cfg.mixed_precision == "bf16" \
             else torch.float32
         self.pipe = build_pipeline(cfg, self.device, self.frozen_dtype)
@@ -130,6 +185,10 @@ class Trainer:
             self.models.controlnet.enable_gradient_checkpointing()
         self.module = TrainModule(self.models).train()
         self.params = params
+        # official train.py: params_to_clip = list(controlnet.parameters()) + list(unet.parameters()); the Refine
+        # layer trains unclipped
+        refine = {id(p) for p in self.models.refine.parameters()}
+        self.clip_params = [p for p in params if id(p) not in refine]
         from diffusers.optimization import get_scheduler
 
         from ..schedulers import make_scheduler
@@ -168,6 +227,24 @@ class Trainer:
         for name, module in self.models.named_modules_():
             module.load_state_dict(getattr(loaded, name).state_dict())
 
+    def clip_gradients(self) -> torch.Tensor | None:
+        """Clip the ControlNet + UNet gradients to ``max_grad_norm`` together (their norm alone decides the
+        scale; the Refine layer's gradients are neither counted nor scaled), as the official ``train.py``."""
+        return self.accelerator.clip_grad_norm_(self.clip_params, self.cfg.max_grad_norm)
+
+    def report_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """Append the files a batch had to skip mid-run (damaged since the scan) to data-report.txt, once each.
+
+        Every process appends its own (lines are written with one O_APPEND write each); a process on a node that
+        does not see the output folder only logs them, as the data loader already did.
+        """
+        new = [(p, why) for p, why in skipped if p not in self._reported]
+        if not new or not self.out.is_dir():
+            return
+        self._reported.update(p for p, _ in new)
+        with open(self.out / DATA_REPORT, "a", encoding="utf-8") as fh:
+            fh.write(_report_lines("skipped", [(p, f"mid-run: {why}") for p, why in new]))
+
     def _generator(self, *parts: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))
 
@@ -196,6 +273,7 @@ class Trainer:
         return float(sum(p.detach().double().abs().sum() for p in self.params))
 
     def micro_step(self, batch: dict, micro: int) -> dict[str, torch.Tensor]:
+        self.report_skipped(batch.get("skipped", []))
         self.trace({"step": self.step + 1, "micro_step": micro,
                     "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
         g = self._generator(micro, self.rank)
@@ -221,13 +299,13 @@ class Trainer:
         if acc.is_main_process:
             state = {"step": self.step, "micro_step": self.step * self.cfg.grad_accum, "world_size": self.world,
                      "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, "base": self.models.base}
-            (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+            write_text_atomic(path / STATE_FILE, json.dumps(state, indent=2))  # last: marks the checkpoint done
         acc.wait_for_everyone()
         self.log(f"saved {path}")
         return path
 
     def resume(self, path: Path) -> None:
-        state = json.loads((path / STATE_FILE).read_text())
+        state = read_state(path)
         if state["world_size"] * state["batch_size"] != self.world * self.cfg.batch_size or state["seed"] != self.cfg.seed:
             self.log(f"warning: {path} was written with {state['world_size']} process(es) x batch {state['batch_size']}"
                      f" and seed {state['seed']}: the data stream will not continue exactly")
@@ -253,8 +331,9 @@ class Trainer:
                 self.validation_batch = {"lq": lq, "gt": None, "upscale": float(cfg.scale)}
             else:
                 n = min(cfg.validation_count, len(self.dataset))
-                samples = [self.dataset[(i, -1 - i)] for i in range(n)]
-                gt, lq = self.prepare_batch(collate(samples))
+                batch = collate([self.dataset[(i, -1 - i)] for i in range(n)])
+                self.report_skipped(batch["skipped"])
+                gt, lq = self.prepare_batch(batch)
                 self.validation_batch = {"lq": lq.cpu(), "gt": gt.cpu(), "upscale": 1.0}
         v = self.validation_batch
         return v["lq"], v["gt"], v["upscale"]
@@ -293,9 +372,8 @@ class Trainer:
         from tqdm import tqdm
 
         acc, cfg = self.accelerator, self.cfg
-        resume_from = resolve_resume(cfg)
-        if resume_from is not None:
-            self.resume(resume_from)
+        if self.resume_from is not None:
+            self.resume(self.resume_from)
         if acc.is_main_process:
             (self.out / "train-config.json").write_text(cfg.to_json())
             metrics_file = self.out / "metrics.jsonl"
@@ -322,7 +400,7 @@ class Trainer:
                 with acc.accumulate(self.module_p):
                     out = self.micro_step(batch, self.step * cfg.grad_accum + k)
                     if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                        grad_norm = self.clip_gradients()
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -358,6 +436,11 @@ class Trainer:
         if cfg.report_to not in ("", "none"):
             acc.end_training()
         return TrainResult(self.step, last, losses)
+
+
+def _report_lines(kind: str, entries: list[tuple[Path | str, str]]) -> str:
+    """data-report.txt lines: ``kind<TAB>path<TAB>reason``, one per file (reasons kept on one line)."""
+    return "".join(f"{kind}\t{p}\t{' '.join(str(why).split())}\n" for p, why in entries)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
