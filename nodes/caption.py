@@ -6,8 +6,8 @@ import torch
 from comfy_api.v0_0_2 import io, ui
 
 from sspir_core.captioners import to_pil_images
-from sspir_core.components import captioner_for
 from sspir_core.image_io import comfy_to_bchw
+from sspir_core.restore.components import captioner_for
 
 from . import host
 from .sockets import CATEGORY, SSPIRCaptioner

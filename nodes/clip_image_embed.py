@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from sspir_core.comfy_support import target_size
-from sspir_core.components import ImageEmbedPrior
 from sspir_core.image_io import comfy_to_bchw
+from sspir_core.restore.components import ImageEmbedPrior
 
 from . import host
 from .sizes import SIZE_NOTE, size_inputs
 from .sockets import CATEGORY, SSPIRClipVision, SSPIRImageEmbed, SSPIRModel
+from .support import target_size
 
 
 class SSPIRClipImageEmbed(io.ComfyNode):
@@ -34,7 +34,7 @@ class SSPIRClipImageEmbed(io.ComfyNode):
 
     @classmethod
     def execute(cls, sspir_model, clip_vision, image, upscale: float, width: int, height: int) -> io.NodeOutput:
-        from sspir_core.components import output_size
+        from sspir_core.restore.components import output_size
 
         rgb = comfy_to_bchw(image).rgb
         prior = ImageEmbedPrior(sspir_model, clip_vision, rgb)

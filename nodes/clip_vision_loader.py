@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from sspir_core.components import ClipVisionSpec
-from sspir_core.model_cache import file_signature
+from sspir_core.restore.components import ClipVisionSpec
+from sspir_core.restore.model_cache import file_signature
 
 from . import host
 from .sockets import LOADERS, SSPIRClipVision

@@ -2,7 +2,7 @@
 
 Every ComfyUI module is imported inside a function and its absence tolerated, so the pack always imports and
 its nodes also run outside a server (tests, scripts). Decisions on the values read here live in
-``sspir_core.comfy_support``.
+``nodes.support``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
-from sspir_core.comfy_support import (
+from sspir_core.errors import InputError
+
+from .support import (
     list_model_folders,
     list_sspir_choices,
     merge_folder_entry,
     resolve_in_roots,
 )
-from sspir_core.errors import InputError
 
 log = logging.getLogger("sspir")
 
@@ -149,7 +150,7 @@ def check_interrupted() -> None:
 
 def step_callback(total: int) -> Callable[[int, int, torch.Tensor], None]:
     """A per-step callback for the pipeline: progress bar with a live latent preview, and Cancel every step."""
-    from sspir_core.pipeline import latent_preview
+    from sspir_core.restore.pipeline import latent_preview
 
     try:
         from comfy.utils import ProgressBar

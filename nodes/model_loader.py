@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from sspir_core.comfy_support import (
+from sspir_core.restore.components import CACHE_CHOICES, ModelSpec
+from sspir_core.restore.model_cache import file_signature
+
+from . import host
+from .sockets import LOADERS, SSPIRModel
+from .support import (
     DTYPE_CHOICES,
     OFFLOAD_CHOICES,
     choose_device,
@@ -12,11 +17,6 @@ from sspir_core.comfy_support import (
     choose_offload,
     device_choices,
 )
-from sspir_core.components import CACHE_CHOICES, ModelSpec
-from sspir_core.model_cache import file_signature
-
-from . import host
-from .sockets import LOADERS, SSPIRModel
 
 
 class SSPIRModelLoader(io.ComfyNode):

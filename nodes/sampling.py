@@ -7,14 +7,14 @@ from typing import Any
 import torch
 from comfy_api.v0_0_2 import io
 
-from sspir_core.comfy_support import captions_for_batch, images_from_list, single, target_size
-from sspir_core.components import after_run, restore_components
 from sspir_core.image_io import bchw_to_comfy, resize_image
-from sspir_core.options import MAX_STEPS, RestoreOptions
-from sspir_core.schedulers import SCHEDULERS
+from sspir_core.restore.components import after_run, restore_components
+from sspir_core.restore.options import MAX_STEPS, RestoreOptions
+from sspir_core.restore.schedulers import SCHEDULERS
 
 from . import host
 from .sizes import size_inputs
+from .support import captions_for_batch, images_from_list, single, target_size
 
 _DEFAULTS = RestoreOptions()  # the paper's settings: one source for the widget defaults
 
@@ -71,7 +71,7 @@ def options_from(kw: dict[str, Any]) -> RestoreOptions:
 def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, structure=None, clip=None,
         captioner=None) -> tuple[torch.Tensor, list[str]]:
     """Restore a ComfyUI IMAGE; every argument may come as a list (list-input nodes). Returns (IMAGE, captions)."""
-    from sspir_core.components import captioner_for
+    from sspir_core.restore.components import captioner_for
 
     model = single("sspir_model", model)
     lq = images_from_list(image)

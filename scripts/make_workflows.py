@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sspir_core import demo_models  # noqa: E402  (names written by `sspir demo-models`)
+from sspir_core.demo import model_files as demo_models  # noqa: E402  (names written by `sspir demo-models`)
 
 INPUT_IMAGE = "astronaut_lq.png"  # the harness copies examples/astronaut_lq.png into ComfyUI's input/
 TYPED_CAPTION = ("a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, "

@@ -55,7 +55,7 @@ def set_input_image(prompt: dict, name: str) -> int:
 
 def demo_models(models_dir: Path, python: str) -> Path:
     """The demo models folder, written by ``sspir demo-models`` when any file is missing."""
-    from sspir_core.demo_models import DEMO_FILES
+    from sspir_core.demo.model_files import DEMO_FILES
 
     if all((models_dir / folder / name).exists() for folder, name in DEMO_FILES.values()):
         return models_dir

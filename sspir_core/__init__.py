@@ -1,4 +1,22 @@
-"""SSP-IR core: models, checkpoint I/O, pipeline and tools. Never imports ComfyUI.
+"""SSP-IR core: the networks, weight I/O, the restore path, captioners, training and evaluation.
+
+Never imports ComfyUI. The folders follow a restore, LQ -> priors -> sampler -> image:
+``models/`` (the networks and their build), ``weights/`` (SSP-IR checkpoints and the frozen base loaders),
+``captioners/`` (the explicit semantic prior), ``restore/`` (prompt, tiling, pipeline, colour fix, output),
+``training/``, ``evaluation/``, ``bench/``, ``demo/`` (tiny random models) and ``cli/``.
+
+Restore a photo with your own weights (a ComfyUI-layout SD1.5 single file, a CLIP ViT-L/14 vision file
+and an SSP-IR checkpoint, official ``checkpoint-N/`` folder or compact file)::
+
+    import torch
+    from . import RestoreOptions, get_captioner, load_image, load_pipeline, restore_image, save_png
+
+    pipe = load_pipeline("v1-5-pruned-emaonly.safetensors", "sspir.safetensors",
+                         "clip-vit-large-patch14.safetensors", device="cuda", dtype=torch.float16)
+    lq = load_image("photo.png").rgb                                  # [1, 3, H, W] in [0, 1]
+    caption = get_captioner("llava", model_dir="models/LLM/llava-v1.5-7b").caption(lq)[0]
+    image = restore_image(pipe, lq, caption, RestoreOptions(steps=50, cfg=7.5), upscale=4)
+    save_png(image, "restored.png")
 
 Public names are imported on first use, so ``import sspir_core`` (and ``sspir --help``) stays cheap.
 """
@@ -11,15 +29,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BASES": "build",
-    "SSPIRModels": "build",
-    "build_models": "build",
-    "load_official_checkpoint": "checkpoint",
-    "load_sspir_weights": "checkpoint",
-    "save_compact": "checkpoint",
-    "save_official_checkpoint": "checkpoint",
-    "RestoreOptions": "pipeline",
-    "RestorePipeline": "pipeline",
+    "BASES": "models.build",
+    "SSPIRModels": "models.build",
+    "build_models": "models.build",
+    "load_official_checkpoint": "weights.checkpoint",
+    "load_sspir_weights": "weights.checkpoint",
+    "save_compact": "weights.checkpoint",
+    "save_official_checkpoint": "weights.checkpoint",
+    "RestoreOptions": "restore.options",
+    "RestorePipeline": "restore.pipeline",
+    "load_pipeline": "restore.components",
+    "restore_image": "restore.pipeline",
+    "CAPTIONERS": "captioners",
+    "get_captioner": "captioners",
+    "load_image": "image_io",
+    "save_png": "image_io",
 }
 
 __all__ = sorted(_EXPORTS)

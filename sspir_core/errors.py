@@ -16,7 +16,7 @@ class InputError(SSPIRError, ValueError):
 class OptionError(InputError):
     """A setting has a value that cannot work.
 
-    ``option`` is the setting's name in the library (a :class:`~sspir_core.pipeline.RestoreOptions` field);
+    ``option`` is the setting's name in the library (a :class:`~sspir_core.restore.pipeline.RestoreOptions` field);
     ``problem`` may name other settings as ``{name}``. Front ends call :meth:`named` with their own names
     for the settings (``--tile-overlap``, a node's widget), so a message names what the user typed.
     """

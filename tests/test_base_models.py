@@ -15,7 +15,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-from sspir_core.base_models import (
+from sspir_core.errors import CheckpointError, InputError
+from sspir_core.weights.base_models import (
     CLIP_MEAN,
     CLIP_STD,
     load_clip_vision,
@@ -23,8 +24,7 @@ from sspir_core.base_models import (
     load_tokenizer,
     sd_config_dir,
 )
-from sspir_core.errors import CheckpointError, InputError
-from sspir_core.loaders.bundled_configs import CLIP_VISION_CONFIG, CONFIGS_DIR
+from sspir_core.weights.bundled_configs import CLIP_VISION_CONFIG, CONFIGS_DIR
 from tests import ldm_keys
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -194,8 +194,8 @@ def test_full_size_configs_give_the_known_parameter_counts():
 
 def test_full_size_ldm_key_sets_match_real_checkpoints():
     """SD1.5 pruned files hold 686 UNet + 248 VAE + 196 text keys (+ position_ids = 1131); names as in real files."""
-    from sspir_core.loaders.ldm_layout import expected_ldm_keys
-    from sspir_core.loaders.stable_diffusion import _skeleton_keys
+    from sspir_core.weights.ldm_layout import expected_ldm_keys
+    from sspir_core.weights.stable_diffusion import _skeleton_keys
 
     keys = {}
     for base in ("sd15", "sd21"):
@@ -502,7 +502,7 @@ def test_clip_input_is_the_official_training_preprocessing(size):
     the only error is float32 rounding of the two 4-tap sums (at most 7 operations x (sum |w| = 1.375)^2 x
     2^-24 = 1.1e-6 in [0, 1] units), divided by the smallest std (0.2613): 4.2e-6; 1e-5 bounds it.
     """
-    from sspir_core.loaders.clip_vision import ClipVisionEncoder
+    from sspir_core.weights.clip_vision import ClipVisionEncoder
 
     encoder = ClipVisionEncoder(torch.nn.Identity(), "transformers", 224, 14, 64)
     g = torch.Generator().manual_seed(0)
@@ -547,7 +547,7 @@ def test_loading_an_open_clip_file_touches_no_process_wide_logging(tiny_vision, 
 
 
 def test_clip_resize_runs_on_the_cpu_whatever_the_models_device(tiny_vision, monkeypatch):
-    import sspir_core.loaders.clip_vision as clip_vision
+    import sspir_core.weights.clip_vision as clip_vision
 
     encoder = load_clip_vision(tiny_vision[1] / "hf.safetensors", config=TINY_VISION)
     images = torch.rand(1, 3, 40, 72)

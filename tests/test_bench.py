@@ -6,19 +6,21 @@ import json
 
 import pytest
 
-from sspir_core import bench
+from sspir_core.bench import memory, run, sampler
+from sspir_core.bench import report as bench_report
+from sspir_core.bench import settings as bench_settings
 from sspir_core.cli import main
 
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    return bench.build_bench_pipeline("tiny")
+    return bench_settings.build_bench_pipeline("tiny")
 
 
 def test_bench_parts_structure(tiny_pipe) -> None:
-    settings = bench.BenchSettings(config="tiny", size=64, steps=2, step_steps=1, repeats=1, sizes=(64, 128),
+    settings = bench_settings.BenchSettings(config="tiny", size=64, steps=2, step_steps=1, repeats=1, sizes=(64, 128),
                                    memory_steps=1, tile=8, tile_overlap=2, vae_tile=64, ablate=True)
-    step = bench.bench_step(tiny_pipe, settings)
+    step = sampler.bench_step(tiny_pipe, settings)
     assert step["latent"] == [8, 8] and step["cfg_batch"] == 2
     assert step["ours_ms"] > 0 and step["baseline_ms"] > 0
     assert step["ratio"] == pytest.approx(step["ours_ms"] / step["baseline_ms"])
@@ -28,29 +30,29 @@ def test_bench_parts_structure(tiny_pipe) -> None:
         {"kept_heap"} if step["kept_heap"] else set())
     assert all(v > 0 for v in step["toggled"].values())
 
-    priors = bench.bench_priors(tiny_pipe, settings)
+    priors = sampler.bench_priors(tiny_pipe, settings)
     assert set(priors["parts_ms"]) == {"text", "clip_refine", "processor", "vae_encode"}
     assert all(v > 0 for v in priors["parts_ms"].values()) and priors["run_measured"]
     assert priors["percent"] == pytest.approx(100 * priors["priors_ms"] / priors["run_ms"])
 
-    rows = [bench.measure_memory(tiny_pipe, size, settings) for size in settings.sizes]
+    rows = [memory.measure_memory(tiny_pipe, size, settings) for size in settings.sizes]
     assert [r["size_px"] for r in rows] == [64, 128] and all(r["peak_mib"] >= 0 for r in rows)
 
-    estimated = bench.bench_priors(tiny_pipe, bench.BenchSettings(**{**settings.__dict__, "estimate_run": True}),
+    estimated = sampler.bench_priors(tiny_pipe, bench_settings.BenchSettings(**{**settings.__dict__, "estimate_run": True}),
                                    step_ms=step["ours_ms"])
     assert not estimated["run_measured"] and estimated["run_ms"] == pytest.approx(2 * step["ours_ms"])
 
-    from sspir_core.flops import restore_flops
+    from sspir_core.bench.flops import restore_flops
 
-    flops = restore_flops(tiny_pipe, 64, 2, 7.5, bench.CAPTION)
+    flops = restore_flops(tiny_pipe, 64, 2, 7.5, bench_settings.CAPTION)
     assert flops["step_flops"] > 0 and flops["image_flops"] == 2 * flops["step_flops"] + flops["once_flops"]
 
-    result = {"config": "tiny", "dtype": "fp32", "env": bench.environment(tiny_pipe.device), "build_s": 0.0,
+    result = {"config": "tiny", "dtype": "fp32", "env": bench_report.environment(tiny_pipe.device), "build_s": 0.0,
               "total_s": 1.0, "step": step, "priors": priors, "flops": flops,
               "memory": {"rows": rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1, "output_bits": 8,
                          "ratio_sizes": [64, 128], "ratio": rows[1]["peak_mib"] / max(rows[0]["peak_mib"], 1e-9)}}
-    result["summary"] = bench.summary_line(result)
-    report = bench.format_report(result)
+    result["summary"] = bench_report.summary_line(result)
+    report = bench_report.format_report(result)
     assert "ms/step" in report and "priors / run" in report and "ratio 128/64" in report
     assert "per denoising step (ControlNet + UNet)" in report and "ours vs plain (median of paired repeats)" in report
     assert "time with shared_cfg_prefix off / with the defaults" in report
@@ -75,21 +77,21 @@ def test_cpu_tensor_peak_counts_live_bytes_allocated_during_the_call() -> None:
         c = torch.empty(500_000, dtype=torch.float32)  # 2 MB: 10 MB live
         return b.numel() + c.numel()
 
-    result, peak = bench.cpu_tensor_peak(work)
+    result, peak = memory.cpu_tensor_peak(work)
     assert result == 2_500_000
     assert peak is not None and 12_000_000 <= peak < 12_000_000 + 64 * 1024  # small bookkeeping tensors only
 
 
 def test_memory_methods_measure_the_same_restore(tiny_pipe) -> None:
-    settings = bench.BenchSettings(config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
-    tensors = bench.measure_memory(tiny_pipe, 128, settings)
-    again = bench.measure_memory(tiny_pipe, 128, settings)
+    settings = bench_settings.BenchSettings(config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
+    tensors = memory.measure_memory(tiny_pipe, 128, settings)
+    again = memory.measure_memory(tiny_pipe, 128, settings)
     assert tensors["measure"] == "tensors" and "tensor bytes" in tensors["method"] and tensors["peak_mib"] > 0
     assert again["peak_mib"] == tensors["peak_mib"]  # repeatable to the byte, unlike RSS
-    rss = bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "rss"}))
+    rss = memory.measure_memory(tiny_pipe, 128, bench_settings.BenchSettings(**{**settings.__dict__, "memory_method": "rss"}))
     assert rss["measure"] == "rss" and "RSS" in rss["method"]
     with pytest.raises(ValueError, match="memory_method"):
-        bench.measure_memory(tiny_pipe, 128, bench.BenchSettings(**{**settings.__dict__, "memory_method": "vms"}))
+        memory.measure_memory(tiny_pipe, 128, bench_settings.BenchSettings(**{**settings.__dict__, "memory_method": "vms"}))
 
 
 def test_cli_offers_the_memory_methods_the_bench_has() -> None:
@@ -100,14 +102,14 @@ def test_cli_offers_the_memory_methods_the_bench_has() -> None:
     parser = argparse.ArgumentParser()
     cli_bench.add_parser(parser.add_subparsers())
     args = parser.parse_args(["bench"])
-    assert args.memory_method == bench.BenchSettings().memory_method
+    assert args.memory_method == bench_settings.BenchSettings().memory_method
     action = next(a for a in parser._subparsers._group_actions[0].choices["bench"]._actions
                   if a.dest == "memory_method")
-    assert tuple(action.choices) == bench.MEMORY_METHODS
+    assert tuple(action.choices) == memory.MEMORY_METHODS
 
 
 def test_memory_child_prints_one_json_line(capsys) -> None:
-    assert bench._child_main(["--_memory-child", "64", "--config", "tiny", "--memory-steps", "1",
+    assert memory._child_main(["--_memory-child", "64", "--config", "tiny", "--memory-steps", "1",
                               "--tile", "8", "--tile-overlap", "2", "--vae-tile", "64"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["size_px"] == 64 and row["models_mib"] > 0
@@ -129,13 +131,13 @@ def test_cpu_memory_run_builds_no_models_in_the_parent(monkeypatch) -> None:
         raise AssertionError("the parent built the models")
 
     fake_rows = [{"size_px": 64, "peak_mib": 1.0, "models_mib": 9.0, "method": "m", "seconds": 0.1}]
-    monkeypatch.setattr(bench, "build_bench_pipeline", no_build)
-    monkeypatch.setattr(bench, "bench_memory", lambda settings, pipe: {
+    monkeypatch.setattr(run, "build_bench_pipeline", no_build)
+    monkeypatch.setattr(run, "bench_memory", lambda settings, pipe: {
         "rows": fake_rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1, "output_bits": 8,
         "ratio_sizes": None, "ratio": None, "pipe_was": pipe})
     seen = {}
-    monkeypatch.setitem(bench.EXTRA_PARTS, "extra", (lambda s, p: seen.setdefault("pipe", p) or {"n": 1},
+    monkeypatch.setitem(bench_settings.EXTRA_PARTS, "extra", (lambda s, p: seen.setdefault("pipe", p) or {"n": 1},
                                                      lambda d: [f"extra part: {d}"]))
-    r = bench.run_bench(bench.BenchSettings(config="tiny"), ["memory", "extra"], log=lambda m: None)
+    r = run.run_bench(bench_settings.BenchSettings(config="tiny"), ["memory", "extra"], log=lambda m: None)
     assert r["parent_built_models"] is False and r["memory"]["pipe_was"] is None and seen == {"pipe": None}
-    assert "extra part:" in bench.format_report(r)
+    assert "extra part:" in bench_report.format_report(r)

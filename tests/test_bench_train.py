@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sspir_core.bench_train import bench_train_step, format_train_report
-from sspir_core.build import build_models
-from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
+from sspir_core.bench.training import bench_train_step, format_train_report
+from sspir_core.demo.presets import TINY_CLIP_DIM, TINY_UNET
+from sspir_core.models.build import build_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +21,7 @@ def test_train_step_bench_on_cpu():
 
 
 def test_train_step_updates_the_trainable_weights_only():
-    from sspir_core.bench_train import _setup
+    from sspir_core.bench.training import _setup
     from sspir_core.models.unet import is_prior_attention_key
     from sspir_core.training.step import training_losses
 

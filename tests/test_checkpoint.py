@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sspir_core import build_models
-from sspir_core.checkpoint import (
+from sspir_core.errors import CheckpointError
+from sspir_core.weights.checkpoint import (
     check_keys,
     compact_to_official,
     load_compact,
@@ -21,7 +22,6 @@ from sspir_core.checkpoint import (
     read_compact_metadata,
     stock_unet_from_official,
 )
-from sspir_core.errors import CheckpointError
 
 CN_FILE = "controlnet/diffusion_pytorch_model.safetensors"
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
@@ -148,7 +148,7 @@ def test_not_a_compact_file(tmp_path):
 def test_pickle_refused_by_the_safe_loader_says_so(tmp_path):
     import argparse
 
-    from sspir_core.loaders import WeightsFile
+    from sspir_core.weights import WeightsFile
 
     path = tmp_path / "refine.pt"
     torch.save({"w": torch.zeros(2), "args": argparse.Namespace(lr=1)}, path)  # an object besides tensors
@@ -165,7 +165,7 @@ def test_weight_files_get_the_umask_permissions(fixture_a, tmp_path, umask):
     import os
     import stat
 
-    from sspir_core.checkpoint import save_compact, save_official_checkpoint
+    from sspir_core.weights.checkpoint import save_compact, save_official_checkpoint
 
     models = load_official_checkpoint(fixture_a / "checkpoint-7")
     old = os.umask(umask)
@@ -184,7 +184,7 @@ def test_same_model_same_compact_bytes(fixture_a, tmp_path):
     """Two saves of the same tensors and metadata are byte-identical, so a checksum identifies a model."""
     import hashlib
 
-    from sspir_core.checkpoint import save_compact
+    from sspir_core.weights.checkpoint import save_compact
 
     models = load_official_checkpoint(fixture_a / "checkpoint-7")
     digests = set()

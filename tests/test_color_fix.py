@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sspir_core.color_fix import adain_color_fix, apply_color_fix, wavelet_color_fix
 from sspir_core.errors import InputError
+from sspir_core.restore.color_fix import adain_color_fix, apply_color_fix, wavelet_color_fix
 
 
 def smooth_image(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from sspir_core.comfy_support import (
+from nodes.support import (
     captions_for_batch,
     choose_device,
     choose_dtype,
@@ -24,7 +24,7 @@ from sspir_core.comfy_support import (
     target_size,
 )
 from sspir_core.errors import CheckpointError, InputError
-from sspir_core.model_cache import ModelCache, file_signature
+from sspir_core.restore.model_cache import ModelCache, file_signature
 
 
 def test_device_dtype_offload_choices_follow_the_host():

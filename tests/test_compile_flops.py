@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sspir_core.compile_models import compile_denoiser, uncompile_denoiser
-from sspir_core.flops import count_flops
+from sspir_core.bench.flops import count_flops
+from sspir_core.restore.compile_models import compile_denoiser, uncompile_denoiser
 
 
 class _Pipe:
@@ -62,9 +62,9 @@ def test_compiled_sampler_has_no_graph_breaks_and_no_recompiles():
     """The fast paths under torch.compile: one graph per model, reused by the next restore, same numbers."""
     import torch._dynamo
 
+    from sspir_core.demo.presets import tiny_random_pipeline
     from sspir_core.models.fast_paths import FastPaths
-    from sspir_core.pipeline import RestoreOptions
-    from sspir_core.presets import tiny_random_pipeline
+    from sspir_core.restore.pipeline import RestoreOptions
     from tests.conftest import wake_zero_convs
 
     pipe = tiny_random_pipeline(seed=0)

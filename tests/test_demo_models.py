@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from sspir_core.errors import CheckpointError
-from sspir_core.loaders import load_clip_vision, load_sd_components
-from sspir_core.loaders.bundled_configs import CLIP_VISION_CONFIG_METADATA, SD_CONFIGS_METADATA
+from sspir_core.weights import load_clip_vision, load_sd_components
+from sspir_core.weights.bundled_configs import CLIP_VISION_CONFIG_METADATA, SD_CONFIGS_METADATA
 from tests.test_base_models import TINY_VISION, _assert_same_weights, tiny_sd15, tiny_vision  # noqa: F401
 
 # The layout the nodes/comfy contract (issue 8) and the bundled workflows name.
@@ -53,9 +53,9 @@ def test_clip_vision_file_with_its_config_in_metadata(tiny_vision, tmp_path):  #
 
 
 def test_demo_models_command_writes_loadable_models_in_comfyui_layout(tmp_path, capsys):
-    from sspir_core.checkpoint import read_compact_metadata
     from sspir_core.cli import main
-    from sspir_core.components import load_pipeline_parts
+    from sspir_core.restore.components import load_pipeline_parts
+    from sspir_core.weights.checkpoint import read_compact_metadata
 
     assert main(["demo-models", str(tmp_path), "--no-captioner"]) == 0
     printed = capsys.readouterr().out

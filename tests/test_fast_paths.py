@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from sspir_core.build import build_models
+from sspir_core.demo.presets import TINY_CLIP_DIM, TINY_UNET, tiny_random_pipeline
+from sspir_core.models.build import build_models
 from sspir_core.models.fast_paths import FastPaths, PointwiseConvAsLinear, linear_projections
-from sspir_core.pipeline import RestoreOptions
-from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET, tiny_random_pipeline
+from sspir_core.restore.pipeline import RestoreOptions
 from tests.conftest import wake_zero_convs
 
 
@@ -123,7 +123,7 @@ def test_pipeline_fast_paths_match_the_plain_path() -> None:
 
 FAULTS_SCRIPT = textwrap.dedent("""
     import ctypes, resource, sys
-    from sspir_core.cpu_memory import keep_freed_memory
+    from sspir_core.restore.cpu_heap import keep_freed_memory
     applied = keep_freed_memory(sys.argv[1] == "keep")
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p

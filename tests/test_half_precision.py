@@ -17,8 +17,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from sspir_core.build import build_models
-from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
+from sspir_core.demo.presets import TINY_CLIP_DIM, TINY_UNET
+from sspir_core.models.build import build_models
 
 QK_SCALE = 2.0
 """Pixel attentions' to_q/to_k weights are scaled by this: logits then reach ~54 with residuals of 40, far

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from sspir_core.build import build_models
+from sspir_core.demo.presets import TINY_CLIP_DIM, TINY_UNET
+from sspir_core.models.build import build_models
 from sspir_core.models.fast_paths import FastPaths
 from sspir_core.models.kv_cache import CachedKVProcessor, constant_context_attentions, context_kv_cache
-from sspir_core.presets import TINY_CLIP_DIM, TINY_UNET
 from tests.conftest import wake_zero_convs
 
 
@@ -112,8 +112,8 @@ def test_training_gradients_are_untouched(models, inputs):
 
 
 def test_pipeline_denoise_same_with_and_without_cache():
-    from sspir_core.pipeline import RestoreOptions
-    from sspir_core.presets import tiny_random_pipeline
+    from sspir_core.demo.presets import tiny_random_pipeline
+    from sspir_core.restore.pipeline import RestoreOptions
 
     pipe = tiny_random_pipeline(seed=0)
     g = torch.Generator().manual_seed(3)
@@ -145,8 +145,8 @@ def test_inference_mode_contexts_are_cached_too(models, inputs):
 
 
 def test_pipeline_restore_under_inference_mode_matches_no_grad():
-    from sspir_core.pipeline import RestoreOptions
-    from sspir_core.presets import tiny_random_pipeline
+    from sspir_core.demo.presets import tiny_random_pipeline
+    from sspir_core.restore.pipeline import RestoreOptions
 
     pipe = tiny_random_pipeline(seed=0)
     lq = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(1))

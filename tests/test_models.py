@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sspir_core import build_models
-from sspir_core.checkpoint import load_official_checkpoint
-from sspir_core.losses import sspir_losses
+from sspir_core.training.losses import sspir_losses
+from sspir_core.weights.checkpoint import load_official_checkpoint
 
 # SD2.1-like in miniature: linear projections, per-level head counts, two layers per block.
 TINY_SD21_LIKE = {
@@ -154,7 +154,7 @@ def test_full_size_models_match_official_manifest(base, manifests):
 
 @pytest.mark.parametrize("base", ["sd15", "sd21"])
 def test_written_configs_match_official(base, manifests):
-    from sspir_core.checkpoint import official_controlnet_config, official_unet_config
+    from sspir_core.weights.checkpoint import official_controlnet_config, official_unet_config
 
     models = build_models(base, device="meta")
     for what, ours in (("unet", official_unet_config(models)), ("controlnet", official_controlnet_config(models))):
@@ -194,7 +194,7 @@ class _LargestCopy(TorchDispatchMode):
 @torch.no_grad()
 def test_tiled_priors_cast_per_tile_with_the_numbers_of_a_whole_cast():
     """The Processor and the VAE encode of a half-precision pipeline cast each tile, not the whole LQ."""
-    from sspir_core.presets import tiny_random_pipeline
+    from sspir_core.demo.presets import tiny_random_pipeline
 
     pipe = tiny_random_pipeline(seed=0, dtype=torch.bfloat16)
     lq = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(5))

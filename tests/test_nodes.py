@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from sspir_core import demo_models
+from sspir_core.demo import model_files as demo_models
 from sspir_core.errors import InputError
 from tests import fake_comfy
 
@@ -62,9 +62,9 @@ def _widgets(**changes):
 
 def _reference(models_dir, rgb, captions, **options):
     """The CLI's path: a pipeline assembled from the files (not the node cache) and restore_image."""
-    from sspir_core.components import load_pipeline_parts
-    from sspir_core.loaders import load_clip_vision
-    from sspir_core.pipeline import RestoreOptions, RestorePipeline, restore_image
+    from sspir_core.restore.components import load_pipeline_parts
+    from sspir_core.restore.pipeline import RestoreOptions, RestorePipeline, restore_image
+    from sspir_core.weights import load_clip_vision
 
     parts = load_pipeline_parts(models_dir / "checkpoints" / demo_models.SD_NAME,
                                 models_dir / "sspir" / demo_models.SSPIR_NAME)
@@ -126,8 +126,7 @@ def test_loader_choices_list_official_folders_and_reject_unknown_names(host, fix
 
 
 def test_component_graph_equals_the_cli_path_and_reuses_loaded_models(host, models_dir):
-    from sspir_core import components
-
+    from sspir_core.restore import components
     n = host.nodes
     model, clip = _load(n)
     torch.manual_seed(0)
@@ -190,8 +189,7 @@ def test_cancel_stops_within_a_step(host):
 
 
 def test_captions_rgba_and_cache_off(host, models_dir):
-    from sspir_core import components
-
+    from sspir_core.restore import components
     n = host.nodes
     model, clip = _load(n)
     captioner = n["SSPIRCaptionerLoader"].execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto",

@@ -10,11 +10,11 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from sspir_core.color_fix import apply_color_fix
+from sspir_core.demo.presets import TINY_VAE
 from sspir_core.errors import InputError
-from sspir_core.output_stream import WAVELET_RADIUS, decode_to_integers, quantize, stream_decoded_rows
-from sspir_core.presets import TINY_VAE
-from sspir_core.tiling import tiled_vae_decode
+from sspir_core.restore.color_fix import apply_color_fix
+from sspir_core.restore.output_stream import WAVELET_RADIUS, decode_to_integers, quantize, stream_decoded_rows
+from sspir_core.restore.tiling import tiled_vae_decode
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,7 @@ def test_adain_statistics_in_bands_keep_float64_temporaries_small(vae, latents, 
     """AdaIN's float64 moments are summed a band of rows at a time: same result, no image-sized float64."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from sspir_core import output_stream
-
+    from sspir_core.restore import output_stream
     class LargestDouble(TorchDispatchMode):
         largest = 0
 
@@ -134,8 +133,8 @@ def test_bad_arguments_are_named(vae, latents):
 
 def test_restore_integer_output_matches_float_restore():
     """The pipeline's streamed tail (tiled VAE, padding crop, AdaIN) against its float tail, quantised."""
-    from sspir_core.pipeline import RestoreOptions, restore_image
-    from sspir_core.presets import tiny_random_pipeline
+    from sspir_core.demo.presets import tiny_random_pipeline
+    from sspir_core.restore.pipeline import RestoreOptions, restore_image
 
     pipe = tiny_random_pipeline(seed=0)
     image = torch.rand(1, 3, 30, 21, generator=torch.Generator().manual_seed(4))  # x4 = 120 x 84: padded

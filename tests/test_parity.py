@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sspir_core.checkpoint import load_official_checkpoint
-from sspir_core.testing import run_parity_fixture
+from sspir_core.demo.parity import run_parity_fixture
+from sspir_core.weights.checkpoint import load_official_checkpoint
 
 
 @pytest.fixture(scope="module")

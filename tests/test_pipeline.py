@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sspir_core.demo.presets import tiny_random_pipeline
 from sspir_core.errors import InputError, OptionError
-from sspir_core.pipeline import OutOfMemory, RestoreCancelled, RestoreOptions, latent_preview, restore_image
-from sspir_core.presets import tiny_random_pipeline
+from sspir_core.restore.pipeline import (
+    OutOfMemory,
+    RestoreCancelled,
+    RestoreOptions,
+    latent_preview,
+    restore_image,
+)
 from tests.conftest import wake_zero_convs
 
 FAST = dict(steps=2, vae_tile=None)
@@ -268,7 +274,7 @@ def test_two_threads_on_one_pipeline_run_one_after_the_other_with_the_same_resul
 def test_offload_puts_each_model_on_the_device_only_while_it_runs(lq, monkeypatch):
     """With offload every module runs only between its move to the device and its move back, and all end on
     the CPU. "cpu:0" stands in for an accelerator: a different device from "cpu" to move to, on any machine."""
-    import sspir_core.pipeline as pipeline
+    import sspir_core.restore.pipeline as pipeline
 
     p = tiny_random_pipeline(seed=0)
     ref = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sspir_core.errors import InputError
-from sspir_core.prompt import (
+from sspir_core.restore.prompt import (
     LongTokens,
     encode_long_prompt,
     encode_prompt_pair,

@@ -69,7 +69,7 @@ def test_missing_weights_lists_every_file(tmp_path, capsys):
 
 
 def test_tiny_preset_loads_official_and_compact_checkpoints(fixture_a, inputs, tmp_path):
-    from sspir_core.checkpoint import official_to_compact
+    from sspir_core.weights.checkpoint import official_to_compact
 
     compact = official_to_compact(fixture_a / "checkpoint-7", tmp_path / "tiny.safetensors")
     for weights in (fixture_a / "checkpoint-7", compact):
@@ -200,7 +200,7 @@ def test_16_bit_input_gives_16_bit_output_and_animation_is_announced(tmp_path, i
 
 
 def test_any_failure_of_one_file_is_named_once_and_the_rest_continue(tmp_path, inputs, capsys, monkeypatch):
-    import sspir_core.pipeline as pipeline
+    import sspir_core.restore.pipeline as pipeline
 
     real = pipeline.restore_image
     calls = []
@@ -231,7 +231,7 @@ def test_any_failure_of_one_file_is_named_once_and_the_rest_continue(tmp_path, i
 
 
 def test_the_caption_file_is_really_used(tmp_path, inputs, monkeypatch):
-    import sspir_core.pipeline as pipeline
+    import sspir_core.restore.pipeline as pipeline
 
     seen = []
     real = pipeline.restore_image

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sspir_core.errors import InputError
-from sspir_core.pipeline import MAX_STEPS, RestoreOptions
-from sspir_core.schedulers import SCHEDULERS, make_scheduler
+from sspir_core.restore.pipeline import MAX_STEPS, RestoreOptions
+from sspir_core.restore.schedulers import SCHEDULERS, make_scheduler
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))

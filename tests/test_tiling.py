@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from sspir_core.errors import InputError
-from sspir_core.tiling import blend_tiles, gaussian_weights, tile_grid, tiled_vae_decode, tiled_vae_encode
+from sspir_core.restore.tiling import (
+    blend_tiles,
+    gaussian_weights,
+    tile_grid,
+    tiled_vae_decode,
+    tiled_vae_encode,
+)
 
 GRID_CASES = [
     (1, 1, 64, 16),

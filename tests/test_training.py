@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sspir_core.checkpoint import load_official_checkpoint, read_compact_metadata, read_state_dict
 from sspir_core.cli import main as cli_main
 from sspir_core.training import TrainConfig, Trainer
+from sspir_core.weights.checkpoint import load_official_checkpoint, read_compact_metadata, read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +118,7 @@ def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
 
 def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     from sspir_core.image_io import load_image
-    from sspir_core.pipeline import RestoreOptions, restore_image
+    from sspir_core.restore.pipeline import RestoreOptions, restore_image
 
     out = tmp_path / "run"
     trainer = Trainer(_cfg(out, pairs, max_steps=2, lr=1e-3, checkpoint_every=2, validate_every=2,
@@ -151,7 +151,7 @@ def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     assert np.abs(got.astype(int) - expected).max() <= 1  # same trained weights and the same frozen parts
 
     untrained = restore_image(
-        __import__("sspir_core.presets", fromlist=["x"]).tiny_random_pipeline(), load_image(lq_file).rgb, "",
+        __import__("sspir_core.demo.presets", fromlist=["x"]).tiny_random_pipeline(), load_image(lq_file).rgb, "",
         RestoreOptions(steps=3), upscale=4)
     assert np.abs(got.astype(float) - untrained[0].permute(1, 2, 0).numpy() * 255).mean() > 0.5
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sspir_core import demo_models
+from sspir_core.demo import model_files as demo_models
 from tests import fake_comfy
 from tests.conftest import REPO
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def console_main() -> int:
     """The ``sspir`` executable: owns its process, so it may retune the process-wide CPU heap first."""
-    from ..cpu_memory import keep_freed_memory_from_env
+    from ..restore.cpu_heap import keep_freed_memory_from_env
 
     keep_freed_memory_from_env()
     return main()

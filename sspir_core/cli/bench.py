@@ -63,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import BenchSettings, format_report, run_bench
+    from ..bench.report import format_report
+    from ..bench.run import run_bench
+    from ..bench.settings import BenchSettings
 
     cuda = torch.cuda.is_available()
     device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
               "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
         return 2
-    from ..bench import EXTRA_PARTS
+    from ..bench.settings import EXTRA_PARTS
 
     known = (*PARTS, *EXTRA_PARTS)
     parts = args.parts.split(",") if args.parts else DEFAULT_PARTS + (["image"] if config == "sd15" else [])
@@ -100,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, output_bits=args.output_bits or None, memory_method=args.memory_method,
         compile=args.compile, ablate=args.ablate,
     )
-    if "train" in parts:  # training-step figure: sspir_core/bench_train.py
-        from ..bench_train import bench_train_step, format_train_report
+    if "train" in parts:  # training-step figure: sspir_core/bench/training.py
+        from ..bench.training import bench_train_step, format_train_report
 
         cuda_run = device.startswith("cuda")
         print(format_train_report(bench_train_step(config, device, settings.dtype, settings.size, repeats=args.repeats,

@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checkpoint import compact_to_official, load_official_checkpoint, save_compact
     from ..errors import SSPIRError
+    from ..weights.checkpoint import compact_to_official, load_official_checkpoint, save_compact
 
     try:
         if args.direction == "to-compact":
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
                 print("error: to-official needs --sd (the official layout stores the full UNet, SD weights included)",
                       file=sys.stderr)
                 return 2
-            from ..sd_unet import load_sd_unet
+            from ..weights.sd_unet import load_sd_unet
 
             out = compact_to_official(args.source, load_sd_unet(Path(args.sd), base=args.base), args.output)
     except SSPIRError as e:

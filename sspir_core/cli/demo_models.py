@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo_models import write_demo_models
+    from ..demo.model_files import write_demo_models
     from ..errors import SSPIRError
 
     try:

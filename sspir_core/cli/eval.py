@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         pair_images,
         parse_metric_names,
     )
-    from ..evaluation.registry import METRICS
+    from ..evaluation.metrics import METRICS
 
     try:
         metrics = parse_metric_names(args.metrics)

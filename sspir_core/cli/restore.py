@@ -125,20 +125,16 @@ def _device(name: str):
 
 
 def build_pipeline(args: argparse.Namespace, device, dtype):
-    from ..presets import tiny_random_pipeline
+    from ..demo.presets import tiny_random_pipeline
 
     if args.preset == "tiny-random":
         # The toy models' own seed stays fixed (the trainer builds its frozen parts with the same one):
         # --seed is the sampling seed, it must not swap the frozen VAE/text/CLIP parts under trained weights.
         return tiny_random_pipeline(args.sspir, device=device, dtype=dtype)
-    from ..components import load_pipeline_parts
-    from ..loaders import load_clip_vision
-    from ..pipeline import RestorePipeline
+    from ..restore.components import load_pipeline
 
-    parts = load_pipeline_parts(args.sd, args.sspir, base=args.base)
-    clip = load_clip_vision(args.clip_vision)
-    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config,
-                           device=device, dtype=dtype, offload=args.offload)
+    return load_pipeline(args.sd, args.sspir, args.clip_vision, base=args.base, device=device, dtype=dtype,
+                         offload=args.offload)
 
 
 # ------------------------------------------------------------------------------------------ checks first
@@ -156,7 +152,7 @@ class Job:
 
 def _options(args: argparse.Namespace):
     from ..errors import InputError, OptionError
-    from ..pipeline import RestoreOptions
+    from ..restore.pipeline import RestoreOptions
 
     for flag, value in (("--tile", args.tile), ("--vae-tile", args.vae_tile)):
         if value < 0:
@@ -338,7 +334,7 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
 
     from ..errors import SSPIRError
     from ..image_io import load_image, resize_image
-    from ..pipeline import restore_image
+    from ..restore.pipeline import restore_image
 
     try:
         pipe = build_pipeline(args, device, getattr(torch, DTYPES[args.dtype]))
@@ -349,7 +345,7 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
         print(f"error: cannot load the models: {what}", file=sys.stderr)
         return 2
     if args.compile:
-        from ..compile_models import compile_denoiser
+        from ..restore.compile_models import compile_denoiser
 
         compile_denoiser(pipe)
     if pipe.untrained:

@@ -3,16 +3,10 @@
 Only the cheap modules are imported here; pyiqa, torchmetrics and open_clip load when a metric is built.
 """
 
+from .metrics import DEFAULT_METRICS, METRICS, MetricSpec, parse_metric_names
 from .pairing import Pair, Pairing, pair_images
 from .protocol import PROTOCOLS, Protocol, get_protocol
-from .registry import (
-    DEFAULT_METRICS,
-    METRICS,
-    MetricSpec,
-    build_scorers,
-    missing_requirements,
-    parse_metric_names,
-)
+from .registry import build_scorers, missing_requirements
 from .runner import EvalResult, evaluate
 from .weights import WeightsConfig, default_weights_dir
 

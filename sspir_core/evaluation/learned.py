@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..loaders import CLIP_MEAN, CLIP_STD, read_state_dict
-from .registry import MetricSpec, required_files
+from ..weights import CLIP_MEAN, CLIP_STD, read_state_dict
+from .metrics import MetricSpec, required_files
 from .weights import WeightsConfig, check_torch_pickle, hub_dir
 
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ..image_io import load_image
+from .metrics import METRICS
 from .pairing import Pair
 from .protocol import Protocol
-from .registry import METRICS
 from .runner import EvalResult
 
 CROP = 256

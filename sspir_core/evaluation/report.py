@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from .registry import METRICS
+from .metrics import METRICS
 from .runner import TIME_COLUMN, EvalResult
 
 DIGITS = {"psnr_y": 2, "niqe": 3, "musiq": 2, "fid": 2, TIME_COLUMN: 2}

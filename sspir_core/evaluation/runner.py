@@ -14,9 +14,10 @@ from PIL import Image
 from ..errors import InputError
 from ..image_io import load_image, save_png
 from .fidelity import NotScorable
+from .metrics import METRICS
 from .pairing import Pairing
 from .protocol import Protocol
-from .registry import METRICS, build_scorers
+from .registry import build_scorers
 from .weights import WeightsConfig
 
 TIME_COLUMN = "time_s"

@@ -118,7 +118,7 @@ def fast_paths(*models: nn.Module, paths: FastPaths) -> Iterator[None]:
     """The module-level rewrites of ``paths`` (K/V cache, linear projections) for ``models`` inside the block.
 
     ``shared_cfg_prefix`` is a calling convention, not a module change: the caller passes the latent once
-    (see :meth:`sspir_core.pipeline.RestorePipeline.denoise`).
+    (see :meth:`sspir_core.restore.pipeline.RestorePipeline.denoise`).
     """
     with context_kv_cache(*models, enabled=paths.context_kv), \
             linear_projections(*models, enabled=paths.linear_projections):

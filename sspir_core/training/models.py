@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..build import SSPIRModels, move_module
-from ..pipeline import RestorePipeline
+from ..models.build import SSPIRModels, move_module
+from ..restore.pipeline import RestorePipeline
 from .config import TrainConfig
 
 TINY_FROZEN_SEED = 0
@@ -42,14 +42,14 @@ def build_pipeline(cfg: TrainConfig, device: torch.device, frozen_dtype: torch.d
     encoder, the new attentions and the Refine layer start random, the Processor's output conv starts at zero.
     """
     if cfg.preset == "tiny-random":
-        from ..presets import tiny_random_pipeline
+        from ..demo.presets import tiny_random_pipeline
 
         pipe = tiny_random_pipeline(cfg.init_sspir, device=device, seed=TINY_FROZEN_SEED)
     else:
-        from ..checkpoint import load_sspir_weights
-        from ..loaders import load_clip_vision, load_sd_components
         from ..models import RefineLayer, patch_unet
         from ..models.controlnet import controlnet_from_unet
+        from ..weights import load_clip_vision, load_sd_components
+        from ..weights.checkpoint import load_sspir_weights
 
         sd = load_sd_components(cfg.sd, base=cfg.base)
         clip = load_clip_vision(cfg.clip_vision)

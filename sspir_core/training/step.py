@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..losses import SSPIRLosses, sspir_losses
-from ..pipeline import RestorePipeline
-from ..prompt import encode_long_prompt
+from ..restore.pipeline import RestorePipeline
+from ..restore.prompt import encode_long_prompt
+from .losses import SSPIRLosses, sspir_losses
 
 
 @torch.no_grad()

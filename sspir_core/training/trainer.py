@@ -191,7 +191,7 @@ class Trainer:
         self.clip_params = [p for p in params if id(p) not in refine]
         from diffusers.optimization import get_scheduler
 
-        from ..schedulers import make_scheduler
+        from ..restore.schedulers import make_scheduler
 
         optimizer = make_optimizer(params, cfg)
         lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * self.world,
@@ -212,7 +212,7 @@ class Trainer:
 
     def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
         """accelerate's save_state: write the SSP-IR weights in the official layout + compact, not a pickle."""
-        from ..checkpoint import save_compact, save_official_checkpoint
+        from ..weights.checkpoint import save_compact, save_official_checkpoint
 
         if self.accelerator.is_main_process:
             save_official_checkpoint(self.models, output_dir)
@@ -220,7 +220,7 @@ class Trainer:
         weights.clear()  # accelerate must not write its own copy of the models
 
     def _load_hook(self, models: list, input_dir: str) -> None:
-        from ..checkpoint import load_official_checkpoint
+        from ..weights.checkpoint import load_official_checkpoint
 
         models.clear()  # loaded here instead
         loaded = load_official_checkpoint(input_dir)
@@ -343,7 +343,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         from ..image_io import save_png
-        from ..pipeline import RestoreOptions, restore_image
+        from ..restore.pipeline import RestoreOptions, restore_image
 
         lq, gt, upscale = self._validation_inputs()
         options = RestoreOptions(steps=self.cfg.validation_steps, seed=self.cfg.seed, tile=None, vae_tile=None)

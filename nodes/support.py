@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .captioners.text import normalize_captions
-from .errors import InputError
-from .image_io import ImageWithAlpha, comfy_to_bchw
+from sspir_core.captioners.text import normalize_captions
+from sspir_core.errors import InputError
+from sspir_core.image_io import ImageWithAlpha, comfy_to_bchw
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 OFFLOAD_CHOICES = ("auto", "on", "off")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 Box = tuple[int, int, int, int]
 TileFn = Callable[[torch.Tensor, Box], torch.Tensor]

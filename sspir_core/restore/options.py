@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ..errors import OptionError
 from .color_fix import COLOR_FIX_METHODS
-from .errors import OptionError
 from .schedulers import SCHEDULERS
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

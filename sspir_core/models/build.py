@@ -12,10 +12,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from .models import RefineLayer, SSPIRControlNet, SSPIRUNet, make_controlnet, patch_unet
-from .models.blocks import heads_per_level, per_level
-from .models.config_keys import init_kwargs
-from .models.controlnet import controlnet_config_from_unet, controlnet_from_unet
+from . import RefineLayer, SSPIRControlNet, SSPIRUNet, make_controlnet, patch_unet
+from .blocks import heads_per_level, per_level
+from .config_keys import init_kwargs
+from .controlnet import controlnet_config_from_unet, controlnet_from_unet
 
 BASES: tuple[str, ...] = ("sd15", "sd21")
 CUSTOM_BASE = "custom"

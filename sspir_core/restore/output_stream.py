@@ -14,7 +14,7 @@ above it is final and is passed on, colour-fixed and quantised into the integer 
   them. The only difference from the float path is that 16-bit rounding of the pre-fix image (at most
   0.5/65535 times the AdaIN gain), so results agree within one output step (LSB).
 
-Blending order and arithmetic are those of :func:`sspir_core.tiling.tiled_vae_decode` and
+Blending order and arithmetic are those of :func:`sspir_core.restore.tiling.tiled_vae_decode` and
 ``RestorePipeline.vae_decode``, so the decoded rows are the same numbers.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..errors import InputError
 from .color_fix import COLOR_FIX_METHODS, WAVELET_LEVELS, wavelet_lowpass
-from .errors import InputError
 from .tiling import DEFAULT_SIGMA_SCALE, Box, gaussian_weights, tile_grid
 
 OUTPUT_DTYPES = {8: torch.uint8, 16: torch.uint16}

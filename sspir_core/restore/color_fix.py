@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 ColorFixMethod = Literal["wavelet", "adain", "none"]
 COLOR_FIX_METHODS: tuple[str, ...] = ("wavelet", "adain", "none")

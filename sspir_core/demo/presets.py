@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .build import SSPIRModels, build_models, stock_unet_from_config
-from .checkpoint import load_sspir_weights, read_compact_metadata
-from .pipeline import RestorePipeline
+from ..models.build import SSPIRModels, build_models, stock_unet_from_config
+from ..restore.pipeline import RestorePipeline
+from ..weights.checkpoint import load_sspir_weights, read_compact_metadata
 
 # The official parity fixture's shape: an SD1.5-like UNet with 3 levels.
 TINY_UNET = {
@@ -108,7 +108,7 @@ def random_pipeline(
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from .loaders import ClipVisionEncoder, load_tokenizer, sd_config_dir
+    from ..weights import ClipVisionEncoder, load_tokenizer, sd_config_dir
 
     with _empty_weights():
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))

@@ -19,11 +19,11 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .build import SSPIRModels, move_module
+from ..errors import InputError, SSPIRError
+from ..models.build import SSPIRModels, move_module
+from ..models.fast_paths import FastPaths, fast_paths
 from .color_fix import apply_color_fix
 from .compile_models import is_compiled
-from .errors import InputError, SSPIRError
-from .models.fast_paths import FastPaths, fast_paths
 from .options import MAX_STEPS, START_CHOICES, RestoreOptions, StepCallback  # noqa: F401 (re-exported)
 from .output_stream import decode_to_integers
 from .prompt import encode_prompt_pair, group_by_chunks
@@ -185,7 +185,7 @@ class RestorePipeline:
                            color_fix: str, bits: int, vae_tile: int | None) -> torch.Tensor:
         """:meth:`vae_decode`, crop to ``box``, colour fix against ``source`` and 8/16-bit quantising, streamed.
 
-        Never holds a float image of the whole output (see :mod:`sspir_core.output_stream`); returns
+        Never holds a float image of the whole output (see :mod:`sspir_core.restore.output_stream`); returns
         ``uint8``/``uint16`` ``[B,3,h,w]``.
         """
         z = (latents / self.vae.config.scaling_factor).to(self.dtype)
@@ -392,7 +392,7 @@ def restore_image(
 
     ``output_bits`` 8/16: integer output from the streamed tail (see :meth:`RestorePipeline.restore`).
     """
-    from .image_io import prepare_lq
+    from ..image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
     return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 T = TypeVar("T")
 

@@ -39,12 +39,12 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from .build import build_models, stock_unet_from_config
-    from .captioners.tiny import build_llava
-    from .checkpoint import _save_tensors, save_compact
-    from .loaders.bundled_configs import CLIP_VISION_CONFIG_METADATA, SD_CONFIGS_METADATA
-    from .loaders.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
-    from .models.unet import is_prior_attention_key
+    from ..captioners.tiny import build_llava
+    from ..models.build import build_models, stock_unet_from_config
+    from ..models.unet import is_prior_attention_key
+    from ..weights.bundled_configs import CLIP_VISION_CONFIG_METADATA, SD_CONFIGS_METADATA
+    from ..weights.checkpoint import _save_tensors, save_compact
+    from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
     from .presets import TINY_CLIP_DIM, TINY_CLIP_IMAGE, TINY_UNET, TINY_VAE
 
     root = Path(root)

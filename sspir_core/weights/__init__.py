@@ -1,7 +1,10 @@
-"""Offline loaders for the frozen base models SSP-IR builds on: Stable Diffusion and CLIP ViT-L/14 vision.
+"""Weight I/O: SSP-IR's own checkpoints and the frozen base models it builds on.
 
-Nothing is imported from diffusers/transformers/open_clip until a loader is called, so importing this
-package (e.g. when ComfyUI imports the node pack) stays cheap and never touches the network.
+:mod:`.checkpoint` reads and writes SSP-IR weights (the official ``checkpoint-N/`` layout and the compact
+file); the loaders read Stable Diffusion (:mod:`.stable_diffusion`, LDM single files or diffusers folders,
+:mod:`.ldm_layout`) and CLIP ViT-L/14 vision (:mod:`.clip_vision`) offline. Nothing is imported from
+diffusers/transformers/open_clip until a loader is called, so importing this package (e.g. when ComfyUI
+imports the node pack) stays cheap and never touches the network.
 """
 
 from .bundled_configs import BASES, CLIP_VISION_CONFIG, sd_config_dir, write_clip_vocab

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .models.fast_paths import FastPaths
+from ..models.fast_paths import FastPaths
 
 aten = torch.ops.aten
 
@@ -41,10 +41,10 @@ def count_flops(fn: Callable[[], Any]) -> int:
 def restore_flops(pipe: Any, size: int, steps: int, cfg: float, caption: str) -> dict[str, Any]:
     """FLOPs of one untiled restore of a ``size`` px square: per CFG step, per prior, and per image.
 
-    ``pipe`` is a :class:`sspir_core.pipeline.RestorePipeline`. Runs each stage once (one denoising step).
+    ``pipe`` is a :class:`sspir_core.restore.pipeline.RestorePipeline`. Runs each stage once (one denoising step).
     Tiling adds the overlaps' work on top (about (tile / (tile - overlap))^2 for the steps).
     """
-    from .pipeline import RestoreOptions
+    from ..restore.pipeline import RestoreOptions
 
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(1, 3, size, size, generator=g).to(pipe.device)

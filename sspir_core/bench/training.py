@@ -18,9 +18,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _setup(config: str, device: torch.device, gradient_checkpointing: bool, seed: int):
-    from .bench import build_bench_pipeline
-    from .schedulers import make_scheduler
-    from .training.models import TrainModule
+    from ..restore.schedulers import make_scheduler
+    from ..training.models import TrainModule
+    from .settings import build_bench_pipeline
 
     pipe = build_bench_pipeline(config, device=device, dtype=torch.float32, seed=seed)
     params = pipe.models.set_trainable()
@@ -41,8 +41,8 @@ def bench_train_step(config: str, device: str | torch.device = "cpu", dtype: str
                      batch: int = 1, repeats: int = 3, gradient_checkpointing: bool = False, find_max_batch: bool = False,
                      seed: int = 0) -> dict[str, Any]:
     """Median seconds per optimisation step (one micro-step) at ``batch`` x ``size`` px, plus CUDA peak memory."""
-    from .build import move_module
-    from .training.step import training_losses
+    from ..models.build import move_module
+    from ..training.step import training_losses
 
     device = torch.device(device)
     pipe, module, optimizer, params, scheduler = _setup(config, device, gradient_checkpointing, seed)

@@ -20,8 +20,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from . import __version__
-from .build import (
+from .. import __version__
+from ..errors import CheckpointError
+from ..files import atomic_path, write_text_atomic
+from ..models import RefineLayer, make_controlnet, patch_unet
+from ..models.build import (
     SSPIRModels,
     base_unet_config,
     describe_base,
@@ -29,10 +32,7 @@ from .build import (
     stock_unet_from_config,
     structure,
 )
-from .errors import CheckpointError
-from .files import atomic_path, write_text_atomic
-from .models import RefineLayer, make_controlnet, patch_unet
-from .models.unet import is_prior_attention_key
+from ..models.unet import is_prior_attention_key
 
 COMPACT_FORMAT = "sspir-compact"
 COMPACT_VERSION = "1"
@@ -44,9 +44,9 @@ _ROOT_PREFIXES = ("module.", "_orig_mod.")
 # ---------------------------------------------------------------- low-level files
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file (see :class:`~sspir_core.loaders.WeightsFile`), with the ``module.``
+    """All tensors of a weights file (see :class:`~sspir_core.weights.WeightsFile`), with the ``module.``
     (DDP) and ``_orig_mod.`` (torch.compile) prefixes that training wrappers add stripped."""
-    from .loaders.weights_file import read_state_dict as read_tensors
+    from .weights_file import read_state_dict as read_tensors
 
     out = {}
     for k, v in read_tensors(path).items():

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 # Sampler name -> diffusers scheduler class, by name: diffusers is imported on the first restore, not when
 # ComfyUI lists the nodes (the names are all a node's widget needs).

@@ -7,7 +7,7 @@ The priors depend on the output size: the pipeline computes the CLIP embedding a
 the LQ image after it is upscaled (and padded) to the output size. A prior object therefore keeps the LQ
 image it was made from and the specs of the models that made it, computes itself for a given output size,
 and remembers each size it computed. The sampler asks it for the sampler's own output size, so the component
-graph gives exactly what :func:`~sspir_core.pipeline.restore_image` gives with the same settings, and a prior
+graph gives exactly what :func:`~sspir_core.restore.pipeline.restore_image` gives with the same settings, and a prior
 node whose upscale matches the sampler's computes only once.
 """
 
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .captioners import Captioner, get_captioner
-from .captioners.registry import CAPTIONERS as CAPTIONER_CLASSES
-from .captioners.registry import accepted_options
-from .errors import InputError
-from .image_io import prepare_lq
+from ..captioners import Captioner, get_captioner
+from ..captioners.registry import CAPTIONERS as CAPTIONER_CLASSES
+from ..captioners.registry import accepted_options
+from ..errors import InputError
+from ..image_io import prepare_lq
 from .model_cache import ModelCache, file_signature
 from .options import RestoreOptions, StepCallback
 
@@ -139,8 +139,8 @@ def load_pipeline_parts(sd: str | Path, sspir: str | Path, base: str | None = No
                         dtype: torch.dtype = torch.float32) -> PipelineParts:
     """SD parts from ``sd`` and SSP-IR weights from ``sspir`` (a ``checkpoint-N/`` folder holds the full UNet;
     a compact file is applied to the SD UNet)."""
-    from .checkpoint import load_sspir_weights
-    from .loaders import load_sd_components
+    from ..weights import load_sd_components
+    from ..weights.checkpoint import load_sspir_weights
 
     official = Path(sspir).is_dir()
     parts = ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder")
@@ -149,6 +149,19 @@ def load_pipeline_parts(sd: str | Path, sspir: str | Path, base: str | None = No
                                 base=base or components.base, dtype=dtype)
     return PipelineParts(models, components.vae, components.text_encoder, components.tokenizer,
                          components.scheduler_config)
+
+
+def load_pipeline(sd: str | Path, sspir: str | Path, clip_vision: str | Path, base: str | None = None,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  offload: bool = False) -> RestorePipeline:
+    """A restore pipeline from files: the SD checkpoint, the SSP-IR weights and the CLIP ViT-L/14 vision file."""
+    from ..weights import load_clip_vision
+    from .pipeline import RestorePipeline
+
+    parts = load_pipeline_parts(sd, sspir, base=base)
+    clip = load_clip_vision(clip_vision)
+    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config,
+                           device=device, dtype=dtype, offload=offload)
 
 
 class MissingClipVision(nn.Module):
@@ -160,7 +173,7 @@ class MissingClipVision(nn.Module):
 
 def pipeline_for(model: ModelSpec, clip: ClipVisionSpec | None) -> RestorePipeline:
     """The restore pipeline for these specs, from the cache when it holds them."""
-    from .loaders import load_clip_vision
+    from ..weights import load_clip_vision
     from .pipeline import RestorePipeline
 
     parts = MODELS.get(model.key(), lambda: load_pipeline_parts(model.sd, model.sspir, model.base, model.torch_dtype))
@@ -172,7 +185,7 @@ def pipeline_for(model: ModelSpec, clip: ClipVisionSpec | None) -> RestorePipeli
 
 def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None) -> None:
     """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`)."""
-    from .build import move_module
+    from ..models.build import move_module
 
     with RUN_LOCK:
         if model.cache == "off":
@@ -270,7 +283,7 @@ def restore_components(
     """Restore ``image`` ([B,3,h,w] in [0,1]) with priors from other nodes, each brought to this output size.
 
     Without priors it computes them itself (then ``clip`` is needed): the same as
-    :func:`~sspir_core.pipeline.restore_image`.
+    :func:`~sspir_core.restore.pipeline.restore_image`.
     """
     prepared = prepare_lq(image, upscale=upscale, target_size=size)
     out_size = prepared.size

@@ -1,6 +1,6 @@
-"""Public entry point for loading SSP-IR's frozen base models; the code lives in ``sspir_core.loaders``."""
+"""Public entry point for loading SSP-IR's frozen base models; the code lives in ``sspir_core.weights``."""
 
-from .loaders import (
+from . import (
     CLIP_MEAN,
     CLIP_STD,
     PARTS,

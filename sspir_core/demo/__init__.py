@@ -1,0 +1,1 @@
+"""Toy models: the tiny-random preset, the demo model files and the parity-fixture runner."""
