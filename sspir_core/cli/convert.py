@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.direction == "to-compact":
-            out = save_compact(load_official_checkpoint(args.source, base=args.base), args.output)
+            out = save_compact(load_official_checkpoint(args.source, base=args.base, merge_lora=False), args.output)
         else:
             if not args.sd:
                 print("error: to-official needs --sd (the official layout stores the full UNet, SD weights included)",

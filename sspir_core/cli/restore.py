@@ -42,8 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", default="", help="caption for every image (the explicit semantic prior)")
     p.add_argument("--captions", help="folder of <stem>.txt captions (e.g. from `sspir caption`)")
     p.add_argument("--negative", default="", help="negative prompt (default: empty, as in the paper)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance on the text (1 = off)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the checkpoint's: 50, or 1 for a one-step checkpoint)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance on the text (1 = off; default: "
+                   "7.5, or 1 for a one-step checkpoint)")
     p.add_argument("--scheduler", default="ddpm", choices=("ddpm", "ddim", "dpmpp", "unipc", "euler"))
     p.add_argument("--start", default="lq", choices=("lq", "noise"), help="start from the noised LQ latent or noise")
     p.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet strength")
@@ -157,9 +159,16 @@ def _options(args: argparse.Namespace):
     for flag, value in (("--tile", args.tile), ("--vae-tile", args.vae_tile)):
         if value < 0:
             raise InputError(f"{flag} must be >= 0 (0 = no tiling), got {value}")
+    from ..models.one_step import resolve_sampling
+    from ..weights.one_step import read_mode
+
+    mode = read_mode(args.sspir) if args.sspir else "multi-step"  # metadata only: no weights loaded yet
+    steps, cfg, warning = resolve_sampling(mode, args.steps, args.cfg, source=f"--sspir {args.sspir}")
+    if warning:
+        print(f"{warning} (--steps)", file=sys.stderr)
     try:
         return RestoreOptions(
-            steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, negative_prompt=args.negative,
+            steps=steps, cfg=cfg, scheduler=args.scheduler, negative_prompt=args.negative,
             conditioning_scale=args.conditioning_scale, start=args.start, seed=args.seed, color_fix=args.color_fix,
             tile=args.tile or None, tile_overlap=args.tile_overlap, vae_tile=args.vae_tile or None,
         )

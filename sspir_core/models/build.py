@@ -72,6 +72,8 @@ class SSPIRModels:
     controlnet: SSPIRControlNet
     refine: RefineLayer
     base: str = CUSTOM_BASE
+    mode: str = "multi-step"  # or "one-step" (see .one_step); set by the loaders from the checkpoint's metadata
+    lora: Any = None  # the one-step UNet LoRA (a .one_step.LoraSpec) while it is unmerged, else None
 
     def named_modules_(self) -> Iterator[tuple[str, nn.Module]]:
         yield "unet", self.unet

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import InputError, SSPIRError
 from ..models.build import SSPIRModels, move_module
 from ..models.fast_paths import FastPaths, fast_paths
+from ..models.one_step import ONE_STEP, OneStepScheduler
 from .color_fix import apply_color_fix
 from .compile_models import is_compiled
 from .options import MAX_STEPS, START_CHOICES, RestoreOptions, StepCallback  # noqa: F401 (re-exported)
@@ -334,13 +335,17 @@ class RestorePipeline:
             features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile,
                                                return_rgbs=False)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
-        noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
-        scheduler = self.make_scheduler(options)
-        if options.start == "lq":
-            clean = self.vae_encode(lq, generators, options.vae_tile).float()
-            latents = noise_to(scheduler, clean, noise, START_TIMESTEP)
+        if self.models.mode == ONE_STEP and options.steps == 1:  # one-step model: the LQ latent at t = 999 -> x0
+            noise, scheduler = None, OneStepScheduler(self.scheduler_config, self.device)
+            latents = self.vae_encode(lq, generators, options.vae_tile).float()  # no noise drawn or added
         else:
-            latents = noise * scheduler.init_noise_sigma
+            noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
+            scheduler = self.make_scheduler(options)
+            if options.start == "lq":
+                clean = self.vae_encode(lq, generators, options.vae_tile).float()
+                latents = noise_to(scheduler, clean, noise, START_TIMESTEP)
+            else:
+                latents = noise * scheduler.init_noise_sigma
         latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback,
                                scheduler)
         del features, image_emb, noise  # not needed by the decode: free them before its peak

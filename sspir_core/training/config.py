@@ -23,6 +23,7 @@ from ..errors import InputError
 PRESETS = ("tiny-random",)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
+TRAIN_MODES = ("multi-step", "one-step")
 
 
 @dataclass
@@ -68,6 +69,17 @@ class TrainConfig:
     seed: int = 0
     cpu: bool = False
     trace_samples: bool = False
+    # one-step mode (extension after OSEDiff; defaults from cswry/OSEDiff train_osediff.py, 0 = loss off)
+    mode: str = "multi-step"
+    lambda_l2: float = 1.0
+    lambda_lpips: float = 2.0
+    lambda_vsd: float = 1.0
+    lambda_vsd_lora: float = 1.0
+    lambda_rgb: float = 0.1
+    lambda_fft: float = 0.01
+    cfg_vsd: float = 7.5
+    lora_rank: int = 4
+    lpips_weights: str | None = None
 
     def validate(self) -> TrainConfig:
         def need(ok: bool, msg: str) -> None:
@@ -89,6 +101,10 @@ class TrainConfig:
                      "max_chunks", "scale"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         need(self.num_workers >= 0, "--num-workers must be >= 0")
+        need(self.mode in TRAIN_MODES, f"--mode must be one of {', '.join(TRAIN_MODES)}")
+        for name in ("lambda_l2", "lambda_lpips", "lambda_vsd", "lambda_vsd_lora", "lambda_rgb", "lambda_fft", "cfg_vsd"):
+            need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0 (0 turns the loss off)")
+        need(self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}")
         return self
 
     def to_json(self) -> str:
@@ -135,6 +151,19 @@ HELP: dict[str, str] = {
     "num_workers": "DataLoader worker processes",
     "seed": "run seed: data order, crops, degradations, noise and timesteps all derive from it",
     "cpu": "train on the CPU even when a GPU is present",
+    "mode": "multi-step (the paper's SSP-IR, 50 sampling steps) or one-step (an extension after OSEDiff: one UNet "
+            "evaluation at t=999 on the LQ latent, LoRA on the UNet, pixel MSE + LPIPS + VSD losses)",
+    "lambda_l2": "one-step: weight of the pixel MSE (OSEDiff 1.0; 0 = off)",
+    "lambda_lpips": "one-step: weight of LPIPS-VGG (OSEDiff 2.0; 0 = off, then no LPIPS files are needed)",
+    "lambda_vsd": "one-step: weight of the VSD regulariser against frozen SD (OSEDiff 1.0; 0 = off)",
+    "lambda_vsd_lora": "one-step: weight of the fake-score LoRA's diffusion loss (OSEDiff 1.0; 0 with --lambda-vsd 0 "
+                       "drops the VSD UNet)",
+    "lambda_rgb": "one-step: weight of the Processor's RGB L1 per scale (SSP-IR 0.1)",
+    "lambda_fft": "one-step: weight of the Processor's FFT L1 per scale (SSP-IR 0.01)",
+    "cfg_vsd": "one-step: CFG of the real SD score in VSD (OSEDiff 7.5)",
+    "lora_rank": "one-step: LoRA rank of the UNet and of the VSD fake score (OSEDiff 4)",
+    "lpips_weights": "one-step: folder (torch-hub layout) with checkpoints/vgg16-397923af.pth and "
+                     "pyiqa/LPIPS_v0.1_vgg-a78928a0.pth (default: $SSPIR_EVAL_WEIGHTS or torch's hub folder)",
     "trace_samples": "write OUTPUT/samples/rank-R.jsonl: the images each process saw per step and a checksum of "
                      "its final weights (to check data sharding and replica consistency)",
 }

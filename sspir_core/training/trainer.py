@@ -183,7 +183,14 @@ class Trainer:
         if cfg.gradient_checkpointing:
             self.models.unet.enable_gradient_checkpointing()
             self.models.controlnet.enable_gradient_checkpointing()
-        self.module = TrainModule(self.models).train()
+        self.one_step = None  # the one-step mode's parts (see .one_step); None for the paper's trainer
+        if cfg.mode == "one-step":
+            from .one_step import OneStepTraining
+
+            self.one_step = OneStepTraining(self, params)
+            self.module, params = self.one_step.module, self.one_step.params
+        else:
+            self.module = TrainModule(self.models).train()
         self.params = params
         # official train.py: params_to_clip = list(controlnet.parameters()) + list(unet.parameters()); the Refine
         # layer trains unclipped
@@ -217,15 +224,19 @@ class Trainer:
         if self.accelerator.is_main_process:
             save_official_checkpoint(self.models, output_dir)
             save_compact(self.models, Path(output_dir) / COMPACT_NAME)
+            if self.one_step is not None:
+                self.one_step.save(output_dir)
         weights.clear()  # accelerate must not write its own copy of the models
 
     def _load_hook(self, models: list, input_dir: str) -> None:
         from ..weights.checkpoint import load_official_checkpoint
 
         models.clear()  # loaded here instead
-        loaded = load_official_checkpoint(input_dir)
+        loaded = load_official_checkpoint(input_dir, merge_lora=False)  # one-step: the LoRA stays an adapter
         for name, module in self.models.named_modules_():
             module.load_state_dict(getattr(loaded, name).state_dict())
+        if self.one_step is not None:
+            self.one_step.load(input_dir)
 
     def clip_gradients(self) -> torch.Tensor | None:
         """Clip the ControlNet + UNet gradients to ``max_grad_norm`` together (their norm alone decides the
@@ -278,6 +289,10 @@ class Trainer:
                     "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
         g = self._generator(micro, self.rank)
         gt, lq = self.prepare_batch(batch)
+        if self.one_step is not None:
+            parts = self.one_step.losses(self, gt, lq, batch["caption"], g)
+            self.accelerator.backward(parts["loss"])
+            return {k: v.detach() for k, v in parts.items()}
         losses = training_losses(self.pipe, self.module_p, self.noise_scheduler, gt, lq, batch["caption"], g,
                                  self.cfg.max_chunks, self.frozen_dtype, self.accelerator.autocast)
         self.accelerator.backward(losses.total)
@@ -346,7 +361,8 @@ class Trainer:
         from ..restore.pipeline import RestoreOptions, restore_image
 
         lq, gt, upscale = self._validation_inputs()
-        options = RestoreOptions(steps=self.cfg.validation_steps, seed=self.cfg.seed, tile=None, vae_tile=None)
+        steps, cfg = (1, 1.0) if self.one_step is not None else (self.cfg.validation_steps, RestoreOptions.cfg)
+        options = RestoreOptions(steps=steps, cfg=cfg, seed=self.cfg.seed, tile=None, vae_tile=None)
         self.module.eval()
         try:
             with self.accelerator.autocast():
@@ -400,7 +416,8 @@ class Trainer:
                 with acc.accumulate(self.module_p):
                     out = self.micro_step(batch, self.step * cfg.grad_accum + k)
                     if acc.sync_gradients:
-                        grad_norm = self.clip_gradients()
+                        grad_norm = (self.one_step.clip(acc, cfg.max_grad_norm) if self.one_step is not None
+                                     else self.clip_gradients())
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)

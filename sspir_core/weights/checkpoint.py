@@ -32,6 +32,7 @@ from ..models.build import (
     stock_unet_from_config,
     structure,
 )
+from ..models.one_step import base_state_dict
 from ..models.unet import is_prior_attention_key
 
 COMPACT_FORMAT = "sspir-compact"
@@ -135,10 +136,12 @@ def load_official_checkpoint(
     base: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    merge_lora: bool = True,
 ) -> SSPIRModels:
     """Load a ``checkpoint-N/`` folder written by the official ``train.py`` (or by :func:`save_official_checkpoint`).
 
-    ``base`` ('sd15'/'sd21') is checked against the checkpoint; None takes it from the UNet config.
+    ``base`` ('sd15'/'sd21') is checked against the checkpoint; None takes it from the UNet config. A one-step
+    checkpoint (``one_step.json``) gets its UNet LoRA, merged unless ``merge_lora`` is False (see :mod:`.one_step`).
     """
     root = Path(path)
     if not root.is_dir():
@@ -173,7 +176,9 @@ def load_official_checkpoint(
 
     refine = _load_refine(root / "refine", base)
     models = SSPIRModels(unet, controlnet, refine, base)
-    return models.to(device=device, dtype=dtype)
+    from .one_step import apply_official
+
+    return apply_official(models.to(device=device, dtype=dtype), root, merge_lora)
 
 
 def _load_refine(folder: Path, base: str) -> RefineLayer:
@@ -249,18 +254,21 @@ def save_official_checkpoint(models: SSPIRModels, out_dir: str | Path) -> Path:
         ("controlnet", official_controlnet_config(models), models.controlnet),
     ):
         write_text_atomic(out / sub / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
-        _save_tensors(module.state_dict(), out / sub / WEIGHT_NAMES[0], {"format": "pt"})
+        _save_tensors(base_state_dict(module), out / sub / WEIGHT_NAMES[0], {"format": "pt"})
     # through a file object: torch names the records inside the zip after a path's file name (here the random
     # temporary one), "archive" for an open file
     with atomic_path(out / "refine" / "refine.pt") as tmp, open(tmp, "wb") as fh:
         torch.save({k: v.detach().cpu() for k, v in models.refine.state_dict().items()}, fh)
+    from .one_step import write_official
+
+    write_official(models, out, _save_tensors)  # one-step models: one_step.json + lora/
     return out
 
 
 # ---------------------------------------------------------------- compact layout
 
 def compact_state_dict(models: SSPIRModels) -> dict[str, torch.Tensor]:
-    state = {f"unet.{k}": v for k, v in models.unet.state_dict().items() if is_prior_attention_key(k)}
+    state = {f"unet.{k}": v for k, v in base_state_dict(models.unet).items() if is_prior_attention_key(k)}
     state.update({f"controlnet.{k}": v for k, v in models.controlnet.state_dict().items()})
     state.update({f"refine.{k}": v for k, v in models.refine.state_dict().items()})
     return state
@@ -278,7 +286,10 @@ def save_compact(models: SSPIRModels, path: str | Path) -> Path:
         "refine_config": json.dumps(models.refine.config),
         "writer": f"comfyui-sspir {__version__}",
     }
-    _save_tensors(compact_state_dict(models), path, metadata)
+    from .one_step import compact_extras
+
+    extra_tensors, extra_meta = compact_extras(models)  # one-step models: the LoRA and mode
+    _save_tensors({**compact_state_dict(models), **extra_tensors}, path, {**metadata, **extra_meta})
     return path
 
 
@@ -312,8 +323,12 @@ def load_compact(
     sd_unet: UNet2DConditionModel,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    merge_lora: bool = True,
 ) -> SSPIRModels:
-    """Apply a compact file to the user's SD UNet (patched in place) and build the ControlNet and Refine layer."""
+    """Apply a compact file to the user's SD UNet (patched in place) and build the ControlNet and Refine layer.
+
+    A one-step file's LoRA is applied too, merged unless ``merge_lora`` is False.
+    """
     path = Path(path)
     meta = read_compact_metadata(path)
     base = meta["base"]
@@ -323,7 +338,7 @@ def load_compact(
             f"{infer_base(sd_unet.config)} ({describe_base(sd_unet.config)}). Use the matching SD checkpoint."
         )
     state = read_state_dict(path)
-    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}}
+    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}, "lora": {}}
     for k, v in state.items():
         head, _, rest = k.partition(".")
         if head not in parts:
@@ -340,7 +355,9 @@ def load_compact(
     refine = _meta(RefineLayer, **meta["refine_config"])
     _load_into(refine, parts["refine"], str(path), "Refine layer", base)
     models = SSPIRModels(unet, controlnet, refine, base)
-    return models.to(device=device, dtype=dtype)
+    from .one_step import apply_compact
+
+    return apply_compact(models.to(device=device, dtype=dtype), meta, parts["lora"], str(path), merge_lora)
 
 
 def stock_unet_from_official(path: str | Path) -> UNet2DConditionModel:
@@ -360,22 +377,23 @@ def load_sspir_weights(
     base: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    merge_lora: bool = True,
 ) -> SSPIRModels:
     """Load either layout: a ``checkpoint-N/`` folder or a compact ``.safetensors`` (which needs ``sd_unet``)."""
     path = Path(path)
     if path.is_dir():
-        return load_official_checkpoint(path, base=base, device=device, dtype=dtype)
+        return load_official_checkpoint(path, base=base, device=device, dtype=dtype, merge_lora=merge_lora)
     if sd_unet is None:
         raise CheckpointError(
             f"{path} is a compact SSP-IR file: it holds only the SSP-IR parts, so the SD UNet must come from your "
             "SD checkpoint (pass the SD1.5/SD2.1 weights)."
         )
-    return load_compact(path, sd_unet, device=device, dtype=dtype)
+    return load_compact(path, sd_unet, device=device, dtype=dtype, merge_lora=merge_lora)
 
 
 def official_to_compact(checkpoint_dir: str | Path, out_file: str | Path) -> Path:
-    return save_compact(load_official_checkpoint(checkpoint_dir), out_file)
+    return save_compact(load_official_checkpoint(checkpoint_dir, merge_lora=False), out_file)
 
 
 def compact_to_official(compact_file: str | Path, sd_unet: UNet2DConditionModel, out_dir: str | Path) -> Path:
-    return save_official_checkpoint(load_compact(compact_file, sd_unet), out_dir)
+    return save_official_checkpoint(load_compact(compact_file, sd_unet, merge_lora=False), out_dir)

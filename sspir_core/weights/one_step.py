@@ -1,0 +1,118 @@
+"""What a one-step SSP-IR checkpoint adds to the two layouts of :mod:`.checkpoint`: the UNet LoRA and its mode.
+
+- official ``checkpoint-N/``: ``one_step.json`` (``{"mode": "one-step", "timestep": 999, "lora": {...}}``) and
+  ``lora/unet_lora.safetensors``; ``unet/`` holds the SD + SSP-IR weights without the LoRA, so the folder still
+  loads as a plain SSP-IR checkpoint in the official code (which then lacks the LoRA: that is a 50-step model).
+- compact ``.safetensors``: metadata ``mode`` and ``one_step`` (the same JSON), tensors ``lora.<module>.lora_A.weight``.
+
+Loading injects the LoRA (peft) and, for inference, merges it into the UNet weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.build import SSPIRModels
+from ..models.one_step import (
+    ONE_STEP,
+    ONE_STEP_TIMESTEP,
+    LoraSpec,
+    add_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+)
+
+MODE_FILE = "one_step.json"
+LORA_FILE = Path("lora") / "unet_lora.safetensors"
+LORA_PREFIX = "lora."
+
+
+def mode_metadata(models: SSPIRModels) -> dict[str, Any] | None:
+    """The one-step description written beside the weights (None for a 50-step model)."""
+    if models.mode != ONE_STEP:
+        return None
+    if models.lora is None:
+        raise CheckpointError("a one-step model whose LoRA was merged cannot be saved as a checkpoint; save it before "
+                              "merging (the trainer does)")
+    return {"mode": ONE_STEP, "timestep": ONE_STEP_TIMESTEP, "output": "x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)",
+            "input": "VAE latent of the upscaled LQ, no noise added", "lora": models.lora.to_json()}
+
+
+def write_official(models: SSPIRModels, out: Path, save_tensors: Any) -> None:
+    meta = mode_metadata(models)
+    if meta is None:
+        return
+    save_tensors(lora_state_dict(models.unet), out / LORA_FILE, {"format": "pt"})
+    from ..files import write_text_atomic
+
+    write_text_atomic(out / MODE_FILE, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def compact_extras(models: SSPIRModels) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) a one-step model adds to the compact file; empty for a 50-step model."""
+    meta = mode_metadata(models)
+    if meta is None:
+        return {}, {}
+    tensors = {LORA_PREFIX + k: v for k, v in lora_state_dict(models.unet).items()}
+    return tensors, {"mode": ONE_STEP, "one_step": json.dumps(meta)}
+
+
+def read_mode(path: str | Path) -> str:
+    """'one-step' or 'multi-step' for a checkpoint folder or compact file, from its metadata alone (cheap)."""
+    path = Path(path)
+    if path.is_dir():
+        return ONE_STEP if (path / MODE_FILE).is_file() else "multi-step"
+    from .checkpoint import read_compact_metadata
+
+    return read_compact_metadata(path).get("mode", "multi-step")
+
+
+def _check(meta: dict[str, Any], source: str) -> LoraSpec:
+    if meta.get("mode") != ONE_STEP or int(meta.get("timestep", -1)) != ONE_STEP_TIMESTEP:
+        raise CheckpointError(f"{source}: one-step metadata says mode={meta.get('mode')!r}, timestep="
+                              f"{meta.get('timestep')!r}; this pack runs one-step models at t = {ONE_STEP_TIMESTEP}")
+    try:
+        return LoraSpec.from_json(meta["lora"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: the one-step metadata has no valid 'lora' entry ({e})") from e
+
+
+def apply(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tensor], source: str,
+          merge: bool = True) -> SSPIRModels:
+    """Inject the LoRA into ``models.unet``, load it, and merge it unless ``merge`` is False (training, resume)."""
+    spec = _check(meta, source)
+    add_lora(models.unet, spec, generator=torch.Generator().manual_seed(0))  # values replaced just below
+    load_lora_state_dict(models.unet, lora, source)
+    models.mode = ONE_STEP
+    if merge:
+        merge_lora(models.unet)
+        models.lora = None
+    else:
+        models.lora = spec
+    return models
+
+
+def apply_official(models: SSPIRModels, root: Path, merge: bool = True) -> SSPIRModels:
+    if not (root / MODE_FILE).is_file():
+        return models
+    from .checkpoint import read_config, read_state_dict
+
+    if not (root / LORA_FILE).is_file():
+        raise CheckpointError(f"{root / MODE_FILE} says one-step but {root / LORA_FILE} is missing: copy the whole "
+                              "checkpoint folder")
+    return apply(models, read_config(root / MODE_FILE), read_state_dict(root / LORA_FILE), str(root / MODE_FILE), merge)
+
+
+def apply_compact(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tensor], source: str,
+                  merge: bool = True) -> SSPIRModels:
+    if meta.get("mode", "multi-step") != ONE_STEP:
+        if lora:
+            raise CheckpointError(f"{source}: LoRA tensors in a file whose metadata does not say one-step")
+        return models
+    return apply(models, json.loads(meta["one_step"]), lora, source, merge)
