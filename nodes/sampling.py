@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from . import host
 from .sizes import size_inputs
 from .support import captions_for_batch, images_from_list, single, target_size
 
+log = logging.getLogger(__name__)
 _DEFAULTS = RestoreOptions()  # the paper's settings: one source for the widget defaults
 
 
@@ -34,9 +37,11 @@ def sampling_inputs() -> list:
     return [
         io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**63 - 1, control_after_generate=True, tooltip=(
             "Noise seed. Each image of a batch uses it alone, so it restores the same as on its own.")),
-        io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=MAX_STEPS, tooltip="Denoising steps (paper: 50)."),
-        io.Float.Input("cfg", default=_DEFAULTS.cfg, min=1.0, max=30.0, step=0.1, round=0.01, tooltip=(
-            "Classifier-free guidance on the caption (paper: 7.5); 1 turns it off and halves the work.")),
+        io.Int.Input("steps", default=0, min=0, max=MAX_STEPS, tooltip=(
+            "Denoising steps; 0 = the checkpoint's own: 50 (paper), or 1 for a one-step SSP-IR checkpoint.")),
+        io.Float.Input("cfg", default=0.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=(
+            "Classifier-free guidance on the caption; 0 = the checkpoint's own: 7.5 (paper), or 1 (off) for a "
+            "one-step checkpoint. 1 turns it off and halves the work.")),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(
             "- ddpm: the paper's sampler\n- ddim, dpmpp, unipc, euler: fewer steps (20-30) often suffice")),
         io.Combo.Input("start", options=["lq", "noise"], default=_DEFAULTS.start, tooltip=(
@@ -57,11 +62,17 @@ def sampling_inputs() -> list:
     ]
 
 
-def options_from(kw: dict[str, Any]) -> RestoreOptions:
+def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "the SSP-IR model") -> RestoreOptions:
+    """RestoreOptions from the widgets; steps/cfg 0 take the checkpoint's own (one-step: 1 step, no CFG)."""
+    from sspir_core.models.one_step import resolve_sampling
+
     v = {k: single(k, kw[k]) for k in ("negative_prompt", "seed", "steps", "cfg", "scheduler", "start",
                                        "conditioning_scale", "tile", "tile_overlap", "vae_tile", "color_fix")}
+    steps, cfg, warning = resolve_sampling(mode, int(v["steps"]) or None, float(v["cfg"]) or None, source)
+    if warning:
+        log.warning("SSP-IR: %s", warning)
     return RestoreOptions(
-        steps=int(v["steps"]), cfg=float(v["cfg"]), scheduler=v["scheduler"], negative_prompt=v["negative_prompt"],
+        steps=steps, cfg=cfg, scheduler=v["scheduler"], negative_prompt=v["negative_prompt"],
         conditioning_scale=float(v["conditioning_scale"]), start=v["start"], seed=int(v["seed"]),
         color_fix=v["color_fix"], tile=int(v["tile"]) or None, tile_overlap=int(v["tile_overlap"]),
         vae_tile=int(v["vae_tile"]) or None,
@@ -72,10 +83,11 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
         captioner=None) -> tuple[torch.Tensor, list[str]]:
     """Restore a ComfyUI IMAGE; every argument may come as a list (list-input nodes). Returns (IMAGE, captions)."""
     from sspir_core.restore.components import captioner_for
+    from sspir_core.weights.one_step import read_mode
 
     model = single("sspir_model", model)
     lq = images_from_list(image)
-    options = options_from(kw)
+    options = options_from(kw, read_mode(model.sspir), Path(model.sspir).name)  # metadata only, cheap
     upscale = float(single("upscale", kw["upscale"]))
     size = target_size(single("width", kw["width"]), single("height", kw["height"]))
     b = lq.rgb.shape[0]

@@ -218,17 +218,27 @@ def base_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n.replace(".base_layer.", "."): t for n, t in module.state_dict().items() if ".lora_" not in n}
 
 
-def merge_lora(module: nn.Module) -> nn.Module:
-    """Fold the adapters into the base weights and put the plain layers back (inference: no peft in the graph)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def merge_lora_weights(module: nn.Module, spec: LoraSpec, state: dict[str, torch.Tensor], source: str) -> None:
+    """Add a saved LoRA into ``module``'s weights in place: ``W += (alpha / r) * B @ A`` (no peft needed).
 
-    for name, child in list(module.named_modules()):
-        if isinstance(child, BaseTunerLayer):
-            child.merge()
-            parent_name, _, attr = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, attr, child.get_base_layer())
-    return module
+    For a conv target, A is a k x k conv to r channels and B a 1x1 conv back (peft's layout), so the
+    delta is ``B[:, :, 0, 0]`` applied over A's output channels. Inference runs the plain layers.
+    """
+    from ..errors import CheckpointError
+
+    scale = spec.alpha / spec.rank
+    for name in spec.targets:
+        try:
+            layer = module.get_submodule(name)
+            a, b = state[f"{name}.lora_A.weight"].float(), state[f"{name}.lora_B.weight"].float()
+        except (AttributeError, KeyError) as e:
+            raise CheckpointError(f"{source}: the LoRA does not fit the UNet (no {e})") from e
+        w = layer.weight
+        delta = b.flatten(1) @ a.flatten(1) if w.ndim == 2 else torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
+        if delta.shape != w.shape:
+            raise CheckpointError(f"{source}: LoRA of {name} gives {tuple(delta.shape)}, the layer is {tuple(w.shape)}")
+        with torch.no_grad():
+            w.add_((scale * delta).to(w.device, w.dtype))
 
 
 def set_adapters_enabled(module: nn.Module, enabled: bool) -> None:

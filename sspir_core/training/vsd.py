@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.build import stock_unet_from_config
-from ..models.one_step import LORA_ALPHA, LoraSpec, add_lora, lora_targets, predict_x0, set_adapters_enabled
+from ..models.one_step import LORA_ALPHA, LoraSpec, add_lora, lora_targets, set_adapters_enabled
 
 VSD_ADAPTER = "vsd_fake"
 VSD_TIMESTEPS = (20, 980)  # OSEDiff_reg.distribution_matching_loss: torch.randint(20, 980, ...)

@@ -5,7 +5,7 @@
   loads as a plain SSP-IR checkpoint in the official code (which then lacks the LoRA: that is a 50-step model).
 - compact ``.safetensors``: metadata ``mode`` and ``one_step`` (the same JSON), tensors ``lora.<module>.lora_A.weight``.
 
-Loading injects the LoRA (peft) and, for inference, merges it into the UNet weights.
+Loading for inference adds the LoRA into the UNet weights (no peft needed); for training it injects it (peft).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..models.one_step import (
     add_lora,
     load_lora_state_dict,
     lora_state_dict,
-    merge_lora,
+    merge_lora_weights,
 )
 
 MODE_FILE = "one_step.json"
@@ -87,14 +87,14 @@ def apply(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tenso
           merge: bool = True) -> SSPIRModels:
     """Inject the LoRA into ``models.unet``, load it, and merge it unless ``merge`` is False (training, resume)."""
     spec = _check(meta, source)
+    models.mode = ONE_STEP
+    if merge:  # plain layers with the LoRA folded in: inference needs no peft
+        merge_lora_weights(models.unet, spec, lora, source)
+        models.lora = None
+        return models
     add_lora(models.unet, spec, generator=torch.Generator().manual_seed(0))  # values replaced just below
     load_lora_state_dict(models.unet, lora, source)
-    models.mode = ONE_STEP
-    if merge:
-        merge_lora(models.unet)
-        models.lora = None
-    else:
-        models.lora = spec
+    models.lora = spec
     return models
 
 

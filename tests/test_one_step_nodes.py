@@ -1,0 +1,81 @@
+"""ComfyUI's PGA Sampler and SSP-IR Restore nodes run a one-step checkpoint in one step (fake host, demo models).
+
+The one-step file is the demo SSP-IR compact file plus a LoRA with non-zero B (so it changes the output),
+saved by the pack's own writer; the reference is the CLI's path with RestoreOptions(steps=1, cfg=1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sspir_core.demo import model_files as demo_models
+from tests import fake_comfy
+
+ONE_STEP_NAME = "sspir-demo-one-step.safetensors"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from sspir_core.models.one_step import LORA_ALPHA, ONE_STEP, LoraSpec, add_lora, lora_targets
+    from sspir_core.restore.components import load_pipeline_parts
+    from sspir_core.weights.checkpoint import save_compact
+
+    root = tmp_path_factory.mktemp("models")
+    demo_models.write_demo_models(root)
+    models = load_pipeline_parts(root / "checkpoints" / demo_models.SD_NAME,
+                                 root / "sspir" / demo_models.SSPIR_NAME).models
+    g = torch.Generator().manual_seed(5)
+    spec = LoraSpec(2, LORA_ALPHA, lora_targets(models.unet))
+    for p in add_lora(models.unet, spec, g):
+        if ".lora_B." in next(n for n, q in models.unet.named_parameters() if q is p):
+            with torch.no_grad():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    models.mode, models.lora = ONE_STEP, spec
+    save_compact(models, root / "sspir" / ONE_STEP_NAME)
+    return root
+
+
+@pytest.fixture
+def host(monkeypatch, models_dir):
+    rec = fake_comfy.install(monkeypatch, str(models_dir))
+    import nodes
+
+    rec.nodes = {cls.define_schema().node_id: cls for cls in nodes.node_list()}
+    return rec
+
+
+def _widgets(**changes):
+    values = dict(negative_prompt="", seed=3, steps=0, cfg=0.0, scheduler="ddpm", start="lq", conditioning_scale=1.0,
+                  upscale=4.0, width=0, height=0, tile=96, tile_overlap=32, vae_tile=1024, color_fix="adain")
+    values.update(changes)
+    return {k: [v] for k, v in values.items()}
+
+
+def test_sampler_nodes_run_a_one_step_checkpoint_in_one_step(host, models_dir, caplog):
+    from sspir_core.restore.components import load_pipeline_parts
+    from sspir_core.restore.pipeline import RestoreOptions, RestorePipeline, restore_image
+    from sspir_core.weights import load_clip_vision
+
+    n = host.nodes
+    model = n["SSPIRModelLoader"].execute(demo_models.SD_NAME, ONE_STEP_NAME, "auto", "auto", "auto", "auto",
+                                          "in RAM").args[0]
+    clip = n["SSPIRClipVisionLoader"].execute(demo_models.CLIP_VISION_NAME).args[0]
+    image = torch.rand(1, 10, 12, 3, generator=torch.Generator().manual_seed(0))
+    embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 4.0, 0, 0).args[0]
+    structure, _ = n["SSPIRStructureProcessor"].execute(model, image, 4.0, 0, 0).args
+    out = n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"], **_widgets()).args[0]
+    assert [t for v, t, _ in host.progress if v >= 1][-1] == 1  # one step, from the checkpoint's metadata
+
+    parts = load_pipeline_parts(models_dir / "checkpoints" / demo_models.SD_NAME, models_dir / "sspir" / ONE_STEP_NAME)
+    pipe = RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer,
+                           load_clip_vision(models_dir / "clip_vision" / demo_models.CLIP_VISION_NAME),
+                           parts.scheduler_config)
+    expected = restore_image(pipe, image.permute(0, 3, 1, 2), "a cat", RestoreOptions(steps=1, cfg=1.0, seed=3))
+    torch.testing.assert_close(out.permute(0, 3, 1, 2), expected, atol=1e-4, rtol=0)
+    restored, _ = n["SSPIRRestore"].execute([model], [clip], [image], ["a cat"], **_widgets()).args
+    torch.testing.assert_close(restored, out, atol=1e-4, rtol=0)
+
+    with caplog.at_level("WARNING"):
+        n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"], **_widgets(steps=2))
+    assert "one-step SSP-IR model" in caplog.text  # asked for 2 steps: a clear warning
