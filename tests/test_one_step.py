@@ -278,3 +278,22 @@ def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
         sa = read_state_dict(tmp_path / "full" / "checkpoint-4" / sub)
         sb = read_state_dict(tmp_path / "cut" / "checkpoint-4" / sub)
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), sub
+
+
+def test_bench_part_times_one_step_against_50_steps_on_the_same_pipeline():
+    """The one-step run evaluates the denoiser on 1 latent row, the 2-step CFG run on 2 x 2 (counted, not timed)."""
+    from sspir_core.bench.one_step import bench_one_step, one_step_lines
+    from sspir_core.bench.settings import BenchSettings, build_bench_pipeline
+
+    settings = BenchSettings(config="tiny", device="cpu", size=64, image_steps=2, repeats=1)
+    pipe = build_bench_pipeline("tiny")
+    rows: list[int] = []
+    hook = pipe.models.unet.register_forward_pre_hook(lambda m, args: rows.append(args[2].shape[0]))
+    try:
+        r = bench_one_step(settings, pipe)
+    finally:
+        hook.remove()
+    assert rows == [1, 1, 2, 2]  # one-step: warm-up + timed run; then 2 steps with CFG (negative + caption)
+    assert r["denoiser_evals"] == [1, 4] and r["ratio"] == r["multi_step_s"] / r["one_step_s"]
+    assert pipe.models.mode == "multi-step"  # put back
+    assert "ratio" in one_step_lines(r)[-1]

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, else fp32")
     p.add_argument("--parts", default=None,
-                   help=f"comma-separated subset of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)}; sd15 "
+                   help=f"comma-separated subset of {','.join(PARTS)},one-step (default: {','.join(DEFAULT_PARTS)}; sd15 "
                         "adds image)")
     p.add_argument("--size", type=int, help="output px for the step/priors/image parts (default 256 CPU, 512 sd15)")
     p.add_argument("--steps", type=int, default=50, help="steps of the run the priors are compared with")
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
               "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
         return 2
+    from ..bench import one_step  # noqa: F401 (registers the one-step part)
     from ..bench.settings import EXTRA_PARTS
 
     known = (*PARTS, *EXTRA_PARTS)
