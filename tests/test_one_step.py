@@ -31,22 +31,13 @@ from sspir_core.models.one_step import (
 from sspir_core.training import TrainConfig, Trainer
 from sspir_core.training.lpips import LIN_FILES, VGG_CONVS, VGG_FILE, load_lpips
 from sspir_core.weights.checkpoint import read_compact_metadata, read_state_dict
+from tests import test_training
+
+PHOTOS = test_training.PHOTOS
+photos, pairs = test_training.photos, test_training.pairs  # the 50-step trainer's fixtures: 4 photos, 64 px pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 EPS32 = torch.finfo(torch.float32).eps
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    """4 photos as 64 px crops, degraded x4 by `sspir make-pairs` (the official paired layout)."""
-    skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos (pip install .[test])")
-    photos = tmp_path_factory.mktemp("photos")
-    for name in PHOTOS:
-        Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC).save(photos / f"{name}.png")
-    out = tmp_path_factory.mktemp("pairs")
-    assert cli_main(["make-pairs", str(photos), str(out), "--crop", "64", "--seed", "0"]) == 0
-    return out
 
 
 def stand_in_lpips(folder: Path, widths=(4, 4, 6, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8), seed: int = 0) -> Path:

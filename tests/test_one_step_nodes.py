@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from sspir_core.demo import model_files as demo_models
-from tests import fake_comfy
+from tests import test_nodes
+
+host = test_nodes.host  # the fake ComfyUI host fixture, on this module's models_dir
 
 ONE_STEP_NAME = "sspir-demo-one-step.safetensors"
 
@@ -34,15 +36,6 @@ def models_dir(tmp_path_factory):
     models.mode, models.lora = ONE_STEP, spec
     save_compact(models, root / "sspir" / ONE_STEP_NAME)
     return root
-
-
-@pytest.fixture
-def host(monkeypatch, models_dir):
-    rec = fake_comfy.install(monkeypatch, str(models_dir))
-    import nodes
-
-    rec.nodes = {cls.define_schema().node_id: cls for cls in nodes.node_list()}
-    return rec
 
 
 def _widgets(**changes):

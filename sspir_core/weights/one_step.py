@@ -68,9 +68,14 @@ def read_mode(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         return ONE_STEP if (path / MODE_FILE).is_file() else "multi-step"
-    from .checkpoint import read_compact_metadata
+    from safetensors import safe_open
 
-    return read_compact_metadata(path).get("mode", "multi-step")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("mode", "multi-step")
+    except Exception as e:  # missing, truncated, not safetensors: each has its own error type
+        raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {e}); give an SSP-IR checkpoint-N/ folder "
+                              "or compact .safetensors") from e
 
 
 def _check(meta: dict[str, Any], source: str) -> LoraSpec:
@@ -101,12 +106,16 @@ def apply(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tenso
 def apply_official(models: SSPIRModels, root: Path, merge: bool = True) -> SSPIRModels:
     if not (root / MODE_FILE).is_file():
         return models
-    from .checkpoint import read_config, read_state_dict
+    from .weights_file import read_state_dict
 
     if not (root / LORA_FILE).is_file():
         raise CheckpointError(f"{root / MODE_FILE} says one-step but {root / LORA_FILE} is missing: copy the whole "
                               "checkpoint folder")
-    return apply(models, read_config(root / MODE_FILE), read_state_dict(root / LORA_FILE), str(root / MODE_FILE), merge)
+    try:
+        meta = json.loads((root / MODE_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{root / MODE_FILE}: not valid JSON ({e})") from e
+    return apply(models, meta, read_state_dict(root / LORA_FILE), str(root / MODE_FILE), merge)
 
 
 def apply_compact(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tensor], source: str,
