@@ -15,6 +15,12 @@ def node_list() -> list:
     from .clip_image_embed import SSPIRClipImageEmbed
     from .clip_vision_loader import SSPIRClipVisionLoader
     from .model_loader import SSPIRModelLoader
+    from .native_apply import SSPIRApply
+    from .native_color_fix import SSPIRColorFix
+    from .native_latent import SSPIRLQLatent
+    from .native_loader import SSPIRPatchLoader
+    from .native_schedule import SSPIRSchedule
+    from .native_text import SSPIRTextEncode
     from .restore import SSPIRRestore
     from .sampler import SSPIRSampler
     from .structure_processor import SSPIRStructureProcessor
@@ -23,4 +29,5 @@ def node_list() -> list:
     return [
         SSPIRModelLoader, SSPIRClipVisionLoader, SSPIRCaptionerLoader, SSPIRCaption, SSPIRClipImageEmbed,
         SSPIRStructureProcessor, SSPIRSampler, SSPIRRestore,
+        SSPIRPatchLoader, SSPIRApply, SSPIRTextEncode, SSPIRLQLatent, SSPIRSchedule, SSPIRColorFix,
     ]

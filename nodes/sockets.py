@@ -17,3 +17,6 @@ SSPIRImageEmbed = io.Custom("SSPIR_IMAGE_EMBED")
 """The implicit semantic prior: sspir_core.restore.components.ImageEmbedPrior."""
 SSPIRStructure = io.Custom("SSPIR_STRUCTURE")
 """The structure prior: sspir_core.restore.components.StructurePrior."""
+SSPIRPatchSocket = io.Custom("SSPIR_PATCH")
+"""SSP-IR's own weights for the native route, managed by ComfyUI: nodes.native_patch.SSPIRPatch."""
+NATIVE = "SSP-IR/native"

@@ -73,12 +73,14 @@ def _empty_weights() -> Iterator[None]:
         yield
 
 
-def tiny_models(sspir: str | Path | None = None, seed: int = 0) -> SSPIRModels:
+def tiny_models(sspir: str | Path | None = None, seed: int = 0, unet_config: dict[str, Any] | None = None,
+                clip_dim: int = TINY_CLIP_DIM) -> SSPIRModels:
     """Tiny SSP-IR networks: random from ``seed`` (the ControlNet starts as a copy of the UNet encoder, as the
-    official trainer does), or the weights in ``sspir``."""
+    official trainer does), or the weights in ``sspir``. ``unet_config``/``clip_dim`` size the random ones
+    (default the tiny preset's)."""
     if sspir is None:
         with _empty_weights():
-            models = build_models(unet_config=TINY_UNET, clip_dim=TINY_CLIP_DIM)
+            models = build_models(unet_config=unet_config or TINY_UNET, clip_dim=clip_dim)
         generator = torch.Generator().manual_seed(seed)
         for m in (models.unet, models.controlnet, models.refine):
             fill_random(m, generator)

@@ -172,24 +172,45 @@ def encode_tokens(
         device = _encoder_device(text_encoder)
     if device is not None:
         ids = ids.to(device)
-    m = tokens.num_chunks
-    if m == 1:
+    if tokens.num_chunks == 1:
         return text_encoder(ids)[0]
+    hidden = text_encoder(chunk_windows(ids, tokens.num_chunks))[0]
+    return join_chunks(hidden, tokens.num_chunks, ids.shape[0])
+
+
+def chunk_windows(ids: torch.Tensor, num_chunks: int) -> torch.Tensor:
+    """The 77-id rows the encoder sees: ``[num_chunks * B, 77]``, chunk-major (chunk i of every prompt, then i+1).
+
+    Chunk ``i`` is ``ids[:, 75i : 75i + 77]`` with its first id forced to the row's first (BOS) and its last
+    to the row's last id. With one chunk the ids are returned as they are.
+    """
+    if num_chunks == 1:
+        return ids
     first, last = ids[:, 0], ids[:, -1]  # BOS, and EOS (positives) or the negative's own last id
     window = CHUNK_TOKENS + 2
     chunks = []
-    for i in range(m):
+    for i in range(num_chunks):
         chunk = ids[:, i * CHUNK_TOKENS : i * CHUNK_TOKENS + window].clone()
         chunk[:, 0] = first
         chunk[:, -1] = last
         chunks.append(chunk)
-    batch = ids.shape[0]
-    hidden = text_encoder(torch.cat(chunks, dim=0))[0]
+    return torch.cat(chunks, dim=0)
+
+
+def join_chunks(hidden: torch.Tensor, num_chunks: int, batch: int) -> torch.Tensor:
+    """Stitch encoder outputs of :func:`chunk_windows` rows (``[num_chunks * B, 77, D]``) into ``[B, 75m + 2, D]``.
+
+    The official join: the first chunk loses its last position, middle chunks their first and last, the last
+    chunk its first.
+    """
+    if num_chunks == 1:
+        return hidden
+    window = CHUNK_TOKENS + 2
     parts = []
-    for i in range(m):
+    for i in range(num_chunks):
         h = hidden[i * batch : (i + 1) * batch]
         start = 0 if i == 0 else 1
-        stop = window if i == m - 1 else window - 1
+        stop = window if i == num_chunks - 1 else window - 1
         parts.append(h[:, start:stop])
     return torch.cat(parts, dim=1)
 

@@ -1,0 +1,55 @@
+"""Apply SSP-IR: SSP-IR added to the user's own MODEL as patches on a clone (sampled by KSampler)."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from .sockets import NATIVE, SSPIRPatchSocket
+from .support import images_from_list
+
+
+class SSPIRApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SSPIRApply",
+            display_name="Apply SSP-IR",
+            category=NATIVE,
+            description="Adds SSP-IR to a MODEL (an SD1.5/SD2.1 checkpoint from Load Checkpoint, LoRAs and other "
+            "patches included): image attention on the CLIP embedding of the LQ, the SSP-IR ControlNet on its "
+            "structure prior at every step, pixel attention on the ControlNet residuals. Sample the result with "
+            "KSampler (or SamplerCustom and SSP-IR Schedule) from SSP-IR LQ Latent's latent.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD UNet SSP-IR was trained on (SD1.5 or SD2.1-base), e.g. from "
+                               "Load Checkpoint; LoRAs and other patches on it are kept."),
+                SSPIRPatchSocket.Input("sspir_patch", tooltip="From SSP-IR Patch Loader."),
+                io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 (224 px) from Load CLIP Vision: the "
+                                    "implicit semantic prior."),
+                io.Image.Input("image", tooltip="The LQ image at the output size: SSP-IR LQ Latent's image output "
+                               "(the priors are made from it once; its size must be the latent's x8)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=(
+                    "The ControlNet conditioning scale (paper: 1); 0 leaves the structure prior out.")),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001, tooltip=(
+                    "Where in the sampling the ControlNet starts (0 = first step), as Apply ControlNet.")),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, tooltip=(
+                    "Where it stops (1 = last step). Outside the range the pixel attentions see zeros.")),
+                io.Combo.Input("start", options=["paper", "comfy"], default="paper", tooltip=(
+                    "How a full-denoise sampling starts:\n- paper: the LQ latent noised to t=999 (the official "
+                    "code), also under SSP-IR Schedule's first sigma\n- comfy: ComfyUI's own noising to the first "
+                    "sigma")),
+                io.Int.Input("processor_tile", default=1024, min=0, max=8192, step=64, tooltip=(
+                    "Pixel tile for the Processor (exact; bounds memory on large images); 0 = never tile.")),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with SSP-IR; sample it with KSampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,
+                end_percent: float, start: str, processor_tile: int) -> io.NodeOutput:
+        from .native_patch import apply, check_model, compute_priors
+
+        check_model(model, sspir_patch)  # before the priors' work
+        lq = images_from_list(image).rgb
+        priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
+        return io.NodeOutput(apply(model, sspir_patch, priors, float(strength), float(start_percent),
+                                   float(end_percent), start == "paper"))

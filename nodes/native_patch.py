@@ -1,0 +1,348 @@
+"""ComfyUI glue of the native route: SSP-IR as patches on a clone of the user's MODEL.
+
+Hooks used (all public, all on the clone, all appended to what is there; checked against ComfyUI 0.3.75):
+- ``ModelPatcher`` around :class:`~sspir_core.native.patch.NativePatch`, attached with
+  ``set_additional_models``: ``load_models_gpu`` loads, partially loads and offloads our weights with the UNet;
+  its leaf layers are ComfyUI's casting ops (``comfy.ops.disable_weight_init``) so low-VRAM partial loading
+  can leave them on the offload device.
+- ``add_object_patch("diffusion_model.{input,middle,output}_blocks.N", block)``: the same layers, under the same
+  names (so LoRA keys and weight patches still find them), with parameterless :class:`SSPIRHook` markers inserted
+  where SSP-IR's image attention (before the SpatialTransformer) and pixel attention (after it) run.
+- ``set_model_forward_timestep_embed_patch((SSPIRHook, run_hook))``: ComfyUI's ``forward_timestep_embed`` calls
+  :func:`run_hook` for those markers.
+- ``add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, ...)``: runs the SSP-IR ControlNet on the model input at each
+  call, adds its residuals to ``control`` (summed with any other ControlNet's) and hands the raw residuals to the
+  pixel attentions through ``transformer_options``.
+- ``add_object_patch("model_sampling", ...)`` (start "paper" only): a subclass of the model's own sampling whose
+  start-of-sampling noising is the official start (the LQ latent noised to t=999), see
+  :mod:`sspir_core.native.schedule`.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+import torch
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
+from torch import nn
+
+from sspir_core.errors import InputError
+from sspir_core.image_io import pad_to_multiple
+from sspir_core.native.layout import HookSite, ldm_mismatch
+from sspir_core.native.patch import NativePatch, load_native_patch
+from sspir_core.native.schedule import is_schedule_start, paper_start, to_ddpm
+from sspir_core.weights.clip_vision import ClipVisionEncoder
+
+STATE_KEY = "sspir_native"
+_CAST_OPS = {nn.Linear: comfy.ops.disable_weight_init.Linear, nn.Conv2d: comfy.ops.disable_weight_init.Conv2d,
+             nn.GroupNorm: comfy.ops.disable_weight_init.GroupNorm, nn.LayerNorm: comfy.ops.disable_weight_init.LayerNorm}
+_UNSET = object()
+
+
+# ---------------------------------------------------------------------------------------------- the patch object
+
+@dataclass
+class SSPIRPatch:
+    """What SSP-IR Patch Loader hands on: our weights inside their own ModelPatcher, and where they came from."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    source: str
+
+    @property
+    def module(self) -> NativePatch:
+        return self.patcher.model
+
+
+def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
+    """Load SSP-IR weights onto ComfyUI's offload device and wrap them in a ModelPatcher."""
+    module = load_native_patch(path, device=mm.unet_offload_device(), dtype=dtype)
+    for m in module.modules():  # ComfyUI's casting layers: partial (low-VRAM) loading can leave them offloaded
+        cast = _CAST_OPS.get(type(m))
+        if cast is not None:
+            m.__class__ = cast
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return SSPIRPatch(patcher, str(path))
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def check_model(model: Any, patch: SSPIRPatch) -> None:
+    """A clear error, before any sampling, when the MODEL is not the UNet the patch was trained on."""
+    base_model = model.model
+    config = getattr(getattr(base_model, "model_config", None), "unet_config", None)
+    name = type(getattr(base_model, "model_config", None)).__name__
+    if config is None or not hasattr(base_model, "diffusion_model") or \
+            not hasattr(base_model.diffusion_model, "input_blocks"):
+        raise InputError(f"Apply SSP-IR needs an SD1.x/2.x MODEL (a UNet with input/output blocks); got {name}")
+    diff = ldm_mismatch(patch.module.expected_ldm_config(), config)
+    if config.get("adm_in_channels") is not None:
+        diff.insert(0, f"adm_in_channels={config.get('adm_in_channels')} (an SDXL-style UNet)")
+    if diff:
+        raise InputError(
+            f"the SSP-IR patch {Path(patch.source).name} was trained on {patch.module.base}, but the MODEL is "
+            f"{name}: {'; '.join(diff)}. Load the SD checkpoint the patch was trained on (SD1.5 weights need an "
+            "SD1.5 MODEL, SD2.1 weights an SD2.1-base MODEL).")
+
+
+# ---------------------------------------------------------------------------------------------- priors
+
+class _ComfyTower(nn.Module):
+    """ComfyUI's CLIP vision model in the call shape of a transformers tower (last layer, before post-LN)."""
+
+    def __init__(self, clip_vision: Any) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)  # the dtype pixels are cast to (fp32)
+        self._clip = clip_vision
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        out = self._clip.model(pixel_values=pixel_values.to(self._clip.load_device), intermediate_output=-2)
+        return type("Out", (), {"last_hidden_state": out[0]})
+
+
+def clip_tokens(clip_vision: Any, real: torch.Tensor) -> torch.Tensor:
+    """CLIP patch tokens of ``real`` ([B,3,H,W] in [0,1]) preprocessed as SSP-IR was trained (squash resize)."""
+    model = getattr(clip_vision, "model", None)
+    config = getattr(model, "vision_model", None)
+    if model is None or not hasattr(clip_vision, "patcher") or config is None:
+        raise InputError("clip_vision must come from ComfyUI's Load CLIP Vision node (a CLIP ViT-L/14 224 px)")
+    size = int(getattr(clip_vision, "image_size", 224))
+    patch_weight = config.embeddings.patch_embedding.weight
+    encoder = ClipVisionEncoder(_ComfyTower(clip_vision), "transformers", size, int(patch_weight.shape[-1]),
+                                int(patch_weight.shape[0]))
+    mm.load_model_gpu(clip_vision.patcher)
+    return encoder(real)
+
+
+@dataclass
+class Priors:
+    """The per-image priors, computed once at Apply time: image embedding [B,256,512], Processor features."""
+
+    image_emb: torch.Tensor
+    features: torch.Tensor
+    size: tuple[int, int]  # output size (H, W) of the image they were made from
+    _on: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            self._on.clear()
+            self._on[device] = (self.image_emb.to(device), self.features.to(device))
+        return self._on[device]
+
+
+def compute_priors(patch: SSPIRPatch, clip_vision: Any, image: torch.Tensor, tile: int | None) -> Priors:
+    """``image``: the LQ at the output size ([B,3,H,W] in [0,1]): CLIP sees it as is, the Processor padded to 8."""
+    padded, _ = pad_to_multiple(image, 8)
+    tokens = clip_tokens(clip_vision, image)
+    mm.load_models_gpu([patch.patcher])
+    module = patch.module
+    with torch.no_grad():
+        emb = module.image_embedding(tokens.to(patch.patcher.load_device))
+        feats = module.structure(padded, tile=tile)
+    keep = mm.intermediate_device()
+    return Priors(emb.to(keep), feats.to(keep), tuple(image.shape[-2:]))
+
+
+# ---------------------------------------------------------------------------------------------- the hooks
+
+class SSPIRHook(nn.Module):
+    """A parameterless marker inside a patched UNet block; :func:`run_hook` runs the SSP-IR attention it names."""
+
+    def __init__(self, site: HookSite, owner: str) -> None:
+        super().__init__()
+        self.site = site
+        self.owner = owner
+
+    def extra_repr(self) -> str:
+        return f"{self.site.kind} {self.site.key}"
+
+
+def run_hook(layer: SSPIRHook, x: torch.Tensor, emb: Any, context: Any, transformer_options: dict, *_: Any
+             ) -> torch.Tensor:
+    """``forward_timestep_embed_patch`` handler: one image or pixel attention on ``x``."""
+    run = transformer_options.get(STATE_KEY, {}).get(layer.owner)
+    if run is None:  # the block was patched by an Apply SSP-IR whose wrapper is not on this model call
+        return x
+    site = layer.site
+    if site.kind == "image":
+        return run["patch"].attend(site.key, x, run["image_emb"])
+    residuals = run["residuals"]
+    if residuals is not None:
+        context = residuals[site.residual]
+    else:
+        context = x.new_zeros((x.shape[0], *run["residual_shapes"][site.residual]))
+    return run["patch"].attend(site.key, x, context)
+
+
+def _patched_block(block: nn.Module, sites: list[HookSite], owner: str) -> TimestepEmbedSequential:
+    """``block``'s layers under their own names, with our markers: image before the SpatialTransformer, pixel
+    after it (after the ResBlock when there is none) and before any Upsample."""
+    layers = list(block._modules.items())
+    st = [i for i, (_, m) in enumerate(layers) if isinstance(m, SpatialTransformer)]
+    image = [s for s in sites if s.kind == "image"]
+    pixel = [s for s in sites if s.kind == "pixel"]
+    if image and not st:
+        raise InputError(f"UNet block {sites[0].block} {sites[0].index} has no SpatialTransformer where SSP-IR's "
+                         f"{image[0].key} sits: the MODEL's UNet does not have the patch's layout")
+    ups = [i for i, (_, m) in enumerate(layers) if isinstance(m, Upsample)]
+    pixel_at = st[0] + 1 if st else 1
+    if ups and pixel_at > ups[0]:
+        raise InputError(f"UNet block output {sites[0].index}: unexpected layer order for SSP-IR's pixel attention")
+    out = TimestepEmbedSequential()
+    for i, (name, module) in enumerate(layers + [("", None)]):
+        if image and st and i == st[0]:
+            out.add_module("sspir_image", SSPIRHook(image[0], owner))
+        if pixel and i == pixel_at:
+            out.add_module("sspir_pixel", SSPIRHook(pixel[0], owner))
+        if module is not None:
+            out.add_module(name, module)
+    return out
+
+
+def _block_path(site: HookSite) -> str:
+    if site.block == "middle":
+        return "diffusion_model.middle_block"
+    return f"diffusion_model.{site.block}_blocks.{site.index}"
+
+
+def _merge_control(control: dict | None, downs: list[torch.Tensor], mid: torch.Tensor) -> dict:
+    """Our residuals added to any other ControlNet's (``output`` in skip order, popped from the end)."""
+    out = {k: list(v) for k, v in (control or {}).items()}
+    theirs = out.get("output", [])
+    if theirs and len(theirs) != len(downs):
+        raise InputError(f"another ControlNet gives {len(theirs)} skip residuals, SSP-IR {len(downs)}: they cannot be "
+                         "combined on this UNet")
+    out["output"] = [d if not theirs or theirs[i] is None else theirs[i] + d for i, d in enumerate(downs)]
+    prev_mid = out.get("middle", [])
+    out["middle"] = [mid if not prev_mid or prev_mid[0] is None else prev_mid[0] + mid]
+    return out
+
+
+@dataclass
+class NativeRun:
+    """The DIFFUSION_MODEL wrapper of one Apply SSP-IR: the ControlNet at every call, state for the hooks."""
+
+    patch: SSPIRPatch
+    priors: Priors
+    strength: float
+    sigma_range: tuple[float, float]  # active while sigma_end <= sigma <= sigma_start (as Apply ControlNet)
+    owner: str
+
+    def __call__(self, executor: Any, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: Any,
+                 control: Any, transformer_options: dict, **kwargs: Any) -> torch.Tensor:
+        image_emb, features = self.priors.on(x.device)
+        b = image_emb.shape[0]
+        if x.shape[0] % b:
+            raise InputError(f"Apply SSP-IR got {b} LQ image(s) but the latent batch is not a multiple of that "
+                             f"({x.shape[0]} rows): give the sampler the latent of the same images (SSP-IR LQ Latent)")
+        if tuple(x.shape[-2:]) != tuple(features.shape[-2:]):
+            h, w = self.priors.size
+            raise InputError(f"Apply SSP-IR's image is {w}x{h} px (latent {features.shape[-1]}x{features.shape[-2]}) "
+                             f"but the sampler's latent is {x.shape[-1]}x{x.shape[-2]}: feed Apply SSP-IR the image "
+                             "output of SSP-IR LQ Latent that made this latent")
+        sigma = float(transformer_options.get("sigmas", torch.zeros(1)).max())
+        hi, lo = self.sigma_range
+        module = self.patch.module
+        residuals = None
+        shapes = None
+        if lo <= sigma <= hi and self.strength != 0:
+            with torch.no_grad():
+                downs, mid = module.control(x, timesteps, context, image_emb, features, self.strength)
+            control = _merge_control(control, downs, mid)
+            residuals = downs
+        else:  # pixel attentions then see zeros, as the reference UNet without residuals
+            shapes = _residual_shapes(x, module)
+        options = dict(transformer_options)
+        runs = dict(options.get(STATE_KEY, {}))
+        runs[self.owner] = {"patch": module, "image_emb": image_emb, "residuals": residuals,
+                            "residual_shapes": shapes}
+        options[STATE_KEY] = runs
+        return executor(x, timesteps, context, y, control, options, **kwargs)
+
+
+def _residual_shapes(x: torch.Tensor, module: NativePatch) -> list[tuple[int, int, int]]:
+    """(C, H, W) of each ControlNet residual for a latent ``x`` (for the zeros of an inactive ControlNet)."""
+    cn = module.controlnet
+    shapes = []
+    h, w = x.shape[-2:]
+    channels = list(cn.config.block_out_channels)
+    shapes.append((channels[0], h, w))
+    for i, block in enumerate(cn.down_blocks):
+        for _ in block.resnets:
+            shapes.append((channels[i], h, w))
+        if block.downsamplers is not None:
+            h, w = (h + 1) // 2, (w + 1) // 2
+            shapes.append((channels[i], h, w))
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------- paper start
+
+def paper_model_sampling(base: Any) -> Any:
+    """A copy of the MODEL's ``model_sampling`` whose start-of-sampling noising is the official SSP-IR start.
+
+    KSAMPLER passes ``max_denoise`` explicitly only when it noises the starting latent, so other callers
+    (inpainting, samplers that add noise between steps) keep ComfyUI's own noising. The start applies at full
+    denoise (KSampler denoise 1.0) and at the first sigma of a leading schedule (SSP-IR Schedule); a sampling
+    that ends at ``sigma_table[0]`` (SSP-IR Schedule, ddim) returns the latent in the DDPM parametrisation, as
+    diffusers' DDIM does.
+    """
+    parent = type(base)
+
+    class SSPIRPaperStart(parent):  # type: ignore[misc, valid-type]
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=_UNSET):  # noqa: ANN001, ANN202
+            if max_denoise is _UNSET:
+                return super().noise_scaling(sigma, noise, latent_image)
+            s = float(torch.as_tensor(sigma).flatten()[0])
+            if max_denoise or is_schedule_start(s, self.sigmas):
+                return paper_start(latent_image, noise, s, float(self.sigmas[-1]))
+            return super().noise_scaling(sigma, noise, latent_image, max_denoise)
+
+        def inverse_noise_scaling(self, sigma, latent):  # noqa: ANN001, ANN202
+            s = float(torch.as_tensor(sigma).flatten()[0])
+            if s > 0 and s == float(self.sigmas[0]):
+                return to_ddpm(super().inverse_noise_scaling(sigma, latent), s)
+            return super().inverse_noise_scaling(sigma, latent)
+
+    out = copy.copy(base)
+    out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
+    out.__class__ = SSPIRPaperStart
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_percent: float, end_percent: float,
+          paper: bool) -> Any:
+    """A clone of ``model`` with SSP-IR added (see the module docstring for the hooks)."""
+    check_model(model, patch)
+    clone = model.clone()
+    owner = uuid.uuid4().hex[:12]
+    by_block: dict[str, list[HookSite]] = {}
+    for site in patch.module.sites:
+        by_block.setdefault(_block_path(site), []).append(site)
+    unet = model.model.diffusion_model
+    n_in, n_out = len(unet.input_blocks), len(unet.output_blocks)
+    want = len(patch.module.controlnet.controlnet_down_blocks)
+    if n_in != want or n_out != want:
+        raise InputError(f"the MODEL's UNet has {n_in} input and {n_out} output blocks, the SSP-IR patch needs {want}")
+    for path, sites in by_block.items():
+        clone.add_object_patch(path, _patched_block(clone.get_model_object(path), sites, owner))
+    clone.set_model_forward_timestep_embed_patch((SSPIRHook, run_hook))
+    sampling = clone.get_model_object("model_sampling")
+    sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"sspir_{owner}",
+                               NativeRun(patch, priors, strength, sigma_range, owner))
+    if paper:
+        clone.add_object_patch("model_sampling", paper_model_sampling(sampling))
+    clone.set_additional_models(f"sspir_{owner}", [patch.patcher])
+    return clone

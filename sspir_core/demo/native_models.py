@@ -1,0 +1,99 @@
+"""Demo models that ComfyUI's own loaders accept, for the native route (Load Checkpoint, CLIP Vision Loader).
+
+ComfyUI detects an SD1.5 UNet from its shapes but requires ``model_channels`` 320 and ``context_dim`` 768
+(``comfy/supported_models.py`` ``SD15.unet_config``); the depth, the channel multipliers and the transformer
+depth are read off the shapes (``comfy/model_detection.py``), so the smallest SD1.5 it takes is a 3-level UNet
+of width 320 with one layer per level (:data:`NATIVE_UNET`, about 57M parameters). Its text encoder, VAE and
+CLIP vision have fixed configs (the full CLIP-L text model ``sd1_clip_config.json``, the SD VAE, and CLIP
+ViT-L/14 ``clip_vision_config_vitl.json``, chosen when ``vision_model.encoder.layers.22`` exists), so those
+parts are full size with random weights. Everything is written in fp16: ComfyUI keeps text encoders and CLIP
+vision in fp16 on the CPU, so both routes then compute with the same values. About 1.3 GB in all.
+
+The same files load in the existing nodes (SSP-IR Model Loader, SSP-IR CLIP Vision Loader), so the two routes
+can be compared on the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SD_NAME = "sspir-native-demo-sd15.safetensors"
+SSPIR_NAME = "sspir-native-demo.safetensors"
+CLIP_VISION_NAME = "sspir-native-demo-clip-vit-l.safetensors"
+NATIVE_FILES = {"sd": ("checkpoints", SD_NAME), "sspir": ("sspir", SSPIR_NAME),
+                "clip_vision": ("clip_vision", CLIP_VISION_NAME)}
+NATIVE_UNET = {
+    "block_out_channels": [320, 320, 320],
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+    "sample_size": 64,
+}
+CLIP_DIM = 1024
+
+
+def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
+    """Write the native demo set under ``root`` (``checkpoints/``, ``sspir/``, ``clip_vision/``); returns the paths.
+
+    Existing files are kept unless ``overwrite``. Random values come from a generator seeded with ``seed``.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from ..models.build import stock_unet_from_config
+    from ..models.unet import is_prior_attention_key
+    from ..weights.bundled_configs import (
+        CLIP_VISION_CONFIG,
+        SD_CONFIGS_METADATA,
+        component_config,
+        read_json,
+        sd_config_dir,
+    )
+    from ..weights.checkpoint import _save_tensors, save_compact
+    from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
+    from .model_files import _json_config
+    from .presets import _empty_weights, fill_random, tiny_models
+
+    root = Path(root)
+    paths = {kind: root / folder / name for kind, (folder, name) in NATIVE_FILES.items()}
+    todo = {k: p for k, p in paths.items() if overwrite or not p.exists()}
+    if not todo:
+        return paths
+    for p in todo.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    models = tiny_models(seed=seed, unet_config=NATIVE_UNET, clip_dim=CLIP_DIM)
+    models.base = "sd15"
+
+    def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+    if "sd" in todo:
+        config_dir = sd_config_dir("sd15")
+        with _empty_weights():
+            stock = stock_unet_from_config(NATIVE_UNET)
+            vae = AutoencoderKL.from_config(component_config(config_dir, "vae"))
+            text = CLIPTextModel(CLIPTextConfig(**component_config(config_dir, "text_encoder")))
+        for m in (vae, text):
+            fill_random(m, generator)
+        stock.load_state_dict({k: v for k, v in models.unet.state_dict().items() if not is_prior_attention_key(k)},
+                              assign=True)
+        state = half({**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text)})
+        configs = {"unet": _json_config(stock), "vae": _json_config(vae), "text_encoder": text.config.to_dict()}
+        _save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
+    if "sspir" in todo:
+        models.to(dtype=torch.float16)
+        save_compact(models, todo["sspir"])
+    if "clip_vision" in todo:
+        with _empty_weights():
+            tower = CLIPVisionModel(CLIPVisionConfig(**read_json(CLIP_VISION_CONFIG)))
+        fill_random(tower, generator)
+        state = half({k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")})
+        _save_tensors(state, todo["clip_vision"], {"format": "pt"})
+    return paths
