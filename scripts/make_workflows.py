@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sspir_core.demo import model_files as demo_models  # noqa: E402  (names written by `sspir demo-models`)
+from sspir_core.demo import native_models  # noqa: E402  (`sspir demo-models --native`)
 
 INPUT_IMAGE = "astronaut_lq.png"  # the harness copies examples/astronaut_lq.png into ComfyUI's input/
 TYPED_CAPTION = ("a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, "
@@ -42,11 +43,23 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
                                 [("structure", "SSPIR_STRUCTURE"), ("rgb_preview", "IMAGE")]),
     "SSPIRSampler": ([("sspir_model", "SSPIR_MODEL"), ("image", "IMAGE"), ("image_embed", "SSPIR_IMAGE_EMBED"),
                       ("structure", "SSPIR_STRUCTURE")], [("image", "IMAGE")]),
+    # the native route: ComfyUI's own loaders and sampler around the SSP-IR patch nodes
+    "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SSPIRPatchLoader": ([], [("sspir_patch", "SSPIR_PATCH")]),
+    "SSPIRTextEncode": ([("clip", "CLIP")], [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
+    "SSPIRLQLatent": ([("image", "IMAGE"), ("vae", "VAE")], [("latent", "LATENT"), ("image", "IMAGE")]),
+    "SSPIRApply": ([("model", "MODEL"), ("sspir_patch", "SSPIR_PATCH"), ("clip_vision", "CLIP_VISION"),
+                    ("image", "IMAGE")], [("model", "MODEL")]),
+    "SSPIRColorFix": ([("image", "IMAGE"), ("reference", "IMAGE")], [("image", "IMAGE")]),
 }
 # Widgets that exist only in the UI (not sent in the API prompt): LoadImage's upload button; and the
 # widgets followed in the UI by their "control after generate" value.
 UI_ONLY = {"upload"}
-CONTROL_AFTER_GENERATE = {"SSPIRSampler": {"seed"}}
+CONTROL_AFTER_GENERATE = {"SSPIRSampler": {"seed"}, "KSampler": {"seed"}}
 
 SIZE = {"upscale": 4.0, "width": 0, "height": 0}
 SAMPLING = {  # the paper's settings (RestoreOptions defaults)
@@ -131,6 +144,46 @@ WORKFLOWS = [
         [("Models", (20, 390, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
     ),
 ]
+
+
+def _captioner(node_id: int, pos: tuple[int, int]) -> Node:
+    return Node(node_id, "SSPIRCaptionerLoader", pos, (340, 330), {
+        "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
+        "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
+        "trust_remote_code": False, "keep_loaded": False})
+
+
+# The native route: the user's checkpoint through ComfyUI's loaders, SSP-IR as a patch, KSampler. KSampler's
+# "ddim_uniform" scheduler at 50 steps gives the paper's timesteps (981, 961, ..., 1, then 0) and "ddpm" its
+# sampler; Apply SSP-IR's start "paper" starts from the LQ latent noised to t=999.
+NATIVE = Workflow(
+    "sspir_native",
+    [Node(1, "LoadImage", (40, 40), (340, 290), {"image": INPUT_IMAGE, "upload": "image"}),
+     Node(2, "CheckpointLoaderSimple", (40, 420), (340, 100), {"ckpt_name": native_models.SD_NAME}),
+     Node(3, "CLIPVisionLoader", (40, 570), (340, 60), {"clip_name": native_models.CLIP_VISION_NAME}),
+     Node(6, "SSPIRPatchLoader", (40, 680), (340, 90), {"sspir_weights": native_models.SSPIR_NAME, "dtype": "auto"}),
+     _captioner(4, (40, 820)),
+     Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
+     Node(14, "PreviewAny", (440, 170), (320, 200), {}, title="Caption"),
+     Node(7, "SSPIRTextEncode", (440, 420), (320, 200), {"caption": "", "negative_prompt": "", "max_chunks": 4}),
+     Node(8, "SSPIRLQLatent", (440, 670), (320, 170), {**SIZE, "vae_tile": 1024}),
+     Node(9, "SSPIRApply", (820, 40), (340, 250), {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+                                                  "start": "paper", "processor_tile": 1024}),
+     Node(10, "KSampler", (820, 340), (340, 270), {"seed": 0, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm",
+                                                  "scheduler": "ddim_uniform", "denoise": 1.0}),
+     Node(11, "VAEDecode", (820, 660), (340, 50), {}),
+     Node(12, "SSPIRColorFix", (1200, 40), (340, 90), {"method": "adain"}),
+     Node(13, "SaveImage", (1200, 180), (420, 460), {"filename_prefix": "sspir_native"})],
+    [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 14, "source"),
+     (2, "CLIP", 7, "clip"), (5, "caption", 7, "caption"), (1, "IMAGE", 8, "image"), (2, "VAE", 8, "vae"),
+     (2, "MODEL", 9, "model"), (6, "sspir_patch", 9, "sspir_patch"), (3, "CLIP_VISION", 9, "clip_vision"),
+     (8, "image", 9, "image"), (9, "model", 10, "model"), (7, "positive", 10, "positive"),
+     (7, "negative", 10, "negative"), (8, "latent", 10, "latent_image"), (10, "LATENT", 11, "samples"),
+     (2, "VAE", 11, "vae"), (11, "IMAGE", 12, "image"), (8, "image", 12, "reference"), (12, "image", 13, "images")],
+    [("Models", (20, 390, 380, 780)), ("Caption and latent", (420, 0, 360, 860)),
+     ("Sample", (800, 0, 380, 730)), ("Output", (1180, 0, 460, 660))],
+)
+WORKFLOWS.append(NATIVE)
 
 
 def _order(wf: Workflow) -> dict[int, int]:

@@ -97,6 +97,9 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
     io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
     io.Custom = lambda name: _type(name, widget=False)
     io.Image, io.Mask = _type("IMAGE", False), _type("MASK", False)
+    for name, io_type in (("Model", "MODEL"), ("Clip", "CLIP"), ("ClipVision", "CLIP_VISION"), ("Vae", "VAE"),
+                          ("Conditioning", "CONDITIONING"), ("Latent", "LATENT"), ("Sigmas", "SIGMAS")):
+        setattr(io, name, _type(io_type, widget=False))
     for name, io_type in (("String", "STRING"), ("Int", "INT"), ("Float", "FLOAT"), ("Boolean", "BOOLEAN"),
                           ("Combo", "COMBO")):
         setattr(io, name, _type(io_type, widget=True))

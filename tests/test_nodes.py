@@ -24,6 +24,13 @@ CONTRACT = {  # node id -> (display name, output types), from the nodes/comfy co
     "SSPIRStructureProcessor": ("Structure Processor (SSP-IR)", ["SSPIR_STRUCTURE", "IMAGE"]),
     "SSPIRSampler": ("PGA Sampler (SSP-IR)", ["IMAGE"]),
     "SSPIRRestore": ("SSP-IR Restore (all in one)", ["IMAGE", "STRING"]),
+    # the native route (issue 18)
+    "SSPIRPatchLoader": ("SSP-IR Patch Loader", ["SSPIR_PATCH"]),
+    "SSPIRApply": ("Apply SSP-IR", ["MODEL"]),
+    "SSPIRTextEncode": ("SSP-IR Text Encode", ["CONDITIONING", "CONDITIONING"]),
+    "SSPIRLQLatent": ("SSP-IR LQ Latent", ["LATENT", "IMAGE"]),
+    "SSPIRSchedule": ("SSP-IR Schedule", ["SIGMAS"]),
+    "SSPIRColorFix": ("SSP-IR Colour Fix", ["IMAGE"]),
 }
 STEPS = 2
 

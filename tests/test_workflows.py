@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sspir_core.demo import model_files as demo_models
+from sspir_core.demo import native_models
 from tests import fake_comfy
 from tests.conftest import REPO
 
@@ -19,13 +20,20 @@ CORE = {
     "SaveImage": ([("images", "IMAGE")], [], ["filename_prefix"]),
     "PreviewImage": ([("images", "IMAGE")], [], []),
     "PreviewAny": ([("source", "*")], [], []),
+    "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], ["ckpt_name"]),
+    "CLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")], ["clip_name"]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")], [("LATENT", "LATENT")],
+                 ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], []),
 }
-NAMES = ["sspir_restore", "sspir_restore_typed_caption"]
+NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_native"]
 
 
 @pytest.fixture
 def schemas(monkeypatch, tmp_path):
-    for kind, (folder, name) in demo_models.DEMO_FILES.items():  # names only: the combos list them
+    files = {**demo_models.DEMO_FILES, **{f"native_{k}": v for k, v in native_models.NATIVE_FILES.items()}}
+    for kind, (folder, name) in files.items():  # names only: the combos list them
         path = tmp_path / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "captioner":
@@ -126,16 +134,21 @@ def test_api_twin_runs_the_same_graph(name, schemas):
                 ui_values = [v for v in nodes[key]["widgets_values"] if v not in ("fixed",)]
                 assert node["inputs"][wid] in ui_values
     # the model files are the ones `sspir demo-models` writes; the input is the bundled sample
-    loader = next(v for v in api.values() if v["class_type"] == "SSPIRModelLoader")["inputs"]
-    assert (loader["base_model"], loader["sspir_weights"]) == (demo_models.SD_NAME, demo_models.SSPIR_NAME)
-    clip = next(v for v in api.values() if v["class_type"] == "SSPIRClipVisionLoader")["inputs"]
-    assert clip["clip_name"] == demo_models.CLIP_VISION_NAME
+    files = {v["class_type"]: v["inputs"] for v in api.values()}
+    if "SSPIRPatchLoader" in files:  # the native route: ComfyUI's loaders on `sspir demo-models --native` files
+        assert files["CheckpointLoaderSimple"]["ckpt_name"] == native_models.SD_NAME
+        assert files["SSPIRPatchLoader"]["sspir_weights"] == native_models.SSPIR_NAME
+        assert files["CLIPVisionLoader"]["clip_name"] == native_models.CLIP_VISION_NAME
+    else:
+        loader = files["SSPIRModelLoader"]
+        assert (loader["base_model"], loader["sspir_weights"]) == (demo_models.SD_NAME, demo_models.SSPIR_NAME)
+        assert files["SSPIRClipVisionLoader"]["clip_name"] == demo_models.CLIP_VISION_NAME
     assert next(v for v in api.values() if v["class_type"] == "LoadImage")["inputs"]["image"] == "astronaut_lq.png"
     save = next(v for v in api.values() if v["class_type"] == "SaveImage")["inputs"]
     assert save["filename_prefix"].startswith("sspir")
     captioners = [v["inputs"] for v in api.values() if v["class_type"] == "SSPIRCaptionerLoader"]
     assert all(c["model"] == demo_models.LLM_NAME for c in captioners)
-    assert bool(captioners) == (name == "sspir_restore")
+    assert bool(captioners) == (name in ("sspir_restore", "sspir_native"))
 
 
 def test_generator_describes_widgets_in_schema_order(schemas, monkeypatch):
@@ -150,7 +163,8 @@ def test_generator_describes_widgets_in_schema_order(schemas, monkeypatch):
         for node in wf.nodes:
             names = [w for w in node.widgets if w not in module.UI_ONLY]
             if node.type in CORE:
-                assert names == [w for w in CORE[node.type][2] if w not in module.UI_ONLY], node.type
+                assert names == [w for w in CORE[node.type][2] if w not in (*module.UI_ONLY, "control_after_generate")
+                                 ], node.type
             else:
                 assert names == [w[0] for w in schemas[node.type][2]], (wf.name, node.type)
             assert [(a, b) for a, b in module.SOCKETS[node.type][1]] == (

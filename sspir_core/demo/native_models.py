@@ -38,6 +38,20 @@ NATIVE_UNET = {
 CLIP_DIM = 1024
 
 
+def narrow_posterior(vae: torch.nn.Module, log_variance: float = -30.0) -> None:
+    """Give a random VAE the narrow posterior a trained one has (log-variance -30: std 3e-7).
+
+    The reference path samples the VAE posterior and ComfyUI's VAE Encode takes its mode; SD's VAE is nearly
+    deterministic, a random one is not (its std is of the order of its mean), so without this the two routes
+    would start from different latents for a reason that has nothing to do with SSP-IR.
+    """
+    conv = vae.quant_conv
+    half = conv.out_channels // 2
+    with torch.no_grad():
+        conv.weight[half:] = 0
+        conv.bias[half:] = log_variance
+
+
 def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
     """Write the native demo set under ``root`` (``checkpoints/``, ``sspir/``, ``clip_vision/``); returns the paths.
 
@@ -82,6 +96,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
             text = CLIPTextModel(CLIPTextConfig(**component_config(config_dir, "text_encoder")))
         for m in (vae, text):
             fill_random(m, generator)
+        narrow_posterior(vae)
         stock.load_state_dict({k: v for k, v in models.unet.state_dict().items() if not is_prior_attention_key(k)},
                               assign=True)
         state = half({**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text)})
@@ -94,6 +109,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         with _empty_weights():
             tower = CLIPVisionModel(CLIPVisionConfig(**read_json(CLIP_VISION_CONFIG)))
         fill_random(tower, generator)
-        state = half({k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")})
+        state = half({k if k.startswith("vision_model.") else f"vision_model.{k}": v  # ComfyUI's key layout
+                      for k, v in tower.state_dict().items() if not k.endswith("position_ids")})
         _save_tensors(state, todo["clip_vision"], {"format": "pt"})
     return paths
