@@ -241,9 +241,11 @@ class NativeRun:
                  control: Any, transformer_options: dict, **kwargs: Any) -> torch.Tensor:
         image_emb, features = self.priors.on(x.device)
         b = image_emb.shape[0]
-        if x.shape[0] % b:
-            raise InputError(f"Apply SSP-IR got {b} LQ image(s) but the latent batch is not a multiple of that "
-                             f"({x.shape[0]} rows): give the sampler the latent of the same images (SSP-IR LQ Latent)")
+        chunks = max(1, len(transformer_options.get("cond_or_uncond", [0])))  # cond/uncond rows of one batch
+        if x.shape[0] != chunks * b:
+            raise InputError(f"Apply SSP-IR got {b} LQ image(s) but the sampler's latent batch is "
+                             f"{x.shape[0] // chunks}: give the sampler the latent of the same images (SSP-IR LQ "
+                             "Latent of that IMAGE)")
         if tuple(x.shape[-2:]) != tuple(features.shape[-2:]):
             h, w = self.priors.size
             raise InputError(f"Apply SSP-IR's image is {w}x{h} px (latent {features.shape[-1]}x{features.shape[-2]}) "

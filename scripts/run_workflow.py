@@ -53,14 +53,18 @@ def set_input_image(prompt: dict, name: str) -> int:
     return count
 
 
-def demo_models(models_dir: Path, python: str) -> Path:
-    """The demo models folder, written by ``sspir demo-models`` when any file is missing."""
+def demo_models(models_dir: Path, python: str, native: bool = False) -> Path:
+    """The demo models folder, written by ``sspir demo-models`` (``--native`` for the native route's
+    ComfyUI-loadable set, about 1.3 GB) when any file is missing."""
     from sspir_core.demo.model_files import DEMO_FILES
+    from sspir_core.demo.native_models import NATIVE_FILES
 
-    if all((models_dir / folder / name).exists() for folder, name in DEMO_FILES.values()):
+    files = [*DEMO_FILES.values(), *(NATIVE_FILES.values() if native else ())]
+    if all((models_dir / folder / name).exists() for folder, name in files):
         return models_dir
-    print(f"writing demo models into {models_dir} (sspir demo-models)", file=sys.stderr)
-    subprocess.run([python, "-m", "sspir_core.cli", "demo-models", str(models_dir)], check=True, cwd=REPO)
+    flag = ["--native"] if native else []
+    print(f"writing demo models into {models_dir} (sspir demo-models {' '.join(flag)})", file=sys.stderr)
+    subprocess.run([python, "-m", "sspir_core.cli", "demo-models", str(models_dir), *flag], check=True, cwd=REPO)
     return models_dir
 
 
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     python = comfyui.comfyui_python()
     try:
         comfy_dir = comfyui.ensure()
-        models = args.models or demo_models(REPO / "out" / "demo-models", sys.executable)
+        native = any(node.get("class_type") == "SSPIRPatchLoader" for node in prompt.values())
+        models = args.models or demo_models(REPO / "out" / "demo-models", sys.executable, native=native)
         if not models.is_dir():
             raise SystemExit(f"error: --models {models} is not a folder")
         server = comfyui.ComfyServer(args.work_dir, models_dir=models, comfy_dir=comfy_dir, python=python, port=args.port)

@@ -17,6 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="write files that already exist again")
     p.add_argument("--no-captioner", action="store_true", help="skip the tiny LLaVA folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--native", action="store_true", help=(
+        "also write the native route's set for ComfyUI's own loaders (workflows/sspir_native.json): the smallest "
+        "SD1.5 checkpoint ComfyUI's model detection takes, an SSP-IR patch for it and a CLIP ViT-L vision file "
+        "(full-size random text encoder, VAE and CLIP vision; about 1.3 GB)"))
     p.set_defaults(func=run)
 
 
@@ -26,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         paths = write_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite, captioner=not args.no_captioner)
+        if args.native:
+            from ..demo.native_models import write_native_demo_models
+
+            native = write_native_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite)
+            paths.update({f"native_{k}": v for k, v in native.items()})
     except (SSPIRError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,11 @@ def start_timesteps(train_steps: int = TRAIN_TIMESTEPS) -> frozenset[int]:
 
 
 def is_schedule_start(sigma: float, sigma_table: torch.Tensor) -> bool:
-    """True when ``sigma`` is exactly the table sigma of a leading schedule's first timestep."""
+    """True when ``sigma`` is exactly the table sigma of a leading schedule's first timestep.
+
+    That is t = 1 and every t from 501 up (N > 500 steps start at t = N): a full-denoise sampling on the
+    paper's schedule starts there, a partial one (img2img from t <= 500) does not.
+    """
     table = sigma_table.detach().float().cpu()
     t = int((table.log() - math.log(max(float(sigma), 1e-12))).abs().argmin())
     return float(table[t]) == float(sigma) and t in start_timesteps(len(table))

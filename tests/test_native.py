@@ -1,0 +1,171 @@
+"""The native route's ComfyUI-free logic (sspir_core.native): hook layout, schedule, start, text windows, weights.
+
+Expected values come from the official layout (SSP-IR's ``up_blocks.i.pixel_attentions.j`` reads residual
+``11 - 3i - j`` on SD1.5), diffusers' schedulers, hand formulas and the existing (fixture-checked) prompt encoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sspir_core.demo.presets import TINY_UNET, tiny_models
+from sspir_core.errors import CheckpointError, InputError
+from sspir_core.models.build import base_unet_config
+from sspir_core.native.layout import expected_ldm_config, hook_sites, input_block_count, ldm_mismatch
+from sspir_core.native.patch import load_native_patch
+from sspir_core.native.schedule import (
+    is_schedule_start,
+    leading_timesteps,
+    paper_start,
+    schedule_sigmas,
+    to_ddpm,
+)
+from sspir_core.native.text import TokenizerIds, encode_windows, layout_pair
+from sspir_core.restore.schedulers import make_scheduler
+
+# ComfyUI 0.3.75 model_detection.detect_unet_config for SD1.5 and SDXL (read from its source).
+COMFY_SD15 = {"in_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
+              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "context_dim": 768, "use_linear_in_transformer": False,
+              "adm_in_channels": None}
+COMFY_SDXL = {"in_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
+              "transformer_depth": [0, 0, 2, 2, 10, 10], "context_dim": 2048, "use_linear_in_transformer": True,
+              "adm_in_channels": 2816}
+
+
+def test_sd15_hook_layout_is_the_official_one():
+    cfg = base_unet_config("sd15")
+    sites = hook_sites(cfg)
+    assert input_block_count(cfg) == 12
+    pixel = {s.key: (s.index, s.residual) for s in sites if s.kind == "pixel"}
+    assert len(pixel) == 12
+    for i in range(4):
+        for j in range(3):  # official: up_blocks.i.pixel_attentions.j reads residual 11 - 3i - j
+            assert pixel[f"up_blocks.{i}.pixel_attentions.{j}"] == (3 * i + j, 11 - 3 * i - j)
+    image = [(s.block, s.index) for s in sites if s.kind == "image"]
+    # SpatialTransformers of SD1.5 in LDM terms: input blocks 1,2,4,5,7,8; the middle; output blocks 3..11
+    assert image == [("input", k) for k in (1, 2, 4, 5, 7, 8)] + [("middle", 0)] + [("output", k) for k in range(3, 12)]
+
+
+def test_expected_ldm_config_matches_comfyui_detection_and_refuses_others():
+    assert ldm_mismatch(expected_ldm_config(base_unet_config("sd15")), COMFY_SD15) == []
+    sd21 = ldm_mismatch(expected_ldm_config(base_unet_config("sd21")), COMFY_SD15)
+    assert any(d.startswith("context_dim=768") for d in sd21) and any("use_linear" in d for d in sd21)
+    sdxl = ldm_mismatch(expected_ldm_config(base_unet_config("sd15")), COMFY_SDXL)
+    assert any(d.startswith("channel_mult") for d in sdxl) and any(d.startswith("context_dim=2048") for d in sdxl)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 20, 50, 333])
+def test_leading_timesteps_are_diffusers(steps):
+    for name in ("ddpm", "ddim"):
+        scheduler = make_scheduler(name)
+        scheduler.set_timesteps(steps)
+        assert leading_timesteps(steps) == scheduler.timesteps.tolist()
+
+
+def test_schedule_sigmas_and_ends():
+    alphas = make_scheduler("ddim").alphas_cumprod
+    table = ((1 - alphas) / alphas).sqrt()
+    ddpm, ddim = schedule_sigmas(table, 50, "ddpm"), schedule_sigmas(table, 50, "ddim")
+    assert len(ddpm) == 51 and float(ddpm[0]) == float(table[981]) and float(ddpm[-2]) == float(table[1])
+    assert float(ddpm[-1]) == 0.0 and float(ddim[-1]) == float(table[0])
+    # every t from 501 up starts some leading schedule (N > 500 steps start at t = N); below, only t = 1
+    assert is_schedule_start(float(table[981]), table) and is_schedule_start(float(table[1]), table)
+    assert not is_schedule_start(float(table[400]), table) and not is_schedule_start(float(table[0]), table)
+    assert not is_schedule_start(float(table[981]) * (1 + 1e-6), table)  # only exact table values
+    with pytest.raises(ValueError, match="end"):
+        schedule_sigmas(table, 50, "euler")
+
+
+def test_paper_start_is_the_official_latent_at_the_first_sigma():
+    """x / sqrt(1 + s^2) at the first sigma is sqrt(a999) x0 + sqrt(1 - a999) eps (hand formula)."""
+    alphas = make_scheduler("ddpm").alphas_cumprod.double()
+    table = ((1 - alphas) / alphas).sqrt()
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64).unbind(0)
+    first = float(table[981])
+    x = paper_start(x0, eps, first, float(table[999]))
+    official = alphas[999].sqrt() * x0 + (1 - alphas[999]).sqrt() * eps
+    assert torch.allclose(x / math.sqrt(1 + first**2), official, atol=1e-12)
+    assert torch.allclose(to_ddpm(x, first), official, atol=1e-12)
+
+
+class _Encoder:
+    """A text encoder stand-in whose output at each position is a function of (id, position): chunk boundaries
+    and the join become visible in the result."""
+
+    def __call__(self, ids: torch.Tensor):
+        pos = torch.arange(ids.shape[1], dtype=torch.float64)
+        return (torch.stack([ids.double(), pos.expand_as(ids)], dim=-1),)
+
+
+def test_windows_through_a_host_encoder_equal_the_reference_encoder():
+    from sspir_core.restore.prompt import encode_prompt_pair
+    from sspir_core.weights import load_tokenizer, sd_config_dir
+
+    clip_tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
+    tok = TokenizerIds(clip_tokenizer, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id,
+                       clip_tokenizer.pad_token_id)
+    captions = ["a photo " * 60, "a cat " * 70]  # both 2 chunks
+    pos, neg = layout_pair(tok, captions, "blurry", 4)
+    assert pos.num_chunks == 2 and pos.input_ids.shape == neg.input_ids.shape == (2, 152)
+    enc = _Encoder()
+
+    def host(windows):  # ComfyUI's CLIP: every 77-id window encoded alone, outputs concatenated
+        return torch.cat([enc(torch.tensor([w]))[0] for w in windows], dim=1)
+
+    ref_pos, ref_neg = encode_prompt_pair(enc, clip_tokenizer, captions, "blurry", 4)
+    assert torch.equal(encode_windows(pos, host), ref_pos) and torch.equal(encode_windows(neg, host), ref_neg)
+    with pytest.raises(InputError, match="different numbers of 75-token chunks"):
+        layout_pair(tok, ["short", "a cat " * 70], "", 4)
+
+
+def test_native_patch_loads_only_sspir_parts_from_both_layouts(tmp_path):
+    from sspir_core.weights.checkpoint import save_compact, save_official_checkpoint
+
+    models = tiny_models(seed=3)
+    compact = save_compact(models, tmp_path / "w.safetensors")
+    official = save_official_checkpoint(models, tmp_path / "checkpoint-1")
+    for source in (compact, official):
+        patch = load_native_patch(source)
+        for site in patch.sites:
+            ours = patch.attention(site.key).state_dict()
+            theirs = models.unet.get_submodule(site.key).state_dict()
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+        assert all(torch.equal(a, b) for a, b in zip(patch.controlnet.state_dict().values(),
+                                                      models.controlnet.state_dict().values()))
+        sspir = [*models.controlnet.parameters(), *models.unet.sspir_parameters(), *models.refine.parameters()]
+        assert sum(p.numel() for p in patch.parameters()) == sum(p.numel() for p in sspir)  # no SD UNet weights
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nope")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_native_patch(bad)
+
+
+def test_native_patch_attention_and_control_run_like_the_reference_modules():
+    """NativePatch.attend/control are the reference modules on the CFG layout (k copies of B rows)."""
+    models = tiny_models(seed=4)
+    patch = load_native_patch_from(models)
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(1, 256, 512, generator=g)
+    h = torch.randn(2, 24, 8, 8, generator=g)
+    site = next(s for s in patch.sites if s.kind == "image")
+    ref = models.unet.get_submodule(site.key)(h, encoder_hidden_states=emb.repeat(2, 1, 1)).sample
+    assert torch.allclose(patch.attend(site.key, h, emb), ref, atol=1e-6)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    text = torch.randn(2, 77, TINY_UNET["cross_attention_dim"], generator=g)
+    feats = torch.randn(1, 24, 8, 8, generator=g)
+    downs, mid = patch.control(x, torch.tensor([500.0, 500.0]), text, emb, feats, 0.7)
+    out = models.controlnet(x, torch.tensor([500, 500]), text, processor_features=feats.repeat(2, 1, 1, 1),
+                            conditioning_scale=0.7, image_encoder_hidden_states=emb.repeat(2, 1, 1), return_rgbs=False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(downs, out.down_residuals))
+    assert torch.allclose(mid, out.mid_residual, atol=1e-6)
+
+
+def load_native_patch_from(models):
+    from sspir_core.native.patch import NativePatch
+
+    attentions = {s.key: models.unet.get_submodule(s.key) for s in hook_sites(dict(models.unet.config))}
+    return NativePatch(models.controlnet, models.refine, attentions, dict(models.unet.config), "sd15").eval()
