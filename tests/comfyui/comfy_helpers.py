@@ -25,8 +25,12 @@ def load_api(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / name).read_text())
 
 
-def api_workflows() -> list[str]:
-    return sorted(p.name for p in (WORKFLOWS / "api").glob("*.json"))
+NATIVE_PREFIX = "sspir_native"  # the native route's workflows run on their own models (tests/comfyui/test_native.py)
+
+
+def api_workflows(native: bool = False) -> list[str]:
+    """The API workflows of the reference path (and, with ``native``, the native route's too)."""
+    return sorted(p.name for p in (WORKFLOWS / "api").glob("*.json") if native or not p.name.startswith(NATIVE_PREFIX))
 
 
 def nodes_of(prompt: dict, class_type: str) -> list[str]:

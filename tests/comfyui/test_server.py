@@ -77,7 +77,7 @@ def test_workflow_inputs_exist(object_info):
     """Every input the bundled API workflows set is one the node declares (catches renamed sockets)."""
     from tests.comfyui.comfy_helpers import api_workflows, load_api
 
-    names = api_workflows()
+    names = api_workflows(native=True)
     assert names, "no workflows/api/*.json"
     for name in names:
         for nid, node in load_api(name).items():
