@@ -229,6 +229,24 @@ def test_cancel_stops_a_caption_within_a_token(host):
     assert host.interrupt_checks == start + 3  # one check before the image, then one per token
 
 
+def test_cancel_stops_an_openai_caption_on_a_server_that_never_answers(host):
+    """ComfyUI's Cancel reaches the OpenAI-compatible captioner while it waits: it ends as an interruption
+    within about a second (0.1 s polls), not after the 120 s timeout and two retries."""
+    import time
+
+    from tests.tiny_captioners import SilentServer
+
+    with SilentServer() as srv:
+        captioner = host.nodes["SSPIRCaptionerLoader"].execute(
+            "openai", "(none: openai server)", srv.url, "m", "", 0, 0, "auto", "auto", False).args[0]
+        host.interrupt_after = host.interrupt_checks + 5  # about 0.4 s into the request
+        start = time.monotonic()
+        with pytest.raises(fake_comfy.InterruptProcessingException):
+            host.nodes["SSPIRCaption"].execute(captioner, torch.rand(1, 8, 8, 3))
+        assert time.monotonic() - start < 2.0
+        assert srv.requests == 1
+
+
 def test_memory_is_freed_from_comfy_before_a_gpu_run(host):
     from nodes import host as comfy_host
 
