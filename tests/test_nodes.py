@@ -91,6 +91,40 @@ def test_nodes_match_the_contract_and_every_input_has_a_tooltip(host):
     assert host.nodes["SSPIRSampler"].define_schema().is_input_list
 
 
+@pytest.mark.parametrize("name, bad", [("steps", 0), ("cfg", float("nan")), ("cfg", 0.5),
+                                       ("conditioning_scale", float("nan")), ("conditioning_scale", 2.5)])
+def test_option_errors_name_the_widgets_own_bounds(host, name, bad):
+    """A value the sampler rejects at run time is reported with the bounds its widget shows (one source)."""
+    from sspir_core.errors import OptionError
+    from sspir_core.pipeline import RestoreOptions
+
+    widget = next(i for i in host.nodes["SSPIRSampler"].define_schema().inputs if i.id == name)
+    low, high = widget.kw["min"], widget.kw["max"]
+    with pytest.raises(OptionError) as err:
+        RestoreOptions(**{name: bad})
+    assert f"between {low:g} and {high:g}" in str(err.value), (str(err.value), low, high)
+
+
+@pytest.mark.parametrize("node_id", ["SSPIRSampler", "SSPIRRestore"])
+def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
+    """tile 1 (or 12, or not above tile_overlap) is refused by validate_inputs, before anything runs; values
+    arrive as lists on these list-input nodes, and as None when they come through a link."""
+    node = host.nodes[node_id]
+    widgets = {i.id: i.kw for i in node.define_schema().inputs}
+    assert widgets["tile"]["step"] == 8 and widgets["vae_tile"]["step"] == 64
+    ok = node.validate_inputs(tile=[96], tile_overlap=[32], vae_tile=[1024])
+    assert ok is True
+    assert node.validate_inputs(tile=[0], tile_overlap=[32], vae_tile=[0]) is True  # 0: never tile
+    assert node.validate_inputs(tile=None, tile_overlap=[32], vae_tile=None) is True  # linked
+    for kw, words in ((dict(tile=[1]), "multiple of 8"), (dict(tile=[12]), "try 8"),
+                      (dict(tile=[32], tile_overlap=[32]), "tile_overlap (32) must be smaller than tile (32)"),
+                      (dict(tile=[520]), "between 1 and 512"), (dict(vae_tile=[100]), "multiple of 64"),
+                      (dict(tile_overlap=[-8]), "between 0 and 256")):
+        args = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], **kw}
+        problem = node.validate_inputs(**args)
+        assert isinstance(problem, str) and words in problem, (kw, problem)
+
+
 def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):
     rec = fake_comfy.install(monkeypatch, str(models_dir),
                              existing_folders={"LLM": ([str(tmp_path / "extra-llm")], set())})
