@@ -26,7 +26,7 @@ from .errors import InputError, SSPIRError
 from .models.fast_paths import FastPaths, fast_paths
 from .options import MAX_STEPS, START_CHOICES, RestoreOptions, StepCallback  # noqa: F401 (re-exported)
 from .output_stream import decode_to_integers
-from .prompt import encode_prompt_pair, group_by_chunks
+from .prompt import encode_prompt_pair, group_by_chunks, warn_cut_prompts
 from .schedulers import make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
 
@@ -298,6 +298,7 @@ class RestorePipeline:
         if len(caps) != b:
             raise InputError(f"got {len(caps)} captions for {b} images: give one caption, or one per image")
         box = box or (0, lq.shape[-2], 0, lq.shape[-1])
+        warn_cut_prompts(self.tokenizer, caps, options.max_chunks)
         # Captions of different chunk counts run as separate groups: padding one caption to another's length
         # (and its negative with it) would change its image, so each image gets what it gets alone.
         groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
