@@ -1,16 +1,17 @@
-"""Import diffusers without importing bitsandbytes, which SSP-IR never uses.
+"""Import diffusers (and peft) without importing bitsandbytes, which SSP-IR never uses.
 
-diffusers imports bitsandbytes at module level whenever it is installed (``diffusers/quantizers/bitsandbytes/
-utils.py``, reached from ``diffusers.models.modeling_utils``, so from every diffusers model). The eval extra
-installs it (pyiqa requires it), and bitsandbytes 0.50 then takes about 3 s to import and logs "Failed to load
-CPU gemm_4bit_forward from kernels-community" on CPUs with AVX-512 BF16: an error line in every normal run
-that means nothing here.
+When bitsandbytes is installed, diffusers imports it at module level (``diffusers/quantizers/bitsandbytes/
+utils.py``, reached from every diffusers model) and so does peft (``peft/helpers.py`` and its tuners, reached
+from diffusers' UNet through ``diffusers.hooks`` when peft is installed). The eval extra installs bitsandbytes
+(pyiqa requires it); bitsandbytes 0.50 then takes about 3 s to import and logs "Failed to load CPU
+gemm_4bit_forward from kernels-community" on CPUs with AVX-512 BF16: an error line in every normal run that
+means nothing here.
 
 :func:`install` (called when ``sspir_core`` is imported; it imports nothing heavy) adds an import hook for
-that one diffusers module only: while it runs, diffusers' "is bitsandbytes installed" flag reads False, and the
-module gets a lazy stand-in for ``bnb`` that imports the real bitsandbytes on first use. So nothing changes for
-a program that does use diffusers' bitsandbytes quantisation in the same process (another ComfyUI pack): it
-gets the real module when it first touches it. If bitsandbytes is already imported, the hook does nothing.
+those modules only: while one of them runs its module code, ``import bitsandbytes`` finds a lazy stand-in that
+imports the real bitsandbytes on its first attribute access. So a program that does use bitsandbytes through
+diffusers or peft in the same process (another ComfyUI pack) gets the real module as soon as it touches it;
+only the import at start-up is skipped. If bitsandbytes is already imported, the hook does nothing.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ import sys
 import types
 from typing import Any
 
-BNB_UTILS = "diffusers.quantizers.bitsandbytes.utils"
-"""The diffusers module that imports bitsandbytes at module level (diffusers 0.30 to 0.42 at least)."""
+BNB = "bitsandbytes"
+IMPORTERS = ("diffusers.quantizers.bitsandbytes.utils", "peft")
+"""Modules whose module code imports bitsandbytes without needing it (diffusers 0.30-0.42, peft 0.13-0.21)."""
 
 
 class _LazyModule(types.ModuleType):
-    """Imports the module of this name on the first attribute access."""
+    """Stands in for a module; the first attribute access imports the real one (and takes the stand-in out of
+    ``sys.modules``, so nested imports of the package find the real thing)."""
 
     def __getattr__(self, attr: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
         return getattr(importlib.import_module(self.__name__), attr)
 
 
-class _HideBitsandbytesLoader(importlib.abc.Loader):
+class _DeferBitsandbytesLoader(importlib.abc.Loader):
     def __init__(self, loader: importlib.abc.Loader) -> None:
         self.loader = loader
 
@@ -41,28 +46,29 @@ class _HideBitsandbytesLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        flags = sys.modules.get("diffusers.utils.import_utils")
-        hide = flags is not None and getattr(flags, "_bitsandbytes_available", False) and "bitsandbytes" not in sys.modules
-        if hide:
-            flags._bitsandbytes_available = False
+        stand_in = None
+        if BNB not in sys.modules:
+            stand_in = sys.modules[BNB] = _LazyModule(BNB)
+            # what find_spec() and inspect.getmodule() read from every entry of sys.modules (no __path__: a
+            # submodule import must bring the real package in)
+            stand_in.__spec__ = importlib.machinery.PathFinder.find_spec(BNB)
+            stand_in.__file__ = getattr(stand_in.__spec__, "origin", None)
         try:
             self.loader.exec_module(module)
         finally:
-            if hide:
-                flags._bitsandbytes_available = True
-        if hide and "bnb" not in vars(module):
-            module.bnb = _LazyModule("bitsandbytes")
+            if stand_in is not None and sys.modules.get(BNB) is stand_in:
+                del sys.modules[BNB]  # the stand-in stays bound where it was imported, nowhere else
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any, target: types.ModuleType | None = None
                   ) -> importlib.machinery.ModuleSpec | None:
-        if name != BNB_UTILS:
+        if name not in IMPORTERS or BNB in sys.modules:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _HideBitsandbytesLoader(spec.loader)
+        spec.loader = _DeferBitsandbytesLoader(spec.loader)
         return spec
 
 

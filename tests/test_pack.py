@@ -119,30 +119,39 @@ def test_cli_help_imports_no_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_diffusers_models_load_without_importing_bitsandbytes():
-    """The eval extra installs bitsandbytes (pyiqa requires it) and diffusers imports it with every model: 3 s
-    and a "Failed to load CPU gemm_4bit_forward from kernels-community" error line in each normal run. Through
-    sspir_core it stays unimported, and diffusers still reaches the real module when it asks for it."""
+def test_models_load_without_importing_bitsandbytes(tmp_path):
+    """The eval extra installs bitsandbytes (pyiqa requires it); diffusers imports it with every model, and peft
+    (reached from diffusers' UNet when installed) too: 3 s and a "Failed to load CPU gemm_4bit_forward from
+    kernels-community" error line in each normal run. Through sspir_core it stays unimported while the demo
+    models load, and diffusers and peft still reach the real module when they touch it."""
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("bitsandbytes is not installed here (the eval extra brings it)")
     code = (
-        "import sys\n"
-        "from sspir_core.presets import tiny_random_pipeline\n"
-        "tiny_random_pipeline(seed=0)\n"
+        "import importlib.util, sys\n"
+        "from sspir_core import demo_models\n"
+        "from sspir_core.components import load_pipeline_parts\n"
+        f"paths = demo_models.write_demo_models(r'{tmp_path}', captioner=False)\n"
+        "load_pipeline_parts(paths['sd'], paths['sspir'])\n"
         "assert 'diffusers.models.modeling_utils' in sys.modules\n"
         "assert 'bitsandbytes' not in sys.modules, 'imported'\n"
         "print('now importing bitsandbytes', file=sys.stderr, flush=True)\n"
         "import diffusers.quantizers.bitsandbytes.utils as u\n"
         "import bitsandbytes.nn\n"
         "assert u.bnb.nn is bitsandbytes.nn\n"
+        "if importlib.util.find_spec('peft') is not None:\n"
+        "    import peft.helpers\n"
+        "    assert peft.helpers.bnb.nn is bitsandbytes.nn\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
-    assert "kernels" not in out.stderr.split("now importing bitsandbytes")[0]
+    loading = out.stderr.split("now importing bitsandbytes")[0]
+    assert "kernels" not in loading
+    # nor diffusers' "modules ... that should be kept in float32: []" (from_single_file casts twice)
+    assert "kept in float32" not in loading, loading
 
 
 def test_project_metadata_uses_the_spdx_license_string_without_deprecation_warnings():

@@ -8,7 +8,9 @@ and say what to do instead of surfacing as diffusers' "Cannot copy out of meta t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,6 +202,23 @@ def _components(models: dict[str, Any], folder: Path, base: str) -> SDComponents
     )
 
 
+@contextlib.contextmanager
+def _no_empty_fp32_warning() -> Iterator[None]:
+    """``from_single_file(torch_dtype=...)`` builds the model in that dtype, then calls ``.to(dtype)`` again, and
+    diffusers' ``to`` warns "There are modules ... that should be kept in float32: []" even when the list is
+    empty: a warning per part in every run that means nothing. Only that record is dropped, only while loading."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def _checked_single_file(
     path: Path, base: str | None, parts: tuple[str, ...], config_dir: Path | None
 ) -> tuple[WeightsFile, str, Path, dict[str, dict[str, Any]]]:
@@ -234,12 +253,13 @@ def _load_single_file(
             "torch_dtype": dtype,
         }
         try:
-            if part == "unet":
-                models[part] = UNet2DConditionModel.from_single_file(state, **common)
-            elif part == "vae":
-                models[part] = AutoencoderKL.from_single_file(state, **common)
-            else:
-                models[part] = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint=state, **common)
+            with _no_empty_fp32_warning():
+                if part == "unet":
+                    models[part] = UNet2DConditionModel.from_single_file(state, **common)
+                elif part == "vae":
+                    models[part] = AutoencoderKL.from_single_file(state, **common)
+                else:
+                    models[part] = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint=state, **common)
         except Exception as exc:
             raise _wrap_load_error(path, part, exc) from exc
         del state
