@@ -111,9 +111,10 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
     structure = single("structure", structure) if structure else None
     clip = single("clip_vision", clip) if clip else (image_embed.clip if image_embed is not None else None)
     host.free_memory_for(model.torch_device)
+    run, callback = host.start_run(rate_key=(model.key(), model.device, options.tile, options.cfg != 1.0))
     try:
         out = restore_components(model, lq.rgb, caps, options, upscale, size, image_embed=image_embed,
-                                 structure=structure, clip=clip, callback=host.step_callback(options.steps))
+                                 structure=structure, clip=clip, callback=callback, run=run)
     finally:
         after_run(model, clip)
     alpha = None if lq.alpha is None else resize_image(lq.alpha, tuple(out.shape[-2:]))
