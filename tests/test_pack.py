@@ -203,6 +203,7 @@ def test_comfy_node_pack_leaves_out_the_tests_and_keeps_the_pack(tmp_path):
         size = sum(i.file_size for i in z.infolist())
     assert not [n for n in names if n.startswith(("tests/", ".ci/"))]
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "nodes/sampling.py",
+                   "example_workflows/sspir_restore.json", "example_workflows/sspir_restore.jpg",
                    "sspir_core/pipeline.py", "sspir_core/configs/sd15/unet.json"):
         assert needed in names, needed
     assert size < 3_000_000, f"{size / 1e6:.1f} MB unpacked"
