@@ -267,6 +267,9 @@ def test_interrupt_stops_a_long_run_and_the_next_prompt_runs(server):
     stopped_after = time.monotonic() - t0
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, harness.prompt_error(entry)
+    # the work was announced in ComfyUI's log before it started (size, tiles, steps)
+    log = server.log_path.read_text(errors="replace")
+    assert "SSP-IR: 1 image(s) to 128x128 px" in log and "500 steps x 1 latent tile(s)" in log, server.log_tail()
     # Within a step: a few seconds on an idle machine; 500 ignored steps would take ~500/STEPS warm-ups.
     limit = 5 + t_warm
     assert stopped_after < limit, f"interrupt took {stopped_after:.1f} s (limit {limit:.1f} s)"
