@@ -8,7 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import quiet_imports
+
 __version__ = "0.1.0"
+
+quiet_imports.install()  # diffusers without the unused bitsandbytes (3 s and a CPU-kernel error line)
 
 _EXPORTS = {
     "BASES": "build",
