@@ -39,5 +39,5 @@ class SSPIRClipImageEmbed(io.ComfyNode):
         rgb = comfy_to_bchw(image).rgb
         prior = ImageEmbedPrior(sspir_model, clip_vision, rgb)
         host.free_memory_for(sspir_model.torch_device)
-        prior.at(output_size(rgb, upscale, target_size(width, height)))
+        prior.at(output_size(rgb, upscale, target_size(width, height)), host.start_run()[0])
         return io.NodeOutput(prior)

@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 
 from sspir_core.restore.components import ClipVisionSpec
 from sspir_core.restore.model_cache import file_signature
+from sspir_core.weights.file_checks import check_clip_vision
 
 from . import host
 from .sockets import LOADERS, SSPIRClipVision
@@ -19,7 +20,7 @@ class SSPIRClipVisionLoader(io.ComfyNode):
             display_name="SSP-IR CLIP Vision Loader",
             category=LOADERS,
             description="Chooses the CLIP ViT-L/14 (224 px) vision model whose patch tokens feed SSP-IR's Refine "
-            "layer. Loaded on first use and kept for the next prompts.",
+            "layer. Only the file's header is read here; the weights load on first use and stay for the next prompts.",
             inputs=[
                 io.Combo.Input("clip_name", options=host.file_choices("clip_vision"), tooltip=(
                     "CLIP ViT-L/14 vision weights from models/clip_vision, in transformers layout "
@@ -38,4 +39,6 @@ class SSPIRClipVisionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name: str) -> io.NodeOutput:
-        return io.NodeOutput(ClipVisionSpec(host.resolve_file("clip_vision", clip_name, "clip_name")))
+        path = host.resolve_file("clip_vision", clip_name, "clip_name")
+        check_clip_vision(path)  # header only: a damaged file fails here, not on CLIP Image Embed
+        return io.NodeOutput(ClipVisionSpec(path))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sspir_core.errors import InputError
+from sspir_core.restore.work import Run
 
 from .support import (
     list_model_folders,
@@ -148,22 +149,35 @@ def check_interrupted() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
-def step_callback(total: int) -> Callable[[int, int, torch.Tensor], None]:
-    """A per-step callback for the pipeline: progress bar with a live latent preview, and Cancel every step."""
-    from sspir_core.restore.pipeline import latent_preview
-
+def _progress_bar() -> Any | None:
     try:
         from comfy.utils import ProgressBar
     except ImportError:
-        ProgressBar = None  # noqa: N806
-    bar = ProgressBar(total) if ProgressBar is not None else None
+        return None
+    return ProgressBar(1)
+
+
+def start_run(rate_key: object = None) -> tuple[Run, Callable[[int, int, torch.Tensor], None]]:
+    """A run for one node: ComfyUI's Cancel checked at every tile and in every model block, the progress bar in
+    units of work (tiles of every stage, total announced before they start), and a per-step callback that
+    adds a live latent preview."""
+    from sspir_core.restore.pipeline import latent_preview
+
+    bar = _progress_bar()
+
+    def on_progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update_absolute(done, max(total, 1))
+
+    run = Run(check=check_interrupted, on_progress=on_progress, rate_key=rate_key)
 
     def callback(step: int, steps: int, latents: torch.Tensor) -> None:
         check_interrupted()
         if bar is not None:
-            bar.update_absolute(step, steps, ("JPEG", preview_image(latent_preview(latents[:1])), 256))
+            preview = ("JPEG", preview_image(latent_preview(latents[:1])), 256)
+            bar.update_absolute(run.done, max(run.total, 1), preview)
 
-    return callback
+    return run, callback
 
 
 def preview_image(rgb: torch.Tensor):

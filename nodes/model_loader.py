@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 
 from sspir_core.restore.components import CACHE_CHOICES, ModelSpec
 from sspir_core.restore.model_cache import file_signature
+from sspir_core.weights.file_checks import check_model_files
 
 from . import host
 from .sockets import LOADERS, SSPIRModel
@@ -26,8 +27,9 @@ class SSPIRModelLoader(io.ComfyNode):
             node_id="SSPIRModelLoader",
             display_name="SSP-IR Model Loader",
             category=LOADERS,
-            description="Chooses the SSP-IR model. Nothing is loaded here: the first node that runs it loads the "
-            "weights once and keeps them for the next prompts (see 'cache').",
+            description="Chooses the SSP-IR model. Only the files' headers are read here (a damaged or mismatched "
+            "file fails on this node): the first node that runs the model loads the weights once and keeps them "
+            "for the next prompts (see 'cache').",
             inputs=[
                 io.Combo.Input("base_model", options=host.base_model_choices(), tooltip=(
                     "Stable Diffusion 1.5 or 2.1-base that SSP-IR was trained on.\n"
@@ -72,6 +74,7 @@ class SSPIRModelLoader(io.ComfyNode):
                 cache: str) -> io.NodeOutput:
         sd = host.resolve_base_model(base_model)
         sspir = host.resolve_in("sspir", sspir_weights, "sspir_weights")
+        check_model_files(sd, sspir, None if base == "auto" else base)
         dev = choose_device(device, host.device())
         spec = ModelSpec(
             sd=sd, sspir=sspir, base=None if base == "auto" else base, device=str(dev),

@@ -36,6 +36,10 @@ class SSPIRRestore(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None) -> bool | str:
+        return sampling.validate_tiling(tile, tile_overlap, vae_tile)
+
+    @classmethod
     def execute(cls, sspir_model, clip_vision, image, caption, captioner=None, **kw) -> io.NodeOutput:
         out, caps = sampling.run(sspir_model, image, caption, kw, clip=clip_vision, captioner=captioner)
         return io.NodeOutput(out, caps, ui=ui.PreviewText("\n\n".join(caps)))

@@ -31,6 +31,10 @@ class SSPIRSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None) -> bool | str:
+        return sampling.validate_tiling(tile, tile_overlap, vae_tile)
+
+    @classmethod
     def execute(cls, sspir_model, image, image_embed, structure, caption, **kw) -> io.NodeOutput:
         out, _ = sampling.run(sspir_model, image, caption, kw, image_embed=image_embed, structure=structure)
         return io.NodeOutput(out)

@@ -11,12 +11,20 @@ from comfy_api.v0_0_2 import io
 
 from sspir_core.image_io import bchw_to_comfy, resize_image
 from sspir_core.restore.components import after_run, restore_components
-from sspir_core.restore.options import MAX_STEPS, RestoreOptions
+from sspir_core.restore.options import LIMITS, RestoreOptions
 from sspir_core.restore.schedulers import SCHEDULERS
 
 from . import host
 from .sizes import size_inputs
-from .support import captions_for_batch, images_from_list, single, target_size
+from .support import (
+    TILE_STEP,
+    VAE_TILE_STEP,
+    captions_for_batch,
+    images_from_list,
+    single,
+    target_size,
+    tiling_widget_problem,
+)
 
 log = logging.getLogger(__name__)
 _DEFAULTS = RestoreOptions()  # the paper's settings: one source for the widget defaults
@@ -33,33 +41,49 @@ def caption_inputs() -> list:
     ]
 
 
+def _range(name: str) -> dict[str, Any]:
+    """A widget's min/max: the library's limits (one source for the widget and the run's checks)."""
+    low, high = LIMITS[name]
+    return {"min": low, "max": high}
+
+
 def sampling_inputs() -> list:
     return [
-        io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**63 - 1, control_after_generate=True, tooltip=(
+        io.Int.Input("seed", default=_DEFAULTS.seed, **_range("seed"), control_after_generate=True, tooltip=(
             "Noise seed. Each image of a batch uses it alone, so it restores the same as on its own.")),
-        io.Int.Input("steps", default=0, min=0, max=MAX_STEPS, tooltip=(
+        # 0 is a sentinel below the library's bound (LIMITS): "the checkpoint's own", resolved in options_from
+        io.Int.Input("steps", default=0, min=0, max=_range("steps")["max"], tooltip=(
             "Denoising steps; 0 = the checkpoint's own: 50 (paper), or 1 for a one-step SSP-IR checkpoint.")),
-        io.Float.Input("cfg", default=0.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=(
+        io.Float.Input("cfg", default=0.0, min=0.0, max=_range("cfg")["max"], step=0.1, round=0.01, tooltip=(
             "Classifier-free guidance on the caption; 0 = the checkpoint's own: 7.5 (paper), or 1 (off) for a "
             "one-step checkpoint. 1 turns it off and halves the work.")),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(
             "- ddpm: the paper's sampler\n- ddim, dpmpp, unipc, euler: fewer steps (20-30) often suffice")),
         io.Combo.Input("start", options=["lq", "noise"], default=_DEFAULTS.start, tooltip=(
             "- lq: start from the LQ image's latent noised to t=999 (the paper)\n- noise: start from pure noise")),
-        io.Float.Input("conditioning_scale", default=_DEFAULTS.conditioning_scale, min=0.0, max=2.0, step=0.05,
-                       tooltip="Strength of the structure prior through the ControlNet (paper: 1)."),
+        io.Float.Input("conditioning_scale", default=_DEFAULTS.conditioning_scale, **_range("conditioning_scale"),
+                       step=0.05, tooltip="Strength of the structure prior through the ControlNet (paper: 1)."),
         *size_inputs(),
-        io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=512, step=8, tooltip=(
-            "Latent tile size (x8 pixels) for large outputs; 0 = never tile. Tiles are blended with Gaussian "
-            "weights and the colour fix is applied once after stitching, so there are no seams.")),
-        io.Int.Input("tile_overlap", default=_DEFAULTS.tile_overlap, min=0, max=256, step=8, tooltip=(
-            "Latent overlap between tiles; must be smaller than tile.")),
-        io.Int.Input("vae_tile", default=_DEFAULTS.vae_tile or 0, min=0, max=8192, step=64, tooltip=(
-            "Pixel tile for the VAE encode/decode (bounds memory); 0 = never tile.")),
+        # min 0 = never tile; the steps and tile > tile_overlap are checked by validate_tiling when queued
+        io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=LIMITS["tile"][1], step=TILE_STEP, tooltip=(
+            f"Latent tile size (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Tiles are "
+            "blended with Gaussian weights and the colour fix is applied once after stitching, so there are no seams.")),
+        io.Int.Input("tile_overlap", default=_DEFAULTS.tile_overlap, **_range("tile_overlap"), step=TILE_STEP,
+                     tooltip="Latent overlap between tiles; must be smaller than tile."),
+        io.Int.Input("vae_tile", default=_DEFAULTS.vae_tile or 0, min=0, max=LIMITS["vae_tile"][1],
+                     step=VAE_TILE_STEP, tooltip=(
+                         f"Pixel tile for the VAE encode/decode (bounds memory), a multiple of {VAE_TILE_STEP}; "
+                         "0 = never tile.")),
         io.Combo.Input("color_fix", options=["adain", "wavelet", "none"], default=_DEFAULTS.color_fix, tooltip=(
             "Match the output's colours to the input's (removes the colour shift of diffusion restorers):\n"
             "- adain: per-channel mean/std (paper)\n- wavelet: low frequencies of the input, details of the output")),
     ]
+
+
+def validate_tiling(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None) -> bool | str:
+    """The nodes' ``validate_inputs``: ComfyUI rejects the prompt with this message before anything runs
+    (it then skips its own min/max checks of these three inputs, so the bounds are checked here too)."""
+    return tiling_widget_problem(tile, tile_overlap, vae_tile) or True
 
 
 def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "the SSP-IR model") -> RestoreOptions:
@@ -100,9 +124,10 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
     structure = single("structure", structure) if structure else None
     clip = single("clip_vision", clip) if clip else (image_embed.clip if image_embed is not None else None)
     host.free_memory_for(model.torch_device)
+    run, callback = host.start_run(rate_key=(model.key(), model.device, options.tile, options.cfg != 1.0))
     try:
         out = restore_components(model, lq.rgb, caps, options, upscale, size, image_embed=image_embed,
-                                 structure=structure, clip=clip, callback=host.step_callback(options.steps))
+                                 structure=structure, clip=clip, callback=callback, run=run)
     finally:
         after_run(model, clip)
     alpha = None if lq.alpha is None else resize_image(lq.alpha, tuple(out.shape[-2:]))

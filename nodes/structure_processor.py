@@ -43,7 +43,7 @@ class SSPIRStructureProcessor(io.ComfyNode):
         prior = StructurePrior(sspir_model, rgb)
         host.free_memory_for(sspir_model.torch_device)
         size = output_size(rgb, upscale, target_size(width, height))
-        _, rgbs = prior.at(size)
+        _, rgbs = prior.at(size, host.start_run()[0])
         prepared = prepare_lq(rgb[:1], target_size=size)
         preview = structure_preview(rgbs, prepared.box, tuple(prepared.image.shape[-2:]))
         return io.NodeOutput(prior, bchw_to_comfy(preview))

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from sspir_core.captioners.text import normalize_captions
-from sspir_core.errors import InputError
+from sspir_core.errors import InputError, OptionError
 from sspir_core.image_io import ImageWithAlpha, comfy_to_bchw
+from sspir_core.restore.options import check_tiling
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 OFFLOAD_CHOICES = ("auto", "on", "off")
@@ -136,6 +137,38 @@ def images_from_list(values: Any) -> ImageWithAlpha:
         return ImageWithAlpha(rgb, None)
     alpha = torch.cat([p.alpha if p.alpha is not None else torch.ones_like(p.rgb[:, :1]) for p in parts])
     return ImageWithAlpha(rgb, alpha)
+
+
+TILE_STEP = 8
+"""The sampler node's ``tile`` (latent px) moves in steps of 8: SD's UNet halves a tile three times, so a
+multiple of 8 is the smallest tile it takes without padding inside; 0 means never tile."""
+VAE_TILE_STEP = 64
+"""``vae_tile`` (pixels) in steps of 64: 8 latent px, the VAE decoder's own smallest tile; 0 means never tile."""
+
+
+def tiling_widget_problem(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None) -> str | None:
+    """What is wrong with the sampler nodes' tiling widgets, checked when ComfyUI queues the prompt; None if
+    nothing. A value that arrives through a link (None while validating) or as a list (list-input nodes) is
+    checked as far as it is known."""
+    values = {}
+    for name, value in (("tile", tile), ("tile_overlap", tile_overlap), ("vae_tile", vae_tile)):
+        try:
+            value = single(name, value)
+        except InputError as exc:
+            return str(exc)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name} must be an integer, got {value!r}"
+        values[name] = value
+    for name, step in (("tile", TILE_STEP), ("vae_tile", VAE_TILE_STEP)):
+        if values[name] and values[name] % step:
+            return (f"{name} must be 0 (never tile) or a multiple of {step}, got {values[name]}: "
+                    f"try {max(step, values[name] // step * step)}")
+    tile, overlap, vae = values["tile"], values["tile_overlap"], values["vae_tile"]
+    try:
+        check_tiling(tile or None, 0 if overlap is None else overlap, vae or None)
+    except OptionError as exc:
+        return str(exc)
+    return None
 
 
 def target_size(width: int, height: int) -> tuple[int, int] | None:

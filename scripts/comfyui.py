@@ -51,6 +51,9 @@ PLAYWRIGHT_CORE = "playwright-core@1.65.1"
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/lib/chromium-browser/chromium-browser")
 
 REPO = Path(__file__).resolve().parents[1]
+PACK_NAME = "ComfyUI-SSPIR"
+"""The pack's folder name in custom_nodes/: ComfyUI names the pack's templates category and URLs after it."""
+BROWSER_CHECK = REPO / "tests" / "comfyui" / "browser_check.js"
 
 
 class ComfyUIError(RuntimeError):
@@ -323,7 +326,7 @@ class ComfyServer:
     def _lay_out(self) -> list[str]:
         for sub in ("custom_nodes", "input", "output", "temp", "user/default"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
-        link = self.work_dir / "custom_nodes" / "ComfyUI-SSPIR"
+        link = self.work_dir / "custom_nodes" / PACK_NAME
         if not link.exists():
             try:
                 link.symlink_to(self.pack_dir, target_is_directory=True)

@@ -1,6 +1,6 @@
 """Write the bundled workflows (UI format and API format) from one description, so the twins never drift.
 
-    python scripts/make_workflows.py           # (re)write workflows/*.json and workflows/api/*.json
+    python scripts/make_workflows.py           # (re)write example_workflows/*.json and example_workflows/api/*.json
     python scripts/make_workflows.py --check   # exit 1 if a file differs from what this script writes
 
 Each node is described once: its type, position, the values of its widgets in the order of the node's
@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_DIR = "example_workflows"
+"""ComfyUI's documented folder: of example_workflows/, example/, examples/, workflow/, example_workflows/ it serves the
+first that exists under /api/workflow_templates/<pack>/ (app/custom_node_manager.py), and lists the *.json
+directly inside each in its Templates dialog (api/ below is not listed: those are API-format twins)."""
 sys.path.insert(0, str(REPO))
 
 from sspir_core.demo import model_files as demo_models  # noqa: E402  (names written by `sspir demo-models`)
@@ -88,14 +92,18 @@ class Workflow:
 
 # Room above the nodes for each group's title (nodes sit this much lower than their described position).
 GROUP_TITLE = 50
+# Load Image shows its picture below its widgets: the front end makes it about 315 px high (its own title bar
+# of 30 px above that), so the Models group, and the title bar on top of it, start below it with some room.
+LOAD_IMAGE_SIZE = (340, 320)
+MODELS_TOP = 40 + LOAD_IMAGE_SIZE[1] + 80
 
 
 def _loaders() -> list[Node]:
     return [
-        Node(2, "SSPIRModelLoader", (40, 420), (340, 250), {
+        Node(2, "SSPIRModelLoader", (40, MODELS_TOP + 30), (340, 250), {
             "base_model": demo_models.SD_NAME, "sspir_weights": demo_models.SSPIR_NAME, "base": "auto",
             "device": "auto", "dtype": "auto", "offload": "auto", "cache": "in RAM"}),
-        Node(3, "SSPIRClipVisionLoader", (40, 700), (340, 60), {"clip_name": demo_models.CLIP_VISION_NAME}),
+        Node(3, "SSPIRClipVisionLoader", (40, MODELS_TOP + 310), (340, 60), {"clip_name": demo_models.CLIP_VISION_NAME}),
     ]
 
 
@@ -124,8 +132,8 @@ PRIOR_LINKS = [
 WORKFLOWS = [
     Workflow(
         "sspir_restore",
-        [Node(1, "LoadImage", (40, 40), (340, 290), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
-         Node(4, "SSPIRCaptionerLoader", (40, 800), (340, 330), {
+        [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
+         Node(4, "SSPIRCaptionerLoader", (40, MODELS_TOP + 410), (340, 330), {
              "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
              "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
              "trust_remote_code": False, "keep_loaded": False}),
@@ -134,14 +142,14 @@ WORKFLOWS = [
          *_priors(), *_restore_nodes("")],
         [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 6, "source"),
          (5, "caption", 10, "caption"), *PRIOR_LINKS],
-        [("Models", (20, 390, 380, 760)), ("Priors", (420, 0, 360, 1120)), ("Restore", (800, 0, 880, 680))],
+        [("Models", (20, MODELS_TOP, 380, 770)), ("Priors", (420, 0, 360, 1120)), ("Restore", (800, 0, 880, 680))],
     ),
     Workflow(
         "sspir_restore_typed_caption",
-        [Node(1, "LoadImage", (40, 40), (340, 290), {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
+        [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
          *_priors(), *_restore_nodes(TYPED_CAPTION)],
         list(PRIOR_LINKS),
-        [("Models", (20, 390, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
+        [("Models", (20, MODELS_TOP, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
     ),
 ]
 
@@ -257,15 +265,66 @@ def api_workflow(wf: Workflow) -> dict[str, Any]:
 def render() -> dict[Path, str]:
     out = {}
     for wf in WORKFLOWS:
-        out[REPO / "workflows" / f"{wf.name}.json"] = json.dumps(ui_workflow(wf), indent=1) + "\n"
-        out[REPO / "workflows" / "api" / f"{wf.name}.json"] = json.dumps(api_workflow(wf), indent=1) + "\n"
+        out[REPO / WORKFLOW_DIR / f"{wf.name}.json"] = json.dumps(ui_workflow(wf), indent=1) + "\n"
+        out[REPO / WORKFLOW_DIR / "api" / f"{wf.name}.json"] = json.dumps(api_workflow(wf), indent=1) + "\n"
     return out
+
+
+THUMBNAIL_SUFFIX = ".jpg"
+"""ComfyUI's front end (1.32.9, pinned by ComfyUI 0.3.75) shows a pack template's thumbnail from
+``/api/workflow_templates/<pack>/<name>.jpg``: it gives every custom-node template ``mediaSubtype: "jpg"``
+(comfyui_frontend_package, ``GraphView-*.js``), so only a same-stem ``.jpg`` beside the JSON is found."""
+THUMBNAIL_PX = 512
+
+
+def write_thumbnails() -> list[Path]:
+    """Open each UI workflow from the Templates dialog of a real ComfyUI (demo models) in headless Chromium, and
+    save the drawn graph, padded to a square (the dialog crops its cards square), as the template's thumbnail."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import comfyui
+
+    node, chromium, playwright = shutil.which("node"), comfyui.chromium_binary(), comfyui.playwright_core_dir()
+    if node is None or chromium is None or not playwright.is_dir():
+        raise SystemExit("error: --thumbnails needs node, Chromium and playwright-core (python scripts/comfyui.py browser)")
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        subprocess.run([sys.executable, "-m", "sspir_core.cli", "demo-models", str(work / "models")], check=True, cwd=REPO)
+        server = comfyui.ComfyServer(work / "comfyui", models_dir=work / "models", comfy_dir=comfyui.ensure())
+        server.input_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / "examples" / INPUT_IMAGE, server.input_dir / INPUT_IMAGE)
+        with server:
+            for wf in WORKFLOWS:
+                shot, raw = work / f"{wf.name}-page.png", work / f"{wf.name}-graph.png"
+                subprocess.run([node, str(comfyui.BROWSER_CHECK), server.url, str(REPO / WORKFLOW_DIR / f"{wf.name}.json"),
+                                str(shot), chromium, str(playwright), str(work / f"profile-{wf.name}"), comfyui.PACK_NAME,
+                                str(raw)], check=True, capture_output=True, timeout=300)
+                graph = Image.open(raw).convert("RGB")
+                side = max(graph.size)
+                square = Image.new("RGB", (side, side), graph.getpixel((2, 2)))  # the canvas colour
+                square.paste(graph, ((side - graph.width) // 2, (side - graph.height) // 2))
+                out = REPO / WORKFLOW_DIR / f"{wf.name}{THUMBNAIL_SUFFIX}"
+                square.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.LANCZOS).save(out, quality=85, optimize=True)
+                written.append(out)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    parser.add_argument("--thumbnails", action="store_true",
+                        help="redraw each template's .jpg thumbnail in a real ComfyUI and Chromium (minutes)")
     args = parser.parse_args(argv)
+    if args.thumbnails:
+        for path in write_thumbnails():
+            print("wrote: " + str(path.relative_to(REPO)))
+        return 0
     stale = []
     for path, text in render().items():
         if path.is_file() and path.read_text(encoding="utf-8") == text:

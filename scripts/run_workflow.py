@@ -1,6 +1,6 @@
 """Run an API-format workflow headless in a real ComfyUI with this pack, and print the restored image.
 
-    .venv/bin/python scripts/run_workflow.py workflows/api/sspir_restore.json
+    .venv/bin/python scripts/run_workflow.py example_workflows/api/sspir_restore.json
 
 Starts ComfyUI (the pinned version fetched into a cache, or ``COMFYUI_DIR``) on 127.0.0.1 with this
 pack in custom_nodes/ and the demo models (``sspir demo-models``, written on first use), copies the
@@ -70,7 +70,7 @@ def demo_models(models_dir: Path, python: str, native: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workflow", type=Path, help="API-format workflow JSON (e.g. workflows/api/sspir_restore.json)")
+    parser.add_argument("workflow", type=Path, help="API-format workflow JSON (e.g. example_workflows/api/sspir_restore.json)")
     parser.add_argument(
         "--image", type=Path, default=REPO / "examples" / "astronaut_lq.png", help="input image for LoadImage"
     )

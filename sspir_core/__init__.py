@@ -9,7 +9,7 @@ Restore a photo with your own weights (a ComfyUI-layout SD1.5 single file, a CLI
 and an SSP-IR checkpoint, official ``checkpoint-N/`` folder or compact file)::
 
     import torch
-    from . import RestoreOptions, get_captioner, load_image, load_pipeline, restore_image, save_png
+    from sspir_core import RestoreOptions, get_captioner, load_image, load_pipeline, restore_image, save_png
 
     pipe = load_pipeline("v1-5-pruned-emaonly.safetensors", "sspir.safetensors",
                          "clip-vit-large-patch14.safetensors", device="cuda", dtype=torch.float16)

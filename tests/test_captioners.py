@@ -33,7 +33,14 @@ from sspir_core.captioners import (  # noqa: E402
 from sspir_core.captioners.llava import LLAVA15_TEMPLATE  # noqa: E402
 from sspir_core.captioners.openai_api import chat_completions_url  # noqa: E402
 from sspir_core.errors import CheckpointError, InputError, SSPIRError  # noqa: E402
-from tests.tiny_captioners import ChatServer, LocalServer, build_blip, build_llava, build_qwen_vl  # noqa: E402
+from tests.tiny_captioners import (  # noqa: E402
+    ChatServer,
+    LocalServer,
+    SilentServer,
+    build_blip,
+    build_llava,
+    build_qwen_vl,
+)
 
 LEAKY = ("</s>", "<s>", "<|im_end|>", "<|endoftext|>", "<image>", "<|image_pad|>", "[SEP]", "[DEC]", "\n")
 
@@ -350,13 +357,56 @@ def test_openai_unreachable_and_timeout_errors_are_clear():
         cap.caption(_image(0))
     msg = str(err.value)
     assert f"{url}/chat/completions" in msg and "is running" in msg and "/v1" in msg
+    assert "connection refused" in msg and "after 2 tries" in msg and "accepted" not in msg
     assert time.monotonic() - start < 5
     with ChatServer(delay=1.0) as srv:
         cap = get_captioner("openai", url=srv.url, model_name="m", retries=0, timeout=0.2, cache_dir=None)
         start = time.monotonic()
-        with pytest.raises(CaptionerError, match="after 1 tries"):
+        with pytest.raises(CaptionerError, match="after 1 try"):
             cap.caption(_image(0))
         assert time.monotonic() - start < 1.0
+
+
+def test_openai_server_that_accepts_and_never_answers_is_told_from_one_that_refuses():
+    """It was reachable: the message says it accepted the connection and gave no answer within the timeout."""
+    with SilentServer() as srv:
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=1, backoff=0.01, timeout=0.3,
+                            cache_dir=None)
+        with pytest.raises(CaptionerError) as err:
+            cap.caption(_image(0))
+        assert srv.requests == 2
+    msg = str(err.value)
+    assert "accepted the connection but sent no answer within 0.3 s (after 2 tries)" in msg, msg
+    assert "refused" not in msg and "could not reach" not in msg
+
+
+class _Cancelled(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException."""
+
+
+def test_openai_cancel_while_the_server_never_answers_stops_within_a_poll_and_hangs_up():
+    """Cancel pressed 0.3 s into a request to a server that never answers: the caption stops at once with the
+    check's own exception (an interruption, not a captioner error), sends no retry, and closes the connection."""
+    with SilentServer() as srv:
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=2, backoff=0.01, timeout=60,
+                            cache_dir=None)
+        pressed: list[float] = []
+
+        def check():
+            if srv.requests and not pressed:
+                pressed.append(time.monotonic() + 0.3)
+            if pressed and time.monotonic() >= pressed[0]:
+                raise _Cancelled
+
+        start = time.monotonic()
+        with pytest.raises(_Cancelled):
+            cap.caption(_image(0), check=check)
+        stopped = time.monotonic()
+        assert pressed and stopped - pressed[0] < 0.5, f"stopped {stopped - pressed[0]:.2f} s after Cancel"
+        assert stopped - start < 5
+        assert srv.hung_up.wait(2), "the connection was left open"
+        time.sleep(0.3)
+        assert srv.requests == 1  # no second request after Cancel
 
 
 def test_openai_url_forms_and_cache(tmp_path):

@@ -98,6 +98,40 @@ def test_nodes_match_the_contract_and_every_input_has_a_tooltip(host):
     assert host.nodes["SSPIRSampler"].define_schema().is_input_list
 
 
+@pytest.mark.parametrize("name, bad", [("steps", 0), ("cfg", float("nan")), ("cfg", 0.5),
+                                       ("conditioning_scale", float("nan")), ("conditioning_scale", 2.5)])
+def test_option_errors_name_the_widgets_own_bounds(host, name, bad):
+    """A value the sampler rejects at run time is reported with the bounds its widget shows (one source)."""
+    from sspir_core.errors import OptionError
+    from sspir_core.restore.pipeline import RestoreOptions
+
+    widget = next(i for i in host.nodes["SSPIRSampler"].define_schema().inputs if i.id == name)
+    low, high = widget.kw["min"], widget.kw["max"]
+    with pytest.raises(OptionError) as err:
+        RestoreOptions(**{name: bad})
+    assert f"between {low:g} and {high:g}" in str(err.value), (str(err.value), low, high)
+
+
+@pytest.mark.parametrize("node_id", ["SSPIRSampler", "SSPIRRestore"])
+def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
+    """tile 1 (or 12, or not above tile_overlap) is refused by validate_inputs, before anything runs; values
+    arrive as lists on these list-input nodes, and as None when they come through a link."""
+    node = host.nodes[node_id]
+    widgets = {i.id: i.kw for i in node.define_schema().inputs}
+    assert widgets["tile"]["step"] == 8 and widgets["vae_tile"]["step"] == 64
+    ok = node.validate_inputs(tile=[96], tile_overlap=[32], vae_tile=[1024])
+    assert ok is True
+    assert node.validate_inputs(tile=[0], tile_overlap=[32], vae_tile=[0]) is True  # 0: never tile
+    assert node.validate_inputs(tile=None, tile_overlap=[32], vae_tile=None) is True  # linked
+    for kw, words in ((dict(tile=[1]), "multiple of 8"), (dict(tile=[12]), "try 8"),
+                      (dict(tile=[32], tile_overlap=[32]), "tile_overlap (32) must be smaller than tile (32)"),
+                      (dict(tile=[520]), "between 1 and 512"), (dict(vae_tile=[100]), "multiple of 64"),
+                      (dict(tile_overlap=[-8]), "between 0 and 256")):
+        args = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], **kw}
+        problem = node.validate_inputs(**args)
+        assert isinstance(problem, str) and words in problem, (kw, problem)
+
+
 def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):
     rec = fake_comfy.install(monkeypatch, str(models_dir),
                              existing_folders={"LLM": ([str(tmp_path / "extra-llm")], set())})
@@ -148,15 +182,21 @@ def test_component_graph_equals_the_cli_path_and_reuses_loaded_models(host, mode
     assert out.shape == (2, 40, 48, 3)
     torch.testing.assert_close(_bchw(out), expected, atol=1e-4, rtol=0)
     # the all-in-one node gives the same, and nothing was loaded again
+    seen, checks = len(host.progress), host.interrupt_checks
     restored, used = n["SSPIRRestore"].execute([model], [clip], [image], [captions], **_widgets()).args
     torch.testing.assert_close(restored, out, atol=1e-4, rtol=0)
     assert used == captions and components.MODELS.loads == loads
-    # progress with a live preview and a Cancel check at every step
-    steps = [p for p in host.progress if p[0] >= 1]
-    assert [(v, t) for v, t, _ in steps[-STEPS:]] == [(i, STEPS) for i in range(1, STEPS + 1)]
-    kind, img, size = steps[-1][2]
+    # progress in units of work, announced first: CLIP 1, Processor 1 (768 px tiles), VAE encode 1, STEPS
+    # steps x 1 latent tile, VAE decode 1 for this 40x48 px output; a live preview after every step
+    total = 4 + STEPS
+    progress = host.progress[seen:]
+    assert progress[0][:2] == (0, total) and progress[-1][:2] == (total, total)
+    assert [v for v, t, p in progress if p is None] == list(range(total + 1))
+    previews = [p for _, _, p in progress if p is not None]
+    assert len(previews) == STEPS
+    kind, img, size = previews[-1]
     assert kind == "JPEG" and size == 256 and img.size[0] > 0
-    assert host.interrupt_checks >= 2 * STEPS
+    assert host.interrupt_checks - checks > 10 * total  # every tile and every model block checks Cancel
 
 
 def test_priors_made_at_another_size_are_brought_to_the_samplers_size(host, models_dir):
@@ -189,10 +229,14 @@ def test_each_image_of_a_batch_restores_as_it_would_alone(host):
 def test_cancel_stops_within_a_step(host):
     n = host.nodes
     model, clip = _load(n)
-    host.interrupt_after = host.interrupt_checks + 2  # Cancel pressed during step 2
+    n["SSPIRRestore"].execute([model], [clip], [torch.rand(1, 8, 8, 3)], [""], **_widgets(steps=1))
+    checks_per_step = host.interrupt_checks  # a 1-step run's checks bound one step's
+    seen = len(host.progress)
+    host.interrupt_after = host.interrupt_checks + 2 * checks_per_step  # Cancel pressed within step 2 or so
     with pytest.raises(fake_comfy.InterruptProcessingException):
         n["SSPIRRestore"].execute([model], [clip], [torch.rand(1, 8, 8, 3)], [""], **_widgets(steps=10))
-    assert max(v for v, _, _ in host.progress) == 1  # step 1 reported, then stopped
+    done = [v for v, t, p in host.progress[seen:] if p is None]
+    assert 0 < max(done) <= 4 + 3 < host.progress[seen][1]  # stopped within the first steps of 10
 
 
 def test_captions_rgba_and_cache_off(host, models_dir):
@@ -232,6 +276,24 @@ def test_cancel_stops_a_caption_within_a_token(host):
     with pytest.raises(fake_comfy.InterruptProcessingException):
         n["SSPIRCaption"].execute(captioner, torch.rand(1, 8, 8, 3) * 0.5 + 0.25)
     assert host.interrupt_checks == start + 3  # one check before the image, then one per token
+
+
+def test_cancel_stops_an_openai_caption_on_a_server_that_never_answers(host):
+    """ComfyUI's Cancel reaches the OpenAI-compatible captioner while it waits: it ends as an interruption
+    within about a second (0.1 s polls), not after the 120 s timeout and two retries."""
+    import time
+
+    from tests.tiny_captioners import SilentServer
+
+    with SilentServer() as srv:
+        captioner = host.nodes["SSPIRCaptionerLoader"].execute(
+            "openai", "(none: openai server)", srv.url, "m", "", 0, 0, "auto", "auto", False).args[0]
+        host.interrupt_after = host.interrupt_checks + 5  # about 0.4 s into the request
+        start = time.monotonic()
+        with pytest.raises(fake_comfy.InterruptProcessingException):
+            host.nodes["SSPIRCaption"].execute(captioner, torch.rand(1, 8, 8, 3))
+        assert time.monotonic() - start < 2.0
+        assert srv.requests == 1
 
 
 def test_memory_is_freed_from_comfy_before_a_gpu_run(host):

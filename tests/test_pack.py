@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -116,3 +117,105 @@ def test_cli_help_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_models_load_without_importing_bitsandbytes(tmp_path):
+    """The eval extra installs bitsandbytes (pyiqa requires it); diffusers imports it with every model, and peft
+    (reached from diffusers' UNet when installed) too: 3 s and a "Failed to load CPU gemm_4bit_forward from
+    kernels-community" error line in each normal run. In a process set up as the `sspir` executable sets
+    itself up, it stays unimported while the demo models load, and diffusers and peft still reach the real
+    module when they touch it."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed here (the eval extra brings it)")
+    code = (
+        "import importlib.util, sys\n"
+        "from sspir_core.cli.quiet_imports import install\n"
+        "install()  # what sspir's console_main does first\n"
+        "from sspir_core.demo import model_files as demo_models\n"
+        "from sspir_core.restore.components import load_pipeline_parts\n"
+        f"paths = demo_models.write_demo_models(r'{tmp_path}', captioner=False)\n"
+        "load_pipeline_parts(paths['sd'], paths['sspir'])\n"
+        "assert 'diffusers.models.modeling_utils' in sys.modules\n"
+        "assert 'bitsandbytes' not in sys.modules, 'imported'\n"
+        "print('now importing bitsandbytes', file=sys.stderr, flush=True)\n"
+        "import diffusers.quantizers.bitsandbytes.utils as u\n"
+        "import bitsandbytes.nn\n"
+        "assert u.bnb.nn is bitsandbytes.nn\n"
+        "if importlib.util.find_spec('peft') is not None:\n"
+        "    import peft.helpers\n"
+        "    assert peft.helpers.bnb.nn is bitsandbytes.nn\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    loading = out.stderr.split("now importing bitsandbytes")[0]
+    assert "kernels" not in loading
+    # nor diffusers' "modules ... that should be kept in float32: []" (from_single_file casts twice)
+    assert "kept in float32" not in loading, loading
+
+
+def test_the_library_leaves_a_hosts_imports_alone():
+    """ComfyUI imports sspir_core into its own process: the import hook is the `sspir` executable's alone."""
+    code = ("import sys\nbefore = list(sys.meta_path)\nimport sspir_core, sspir_core.restore.components\n"
+            "import nodes\nnodes.node_list\nassert sys.meta_path == before, sys.meta_path\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_project_metadata_uses_the_spdx_license_string_without_deprecation_warnings():
+    """setuptools >= 77 deprecates the `project.license` table (a warning in every install): the SPDX string
+    form needs 77 as the build floor."""
+    import warnings
+
+    import tomllib
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert data["project"]["license"] == "GPL-3.0-or-later"
+    assert "setuptools>=77" in [r.replace(" ", "") for r in data["build-system"]["requires"]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), str(REPO / "pyproject.toml"))
+    assert not [str(w.message) for w in caught if "license" in str(w.message).lower()]
+    assert dist.metadata.license_expression == "GPL-3.0-or-later"
+
+
+def test_comfy_node_pack_leaves_out_the_tests_and_keeps_the_pack(tmp_path):
+    """`comfy node pack` (comfy-cli 1.23.0, run by .ci/run) zips the git-tracked files minus .comfyignore: the
+    11.6 MB of test fixtures stay out, everything ComfyUI loads stays in."""
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import comfyui
+
+    comfy = comfyui.cache_root() / "comfy-cli-venv" / "bin" / "comfy"
+    if not comfy.is_file():
+        if os.environ.get("SSPIR_REQUIRE_COMFYUI", "") not in ("", "0"):
+            pytest.fail(f"comfy-cli not found at {comfy}")
+        pytest.skip(f"comfy-cli not installed at {comfy} (.ci/run installs it)")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    copy = tmp_path / "pack"
+    for name in tracked.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=copy, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
+    out = subprocess.run([str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "pack"], cwd=copy,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with zipfile.ZipFile(copy / "node.zip") as z:
+        names = z.namelist()
+        size = sum(i.file_size for i in z.infolist())
+    assert not [n for n in names if n.startswith(("tests/", ".ci/"))]
+    for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "nodes/sampling.py",
+                   "example_workflows/sspir_restore.json", "example_workflows/sspir_restore.jpg",
+                   "sspir_core/restore/pipeline.py", "sspir_core/configs/sd15/unet.json"):
+        assert needed in names, needed
+    assert size < 3_000_000, f"{size / 1e6:.1f} MB unpacked"

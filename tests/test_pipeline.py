@@ -310,3 +310,18 @@ def test_offload_puts_each_model_on_the_device_only_while_it_runs(lq, monkeypatc
     assert {n for n, d in moves if d == "cpu:0"} == set(modules)  # each really went to the device and back
     assert all(next(m.parameters()).device == torch.device("cpu") for m in modules.values())
     assert torch.equal(out, ref)
+
+
+def test_a_caption_longer_than_four_chunks_is_cut_with_a_warning_that_counts_the_tokens(pipe, lq, caplog):
+    """A 100 kB caption is encoded as its first 300 tokens (the official 4 x 75); the log says so, with the
+    count. "cat" is one CLIP token, so 1000 of them are 1000 tokens."""
+    assert len(pipe.tokenizer("cat", add_special_tokens=False)["input_ids"]) == 1
+    with caplog.at_level("WARNING", logger="sspir_core.restore.prompt"):
+        run(pipe, lq[:1], caption="a cat")
+    assert not [r for r in caplog.records if "tokens" in r.getMessage()]
+    long = " ".join(["cat"] * 1000)
+    with caplog.at_level("WARNING", logger="sspir_core.restore.prompt"):
+        run(pipe, lq[:1], caption=long, steps=1)
+    (record,) = [r for r in caplog.records if "tokens" in r.getMessage()]
+    assert "has 1000 tokens: only the first 300 are used" in record.getMessage()
+    assert "the other 700 are ignored" in record.getMessage()

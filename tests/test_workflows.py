@@ -62,7 +62,7 @@ def _has_control(widget) -> bool:
 
 
 def _load(*parts):
-    return json.loads((REPO / "workflows" / "/".join(parts)).read_text())
+    return json.loads((REPO / "example_workflows" / "/".join(parts)).read_text())
 
 
 def test_files_are_what_the_generator_writes():
@@ -169,3 +169,22 @@ def test_generator_describes_widgets_in_schema_order(schemas, monkeypatch):
                 assert names == [w[0] for w in schemas[node.type][2]], (wf.name, node.type)
             assert [(a, b) for a, b in module.SOCKETS[node.type][1]] == (
                 CORE[node.type][1] if node.type in CORE else schemas[node.type][1])
+
+
+# ComfyUI 0.3.75, app/custom_node_manager.py: /workflow_templates lists <pack>/<folder>/*.json for each of these
+# folder names, but /api/workflow_templates/<pack>/ serves only the first that exists.
+TEMPLATE_FOLDERS = ["example_workflows", "example", "examples", "workflow", "workflows"]
+
+
+def test_every_template_comfyui_lists_is_in_the_folder_it_serves_with_a_jpeg_thumbnail():
+    """A listed JSON in a folder that another one hides loads nothing ("Unexpected end of JSON input"); the front
+    end (1.32.9) asks for <name>.jpg beside each template for its card."""
+    from PIL import Image
+
+    served = next(f for f in TEMPLATE_FOLDERS if (REPO / f).is_dir())
+    listed = [p for f in TEMPLATE_FOLDERS if (REPO / f).is_dir() for p in sorted((REPO / f).glob("*.json"))]
+    assert sorted(p.stem for p in listed) == sorted(NAMES)
+    assert {p.parent.name for p in listed} == {served}, (served, listed)
+    for p in listed:
+        with Image.open(p.with_suffix(".jpg")) as thumb:
+            assert thumb.format == "JPEG" and thumb.width == thumb.height >= 256, (p.name, thumb.size)

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sspir_core.captioners.tiny import CORPUS, LLAVA_CHAT_TEMPLATE, bpe_tokenizer, build_llava, seed_weights  # noqa: E402
 
-__all__ = ["LLAVA_CHAT_TEMPLATE", "ChatServer", "build_blip", "build_llava", "build_qwen_vl"]
+__all__ = ["LLAVA_CHAT_TEMPLATE", "ChatServer", "SilentServer", "build_blip", "build_llava", "build_qwen_vl"]
 
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -164,3 +164,44 @@ class ChatServer(LocalServer):
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
         self.serve(Handler)
+
+
+class SilentServer(LocalServer):
+    """Accepts each connection and reads the request, then never answers (a server stuck loading a model).
+
+    ``requests`` counts the requests that arrived; ``hung_up`` is set when a client closed its connection.
+    Handlers are released when the ``with`` block ends.
+    """
+
+    def __init__(self):
+        self.requests = 0
+        self.hung_up = threading.Event()
+        self.release = threading.Event()
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _hold(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                state.requests += 1
+                self.connection.settimeout(0.05)
+                while not state.release.is_set():
+                    try:
+                        if self.connection.recv(1) == b"":  # the client closed the connection
+                            state.hung_up.set()
+                            return
+                    except TimeoutError:
+                        continue
+                    except OSError:  # reset by the client
+                        state.hung_up.set()
+                        return
+
+            do_GET = do_POST = _hold
+
+        self.serve(Handler)
+
+    def __exit__(self, *exc):
+        self.release.set()
+        super().__exit__(*exc)

@@ -4,14 +4,21 @@ Standard library only. The image goes inline as a base64 PNG data URL; the only 
 URL the user configured: a redirect elsewhere is refused, so neither the API key nor the image leaves it,
 and no other host's answer becomes a caption. Each caption has a total deadline besides the socket
 timeout (a server that trickles bytes cannot hold a batch forever).
+
+While the caller's cancel check is set (ComfyUI's Cancel), a request runs in a worker thread and the check is
+polled every 0.1 s: a cancel closes the connection (servers such as Ollama then stop generating) and raises
+the check's exception at once, with no retry after it.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +33,7 @@ from .base import PAPER_DECODING, PAPER_PROMPT, Captioner, CaptionerError
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a caption answer is a few kB; more is not a chat completion
+_CANCEL_POLL_S = 0.1  # how often a waiting request calls the cancel check
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -48,6 +56,42 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
                 "give its URL instead."
             )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _tracked(http_class: type[http.client.HTTPConnection], req: urllib.request.Request) -> type:
+    """``http_class`` that appends each socket it opens to ``req.sockets`` (when the request has that list)."""
+    sockets = getattr(req, "sockets", None)
+    if sockets is None:
+        return http_class
+
+    class Tracked(http_class):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            super().connect()
+            sockets.append(self.sock)
+
+    return Tracked
+
+
+class _TrackedHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kw):  # type: ignore[no-untyped-def, override]
+        return super().do_open(_tracked(http_class, req), req, **kw)
+
+
+class _TrackedHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kw):  # type: ignore[no-untyped-def, override]
+        return super().do_open(_tracked(http_class, req), req, **kw)
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """``refused``, ``connect-timeout`` (no TCP answer), ``no-answer`` (connected, then silence) or ``other``."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, ConnectionRefusedError) or isinstance(reason, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, urllib.error.URLError) and isinstance(reason, TimeoutError):
+        return "connect-timeout"  # urllib wraps errors of the connect and the send in URLError
+    if isinstance(exc, TimeoutError):
+        return "no-answer"  # raised while waiting for the status line or the body
+    return "other"
 
 
 def chat_completions_url(url: str) -> str:
@@ -116,7 +160,7 @@ class OpenAICaptioner(Captioner):
         host = urllib.parse.urlsplit(self.endpoint).hostname or ""
         # Loopback servers are reached directly, even when a proxy is set in the environment.
         handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
-        handlers.append(_SameOriginRedirects(_origin(self.endpoint)))
+        handlers += [_SameOriginRedirects(_origin(self.endpoint)), _TrackedHTTPHandler(), _TrackedHTTPSHandler()]
         self._opener = urllib.request.build_opener(*handlers)
         self._server_model: str | None = None  # the server's only model, asked once when none is named
 
@@ -144,6 +188,51 @@ class OpenAICaptioner(Captioner):
                 raise TimeoutError("the answer did not arrive within the deadline")
         return b"".join(chunks)
 
+    def _sleep(self, seconds: float) -> None:
+        """Wait between retries, calling the cancel check meanwhile."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self.check is not None:
+                self.check()
+            time.sleep(min(left, _CANCEL_POLL_S))
+
+    def _fetch(self, request: urllib.request.Request, timeout: float, deadline_at: float) -> bytes:
+        with self._opener.open(request, timeout=timeout) as resp:
+            return self._read(resp, deadline_at)
+
+    def _fetch_cancellable(self, request: urllib.request.Request, timeout: float, deadline_at: float) -> bytes:
+        """:meth:`_fetch` in a worker thread while this thread polls the cancel check; a cancel shuts the
+        connection down (the worker then ends at once) and raises the check's exception."""
+        check = self.check
+        if check is None:
+            return self._fetch(request, timeout, deadline_at)
+        request.sockets = []  # type: ignore[attr-defined]  (filled by _tracked)
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                result["payload"] = self._fetch(request, timeout, deadline_at)
+            except BaseException as exc:  # handed to the waiting thread
+                result["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="sspir-openai-request", daemon=True).start()
+        while not done.wait(_CANCEL_POLL_S):
+            try:
+                check()
+            except BaseException:
+                for sock in request.sockets:  # type: ignore[attr-defined]
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                raise
+        if "error" in result:
+            raise result["error"]
+        return result["payload"]
+
     def _request(self, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         data = None
@@ -153,41 +242,63 @@ class OpenAICaptioner(Captioner):
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         deadline_at = time.monotonic() + self.deadline
-        last_error = ""
-        tries = 0
+        last_error, last_kind, last_timeout = "", "other", self.timeout
+        tries, out_of_time = 0, False
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline_at - time.monotonic())))
+                self._sleep(max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline_at - time.monotonic())))
+            if self.check is not None:
+                self.check()
             remaining = deadline_at - time.monotonic()
             if remaining <= 0:
-                last_error = f"no answer within the deadline of {self.deadline:g} s"
+                out_of_time = True
                 break
             tries += 1
+            last_timeout = min(self.timeout, remaining)
             request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
             try:
-                with self._opener.open(request, timeout=min(self.timeout, remaining)) as resp:
-                    payload = self._read(resp, deadline_at)
+                payload = self._fetch_cancellable(request, last_timeout, deadline_at)
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:500].decode("utf-8", "replace").strip()
-                last_error = f"HTTP {exc.code} {exc.reason}: {detail}"
+                last_error, last_kind = f"HTTP {exc.code} {exc.reason}: {detail}", "http"
                 if exc.code in _RETRY_STATUS:
                     continue
                 raise CaptionerError(f"the captioning server at {url} refused the request ({last_error})") from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                last_error = str(getattr(exc, "reason", exc))
-                if time.monotonic() >= deadline_at:
-                    last_error = f"no answer within the deadline of {self.deadline:g} s ({last_error})"
+                last_error, last_kind = str(getattr(exc, "reason", exc)), _failure_kind(exc)
+                out_of_time = time.monotonic() >= deadline_at
                 continue
             try:
                 return json.loads(payload)
             except ValueError as exc:
                 raise CaptionerError(f"the server at {url} did not answer with JSON: {payload[:200]!r}") from exc
-        raise CaptionerError(
-            f"could not reach the captioning server at {url} after {tries} tries ({last_error}). "
+        raise CaptionerError(self._failure_message(url, tries, last_kind, last_error, last_timeout, out_of_time))
+
+    def _failure_message(self, url: str, tries: int, kind: str, error: str, timeout: float,
+                         out_of_time: bool) -> str:
+        """Says which failure it was: nothing listening, no answer to the connection, or connected and then
+        no answer (a busy server is reachable: the advice differs)."""
+        after = f"after {tries} {'try' if tries == 1 else 'tries'}"
+        if out_of_time:
+            after += f" in the deadline of {self.deadline:g} s"
+        if kind == "no-answer":
+            waited = "no complete answer" if out_of_time else f"no answer within {timeout:g} s"
+            return (
+                f"the captioning server at {url} accepted the connection but sent {waited} ({after}): it "
+                "is reachable, but busy or slow (still loading the model, or a large model on a slow machine). "
+                "Try again once it is ready, or allow more time (timeout/deadline; CLI: --timeout, --deadline)."
+            )
+        check = (
             "Check that the server (Ollama, LM Studio, vLLM, llama.cpp server) is running and listening there, "
             "that the URL includes the API prefix (usually /v1, e.g. http://127.0.0.1:11434/v1), and that "
             "a vision model is loaded."
         )
+        if kind == "refused":
+            return f"nothing accepts connections at {url} (connection refused, {after}). {check}"
+        if kind == "connect-timeout":
+            return (f"could not connect to {url} within {timeout:g} s, {after} (no answer to the connection: a "
+                    f"wrong host, or a firewall). {check}")
+        return f"could not reach the captioning server at {url} {after} ({error}). {check}"
 
     def resolved_model_name(self) -> str:
         """The configured model name, or the server's only model (``GET /models``)."""

@@ -32,10 +32,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> int:
-    """The ``sspir`` executable: owns its process, so it may retune the process-wide CPU heap first."""
+    """The ``sspir`` executable: owns its process, so it may retune process-wide state first (the CPU heap, and
+    an import hook that keeps diffusers and peft from importing the unused bitsandbytes)."""
     from ..restore.cpu_heap import keep_freed_memory_from_env
+    from .quiet_imports import install
 
     keep_freed_memory_from_env()
+    install()
     return main()
 
 

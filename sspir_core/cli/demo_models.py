@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-captioner", action="store_true", help="skip the tiny LLaVA folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--native", action="store_true", help=(
-        "also write the native route's set for ComfyUI's own loaders (workflows/sspir_native.json): the smallest "
+        "also write the native route's set for ComfyUI's own loaders (example_workflows/sspir_native.json): the smallest "
         "SD1.5 checkpoint ComfyUI's model detection takes, an SSP-IR patch for it and a CLIP ViT-L vision file "
         "(full-size random text encoder, VAE and CLIP vision; about 1.3 GB)"))
     p.set_defaults(func=run)

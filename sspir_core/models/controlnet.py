@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -39,15 +39,19 @@ class SSPIRControlNet(ControlNetModel):
 
     def encode_condition(
         self, lq: torch.Tensor, return_rgbs: bool = True, tile: int | None = None,
-        cast: tuple[torch.device, torch.dtype] | None = None,
+        cast: tuple[torch.device, torch.dtype] | None = None, on_tile: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the Processor once per image; the result can be reused at every denoising step.
 
         ``tile`` (pixels, multiple of 8) bounds its memory on large images with an exact tiled pass;
-        ``cast`` (device, dtype) is then applied to each tile of ``lq`` alone.
+        ``cast`` (device, dtype) is then applied to each tile of ``lq`` alone; ``on_tile()`` runs before each tile
+        (once when untiled).
         """
         if tile is not None:
-            return self.controlnet_cond_embedding.forward_tiled(lq, tile, return_rgbs=return_rgbs, cast=cast)
+            return self.controlnet_cond_embedding.forward_tiled(lq, tile, return_rgbs=return_rgbs, cast=cast,
+                                                                on_tile=on_tile)
+        if on_tile is not None:
+            on_tile()
         return self.controlnet_cond_embedding(lq, return_rgbs=return_rgbs)
 
     def forward(  # noqa: D417

@@ -7,7 +7,7 @@ losses), which is what makes the features degradation-independent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class Processor(nn.Module):
 
     def forward_tiled(
         self, lq: torch.Tensor, tile: int, halo: int = RECEPTIVE_HALO, return_rgbs: bool = True,
-        cast: tuple[torch.device, torch.dtype] | None = None,
+        cast: tuple[torch.device, torch.dtype] | None = None, on_tile: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Same result as :meth:`forward` (up to float rounding) with memory bounded by the tile size.
 
@@ -60,12 +60,15 @@ class Processor(nn.Module):
         with a ``halo`` of at least 24 px of real neighbours, cropped back, are exact. ``tile``, ``halo``
         and the image size must be multiples of 8 so every tile keeps the stride-2 grid of the full image.
         ``cast`` (device, dtype) moves each input tile alone, so ``lq`` never gets a whole-image copy.
+        ``on_tile()`` is called before each tile (progress; a cancel check may raise there).
         """
         h, w = lq.shape[-2:]
         if any(v % 8 for v in (tile, halo, h, w)) or tile <= 0:
             raise ValueError(f"tile ({tile}), halo ({halo}) and image size {h}x{w} must be positive multiples of 8")
 
         def run(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            if on_tile is not None:
+                on_tile()
             return self(x if cast is None else x.to(*cast), return_rgbs)
 
         if h <= tile and w <= tile:

@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..image_io import prepare_lq
 from .model_cache import ModelCache, file_signature
 from .options import RestoreOptions, StepCallback
+from .work import Run, plan_prior, processor_tiles
 
 if TYPE_CHECKING:  # the pipeline (and diffusers) load on the first run, not when ComfyUI lists the nodes
     from .pipeline import RestorePipeline
@@ -228,15 +229,17 @@ class ImageEmbedPrior:
     def batch(self) -> int:
         return self.image.shape[0]
 
-    def at(self, size: tuple[int, int]) -> torch.Tensor:
+    def at(self, size: tuple[int, int], run: Run | None = None) -> torch.Tensor:
         """The embedding for output size ``(width, height)``: [B, tokens, 512] on the CPU."""
         size = (int(size[0]), int(size[1]))
         if size not in self.computed:
             prepared = prepare_lq(self.image, target_size=size)
             y0, y1, x0, x1 = prepared.box
+            if run is not None:
+                run.begin(plan_prior("clip", 1, size, self.batch))
             with RUN_LOCK:
                 pipe = pipeline_for(self.model, self.clip)
-                self.computed[size] = pipe.encode_image(prepared.image[..., y0:y1, x0:x1]).cpu()
+                self.computed[size] = pipe.encode_image(prepared.image[..., y0:y1, x0:x1], run).cpu()
         return self.computed[size]
 
 
@@ -253,14 +256,17 @@ class StructurePrior:
     def batch(self) -> int:
         return self.image.shape[0]
 
-    def at(self, size: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def at(self, size: tuple[int, int], run: Run | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features [B, C, Hp/8, Wp/8] and RGB maps (padded size) for output size ``(width, height)``, on the CPU."""
         size = (int(size[0]), int(size[1]))
         if size not in self.computed:
             prepared = prepare_lq(self.image, target_size=size)
+            if run is not None:
+                run.begin(plan_prior("processor", processor_tiles(*prepared.image.shape[-2:], self.tile), size,
+                                     self.batch))
             with RUN_LOCK:
                 pipe = pipeline_for(self.model, None)
-                features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile)
+                features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile, run=run)
             self.computed[size] = (features.cpu(), [r.cpu() for r in rgbs])
         return self.computed[size]
 
@@ -279,11 +285,12 @@ def restore_components(
     structure: StructurePrior | None = None,
     clip: ClipVisionSpec | None = None,
     callback: StepCallback | None = None,
+    run: Run | None = None,
 ) -> torch.Tensor:
     """Restore ``image`` ([B,3,h,w] in [0,1]) with priors from other nodes, each brought to this output size.
 
     Without priors it computes them itself (then ``clip`` is needed): the same as
-    :func:`~sspir_core.restore.pipeline.restore_image`.
+    :func:`~sspir_core.restore.pipeline.restore_image`. ``run``: progress, the log's announcement and cancel points.
     """
     prepared = prepare_lq(image, upscale=upscale, target_size=size)
     out_size = prepared.size
@@ -300,8 +307,8 @@ def restore_components(
 
     clip = clip or (image_embed.clip if image_embed is not None else None)
     with RUN_LOCK:
-        emb = image_embed.at(out_size) if image_embed is not None else None
-        features = structure.at(out_size)[0] if structure is not None else None
+        emb = image_embed.at(out_size, run) if image_embed is not None else None
+        features = structure.at(out_size, run)[0] if structure is not None else None
         pipe = pipeline_for(model, clip)
         return pipe.restore(prepared.image, captions, options, callback, box=prepared.box,
-                            priors=Priors(emb, features))
+                            priors=Priors(emb, features), run=run)

@@ -40,25 +40,19 @@ class RestoreOptions:
 
     def validate(self) -> None:
         """Check every setting before any work; raises :class:`OptionError` naming the setting."""
-        _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_number("cfg", self.cfg, 0.0)
+        _check_int("steps", self.steps)
+        _check_number("cfg", self.cfg)
         if self.scheduler not in SCHEDULERS:
             raise OptionError("scheduler", f"{self.scheduler!r} is unknown: choose one of {', '.join(SCHEDULERS)}")
         if not isinstance(self.negative_prompt, str):
             raise OptionError("negative_prompt", f"must be a string, got {type(self.negative_prompt).__name__}")
-        _check_number("conditioning_scale", self.conditioning_scale, 0.0)
+        _check_number("conditioning_scale", self.conditioning_scale)
         if self.start not in START_CHOICES:
             raise OptionError("start", f"must be one of {', '.join(START_CHOICES)}, got {self.start!r}")
-        _check_int("seed", self.seed, 0, 2**64 - 1)
+        _check_int("seed", self.seed)
         if self.color_fix not in COLOR_FIX_METHODS:
             raise OptionError("color_fix", f"{self.color_fix!r} is unknown: choose one of {', '.join(COLOR_FIX_METHODS)}")
-        if self.tile is not None:
-            _check_int("tile", self.tile, 1)
-        _check_int("tile_overlap", self.tile_overlap, 0)
-        if self.tile is not None and self.tile_overlap >= self.tile:
-            raise OptionError("tile_overlap", f"({self.tile_overlap}) must be smaller than {{tile}} ({self.tile})")
-        if self.vae_tile is not None:
-            _check_int("vae_tile", self.vae_tile, 8)
+        check_tiling(self.tile, self.tile_overlap, self.vae_tile)
         _check_int("max_chunks", self.max_chunks, 1)
 
 
@@ -69,15 +63,48 @@ settings) 1000 DDPM/DDIM steps ask for timestep 1000 (IndexError) and 999 DPM++/
 START_CHOICES = ("lq", "noise")
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, MAX_STEPS),
+    "cfg": (1.0, 30.0),  # 1 = no guidance (one pass); below 1 would push away from the caption
+    "conditioning_scale": (0.0, 2.0),
+    "seed": (0, 2**64 - 1),  # what torch.Generator.manual_seed takes
+    "tile": (1, 512),  # latent px (x8 in pixels); None = never tile
+    "tile_overlap": (0, 256),
+    "vae_tile": (8, 8192),  # pixels; None = never tile
+}
+"""Lowest and highest value of each numeric setting: the one source for the checks here and for the ComfyUI
+widgets' ``min``/``max``, so an error message never names a bound the widget does not have."""
+
+
+def check_tiling(tile: int | None, tile_overlap: int, vae_tile: int | None) -> None:
+    """The tiling settings alone (ComfyUI checks them when a prompt is queued, before anything runs)."""
+    if tile is not None:
+        _check_int("tile", tile)
+    _check_int("tile_overlap", tile_overlap)
+    if tile is not None and tile_overlap >= tile:
+        raise OptionError("tile_overlap", f"({tile_overlap}) must be smaller than {{tile}} ({tile})")
+    if vae_tile is not None:
+        _check_int("vae_tile", vae_tile)
+
+
+def _bounds(name: str, low: float | None, high: float | None) -> tuple[float, float | None]:
+    if low is None:
+        low, high = LIMITS[name]
+    return low, high
+
+
+def _check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
+    low, high = _bounds(name, low, high)
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
         raise OptionError(name, f"must be {bound}, got {value!r}")
 
 
-def _check_number(name: str, value: Any, low: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-        raise OptionError(name, f"must be a finite number >= {low:g}, got {value!r}")
+def _check_number(name: str, value: Any) -> None:
+    low, high = LIMITS[name]
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not low <= value <= high):
+        raise OptionError(name, f"must be a finite number between {low:g} and {high:g}, got {value!r}")
 
 
 StepCallback = Callable[[int, int, torch.Tensor], Any]

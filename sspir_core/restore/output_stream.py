@@ -51,16 +51,20 @@ def stream_decoded_rows(
     overlap_latent: int,
     scale: int = 8,
     sigma_scale: float = DEFAULT_SIGMA_SCALE,
+    on_tile: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(row0, rows)``: final blended decoder output rows ``[B, C, n, W*scale]``, top to bottom.
 
     Same numbers as ``tiled_vae_decode`` (same boxes, weights and summation order; ``rows`` keep the
     decoder's dtype). ``tile_latent=None`` or one tile covering the latents: ``decode_fn(latents)``.
-    Memory: one row of tiles (``tile_latent * scale`` pixel rows of the full width).
+    Memory: one row of tiles (``tile_latent * scale`` pixel rows of the full width). ``on_tile()`` is called
+    before each tile (see :mod:`sspir_core.restore.tiling`).
     """
     h, w = latents.shape[-2:]
     boxes = tile_grid(h, w, tile_latent, overlap_latent) if tile_latent is not None else [(0, h, 0, w)]
     if len(boxes) == 1:
+        if on_tile is not None:
+            on_tile()
         yield 0, decode_fn(latents)
         return
     rows: dict[int, list[Box]] = {}
@@ -77,6 +81,8 @@ def stream_decoded_rows(
         new_acc = new_w = None
         for box in rows[y0]:
             by0, by1, bx0, bx1 = box
+            if on_tile is not None:
+                on_tile()
             res = decode_fn(latents[..., by0:by1, bx0:bx1])
             if new_acc is None:
                 out_dtype = res.dtype
@@ -167,6 +173,7 @@ def decode_to_integers(
     tile_latent: int | None,
     overlap_latent: int,
     scale: int = 8,
+    on_tile: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Decode ``latents``, crop to ``box``, colour-fix against ``source`` (the LQ crop) and quantise.
 
@@ -182,7 +189,8 @@ def decode_to_integers(
     h, w = y1 - y0, x1 - x0
     if tuple(source.shape[-2:]) != (h, w):
         raise InputError(f"colour fix source is {tuple(source.shape[-2:])}, the output crop is {(h, w)}")
-    chunks = _cropped_rows(stream_decoded_rows(decode_fn, latents, tile_latent, overlap_latent, scale), box)
+    chunks = _cropped_rows(stream_decoded_rows(decode_fn, latents, tile_latent, overlap_latent, scale,
+                                               on_tile=on_tile), box)
     b = latents.shape[0]
     out = _empty_output(b, 3, h, w, bits, latents.device)
     if method == "none":

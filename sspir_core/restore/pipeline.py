@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -27,9 +27,10 @@ from .color_fix import apply_color_fix
 from .compile_models import is_compiled
 from .options import MAX_STEPS, START_CHOICES, RestoreOptions, StepCallback  # noqa: F401 (re-exported)
 from .output_stream import decode_to_integers
-from .prompt import encode_prompt_pair, group_by_chunks
+from .prompt import encode_prompt_pair, group_by_chunks, warn_cut_prompts
 from .schedulers import make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
+from .work import Run, cancel_points, plan_restore, vae_decode_tile
 
 # The paper starts from the LQ latent noised to the last training timestep.
 START_TIMESTEP = 999
@@ -103,8 +104,9 @@ class RestorePipeline:
                 self.clip_vision]
 
     @contextlib.contextmanager
-    def _stage(self, *modules: nn.Module) -> Iterator[None]:
-        with self._lock, self._placed(*modules):
+    def _stage(self, *modules: nn.Module, run: Run | None = None) -> Iterator[None]:
+        """Modules on the device for one stage (one run at a time); with ``run``, a cancel point in each block."""
+        with self._lock, self._placed(*modules), cancel_points(run, *modules):
             yield
 
     @contextlib.contextmanager
@@ -131,69 +133,76 @@ class RestorePipeline:
         return pos.to(self.dtype), neg.to(self.dtype)
 
     @torch.no_grad()
-    def encode_image(self, lq: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, lq: torch.Tensor, run: Run | None = None) -> torch.Tensor:
         """CLIP patch tokens of the (upscaled) LQ through the Refine layer: the implicit semantic prior."""
-        with self._stage(self.clip_vision, self.models.refine):
+        with self._stage(self.clip_vision, self.models.refine, run=run):
+            _unit(run, "clip")
             tokens = self.clip_vision(lq.to(self.device))
             return self.models.refine(tokens.to(self.dtype))
 
     @torch.no_grad()
     def structure_prior(
-        self, lq: torch.Tensor, tile: int | None = None, return_rgbs: bool = True
+        self, lq: torch.Tensor, tile: int | None = None, return_rgbs: bool = True, run: Run | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Processor features (for the ControlNet) and its RGB maps (to show the structure prior).
 
         ``tile`` in pixels (multiple of 8): an exact tiled pass that bounds memory on large images.
         """
-        with self._stage(self.models.controlnet):
+        cn = self.models.controlnet
+        with self._stage(cn, run=run):
+            on_tile = _on_tile(run, "processor")
             if tile is not None:  # each tile is moved and cast alone: no image-sized copy in the model dtype
-                return self.models.controlnet.encode_condition(lq, return_rgbs, tile=tile,
-                                                               cast=(self.device, self.dtype))
-            return self.models.controlnet.encode_condition(lq.to(self.device, self.dtype), return_rgbs)
+                return cn.encode_condition(lq, return_rgbs, tile=tile, cast=(self.device, self.dtype), on_tile=on_tile)
+            return cn.encode_condition(lq.to(self.device, self.dtype), return_rgbs, on_tile=on_tile)
 
     # ------------------------------------------------------------------ VAE
 
     @torch.no_grad()
-    def vae_encode(self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None) -> torch.Tensor:
-        with self._stage(self.vae):
+    def vae_encode(self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None,
+                   run: Run | None = None) -> torch.Tensor:
+        with self._stage(self.vae, run=run):
             def moments(img: torch.Tensor) -> torch.Tensor:  # cast, then [0,1] -> [-1,1], per tile:
                 img = img.to(self.device, self.dtype)        # no image-sized copy
                 return self.vae.encode(2 * img - 1).latent_dist.parameters
 
             if vae_tile is None:
+                _unit(run, "vae encode")
                 params = moments(lq)
             else:
-                params = tiled_vae_encode(moments, lq, tile_px=vae_tile, overlap_px=min(128, vae_tile // 4))
+                params = tiled_vae_encode(moments, lq, tile_px=vae_tile, overlap_px=min(128, vae_tile // 4),
+                                          on_tile=_on_tile(run, "vae encode"))
         latents = [DiagonalGaussianDistribution(params[i:i + 1]).sample(generator=g) for i, g in enumerate(generators)]
         return torch.cat(latents) * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def vae_decode(self, latents: torch.Tensor, vae_tile: int | None) -> torch.Tensor:
+    def vae_decode(self, latents: torch.Tensor, vae_tile: int | None, run: Run | None = None) -> torch.Tensor:
         z = (latents / self.vae.config.scaling_factor).to(self.dtype)
-        with self._stage(self.vae):
+        with self._stage(self.vae, run=run):
             def decode(t: torch.Tensor) -> torch.Tensor:
                 return self.vae.decode(t).sample
 
-            if vae_tile is None:
+            tile, overlap = vae_decode_tile(vae_tile)
+            if tile is None:
+                _unit(run, "vae decode")
                 out = decode(z)
             else:
-                tile = max(8, vae_tile // 8)
-                out = tiled_vae_decode(decode, z, tile_latent=tile, overlap_latent=min(16, tile // 4))
+                out = tiled_vae_decode(decode, z, tile_latent=tile, overlap_latent=overlap,
+                                       on_tile=_on_tile(run, "vae decode"))
         return out.float().add_(1).div_(2).clamp_(0, 1)
 
     @torch.no_grad()
     def decode_to_integers(self, latents: torch.Tensor, source: torch.Tensor, box: tuple[int, int, int, int],
-                           color_fix: str, bits: int, vae_tile: int | None) -> torch.Tensor:
+                           color_fix: str, bits: int, vae_tile: int | None, run: Run | None = None) -> torch.Tensor:
         """:meth:`vae_decode`, crop to ``box``, colour fix against ``source`` and 8/16-bit quantising, streamed.
 
         Never holds a float image of the whole output (see :mod:`sspir_core.restore.output_stream`); returns
         ``uint8``/``uint16`` ``[B,3,h,w]``.
         """
         z = (latents / self.vae.config.scaling_factor).to(self.dtype)
-        tile = None if vae_tile is None else max(8, vae_tile // 8)
-        with self._stage(self.vae):
+        tile, overlap = vae_decode_tile(vae_tile)
+        with self._stage(self.vae, run=run):
             return decode_to_integers(lambda t: self.vae.decode(t).sample, z, source.to(self.device), box,
-                                      color_fix, bits, tile, 0 if tile is None else min(16, tile // 4))
+                                      color_fix, bits, tile, overlap, on_tile=_on_tile(run, "vae decode"))
 
     # ------------------------------------------------------------------ denoising
 
@@ -215,6 +224,7 @@ class RestorePipeline:
         callback: StepCallback | None = None,
         scheduler: Any | None = None,
         paths: FastPaths | None = None,
+        run: Run | None = None,
     ) -> torch.Tensor:
         """The sampling loop; ``latents`` are the starting point (already noised, with ``scheduler`` if given).
 
@@ -251,14 +261,17 @@ class RestorePipeline:
             return eps
 
         total = len(scheduler.timesteps)
-        with self._stage(cn, unet), fast_paths(cn, unet, paths=paths):
+        on_tile = _on_tile(run, "denoise")
+        with self._stage(cn, unet, run=run), fast_paths(cn, unet, paths=paths):
             for i, t in enumerate(scheduler.timesteps):
                 z_in = scheduler.scale_model_input(latents, t).to(self.dtype)
                 h, w = z_in.shape[-2:]
                 if options.tile is None or (h <= options.tile and w <= options.tile):
+                    _unit(run, "denoise")
                     eps = predict(z_in, (0, h, 0, w), t)
                 else:
-                    eps = blend_tiles(lambda z, box, t=t: predict(z, box, t), z_in, options.tile, options.tile_overlap)
+                    eps = blend_tiles(lambda z, box, t=t: predict(z, box, t), z_in, options.tile, options.tile_overlap,
+                                      on_tile=on_tile)
                 latents = scheduler.step(eps.float(), t, latents.float(), **extra).prev_sample
                 if callback is not None and callback(i + 1, total, latents) is False:
                     raise RestoreCancelled(f"stopped at step {i + 1}/{total}")
@@ -275,6 +288,7 @@ class RestorePipeline:
         box: tuple[int, int, int, int] | None = None,
         priors: Priors | None = None,
         output_bits: int | None = None,
+        run: Run | None = None,
     ) -> torch.Tensor:
         """Restore ``lq`` ([B,3,H,W] in [0,1], already at the output size, H and W multiples of 8).
 
@@ -288,6 +302,8 @@ class RestorePipeline:
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs. ``output_bits`` 8 or 16: return
         ``uint8``/``uint16`` from a streamed decode -> colour fix -> quantise tail that never holds a float
         image of the whole output (what a file writer needs; memory stays flat on large images).
+        ``run`` (:class:`~sspir_core.restore.work.Run`): the work is counted and logged before it starts, then every tile
+        reports progress and every model block is a cancel point (its ``check`` raises to stop).
         """
         options = options or RestoreOptions()
         options.validate()  # again: a field may have been changed since it was made
@@ -299,19 +315,25 @@ class RestorePipeline:
         if len(caps) != b:
             raise InputError(f"got {len(caps)} captions for {b} images: give one caption, or one per image")
         box = box or (0, lq.shape[-2], 0, lq.shape[-1])
+        warn_cut_prompts(self.tokenizer, caps, options.max_chunks)
         # Captions of different chunk counts run as separate groups: padding one caption to another's length
         # (and its negative with it) would change its image, so each image gets what it gets alone.
         groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
+        priors = priors or Priors()
+        if run is not None:
+            run.begin(plan_restore(
+                tuple(lq.shape[-2:]), b, options.steps, options.cfg != 1.0, options.tile, options.tile_overlap,
+                options.vae_tile, options.start, len(groups), clip=priors.image_emb is None,
+                processor=priors.features is None, output=(box[3] - box[2], box[1] - box[0])))
         try:
-            priors = priors or Priors()
             with self._lock:  # one run at a time (a server may call from several threads)
                 if len(groups) == 1:
-                    return self._restore(lq, caps, options, callback, box, priors, output_bits)
+                    return self._restore(lq, caps, options, callback, box, priors, output_bits, run)
                 out: list[torch.Tensor | None] = [None] * b
                 for g, idx in enumerate(groups):
                     part = self._restore(lq[idx], [caps[i] for i in idx], options,
                                          _group_progress(callback, g, len(groups)), box, priors.select(idx),
-                                         output_bits)
+                                         output_bits, run)
                     for j, i in enumerate(idx):
                         out[i] = part[j:j + 1]
                 return torch.cat(out)  # type: ignore[arg-type]
@@ -323,36 +345,46 @@ class RestorePipeline:
 
     def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
                  callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors,
-                 output_bits: int | None = None) -> torch.Tensor:
+                 output_bits: int | None = None, run: Run | None = None) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
         generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
         text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
         image_emb, features = priors.check(lq, self.device, self.dtype)
         if image_emb is None:
-            image_emb = self.encode_image(real)
+            image_emb = self.encode_image(real, run)
         if features is None:  # features only: the RGB maps are not needed here
             features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile,
-                                               return_rgbs=False)
+                                               return_rgbs=False, run=run)
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         if self.models.mode == ONE_STEP and options.steps == 1:  # one-step model: the LQ latent at t = 999 -> x0
             noise, scheduler = None, OneStepScheduler(self.scheduler_config, self.device)
-            latents = self.vae_encode(lq, generators, options.vae_tile).float()  # no noise drawn or added
+            latents = self.vae_encode(lq, generators, options.vae_tile, run).float()  # no noise drawn or added
         else:
             noise = randn_tensor(shape, generator=generators, device=self.device, dtype=torch.float32)
             scheduler = self.make_scheduler(options)
             if options.start == "lq":
-                clean = self.vae_encode(lq, generators, options.vae_tile).float()
+                clean = self.vae_encode(lq, generators, options.vae_tile, run).float()
                 latents = noise_to(scheduler, clean, noise, START_TIMESTEP)
             else:
                 latents = noise * scheduler.init_noise_sigma
         latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback,
-                               scheduler)
+                               scheduler, run=run)
         del features, image_emb, noise  # not needed by the decode: free them before its peak
         if output_bits is not None:
-            return self.decode_to_integers(latents, real, box, options.color_fix, output_bits, options.vae_tile)
-        out = self.vae_decode(latents, options.vae_tile)[..., y0:y1, x0:x1]
+            return self.decode_to_integers(latents, real, box, options.color_fix, output_bits, options.vae_tile, run)
+        out = self.vae_decode(latents, options.vae_tile, run)[..., y0:y1, x0:x1]
         return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
+
+
+def _unit(run: Run | None, stage: str) -> None:
+    if run is not None:
+        run.unit(stage)
+
+
+def _on_tile(run: Run | None, stage: str) -> Callable[[], None] | None:
+    """The tiling loops' ``on_tile`` for one stage of ``run``."""
+    return None if run is None else (lambda: run.unit(stage))
 
 
 def _group_progress(callback: StepCallback | None, group: int, groups: int) -> StepCallback | None:
@@ -392,13 +424,15 @@ def restore_image(
     callback: StepCallback | None = None,
     priors: Priors | None = None,
     output_bits: int | None = None,
+    run: Run | None = None,
 ) -> torch.Tensor:
     """Upscale ``image`` ([B,3,H,W] in [0,1], any size), restore it, and crop back to the exact output size.
 
-    ``output_bits`` 8/16: integer output from the streamed tail (see :meth:`RestorePipeline.restore`).
+    ``output_bits`` 8/16: integer output from the streamed tail; ``run``: progress and cancel points (see
+    :meth:`RestorePipeline.restore`).
     """
     from ..image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
     return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors,
-                        output_bits=output_bits)
+                        output_bits=output_bits, run=run)

@@ -111,6 +111,25 @@ def tokenize_long(
     return LongTokens(torch.tensor(rows, dtype=torch.long), num_chunks, bos, eos)
 
 
+def warn_cut_prompts(tokenizer: Any, prompts: Sequence[str], max_chunks: int = DEFAULT_MAX_CHUNKS,
+                     what: str = "caption") -> list[tuple[int, int, int]]:
+    """Log a warning for every prompt longer than ``max_chunks`` chunks (only its first ``75 * max_chunks``
+    tokens are encoded, as in the official code); returns ``(index, tokens kept, tokens in all)`` of each."""
+    limit = CHUNK_TOKENS * max_chunks
+    items = _as_prompt_list(prompts, what)
+    # one token past the limit tells a cut cheaply; only the cut ones are counted in full
+    enc = tokenizer(items, add_special_tokens=False, truncation=True, max_length=limit + 1)
+    cut = []
+    for i, (text, ids) in enumerate(zip(items, enc["input_ids"])):
+        if len(ids) > limit:
+            total = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+            cut.append((i, limit, total))
+            log.warning("%s %d (%d characters, starting %r) has %d tokens: only the first %d are used (%d chunks "
+                        "of %d, as SSP-IR was trained); the other %d are ignored", what, i + 1, len(text), text[:40],
+                        total, limit, max_chunks, CHUNK_TOKENS, total - limit)
+    return cut
+
+
 def chunk_count(tokenizer: Any, prompt: str, max_chunks: int = DEFAULT_MAX_CHUNKS) -> int:
     """How many 75-token chunks ``prompt`` needs on its own (1 to ``max_chunks``)."""
     return tokenize_long(tokenizer, [prompt], max_chunks).num_chunks

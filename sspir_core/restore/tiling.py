@@ -6,7 +6,9 @@ off towards a tile's edge (where a tile lacks context). Because the weights only
 operation gives exactly the untiled result, and when one tile covers the input the callback's own output is
 returned untouched. Nothing here knows about models: callers pass functions.
 
-Boxes are ``(y0, y1, x0, x1)``, half-open, in the coordinates of the tensor being tiled.
+Boxes are ``(y0, y1, x0, x1)``, half-open, in the coordinates of the tensor being tiled. ``on_tile()``, when
+given, is called before each tile (one call when one tile covers the input): progress, and a point where a
+cancel check may raise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from ..errors import InputError
 
 Box = tuple[int, int, int, int]
+OnTile = Callable[[], None] | None
 TileFn = Callable[[torch.Tensor, Box], torch.Tensor]
 """``fn(tile, box) -> out``: ``tile = x[..., y0:y1, x0:x1]``; ``out`` must have the tile's height and width."""
 
@@ -100,6 +103,7 @@ def _accumulate(
     out_box: Callable[[Box], Box],
     out_hw: tuple[int, int],
     sigma_scale: float,
+    on_tile: OnTile = None,
 ) -> torch.Tensor:
     """Weighted sum of ``run(box)`` pasted at ``out_box(box)``, divided by the weight sum (float32)."""
     acc: torch.Tensor | None = None
@@ -108,6 +112,8 @@ def _accumulate(
     cache: dict[tuple[int, int], torch.Tensor] = {}
     for box in boxes:
         y0, y1, x0, x1 = out_box(box)
+        if on_tile is not None:
+            on_tile()
         res = run(box)
         if res.ndim != 4 or tuple(res.shape[-2:]) != (y1 - y0, x1 - x0):
             raise ValueError(
@@ -127,6 +133,11 @@ def _accumulate(
     return acc.div_(wsum).to(out_dtype)  # in place: one image-sized buffer less at the peak
 
 
+def _once(on_tile: OnTile) -> None:
+    if on_tile is not None:
+        on_tile()
+
+
 def _check_4d(x: torch.Tensor, what: str) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise InputError(f"{what} must be a [B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
@@ -138,6 +149,7 @@ def blend_tiles(
     tile: int | tuple[int, int],
     overlap: int | tuple[int, int],
     sigma_scale: float = DEFAULT_SIGMA_SCALE,
+    on_tile: OnTile = None,
 ) -> torch.Tensor:
     """Run ``fn(tile, box)`` over overlapping tiles of ``x`` ``[B, C, H, W]`` and blend with Gaussian weights.
 
@@ -149,9 +161,10 @@ def blend_tiles(
     h, w = x.shape[-2:]
     boxes = tile_grid(h, w, tile, overlap)
     if len(boxes) == 1:
+        _once(on_tile)
         return fn(x, boxes[0])
     return _accumulate(
-        boxes, lambda b: fn(x[..., b[0] : b[1], b[2] : b[3]], b), lambda b: b, (h, w), sigma_scale
+        boxes, lambda b: fn(x[..., b[0] : b[1], b[2] : b[3]], b), lambda b: b, (h, w), sigma_scale, on_tile
     )
 
 
@@ -162,6 +175,7 @@ def tiled_vae_decode(
     overlap_latent: int = 16,
     scale: int = 8,
     sigma_scale: float = DEFAULT_SIGMA_SCALE,
+    on_tile: OnTile = None,
 ) -> torch.Tensor:
     """Decode ``latents`` ``[B, C, h, w]`` tile by tile into ``[B, C', h*scale, w*scale]``, blended in pixel space.
 
@@ -172,6 +186,7 @@ def tiled_vae_decode(
     h, w = latents.shape[-2:]
     boxes = tile_grid(h, w, tile_latent, overlap_latent)
     if len(boxes) == 1:
+        _once(on_tile)
         return decode_fn(latents)
 
     def pixel_box(b: Box) -> Box:
@@ -183,6 +198,7 @@ def tiled_vae_decode(
         pixel_box,
         (h * scale, w * scale),
         sigma_scale,
+        on_tile,
     )
 
 
@@ -193,6 +209,7 @@ def tiled_vae_encode(
     overlap_px: int = 64,
     scale: int = 8,
     sigma_scale: float = DEFAULT_SIGMA_SCALE,
+    on_tile: OnTile = None,
 ) -> torch.Tensor:
     """Encode ``image`` ``[B, C, H, W]`` (H, W multiples of ``scale``) tile by tile, blended in latent space.
 
@@ -214,6 +231,7 @@ def tiled_vae_encode(
     tile_l = tile_px // scale
     boxes = tile_grid(h, w, tile_l, min(overlap_px // scale, tile_l - 1))
     if len(boxes) == 1:
+        _once(on_tile)
         return encode_fn(image)
     return _accumulate(
         boxes,
@@ -221,4 +239,5 @@ def tiled_vae_encode(
         lambda b: b,
         (h, w),
         sigma_scale,
+        on_tile,
     )

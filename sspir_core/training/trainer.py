@@ -32,7 +32,7 @@ import torch
 
 from ..errors import InputError, SSPIRError
 from ..files import write_text_atomic
-from ..loaders.weights_file import WeightsFile
+from ..weights.weights_file import WeightsFile
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
 from .degradations import DegradationSettings, degrade, usm_sharpen

@@ -371,6 +371,40 @@ def stock_unet_from_official(path: str | Path) -> UNet2DConditionModel:
     return unet
 
 
+def check_sspir_weights(path: str | Path, base: str | None = None) -> str:
+    """Check SSP-IR weights without reading a tensor (for a loader node: a damaged file fails there, naming it);
+    returns their base.
+
+    Compact file: header integrity (every tensor's bytes inside the file), its format metadata and key
+    prefixes. Official folder: both configs, and the header of each weights file (Refine layer included).
+    """
+    from .weights_file import check_weights_file
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "unet").is_dir() or not (path / "controlnet").is_dir():
+            raise CheckpointError(f"{path}: no unet/ and controlnet/ folders: point at a checkpoint-N/ folder "
+                                  "written by SSP-IR's train.py")
+        detected = infer_base(read_config(path / "unet" / "config.json"))
+        read_config(path / "controlnet" / "config.json")
+        for sub in ("unet", "controlnet"):
+            check_weights_file(_weights_file(path / sub))
+        refine = next((path / "refine" / n for n in REFINE_NAMES if (path / "refine" / n).is_file()), None)
+        if refine is None:
+            raise CheckpointError(f"{path / 'refine'}: no Refine-layer weights (looked for {', '.join(REFINE_NAMES)})")
+        check_weights_file(refine)
+    else:
+        keys = check_weights_file(path)
+        detected = read_compact_metadata(path)["base"]
+        stray = [k for k in keys if k.partition(".")[0] not in ("unet", "controlnet", "refine")]
+        if stray:
+            raise CheckpointError(f"{path}: unexpected keys {_first(stray)} (expected unet./controlnet./refine. prefixes)")
+    if base is not None and base != detected:
+        raise CheckpointError(f"{path} holds SSP-IR weights for {detected}, but base={base!r} was asked for: "
+                              f"pick base {detected!r} (or auto) and a {detected} base model")
+    return detected
+
+
 def load_sspir_weights(
     path: str | Path,
     sd_unet: UNet2DConditionModel | None = None,

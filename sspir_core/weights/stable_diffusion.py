@@ -8,7 +8,9 @@ and say what to do instead of surfacing as diffusers' "Cannot copy out of meta t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,13 +202,27 @@ def _components(models: dict[str, Any], folder: Path, base: str) -> SDComponents
     )
 
 
-def _load_single_file(
-    path: Path, base: str | None, parts: tuple[str, ...], config_dir: Path | None, dtype: torch.dtype
-) -> SDComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel
+@contextlib.contextmanager
+def _no_empty_fp32_warning() -> Iterator[None]:
+    """``from_single_file(torch_dtype=...)`` builds the model in that dtype, then calls ``.to(dtype)`` again, and
+    diffusers' ``to`` warns "There are modules ... that should be kept in float32: []" even when the list is
+    empty: a warning per part in every run that means nothing. Only that record is dropped, only while loading."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
 
+    def keep(record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _checked_single_file(
+    path: Path, base: str | None, parts: tuple[str, ...], config_dir: Path | None
+) -> tuple[WeightsFile, str, Path, dict[str, dict[str, Any]]]:
+    """Every check of a single file that needs no tensor: family, base, and each part's keys (from the header)."""
     weights = WeightsFile(path)
     detected, evidence = detect_base(weights)
     base = _resolve_base(base, detected, evidence, path)
@@ -216,7 +232,17 @@ def _load_single_file(
     configs = {part: component_config(config_dir, part) for part in parts}
     for part in parts:  # every check before any (slow) conversion
         _check_keys(weights, part, configs[part], base)
+    return weights, base, Path(config_dir), configs
 
+
+def _load_single_file(
+    path: Path, base: str | None, parts: tuple[str, ...], config_dir: Path | None, dtype: torch.dtype
+) -> SDComponents:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel
+
+    weights, base, config_dir, configs = _checked_single_file(path, base, parts, config_dir)
     models: dict[str, Any] = {}
     for part in parts:
         state = weights.tensors(_PART_PREFIXES[part])
@@ -227,12 +253,13 @@ def _load_single_file(
             "torch_dtype": dtype,
         }
         try:
-            if part == "unet":
-                models[part] = UNet2DConditionModel.from_single_file(state, **common)
-            elif part == "vae":
-                models[part] = AutoencoderKL.from_single_file(state, **common)
-            else:
-                models[part] = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint=state, **common)
+            with _no_empty_fp32_warning():
+                if part == "unet":
+                    models[part] = UNet2DConditionModel.from_single_file(state, **common)
+                elif part == "vae":
+                    models[part] = AutoencoderKL.from_single_file(state, **common)
+                else:
+                    models[part] = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint=state, **common)
         except Exception as exc:
             raise _wrap_load_error(path, part, exc) from exc
         del state
@@ -297,6 +324,34 @@ def _load_diffusers_folder(
         except Exception as exc:
             raise _wrap_load_error(folder, part, exc) from exc
     return _components(models, folder, base)
+
+
+def check_sd_source(source: str | Path, base: str | None = None, parts: Sequence[str] = PARTS) -> str:
+    """What :func:`load_sd_components` checks before loading, without reading a tensor; returns the base.
+
+    Single files: header integrity (tensor bytes inside the file), family, base and each part's keys.
+    Diffusers folders: ``model_index.json``, the part subfolders, and each weights file's header.
+    For a loader node: a damaged or wrong file fails there, naming the file, not at the first node that runs.
+    """
+    from .weights_file import check_weights_file
+
+    parts = _check_parts(parts)
+    path = Path(source).expanduser()
+    if path.is_file():
+        check_weights_file(path)
+        return _checked_single_file(path, base, parts, None)[1]
+    if not path.is_dir():
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    if not (path / "model_index.json").is_file():
+        raise CheckpointError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
+    base = _resolve_base(base, _folder_base(path), f"unet cross_attention_dim of {path}", path)
+    for part in parts:
+        files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in (path / part).glob(pattern))
+        if not files:
+            raise CheckpointError(f"Diffusers folder {path} has no {part} weights in {path / part}: the copy is incomplete.")
+        for f in files:
+            check_weights_file(f)
+    return base
 
 
 def load_sd_components(

@@ -6,6 +6,10 @@ most common reason a checkpoint will not load, and the raw library messages do n
 
 from __future__ import annotations
 
+import json
+import math
+import struct
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +19,80 @@ from ..errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+_DAMAGED = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
+
+
+def _safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor entries of a safetensors header, checked against the file size; only the header is read."""
+    size = path.stat().st_size
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a readable safetensors file: {why}. {_DAMAGED}")
+
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > min(_MAX_HEADER_BYTES, size - 8):
+            raise bad(f"its header claims {n} bytes in a {size}-byte file")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"its {n}-byte header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad("its __metadata__ is not a map of strings")
+    data_bytes = size - 8 - n
+    for key, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            if not (isinstance(begin, int) and isinstance(end, int) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                raise TypeError
+        except (TypeError, KeyError, ValueError):
+            raise bad(f"tensor {key!r} has a malformed entry {str(entry)[:120]}") from None
+        if not 0 <= begin <= end <= data_bytes:
+            raise bad(f"tensor {key!r} lies at bytes {begin}-{end} of a data section of only {data_bytes} bytes")
+        if dtype in _DTYPE_BYTES and end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
+            raise bad(f"tensor {key!r} ({dtype} {shape}) should take {math.prod(shape) * _DTYPE_BYTES[dtype]} "
+                      f"bytes, its entry gives {end - begin}")
+    return header
+
+
+def check_weights_file(path: str | Path) -> list[str]:
+    """Cheap integrity check of a weights file, reading only its header; returns its tensor names.
+
+    safetensors: the header is JSON and every tensor's bytes lie inside the file with the size its dtype and
+    shape need (what a truncated download breaks). Torch zip pickles: the zip directory is intact (it sits at
+    the end of the file); names then come from reading the pickle, so a zip pickle returns ``[]`` here.
+    Raises ``CheckpointError`` naming the file, so a loader can fail at once instead of at the first use.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return list(_safetensors_header(path))
+    if suffix in PICKLE_SUFFIXES:
+        with path.open("rb") as f:
+            magic = f.read(2)
+        if magic == b"PK":
+            try:
+                with zipfile.ZipFile(path) as z:
+                    z.infolist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise CheckpointError(f"{path} is not a readable torch file ({exc}). {_DAMAGED}") from None
+            return []
+        if magic[:1] != b"\x80":  # the legacy (non-zip) torch format starts with a pickle protocol byte
+            raise CheckpointError(f"{path} is neither a torch zip file nor a pickle. {_DAMAGED}")
+        return []
+    raise CheckpointError(f"{path}: unsupported file type {suffix!r}; use .safetensors (preferred) or .ckpt/.pt.")
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -1,29 +1,45 @@
-// Open ComfyUI's front end in headless Chromium, load a UI-format workflow, report what the front end
-// sees (missing node types, invalid links, error dialogs) as JSON on stdout, and save a screenshot.
+// Open ComfyUI's front end in headless Chromium, load a bundled workflow the way a user does (Templates dialog
+// -> the pack's category -> click the template), report what the front end sees as JSON on stdout (missing
+// node types, invalid links, error dialogs, nodes over group titles, errors after the page was ready) and save
+// a screenshot; with THUMBNAIL.png, also a square picture of the whole graph (for the template's thumbnail).
 //
-// node browser_check.js URL WORKFLOW.json SCREENSHOT.png CHROMIUM_BINARY PLAYWRIGHT_CORE_DIR PROFILE_DIR
+// node browser_check.js URL WORKFLOW.json SCREENSHOT.png CHROMIUM_BINARY PLAYWRIGHT_CORE_DIR PROFILE_DIR PACK [THUMBNAIL.png]
 "use strict";
 const fs = require("fs");
+const path = require("path");
 
-const [url, workflowPath, shotPath, chromiumPath, playwrightDir, profileDir] = process.argv.slice(2);
+const [url, workflowPath, shotPath, chromiumPath, playwrightDir, profileDir, pack, thumbPath] = process.argv.slice(2);
 const { chromium } = require(playwrightDir);
+const template = path.basename(workflowPath, ".json");
+
+// Errors the front end logs whatever the workflow: its registry look-ups (api.comfy.org, blocked offline) and
+// "Failed to load resource" (each failed response is judged by its URL below instead).
+const UNRELATED = [/api\.comfy\.org/, /^Failed to load resource/];
 
 async function main() {
+  const size = thumbPath ? { width: 1100, height: 1100 } : { width: 1600, height: 1000 };
   const context = await chromium.launchPersistentContext(profileDir, {
     executablePath: chromiumPath,
     headless: true,
-    viewport: { width: 1600, height: 1000 },
+    viewport: size,
     args: [
       "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
       "--disable-component-update", "--disable-sync",
     ],
   });
-  const consoleErrors = [];
+  const log = [];  // {ready, text}: every console error/warning and page error, and whether the page was ready
+  const failed = [];  // responses >= 400 after the page was ready
+  const fetched = {};  // our pack's template files: url -> [status, content-type]
+  let ready = false;
   const page = await context.newPage();
   page.on("console", (msg) => {
-    if (msg.type() === "error" || msg.type() === "warning") consoleErrors.push(`${msg.type()}: ${msg.text()}`);
+    if (msg.type() === "error" || msg.type() === "warning") log.push({ ready, text: `${msg.type()}: ${msg.text()}` });
   });
-  page.on("pageerror", (err) => consoleErrors.push(`pageerror: ${err.message}`));
+  page.on("pageerror", (err) => log.push({ ready, text: `pageerror: ${err.message}` }));
+  page.on("response", (r) => {
+    if (r.url().includes(`/workflow_templates/${pack}/`)) fetched[r.url()] = [r.status(), r.headers()["content-type"]];
+    if (ready && r.status() >= 400) failed.push(`HTTP ${r.status()} ${r.url()}`);
+  });
   try {
     await page.goto(url, { waitUntil: "domcontentloaded", timeout: 60000 });
     await page.waitForFunction(
@@ -31,14 +47,30 @@ async function main() {
         Object.keys(window.LiteGraph.registered_node_types).length > 50,
       null, { timeout: 90000 },
     );
+    await page.waitForTimeout(1500);  // the front end's own start-up (it logs a few errors of its own)
+    ready = true;
     const workflow = JSON.parse(fs.readFileSync(workflowPath, "utf8"));
+    const missingTypes = await page.evaluate((wf) => [...new Set(wf.nodes.map((n) => n.type))]
+      .filter((t) => !window.LiteGraph.registered_node_types[t]), workflow);
+
+    // The Templates dialog, the pack's category, the template's card: what a user clicks.
+    await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+    await page.getByText(pack, { exact: true }).first().click({ timeout: 30000 });
+    const card = page.locator(`[data-testid="template-workflow-${template}"]`);
+    await card.waitFor({ timeout: 30000 });
+    await page.waitForFunction((t) => {  // the card's thumbnail was asked for (see templateFiles)
+      const img = document.querySelector(`[data-testid="template-workflow-${t}"] img`);
+      return img && img.complete;
+    }, template, { timeout: 15000 }).catch(() => {});
+    await card.click();
+    await page.waitForFunction((n) => {
+      const g = window.app.graph;
+      return g && (g._nodes || g.nodes || []).length === n && !document.querySelector("[data-testid=template-workflows-content]");
+    }, workflow.nodes.length, { timeout: 30000 }).catch(() => {});
+    await page.waitForTimeout(1500);
+
     const report = await page.evaluate(async (wf) => {
       const LG = window.LiteGraph;
-      const graph = window.app.graph;
-      const types = [...new Set(wf.nodes.map((n) => n.type))];
-      const missingTypes = types.filter((t) => !LG.registered_node_types[t]);
-      await window.app.loadGraphData(wf);
-      await new Promise((r) => setTimeout(r, 1500));
       const g = window.app.graph;
       const nodes = g._nodes || g.nodes || [];
       const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -63,21 +95,40 @@ async function main() {
         .map((n) => `${n.id}:${n.type}`);
       const dialogText = [...document.querySelectorAll(".p-dialog, [role=dialog]")]
         .map((d) => d.innerText).join("\n");
-      // Frame the whole graph for the screenshot.
-      try {
-        if (window.app.canvas && window.app.canvas.ds && nodes.length) {
-          let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-          for (const n of nodes) {
-            x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
-            x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
-          }
-          const c = window.app.canvas.canvas;
-          // Leave room for the side bar (left) and the tab bar and run button (top).
-          const scale = Math.min((c.width - 160) / (x1 - x0), (c.height - 260) / (y1 - y0), 1.2);
-          window.app.canvas.ds.scale = scale;
-          window.app.canvas.ds.offset = [-x0 + 100 / scale, -y0 + 160 / scale];
-          window.app.canvas.setDirty(true, true);
+      // A node (with its title bar) drawn over a group's title, at the sizes the front end gave the nodes.
+      const groups = g._groups || g.groups || [];
+      const titleOverlaps = [];
+      const nodeTitle = LG.NODE_TITLE_HEIGHT || 30;
+      for (const grp of groups) {
+        const [gx, gy, gw] = grp._bounding || grp.bounding;
+        const band = grp.titleHeight || (grp.font_size || 24) * 1.4;
+        for (const n of nodes) {
+          const x0 = n.pos[0], x1 = n.pos[0] + n.size[0], y0 = n.pos[1] - nodeTitle, y1 = n.pos[1] + n.size[1];
+          if (x0 < gx + gw && gx < x1 && y0 < gy + band && gy < y1) titleOverlaps.push(`${n.type} over "${grp.title}"`);
         }
+      }
+      // Frame the whole graph, groups included, for the screenshot; graphRect: where it is drawn on the page.
+      let graphRect = null;
+      try {
+        let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+        const boxes = [...nodes.map((n) => [n.pos[0], n.pos[1] - nodeTitle, n.size[0], n.size[1] + nodeTitle]),
+          ...groups.map((grp) => grp._bounding || grp.bounding)];
+        for (const [x, y, w, h] of boxes) {
+          x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
+        }
+        const c = window.app.canvas.canvas;
+        // Leave room for the side bar (left) and the tab bar and run button (top).
+        const scale = Math.min((c.width - 140) / (x1 - x0), (c.height - 220) / (y1 - y0), 1.2);
+        const offset = [-x0 + 90 / scale, -y0 + 150 / scale];
+        window.app.canvas.ds.scale = scale;
+        window.app.canvas.ds.offset = offset;
+        window.app.canvas.setDirty(true, true);
+        const at = c.getBoundingClientRect();
+        const pad = 12;
+        graphRect = {
+          x: Math.max(0, at.left + (x0 + offset[0]) * scale - pad), y: Math.max(0, at.top + (y0 + offset[1]) * scale - pad),
+          width: (x1 - x0) * scale + 2 * pad, height: (y1 - y0) * scale + 2 * pad,
+        };
       } catch (e) { /* framing is cosmetic */ }
       // What the Run button would queue: widget values as the front end reads them from the file.
       let apiPrompt = null;
@@ -90,13 +141,23 @@ async function main() {
         expectedNodes: wf.nodes.length,
         linkCount: links.filter(Boolean).length,
         expectedLinks: wf.links.length,
-        missingTypes, invalidLinks, brokenNodes, dialogText,
+        invalidLinks, brokenNodes, dialogText, titleOverlaps, graphRect,
         nodeTypes: nodes.map((n) => n.type),
       };
     }, workflow);
     await page.waitForTimeout(800);
     await page.screenshot({ path: shotPath });
-    report.consoleErrors = consoleErrors;
+    if (thumbPath && report.graphRect) {  // the graph alone, without the menus and the minimap around it
+      await page.evaluate(() => window.app.extensionManager.setting.set("Comfy.Minimap.Visible", false)).catch(() => {});
+      await page.waitForTimeout(500);
+      await page.screenshot({ path: thumbPath, clip: report.graphRect });
+    }
+    report.missingTypes = missingTypes;
+    report.templateFiles = fetched;
+    report.startupErrors = log.filter((e) => !e.ready).map((e) => e.text);
+    report.errorsAfterReady = log.filter((e) => e.ready && !UNRELATED.some((re) => re.test(e.text.replace(/^\w+: /, ""))))
+      .map((e) => e.text);
+    report.failedResponses = failed;
     process.stdout.write(JSON.stringify(report));
   } finally {
     await context.close();

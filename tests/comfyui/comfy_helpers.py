@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-WORKFLOWS = REPO / "workflows"
+WORKFLOWS = REPO / "example_workflows"
 sys.path.insert(0, str(REPO / "scripts"))
 import comfyui as harness  # noqa: E402, F401 (scripts/comfyui.py: fetch, server control; re-exported)
 

@@ -47,26 +47,41 @@ def _artifacts() -> Path:
     return folder
 
 
+def test_the_templates_comfyui_lists_are_the_bundled_workflows(server):
+    listed = server.get("/workflow_templates")
+    assert sorted(listed.get(harness.PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS.glob("*.json")), listed
+
+
 @pytest.mark.parametrize("workflow", sorted(p.name for p in WORKFLOWS.glob("*.json")))
-def test_ui_workflow_loads_wired_in_the_front_end(server, tmp_path, workflow):
+def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workflow):
+    """Templates -> SSP-IR's category -> click: the graph loads whole and wired, its thumbnail is served, no node
+    covers a group's title, and the front end reports no error once the page was ready (the errors it logs
+    while starting, before any workflow, are its own: printed, not failed)."""
     node, chromium, playwright = _browser_tools()
     shot = _artifacts() / f"{Path(workflow).stem}.png"
     proc = subprocess.run(
         [node, str(HERE / "browser_check.js"), server.url, str(WORKFLOWS / workflow), str(shot), chromium,
-         str(playwright), str(tmp_path / "profile")],
+         str(playwright), str(tmp_path / "profile"), harness.PACK_NAME],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode == 0, f"browser run failed:\n{proc.stderr[-3000:]}"
     report = json.loads(proc.stdout)
-    print(f"\nscreenshot of {workflow}: {shot}")
+    print(f"\nscreenshot of {workflow}: {shot}\nfront-end errors before the workflow: {report['startupErrors']}")
     assert report["missingTypes"] == [], f"node types unknown to the front end: {report['missingTypes']}"
+    assert report["nodeCount"] == report["expectedNodes"], "clicking the template did not load the workflow"
+    assert report["linkCount"] == report["expectedLinks"] > 0
     assert report["brokenNodes"] == [], report["brokenNodes"]
     assert report["invalidLinks"] == [], report["invalidLinks"]
+    assert report["titleOverlaps"] == [], report["titleOverlaps"]
     assert "missing" not in report["dialogText"].lower(), report["dialogText"]
-    assert report["nodeCount"] == report["expectedNodes"]
-    assert report["linkCount"] == report["expectedLinks"] > 0
+    base = f"{server.url}/api/workflow_templates/{harness.PACK_NAME}/{Path(workflow).stem}"
+    assert report["templateFiles"].get(base + ".json", [None])[0] == 200, report["templateFiles"]
+    assert report["templateFiles"].get(base + ".jpg") == [200, "image/jpeg"], report["templateFiles"]
+    assert report["errorsAfterReady"] == [], report["errorsAfterReady"]
+    ours = [r for r in report["failedResponses"] if harness.PACK_NAME in r or "SSPIR" in r]
+    assert not ours, ours
     assert shot.is_file() and shot.stat().st_size > 10_000
     # What the front end would queue from this file is its API twin (same nodes, links and widget values):
     # catches widget values shifted by widgets the front end adds (e.g. "control after generate").

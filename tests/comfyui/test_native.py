@@ -224,7 +224,7 @@ def _read_report(server, name: str) -> dict:
 
 
 def test_bundled_native_workflow_runs_with_ksampler(native_server):
-    """workflows/api/sspir_native.json as shipped (MLLM Caption, KSampler ddpm + ddim_uniform), few steps."""
+    """example_workflows/api/sspir_native.json as shipped (MLLM Caption, KSampler ddpm + ddim_uniform), few steps."""
     prompt = copy.deepcopy(load_api("sspir_native.json"))
     ks = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
     prompt[ks]["inputs"]["steps"] = 3

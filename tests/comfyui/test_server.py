@@ -78,7 +78,7 @@ def test_workflow_inputs_exist(object_info):
     from tests.comfyui.comfy_helpers import api_workflows, load_api
 
     names = api_workflows(native=True)
-    assert names, "no workflows/api/*.json"
+    assert names, "no example_workflows/api/*.json"
     for name in names:
         for nid, node in load_api(name).items():
             assert node["class_type"] in object_info, f"{name}: node {nid} is {node['class_type']}, not registered"

@@ -7,6 +7,7 @@ one 8-bit level apart per value (a float difference up to 1e-4 can round to neig
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import numpy as np
@@ -198,17 +199,48 @@ def test_missing_model_file_is_a_clear_node_error(server):
     _assert_still_serves(server)
 
 
-def test_corrupt_model_file_is_a_clear_node_error(server):
-    folder = server.models_dir / "sspir"
-    corrupt = unique("corrupt-") + ".safetensors"
-    (folder / corrupt).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(range(256)) * 4)
+CORRUPT = b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("folder, loader, widget", [
+    ("sspir", "SSPIRModelLoader", "sspir_weights"),
+    ("checkpoints", "SSPIRModelLoader", "base_model"),
+    ("clip_vision", "SSPIRClipVisionLoader", "clip_name"),
+])
+def test_corrupt_model_file_fails_at_its_loader_node(server, folder, loader, widget):
+    """Loading is lazy, but the file is checked (header only) at the loader the user must fix: that node is
+    the one history reports, not Structure Processor or CLIP Image Embed, and the message names the file."""
+    corrupt = unique(f"corrupt-{folder}-") + ".safetensors"
+    (server.models_dir / folder / corrupt).write_bytes(CORRUPT)
     name = put_image(server, _rng(6).integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB", tag="corrupt_")
-    prompt = _with_sspir_weights(with_images(_first_workflow(), [name]), corrupt)
+    prompt = with_images(_first_workflow(), [name])
+    (node_id,) = nodes_of(prompt, loader)
+    prompt[node_id]["inputs"][widget] = corrupt
     with pytest.raises(harness.ComfyUIError) as err:
         server.run(prompt)
     message = str(err.value)
-    assert corrupt in message, message
+    assert f"node {node_id} ({loader}) failed" in message, message
+    assert corrupt in message and "Traceback" not in message, message
     _assert_still_serves(server)
+
+
+@pytest.mark.parametrize("changes, words", [({"tile": 1}, "multiple of 8"),
+                                            ({"tile": 32, "tile_overlap": 32}, "must be smaller than tile")])
+def test_bad_tiling_is_refused_when_queued_not_when_run(server, changes, words):
+    """tile 1 passes the widget's min of 0; the node's validate_inputs refuses it (and tile <= tile_overlap)
+    when the prompt is queued, so nothing runs and no model loads."""
+    name = put_image(server, _rng(12).integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB", tag="tile_")
+    prompt = with_images(_first_workflow(), [name])
+    restorer(prompt).update(changes)
+    (sampler,) = [nid for cls in RESTORERS for nid in nodes_of(prompt, cls)]
+    try:  # the other outputs (the structure preview) may still run: then /prompt answers 200 with node_errors
+        reply = server.post("/prompt", {"prompt": prompt, "client_id": server.client_id})
+        errors = reply.get("node_errors") or {}
+    except harness.ComfyUIError as err:
+        errors = json.loads(str(err).split(": ", 2)[-1]).get("node_errors") or {}
+    assert sampler in errors, errors
+    details = " ".join(e.get("details", "") for e in errors[sampler]["errors"])
+    assert words in details, details
 
 
 def test_interrupt_stops_a_long_run_and_the_next_prompt_runs(server):
@@ -235,6 +267,9 @@ def test_interrupt_stops_a_long_run_and_the_next_prompt_runs(server):
     stopped_after = time.monotonic() - t0
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, harness.prompt_error(entry)
+    # the work was announced in ComfyUI's log before it started (size, tiles, steps)
+    log = server.log_path.read_text(errors="replace")
+    assert "SSP-IR: 1 image(s) to 128x128 px" in log and "500 steps x 1 latent tile(s)" in log, server.log_tail()
     # Within a step: a few seconds on an idle machine; 500 ignored steps would take ~500/STEPS warm-ups.
     limit = 5 + t_warm
     assert stopped_after < limit, f"interrupt took {stopped_after:.1f} s (limit {limit:.1f} s)"
