@@ -36,8 +36,8 @@ class SSPIRRestore(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None) -> bool | str:
-        return sampling.validate_tiling(tile, tile_overlap, vae_tile)
+    def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None, steps=None, cfg=None) -> bool | str:
+        return sampling.validate_sampling(tile, tile_overlap, vae_tile, steps, cfg)
 
     @classmethod
     def execute(cls, sspir_model, clip_vision, image, caption, captioner=None, **kw) -> io.NodeOutput:

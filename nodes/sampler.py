@@ -31,8 +31,8 @@ class SSPIRSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None) -> bool | str:
-        return sampling.validate_tiling(tile, tile_overlap, vae_tile)
+    def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None, steps=None, cfg=None) -> bool | str:
+        return sampling.validate_sampling(tile, tile_overlap, vae_tile, steps, cfg)
 
     @classmethod
     def execute(cls, sspir_model, image, image_embed, structure, caption, **kw) -> io.NodeOutput:

@@ -17,10 +17,12 @@ from sspir_core.restore.schedulers import SCHEDULERS
 from . import host
 from .sizes import size_inputs
 from .support import (
+    OWN_SETTING,
     TILE_STEP,
     VAE_TILE_STEP,
     captions_for_batch,
     images_from_list,
+    sampling_widget_problem,
     single,
     target_size,
     tiling_widget_problem,
@@ -51,10 +53,12 @@ def sampling_inputs() -> list:
     return [
         io.Int.Input("seed", default=_DEFAULTS.seed, **_range("seed"), control_after_generate=True, tooltip=(
             "Noise seed. Each image of a batch uses it alone, so it restores the same as on its own.")),
-        # 0 is a sentinel below the library's bound (LIMITS): "the checkpoint's own", resolved in options_from
-        io.Int.Input("steps", default=0, min=0, max=_range("steps")["max"], tooltip=(
+        # OWN_SETTING sits below the library's bounds (LIMITS): "the checkpoint's own", resolved in options_from;
+        # values between the two are refused when queued (validate_sampling)
+        io.Int.Input("steps", default=OWN_SETTING, min=OWN_SETTING, max=_range("steps")["max"], tooltip=(
             "Denoising steps; 0 = the checkpoint's own: 50 (paper), or 1 for a one-step SSP-IR checkpoint.")),
-        io.Float.Input("cfg", default=0.0, min=0.0, max=_range("cfg")["max"], step=0.1, round=0.01, tooltip=(
+        io.Float.Input("cfg", default=float(OWN_SETTING), min=float(OWN_SETTING), max=_range("cfg")["max"], step=0.1,
+                       round=0.01, tooltip=(
             "Classifier-free guidance on the caption; 0 = the checkpoint's own: 7.5 (paper), or 1 (off) for a "
             "one-step checkpoint. 1 turns it off and halves the work.")),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(
@@ -64,7 +68,7 @@ def sampling_inputs() -> list:
         io.Float.Input("conditioning_scale", default=_DEFAULTS.conditioning_scale, **_range("conditioning_scale"),
                        step=0.05, tooltip="Strength of the structure prior through the ControlNet (paper: 1)."),
         *size_inputs(),
-        # min 0 = never tile; the steps and tile > tile_overlap are checked by validate_tiling when queued
+        # min 0 = never tile; the steps and tile > tile_overlap are checked by validate_sampling when queued
         io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=LIMITS["tile"][1], step=TILE_STEP, tooltip=(
             f"Latent tile size (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Tiles are "
             "blended with Gaussian weights and the colour fix is applied once after stitching, so there are no seams.")),
@@ -80,10 +84,11 @@ def sampling_inputs() -> list:
     ]
 
 
-def validate_tiling(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None) -> bool | str:
+def validate_sampling(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None, steps: Any = None,
+                      cfg: Any = None) -> bool | str:
     """The nodes' ``validate_inputs``: ComfyUI rejects the prompt with this message before anything runs
-    (it then skips its own min/max checks of these three inputs, so the bounds are checked here too)."""
-    return tiling_widget_problem(tile, tile_overlap, vae_tile) or True
+    (it then skips its own min/max checks of these inputs, so the bounds are checked here too)."""
+    return tiling_widget_problem(tile, tile_overlap, vae_tile) or sampling_widget_problem(steps, cfg) or True
 
 
 def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "the SSP-IR model") -> RestoreOptions:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sspir_core.captioners.text import normalize_captions
 from sspir_core.errors import InputError, OptionError
 from sspir_core.image_io import ImageWithAlpha, comfy_to_bchw
-from sspir_core.restore.options import check_tiling
+from sspir_core.restore.options import LIMITS, check_tiling
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 OFFLOAD_CHOICES = ("auto", "on", "off")
@@ -168,6 +168,27 @@ def tiling_widget_problem(tile: Any = None, tile_overlap: Any = None, vae_tile: 
         check_tiling(tile or None, 0 if overlap is None else overlap, vae or None)
     except OptionError as exc:
         return str(exc)
+    return None
+
+
+OWN_SETTING = 0
+"""The sampler widgets' steps/cfg value that means "the checkpoint's own" (paper 50 / 7.5; one-step 1 / off)."""
+
+
+def sampling_widget_problem(steps: Any = None, cfg: Any = None) -> str | None:
+    """What is wrong with the steps/cfg widgets when the prompt is queued; None if nothing. Their widgets
+    start at :data:`OWN_SETTING`, below the library's bounds (``LIMITS``), so a value between the two is
+    refused here with the library's own bounds rather than failing when the sampler runs."""
+    for name, value in (("steps", steps), ("cfg", cfg)):
+        try:
+            value = single(name, value)
+        except InputError as exc:
+            return str(exc)
+        if value is None or value == OWN_SETTING:
+            continue
+        low, high = LIMITS[name]
+        if not low <= value <= high:
+            return f"{name} must be {OWN_SETTING} (the checkpoint's own) or between {low:g} and {high:g}, got {value!r}"
     return None
 
 

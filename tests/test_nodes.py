@@ -101,12 +101,24 @@ def test_nodes_match_the_contract_and_every_input_has_a_tooltip(host):
 @pytest.mark.parametrize("name, bad", [("steps", 0), ("cfg", float("nan")), ("cfg", 0.5),
                                        ("conditioning_scale", float("nan")), ("conditioning_scale", 2.5)])
 def test_option_errors_name_the_widgets_own_bounds(host, name, bad):
-    """A value the sampler rejects at run time is reported with the bounds its widget shows (one source)."""
+    """A value the sampler rejects at run time is reported with the bounds its widget shows (one source).
+
+    steps and cfg widgets start at 0, "the checkpoint's own" (resolved before the library sees it): their
+    other bounds are the library's, and a value between 0 and the library's low bound is refused when the
+    prompt is queued, with the same bounds the library names."""
+    from nodes.support import OWN_SETTING
     from sspir_core.errors import OptionError
+    from sspir_core.restore.options import LIMITS
     from sspir_core.restore.pipeline import RestoreOptions
 
     widget = next(i for i in host.nodes["SSPIRSampler"].define_schema().inputs if i.id == name)
     low, high = widget.kw["min"], widget.kw["max"]
+    if name in ("steps", "cfg"):
+        assert low == OWN_SETTING and high == LIMITS[name][1]
+        low = LIMITS[name][0]
+        if bad != OWN_SETTING:
+            problem = host.nodes["SSPIRSampler"].validate_inputs(**{name: [bad]})
+            assert isinstance(problem, str) and f"between {low:g} and {high:g}" in problem, problem
     with pytest.raises(OptionError) as err:
         RestoreOptions(**{name: bad})
     assert f"between {low:g} and {high:g}" in str(err.value), (str(err.value), low, high)

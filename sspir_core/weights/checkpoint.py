@@ -32,7 +32,7 @@ from ..models.build import (
     stock_unet_from_config,
     structure,
 )
-from ..models.one_step import base_state_dict
+from ..models.one_step import ONE_STEP, base_state_dict
 from ..models.unet import is_prior_attention_key
 
 COMPACT_FORMAT = "sspir-compact"
@@ -395,10 +395,14 @@ def check_sspir_weights(path: str | Path, base: str | None = None) -> str:
         check_weights_file(refine)
     else:
         keys = check_weights_file(path)
-        detected = read_compact_metadata(path)["base"]
-        stray = [k for k in keys if k.partition(".")[0] not in ("unet", "controlnet", "refine")]
+        meta = read_compact_metadata(path)
+        detected = meta["base"]
+        # a one-step model (weights/one_step.py) adds its UNet LoRA under lora.
+        known = ("unet", "controlnet", "refine", *(("lora",) if meta.get("mode") == ONE_STEP else ()))
+        stray = [k for k in keys if k.partition(".")[0] not in known]
         if stray:
-            raise CheckpointError(f"{path}: unexpected keys {_first(stray)} (expected unet./controlnet./refine. prefixes)")
+            raise CheckpointError(f"{path}: unexpected keys {_first(stray)} (expected "
+                                  f"{'/'.join(p + '.' for p in known)} prefixes)")
     if base is not None and base != detected:
         raise CheckpointError(f"{path} holds SSP-IR weights for {detected}, but base={base!r} was asked for: "
                               f"pick base {detected!r} (or auto) and a {detected} base model")
