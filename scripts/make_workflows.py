@@ -166,11 +166,11 @@ def _captioner(node_id: int, pos: tuple[int, int]) -> Node:
 # sampler; Apply SSP-IR's start "paper" starts from the LQ latent noised to t=999.
 NATIVE = Workflow(
     "sspir_native",
-    [Node(1, "LoadImage", (40, 40), (340, 290), {"image": INPUT_IMAGE, "upload": "image"}),
-     Node(2, "CheckpointLoaderSimple", (40, 420), (340, 100), {"ckpt_name": native_models.SD_NAME}),
-     Node(3, "CLIPVisionLoader", (40, 570), (340, 60), {"clip_name": native_models.CLIP_VISION_NAME}),
-     Node(6, "SSPIRPatchLoader", (40, 680), (340, 90), {"sspir_weights": native_models.SSPIR_NAME, "dtype": "auto"}),
-     _captioner(4, (40, 820)),
+    [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
+     Node(2, "CheckpointLoaderSimple", (40, MODELS_TOP + 30), (340, 100), {"ckpt_name": native_models.SD_NAME}),
+     Node(3, "CLIPVisionLoader", (40, MODELS_TOP + 180), (340, 60), {"clip_name": native_models.CLIP_VISION_NAME}),
+     Node(6, "SSPIRPatchLoader", (40, MODELS_TOP + 290), (340, 90), {"sspir_weights": native_models.SSPIR_NAME, "dtype": "auto"}),
+     _captioner(4, (40, MODELS_TOP + 430)),
      Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
      Node(14, "PreviewAny", (440, 170), (320, 200), {}, title="Caption"),
      Node(7, "SSPIRTextEncode", (440, 420), (320, 200), {"caption": "", "negative_prompt": "", "max_chunks": 4}),
@@ -188,7 +188,7 @@ NATIVE = Workflow(
      (8, "image", 9, "image"), (9, "model", 10, "model"), (7, "positive", 10, "positive"),
      (7, "negative", 10, "negative"), (8, "latent", 10, "latent_image"), (10, "LATENT", 11, "samples"),
      (2, "VAE", 11, "vae"), (11, "IMAGE", 12, "image"), (8, "image", 12, "reference"), (12, "image", 13, "images")],
-    [("Models", (20, 390, 380, 780)), ("Caption and latent", (420, 0, 360, 860)),
+    [("Models", (20, MODELS_TOP, 380, 780)), ("Caption and latent", (420, 0, 360, 860)),
      ("Sample", (800, 0, 380, 730)), ("Output", (1180, 0, 460, 660))],
 )
 WORKFLOWS.append(NATIVE)
