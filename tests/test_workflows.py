@@ -20,7 +20,7 @@ CORE = {
     "PreviewImage": ([("images", "IMAGE")], [], []),
     "PreviewAny": ([("source", "*")], [], []),
 }
-NAMES = ["sspir_restore", "sspir_restore_typed_caption"]
+NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_restore_one_step"]
 
 
 @pytest.fixture
@@ -127,7 +127,8 @@ def test_api_twin_runs_the_same_graph(name, schemas):
                 assert node["inputs"][wid] in ui_values
     # the model files are the ones `sspir demo-models` writes; the input is the bundled sample
     loader = next(v for v in api.values() if v["class_type"] == "SSPIRModelLoader")["inputs"]
-    assert (loader["base_model"], loader["sspir_weights"]) == (demo_models.SD_NAME, demo_models.SSPIR_NAME)
+    weights = demo_models.ONE_STEP_NAME if name == "sspir_restore_one_step" else demo_models.SSPIR_NAME
+    assert (loader["base_model"], loader["sspir_weights"]) == (demo_models.SD_NAME, weights)
     clip = next(v for v in api.values() if v["class_type"] == "SSPIRClipVisionLoader")["inputs"]
     assert clip["clip_name"] == demo_models.CLIP_VISION_NAME
     assert next(v for v in api.values() if v["class_type"] == "LoadImage")["inputs"]["image"] == "astronaut_lq.png"
