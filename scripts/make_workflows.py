@@ -98,10 +98,10 @@ LOAD_IMAGE_SIZE = (340, 320)
 MODELS_TOP = 40 + LOAD_IMAGE_SIZE[1] + 80
 
 
-def _loaders() -> list[Node]:
+def _loaders(sspir_weights: str = demo_models.SSPIR_NAME) -> list[Node]:
     return [
         Node(2, "SSPIRModelLoader", (40, MODELS_TOP + 30), (340, 250), {
-            "base_model": demo_models.SD_NAME, "sspir_weights": demo_models.SSPIR_NAME, "base": "auto",
+            "base_model": demo_models.SD_NAME, "sspir_weights": sspir_weights, "base": "auto",
             "device": "auto", "dtype": "auto", "offload": "auto", "cache": "in RAM"}),
         Node(3, "SSPIRClipVisionLoader", (40, MODELS_TOP + 310), (340, 60), {"clip_name": demo_models.CLIP_VISION_NAME}),
     ]
@@ -115,9 +115,9 @@ def _priors() -> list[Node]:
     ]
 
 
-def _restore_nodes(caption: str) -> list[Node]:
+def _restore_nodes(caption: str, sampling: dict | None = None) -> list[Node]:
     return [
-        Node(10, "SSPIRSampler", (820, 40), (380, 620), {"caption": caption, **SAMPLING}),
+        Node(10, "SSPIRSampler", (820, 40), (380, 620), {"caption": caption, **(sampling or SAMPLING)}),
         Node(11, "SaveImage", (1240, 40), (420, 460), {"filename_prefix": "sspir"}),
     ]
 
@@ -148,6 +148,14 @@ WORKFLOWS = [
         "sspir_restore_typed_caption",
         [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
          *_priors(), *_restore_nodes(TYPED_CAPTION)],
+        list(PRIOR_LINKS),
+        [("Models", (20, MODELS_TOP, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
+    ),
+    Workflow(  # one-step SSP-IR (an extension, not the paper): steps/cfg 0 = the checkpoint's own (1 step, no CFG)
+        "sspir_restore_one_step",
+        [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
+         *_loaders(demo_models.ONE_STEP_NAME), *_priors(),
+         *_restore_nodes(TYPED_CAPTION, {**SAMPLING, "steps": 0, "cfg": 0.0})],
         list(PRIOR_LINKS),
         [("Models", (20, MODELS_TOP, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
     ),

@@ -1,7 +1,7 @@
 """ComfyUI's PGA Sampler and SSP-IR Restore nodes run a one-step checkpoint in one step (fake host, demo models).
 
-The one-step file is the demo SSP-IR compact file plus a LoRA with non-zero B (so it changes the output),
-saved by the pack's own writer; the reference is the CLI's path with RestoreOptions(steps=1, cfg=1).
+The one-step file is `sspir demo-models`' one: the demo SSP-IR compact file plus a LoRA with non-zero B (so
+it changes the output), saved by the pack's own writer; the reference is the CLI's path with RestoreOptions(steps=1, cfg=1).
 """
 
 from __future__ import annotations
@@ -14,27 +14,13 @@ from tests import test_nodes
 
 host = test_nodes.host  # the fake ComfyUI host fixture, on this module's models_dir
 
-ONE_STEP_NAME = "sspir-demo-one-step.safetensors"
+ONE_STEP_NAME = demo_models.ONE_STEP_NAME
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    from sspir_core.models.one_step import LORA_ALPHA, ONE_STEP, LoraSpec, add_lora, lora_targets
-    from sspir_core.restore.components import load_pipeline_parts
-    from sspir_core.weights.checkpoint import save_compact
-
     root = tmp_path_factory.mktemp("models")
-    demo_models.write_demo_models(root)
-    models = load_pipeline_parts(root / "checkpoints" / demo_models.SD_NAME,
-                                 root / "sspir" / demo_models.SSPIR_NAME).models
-    g = torch.Generator().manual_seed(5)
-    spec = LoraSpec(2, LORA_ALPHA, lora_targets(models.unet))
-    for p in add_lora(models.unet, spec, g):
-        if ".lora_B." in next(n for n, q in models.unet.named_parameters() if q is p):
-            with torch.no_grad():
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    models.mode, models.lora = ONE_STEP, spec
-    save_compact(models, root / "sspir" / ONE_STEP_NAME)
+    demo_models.write_demo_models(root)  # the one-step file among them
     return root
 
 

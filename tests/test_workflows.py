@@ -27,7 +27,7 @@ CORE = {
                  ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], []),
 }
-NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_native"]
+NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_restore_one_step", "sspir_native"]
 
 
 @pytest.fixture
@@ -141,7 +141,8 @@ def test_api_twin_runs_the_same_graph(name, schemas):
         assert files["CLIPVisionLoader"]["clip_name"] == native_models.CLIP_VISION_NAME
     else:
         loader = files["SSPIRModelLoader"]
-        assert (loader["base_model"], loader["sspir_weights"]) == (demo_models.SD_NAME, demo_models.SSPIR_NAME)
+        weights = demo_models.ONE_STEP_NAME if name == "sspir_restore_one_step" else demo_models.SSPIR_NAME
+        assert (loader["base_model"], loader["sspir_weights"]) == (demo_models.SD_NAME, weights)
         assert files["SSPIRClipVisionLoader"]["clip_name"] == demo_models.CLIP_VISION_NAME
     assert next(v for v in api.values() if v["class_type"] == "LoadImage")["inputs"]["image"] == "astronaut_lq.png"
     save = next(v for v in api.values() if v["class_type"] == "SaveImage")["inputs"]

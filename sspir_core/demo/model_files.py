@@ -15,11 +15,13 @@ import torch
 # One place for the names: the workflows, the test harness and the README use these.
 SD_FOLDER, SD_NAME = "checkpoints", "sspir-demo-sd15.safetensors"
 SSPIR_FOLDER, SSPIR_NAME = "sspir", "sspir-demo.safetensors"
+ONE_STEP_NAME = "sspir-demo-one-step.safetensors"  # the same, as a one-step model (issue 19's extension)
 CLIP_VISION_FOLDER, CLIP_VISION_NAME = "clip_vision", "sspir-demo-clip-vision.safetensors"
 LLM_FOLDER, LLM_NAME = "LLM", "sspir-demo-llava"
 DEMO_FILES = {
     "sd": (SD_FOLDER, SD_NAME),
     "sspir": (SSPIR_FOLDER, SSPIR_NAME),
+    "sspir_one_step": (SSPIR_FOLDER, ONE_STEP_NAME),
     "clip_vision": (CLIP_VISION_FOLDER, CLIP_VISION_NAME),
     "captioner": (LLM_FOLDER, LLM_NAME),
 }
@@ -28,6 +30,25 @@ DEMO_FILES = {
 def _json_config(model) -> dict:
     """A diffusers model's config as written to config.json (with ``_class_name``)."""
     return json.loads(model.to_json_string())
+
+
+def one_step_model(models, seed: int = 0):
+    """``models`` as a one-step SSP-IR model: a UNet LoRA whose B is random (not zero), so it changes the output."""
+    import copy
+
+    from ..models.one_step import LORA_ALPHA, ONE_STEP, LoraSpec, add_lora, lora_targets
+
+    models = copy.deepcopy(models)
+    g = torch.Generator().manual_seed(seed + 5)
+    spec = LoraSpec(2, LORA_ALPHA, lora_targets(models.unet))
+    lora = add_lora(models.unet, spec, g)
+    names = {id(q): n for n, q in models.unet.named_parameters()}
+    for p in lora:
+        if ".lora_B." in names[id(p)]:
+            with torch.no_grad():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    models.mode, models.lora = ONE_STEP, spec
+    return models
 
 
 def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
@@ -72,6 +93,9 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
     if "sspir" in todo:
         todo["sspir"].parent.mkdir(parents=True, exist_ok=True)
         save_compact(models, todo["sspir"])
+    if "sspir_one_step" in todo:
+        todo["sspir_one_step"].parent.mkdir(parents=True, exist_ok=True)
+        save_compact(one_step_model(models, seed), todo["sspir_one_step"])
     if "clip_vision" in todo:
         vision = {"hidden_size": TINY_CLIP_DIM, "intermediate_size": 2 * TINY_CLIP_DIM, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "image_size": TINY_CLIP_IMAGE, "patch_size": 14,
