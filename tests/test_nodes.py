@@ -167,7 +167,8 @@ def test_loader_choices_list_official_folders_and_reject_unknown_names(host, fix
     loader = host.nodes["SSPIRModelLoader"]
     options = {i.id: i.kw.get("options") for i in loader.define_schema().inputs}
     assert options["base_model"] == [demo_models.SD_NAME]
-    assert options["sspir_weights"] == ["run-a/checkpoint-7", demo_models.SSPIR_NAME]  # no files inside the folder
+    # no files inside the folder; the demo files sorted as the combo lists them
+    assert options["sspir_weights"] == ["run-a/checkpoint-7", demo_models.ONE_STEP_NAME, demo_models.SSPIR_NAME]
     with pytest.raises(InputError, match="'missing.safetensors' is not in the checkpoints folders"):
         loader.execute("missing.safetensors", demo_models.SSPIR_NAME, "auto", "auto", "auto", "auto", "in RAM")
     with pytest.raises(InputError, match="'nope.safetensors' was not found in the sspir folders"):
