@@ -8,7 +8,8 @@ re-attach it to the restored image; the RGB values are kept as stored.
 Readers: Pillow for every format; 16-bit PNGs through torchvision's decoder, because Pillow reduces
 16-bit RGB(A) PNGs to 8 bits (torchvision 0.29 deprecates its decoders: when they are gone, such files
 fall back to Pillow, correctly scaled but at 8-bit precision). Writer: Pillow for 8-bit PNG; a small built-in encoder for 16-bit RGB(A)
-PNG, which neither Pillow nor torchvision can write.
+PNG, which neither Pillow nor torchvision can write. (About 450 lines: the one home of every file and tensor
+layout detail, kept together so no other module needs to know any of them.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ Reproducibility: every random number of micro-step ``m`` on process ``r`` comes 
 ``(seed, m, r)`` and the data stream is positional (see :mod:`.data`), so a run resumed from ``checkpoint-N``
 continues exactly as if it had never stopped. Checkpoint files are written atomically, ``trainer_state.json`` last,
 and resuming checks a checkpoint first (:func:`read_state`), so a crash mid-save never blocks ``--resume latest``.
+
+Longer than the pack's other modules on purpose: set-up, the accelerate loop, saving/resuming and validation
+all act on one :class:`Trainer` state (accelerator, models, optimizer, data position), and exact resume depends
+on their order; the parts that stand alone live beside it (:mod:`.step`, :mod:`.data`, :mod:`.config`, and the
+one-step mode's :mod:`.one_step`, which the trainer calls at its few dispatch points).
 """
 
 from __future__ import annotations
