@@ -61,10 +61,20 @@ def test_listing_the_nodes_imports_no_model_library(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+def _copy_tracked(dest: Path, exclude: tuple[str, ...] = ()) -> Path:
+    """The git-tracked files of the pack (what a user's clone holds) copied to ``dest``; nothing a local run left
+    beside them (venvs, caches, outputs) comes along."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and (REPO / name).is_file() and not name.startswith(exclude):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 def test_entrypoint_under_any_folder_name(tmp_path, monkeypatch):
     """Loaded as custom_nodes.<anything>: comfy_entrypoint returns an extension listing the nodes."""
-    folder = tmp_path / "Some Other-Name"
-    shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__"))
+    folder = _copy_tracked(tmp_path / "Some Other-Name", exclude=("tests/",))
 
     fake_comfy.install(monkeypatch, str(tmp_path / "models"))
     pack = _import_pack(folder, "custom_nodes_sspir_test")
@@ -205,12 +215,7 @@ def test_comfy_node_pack_leaves_out_the_tests_and_keeps_the_pack(tmp_path):
         if os.environ.get("SSPIR_REQUIRE_COMFYUI", "") not in ("", "0"):
             pytest.fail(f"comfy-cli not found at {comfy}")
         pytest.skip(f"comfy-cli not installed at {comfy} (.ci/run installs it)")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    copy = tmp_path / "pack"
-    for name in tracked.decode().split("\0"):
-        if name and (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
+    copy = _copy_tracked(tmp_path / "pack")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=copy, check=True)
     subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
