@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from sspir_core.image_io import bchw_to_comfy, prepare_lq
+from sspir_core.restore.work import vae_encode_overlap
 
 from .sizes import size_inputs
 from .sockets import NATIVE
@@ -42,7 +43,7 @@ class SSPIRLQLatent(io.ComfyNode):
         pixels = bchw_to_comfy(prepared.image)
         h, w = pixels.shape[1:3]
         if vae_tile and max(h, w) > vae_tile:
-            latent = vae.encode_tiled(pixels, tile_x=vae_tile, tile_y=vae_tile, overlap=min(128, vae_tile // 4))
+            latent = vae.encode_tiled(pixels, tile_x=vae_tile, tile_y=vae_tile, overlap=vae_encode_overlap(vae_tile))
         else:
             latent = vae.encode(pixels)
         return io.NodeOutput({"samples": latent}, bchw_to_comfy(prepared.image[..., y0:y1, x0:x1]))

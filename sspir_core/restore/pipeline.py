@@ -30,7 +30,7 @@ from .output_stream import decode_to_integers
 from .prompt import encode_prompt_pair, group_by_chunks, warn_cut_prompts
 from .schedulers import make_scheduler, noise_to, step_accepts_generator
 from .tiling import blend_tiles, tiled_vae_decode, tiled_vae_encode
-from .work import Run, cancel_points, plan_restore, vae_decode_tile
+from .work import Run, cancel_points, plan_restore, vae_decode_tile, vae_encode_overlap
 
 # The paper starts from the LQ latent noised to the last training timestep.
 START_TIMESTEP = 999
@@ -169,7 +169,7 @@ class RestorePipeline:
                 _unit(run, "vae encode")
                 params = moments(lq)
             else:
-                params = tiled_vae_encode(moments, lq, tile_px=vae_tile, overlap_px=min(128, vae_tile // 4),
+                params = tiled_vae_encode(moments, lq, tile_px=vae_tile, overlap_px=vae_encode_overlap(vae_tile),
                                           on_tile=_on_tile(run, "vae encode"))
         latents = [DiagonalGaussianDistribution(params[i:i + 1]).sample(generator=g) for i, g in enumerate(generators)]
         return torch.cat(latents) * self.vae.config.scaling_factor

@@ -202,6 +202,13 @@ def tiled_vae_decode(
     )
 
 
+def vae_encode_boxes(hp: int, wp: int, tile_px: int, overlap_px: int, scale: int = 8) -> list[Box]:
+    """The latent boxes :func:`tiled_vae_encode` encodes for an ``hp x wp`` px image (sizes rounded down to
+    multiples of ``scale``, the overlap kept below the tile)."""
+    tile_l = tile_px // scale
+    return tile_grid(hp // scale, wp // scale, tile_l, min(overlap_px // scale, tile_l - 1))
+
+
 def tiled_vae_encode(
     encode_fn: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -228,8 +235,7 @@ def tiled_vae_encode(
     if tile_px < scale:
         raise InputError(f"tile_px must be at least {scale}, got {tile_px}")
     h, w = hp // scale, wp // scale
-    tile_l = tile_px // scale
-    boxes = tile_grid(h, w, tile_l, min(overlap_px // scale, tile_l - 1))
+    boxes = vae_encode_boxes(hp, wp, tile_px, overlap_px, scale)
     if len(boxes) == 1:
         _once(on_tile)
         return encode_fn(image)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .tiling import tile_grid
+from .tiling import tile_grid, vae_encode_boxes
 
 log = logging.getLogger("sspir")
 
@@ -31,12 +31,16 @@ _UNIT_NAMES = {"clip": "CLIP pass(es)", "processor": "Processor tile(s)", "vae e
 _RATES: dict[object, float] = {}  # seconds per denoise unit of the last run, by the caller's rate key
 
 
+def vae_encode_overlap(vae_tile: int) -> int:
+    """Pixel overlap of the tiled VAE encode for a ``vae_tile`` px setting (the pipeline's and the native route's)."""
+    return min(128, vae_tile // 4)
+
+
 def vae_encode_grid(h: int, w: int, vae_tile: int | None) -> list:
     """The VAE encode's tiles for a padded ``h x w`` px image (as :meth:`RestorePipeline.vae_encode` lays them)."""
     if vae_tile is None:
         return [(0, h // 8, 0, w // 8)]
-    tile = vae_tile // 8
-    return tile_grid(h // 8, w // 8, tile, min(min(128, vae_tile // 4) // 8, tile - 1))
+    return vae_encode_boxes(h, w, vae_tile, vae_encode_overlap(vae_tile))
 
 
 def vae_decode_tile(vae_tile: int | None) -> tuple[int | None, int]:
