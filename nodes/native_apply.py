@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from sspir_core.restore.options import LIMITS, RestoreOptions
+
 from .sockets import NATIVE, SSPIRPatchSocket
-from .support import images_from_list
+from .support import TILE_STEP, images_from_list, tiling_widget_problem
+
+_DEFAULTS = RestoreOptions()  # PGA Sampler's tiling defaults: one source for both routes
 
 
 class SSPIRApply(io.ComfyNode):
@@ -39,17 +43,30 @@ class SSPIRApply(io.ComfyNode):
                     "sigma")),
                 io.Int.Input("processor_tile", default=1024, min=0, max=8192, step=64, tooltip=(
                     "Pixel tile for the Processor (exact; bounds memory on large images); 0 = never tile.")),
+                io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=LIMITS["tile"][1], step=TILE_STEP,
+                             tooltip=(
+                    f"Latent tile (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Each "
+                    "model call then runs tile by tile, blended with Gaussian weights as PGA Sampler does: pixel "
+                    "attention is quadratic in the area, so outputs above about 1024 px need it.")),
+                io.Int.Input("tile_overlap", default=_DEFAULTS.tile_overlap, min=LIMITS["tile_overlap"][0],
+                             max=LIMITS["tile_overlap"][1], step=TILE_STEP,
+                             tooltip="Latent overlap between tiles; must be smaller than tile."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with SSP-IR; sample it with KSampler.")],
         )
 
     @classmethod
+    def validate_inputs(cls, tile=None, tile_overlap=None) -> bool | str:
+        return tiling_widget_problem(tile, tile_overlap) or True
+
+    @classmethod
     def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,
-                end_percent: float, start: str, processor_tile: int) -> io.NodeOutput:
+                end_percent: float, start: str, processor_tile: int, tile: int = 0, tile_overlap: int = 0
+                ) -> io.NodeOutput:
         from .native_patch import apply, check_model, compute_priors
 
         check_model(model, sspir_patch)  # before the priors' work
         lq = images_from_list(image).rgb
         priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
         return io.NodeOutput(apply(model, sspir_patch, priors, float(strength), float(start_percent),
-                                   float(end_percent), start == "paper"))
+                                   float(end_percent), start == "paper", tile or None, int(tile_overlap)))

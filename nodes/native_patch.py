@@ -40,6 +40,8 @@ from sspir_core.image_io import pad_to_multiple
 from sspir_core.native.layout import HookSite, ldm_mismatch
 from sspir_core.native.patch import NativePatch, load_native_patch
 from sspir_core.native.schedule import is_schedule_start, paper_start, to_ddpm
+from sspir_core.native.tiles import crop_control
+from sspir_core.restore.tiling import blend_tiles
 from sspir_core.weights.clip_vision import ClipVisionEncoder
 
 STATE_KEY = "sspir_native"
@@ -229,13 +231,22 @@ def _merge_control(control: dict | None, downs: list[torch.Tensor], mid: torch.T
 
 @dataclass
 class NativeRun:
-    """The DIFFUSION_MODEL wrapper of one Apply SSP-IR: the ControlNet at every call, state for the hooks."""
+    """The DIFFUSION_MODEL wrapper of one Apply SSP-IR: the ControlNet at every call, state for the hooks.
+
+    With ``tile`` (latent px) set and a larger latent, the model call runs tile by tile (the UNet, our
+    ControlNet and attentions on each tile, other ControlNets' residuals cut to it) and the outputs are blended
+    with the Gaussian weights of :func:`sspir_core.restore.tiling.blend_tiles`, as PGA Sampler does: pixel
+    attention is quadratic in the area it sees. Blending is linear, so blending the cond and uncond outputs
+    before CFG gives PGA Sampler's blend of the guided output.
+    """
 
     patch: SSPIRPatch
     priors: Priors
     strength: float
     sigma_range: tuple[float, float]  # active while sigma_end <= sigma <= sigma_start (as Apply ControlNet)
     owner: str
+    tile: int | None = None  # latent px; None = the whole latent in one call
+    tile_overlap: int = 0
 
     def __call__(self, executor: Any, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: Any,
                  control: Any, transformer_options: dict, **kwargs: Any) -> torch.Tensor:
@@ -253,10 +264,31 @@ class NativeRun:
                              "output of SSP-IR LQ Latent that made this latent")
         sigma = float(transformer_options.get("sigmas", torch.zeros(1)).max())
         hi, lo = self.sigma_range
+        active = lo <= sigma <= hi and self.strength != 0
+
+        def run(x_in: torch.Tensor, feats: torch.Tensor, control_in: Any) -> torch.Tensor:
+            return self._one_call(executor, x_in, timesteps, context, y, control_in, transformer_options,
+                                  image_emb, feats, active, kwargs)
+
+        h, w = x.shape[-2:]
+        if self.tile is None or (h <= self.tile and w <= self.tile):
+            return run(x, features, control)
+
+        def one_tile(x_tile: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+            y0, y1, x0, x1 = box
+            return run(x_tile, features[..., y0:y1, x0:x1], crop_control(control, box, (h, w)))
+
+        return blend_tiles(one_tile, x, self.tile, self.tile_overlap,
+                           on_tile=mm.throw_exception_if_processing_interrupted)
+
+    def _one_call(self, executor: Any, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: Any,
+                  control: Any, transformer_options: dict, image_emb: torch.Tensor, features: torch.Tensor,
+                  active: bool, kwargs: dict) -> torch.Tensor:
+        """One UNet call on ``x`` (the whole latent or one tile) with our ControlNet's residuals merged in."""
         module = self.patch.module
         residuals = None
         shapes = None
-        if lo <= sigma <= hi and self.strength != 0:
+        if active:
             with torch.no_grad():
                 downs, mid = module.control(x, timesteps, context, image_emb, features, self.strength)
             control = _merge_control(control, downs, mid)
@@ -324,7 +356,7 @@ def paper_model_sampling(base: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- apply
 
 def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_percent: float, end_percent: float,
-          paper: bool) -> Any:
+          paper: bool, tile: int | None = None, tile_overlap: int = 0) -> Any:
     """A clone of ``model`` with SSP-IR added (see the module docstring for the hooks)."""
     check_model(model, patch)
     clone = model.clone()
@@ -343,7 +375,7 @@ def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_
     sampling = clone.get_model_object("model_sampling")
     sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"sspir_{owner}",
-                               NativeRun(patch, priors, strength, sigma_range, owner))
+                               NativeRun(patch, priors, strength, sigma_range, owner, tile, tile_overlap))
     if paper:
         clone.add_object_patch("model_sampling", paper_model_sampling(sampling))
     clone.set_additional_models(f"sspir_{owner}", [patch.patcher])

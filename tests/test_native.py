@@ -169,3 +169,56 @@ def load_native_patch_from(models):
 
     attentions = {s.key: models.unet.get_submodule(s.key) for s in hook_sites(dict(models.unet.config))}
     return NativePatch(models.controlnet, models.refine, attentions, dict(models.unet.config), "sd15").eval()
+
+
+# ---------------------------------------------------------------------------------------------- latent tiles
+
+def _grid(h: int, w: int) -> torch.Tensor:
+    """[1, 1, h, w] whose value at (i, j) is 100 i + j: a crop shows where it was cut from."""
+    i = torch.arange(h, dtype=torch.float32)[:, None]
+    j = torch.arange(w, dtype=torch.float32)[None, :]
+    return (100 * i + j)[None, None]
+
+
+def test_crop_control_cuts_each_level_under_the_tile():
+    """A 6x10 latent halves (with ceil) to 3x5, 2x3, 1x2. The tile rows 0-6, columns 4-10 (6x6) is, by hand:
+    level 1 columns 4-10; level 2 (3x3) columns 2-5; level 4 (2x2) columns 1-3; level 8 (1x1) column 0 (its
+    start 4 // 8 = 0). None entries and non-list values pass through."""
+    from sspir_core.native.tiles import crop_control
+
+    control = {"output": [_grid(6, 10), _grid(3, 5), None], "middle": [_grid(2, 3)], "input": [_grid(1, 2)],
+               "other": "kept"}
+    out = crop_control(control, (0, 6, 4, 10), (6, 10))
+    assert torch.equal(out["output"][0], _grid(6, 10)[..., 0:6, 4:10])
+    assert out["output"][1].flatten().tolist() == [2, 3, 4, 102, 103, 104, 202, 203, 204]
+    assert out["output"][2] is None
+    assert out["middle"][0].flatten().tolist() == [1, 2, 101, 102]
+    assert out["input"][0].flatten().tolist() == [0]
+    assert out["other"] == "kept"
+    assert crop_control(None, (0, 1, 0, 1), (6, 10)) is None
+
+
+@pytest.mark.parametrize(("h", "w", "tile", "overlap"), [(12, 20, 8, 4), (13, 9, 8, 3), (40, 24, 16, 8)])
+def test_crop_control_gives_the_sizes_the_unet_gives_a_tile(h, w, tile, overlap):
+    """Property: at every level, each tile's crop has the size the UNet's own ceil-halvings give that tile."""
+    from sspir_core.native.tiles import crop_control
+    from sspir_core.restore.tiling import tile_grid
+
+    levels = [(h, w)]
+    for _ in range(3):
+        levels.append((-(-levels[-1][0] // 2), -(-levels[-1][1] // 2)))
+    control = {"output": [torch.zeros(1, 2, *hw) for hw in levels]}
+    for box in tile_grid(h, w, tile, overlap):
+        th, tw = box[1] - box[0], box[3] - box[2]
+        want = [(th, tw)]
+        for _ in range(3):
+            want.append((-(-want[-1][0] // 2), -(-want[-1][1] // 2)))
+        got = [tuple(t.shape[-2:]) for t in crop_control(control, box, (h, w))["output"]]
+        assert got == want, box
+
+
+def test_crop_control_refuses_a_residual_of_another_size():
+    from sspir_core.native.tiles import crop_control
+
+    with pytest.raises(InputError, match="tile to 0"):
+        crop_control({"output": [torch.zeros(1, 1, 5, 5)]}, (0, 4, 0, 4), (8, 8))

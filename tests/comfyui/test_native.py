@@ -97,7 +97,7 @@ def _write_lora(native_files, path):
 
 def _native(image: str, *, seed: int = 0, steps: int = STEPS, start: str = "paper", color_fix: str = "none",
             caption: str = LONG_CAPTION, sampler: str = "custom", strength: float = 1.0, sspir: str | None = None,
-            upscale: float = 4.0) -> dict:
+            upscale: float = 4.0, tile: int = 96, tile_overlap: int = 32) -> dict:
     """The native route in API format; ``sampler`` custom = SamplerCustom + SSP-IR Schedule (ddim) + euler."""
     p = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": native_models.SD_NAME}},
@@ -111,7 +111,8 @@ def _native(image: str, *, seed: int = 0, steps: int = STEPS, start: str = "pape
                                                              "negative_prompt": "", "max_chunks": 4}},
         "apply": {"class_type": "SSPIRApply", "inputs": {
             "model": ["ckpt", 0], "sspir_patch": ["patch", 0], "clip_vision": ["cv", 0], "image": ["lat", 1],
-            "strength": strength, "start_percent": 0.0, "end_percent": 1.0, "start": start, "processor_tile": 1024}},
+            "strength": strength, "start_percent": 0.0, "end_percent": 1.0, "start": start, "processor_tile": 1024,
+            "tile": tile, "tile_overlap": tile_overlap}},
         "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["smp", 0], "vae": ["ckpt", 2]}},
         "fix": {"class_type": "SSPIRColorFix", "inputs": {"image": ["dec", 0], "reference": ["lat", 1],
                                                            "method": color_fix}},
@@ -131,7 +132,7 @@ def _native(image: str, *, seed: int = 0, steps: int = STEPS, start: str = "pape
 
 
 def _reference(image: str, *, seed: int = 0, steps: int = STEPS, color_fix: str = "none",
-               caption: str = LONG_CAPTION) -> dict:
+               caption: str = LONG_CAPTION, tile: int = 96, tile_overlap: int = 32) -> dict:
     """The existing component graph (PGA Sampler) on the same files, DDIM from the LQ latent at t=999."""
     return {
         "img": {"class_type": "LoadImage", "inputs": {"image": image}},
@@ -148,7 +149,7 @@ def _reference(image: str, *, seed: int = 0, steps: int = STEPS, color_fix: str 
             "sspir_model": ["m", 0], "image": ["img", 0], "image_embed": ["emb", 0], "structure": ["st", 0],
             "caption": caption, "negative_prompt": "", "seed": seed, "steps": steps, "cfg": 7.5,
             "scheduler": "ddim", "start": "lq", "conditioning_scale": 1.0, "upscale": 4.0, "width": 0, "height": 0,
-            "tile": 96, "tile_overlap": 32, "vae_tile": 1024, "color_fix": color_fix}},
+            "tile": tile, "tile_overlap": tile_overlap, "vae_tile": 1024, "color_fix": color_fix}},
     }
 
 
@@ -302,3 +303,33 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(native_server, c
         native_server.run(prompt, timeout=900)
     assert native_server.alive()
     assert "SSPIRApply" in native_server.object_info("SSPIRApply")
+
+
+# ---------------------------------------------------------------------------------------------- latent tiles
+
+def test_native_latent_tiles_equal_the_reference_tiles(native_server):
+    """Apply SSP-IR's tile: a 64x96 px output (latent 8x12) in two 8x8 latent tiles overlapping by 4 equals PGA
+    Sampler's tiled image (same tile and overlap) to the file's tolerance: both blend with the same Gaussian
+    weights, the native route before CFG, the reference after it, which is the same sum (blending is linear).
+
+    Control: the untiled native image differs from the tiled reference by more than the tolerance (at the
+    tiles' edges the UNet sees other neighbours), so the comparison resolves whether tiling happened.
+    """
+    image = _lq(native_server, 4, (16, 24))
+    steps = 4
+    prompt = _native(image, steps=steps, tile=8, tile_overlap=4)
+    names = {"native": _save(prompt, ["dec", 0], "tiled")}
+    prompt.update(_prefixed(_reference(image, steps=steps, tile=8, tile_overlap=4), "r_"))
+    names["reference"] = _save(prompt, ["r_s", 0], "tiled_ref")
+    prompt.update(_prefixed(_native(image, steps=steps, tile=0), "whole_"))
+    names["whole"] = _save(prompt, ["whole_dec", 0], "whole")
+    native_server.run(prompt, timeout=1200)
+    out = {k: _tensor(native_server, v) for k, v in names.items()}
+    ref = out["reference"]
+    assert out["native"].shape == ref.shape == (1, 64, 96, 3)
+    assert float(ref.std()) > 0.01
+    diff = float((out["native"] - ref).abs().max())
+    assert diff < TOLERANCE, f"tiled native vs tiled reference: max abs {diff:.2e}"
+    control = float((out["whole"] - ref).abs().max())
+    assert control > TOLERANCE, f"untiled native equals the tiled reference ({control:.2e}): tiling did nothing"
+    print(f"\ntiled native vs tiled reference max abs {diff:.2e}; untiled control {control:.2e}")
