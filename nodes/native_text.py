@@ -7,6 +7,7 @@ from typing import Any
 from comfy_api.v0_0_2 import io
 
 from sspir_core.errors import InputError
+from sspir_core.native.text import MIXED_LENGTHS
 from sspir_core.restore.prompt import DEFAULT_MAX_CHUNKS
 
 from .sockets import NATIVE
@@ -23,12 +24,13 @@ def _host_tokenizer(clip: Any) -> tuple[Any, str]:
     return inner, outer.clip_name
 
 
-def encode(clip: Any, captions: list[str], negative: str, max_chunks: int) -> tuple[list, list]:
+def encode(clip: Any, captions: list[str], negative: str, max_chunks: int, mixed: str = MIXED_LENGTHS[0]
+           ) -> tuple[list, list]:
     from sspir_core.native.text import TokenizerIds, encode_windows, layout_pair
 
     inner, key = _host_tokenizer(clip)
     tokenizer = TokenizerIds(inner.tokenizer, inner.start_token, inner.end_token, inner.pad_token)
-    pos, neg = layout_pair(tokenizer, captions, negative, max_chunks)
+    pos, neg = layout_pair(tokenizer, captions, negative, max_chunks, mixed)
     pooled = {}
 
     def run(windows: list[list[int]], tag: str):
@@ -64,14 +66,19 @@ class SSPIRTextEncode(io.ComfyNode):
                     "The unconditional text of CFG; the paper uses an empty one.")),
                 io.Int.Input("max_chunks", default=DEFAULT_MAX_CHUNKS, min=1, max=8, tooltip=(
                     "Most 75-token chunks a caption keeps (the official code: 4 = 300 tokens).")),
+                io.Combo.Input("mixed_lengths", options=list(MIXED_LENGTHS), default=MIXED_LENGTHS[0], tooltip=(
+                    "When a caption list's captions need different numbers of 75-token chunks (one CONDITIONING "
+                    "holds one length):\n- pad to longest: every caption gets the longest one's count, as the "
+                    "official code lays out a batch (a shorter caption's image then differs slightly from its image "
+                    "alone)\n- refuse: an error; PGA Sampler samples each count apart instead")),
             ],
             outputs=[io.Conditioning.Output(display_name="positive", tooltip="The caption(s): KSampler's positive."),
                      io.Conditioning.Output(display_name="negative", tooltip="KSampler's negative.")],
         )
 
     @classmethod
-    def execute(cls, clip, caption, negative_prompt, max_chunks) -> io.NodeOutput:
+    def execute(cls, clip, caption, negative_prompt, max_chunks, mixed_lengths=(MIXED_LENGTHS[0],)) -> io.NodeOutput:
         captions = captions_for_batch(caption, len(flatten_strings(caption) or [""]))
         pos, neg = encode(single("clip", clip), captions, single("negative_prompt", negative_prompt),
-                          int(single("max_chunks", max_chunks)))
+                          int(single("max_chunks", max_chunks)), single("mixed_lengths", mixed_lengths))
         return io.NodeOutput(pos, neg)

@@ -118,8 +118,20 @@ def test_windows_through_a_host_encoder_equal_the_reference_encoder():
 
     ref_pos, ref_neg = encode_prompt_pair(enc, clip_tokenizer, captions, "blurry", 4)
     assert torch.equal(encode_windows(pos, host), ref_pos) and torch.equal(encode_windows(neg, host), ref_neg)
+    mixed = ["short", "a cat " * 70]  # 1 and 2 chunks
     with pytest.raises(InputError, match="different numbers of 75-token chunks"):
-        layout_pair(tok, ["short", "a cat " * 70], "", 4)
+        layout_pair(tok, mixed, "", 4, "refuse")
+    # padded: the official code's batched layout, which the reference encoder gives a batch (its longest count)
+    pos, neg = layout_pair(tok, mixed, "", 4)
+    assert pos.num_chunks == 2
+    short_ids = clip_tokenizer("short", add_special_tokens=False)["input_ids"]
+    pad = clip_tokenizer.pad_token_id
+    assert pos.input_ids[0].tolist() == [clip_tokenizer.bos_token_id, *short_ids,
+                                         *[pad] * (150 - len(short_ids)), clip_tokenizer.eos_token_id]
+    ref_pos, ref_neg = encode_prompt_pair(enc, clip_tokenizer, mixed, "", 4)
+    assert torch.equal(encode_windows(pos, host), ref_pos) and torch.equal(encode_windows(neg, host), ref_neg)
+    with pytest.raises(InputError, match="mixed lengths"):
+        layout_pair(tok, mixed, "", 4, "group")
 
 
 def test_native_patch_loads_only_sspir_parts_from_both_layouts(tmp_path):

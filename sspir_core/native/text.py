@@ -35,19 +35,28 @@ class TokenizerIds:
         return self._tokenizer(*args, **kwargs)
 
 
-def layout_pair(tokenizer: Any, captions: Sequence[str], negative: str, max_chunks: int
-                ) -> tuple[LongTokens, LongTokens]:
+MIXED_LENGTHS = ("pad to longest", "refuse")
+"""What SSP-IR Text Encode does with a batch whose captions need different chunk counts (first: the default)."""
+
+
+def layout_pair(tokenizer: Any, captions: Sequence[str], negative: str, max_chunks: int,
+                mixed: str = MIXED_LENGTHS[0]) -> tuple[LongTokens, LongTokens]:
     """Positive and negative ids laid out as the official code does, one chunk count for the batch.
 
-    Captions needing different chunk counts would get another image than alone (the official code groups
-    them), so they are refused here with what to do.
+    One CONDITIONING holds one length. ``mixed`` says what to do when the captions need different chunk counts:
+    ``"pad to longest"`` gives every caption the batch's longest count, which is the official code's own batched
+    layout (its tokenizer pads a batch to its longest prompt), so a shorter caption's image differs from the one
+    it gets alone; ``"refuse"`` raises instead (PGA Sampler samples each chunk count apart).
     """
+    if mixed not in MIXED_LENGTHS:
+        raise InputError(f"mixed lengths must be one of {', '.join(MIXED_LENGTHS)}; got {mixed!r}")
     counts = [tokenize_long(tokenizer, [c], max_chunks).num_chunks for c in captions]
-    if len(set(counts)) > 1:
+    if len(set(counts)) > 1 and mixed == "refuse":
         raise InputError(
             f"the captions need different numbers of 75-token chunks ({', '.join(map(str, counts))}); one "
-            "CONDITIONING holds one length, and padding a caption changes its image. Restore these images in "
-            "separate prompts, or use PGA Sampler (it samples each chunk count apart).")
+            "CONDITIONING holds one length, and padding a caption changes its image. Set mixed_lengths to "
+            "'pad to longest' (the official code's batched layout), restore these images in separate prompts, or "
+            "use PGA Sampler (it samples each chunk count apart).")
     pos = tokenize_long(tokenizer, list(captions), max_chunks)
     neg = tokenize_negative(tokenizer, [negative] * len(captions), pos.length)
     return pos, neg

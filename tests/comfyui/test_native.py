@@ -108,7 +108,8 @@ def _native(image: str, *, seed: int = 0, steps: int = STEPS, start: str = "pape
         "lat": {"class_type": "SSPIRLQLatent", "inputs": {"image": ["img", 0], "vae": ["ckpt", 2], "upscale": upscale,
                                                            "width": 0, "height": 0, "vae_tile": 1024}},
         "txt": {"class_type": "SSPIRTextEncode", "inputs": {"clip": ["ckpt", 1], "caption": caption,
-                                                             "negative_prompt": "", "max_chunks": 4}},
+                                                             "negative_prompt": "", "max_chunks": 4,
+                                                             "mixed_lengths": "pad to longest"}},
         "apply": {"class_type": "SSPIRApply", "inputs": {
             "model": ["ckpt", 0], "sspir_patch": ["patch", 0], "clip_vision": ["cv", 0], "image": ["lat", 1],
             "strength": strength, "start_percent": 0.0, "end_percent": 1.0, "start": start, "processor_tile": 1024,
