@@ -183,13 +183,13 @@ NATIVE = Workflow(
      Node(14, "PreviewAny", (440, 170), (320, 200), {}, title="Caption"),
      Node(7, "SSPIRTextEncode", (440, 420), (320, 200), {"caption": "", "negative_prompt": "", "max_chunks": 4,
                                                        "mixed_lengths": "pad to longest"}),
-     Node(8, "SSPIRLQLatent", (440, 670), (320, 170), {**SIZE, "vae_tile": 1024}),
+     Node(8, "SSPIRLQLatent", (440, 700), (320, 170), {**SIZE, "vae_tile": 1024}),
      Node(9, "SSPIRApply", (820, 40), (340, 300), {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
                                                   "start": "paper", "processor_tile": 1024, "tile": 96,
                                                   "tile_overlap": 32}),
-     Node(10, "KSampler", (820, 340), (340, 270), {"seed": 0, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm",
+     Node(10, "KSampler", (820, 370), (340, 270), {"seed": 0, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm",
                                                   "scheduler": "ddim_uniform", "denoise": 1.0}),
-     Node(11, "VAEDecode", (820, 660), (340, 50), {}),
+     Node(11, "VAEDecode", (820, 690), (340, 50), {}),
      Node(12, "SSPIRColorFix", (1200, 40), (340, 90), {"method": "adain"}),
      Node(13, "SaveImage", (1200, 180), (420, 460), {"filename_prefix": "sspir_native"})],
     [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 14, "source"),
@@ -198,8 +198,8 @@ NATIVE = Workflow(
      (8, "image", 9, "image"), (9, "model", 10, "model"), (7, "positive", 10, "positive"),
      (7, "negative", 10, "negative"), (8, "latent", 10, "latent_image"), (10, "LATENT", 11, "samples"),
      (2, "VAE", 11, "vae"), (11, "IMAGE", 12, "image"), (8, "image", 12, "reference"), (12, "image", 13, "images")],
-    [("Models", (20, MODELS_TOP, 380, 780)), ("Caption and latent", (420, 0, 360, 860)),
-     ("Sample", (800, 0, 380, 730)), ("Output", (1180, 0, 460, 660))],
+    [("Models", (20, MODELS_TOP, 380, 780)), ("Caption and latent", (420, 0, 360, 900)),
+     ("Sample", (800, 0, 380, 760)), ("Output", (1180, 0, 460, 660))],
 )
 WORKFLOWS.append(NATIVE)
 
