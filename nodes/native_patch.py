@@ -37,6 +37,7 @@ from torch import nn
 
 from sspir_core.errors import InputError
 from sspir_core.image_io import pad_to_multiple
+from sspir_core.native.control import merge_control as _merge_control
 from sspir_core.native.layout import HookSite, ldm_mismatch
 from sspir_core.native.patch import NativePatch, load_native_patch
 from sspir_core.native.schedule import is_schedule_start, paper_start, to_ddpm
@@ -214,19 +215,6 @@ def _block_path(site: HookSite) -> str:
     if site.block == "middle":
         return "diffusion_model.middle_block"
     return f"diffusion_model.{site.block}_blocks.{site.index}"
-
-
-def _merge_control(control: dict | None, downs: list[torch.Tensor], mid: torch.Tensor) -> dict:
-    """Our residuals added to any other ControlNet's (``output`` in skip order, popped from the end)."""
-    out = {k: list(v) for k, v in (control or {}).items()}
-    theirs = out.get("output", [])
-    if theirs and len(theirs) != len(downs):
-        raise InputError(f"another ControlNet gives {len(theirs)} skip residuals, SSP-IR {len(downs)}: they cannot be "
-                         "combined on this UNet")
-    out["output"] = [d if not theirs or theirs[i] is None else theirs[i] + d for i, d in enumerate(downs)]
-    prev_mid = out.get("middle", [])
-    out["middle"] = [mid if not prev_mid or prev_mid[0] is None else prev_mid[0] + mid]
-    return out
 
 
 @dataclass

@@ -6,6 +6,7 @@
   t=999) in the k-diffusion parametrisation ComfyUI samples in.
 - :mod:`.patch`: the SSP-IR weights without the SD UNet (ControlNet + Processor, Refine layer, the image and
   pixel attentions), loaded from a compact file or an official ``checkpoint-N/`` folder, and run on tensors.
+- :mod:`.control`: its ControlNet residuals added to another ControlNet's in the ``control`` dict the UNet reads.
 - :mod:`.tiles`: another ControlNet's residuals cut to one latent tile of a tiled model call.
 
 Nothing here imports ComfyUI; ``nodes/native_*.py`` hold the glue.

@@ -102,5 +102,110 @@ class SSPIRTestAddPatches:
         return (m,)
 
 
+def _partial_patcher_class(base, budget):
+    """A ModelPatcher class that ComfyUI's model management always loads partially, within ``budget`` bytes.
+
+    On a --cpu server ``load_models_gpu`` asks for a full load (``partially_load(device, 1e32)``); this caps the
+    extra memory so the patch goes through the low-VRAM branch of ``ModelPatcher.load`` as on a small GPU.
+    """
+
+    class PartialPatcher(base):
+        sspir_test_budget = budget
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+            extra = min(extra_memory, self.sspir_test_budget - self.loaded_size())
+            return super().partially_load(device_to, extra, force_patch_weights=force_patch_weights)
+
+    return PartialPatcher
+
+
+class SSPIRTestPartialLoad:
+    """A fresh copy of an SSP-IR patch, loaded partially by ComfyUI, and its outputs fully vs partially loaded.
+
+    Runs ``ModelPatcher.load`` on the copy twice, fully then with ``budget_mb``, and computes the Refine
+    embedding, Processor features, ControlNet residuals and every SSP-IR attention on fixed seeded inputs after
+    each; writes them (``full.*``, ``partial.*``) and what ComfyUI did (sizes, which layers it loaded or left to
+    the casting path, which ran through it) to the output folder. The copy it returns is loaded within the same
+    budget whenever ComfyUI loads it, so the whole native route can sample under partial loading.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sspir_patch": ("SSPIR_PATCH",), "budget_mb": ("FLOAT", {"default": 64.0}),
+                             "name": ("STRING", {"default": "p"})}}
+
+    RETURN_TYPES = ("SSPIR_PATCH",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, sspir_patch, budget_mb, name):
+        import sys
+
+        import comfy.ops
+        from safetensors.torch import save_file
+
+        glue = sys.modules[type(sspir_patch).__module__]  # the pack's nodes/native_patch.py, as the server loaded it
+        fresh = glue.load_patch(sspir_patch.source, sspir_patch.module.dtype)  # never alter the cached patch
+        patcher, module = fresh.patcher, fresh.module
+        device, budget = patcher.load_device, int(budget_mb * 2**20)
+        g = torch.Generator().manual_seed(0)
+        dtype = module.dtype
+        clip_dim = module.refine.config["clip_dim"]
+        inputs = {"tokens": torch.randn(1, 256, clip_dim, generator=g), "lq": torch.rand(1, 3, 32, 32, generator=g),
+                  "x": torch.randn(2, 4, 4, 4, generator=g), "t": torch.tensor([500.0, 500.0]),
+                  "context": torch.randn(2, 77, module.unet_config["cross_attention_dim"], generator=g)}
+        hs = {site.key: torch.randn(2, module.attention(site.key).in_channels, 2, 2, generator=g)
+              for site in module.sites}
+
+        def outputs():
+            with torch.no_grad():
+                emb = module.image_embedding(inputs["tokens"].to(device))
+                feats = module.structure(inputs["lq"].to(device, dtype))
+                downs, mid = module.control(inputs["x"].to(device, dtype), inputs["t"].to(device),
+                                            inputs["context"].to(device, dtype), emb, feats, 1.0)
+                out = {"emb": emb, "feats": feats, "mid": mid, **{f"down{i}": d for i, d in enumerate(downs)}}
+                for site in module.sites:
+                    ctx = emb if site.kind == "image" else downs[site.residual]
+                    out[f"attend.{site.key}"] = module.attend(site.key, hs[site.key].to(device, dtype), ctx)
+            return out
+
+        cast_calls = []
+        original = comfy.ops.cast_bias_weight
+
+        def spy(s, *args, **kwargs):  # forward_comfy_cast_weights looks the function up in comfy.ops each call
+            cast_calls[-1].add(id(s))
+            return original(s, *args, **kwargs)
+
+        layers = {id(m): n for n, m in module.named_modules() if list(m.parameters(recurse=False))}
+        info = {"model_size": patcher.model_size(), "budget": budget,
+                "layers": len(layers), "layers_not_cast_ops": sorted(n for n, m in module.named_modules()
+                                                                     if id(m) in layers
+                                                                     and not hasattr(m, "comfy_cast_weights"))}
+        results = {}
+        comfy.ops.cast_bias_weight = spy
+        try:
+            for tag, kwargs in (("full", {"full_load": True}), ("partial", {"lowvram_model_memory": budget})):
+                patcher.load(device, **kwargs)
+                cast_calls.append(set())
+                results[tag] = outputs()
+                cast = sorted(layers[id(m)] for m in module.modules() if id(m) in layers
+                              and getattr(m, "comfy_cast_weights", False))
+                loaded = [layers[id(m)] for m in module.modules() if getattr(m, "comfy_patched_weights", False)]
+                info[tag] = {"loaded_size": patcher.loaded_size(), "cast_layers": cast, "loaded_layers": len(loaded),
+                             "cast_layers_run": sorted(layers[i] for i in cast_calls[-1] if i in layers),
+                             "lowvram": bool(module.model_lowvram)}
+                patcher.detach()
+        finally:
+            comfy.ops.cast_bias_weight = original
+        info["after_detach_cast_layers"] = sum(bool(getattr(m, "comfy_cast_weights", False))
+                                               for m in module.modules())
+        save_file({f"{tag}.{k}": v.float().contiguous().cpu() for tag, out in results.items() for k, v in out.items()},
+                  _out(name, "safetensors"))
+        with open(_out(name, "json"), "w") as f:
+            json.dump(info, f)
+        patcher.__class__ = _partial_patcher_class(type(patcher), budget)
+        return (fresh,)
+
+
 NODE_CLASS_MAPPINGS = {"SSPIRTestSaveTensor": SSPIRTestSaveTensor, "SSPIRTestReport": SSPIRTestReport,
-                       "SSPIRTestAddPatches": SSPIRTestAddPatches}
+                       "SSPIRTestAddPatches": SSPIRTestAddPatches, "SSPIRTestPartialLoad": SSPIRTestPartialLoad}
