@@ -299,6 +299,7 @@ class ComfyServer:
         python: str | None = None,
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        cpu: bool = True,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.models_dir = models_dir
@@ -307,6 +308,7 @@ class ComfyServer:
         self.python = python or comfyui_python()
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
+        self.cpu = cpu  # False: ComfyUI's own device choice (the GPU), for `sspir bench --parts native --device cuda`
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self.log_path = self.work_dir / "comfyui.log"
@@ -337,7 +339,7 @@ class ComfyServer:
         if not settings.exists():
             settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
         args = [
-            "--cpu",
+            *(["--cpu"] if self.cpu else []),
             "--listen",
             "127.0.0.1",
             "--port",
