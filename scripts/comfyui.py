@@ -300,6 +300,7 @@ class ComfyServer:
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
         cpu: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.models_dir = models_dir
@@ -309,6 +310,7 @@ class ComfyServer:
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
         self.cpu = cpu  # False: ComfyUI's own device choice (the GPU), for `sspir bench --parts native --device cuda`
+        self.env = dict(env or {})  # set for the server only (e.g. OMP_NUM_THREADS for a bench on shared cores)
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self.log_path = self.work_dir / "comfyui.log"
@@ -369,7 +371,7 @@ class ComfyServer:
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUIError(f"no ComfyUI in {self.comfy_dir} (run: python scripts/comfyui.py fetch)")
         args = self._lay_out()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **self.env)
         env.setdefault("DO_NOT_TRACK", "1")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(

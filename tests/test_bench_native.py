@@ -42,13 +42,14 @@ def test_flags_reach_the_settings_and_the_device_defaults_apply():
     assert (s.native_size, s.native_steps, s.repeats, s.cfg, s.seed) == (96, 3, 2, 5.0, 7)
     assert (s.native_checkpoint, s.native_sspir, s.native_clip_vision) == ("a.safetensors", "b.safetensors",
                                                                            "c.safetensors")
-    assert native.native_plan(s) == {"size_px": 96, "input_px": 24, "steps": 3}
+    assert native.native_plan(s) == {"size_px": 96, "input_px": 24, "steps": 3, "order": "interleaved"}
     # unset: the sizes, a toy run on the CPU and 512 -> 2048 px, 50 steps on CUDA
     plain = cli_bench.build_settings(_parse([]), "cpu", "tiny")
-    assert native.native_plan(plain) == {"size_px": 64, "input_px": 16, "steps": 4}
+    assert native.native_plan(plain) == {"size_px": 64, "input_px": 16, "steps": 4, "order": "interleaved"}
+    cuda = cli_bench.build_settings(_parse(["--native-order", "interleaved"]), "cuda:1", "sd15")
+    assert native.native_plan(cuda) == {"size_px": 2048, "input_px": 512, "steps": 50, "order": "interleaved"}
     cuda = cli_bench.build_settings(_parse([]), "cuda:1", "sd15")
-    assert native.native_plan(cuda) == {"size_px": 2048, "input_px": 512, "steps": 50}
-    assert cuda.dtype == "fp16"
+    assert native.native_plan(cuda)["order"] == "sequential" and cuda.dtype == "fp16"
 
 
 def test_help_names_the_defaults_the_part_uses():
@@ -62,12 +63,20 @@ def test_help_names_the_defaults_the_part_uses():
     assert f"default {cpu_steps} on the CPU, {cuda_steps} on CUDA" in text
 
 
+def test_cli_offers_the_orders_the_part_has():
+    parser = argparse.ArgumentParser()
+    cli_bench.add_parser(parser.add_subparsers())
+    action = next(a for a in parser._subparsers._group_actions[0].choices["bench"]._actions if a.dest == "native_order")
+    assert tuple(action.choices) == native.ORDERS and set(native.ORDER_WORDS) == set(native.ORDERS)
+
+
 @pytest.mark.parametrize("changes, match", [
     ({"native_size": 48}, "multiple of 32"),
     ({"native_size": 16}, "multiple of 32"),
     ({"native_steps": -1}, "steps and repeats"),
     ({"repeats": 0}, "steps and repeats"),
     ({"native_checkpoint": "a.safetensors"}, "all three"),
+    ({"native_order": "parallel"}, "order must be one of interleaved, sequential"),
 ])
 def test_bad_native_settings_are_input_errors(changes, match):
     with pytest.raises(InputError, match=match):
@@ -86,11 +95,12 @@ def test_missing_harness_says_how_to_set_it_up(tmp_path):
         native.load_harness(tmp_path)
 
 
-def test_server_flags_follow_device_and_dtype():
-    assert native.server_args(BenchSettings(device="cpu", dtype="fp32")) == (True, ("--fp32-unet", "--fp32-vae"))
-    assert native.server_args(BenchSettings(device="cuda", dtype="fp16")) == (False, ("--fp16-unet", "--fp16-vae"))
-    assert native.server_args(BenchSettings(device="cuda:1", dtype="bf16")) == (
+def test_server_flags_follow_device_dtype_and_threads():
+    assert native.server_args(BenchSettings(device="cpu", dtype="fp32")) == (True, ("--fp32-unet", "--fp32-vae"), {})
+    assert native.server_args(BenchSettings(device="cuda", dtype="fp16"))[:2] == (False, ("--fp16-unet", "--fp16-vae"))
+    assert native.server_args(BenchSettings(device="cuda:1", dtype="bf16"))[:2] == (
         False, ("--bf16-unet", "--bf16-vae", "--cuda-device", "1"))
+    assert native.server_args(BenchSettings(threads=1))[2] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def test_native_part_is_registered_with_a_summary():
@@ -112,6 +122,59 @@ def test_graphs_are_closed_and_use_the_run_settings(route):
     names = {v for node in g.values() for v in node["inputs"].values() if isinstance(v, str)}
     assert {"sd.safetensors", "ssp.safetensors", "cv.safetensors", "lq.png", "fp16", "a caption", "p"} <= names
     assert [n["class_type"] for n in g.values()].count("SaveImage") == 1
+
+
+# ---------------------------------------------------------------------------------------------- order
+
+
+@pytest.mark.parametrize("order, expected", [
+    # servers up, then the warm-ups (round 0), then each round starting one route later than the one before
+    ("interleaved", ["+native", "+reference", "native 0", "reference 0", "reference 1", "native 1", "native 2",
+                     "reference 2", "-reference", "-native"]),
+    ("sequential", ["+native", "native 0", "native 1", "native 2", "-native", "+reference", "reference 0",
+                    "reference 1", "reference 2", "-reference"]),
+])
+def test_prompts_run_in_the_order_asked(monkeypatch, tmp_path, order, expected):
+    events = []
+
+    class FakeRun:
+        def __init__(self, route, *args):
+            self.route = route
+
+        def __enter__(self):
+            events.append(f"+{self.route}")
+            return self
+
+        def __exit__(self, *exc):
+            events.append(f"-{self.route}")
+
+        def prompt(self, i):
+            events.append(f"{self.route} {i}")
+
+        def summary(self):
+            return {"s_per_image": 1.0, "peak_above_mib": 1.0, "peak_mib": 1.0}
+
+    class Harness:
+        COMFYUI_VERSION = "0"
+        ComfyUIError = RuntimeError
+
+        @staticmethod
+        def cache_root():
+            return tmp_path
+
+    files = native.NativeFiles(*(tmp_path / n for n in ("a", "b", "c")), demo=True)
+    for f in (files.checkpoint, files.sspir, files.clip_vision):
+        f.write_bytes(b"x")
+    monkeypatch.setattr(native, "RouteRun", FakeRun)
+    monkeypatch.setattr(native, "load_harness", lambda: Harness)
+    monkeypatch.setattr(native, "bench_files", lambda settings, harness: files)
+    r = native.bench_native(BenchSettings(repeats=2, native_order=order))
+    assert events == expected and r["order"] == order and r["time_ratio"] == 1.0
+
+
+def test_round_order_rotates():
+    assert [native.round_order(i, 2) for i in range(3)] == [[0, 1], [1, 0], [0, 1]]
+    assert native.round_order(4, 3) == [1, 2, 0]
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -156,7 +219,8 @@ def _result():
                 "measure": "VmHWM (peak RSS)", "peak_above_mib": above,
                 "peak_mib": peak, "seconds": [s], "output_px": [[64, 64]] * 2}
 
-    r = {"size_px": 64, "input_px": 16, "steps": 4, "cfg": 7.5, "seed": 0, "dtype": "fp32", "device": "cpu",
+    r = {"size_px": 64, "input_px": 16, "steps": 4, "order": "interleaved", "cfg": 7.5, "seed": 0, "dtype": "fp32",
+         "device": "cpu",
          "repeats": 3, "comfyui": "0.3.75", "demo_files": True, "files": {"checkpoint": "/x/sd.safetensors"},
          "reference_tiling": [96, 32, 1024], "native": route(1.5, 9.0, 20.0, 2800.0),
          "reference": route(2.0, 11.0, 40.0, 3500.0)}
@@ -231,3 +295,41 @@ def test_probe_outside_comfyui_registers_nothing_and_reads_this_process():
     out = peaks.read()
     del block
     assert out["peak_bytes"] - out["baseline_bytes"] >= 60 * 2**20  # 64 MiB less a little that was resident
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def test_demo_cache_is_written_once_and_again_when_half_written(tmp_path, monkeypatch):
+    from sspir_core.demo import native_models
+
+    calls = []
+
+    def fake_write(root, seed=0, overwrite=False):
+        calls.append((Path(root), overwrite))
+        (Path(root) / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(native_models, "write_native_demo_models", fake_write)
+    root = native_models.cached_native_demo_models(tmp_path)
+    assert root == tmp_path / f"native-demo-{native_models.CACHE_VERSION}" and (root / ".complete").is_file()
+    assert native_models.cached_native_demo_models(tmp_path) == root and calls == [(root, True)]  # reused
+    (root / ".complete").unlink()  # an interrupted writer leaves no marker: the set is written again, in full
+    native_models.cached_native_demo_models(tmp_path)
+    assert calls == [(root, True), (root, True)]
+
+
+def test_user_files_are_used_as_given_and_must_exist(tmp_path):
+    class Harness:  # the demo cache is never asked for when the three files are named
+        @staticmethod
+        def cache_root():
+            raise AssertionError("demo cache used")
+
+    paths = [tmp_path / n for n in ("v1-5.safetensors", "sspir.safetensors", "clip-vit-l.safetensors")]
+    for p in paths:
+        p.write_bytes(b"x")
+    s = BenchSettings(native_checkpoint=str(paths[0]), native_sspir=str(paths[1]), native_clip_vision=str(paths[2]))
+    files = native.bench_files(s, Harness)
+    assert (files.checkpoint, files.sspir, files.clip_vision, files.demo) == (*paths, False)
+    paths[1].unlink()
+    with pytest.raises(InputError, match="sspir.safetensors does not exist"):
+        native.bench_files(s, Harness)

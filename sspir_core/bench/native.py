@@ -9,9 +9,10 @@ Both routes restore the same images from the same files in ComfyUI, side by side
 
 sspir_core never imports ComfyUI, so this part drives ComfyUI server processes through the harness of a checkout
 (``scripts/comfyui.py``). Each route gets a fresh server (one route's resident models never count in the other's
-peak) with the bench probe (``scripts/comfy_bench_probe.py``) in its custom_nodes. Per route: one warm-up prompt
-(loads the models; its time is reported apart), then ``repeats`` timed prompts, each on its own LQ image and
-caption (as a batch of real photos would be), so ComfyUI's output cache only answers for the loaders.
+peak) with the bench probe (``scripts/comfy_bench_probe.py``) in its custom_nodes; on the CPU both servers are up
+and their prompts alternate, on CUDA they run one after the other (see :func:`bench_native`). Per route: one
+warm-up prompt (loads the models; its time is reported apart), then ``repeats`` timed prompts, each on its own
+LQ image and caption (as a batch of real photos would be), so ComfyUI's output cache only answers for the loaders.
 
 - **s/image**: the server's own execution timestamps of each prompt (history ``execution_start`` ->
   ``execution_success``, ms resolution), the median of the timed prompts; the wall time queue -> done (polled
@@ -28,6 +29,7 @@ CLIP vision files the user names (the demo files when none are named).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import statistics
@@ -44,6 +46,8 @@ from ..restore.options import RestoreOptions
 from .settings import CAPTION, EXTRA_PARTS, EXTRA_SUMMARIES, BenchSettings
 
 ROUTES = ("native", "reference")
+ORDERS = ("interleaved", "sequential")  # default: interleaved on the CPU, sequential on CUDA (see bench_native)
+ORDER_WORDS = {"interleaved": "both up, prompts alternating", "sequential": "one after the other"}
 DEFAULTS = {"cpu": (64, 4), "cuda": (2048, 50)}  # (output px, steps) when the settings leave them unset
 UPSCALE = 4
 SETUP_HINT = "run `bash scripts/setup.sh --comfyui` in a checkout of the pack (ComfyUI-SSPIR)"
@@ -69,21 +73,26 @@ class NativeFiles:
     demo: bool
 
 
-def native_plan(settings: BenchSettings) -> dict[str, int]:
-    """Output px, LQ px and steps of the run: the settings' own, else the device's defaults (:data:`DEFAULTS`)."""
-    size_default, steps_default = DEFAULTS["cuda" if settings.device.startswith("cuda") else "cpu"]
+def native_plan(settings: BenchSettings) -> dict[str, Any]:
+    """Output px, LQ px, steps and order of the run: the settings' own, else the device's defaults
+    (:data:`DEFAULTS`; order interleaved on the CPU, sequential on CUDA)."""
+    cuda = settings.device.startswith("cuda")
+    size_default, steps_default = DEFAULTS["cuda" if cuda else "cpu"]
     size = settings.native_size or size_default
     steps = settings.native_steps or steps_default
     if size < 32 or size % 32:
         raise InputError(f"native size must be a multiple of 32 and >= 32 (its LQ is size/{UPSCALE} px, a multiple "
                          f"of 8), got {size}")
+    if settings.native_order not in (None, *ORDERS):
+        raise InputError(f"native order must be one of {', '.join(ORDERS)}, got {settings.native_order!r}")
     if steps < 1 or settings.repeats < 1:
         raise InputError(f"native steps and repeats must be >= 1, got {steps} and {settings.repeats}")
     given = (settings.native_checkpoint, settings.native_sspir, settings.native_clip_vision)
     if any(given) and not all(given):
         raise InputError("name all three native bench files (--native-checkpoint, --native-sspir, "
                          "--native-clip-vision) or none (then the random native demo files are used)")
-    return {"size_px": size, "input_px": size // UPSCALE, "steps": steps}
+    return {"size_px": size, "input_px": size // UPSCALE, "steps": steps,
+            "order": settings.native_order or ("sequential" if cuda else "interleaved")}
 
 
 # ---------------------------------------------------------------------------------------------- ComfyUI side
@@ -129,14 +138,18 @@ def bench_files(settings: BenchSettings, harness: ModuleType) -> NativeFiles:
     return NativeFiles(*paths, demo=True)
 
 
-def server_args(settings: BenchSettings) -> tuple[bool, tuple[str, ...]]:
-    """(run on the CPU, extra ComfyUI flags): the UNet and VAE in the bench dtype, the CUDA device asked for."""
+def server_args(settings: BenchSettings) -> tuple[bool, tuple[str, ...], dict[str, str]]:
+    """(run on the CPU, extra ComfyUI flags, environment): the UNet and VAE in the bench dtype, the CUDA device
+    asked for, and ``--threads`` as the servers' OpenMP/MKL threads (ComfyUI has no flag for it; torch reads these
+    at start). On shared cores one thread is steadiest: with two, a process that takes one core stalls every
+    parallel region of the other (single 64 px images here took 3 s or 30 s depending on the neighbours)."""
     cuda = settings.device.startswith("cuda")
     flags = [f"--{settings.dtype}-unet", f"--{settings.dtype}-vae"]
     index = settings.device.partition(":")[2]
     if cuda and index:
         flags += ["--cuda-device", index]  # ComfyUI then sees that card alone, as cuda:0
-    return not cuda, tuple(flags)
+    env = {k: str(settings.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if settings.threads else {}
+    return not cuda, tuple(flags), env
 
 
 # ---------------------------------------------------------------------------------------------- graphs
@@ -245,50 +258,72 @@ def _models_folder(folder: Path, files: NativeFiles) -> Path:
     return folder
 
 
-def _run_route(route: str, harness: ModuleType, files: NativeFiles, plan: dict[str, int],
-               settings: BenchSettings, work: Path, models: Path, log: Any) -> dict[str, Any]:
-    cpu, flags = server_args(settings)
-    server = harness.ComfyServer(work / route, models_dir=models, comfy_dir=harness.comfyui_dir(), extra_args=flags,
-                                 cpu=cpu)
-    probe = server.work_dir / "custom_nodes" / PROBE_FOLDER
-    probe.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(Path(harness.__file__).resolve().parent / PROBE, probe / "__init__.py")
-    server.input_dir.mkdir(parents=True, exist_ok=True)
-    images = [_write_lq(server.input_dir, i, plan["input_px"], settings.seed) for i in range(settings.repeats + 1)]
-    build = GRAPHS[route]
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    with server:
-        start_s = time.perf_counter() - t0
-        log(f"  {route}: ComfyUI up in {start_s:.1f} s ({server.url}, log {server.log_path})")
-        for i, image in enumerate(images):
-            prompt = build(image, f"{CAPTION}, picture {i}", files, steps=plan["steps"], cfg=settings.cfg,
-                           seed=settings.seed, dtype=settings.dtype, prefix=f"bench_{route}_{i}")
-            timed = i > 0  # prompt 0 is the warm-up: it loads the models
-            if timed:
-                reset = server.get("/sspir_bench/reset")
-            t1 = time.perf_counter()
-            entry = server.wait(server.queue(prompt), PROMPT_TIMEOUT_S)
-            wall = time.perf_counter() - t1
-            error = harness.prompt_error(entry)
-            if error:
-                raise harness.ComfyUIError(error)
-            if SAMPLER_NODE in cached_nodes(entry):
-                raise NativeBenchError(f"{route} prompt {i}: ComfyUI answered the sampler from its cache")
-            row = {"server_s": execution_seconds(entry), "wall_s": wall}
-            if timed:
-                peak = server.get("/sspir_bench/peak")
-                row.update(measure=peak["measure"], baseline_bytes=reset["baseline_bytes"],
-                           peak_bytes=peak["peak_bytes"], reserved_peak_bytes=peak.get("reserved_peak_bytes"))
-            outputs = server.output_files(entry, kind="output")
-            if outputs:
-                from PIL import Image
+class RouteRun:
+    """One route's server (fresh, with the probe) and its prompts: ``prompt(0)`` is the warm-up."""
 
-                with Image.open(outputs[0]) as im:
-                    row["output_px"] = list(im.size)
-            rows.append(row)
-            log(f"  {route}: image {i}{'' if timed else ' (warm-up)'} {row['server_s'] or wall:.2f} s")
-    return summarise_route(rows, start_s)
+    def __init__(self, route: str, harness: ModuleType, files: NativeFiles, plan: dict[str, Any],
+                 settings: BenchSettings, work: Path, models: Path, log: Any) -> None:
+        cpu, flags, env = server_args(settings)
+        self.route, self.harness, self.files, self.plan, self.settings, self.log = (
+            route, harness, files, plan, settings, log)
+        self.server = harness.ComfyServer(work / route, models_dir=models, comfy_dir=harness.comfyui_dir(),
+                                          extra_args=flags, cpu=cpu, env=env)
+        probe = self.server.work_dir / "custom_nodes" / PROBE_FOLDER
+        probe.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(harness.__file__).resolve().parent / PROBE, probe / "__init__.py")
+        self.server.input_dir.mkdir(parents=True, exist_ok=True)
+        self.images = [_write_lq(self.server.input_dir, i, plan["input_px"], settings.seed)
+                       for i in range(settings.repeats + 1)]
+        self.rows: list[dict[str, Any]] = []
+        self.start_s = 0.0
+
+    def __enter__(self) -> RouteRun:
+        t0 = time.perf_counter()
+        self.server.start()
+        self.start_s = time.perf_counter() - t0
+        self.log(f"  {self.route}: ComfyUI up in {self.start_s:.1f} s ({self.server.url}, log {self.server.log_path})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def prompt(self, i: int) -> None:
+        server, route = self.server, self.route
+        prompt = GRAPHS[route](self.images[i], f"{CAPTION}, picture {i}", self.files, steps=self.plan["steps"],
+                               cfg=self.settings.cfg, seed=self.settings.seed, dtype=self.settings.dtype,
+                               prefix=f"bench_{route}_{i}")
+        timed = i > 0  # prompt 0 is the warm-up: it loads the models
+        if timed:
+            reset = server.get("/sspir_bench/reset")
+        t1 = time.perf_counter()
+        entry = server.wait(server.queue(prompt), PROMPT_TIMEOUT_S)
+        wall = time.perf_counter() - t1
+        error = self.harness.prompt_error(entry)
+        if error:
+            raise self.harness.ComfyUIError(error)
+        if SAMPLER_NODE in cached_nodes(entry):
+            raise NativeBenchError(f"{route} prompt {i}: ComfyUI answered the sampler from its cache")
+        row = {"server_s": execution_seconds(entry), "wall_s": wall}
+        if timed:
+            peak = server.get("/sspir_bench/peak")
+            row.update(measure=peak["measure"], baseline_bytes=reset["baseline_bytes"],
+                       peak_bytes=peak["peak_bytes"], reserved_peak_bytes=peak.get("reserved_peak_bytes"))
+        outputs = server.output_files(entry, kind="output")
+        if outputs:
+            from PIL import Image
+
+            with Image.open(outputs[0]) as im:
+                row["output_px"] = list(im.size)
+        self.rows.append(row)
+        self.log(f"  {route}: image {i}{'' if timed else ' (warm-up)'} {row['server_s'] or wall:.2f} s")
+
+    def summary(self) -> dict[str, Any]:
+        return summarise_route(self.rows, self.start_s)
+
+
+def round_order(i: int, n: int) -> list[int]:
+    """Which run goes first in round ``i``: each round starts one later, so no route always follows the other."""
+    return [*range(i % n, n), *range(i % n)]
 
 
 def summarise_route(rows: list[dict[str, Any]], start_s: float = 0.0) -> dict[str, Any]:
@@ -313,7 +348,13 @@ def summarise_route(rows: list[dict[str, Any]], start_s: float = 0.0) -> dict[st
 
 
 def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]:
-    """Both routes, one fresh ComfyUI server each, on the same images, files, steps, CFG and seed."""
+    """Both routes, one fresh ComfyUI server each, on the same images, files, steps, CFG and seed.
+
+    ``interleaved`` (the CPU default) keeps both servers up and alternates their prompts, so other programs on
+    shared cores slow both routes alike; peaks stay per route, since each server is its own process (VmHWM and
+    the CUDA allocator's statistics are per process). ``sequential`` (the CUDA default) runs one server after
+    the other, so the idle route's resident models never take VRAM that ComfyUI's model management could use.
+    """
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -324,18 +365,32 @@ def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]
     files = bench_files(settings, harness)
 
     result: dict[str, Any] = {**plan, "cfg": settings.cfg, "seed": settings.seed, "dtype": settings.dtype,
+                              "server_threads": settings.threads,
                               "device": settings.device, "repeats": settings.repeats,
                               "comfyui": harness.COMFYUI_VERSION, "demo_files": files.demo,
                               "files": {k: str(getattr(files, k)) for k in ("checkpoint", "sspir", "clip_vision")},
                               "reference_tiling": [REFERENCE.tile, REFERENCE.tile_overlap, REFERENCE.vae_tile]}
     work = Path(tempfile.mkdtemp(prefix="sspir-bench-native-"))
     models = _models_folder(work / "models", files)
-    for route in ROUTES:  # one after the other: never two servers holding models at once
-        try:
-            result[route] = _run_route(route, harness, files, plan, settings, work, models, log)
-        except harness.ComfyUIError as err:  # the folders (logs, inputs) stay for a look
-            raise NativeBenchError(f"{route} route: {err}\n(the bench servers' folders are kept in {work})") from err
+    runs = [RouteRun(route, harness, files, plan, settings, work, models, log) for route in ROUTES]
+    try:
+        if plan["order"] == "sequential":  # one server at a time: the other route's resident models never share the card
+            for run in runs:
+                with run:
+                    for i in range(settings.repeats + 1):
+                        run.prompt(i)
+        else:  # both servers up, one prompt at a time, alternating: background load hits both routes alike
+            with contextlib.ExitStack() as stack:
+                for run in runs:
+                    stack.enter_context(run)
+                for i in range(settings.repeats + 1):
+                    for k in round_order(i, len(runs)):
+                        runs[k].prompt(i)
+    except harness.ComfyUIError as err:  # the folders (logs, inputs) stay for a look
+        raise NativeBenchError(f"{err}\n(the bench servers' folders are kept in {work})") from err
     shutil.rmtree(work, ignore_errors=True)
+    for run in runs:
+        result[run.route] = run.summary()
     result.update(route_ratios(result["native"], result["reference"]))
     return result
 
@@ -360,8 +415,9 @@ def native_lines(r: dict[str, Any]) -> list[str]:
     files = "native demo files (random weights)" if r["demo_files"] else Path(r["files"]["checkpoint"]).name
     tile, overlap, vae_tile = r["reference_tiling"]
     lines = [f"native route vs reference (PGA Sampler) in ComfyUI {r['comfyui']}: {r['input_px']} -> {r['size_px']} px, "
-             f"{r['steps']} steps, CFG {r['cfg']:g}, {r['dtype']}, {files}; one server per route, median of "
-             f"{r['repeats']} image(s) after a warm-up",
+             f"{r['steps']} steps, CFG {r['cfg']:g}, {r['dtype']}, {files}; one server per route"
+             f"{'' if not r.get('server_threads') else ' (' + str(r['server_threads']) + ' thread(s) each)'}, "
+             f"{ORDER_WORDS[r['order']]}; median of {r['repeats']} image(s) after a warm-up",
              f"   {'route':10s} {'s/image':>9s} {'first image':>12s} {'peak above idle':>16s} {'absolute peak':>14s}"]
     for route in ROUTES:
         x = r[route]

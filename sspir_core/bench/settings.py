@@ -66,6 +66,7 @@ class BenchSettings:
     native_checkpoint: str | None = None
     native_sspir: str | None = None
     native_clip_vision: str | None = None
+    native_order: str | None = None  # "interleaved" (both servers up, prompts alternating) or "sequential"
 
 
 # Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).

@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default 64 on the CPU, 2048 on CUDA)")
     native.add_argument("--native-steps", type=int, help="denoising steps (default 4 on the CPU, 50 on CUDA); "
                         "--repeats timed images per route follow one warm-up, --cfg and --seed apply")
+    native.add_argument("--native-order", choices=("interleaved", "sequential"), help="interleaved: both servers "
+                        "up, prompts alternating (background load hits both alike; default on the CPU); sequential: "
+                        "one server after the other (the idle one's models never hold VRAM; default on CUDA)")
     native.add_argument("--native-checkpoint", help="SD1.5 single-file checkpoint for both routes (with the next two; "
                         "default: the random native demo files, cached)")
     native.add_argument("--native-sspir", help="SSP-IR weights (.safetensors) for both routes")
@@ -147,6 +150,6 @@ def build_settings(args: argparse.Namespace, device: str, config: str):
         tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
         threads=args.threads, output_bits=args.output_bits or None, memory_method=args.memory_method,
         compile=args.compile, ablate=args.ablate, native_size=args.native_size, native_steps=args.native_steps,
-        native_checkpoint=args.native_checkpoint, native_sspir=args.native_sspir,
+        native_order=args.native_order, native_checkpoint=args.native_checkpoint, native_sspir=args.native_sspir,
         native_clip_vision=args.native_clip_vision,
     )

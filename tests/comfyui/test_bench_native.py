@@ -11,9 +11,11 @@ pytestmark = pytest.mark.comfyui
 
 
 def test_native_part_measures_both_routes(comfy_dir):
-    """8 px LQ x4 -> 32 px, 2 steps, one timed image per route after the warm-up (about a minute here)."""
-    result = native.bench_native(BenchSettings(device="cpu", dtype="fp32", native_size=32, native_steps=2, repeats=1))
-    assert (result["input_px"], result["size_px"], result["demo_files"]) == (8, 32, True)
+    """8 px LQ x4 -> 32 px, 2 steps, one timed image per route after the warm-up, both servers up (the CPU's
+    default order); one thread per server: with two, a neighbour on the shared cores made it 5x slower."""
+    settings = BenchSettings(device="cpu", dtype="fp32", native_size=32, native_steps=2, repeats=1, threads=1)
+    result = native.bench_native(settings)
+    assert (result["input_px"], result["size_px"], result["demo_files"], result["order"]) == (8, 32, True, "interleaved")
     weights = sum(native.Path(p).stat().st_size for p in result["files"].values())
     for route in native.ROUTES:
         r = result[route]
