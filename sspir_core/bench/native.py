@@ -279,7 +279,10 @@ class RouteRun:
 
     def __enter__(self) -> RouteRun:
         t0 = time.perf_counter()
-        self.server.start()
+        try:
+            self.server.start()
+        except self.harness.ComfyUIError as err:
+            raise self.harness.ComfyUIError(f"{self.route} route: the server did not start: {err}") from err
         self.start_s = time.perf_counter() - t0
         self.log(f"  {self.route}: ComfyUI up in {self.start_s:.1f} s ({self.server.url}, log {self.server.log_path})")
         return self
@@ -300,7 +303,7 @@ class RouteRun:
         wall = time.perf_counter() - t1
         error = self.harness.prompt_error(entry)
         if error:
-            raise self.harness.ComfyUIError(error)
+            raise self.harness.ComfyUIError(f"{route} route, prompt {i}: {error}")
         if SAMPLER_NODE in cached_nodes(entry):
             raise NativeBenchError(f"{route} prompt {i}: ComfyUI answered the sampler from its cache")
         row = {"server_s": execution_seconds(entry), "wall_s": wall}
@@ -365,8 +368,7 @@ def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]
     files = bench_files(settings, harness)
 
     result: dict[str, Any] = {**plan, "cfg": settings.cfg, "seed": settings.seed, "dtype": settings.dtype,
-                              "server_threads": settings.threads,
-                              "device": settings.device, "repeats": settings.repeats,
+                              "device": settings.device, "repeats": settings.repeats, "server_threads": settings.threads,
                               "comfyui": harness.COMFYUI_VERSION, "demo_files": files.demo,
                               "files": {k: str(getattr(files, k)) for k in ("checkpoint", "sspir", "clip_vision")},
                               "reference_tiling": [REFERENCE.tile, REFERENCE.tile_overlap, REFERENCE.vae_tile]}
