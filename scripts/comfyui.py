@@ -299,6 +299,8 @@ class ComfyServer:
         python: str | None = None,
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        cpu: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.models_dir = models_dir
@@ -307,6 +309,8 @@ class ComfyServer:
         self.python = python or comfyui_python()
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
+        self.cpu = cpu  # False: ComfyUI's own device choice (the GPU), for `sspir bench --parts native --device cuda`
+        self.env = dict(env or {})  # set for the server only (e.g. OMP_NUM_THREADS for a bench on shared cores)
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self.log_path = self.work_dir / "comfyui.log"
@@ -337,7 +341,7 @@ class ComfyServer:
         if not settings.exists():
             settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
         args = [
-            "--cpu",
+            *(["--cpu"] if self.cpu else []),
             "--listen",
             "127.0.0.1",
             "--port",
@@ -367,7 +371,7 @@ class ComfyServer:
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUIError(f"no ComfyUI in {self.comfy_dir} (run: python scripts/comfyui.py fetch)")
         args = self._lay_out()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **self.env)
         env.setdefault("DO_NOT_TRACK", "1")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(

@@ -13,5 +13,7 @@ Figures measured in one run on one config, so they can be compared side by side:
 
 :mod:`.settings` holds what a run measures and the random-weight configs, :mod:`.run` the run itself and
 :mod:`.report` what it prints. Timings are not asserted anywhere: this is a measuring tool, not a test.
-Other modules can add parts through :data:`.settings.EXTRA_PARTS`.
+Other modules add parts through :data:`.settings.EXTRA_PARTS` (and summary pieces through
+:data:`.settings.EXTRA_SUMMARIES`): :mod:`.one_step` (a one-step restore against a 50-step one) and
+:mod:`.native` (the native ComfyUI route against PGA Sampler, in real ComfyUI servers).
 """

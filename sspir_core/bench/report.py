@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .settings import EXTRA_PARTS
+from .settings import EXTRA_PARTS, EXTRA_SUMMARIES
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -53,6 +53,7 @@ def summary_line(r: dict[str, Any]) -> str:
         peaks = ", ".join(f"{row['size_px']}px {row['peak_mib']:.0f} MiB" for row in m["rows"])
         bits.append(f"tiled peak above weights ({m['rows'][0].get('measure', '?')}) {peaks}, "
                     f"{m['ratio_sizes'][1]}/{m['ratio_sizes'][0]} {m['ratio']:.2f}")
+    bits += [summary(r[name]) for name, summary in EXTRA_SUMMARIES.items() if name in r]
     return "; ".join(bits)
 
 

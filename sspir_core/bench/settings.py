@@ -59,6 +59,14 @@ class BenchSettings:
     compile: bool = False  # torch.compile the ControlNet + UNet (falls back to eager with a message)
     ablate: bool = False  # step part: also time the sampler with each fast path left out
     memory_method: str = "tensors"  # CPU memory runs: "tensors" (allocator accounting) or "rss" (what the OS sees)
+    # native part (`--parts native`, bench/native.py): output px (LQ size/4) and steps, None = the device's
+    # defaults there; the three files both routes load (all or none; none = the random native demo files)
+    native_size: int | None = None
+    native_steps: int | None = None
+    native_checkpoint: str | None = None
+    native_sspir: str | None = None
+    native_clip_vision: str | None = None
+    native_order: str | None = None  # "interleaved" (both servers up, prompts alternating) or "sequential"
 
 
 # Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).
@@ -67,6 +75,8 @@ class BenchSettings:
 ExtraPart = tuple[Callable[["BenchSettings", "RestorePipeline | None"], dict[str, Any]],
                   Callable[[dict[str, Any]], list[str]]]
 EXTRA_PARTS: dict[str, ExtraPart] = {}
+# Their optional pieces of the one-line summary: name -> summary(data) (a part without one is only in the table).
+EXTRA_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {}
 
 
 # ---------------------------------------------------------------------------------------------- models

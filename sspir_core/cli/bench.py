@@ -30,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, else fp32")
     p.add_argument("--parts", default=None,
-                   help=f"comma-separated subset of {','.join(PARTS)},one-step (default: {','.join(DEFAULT_PARTS)}; sd15 "
-                        "adds image)")
+                   help=f"comma-separated subset of {','.join(PARTS)},one-step,native (default: "
+                        f"{','.join(DEFAULT_PARTS)}; sd15 adds image). native: the native route against PGA Sampler "
+                        "in real ComfyUI servers (needs a checkout with `bash scripts/setup.sh --comfyui`)")
     p.add_argument("--size", type=int, help="output px for the step/priors/image parts (default 256 CPU, 512 sd15)")
     p.add_argument("--steps", type=int, default=50, help="steps of the run the priors are compared with")
     p.add_argument("--estimate-run", action="store_true", help="estimate that run as steps x ms/step (faster)")
@@ -56,6 +57,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the ControlNet + UNet (falls back to eager with a message if it cannot)")
     p.add_argument("--ablate", action="store_true",
                    help="step part: also time the sampler with each fast path switched, one at a time (their shares)")
+    native = p.add_argument_group("native part (--parts native: the same restore through both ComfyUI routes)")
+    native.add_argument("--native-size", type=int, help="output px, a multiple of 32; the LQ is a quarter of it "
+                        "(default 64 on the CPU, 2048 on CUDA)")
+    native.add_argument("--native-steps", type=int, help="denoising steps (default 4 on the CPU, 50 on CUDA); "
+                        "--repeats timed images per route follow one warm-up, --cfg and --seed apply")
+    native.add_argument("--native-order", choices=("interleaved", "sequential"), help="interleaved: both servers "
+                        "up, prompts alternating (background load hits both alike; default on the CPU); sequential: "
+                        "one server after the other (the idle one's models never hold VRAM; default on CUDA)")
+    native.add_argument("--native-checkpoint", help="SD1.5 single-file checkpoint for both routes (with the next two; "
+                        "default: the random native demo files, cached)")
+    native.add_argument("--native-sspir", help="SSP-IR weights (.safetensors) for both routes")
+    native.add_argument("--native-clip-vision", help="CLIP ViT-L vision file for both routes")
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.set_defaults(func=run)
 
@@ -65,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench.report import format_report
     from ..bench.run import run_bench
-    from ..bench.settings import BenchSettings
 
     cuda = torch.cuda.is_available()
     device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
@@ -78,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
               "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
         return 2
-    from ..bench import one_step  # noqa: F401 (registers the one-step part)
+    from ..bench import native, one_step  # noqa: F401 (register the one-step and native parts)
     from ..bench.settings import EXTRA_PARTS
 
     known = (*PARTS, *EXTRA_PARTS)
@@ -94,15 +106,15 @@ def run(args: argparse.Namespace) -> int:
         print("error: --steps, --step-steps and --repeats must be >= 1 and 0 <= --tile-overlap < --tile",
               file=sys.stderr)
         return 2
-    settings = BenchSettings(
-        config=config, device=device, dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
-        size=args.size or (512 if config == "sd15" else 256), steps=args.steps, step_steps=args.step_steps,
-        repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
-        memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
-        tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
-        threads=args.threads, output_bits=args.output_bits or None, memory_method=args.memory_method,
-        compile=args.compile, ablate=args.ablate,
-    )
+    settings = build_settings(args, device, config)
+    if "native" in parts:
+        from ..errors import InputError
+
+        try:
+            native.native_plan(settings)  # its sizes and files, before anything runs
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if "train" in parts:  # training-step figure: sspir_core/bench/training.py
         from ..bench.training import bench_train_step, format_train_report
 
@@ -112,9 +124,32 @@ def run(args: argparse.Namespace) -> int:
         parts = [p for p in parts if p != "train"]
         if not parts:
             return 0
-    result = run_bench(settings, parts, log=lambda m: print(m, file=sys.stderr, flush=True))
+    from ..errors import SSPIRError
+
+    try:
+        result = run_bench(settings, parts, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except SSPIRError as e:  # the native part without ComfyUI, a failed bench prompt
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+def build_settings(args: argparse.Namespace, device: str, config: str):
+    """The :class:`~sspir_core.bench.settings.BenchSettings` of parsed flags (defaults that depend on the device)."""
+    from ..bench.settings import BenchSettings
+
+    return BenchSettings(
+        config=config, device=device, dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
+        size=args.size or (512 if config == "sd15" else 256), steps=args.steps, step_steps=args.step_steps,
+        repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
+        memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
+        tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
+        threads=args.threads, output_bits=args.output_bits or None, memory_method=args.memory_method,
+        compile=args.compile, ablate=args.ablate, native_size=args.native_size, native_steps=args.native_steps,
+        native_order=args.native_order, native_checkpoint=args.native_checkpoint, native_sspir=args.native_sspir,
+        native_clip_vision=args.native_clip_vision,
+    )

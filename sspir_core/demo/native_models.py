@@ -113,3 +113,31 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
                       for k, v in tower.state_dict().items() if not k.endswith("position_ids")})
         _save_tensors(state, todo["clip_vision"], {"format": "pt"})
     return paths
+
+
+CACHE_VERSION = "1"
+"""Names the cached set's folder (``native-demo-<version>``): bump it when these models change."""
+
+
+def cached_native_demo_models(cache_root: str | Path, seed: int = 0) -> Path:
+    """The native demo set in ``cache_root/native-demo-<version>``, written once (about 60 s) and then reused.
+
+    A ``.complete`` marker is written last, so a half-written set (an interrupted run) is written again; an
+    exclusive lock on ``.lock`` makes a second process wait for the first one's set instead of writing over it.
+    """
+    root = Path(cache_root) / f"native-demo-{CACHE_VERSION}"
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        except ImportError:  # Windows: no lock (two first runs at once would both write the set)
+            pass
+        if not done.is_file():
+            write_native_demo_models(root, seed=seed, overwrite=True)
+            done.write_text("ok")
+    return root
