@@ -3,7 +3,8 @@
 Both routes restore the same images from the same files in ComfyUI, side by side in one bench run:
 
 - **native**: Load Checkpoint + SSP-IR Patch Loader + Apply SSP-IR + SSP-IR Text Encode + SSP-IR LQ Latent,
-  sampled by ComfyUI's KSampler (``ddpm`` with ``ddim_uniform``: the paper's timesteps), VAE Decode, Colour Fix;
+  sampled by ComfyUI's KSampler (``ddpm`` with ``ddim_uniform``: the paper's timesteps), VAE Decode, Colour Fix,
+  with PGA Sampler's default latent tiles (Apply SSP-IR's tile 96/32);
 - **reference**: SSP-IR Model Loader + CLIP Vision Loader + CLIP Image Embed + Structure Processor + PGA Sampler
   (``ddpm``, start ``lq``), our own diffusers models and sampler loop, with the node's default tiling.
 
@@ -42,6 +43,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import InputError, SSPIRError
+from ..native.text import MIXED_LENGTHS
 from ..restore.options import RestoreOptions
 from .settings import CAPTION, EXTRA_PARTS, EXTRA_SUMMARIES, BenchSettings
 
@@ -167,11 +169,12 @@ def native_graph(image: str, caption: str, files: NativeFiles, *, steps: int, cf
                                                            "upscale": float(UPSCALE), "width": 0, "height": 0,
                                                            "vae_tile": REFERENCE.vae_tile}},
         "txt": {"class_type": "SSPIRTextEncode", "inputs": {"clip": ["ckpt", 1], "caption": caption,
-                                                             "negative_prompt": "", "max_chunks": REFERENCE.max_chunks}},
+                                                             "negative_prompt": "", "max_chunks": REFERENCE.max_chunks,
+                                                             "mixed_lengths": MIXED_LENGTHS[0]}},
         "apply": {"class_type": "SSPIRApply", "inputs": {
             "model": ["ckpt", 0], "sspir_patch": ["patch", 0], "clip_vision": ["cv", 0], "image": ["lat", 1],
             "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "start": "paper",
-            "processor_tile": PROCESSOR_TILE}},
+            "processor_tile": PROCESSOR_TILE, "tile": REFERENCE.tile, "tile_overlap": REFERENCE.tile_overlap}},
         "smp": {"class_type": "KSampler", "inputs": {
             "model": ["apply", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "ddpm",
             "scheduler": "ddim_uniform", "positive": ["txt", 0], "negative": ["txt", 1],
@@ -429,8 +432,8 @@ def native_lines(r: dict[str, Any]) -> list[str]:
               f"absolute peak {_x(r['abs_peak_ratio'])}",
               f"   time: {r['native']['timing']}; {memory}: {r['native']['measure']}, peak over each timed image, "
               "'idle' = after the warm-up (models resident)",
-              f"   native: KSampler ddpm + ddim_uniform, latent untiled; reference: ddpm from the LQ latent, latent tile "
-              f"{tile}/{overlap}, VAE tile {vae_tile} px; first image includes loading the models"]
+              f"   native: KSampler ddpm + ddim_uniform; reference: ddpm from the LQ latent; both latent tile "
+              f"{tile}/{overlap}; VAE tile {vae_tile} px; first image includes loading the models"]
     if "reserved_peak_mib" in r["native"]:
         lines.append(f"   torch reserved peak: native {r['native']['reserved_peak_mib']:.0f} MiB, reference "
                      f"{r['reference']['reserved_peak_mib']:.0f} MiB")
