@@ -22,7 +22,6 @@ from tests.comfyui.comfy_helpers import REPO, harness, load_api, put_image, uniq
 
 pytestmark = pytest.mark.comfyui
 
-CACHE_VERSION = "1"  # bump when the native demo models change
 LONG_CAPTION = ("a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, the "
                 "American flag and a model of the space shuttle behind her, " * 2).strip()  # 2 chunks of 75
 STEPS = 10  # the paper's leading schedule (901, 801, ..., 1); 50 steps cost 5x the time and test nothing more
@@ -33,12 +32,7 @@ TOLERANCE = 1e-3
 
 @pytest.fixture(scope="module")
 def native_files():
-    root = harness.cache_root() / f"native-demo-{CACHE_VERSION}"
-    done = root / ".complete"
-    if not done.is_file():
-        native_models.write_native_demo_models(root, overwrite=True)
-        done.write_text("ok")
-    return root
+    return native_models.cached_native_demo_models(harness.cache_root())
 
 
 @pytest.fixture(scope="module")
