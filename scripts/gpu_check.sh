@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU figures for issue 11 (item 5), in one command: SD1.5-size random weights, nothing downloaded.
-#   fp16 and bf16, eager and torch.compile: ms/step (vs stock diffusers), FLOPs and achieved TFLOP/s,
+# GPU figures in one command: SD1.5-size random weights, nothing downloaded.
+#   Issue 18 first: the native route against PGA Sampler in real ComfyUI servers (512 -> 2048 px, fp16, full SD1.5
+#   checkpoint and SSP-IR patch written with random weights outside OUT, in SSPIR_NATIVE_MODELS), VRAM peak and s/image.
+#   Issue 11: fp16 and bf16, eager and torch.compile: ms/step (vs stock diffusers), FLOPs and achieved TFLOP/s,
 #   seconds per 512 px image (128 px input x4, 50 steps, CFG 7.5), and tiled peak memory up to 4096 px.
+#   SSPIR_GPU_ONLY=native runs the native comparison alone.
 # Usage (repo root, CUDA torch installed):  bash scripts/gpu_check.sh [OUT_DIR]
 # Budget: about 5 minutes on an H100/H200; every run has a timeout and the whole script stops by
 # SSPIR_GPU_BUDGET seconds (default 540), so it always ends in time and keeps what finished.
@@ -25,6 +28,19 @@ run() {  # run NAME LIMIT_S ARGS...: one bench run, bounded by its limit and by 
   local rc=$?
   echo "$name (rc $rc, ${limit}s limit): $(tail -n 1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
 }
+
+# Needs ComfyUI (bash scripts/setup.sh --comfyui). 20 steps keep both routes' two images each (warm-up + timed)
+# inside the limit; s/image scales with the steps.
+NM=${SSPIR_NATIVE_MODELS:-/tmp/sspir-native-full}
+if timeout 180 "$PY" -m sspir_core.cli demo-models "$NM" --no-captioner --native-full-size > "$OUT/native-models.txt" 2>&1; then
+    run native-2048 300 --parts native --native-size 2048 --native-steps 20 --repeats 1 \
+        --native-checkpoint "$NM/checkpoints/sspir-native-random-sd15-full.safetensors" \
+        --native-sspir "$NM/sspir/sspir-native-random-sd15-full.safetensors" \
+        --native-clip-vision "$NM/clip_vision/sspir-native-random-clip-vit-l.safetensors"
+else
+    echo "native-2048: could not write the full-size native models (see native-models.txt)" | tee -a "$OUT/summary.txt"
+fi
+[ "${SSPIR_GPU_ONLY:-}" = native ] && { echo "all output in $OUT/; ${SECONDS}s"; exit 0; }
 
 STEP=(--parts step,flops,image --size 512 --steps 50 --step-steps 4 --repeats 5)
 run fp16-eager 100 --dtype fp16 "${STEP[@]}"

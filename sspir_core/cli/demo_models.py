@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "also write the native route's set for ComfyUI's own loaders (example_workflows/sspir_native.json): the smallest "
         "SD1.5 checkpoint ComfyUI's model detection takes, an SSP-IR patch for it and a CLIP ViT-L vision file "
         "(full-size random text encoder, VAE and CLIP vision; about 1.3 GB)"))
+    p.add_argument("--native-full-size", action="store_true", help=(
+        "write the native route's set at SD1.5's full size instead (random weights, about 4.7 GB; for "
+        "`sspir bench --parts native` on a GPU: --native-checkpoint/--native-sspir/--native-clip-vision)"))
     p.set_defaults(func=run)
 
 
@@ -30,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         paths = write_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite, captioner=not args.no_captioner)
-        if args.native:
+        if args.native or args.native_full_size:
             from ..demo.native_models import write_native_demo_models
 
-            native = write_native_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite)
+            native = write_native_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite,
+                                              full_size=args.native_full_size)
             paths.update({f"native_{k}": v for k, v in native.items()})
     except (SSPIRError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -36,6 +36,10 @@ NATIVE_UNET = {
     "sample_size": 64,
 }
 CLIP_DIM = 1024
+FULL_FILES = {"sd": ("checkpoints", "sspir-native-random-sd15-full.safetensors"),
+              "sspir": ("sspir", "sspir-native-random-sd15-full.safetensors"),
+              "clip_vision": ("clip_vision", "sspir-native-random-clip-vit-l.safetensors")}
+"""The same set at SD1.5's full size (:func:`write_native_demo_models` ``full_size``): for benchmarks on a GPU."""
 
 
 def narrow_posterior(vae: torch.nn.Module, log_variance: float = -30.0) -> None:
@@ -52,15 +56,18 @@ def narrow_posterior(vae: torch.nn.Module, log_variance: float = -30.0) -> None:
         conv.bias[half:] = log_variance
 
 
-def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
+def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False, full_size: bool = False
+                             ) -> dict[str, Path]:
     """Write the native demo set under ``root`` (``checkpoints/``, ``sspir/``, ``clip_vision/``); returns the paths.
 
     Existing files are kept unless ``overwrite``. Random values come from a generator seeded with ``seed``.
+    ``full_size``: SD1.5's own UNet (860M parameters) and a full SSP-IR patch for it, named :data:`FULL_FILES`
+    (about 4.7 GB in fp16, written in about a minute): timings and memory at the real size, no download.
     """
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from ..models.build import stock_unet_from_config
+    from ..models.build import base_unet_config, stock_unet_from_config
     from ..models.unet import is_prior_attention_key
     from ..weights.bundled_configs import (
         CLIP_VISION_CONFIG,
@@ -75,14 +82,16 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
     from .presets import _empty_weights, fill_random, tiny_models
 
     root = Path(root)
-    paths = {kind: root / folder / name for kind, (folder, name) in NATIVE_FILES.items()}
+    unet_config = base_unet_config("sd15") if full_size else NATIVE_UNET
+    names = FULL_FILES if full_size else NATIVE_FILES
+    paths = {kind: root / folder / name for kind, (folder, name) in names.items()}
     todo = {k: p for k, p in paths.items() if overwrite or not p.exists()}
     if not todo:
         return paths
     for p in todo.values():
         p.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed + 1)
-    models = tiny_models(seed=seed, unet_config=NATIVE_UNET, clip_dim=CLIP_DIM)
+    models = tiny_models(seed=seed, unet_config=unet_config, clip_dim=CLIP_DIM)
     models.base = "sd15"
 
     def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,7 +100,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
     if "sd" in todo:
         config_dir = sd_config_dir("sd15")
         with _empty_weights():
-            stock = stock_unet_from_config(NATIVE_UNET)
+            stock = stock_unet_from_config(unet_config)
             vae = AutoencoderKL.from_config(component_config(config_dir, "vae"))
             text = CLIPTextModel(CLIPTextConfig(**component_config(config_dir, "text_encoder")))
         for m in (vae, text):
