@@ -242,7 +242,7 @@ def test_report_lines_and_summary_show_both_routes_side_by_side():
     full["summary"] = bench_report.summary_line(full)
     text = bench_report.format_report(full)
     assert lines[0] in text
-    assert ("native vs reference 16->64px 4 steps: 1.50 vs 2.00 s/image (x0.75), RSS peak +20 vs +40 MiB above "
+    assert ("native vs reference (demo files; --config not used) 16->64px 4 steps: 1.50 vs 2.00 s/image (x0.75), RSS peak +20 vs +40 MiB above "
             "idle (2800 vs 3500 MiB absolute)") in full["summary"]
     zero = {**r["reference"], "peak_above_mib": 0.0}
     assert native.route_ratios(r["native"], zero)["peak_ratio"] is None

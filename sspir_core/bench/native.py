@@ -443,7 +443,9 @@ def native_lines(r: dict[str, Any]) -> list[str]:
 def native_summary(r: dict[str, Any]) -> str:
     n, ref = r["native"], r["reference"]
     memory = "VRAM" if r["device"].startswith("cuda") else "RSS"
-    return (f"native vs reference {r['input_px']}->{r['size_px']}px {r['steps']} steps: {n['s_per_image']:.2f} vs "
+    files = "demo files" if r["demo_files"] else Path(r["files"]["checkpoint"]).name
+    return (f"native vs reference ({files}; --config not used) {r['input_px']}->{r['size_px']}px {r['steps']} steps: "
+            f"{n['s_per_image']:.2f} vs "
             f"{ref['s_per_image']:.2f} s/image ({_x(r['time_ratio'])}), {memory} peak +{n['peak_above_mib']:.0f} vs "
             f"+{ref['peak_above_mib']:.0f} MiB above idle ({n['peak_mib']:.0f} vs {ref['peak_mib']:.0f} MiB absolute)")
 
