@@ -392,8 +392,12 @@ def _with_controlnet(prompt: dict, hint: str, name: str) -> dict:
     return prompt
 
 
-def test_standard_controlnet_composes_with_sspir(native_server):
+@pytest.mark.parametrize(("lq_size", "tile"), [((8, 8), (96, 32)), ((16, 24), (8, 4))], ids=["whole", "tiled"])
+def test_standard_controlnet_composes_with_sspir(native_server, lq_size, tile):
     """ComfyUI's Apply ControlNet on the native graph: both ControlNets' residuals reach the UNet, summed.
+
+    ``tiled``: a 64x96 px output sampled in two 8x8 latent tiles, so the other ControlNet's whole-latent residuals
+    are cut to each tile (``crop_control``) before the sum; the same checks hold tile by tile.
 
     The strongest check available without a second implementation of the UNet is a control that isolates the
     sum: with the other ControlNet's zero convs all zero its residuals are exact zeros, so the image equals SSP-IR
@@ -403,11 +407,12 @@ def test_standard_controlnet_composes_with_sspir(native_server):
     tests/test_native_control.py (ComfyUI's list order); here ComfyUI must apply every residual it is given
     (its UNet skips a residual of the wrong shape with only a log warning, so the log is checked).
     """
-    image, hint = _lq(native_server, 4, (8, 8)), _lq(native_server, 5, (8, 8))
-    prompt = _native(image, steps=3)
+    image, hint = _lq(native_server, 4, lq_size), _lq(native_server, 5, lq_size)
+    tiling = {"tile": tile[0], "tile_overlap": tile[1]}
+    prompt = _native(image, steps=3, **tiling)
     names = {"plain": _save(prompt, ["fix", 0], "plain")}
     for tag, cn in (("cn", CONTROLNET), ("zero", ZERO_CONTROLNET)):
-        graph = _with_controlnet(_native(image, steps=3), hint, cn)
+        graph = _with_controlnet(_native(image, steps=3, **tiling), hint, cn)
         names[tag] = _save(graph, ["fix", 0], tag)
         prompt.update(_prefixed(graph, f"{tag}_"))
     log_start = native_server.log_path.stat().st_size
@@ -416,7 +421,8 @@ def test_standard_controlnet_composes_with_sspir(native_server):
     assert "control could not be applied" not in log
     out = {k: _tensor(native_server, v) for k, v in names.items()}
     plain = out["plain"]
-    assert plain.shape == out["cn"].shape == (1, 32, 32, 3) and all(torch.isfinite(t).all() for t in out.values())
+    want = (1, 4 * lq_size[0], 4 * lq_size[1], 3)
+    assert plain.shape == out["cn"].shape == want and all(torch.isfinite(t).all() for t in out.values())
     assert float(plain.std()) > 0.01  # not flat: a comparison of constants could not fail
     moved, zero = (float((out[k] - plain).abs().max()) for k in ("cn", "zero"))
     print(f"\nControlNet moves the image by {moved:.3e}; all-zero ControlNet by {zero:.3e}")
