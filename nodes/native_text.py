@@ -77,7 +77,7 @@ class SSPIRTextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clip, caption, negative_prompt, max_chunks, mixed_lengths=(MIXED_LENGTHS[0],)) -> io.NodeOutput:
+    def execute(cls, clip, caption, negative_prompt, max_chunks, mixed_lengths=MIXED_LENGTHS[0]) -> io.NodeOutput:
         captions = captions_for_batch(caption, len(flatten_strings(caption) or [""]))
         pos, neg = encode(single("clip", clip), captions, single("negative_prompt", negative_prompt),
                           int(single("max_chunks", max_chunks)), single("mixed_lengths", mixed_lengths))
