@@ -371,7 +371,7 @@ class ComfyServer:
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUIError(f"no ComfyUI in {self.comfy_dir} (run: python scripts/comfyui.py fetch)")
         args = self._lay_out()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **self.env)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         env.setdefault("DO_NOT_TRACK", "1")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(

@@ -18,4 +18,6 @@ torch_spec=${SSPIR_TORCH-"torch==2.14.1 torchvision==0.29.1"}
 # shellcheck disable=SC2086
 [ -z "$torch_spec" ] || .venv/bin/python -m pip install -q $torch_spec
 .venv/bin/python -m pip install -q -e ".[test]"
+# pyiqa without its declared bitsandbytes (unused by pyiqa; see the eval extra in pyproject.toml)
+.venv/bin/python -m pip install -q --no-deps "pyiqa>=0.1.13"
 [ "$with_comfyui" = 0 ] || .venv/bin/python scripts/comfyui.py fetch

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import fake_comfy
-from tests.conftest import REPO
+from tests.conftest import REPO, import_bitsandbytes
 
 
 def _import_pack(folder: Path, name: str):
@@ -133,15 +133,12 @@ def test_cli_help_imports_no_torch():
 
 
 def test_models_load_without_importing_bitsandbytes(tmp_path):
-    """The eval extra installs bitsandbytes (pyiqa requires it); diffusers imports it with every model, and peft
+    """A user's environment may hold bitsandbytes (another pack's); diffusers imports it with every model, and peft
     (reached from diffusers' UNet when installed) too: 3 s and a "Failed to load CPU gemm_4bit_forward from
     kernels-community" error line in each normal run. In a process set up as the `sspir` executable sets
     itself up, it stays unimported while the demo models load, and diffusers and peft still reach the real
     module when they touch it."""
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        pytest.skip("bitsandbytes is not installed here (the eval extra brings it)")
+    import_bitsandbytes()
     from sspir_core.demo import model_files as demo_models
 
     # written here: making the one-step demo file runs peft's LoRA injection, which tries its bitsandbytes

@@ -23,6 +23,7 @@ from PIL import Image
 from sspir_core.cli import main as cli_main
 from sspir_core.training import TrainConfig, Trainer
 from sspir_core.weights.checkpoint import load_official_checkpoint, read_compact_metadata, read_state_dict
+from tests.conftest import import_bitsandbytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,7 +216,7 @@ def test_gt_only_folder_degrades_on_the_fly(photos, tmp_path):
 
 
 def test_adamw8bit_trains_and_checkpoints(pairs, tmp_path):
-    bnb = pytest.importorskip("bitsandbytes", reason="8-bit AdamW is optional (pip install bitsandbytes)")
+    bnb = import_bitsandbytes()  # 8-bit AdamW is optional (pip install bitsandbytes)
     trainer = Trainer(_cfg(tmp_path / "run", pairs, max_steps=1, optimizer="adamw8bit", checkpoint_every=1),
                       log=lambda m: None)
     assert isinstance(trainer.optimizer.optimizer, bnb.optim.AdamW8bit)

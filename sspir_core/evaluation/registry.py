@@ -14,6 +14,11 @@ import torch
 from .metrics import METRICS, MetricSpec, required_files
 from .weights import WeightsConfig
 
+_EXTRA = "pip install 'comfyui-sspir[eval]'"
+INSTALL_HINTS = {"pyiqa": f"{_EXTRA} && pip install --no-deps 'pyiqa>=0.1.13'"}
+"""pyiqa goes in without its declared bitsandbytes, which it never imports and which would make every diffusers
+import reach the Hugging Face Hub (see the eval extra in pyproject.toml)."""
+
 Scorer = Callable[..., float]
 """fr: ``score(pred, gt)``; nr: ``score(pred)``; set: ``score(pred_dir, gt_dir)``. Images are [1, 3, H, W]."""
 
@@ -30,7 +35,7 @@ def _hf_cached(spec: str) -> bool:
 
 def missing_requirements(spec: MetricSpec, weights: WeightsConfig) -> list[str]:
     """What is absent: ``package X`` or the full path of each missing file (empty: ready to build)."""
-    missing = [f"package {p} (pip install 'comfyui-sspir[eval]')" for p in spec.packages
+    missing = [f"package {p} ({INSTALL_HINTS.get(p, _EXTRA)})" for p in spec.packages
                if importlib.util.find_spec(p) is None]
     for f in required_files(spec, weights):
         if f.startswith("hf:"):
