@@ -24,6 +24,14 @@ PRESETS = ("tiny-random",)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TRAIN_MODES = ("multi-step", "one-step")
+CAPTION_DROPOUT = {"multi-step": 0.5, "one-step": 0.0}
+"""Default caption dropout per mode: the official ``null_text_ratio`` 0.5 (``train.sh``); OSEDiff never drops the
+prompt (its VSD guidance would have no text to guide with)."""
+OSEDIFF_NEGATIVE_PROMPT = (
+    "painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, unreal engine, "
+    "blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg artifacts, deformed, "
+    "lowres, over-smooth")
+"""The VSD negative prompt of the training command in ``cswry/OSEDiff`` README.md (``--neg_prompt``)."""
 
 
 @dataclass
@@ -40,7 +48,7 @@ class TrainConfig:
     scale: int = 4
     usm_target: bool = True
     allow_gray: bool = False
-    caption_dropout: float = 0.5
+    caption_dropout: float | None = None  # None: CAPTION_DROPOUT of the mode
     max_chunks: int = 4
     batch_size: int = 16
     grad_accum: int = 2
@@ -78,6 +86,7 @@ class TrainConfig:
     lambda_rgb: float = 0.1
     lambda_fft: float = 0.01
     cfg_vsd: float = 7.5
+    vsd_negative_prompt: str = OSEDIFF_NEGATIVE_PROMPT
     lora_rank: int = 4
     lpips_weights: str | None = None
 
@@ -96,12 +105,14 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         need(self.resolution >= 16 and self.resolution % 8 == 0, f"--resolution must be a multiple of 8 >= 16, got {self.resolution}")
         need(self.resolution % self.scale == 0, f"--resolution {self.resolution} must be a multiple of --scale {self.scale}")
+        need(self.mode in TRAIN_MODES, f"--mode must be one of {', '.join(TRAIN_MODES)}")
+        if self.caption_dropout is None:
+            self.caption_dropout = CAPTION_DROPOUT[self.mode]
         need(0.0 <= self.caption_dropout <= 1.0, f"--caption-dropout must be in [0, 1], got {self.caption_dropout}")
         for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "validate_every", "log_every",
                      "max_chunks", "scale"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         need(self.num_workers >= 0, "--num-workers must be >= 0")
-        need(self.mode in TRAIN_MODES, f"--mode must be one of {', '.join(TRAIN_MODES)}")
         for name in ("lambda_l2", "lambda_lpips", "lambda_vsd", "lambda_vsd_lora", "lambda_rgb", "lambda_fft", "cfg_vsd"):
             need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0 (0 turns the loss off)")
         need(self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}")
@@ -125,7 +136,8 @@ HELP: dict[str, str] = {
     "scale": "degradation scale factor for GT-only data (official x4)",
     "usm_target": "train towards the USM-sharpened GT for GT-only data (Real-ESRGAN); --no-usm-target to disable",
     "allow_gray": "train on grayscale images too (skipped by default)",
-    "caption_dropout": "probability of an empty caption (official 0.5)",
+    "caption_dropout": "probability of an empty caption (default: the official 0.5 in multi-step mode, 0 in one-step "
+                       "mode, as OSEDiff)",
     "max_chunks": "long-prompt chunks of 75 tokens (as at inference)",
     "batch_size": "images per process per micro-step (official 16)",
     "grad_accum": "micro-steps per optimisation step (official 2)",
@@ -161,6 +173,8 @@ HELP: dict[str, str] = {
     "lambda_rgb": "one-step: weight of the Processor's RGB L1 per scale (SSP-IR 0.1)",
     "lambda_fft": "one-step: weight of the Processor's FFT L1 per scale (SSP-IR 0.01)",
     "cfg_vsd": "one-step: CFG of the real SD score in VSD (OSEDiff 7.5)",
+    "vsd_negative_prompt": "one-step: the negative prompt of VSD's CFG (default: OSEDiff's training command's; "
+                           "'' for none)",
     "lora_rank": "one-step: LoRA rank of the UNet and of the VSD fake score (OSEDiff 4)",
     "lpips_weights": "one-step: folder (torch-hub layout) with checkpoints/vgg16-397923af.pth and "
                      "pyiqa/LPIPS_v0.1_vgg-a78928a0.pth (default: $SSPIR_EVAL_WEIGHTS or torch's hub folder)",

@@ -150,16 +150,17 @@ class OneStepTraining:
         self.params = [*self.gen_params, *self.vsd_params]
         self.frozen = Frozen(pipe.vae, lpips, alphas, self.weights)
         self.pipe, self.max_chunks, self.frozen_dtype = pipe, cfg.max_chunks, trainer.frozen_dtype
+        self.negative_prompt = cfg.vsd_negative_prompt
 
     @torch.no_grad()
     def encode(self, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(LQ latent, text, negative text, CLIP tokens): the frozen encoders, as restore runs them."""
+        """(LQ latent, text, VSD negative text, CLIP tokens): the frozen encoders, as restore runs them."""
         pipe = self.pipe
         dist = pipe.vae.encode((2 * lq - 1).to(self.frozen_dtype)).latent_dist
         z = dist.sample(generator=g).float() * pipe.vae.config.scaling_factor
-        text, negative = encode_prompt_pair(pipe.text_encoder, pipe.tokenizer, captions, "", self.max_chunks,
-                                            lq.device)
+        text, negative = encode_prompt_pair(pipe.text_encoder, pipe.tokenizer, captions, self.negative_prompt,
+                                            self.max_chunks, lq.device)
         clip_tokens = pipe.clip_vision(lq.to(self.frozen_dtype))
         return z, text.float(), negative.float(), clip_tokens.float()
 
