@@ -312,3 +312,40 @@ def test_a_caption_damaged_mid_run_goes_into_the_data_report(photos, tmp_path):
     lines = (out / "data-report.txt").read_text().splitlines()
     assert lines == [f"skipped\t{photos / 'coffee.png'}\tmid-run: caption file {captions / 'coffee.txt'} is not UTF-8 "
                      "text (unexpected end of data at byte 3): save it as UTF-8"]
+
+
+def _truncate(path: Path) -> None:
+    """Keep the header, cut the pixel data in half (what an interrupted copy leaves)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_the_data_report_names_every_file_left_out_with_the_reason(photos, tmp_path):
+    """Truncated pixel data, symlink loops, broken links and captions without an image: all in data-report.txt
+    at start-up (the truncated file is not met again mid-run)."""
+    data, captions = tmp_path / "data", tmp_path / "captions"
+    data.mkdir()
+    captions.mkdir()
+    for name in PHOTOS:
+        (data / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+        (captions / f"{name}.txt").write_text(f"a photo of {name}\n")
+    _truncate(data / "rocket.png")
+    (data / "loop.png").symlink_to(data / "loop.png")
+    (data / "old.png").symlink_to(tmp_path / "moved-away.png")
+    (captions / "deleted.txt").write_text("the image of this caption was deleted")
+    logged: list[str] = []
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, data, max_steps=2, captions=str(captions)), log=logged.append)
+    lines = (out / "data-report.txt").read_text().splitlines()
+    assert lines[:3] == [
+        f"skipped\t{data / 'loop.png'}\tsymlink loop (the link resolves back to itself)",
+        f"skipped\t{data / 'old.png'}\tbroken symlink (its target {tmp_path / 'moved-away.png'} does not exist)",
+        f"skipped\t{captions / 'deleted.txt'}\tcaption without an image: no deleted.<ext> in {data}",
+    ]
+    assert lines[3].startswith(f"skipped\t{data / 'rocket.png'}\ttruncated or damaged pixel data (OSError: ")
+    assert len(lines) == 4
+    assert [it.gt.name for it in trainer.dataset.items] == ["astronaut.png", "chelsea.png", "coffee.png"]
+    trainer.train()  # 2 steps x batch 2 over 3 images: every usable image is read, the truncated one never
+    assert (out / "data-report.txt").read_text().splitlines() == lines
+    assert sum("rocket.png" in m for m in logged) == 1  # the start-up summary only
+

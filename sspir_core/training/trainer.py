@@ -121,15 +121,19 @@ def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path
 
 
 def build_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> TrainingSet:
+    """The training set, with what the listing left out (dangling links, captions without an image, unreadable
+    folders) in its report."""
     roots = [Path(d) for d in cfg.data]
+    problems: list[tuple[Path, str]] = []
     if len(roots) == 1 and is_paired_layout(roots[0]):
-        items = paired_items(roots[0])
+        items = paired_items(roots[0], problems)
     else:
         paired = [r for r in roots if is_paired_layout(r)]
         if paired:
             raise InputError(f"{paired[0]} is in the paired layout: give it alone as --data (not mixed with GT folders)")
-        items = gt_items(roots, Path(cfg.captions) if cfg.captions else None)
-    return TrainingSet(items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=log)
+        items = gt_items(roots, Path(cfg.captions) if cfg.captions else None, problems)
+    return TrainingSet(items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=log,
+                       problems=problems)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
