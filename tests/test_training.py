@@ -349,3 +349,19 @@ def test_the_data_report_names_every_file_left_out_with_the_reason(photos, tmp_p
     assert (out / "data-report.txt").read_text().splitlines() == lines
     assert sum("rocket.png" in m for m in logged) == 1  # the start-up summary only
 
+
+def test_a_file_damaged_mid_run_is_reported_once_with_two_workers(photos, tmp_path, capfd):
+    """Each DataLoader worker holds its own copy of the data set: the trainer, not the workers, prints it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("astronaut", "coffee"):
+        (data / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, data, max_steps=4, num_workers=2))
+    _truncate(data / "coffee.png")  # after the scan
+    trainer.train()  # batch 2 of 2 images: every batch holds coffee.png, and the batches alternate between workers
+    err = capfd.readouterr().err
+    warned = [line for line in err.splitlines() if "coffee.png" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: skipping {data / 'coffee.png'}: ")
+    lines = (out / "data-report.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skipped\t{data / 'coffee.png'}\tmid-run: ")
