@@ -271,3 +271,98 @@ def test_recursive_pairs_by_relative_path(nested_set, tmp_path, capsys):
     assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--lq", str(gt_dir), "--recursive",
                  "--restore", "--preset", "tiny-random"]) == 2
     assert "--recursive cannot be combined with --restore" in capsys.readouterr().err
+
+
+def test_an_unreadable_image_fails_that_pair_alone(tmp_path, capsys):
+    """A restored file that is not an image (header) and a GT cut off mid-data (pixels): those two pairs are named
+    on stderr and under "failed", the third is scored; exit 1 says something failed, the JSON is still written."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    good_gt = np.clip(skdata.astronaut()[:48, :48], 10, 245).astype(np.uint8)
+    good_pred, good_psnr = shifted(good_gt, 3, seed=0)
+    save(gt_dir, "good.png", good_gt)
+    save(pred_dir, "good.png", good_pred)
+    save(gt_dir, "notimage.png", skdata.coffee()[:48, :48])
+    (pred_dir / "notimage.png").write_bytes(b"this is not a PNG")
+    cut = save(gt_dir, "cut.png", skdata.chelsea()[:48, :48])
+    cut.write_bytes(cut.read_bytes()[:-2000])  # the header is intact, the pixel data is not
+    save(pred_dir, "cut.png", skdata.chelsea()[:48, :48])
+    out = tmp_path / "scores.json"
+    code = main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    doc = json.loads(out.read_text())
+    assert list(doc["images"]) == ["good"] and doc["images"]["good"]["psnr_y"] == pytest.approx(good_psnr, abs=1e-4)
+    assert doc["mean"]["psnr_y"] == pytest.approx(good_psnr, abs=1e-4)  # over the scored pair only
+    assert list(doc["failed"]) == ["cut", "notimage"]
+    assert doc["failed"]["notimage"]["file"] == str(pred_dir / "notimage.png")
+    assert doc["failed"]["cut"]["file"] == str(gt_dir / "cut.png")
+    assert "truncated" in doc["failed"]["cut"]["error"]
+    assert f"error: notimage: not scored: {pred_dir / 'notimage.png'}: cannot read image" in err
+    assert f"error: cut: not scored: {gt_dir / 'cut.png'}" in err
+    assert "2 of 3 pair(s) could not be read" in err
+
+
+def test_infinite_psnr_and_not_scored_are_distinct_in_the_json(tmp_path):
+    """Identical pair: PSNR "Infinity" (a string standard parsers read), left out of the mean and listed under
+    "infinite"; a metric that scored nothing: mean null and the image under "not_scored"."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    same = np.clip(skdata.astronaut()[:8, :8], 10, 245).astype(np.uint8)
+    other = np.clip(skdata.coffee()[:8, :8], 10, 245).astype(np.uint8)
+    other_pred, other_psnr = shifted(other, 4, seed=1)
+    save(gt_dir, "same.png", same)
+    save(pred_dir, "same.png", same)
+    save(gt_dir, "other.png", other)
+    save(pred_dir, "other.png", other_pred)
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} is not JSON"))
+    assert doc["images"]["same"] == {"psnr_y": "Infinity"} and float(doc["images"]["same"]["psnr_y"]) == math.inf
+    assert doc["images"]["other"]["psnr_y"] == pytest.approx(other_psnr, abs=1e-4)
+    assert doc["infinite"] == {"psnr_y": ["same"]}
+    assert doc["mean"]["psnr_y"] == pytest.approx(other_psnr, abs=1e-4)  # the finite values' mean
+    assert doc["mean"]["ssim_y"] is None  # 8x8 is below SSIM's window: nothing scored
+    assert set(doc["not_scored"]) == {"same", "other"} and doc["failed"] == {}
+
+    save(pred_dir, "other.png", other)  # now every image is identical: the mean is infinite too
+    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["mean"] == {"psnr_y": "Infinity"} and doc["infinite"] == {"psnr_y": ["other", "same"]}
+
+
+def test_markdown_mean_of_nothing_scored_is_empty_not_stars(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    for name, img in (("a", skdata.astronaut()[:8, :8]), ("b", skdata.coffee()[:8, :8])):
+        save(gt_dir, f"{name}.png", img)
+        save(pred_dir, f"{name}.png", img)
+    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y"]) == 0
+    out = capsys.readouterr().out
+    assert "****" not in out
+    assert "| **mean** | **inf** |  |" in out
+    assert "`psnr_y` is infinite (identical to GT) for 2 image(s): a, b (so is its mean)" in out
+
+
+def test_a_crop_border_that_leaves_nothing_is_an_error_before_scoring(photo_set, tmp_path, capsys, monkeypatch):
+    import sspir_core.evaluation.runner as runner
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scorers were built: the crop border must be refused before")
+
+    monkeypatch.setattr(runner, "build_scorers", no_scoring)
+    save(photo_set / "gt", "small.png", skdata.rocket()[:20, :30])
+    save(photo_set / "pred", "small.png", skdata.rocket()[:20, :30])
+    out = tmp_path / "scores.json"
+    code = main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--crop-border", "1000000",
+                 "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and not out.exists() and "****" not in captured.out
+    assert ("error: --crop-border 1000000 leaves nothing to score: it drops 1000000 px on each side, and the smallest "
+            "image is 30x20 px (small), the largest 64x64 px (coffee); --crop-border 31 or less leaves something of "
+            "the largest, 9 or less of every image") in captured.err
+    # 32 leaves nothing of 64 px either (2 x 32 = 64): still refused; 31 leaves 2 px of the 64 px images
+    assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--crop-border", "32"]) == 2
+    monkeypatch.undo()
+    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y",
+                    "--crop-border", "31"], tmp_path)
+    assert set(doc["not_scored"]) == {"small"} and {"astronaut", "coffee"} <= set(doc["images"])

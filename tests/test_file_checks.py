@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from sspir_core.demo import model_files as demo_models
 from sspir_core.errors import CheckpointError
-from sspir_core.weights.weights_file import check_weights_file
+from sspir_core.weights.weights_file import WeightsFile, check_weights_file
 from tests import fake_comfy
 
 
@@ -45,6 +45,25 @@ def test_a_truncated_file_fails_with_the_tensor_that_no_longer_fits(tmp_path):
     msg = str(err.value)
     assert str(path) in msg and "'a'" in msg and f"of only {len(data) - 10 - 8 - n} bytes" in msg
     assert "download or copy it again" in msg
+
+
+def test_a_header_over_the_format_limit_is_too_large_not_truncated(tmp_path):
+    """The file holds all 100 MB + 1 of its claimed header (sparse, so nothing is written): the limit is what
+    refuses it, and the message must not send the user to download an intact file again."""
+    path = tmp_path / "big-header.safetensors"
+    n = 100_000_001
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", n) + b"{")
+        f.truncate(8 + n + 16)
+    with pytest.raises(CheckpointError) as err:
+        check_weights_file(path)
+    msg = str(err.value)
+    assert str(path) in msg and "header is too large (100000001 bytes" in msg and "at most 100000000" in msg
+    assert "truncated" not in msg and "download or copy it again" not in msg
+    with pytest.raises(CheckpointError) as err:  # the lazy loader, which leaves the header to safetensors
+        WeightsFile(path)
+    msg = str(err.value)
+    assert str(path) in msg and "header is too large (100000001 bytes" in msg and "truncated" not in msg
 
 
 @pytest.mark.parametrize("damage, words", [

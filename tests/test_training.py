@@ -313,3 +313,56 @@ def test_a_caption_damaged_mid_run_goes_into_the_data_report(photos, tmp_path):
     lines = (out / "data-report.txt").read_text().splitlines()
     assert lines == [f"skipped\t{photos / 'coffee.png'}\tmid-run: caption file {captions / 'coffee.txt'} is not UTF-8 "
                      "text (unexpected end of data at byte 3): save it as UTF-8"]
+
+
+def _truncate(path: Path) -> None:
+    """Keep the header, cut the pixel data in half (what an interrupted copy leaves)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_the_data_report_names_every_file_left_out_with_the_reason(photos, tmp_path):
+    """Truncated pixel data, symlink loops, broken links and captions without an image: all in data-report.txt
+    at start-up (the truncated file is not met again mid-run)."""
+    data, captions = tmp_path / "data", tmp_path / "captions"
+    data.mkdir()
+    captions.mkdir()
+    for name in PHOTOS:
+        (data / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+        (captions / f"{name}.txt").write_text(f"a photo of {name}\n")
+    _truncate(data / "rocket.png")
+    (data / "loop.png").symlink_to(data / "loop.png")
+    (data / "old.png").symlink_to(tmp_path / "moved-away.png")
+    (captions / "deleted.txt").write_text("the image of this caption was deleted")
+    logged: list[str] = []
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, data, max_steps=2, captions=str(captions)), log=logged.append)
+    lines = (out / "data-report.txt").read_text().splitlines()
+    assert lines[:3] == [
+        f"skipped\t{data / 'loop.png'}\tsymlink loop (the link resolves back to itself)",
+        f"skipped\t{data / 'old.png'}\tbroken symlink (its target {tmp_path / 'moved-away.png'} does not exist)",
+        f"skipped\t{captions / 'deleted.txt'}\tcaption without an image: no deleted.<ext> in {data}",
+    ]
+    assert lines[3].startswith(f"skipped\t{data / 'rocket.png'}\ttruncated or damaged pixel data (OSError: ")
+    assert len(lines) == 4
+    assert [it.gt.name for it in trainer.dataset.items] == ["astronaut.png", "chelsea.png", "coffee.png"]
+    trainer.train()  # 2 steps x batch 2 over 3 images: every usable image is read, the truncated one never
+    assert (out / "data-report.txt").read_text().splitlines() == lines
+    assert sum("rocket.png" in m for m in logged) == 1  # the start-up summary only
+
+
+def test_a_file_damaged_mid_run_is_reported_once_with_two_workers(photos, tmp_path, capfd):
+    """Each DataLoader worker holds its own copy of the data set: the trainer, not the workers, prints it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("astronaut", "coffee"):
+        (data / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, data, max_steps=4, num_workers=2))
+    _truncate(data / "coffee.png")  # after the scan
+    trainer.train()  # batch 2 of 2 images: every batch holds coffee.png, and the batches alternate between workers
+    err = capfd.readouterr().err
+    warned = [line for line in err.splitlines() if "coffee.png" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: skipping {data / 'coffee.png'}: ")
+    lines = (out / "data-report.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skipped\t{data / 'coffee.png'}\tmid-run: ")

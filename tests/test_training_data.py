@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from sspir_core.errors import InputError
 from sspir_core.image_io import save_png
@@ -98,7 +98,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     # a 16-bit RGB PNG (values 0..65535): used, at full precision
     wide = torch.linspace(0, 1, 48 * 48 * 3).reshape(1, 3, 48, 48)
     save_png(wide, tmp_path / "deep16.png", bits=16)
-    # header fine, pixel data cut off: only found when decoded, mid-run
+    # header fine, pixel data cut off: found by the start-up scan, which decodes every image once
     _rgb(tmp_path / "truncated.png", size=(48, 48), seed=5)
     data = (tmp_path / "truncated.png").read_bytes()
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
@@ -106,16 +106,21 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     logged: list[str] = []
     ds = TrainingSet(gt_items([tmp_path], None), resolution=32, seed=0, log=logged.append)
     skipped = {p.name: why for p, why in ds.report.skipped}
-    assert set(skipped) == {"corrupt.png", "notimage.jpg", "tiny.png", "gray.png"}
+    assert set(skipped) == {"corrupt.png", "notimage.jpg", "tiny.png", "gray.png", "truncated.png"}
     assert "too small" in skipped["tiny.png"] and "grayscale" in skipped["gray.png"]
     assert "not a readable image" in skipped["corrupt.png"]
+    assert skipped["truncated.png"].startswith("truncated or damaged pixel data (OSError: ")
     assert {p.name for p, _ in ds.report.notes} == {"deep16.png"}
     names = [it.gt.name for it in ds.items]
-    assert names == ["deep16.png", "good.png", "truncated.png"]
+    assert names == ["deep16.png", "good.png"]
+    assert logged == []  # nothing is found again mid-run
 
-    s = ds[(2, 0)]  # the truncated file: reported, and the next image is returned instead
+    # damaged after the scan: reported when met, and the next image is returned instead
+    (tmp_path / "good.png").write_bytes(data[: len(data) // 2])
+    s = ds[(1, 0)]
     assert ds.items[s["index"]].gt.name == "deep16.png"
-    assert any("truncated.png" in m for m in logged)
+    assert [Path(p).name for p, _ in s["skipped"]] == ["good.png"]
+    assert len(logged) == 1 and "good.png" in logged[0]
     deep = ds[(0, 0)]["gt"]
     assert len(torch.unique(deep)) > 256  # 16-bit precision kept (8 bits would allow at most 256 levels)
 
@@ -188,3 +193,78 @@ def test_collate(tmp_path):
     batch = collate([ds[(0, 0)], ds[(1, 1)]])
     assert batch["gt"].shape == (2, 3, 16, 16) and batch["lq"].shape == (2, 3, 16, 16)
     assert len(batch["caption"]) == 2
+
+
+def _dangling_links(folder: Path) -> None:
+    """loop_a.png -> loop_b.png -> loop_a.png, and broken.png -> a file that does not exist."""
+    (folder / "loop_a.png").symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(folder / "loop_a.png")
+    (folder / "broken.png").symlink_to(folder / "gone.png")
+
+
+def test_dangling_links_and_captions_without_an_image_are_listed_paired(tmp_path):
+    _layout(tmp_path)
+    _dangling_links(tmp_path / "gt")
+    (tmp_path / "gt_llm_caption" / "ghost.txt").write_text("a caption whose image was deleted")
+    problems: list = []
+    items = paired_items(tmp_path, problems)
+    assert [i.gt.name for i in items] == ["a.png", "b.png", "c.png"]
+    gt = tmp_path / "gt"
+    assert problems == [
+        (gt / "broken.png", f"broken symlink (its target {gt / 'gone.png'} does not exist)"),
+        (gt / "loop_a.png", "symlink loop (the link resolves back to itself)"),
+        (gt / "loop_b.png", "symlink loop (the link resolves back to itself)"),
+        (tmp_path / "gt_llm_caption" / "ghost.txt", f"caption without an image: no {gt / 'ghost'}.<ext>"),
+    ]
+    ds = TrainingSet(items, resolution=16, seed=0, problems=problems)
+    assert ds.report.skipped == problems and len(ds.report.usable) == 3
+    assert "symlink loop" in ds.report.summary()
+
+
+def test_gt_folders_list_links_orphan_captions_and_unreadable_folders(tmp_path, monkeypatch):
+    """Tests run as root, whom chmod does not stop: the unreadable folder is simulated at Path.iterdir."""
+    photos, locked, captions = tmp_path / "photos", tmp_path / "locked", tmp_path / "captions"
+    _rgb(photos / "a.png")
+    _rgb(locked / "z.png")
+    _dangling_links(photos)
+    captions.mkdir()
+    (captions / "a.txt").write_text("caption of a")
+    (captions / "zz.txt").write_text("no image has this stem")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    problems: list = []
+    items = gt_items([photos, locked], captions, problems)
+    assert [(i.gt.name, i.caption) for i in items] == [("a.png", captions / "a.txt")]
+    reasons = {p.relative_to(tmp_path).as_posix(): why for p, why in problems}
+    assert reasons == {
+        "photos/broken.png": f"broken symlink (its target {photos / 'gone.png'} does not exist)",
+        "photos/loop_a.png": "symlink loop (the link resolves back to itself)",
+        "photos/loop_b.png": "symlink loop (the link resolves back to itself)",
+        "locked": "folder cannot be read (PermissionError: Permission denied): nothing in it is used",
+        "captions/zz.txt": f"caption without an image: no zz.<ext> in {photos}, {locked}",
+    }
+    # nothing usable at all: the error says why
+    with pytest.raises(InputError, match=r"(?s)no images in .*locked: folder cannot be read"):
+        gt_items([locked], None)
+
+
+def test_the_scan_decodes_each_image_once(tmp_path, monkeypatch):
+    """A full decode per image at start-up is the price of catching truncated files there; one, not more."""
+    for i in range(3):
+        _rgb(tmp_path / f"{i}.png", size=(40, 40), seed=i)
+    loads = []
+    real_load = ImageFile.ImageFile.load
+
+    def counting_load(self):
+        loads.append(self.filename)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    TrainingSet(gt_items([tmp_path], None), resolution=32, seed=0)
+    assert loads == [str(tmp_path / f"{i}.png") for i in range(3)]

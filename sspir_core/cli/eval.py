@@ -8,13 +8,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+EXIT_SOME_FAILED = 1
+"""Exit status when some pairs could not be read: the others were scored and every output was written.
+(0: everything was scored; 2: nothing was, the run stopped at a bad flag or input.)"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="score restored images against ground truth (PSNR/SSIM/LPIPS/... tables and pictures)",
         description="Pairs --pred and --gt images by file name and scores them. Learned metrics run only when "
         "their weights are on disk (nothing is downloaded); the others are listed as skipped with the files "
-        "they need.")
+        "they need. Exit status: 0 when every pair was scored, 1 when some pairs could not be read (named on "
+        "stderr and under \"failed\" in --json; the others are scored and every output is written), 2 when the "
+        "run stops before scoring (a bad flag, no pairs, mismatched sizes).")
     p.add_argument("--gt", required=True, help="folder of ground-truth images")
     p.add_argument("--pred", required=True, help="folder of restored images (with --restore: written there)")
     p.add_argument("--lq", help="folder of LQ inputs (for the side-by-side pictures; required by --restore)")
@@ -123,7 +129,14 @@ def run(args: argparse.Namespace) -> int:
     for image, metrics in result.not_scored.items():
         for metric, why in metrics.items():
             print(f"warning: {image}: {metric} not scored: {why['reason']} ({why['detail']})", file=sys.stderr)
-    return _write_outputs(args, result, pairing, protocol)
+    for image, why in result.failed.items():
+        print(f"error: {image}: not scored: {why['error']}", file=sys.stderr)
+    code = _write_outputs(args, result, pairing, protocol)
+    if code == 0 and result.failed:
+        print(f"error: {len(result.failed)} of {len(result.failed) + len(result.images)} pair(s) could not be read "
+              "and were not scored (listed above and under \"failed\" in --json); the others were", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return code
 
 
 def _write_outputs(args, result, pairing, protocol) -> int:

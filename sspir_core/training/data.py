@@ -12,10 +12,12 @@ by starting the sampler at the saved position.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +40,57 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def list_images(folder: Path) -> list[Path]:
+Problems = list[tuple[Path, str]]
+"""``(path, reason)`` of entries a listing could not use (they go into data-report.txt as ``skipped``)."""
+
+
+def _entries(folder: Path, problems: Problems | None) -> list[Path]:
+    """The folder's entries, sorted; an unreadable folder is a problem (or raised when nobody collects them)."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        reason = f"folder cannot be read ({type(e).__name__}: {e.strerror or e}): nothing in it is used"
+        if problems is None:
+            raise InputError(f"{folder}: {reason}") from None
+        problems.append((folder, reason))
+        return []
+
+
+def _dangling(path: Path) -> str | None:
+    """Why a directory entry is not a regular file one can open: a symlink loop, a broken symlink, or a stat
+    error; None for a regular file (or a folder, which is not an image and not a problem)."""
+    try:
+        if path.is_dir():
+            return None
+        path.stat()
+        return None if path.is_file() else "not a regular file"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop (the link resolves back to itself)"
+        if path.is_symlink() and e.errno == errno.ENOENT:
+            return f"broken symlink (its target {os.readlink(path)} does not exist)"
+        return f"cannot be read ({type(e).__name__}: {e.strerror or e})"
+
+
+def list_images(folder: Path, problems: Problems | None = None) -> list[Path]:
+    """The image files directly in ``folder``, sorted.
+
+    Entries with an image suffix that cannot be opened (symlink loops, broken symlinks) and an unreadable
+    folder are appended to ``problems`` with the reason, so data-report.txt names them instead of a silent
+    drop; without ``problems`` an unreadable folder raises :class:`InputError`.
+    """
     if not folder.is_dir():
         raise InputError(f"data folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = []
+    for p in _entries(folder, problems):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        why = _dangling(p)
+        if why is None and p.is_file():
+            found.append(p)
+        elif why is not None and problems is not None:
+            problems.append((p, why))
+    return found
 
 
 @dataclass
@@ -63,8 +112,10 @@ class ScanReport:
 
 def check_image(path: Path, min_side: int, allow_gray: bool = False, size_flag: str = "--resolution"
                 ) -> tuple[str | None, str | None]:
-    """(reason to skip, note) from the file header: unreadable, smaller than a crop, grayscale; 16-bit is a note.
+    """(reason to skip, note): unreadable, truncated, smaller than a crop, grayscale; 16-bit is a note.
 
+    The pixels are decoded once here (after the cheap header checks pass), so a file whose header is fine but
+    whose data is cut off is skipped at start-up and named in data-report.txt, instead of failing mid-run.
     ``size_flag``: the option that sets the crop size, named in the too-small reason so the user knows what to change.
     """
     try:
@@ -72,12 +123,17 @@ def check_image(path: Path, min_side: int, allow_gray: bool = False, size_flag: 
             w, h = img.size
             mode = img.mode
             bands = img.getbands()
+            if min(w, h) < min_side:
+                return (f"too small ({w}x{h}; crops are {min_side} px: {size_flag} {min(w, h)} or less would use "
+                        "it)"), None
+            if not allow_gray and (mode in _GRAY_MODES or len(bands) < 3 and mode != "P"):
+                return f"grayscale ({mode}); pass --allow-gray to train on it", None
+            try:
+                img.load()
+            except OSError as e:  # PIL: "image file is truncated (N bytes not processed)", "broken data stream"
+                return f"truncated or damaged pixel data ({type(e).__name__}: {e})", None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         return f"not a readable image ({type(e).__name__}: {e})", None
-    if min(w, h) < min_side:
-        return f"too small ({w}x{h}; crops are {min_side} px: {size_flag} {min(w, h)} or less would use it)", None
-    if not allow_gray and (mode in _GRAY_MODES or len(bands) < 3 and mode != "P"):
-        return f"grayscale ({mode}); pass --allow-gray to train on it", None
     if mode.startswith("I;16") or mode in ("I", "RGB;16", "RGBA;16") or _is_png16(path):
         return None, "16-bit: read at full precision"
     return None, None
@@ -137,33 +193,67 @@ class Item:
     caption: Path | None
 
 
-def paired_items(root: Path) -> list[Item]:
-    """``gt/``, ``sr_bicubic/`` and (optional) ``gt_llm_caption/``, paired by file stem; any orphan is an error."""
+def _captions(cap_dir: Path, problems: Problems | None) -> dict[str, Path]:
+    """``{stem: caption file}`` of the ``.txt`` files in ``cap_dir`` (dangling links and an unreadable folder
+    are problems, as for images)."""
+    out = {}
+    for p in _entries(cap_dir, problems):
+        if p.suffix.lower() != ".txt":
+            continue
+        why = _dangling(p)
+        if why is None and p.is_file():
+            out[p.stem] = p
+        elif why is not None and problems is not None:
+            problems.append((p, why))
+    return out
+
+
+def paired_items(root: Path, problems: Problems | None = None) -> list[Item]:
+    """``gt/``, ``sr_bicubic/`` and (optional) ``gt_llm_caption/``, paired by file stem; an image without its
+    partner or caption is an error. Files left out (a caption without an image, dangling links, an unreadable
+    folder) are appended to ``problems`` for data-report.txt."""
+    problems = [] if problems is None else problems
     gt_dir, lq_dir, cap_dir = root / GT_DIR, root / LQ_DIR, root / CAPTION_DIR
-    gts, lqs = {p.stem: p for p in list_images(gt_dir)}, {p.stem: p for p in list_images(lq_dir)}
-    problems = [f"{gts[s]} has no partner in {lq_dir}/ (expected {s}.<ext>)" for s in sorted(gts.keys() - lqs.keys())]
-    problems += [f"{lqs[s]} has no partner in {gt_dir}/ (expected {s}.<ext>)" for s in sorted(lqs.keys() - gts.keys())]
+    seen = len(problems)
+    gts = {p.stem: p for p in list_images(gt_dir, problems)}
+    lqs = {p.stem: p for p in list_images(lq_dir, problems)}
+    errors = [f"{gts[s]} has no partner in {lq_dir}/ (expected {s}.<ext>)" for s in sorted(gts.keys() - lqs.keys())]
+    errors += [f"{lqs[s]} has no partner in {gt_dir}/ (expected {s}.<ext>)" for s in sorted(lqs.keys() - gts.keys())]
     captions: dict[str, Path] = {}
     if cap_dir.is_dir():
-        captions = {p.stem: p for p in cap_dir.glob("*.txt")}
-        problems += [f"{gts[s]} has no caption {cap_dir / (s + '.txt')}" for s in sorted(gts.keys() - captions.keys())]
-    if problems:
-        more = f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise InputError(f"{root}: unpaired files in the official layout:\n  " + "\n  ".join(problems[:10]) + more)
+        captions = _captions(cap_dir, problems)
+        errors += [f"{gts[s]} has no caption {cap_dir / (s + '.txt')}" for s in sorted(gts.keys() - captions.keys())]
+        problems += [(captions[s], f"caption without an image: no {gt_dir / s}.<ext>")
+                     for s in sorted(captions.keys() - gts.keys())]
+    if errors:
+        more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
+        also = "".join(f"\n  {p}: {why}" for p, why in problems[seen:])
+        raise InputError(f"{root}: unpaired files in the official layout:\n  " + "\n  ".join(errors[:10]) + more
+                         + also)
     if not gts:
-        raise InputError(f"{gt_dir}: no images")
+        raise InputError(f"{gt_dir}: no images" + "".join(f"\n  {p}: {why}" for p, why in problems[seen:]))
     return [Item(gts[s], lqs[s], captions.get(s)) for s in sorted(gts)]
 
 
-def gt_items(folders: Sequence[Path], caption_dir: Path | None) -> list[Item]:
-    """Images of GT-only folders, with ``<stem>.txt`` captions from ``caption_dir`` when given (else empty)."""
+def gt_items(folders: Sequence[Path], caption_dir: Path | None, problems: Problems | None = None) -> list[Item]:
+    """Images of GT-only folders, with ``<stem>.txt`` captions from ``caption_dir`` when given (else empty).
+
+    A caption in ``caption_dir`` that matches no image, dangling links and unreadable folders are appended to
+    ``problems`` for data-report.txt.
+    """
+    problems = [] if problems is None else problems
+    seen = len(problems)
     items = []
+    captions = _captions(caption_dir, problems) if caption_dir is not None and caption_dir.is_dir() else {}
     for folder in folders:
-        for p in list_images(folder):
-            cap = caption_dir / f"{p.stem}.txt" if caption_dir else None
-            items.append(Item(p, None, cap if cap is not None and cap.is_file() else None))
+        for p in list_images(folder, problems):
+            items.append(Item(p, None, captions.get(p.stem)))
+    stems = {it.gt.stem for it in items}
+    problems += [(captions[s], f"caption without an image: no {s}.<ext> in {', '.join(map(str, folders))}")
+                 for s in sorted(captions.keys() - stems)]
     if not items:
-        raise InputError(f"no images in {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"no images in {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})"
+                         + "".join(f"\n  {p}: {why}" for p, why in problems[seen:]))
     return items
 
 
@@ -182,9 +272,14 @@ class TrainingSet(Dataset):
     """Samples keyed by ``(index, position)``; returns a dict with ``gt`` (and ``lq`` for paired data) in [0, 1]."""
 
     def __init__(self, items: Sequence[Item], resolution: int, seed: int, caption_dropout: float = 0.5,
-                 allow_gray: bool = False, log=None):
+                 allow_gray: bool = False, log: Callable[[str], None] | None = None,
+                 problems: Sequence[tuple[Path, str]] = ()):
+        """``problems``: what listing the folders left out (see :func:`gt_items`), reported as skipped.
+        ``log`` gets one line per image skipped mid-run; the trainer passes a no-op and reports the samples'
+        ``skipped`` itself, once per file, because every DataLoader worker holds its own copy of this set."""
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.report = scan([it.gt for it in items], resolution, allow_gray)
+        self.report.skipped[:0] = list(problems)
         usable = set(self.report.usable)
         self.items = []
         for it in items:

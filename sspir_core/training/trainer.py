@@ -121,15 +121,24 @@ def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path
 
 
 def build_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> TrainingSet:
+    """The training set, with what the listing left out (dangling links, captions without an image, unreadable
+    folders) in its report. ``log`` is not handed to the set: each DataLoader worker would print a damaged file
+    again; :meth:`Trainer.report_skipped` prints it once from the samples' ``skipped``."""
     roots = [Path(d) for d in cfg.data]
+    problems: list[tuple[Path, str]] = []
     if len(roots) == 1 and is_paired_layout(roots[0]):
-        items = paired_items(roots[0])
+        items = paired_items(roots[0], problems)
     else:
         paired = [r for r in roots if is_paired_layout(r)]
         if paired:
             raise InputError(f"{paired[0]} is in the paired layout: give it alone as --data (not mixed with GT folders)")
-        items = gt_items(roots, Path(cfg.captions) if cfg.captions else None)
-    return TrainingSet(items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=log)
+        items = gt_items(roots, Path(cfg.captions) if cfg.captions else None, problems)
+    return TrainingSet(items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=_quiet,
+                       problems=problems)
+
+
+def _quiet(message: str) -> None:
+    """The data set's mid-run log under the trainer (see :func:`build_dataset`)."""
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -249,17 +258,20 @@ class Trainer:
         return self.accelerator.clip_grad_norm_(self.clip_params, self.cfg.max_grad_norm)
 
     def report_skipped(self, skipped: list[tuple[str, str]]) -> None:
-        """Append the files a batch had to skip mid-run (damaged since the scan) to data-report.txt, once each.
+        """Log the files a batch had to skip mid-run (damaged since the scan) and append them to data-report.txt,
+        once each per process (DataLoader workers cannot share what they already reported; this can).
 
         Every process appends its own (lines are written with one O_APPEND write each); a process on a node that
-        does not see the output folder only logs them, as the data loader already did.
+        does not see the output folder only logs them.
         """
-        new = [(p, why) for p, why in skipped if p not in self._reported]
+        new = dict((p, why) for p, why in skipped if p not in self._reported)  # a batch may repeat a file too
+        self._reported.update(new)
+        for p, why in new.items():  # the one console line per file (the data set itself is quiet)
+            self.log(f"warning: skipping {p}: {why}")
         if not new or not self.out.is_dir():
             return
-        self._reported.update(p for p, _ in new)
         with open(self.out / DATA_REPORT, "a", encoding="utf-8") as fh:
-            fh.write(_report_lines("skipped", [(p, f"mid-run: {why}") for p, why in new]))
+            fh.write(_report_lines("skipped", [(p, f"mid-run: {why}") for p, why in new.items()]))
 
     def _generator(self, *parts: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))

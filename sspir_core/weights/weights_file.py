@@ -25,6 +25,21 @@ _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M
 _DAMAGED = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
 
 
+def _claimed_header_bytes(path: Path) -> int | None:
+    with path.open("rb") as f:
+        head = f.read(8)
+    return struct.unpack("<Q", head)[0] if len(head) == 8 else None
+
+
+def _header_too_large(path: Path, n: int) -> CheckpointError:
+    """A header over the format's limit whose bytes are all in the file is refused as too large: calling it
+    truncated would send the user to download an intact file again."""
+    return CheckpointError(
+        f"{path} is not a readable safetensors file: its header is too large ({n} bytes; the safetensors format "
+        f"allows at most {_MAX_HEADER_BYTES}, and the safetensors library refuses it too). It was not written by a "
+        "standard safetensors writer: re-save the weights with safetensors.torch.save_file.")
+
+
 def _safetensors_header(path: Path) -> dict[str, dict]:
     """The tensor entries of a safetensors header, checked against the file size; only the header is read."""
     size = path.stat().st_size
@@ -37,6 +52,8 @@ def _safetensors_header(path: Path) -> dict[str, dict]:
         if len(head) < 8:
             raise bad(f"{size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
+        if _MAX_HEADER_BYTES < n <= size - 8:  # the bytes are there: not damage, a header over the format's limit
+            raise _header_too_large(path, n)
         if n < 2 or n > min(_MAX_HEADER_BYTES, size - 8):
             raise bad(f"its header claims {n} bytes in a {size}-byte file")
         raw = f.read(n)
@@ -141,6 +158,9 @@ class WeightsFile:
                     "If you trust its source, convert it to .safetensors in a separate session."
                     + "".join(f" ({line.strip()})" for line in str(exc).splitlines() if "Unsupported global" in line)
                 ) from exc
+            n = _claimed_header_bytes(self.path) if "header too large" in str(exc).lower() else None
+            if n is not None and n <= self.path.stat().st_size - 8:  # all there: the format's limit, not damage
+                raise _header_too_large(self.path, n) from exc
             raise CheckpointError(
                 f"Could not read {self.path}: {exc}. The file is probably truncated or corrupt "
                 f"(an interrupted download?): download or copy it again."
