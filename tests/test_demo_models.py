@@ -71,3 +71,26 @@ def test_demo_models_command_writes_loadable_models_in_comfyui_layout(tmp_path, 
     assert read_compact_metadata(tmp_path / CONTRACT_PATHS["sspir"])["base"] == "sd15"
     assert parts.text_encoder.config.hidden_size == parts.models.unet.config.cross_attention_dim
     assert clip.width == parts.models.refine.config["clip_dim"] and clip.num_tokens == 256
+
+
+def test_demo_models_need_no_training_library(tmp_path):
+    """A ComfyUI user has only requirements.txt's packages: writing the demo files (the one-step one included,
+    whose LoRA is drawn without peft) must not import peft, and the one-step file's LoRA changes the UNet."""
+    import subprocess
+    import sys
+
+    from sspir_core.restore.components import load_pipeline_parts
+    from tests.conftest import REPO
+
+    code = ("import sys\nsys.modules['peft'] = None  # import peft fails, as when it is not installed\n"
+            "from sspir_core.cli import main\n"
+            f"sys.exit(main(['demo-models', r'{tmp_path}', '--no-captioner']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one_step = tmp_path / "sspir" / "sspir-demo-one-step.safetensors"
+    multi = load_pipeline_parts(tmp_path / CONTRACT_PATHS["sd"], tmp_path / CONTRACT_PATHS["sspir"])
+    single = load_pipeline_parts(tmp_path / CONTRACT_PATHS["sd"], one_step)
+    assert single.models.mode == "one-step"
+    moved = [n for n, w in single.models.unet.state_dict().items()
+             if not torch.equal(w, multi.models.unet.state_dict()[n])]
+    assert moved, "the demo one-step LoRA leaves every UNet weight as it was"

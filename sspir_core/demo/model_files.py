@@ -33,22 +33,17 @@ def _json_config(model) -> dict:
 
 
 def one_step_model(models, seed: int = 0):
-    """``models`` as a one-step SSP-IR model: a UNet LoRA whose B is random (not zero), so it changes the output."""
+    """``(models, lora)``: ``models`` as a one-step SSP-IR model and its UNet LoRA, whose B is random (not zero) so
+    it changes the output. Drawn without peft (a training dependency): writing demo files needs none."""
     import copy
 
-    from ..models.one_step import LORA_ALPHA, ONE_STEP, LoraSpec, add_lora, lora_targets
+    from ..models.one_step import LORA_ALPHA, ONE_STEP, LoraSpec, lora_targets, random_lora
 
     models = copy.deepcopy(models)
-    g = torch.Generator().manual_seed(seed + 5)
     spec = LoraSpec(2, LORA_ALPHA, lora_targets(models.unet))
-    lora = add_lora(models.unet, spec, g)
-    names = {id(q): n for n, q in models.unet.named_parameters()}
-    for p in lora:
-        if ".lora_B." in names[id(p)]:
-            with torch.no_grad():
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    lora = random_lora(models.unet, spec, torch.Generator().manual_seed(seed + 5), b_std=0.05)
     models.mode, models.lora = ONE_STEP, spec
-    return models
+    return models, lora
 
 
 def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
@@ -95,7 +90,8 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
         save_compact(models, todo["sspir"])
     if "sspir_one_step" in todo:
         todo["sspir_one_step"].parent.mkdir(parents=True, exist_ok=True)
-        save_compact(one_step_model(models, seed), todo["sspir_one_step"])
+        one_step, lora = one_step_model(models, seed)
+        save_compact(one_step, todo["sspir_one_step"], lora)
     if "clip_vision" in todo:
         vision = {"hidden_size": TINY_CLIP_DIM, "intermediate_size": 2 * TINY_CLIP_DIM, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "image_size": TINY_CLIP_IMAGE, "patch_size": 14,

@@ -184,6 +184,24 @@ def add_lora(unet: nn.Module, spec: LoraSpec, generator: torch.Generator | None 
     return params
 
 
+def random_lora(unet: nn.Module, spec: LoraSpec, generator: torch.Generator, b_std: float = 0.0
+                ) -> dict[str, torch.Tensor]:
+    """LoRA tensors in the saved layout (``<module>.lora_A.weight``/``lora_B``) drawn without peft.
+
+    A as :func:`add_lora` draws it (normal, std 1/r); B normal with ``b_std`` (0: add_lora's zero B). A conv
+    target gets peft's conv layout: A a conv of the layer's kernel to r channels, B a 1x1 conv back. For writing
+    files (demo models) where peft, a training dependency, is not installed.
+    """
+    out = {}
+    for name in spec.targets:
+        w = unet.get_submodule(name).weight
+        a_shape = (spec.rank, *w.shape[1:])
+        b_shape = (w.shape[0], spec.rank) + ((1, 1) if w.ndim == 4 else ())
+        out[f"{name}.lora_A.weight"] = torch.randn(a_shape, generator=generator) / spec.rank
+        out[f"{name}.lora_B.weight"] = torch.randn(b_shape, generator=generator) * b_std
+    return out
+
+
 def lora_parameters(module: nn.Module, adapter: str = ADAPTER) -> list[nn.Parameter]:
     return [p for n, p in module.named_parameters() if f".{adapter}." in n and "lora_" in n]
 

@@ -274,8 +274,10 @@ def compact_state_dict(models: SSPIRModels) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_compact(models: SSPIRModels, path: str | Path) -> Path:
-    """One .safetensors with only the SSP-IR parts (about 0.5B parameters for SD1.5) and its configs as metadata."""
+def save_compact(models: SSPIRModels, path: str | Path, lora: dict[str, torch.Tensor] | None = None) -> Path:
+    """One .safetensors with only the SSP-IR parts (about 0.5B parameters for SD1.5) and its configs as metadata.
+
+    ``lora``: a one-step model's LoRA tensors when its UNet does not hold them as a peft adapter."""
     path = Path(path)
     metadata = {
         "format": COMPACT_FORMAT,
@@ -288,7 +290,7 @@ def save_compact(models: SSPIRModels, path: str | Path) -> Path:
     }
     from .one_step import compact_extras
 
-    extra_tensors, extra_meta = compact_extras(models)  # one-step models: the LoRA and mode
+    extra_tensors, extra_meta = compact_extras(models, lora)  # one-step models: the LoRA and mode
     _save_tensors({**compact_state_dict(models), **extra_tensors}, path, {**metadata, **extra_meta})
     return path
 

@@ -54,12 +54,14 @@ def write_official(models: SSPIRModels, out: Path, save_tensors: Any) -> None:
     write_text_atomic(out / MODE_FILE, json.dumps(meta, indent=2, sort_keys=True))
 
 
-def compact_extras(models: SSPIRModels) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) a one-step model adds to the compact file; empty for a 50-step model."""
+def compact_extras(models: SSPIRModels, lora: dict[str, torch.Tensor] | None = None
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) a one-step model adds to the compact file; empty for a 50-step model. ``lora``: the
+    LoRA tensors in the saved layout when the UNet does not carry them as a peft adapter (demo files)."""
     meta = mode_metadata(models)
     if meta is None:
         return {}, {}
-    tensors = {LORA_PREFIX + k: v for k, v in lora_state_dict(models.unet).items()}
+    tensors = {LORA_PREFIX + k: v for k, v in (lora if lora is not None else lora_state_dict(models.unet)).items()}
     return tensors, {"mode": ONE_STEP, "one_step": json.dumps(meta)}
 
 
