@@ -134,6 +134,26 @@ def test_windows_through_a_host_encoder_equal_the_reference_encoder():
         layout_pair(tok, mixed, "", 4, "group")
 
 
+def test_a_caption_past_the_chunks_is_cut_with_the_reference_routes_warning(caplog):
+    """A 2000-word caption keeps 4 x 75 tokens on both routes; the native route says so as the reference does."""
+    import logging
+
+    from sspir_core.weights import load_tokenizer, sd_config_dir
+
+    clip_tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
+    tok = TokenizerIds(clip_tokenizer, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id,
+                       clip_tokenizer.pad_token_id)
+    words = 2000
+    with caplog.at_level(logging.WARNING):
+        pos, _ = layout_pair(tok, ["fine", "cat " * words], "", 4)
+    assert pos.num_chunks == 4
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # "cat " is one token each (hand-checked below); the first caption fits and is not named
+    assert len(clip_tokenizer("cat " * 3, add_special_tokens=False)["input_ids"]) == 3
+    assert len(lines) == 1 and f"has {words} tokens: only the first 300 are used" in lines[0], lines
+    assert lines[0].startswith("caption 2 ")
+
+
 def test_native_patch_loads_only_sspir_parts_from_both_layouts(tmp_path):
     from sspir_core.weights.checkpoint import save_compact, save_official_checkpoint
 

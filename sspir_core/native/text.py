@@ -19,6 +19,7 @@ from ..restore.prompt import (
     join_chunks,
     tokenize_long,
     tokenize_negative,
+    warn_cut_prompts,
 )
 
 WINDOW = CHUNK_TOKENS + 2
@@ -50,6 +51,7 @@ def layout_pair(tokenizer: Any, captions: Sequence[str], negative: str, max_chun
     """
     if mixed not in MIXED_LENGTHS:
         raise InputError(f"mixed lengths must be one of {', '.join(MIXED_LENGTHS)}; got {mixed!r}")
+    warn_cut_prompts(tokenizer, captions, max_chunks)  # the same log line as the reference route's
     counts = [tokenize_long(tokenizer, [c], max_chunks).num_chunks for c in captions]
     if len(set(counts)) > 1 and mixed == "refuse":
         raise InputError(
