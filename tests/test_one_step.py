@@ -140,10 +140,6 @@ def test_missing_lpips_file_names_it_and_the_flag(tmp_path, pairs):
 # ---------------------------------------------------------------- training
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return 10 * torch.log10(1 / ((a - b) ** 2).mean(dim=(1, 2, 3)))
-
-
 def test_loss_falls_and_its_parts_add_up(pairs, tmp_path):
     """20 steps on 4 degraded crops (pixel MSE + the Processor losses): the logged total is the sum of its parts
     and falls. Whether training restores anything is tests/test_learning.py's question (true vs shuffled pairs on
