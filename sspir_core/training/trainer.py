@@ -130,10 +130,18 @@ def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path
 
     ``latest`` is the newest checkpoint that passes :func:`read_state`; each damaged or unfinished newer one is
     skipped with a warning naming the file. When checkpoint folders exist but none is usable it stops: starting
-    at step 1 would quietly throw away the finished steps (``--resume none`` starts over on purpose). An
-    explicit folder must pass :func:`read_state`.
+    at step 1 would quietly throw away the finished steps (``--resume none`` starts over on purpose; no
+    ``--resume`` at all does too, with a warning when there are checkpoints). An explicit folder must pass
+    :func:`read_state`.
     """
-    if not cfg.resume or cfg.resume.lower() == "none":
+    if not cfg.resume:
+        found = _numbered(Path(cfg.output)) if cfg.output else []
+        if found:
+            log(f"warning: {cfg.output} already has checkpoint folders (newest {found[-1].name}) and --resume is not "
+                "given: starting at step 1 (give --resume latest to continue; --resume none says this is meant). "
+                "Its metrics.jsonl rows are moved aside and its checkpoints are replaced as this run reaches them")
+        return None
+    if cfg.resume.lower() == "none":
         return None
     if cfg.resume == "latest":
         found = _numbered(Path(cfg.output))
