@@ -254,12 +254,34 @@ def test_no_usable_checkpoint_stops_and_resume_none_starts_over(stopped_at_3, pa
 
     assert cli_main(["train", "--resume", "latest", *_argv(out, pairs, 1)[1:]]) == 2  # the CLI says it too
     logged: list[str] = []
+    assert resolve_resume(_cfg(out, pairs, None), logged.append) is None  # no --resume: a fresh start, said aloud
+    assert len(logged) == 1 and "already has checkpoint folders (newest checkpoint-3)" in logged[0]
+    logged.clear()
     trainer = Trainer(_cfg(out, pairs, None, resume="none", max_steps=1), log=logged.append)
     assert trainer.resume_from is None
     trainer.train()
     assert [r["step"] for r in _rows(out / "metrics.jsonl")] == [1]
     aside = list(out.glob("metrics.after-step-0.*.jsonl"))
     assert len(aside) == 1 and aside[0].read_text() == before  # the old run's rows, kept
+
+
+def test_the_limit_spares_checkpoints_past_the_one_resumed(reference, pairs, tmp_path):
+    """An explicit --resume of an earlier checkpoint: the later ones of the first run are replaced when reached,
+    not deleted as stale before (they may be all the user has if this run fails)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference(None), out)
+    cfg = _cfg(out, pairs, 1, resume=str(out / "checkpoint-2"))
+    logged: list[str] = []
+    Trainer(cfg, log=logged.append).train(stop_after=1)
+    assert _checkpoints(out) == ["checkpoint-3", "checkpoint-4"]
+    assert f"note: replacing {out / 'checkpoint-3'} (left by an earlier run)" in logged
+    Trainer(replace(cfg, resume="latest"), log=lambda m: None).train()  # latest: checkpoint-4, nothing to do
+    Trainer(replace(cfg, resume=str(out / "checkpoint-3")), log=lambda m: None).train()
+    assert _checkpoints(out) == ["checkpoint-4"]
+    assert _rows(out / "metrics.jsonl") == _rows(reference(None) / "metrics.jsonl")
+    for rel in WEIGHTS:
+        a, b = read_state_dict(out / "checkpoint-4" / rel), read_state_dict(reference(None) / "checkpoint-4" / rel)
+        assert all(torch.equal(a[k], b[k]) for k in a), rel
 
 
 # ---------------------------------------------------------------------------------------------- a full disk
