@@ -115,14 +115,18 @@ def check_weights_file(path: str | Path) -> list[str]:
 _CRC_ALL_BELOW = 256 * 2**20  # whole-file CRC check for torch files up to this size (RNG states, schedulers)
 
 
-def _walk_pickle(raw: bytes, what: str) -> None:
-    """Check that ``raw`` is one complete, well-formed pickle by reading its opcodes; nothing is executed."""
+def _walk_pickle(raw: bytes, what: str, count: int = 1) -> None:
+    """Check that ``raw`` starts with ``count`` complete, well-formed pickles by reading their opcodes; nothing is
+    executed."""
+    import io
     import pickletools
     from collections import deque
 
-    ops = deque(pickletools.genops(raw), maxlen=1)  # raises ValueError on a cut or garbled stream
-    if not ops or ops[0][0].name != "STOP":
-        raise ValueError(f"{what} does not end with the pickle STOP opcode")
+    stream = io.BytesIO(raw)
+    for _ in range(count):
+        ops = deque(pickletools.genops(stream), maxlen=1)  # raises ValueError on a cut or garbled stream
+        if not ops or ops[0][0].name != "STOP":
+            raise ValueError(f"{what} does not end with the pickle STOP opcode")
 
 
 def check_torch_archive(path: str | Path) -> None:
@@ -130,7 +134,8 @@ def check_torch_archive(path: str | Path) -> None:
 
     A zip archive (torch's format since 1.6): its directory reads (it sits at the end, so a cut file fails), every
     record lies inside the file, the ``data.pkl`` record has a good CRC and is one complete pickle, and for files
-    under 256 MB every record's CRC is checked. A legacy (non-zip) pickle is walked opcode by opcode. Raises
+    under 256 MB every record's CRC is checked. A legacy (non-zip) file's five pickles are walked opcode by opcode
+    (its raw tensor bytes after them are not checked). Raises
     ``CheckpointError`` naming the file and what is wrong.
     """
     path = Path(path)
@@ -148,8 +153,8 @@ def check_torch_archive(path: str | Path) -> None:
     if magic != b"PK":
         if magic[:1] != b"\x80":
             raise bad("it is neither a torch zip archive nor a pickle")
-        try:
-            _walk_pickle(path.read_bytes(), "the pickle")
+        try:  # torch's legacy format: magic number, protocol, system info, the object, its storage keys
+            _walk_pickle(path.read_bytes(), "the pickle", count=5)
         except ValueError as exc:
             raise bad(f"the pickle is cut short or garbled ({exc})") from None
         return
