@@ -179,10 +179,10 @@ def _flip_a_byte_of_the_pickle(path: Path) -> None:
 
 
 DAMAGES = [
-    ("refine/refine.pt", _truncate, "zip archive does not read"),
-    ("optimizer.bin", _truncate, "zip archive does not read"),
-    ("scheduler.bin", _truncate, "zip archive does not read"),
-    ("random_states_0.pkl", _truncate, "zip archive does not read"),
+    ("refine/refine.pt", _truncate, "is damaged: its zip directory, at the end of the file, is missing"),
+    ("optimizer.bin", _truncate, "is damaged: its zip directory, at the end of the file, is missing"),
+    ("scheduler.bin", _truncate, "is damaged: its zip directory, at the end of the file, is missing"),
+    ("random_states_0.pkl", _truncate, "is damaged: its zip directory, at the end of the file, is missing"),
     ("random_states_0.pkl", _flip_a_byte_of_the_pickle, "Bad CRC-32"),
     ("random_states_0.pkl", lambda p: p.write_bytes(b""), "random_states_0.pkl is empty"),
     ("sspir.safetensors", _truncate, "not a readable safetensors file"),

@@ -174,7 +174,11 @@ def check_torch_archive(path: str | Path) -> None:
                     raise bad(f"record {broken} fails its CRC check")
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except zipfile.BadZipFile as exc:
+        if "not a zip file" in str(exc):  # zipfile's words for a missing end-of-directory record
+            raise bad(f"its zip directory, at the end of the file, is missing: it is cut short ({size} bytes)") from None
+        raise bad(f"its zip archive does not read ({exc})") from None
+    except (zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         raise bad(f"its zip archive does not read ({type(exc).__name__}: {exc})") from None
     try:
         _walk_pickle(raw, "data.pkl")
