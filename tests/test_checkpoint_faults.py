@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -392,9 +393,11 @@ def test_a_real_full_disk(small_tmpfs, pairs, reference, tmp_path, monkeypatch):
 
     # an estimate that is wrong (another writer filled the disk meanwhile): the writers themselves hit ENOSPC
     monkeypatch.setattr(Trainer, "_size_estimate", lambda self, path: 0)
-    with pytest.raises(NoSpaceError, match=r"for checkpoint-3 .*the save failed: .*its partial folder was removed"):
+    with pytest.raises(NoSpaceError, match=r"for checkpoint-3 .*the save failed: .*its partial folder was removed") as e:
         Trainer(_cfg(out, pairs, 2, resume="latest"), log=lambda m: None).train()
     monkeypatch.undo()
+    said_free = float(re.search(r"([\d.e+-]+) GB free", str(e.value)).group(1)) * 1e9
+    assert said_free >= free - 2**20  # measured once the failed writer let go of its partial file
     assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
     assert shutil.disk_usage(out).free >= free - 2**20  # the partial files are gone (metrics rows aside)
     assert kept == {p.relative_to(out).as_posix(): p.read_bytes() for p in out.glob("checkpoint-*/**/*")

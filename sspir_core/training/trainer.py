@@ -393,10 +393,17 @@ class Trainer:
         except Exception as e:
             if not _out_of_space(e):
                 raise
+            failed = _without_tracebacks(e)  # their frames hold the failed writer, whose open file holds space
+        else:
+            failed = None
+        if failed is not None:
             if acc.is_main_process:
+                import gc
+
+                gc.collect()
                 shutil.rmtree(path, ignore_errors=True)
             raise NoSpaceError(self._no_space_message(path, self._size_estimate(path)) + " (the save failed: "
-                               f"{_first_line(e)}); its partial folder was removed") from e
+                               f"{_first_line(failed)}); its partial folder was removed") from failed
         _fault("after-state", self.step)
         acc.wait_for_everyone()
         if acc.is_main_process and self.cfg.checkpoints_total_limit:
@@ -671,6 +678,17 @@ def _out_of_space(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _without_tracebacks(e: BaseException) -> BaseException:
+    """``e`` and the errors it was raised from, their tracebacks dropped (the messages stay)."""
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        err = err.__cause__ or err.__context__
+    return e
 
 
 def _mount_point(path: Path) -> str:
