@@ -48,8 +48,7 @@ import torch
 
 from ..errors import InputError, NoSpaceError, SSPIRError
 from ..files import fsync_tree, write_text_atomic
-from ..weights.weights_file import _DAMAGED as _DAMAGED_ADVICE
-from ..weights.weights_file import check_torch_archive, check_weights_file
+from ..weights.weights_file import DAMAGED_ADVICE, check_torch_archive, check_weights_file
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
 from .degradations import DegradationSettings, degrade, usm_sharpen
@@ -122,7 +121,7 @@ def read_state(path: Path) -> dict:
             elif found.suffix in TORCH_SUFFIXES:
                 check_torch_archive(found)
         except SSPIRError as e:  # the library's advice to download again does not fit a checkpoint
-            why = str(e).replace(_DAMAGED_ADVICE, "").strip()
+            why = str(e).replace(DAMAGED_ADVICE, "").strip()
             raise InputError(f"{path} cannot be resumed: {why}") from None
     return state
 

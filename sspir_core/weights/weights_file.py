@@ -22,7 +22,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
                 "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-_DAMAGED = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
+DAMAGED_ADVICE = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
 
 
 def _claimed_header_bytes(path: Path) -> int | None:
@@ -45,7 +45,7 @@ def _safetensors_header(path: Path) -> dict[str, dict]:
     size = path.stat().st_size
 
     def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a readable safetensors file: {why}. {_DAMAGED}")
+        return CheckpointError(f"{path} is not a readable safetensors file: {why}. {DAMAGED_ADVICE}")
 
     with path.open("rb") as f:
         head = f.read(8)
@@ -104,10 +104,10 @@ def check_weights_file(path: str | Path) -> list[str]:
                 with zipfile.ZipFile(path) as z:
                     z.infolist()
             except (zipfile.BadZipFile, OSError) as exc:
-                raise CheckpointError(f"{path} is not a readable torch file ({exc}). {_DAMAGED}") from None
+                raise CheckpointError(f"{path} is not a readable torch file ({exc}). {DAMAGED_ADVICE}") from None
             return []
         if magic[:1] != b"\x80":  # the legacy (non-zip) torch format starts with a pickle protocol byte
-            raise CheckpointError(f"{path} is neither a torch zip file nor a pickle. {_DAMAGED}")
+            raise CheckpointError(f"{path} is neither a torch zip file nor a pickle. {DAMAGED_ADVICE}")
         return []
     raise CheckpointError(f"{path}: unsupported file type {suffix!r}; use .safetensors (preferred) or .ckpt/.pt.")
 
@@ -141,7 +141,7 @@ def check_torch_archive(path: str | Path) -> None:
     path = Path(path)
 
     def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path} is damaged: {why}. {_DAMAGED}")
+        return CheckpointError(f"{path} is damaged: {why}. {DAMAGED_ADVICE}")
 
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
