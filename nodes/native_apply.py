@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from comfy_api.v0_0_2 import io
 
+from sspir_core.errors import InputError
 from sspir_core.restore.options import LIMITS, RestoreOptions
 
 from .sockets import NATIVE, SSPIRPatchSocket
-from .support import TILE_STEP, images_from_list, tiling_widget_problem
+from .support import TILE_STEP, images_from_list, single, tiling_widget_problem
 
 _DEFAULTS = RestoreOptions()  # PGA Sampler's tiling defaults: one source for both routes
+
+
+def percent_range_problem(start_percent: Any = None, end_percent: Any = None) -> str | None:
+    """What is wrong with Apply SSP-IR's ControlNet range, checked at queue time; None if nothing. A value that
+    arrives through a link (None while validating) is not known yet and passes."""
+    values = {}
+    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+        try:
+            value = single(name, value)
+        except InputError as exc:
+            return str(exc)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0.0 <= value <= 1.0:
+            return f"{name} must be a number from 0 to 1, got {value!r}"
+        values[name] = float(value)
+    if len(values) == 2 and values["end_percent"] < values["start_percent"]:
+        return (f"end_percent ({values['end_percent']}) is below start_percent ({values['start_percent']}): the "
+                "ControlNet would never run; set end_percent >= start_percent")
+    return None
 
 
 class SSPIRApply(io.ComfyNode):
@@ -39,8 +64,11 @@ class SSPIRApply(io.ComfyNode):
                     "Where it stops (1 = last step). Outside the range the pixel attentions see zeros.")),
                 io.Combo.Input("start", options=["paper", "comfy"], default="paper", tooltip=(
                     "How a full-denoise sampling starts:\n- paper: the LQ latent noised to t=999 (the official "
-                    "code), also under SSP-IR Schedule's first sigma\n- comfy: ComfyUI's own noising to the first "
-                    "sigma")),
+                    "code) and fed to the first step. Full denoise: KSampler at denoise 1 (any scheduler), "
+                    "SSP-IR Schedule (2+ steps) in SamplerCustom, or its first part after SplitSigmas. "
+                    "img2img (denoise < 1, KSamplerAdvanced from a later step, a later part of split sigmas) "
+                    "keeps ComfyUI's noising. A sampling whose first two sigmas equal such a start is counted "
+                    "as one.\n- comfy: ComfyUI's own noising to the first sigma, always")),
                 io.Int.Input("processor_tile", default=1024, min=0, max=8192, step=64, tooltip=(
                     "Pixel tile for the Processor (exact; bounds memory on large images); 0 = never tile.")),
                 io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=LIMITS["tile"][1], step=TILE_STEP,
@@ -56,8 +84,9 @@ class SSPIRApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None, tile_overlap=None) -> bool | str:
-        return tiling_widget_problem(tile, tile_overlap) or True
+    def validate_inputs(cls, tile=None, tile_overlap=None, start_percent=None, end_percent=None) -> bool | str:
+        # ComfyUI attaches the message to every argument named here and skips their min/max checks
+        return tiling_widget_problem(tile, tile_overlap) or percent_range_problem(start_percent, end_percent) or True
 
     @classmethod
     def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,

@@ -15,12 +15,16 @@ Hooks used (all public, all on the clone, all appended to what is there; checked
   pixel attentions through ``transformer_options``.
 - ``add_object_patch("model_sampling", ...)`` (start "paper" only): a subclass of the model's own sampling whose
   start-of-sampling noising is the official start (the LQ latent noised to t=999), see
-  :mod:`sspir_core.native.schedule`.
+  :mod:`sspir_core.native.schedule`; with ``add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, ...)``, which sees
+  the whole sigmas of each sampling and tells it whether this one is a full denoise (else: ComfyUI's img2img).
+- ``add_wrapper_with_key(WrappersMP.PREDICT_NOISE, ...)``: the guided prediction of each sampling's first call is
+  checked once for NaN/inf, so a bad cfg, strength or weights fail at the sampler with their likely cause.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +44,7 @@ from sspir_core.image_io import pad_to_multiple
 from sspir_core.native.control import merge_control as _merge_control
 from sspir_core.native.layout import HookSite, ldm_mismatch
 from sspir_core.native.patch import NativePatch, load_native_patch
-from sspir_core.native.schedule import is_schedule_start, paper_start, to_ddpm
+from sspir_core.native.schedule import paper_start, paper_start_applies, to_ddpm
 from sspir_core.native.tiles import crop_control
 from sspir_core.restore.tiling import blend_tiles
 from sspir_core.weights.clip_vision import ClipVisionEncoder
@@ -309,23 +313,32 @@ def _residual_shapes(x: torch.Tensor, module: NativePatch) -> list[tuple[int, in
 
 # ---------------------------------------------------------------------------------------------- paper start
 
+class _PaperStart:
+    """Marker base of the patched ``model_sampling`` classes; ``sspir_paper_start`` is set by :func:`start_scope`
+    for the duration of one sampling (None outside one)."""
+
+    sspir_paper_start: bool | None = None
+
+
 def paper_model_sampling(base: Any) -> Any:
     """A copy of the MODEL's ``model_sampling`` whose start-of-sampling noising is the official SSP-IR start.
 
     KSAMPLER passes ``max_denoise`` explicitly only when it noises the starting latent, so other callers
-    (inpainting, samplers that add noise between steps) keep ComfyUI's own noising. The start applies at full
-    denoise (KSampler denoise 1.0) and at the first sigma of a leading schedule (SSP-IR Schedule); a sampling
-    that ends at ``sigma_table[0]`` (SSP-IR Schedule, ddim) returns the latent in the DDPM parametrisation, as
-    diffusers' DDIM does.
+    (inpainting, samplers that add noise between steps) keep ComfyUI's own noising. Which samplings start the
+    paper's way is decided from their whole sigmas by :func:`start_scope` (see
+    :func:`sspir_core.native.schedule.paper_start_applies`); without it, ComfyUI's ``max_denoise`` decides. A
+    sampling that ends at ``sigma_table[0]`` (SSP-IR Schedule, ddim) returns the latent in the DDPM
+    parametrisation, as diffusers' DDIM does.
     """
     parent = type(base)
 
-    class SSPIRPaperStart(parent):  # type: ignore[misc, valid-type]
+    class SSPIRPaperStart(parent, _PaperStart):  # type: ignore[misc, valid-type]
         def noise_scaling(self, sigma, noise, latent_image, max_denoise=_UNSET):  # noqa: ANN001, ANN202
             if max_denoise is _UNSET:
                 return super().noise_scaling(sigma, noise, latent_image)
             s = float(torch.as_tensor(sigma).flatten()[0])
-            if max_denoise or is_schedule_start(s, self.sigmas):
+            paper = max_denoise if self.sspir_paper_start is None else self.sspir_paper_start
+            if paper:
                 return paper_start(latent_image, noise, s, float(self.sigmas[-1]))
             return super().noise_scaling(sigma, noise, latent_image, max_denoise)
 
@@ -339,6 +352,56 @@ def paper_model_sampling(base: Any) -> Any:
     out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
     out.__class__ = SSPIRPaperStart
     return out
+
+
+def start_scope(executor: Any, guider: Any, sigmas: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """``SAMPLER_SAMPLE`` wrapper: tells the patched ``model_sampling`` whether this sampling starts the paper's
+    way. ComfyUI's sampler noises the start knowing only ``sigmas[0]``; here the whole ``sigmas`` is known."""
+    sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
+    if not isinstance(sampling, _PaperStart):  # another node replaced our model_sampling: its noising stands
+        return executor(guider, sigmas, *args, **kwargs)
+    before = sampling.sspir_paper_start
+    sampling.sspir_paper_start = paper_start_applies(sigmas, sampling.sigmas)
+    try:
+        return executor(guider, sigmas, *args, **kwargs)
+    finally:
+        sampling.sspir_paper_start = before
+
+
+_CHECKED = "sspir_finite_checked"
+
+
+def check_first_prediction(executor: Any, x: torch.Tensor, timestep: torch.Tensor, model_options: dict | None = None,
+                           seed: Any = None) -> torch.Tensor:
+    """``PREDICT_NOISE`` wrapper: the guided prediction of a sampling's first call must be finite.
+
+    Checked once per sampling (``model_options`` is the sampling's own copy) and after CFG, so a non-finite
+    cfg is caught as well as a broken model; a NaN otherwise travels silently to the image and surfaces only at
+    Colour Fix or as a black picture.
+    """
+    out = executor(x, timestep, {} if model_options is None else model_options, seed)
+    options = (model_options or {}).get("transformer_options")
+    in_sampling = isinstance(options, dict) and "sample_sigmas" in options  # else a lone call: check it
+    if not (in_sampling and options.get(_CHECKED)):
+        if in_sampling:
+            options[_CHECKED] = True
+        if not bool(torch.isfinite(out).all()):
+            raise InputError(non_finite_message(x, timestep, getattr(executor, "class_obj", None)))
+    return out
+
+
+def non_finite_message(x: torch.Tensor, timestep: torch.Tensor, guider: Any) -> str:
+    """The error for a non-finite first prediction, naming the cause when it is visible here."""
+    sigma = float(torch.as_tensor(timestep).flatten()[0])
+    head = f"SSP-IR: the model's prediction at the first step (sigma {sigma:.4g}) contains NaN or infinite values"
+    cfg = getattr(guider, "cfg", None)
+    if isinstance(cfg, (int, float)) and not math.isfinite(cfg):
+        return f"{head}: the sampler's cfg is {cfg}; give it a finite number (the paper uses 7.5)."
+    if not bool(torch.isfinite(x).all()):
+        return (f"{head}: the sampler's latent is already not finite; check the latent input (SSP-IR LQ Latent of "
+                "the LQ image, the VAE).")
+    return (f"{head}. Likely causes: a non-finite cfg or Apply SSP-IR strength; a broken LoRA, checkpoint or "
+            "SSP-IR weights; fp16 overflow (load the checkpoint and SSP-IR Patch Loader in fp32 or bf16).")
 
 
 # ---------------------------------------------------------------------------------------------- apply
@@ -364,7 +427,10 @@ def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_
     sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"sspir_{owner}",
                                NativeRun(patch, priors, strength, sigma_range, owner, tile, tile_overlap))
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, f"sspir_{owner}",
+                               check_first_prediction)
     if paper:
         clone.add_object_patch("model_sampling", paper_model_sampling(sampling))
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, f"sspir_{owner}", start_scope)
     clone.set_additional_models(f"sspir_{owner}", [patch.patcher])
     return clone

@@ -144,6 +144,21 @@ def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
         assert isinstance(problem, str) and words in problem, (kw, problem)
 
 
+def test_apply_controlnet_range_is_checked_when_the_prompt_is_queued(host):
+    """Apply SSP-IR: end_percent below start_percent is refused before anything runs, naming end_percent; naming
+    them in validate_inputs makes ComfyUI skip their min/max, so 0..1 (and NaN) are checked here."""
+    node = host.nodes["SSPIRApply"]
+    assert node.validate_inputs(tile=0, tile_overlap=0, start_percent=0.2, end_percent=0.2) is True
+    assert node.validate_inputs(tile=0, tile_overlap=0, start_percent=None, end_percent=0.1) is True  # linked
+    for kw, words in ((dict(start_percent=0.6, end_percent=0.2), "end_percent (0.2) is below start_percent (0.6)"),
+                      (dict(start_percent=-0.1), "start_percent must be a number from 0 to 1"),
+                      (dict(end_percent=1.5), "end_percent must be a number from 0 to 1"),
+                      (dict(end_percent=float("nan")), "end_percent must be a number from 0 to 1")):
+        problem = node.validate_inputs(**{"tile": 0, "tile_overlap": 0, "start_percent": 0.0, "end_percent": 1.0,
+                                          **kw})
+        assert isinstance(problem, str) and words in problem, (kw, problem)
+
+
 def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):
     rec = fake_comfy.install(monkeypatch, str(models_dir),
                              existing_folders={"LLM": ([str(tmp_path / "extra-llm")], set())})
