@@ -90,6 +90,7 @@ def server(comfy_dir, demo_models, native_files, tmp_path_factory):
         (models / folder / name).symlink_to(native_files / folder / name)
     tiny_sd = model_files.DEMO_FILES["sd"][1]
     (models / "checkpoints" / tiny_sd).symlink_to(demo_models / "checkpoints" / tiny_sd)
+    (models / "LLM").symlink_to(demo_models / "LLM", target_is_directory=True)  # the workflow's MLLM Caption
     _write_without_lora(native_files / "sspir" / native_models.ONE_STEP_NAME, models / "sspir" / NO_LORA)
     work = tmp_path_factory.mktemp("native-models-work")
     probe = work / "custom_nodes" / "sspir_test_probe"
@@ -100,6 +101,8 @@ def server(comfy_dir, demo_models, native_files, tmp_path_factory):
                      extra={"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"})
     _write_unet_only(SD21_CONFIG, unets / SD21V_UNET, spread=("output_blocks.11.1.transformer_blocks.0.norm1.bias",))
     srv = harness.ComfyServer(work, models_dir=models, comfy_dir=comfy_dir)
+    srv.input_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "examples" / "astronaut_lq.png", srv.input_dir / "astronaut_lq.png")
     srv.start()
     print(f"\nComfyUI (native models) {srv.url}, log {srv.log_path}")
     yield srv
@@ -162,3 +165,60 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     print(f"\none-step native vs reference max abs {diff:.2e}, bound {bound:.2e} (L={depth}); LoRA off {control:.2e}")
     assert diff <= bound
     assert control > bound
+
+
+def test_bundled_native_one_step_workflow_runs(server):
+    """example_workflows/api/sspir_native_one_step.json as shipped (MLLM Caption, KSampler 1 step)."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.comfyui.comfy_helpers import load_api
+
+    prompt = load_api("sspir_native_one_step.json")
+    save = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    name = _save(prompt, prompt[save]["inputs"]["images"], "workflow")
+    server.run(prompt, timeout=600)
+    out = _tensor(server, name)
+    h, w = np.asarray(Image.open(REPO / "examples" / "astronaut_lq.png")).shape[:2]
+    assert out.shape == (1, 4 * h, 4 * w, 3) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------- base models
+
+@pytest.mark.parametrize("case, match", [
+    ("sd21_768_v", r"\(SSPIRApply\) failed: .*trained on SD1\.5 with epsilon prediction, but this MODEL \(SD2\.x\) "
+                   r"uses v-prediction"),
+    ("v_prediction_node", r"\(SSPIRApply\) failed: .*but this MODEL \(SD1\.5\) uses v-prediction"),
+    ("sdxl", r"\(SSPIRApply\) failed: .*trained on SD1\.5, but this MODEL is SDXL: adm_in_channels=2816"),
+])
+def test_apply_refuses_a_model_it_was_not_trained_on(server, case, match):
+    """Models ComfyUI loads and detects itself (Load Diffusion Model on a zero-weight SD2.1-768-v / SDXL file, or
+    ModelSamplingDiscrete v_prediction on the SD1.5 demo) stop at Apply SSP-IR, before the priors and sampling,
+    with a node error naming the patch's base and the MODEL's."""
+    image = _lq(server, 5, (8, 8))
+    prompt = _native(image, steps=1)
+    if case == "v_prediction_node":
+        prompt["unet"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0],
+                                                                          "sampling": "v_prediction", "zsnr": False}}
+    else:
+        prompt["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": SD21V_UNET if case != "sdxl" else SDXL_UNET,
+                                                                 "weight_dtype": "default"}}
+    prompt["apply"]["inputs"]["model"] = ["unet", 0]
+    _save(prompt, ["fix", 0], case)
+    with pytest.raises(harness.ComfyUIError, match=match):
+        server.run(prompt, timeout=600)
+    assert server.alive()
+
+
+def test_model_loader_refuses_sspir_weights_of_another_unet_shape(server):
+    """SSP-IR Model Loader (reference route) with the 320-wide native SSP-IR file on the tiny demo SD file
+    (width 24): refused at the loader from the two headers, naming both files, not later in Structure Processor."""
+    image = _lq(server, 6, (8, 8))
+    ref = _reference(image)
+    ref["m"]["inputs"]["base_model"] = model_files.DEMO_FILES["sd"][1]
+    _save(ref, ["s", 0], "shape_mismatch")
+    match = (r"node m \(SSPIRModelLoader\) failed: .*sspir-native-demo\.safetensors was trained on SD1\.5 \(UNet "
+             r"width 320, text context 768\), but base_model sspir-demo-sd15\.safetensors is SD1\.5 with a UNet of "
+             r"another shape \(UNet width 24")
+    with pytest.raises(harness.ComfyUIError, match=match):
+        server.run(ref, timeout=600)
