@@ -39,6 +39,12 @@ def one_step_patches(model: Any, patch: Any) -> dict[str, tuple[torch.Tensor, to
         raise InputError(f"Apply SSP-IR: {e}") from e
 
 
+def is_one_step_sigma(sigma: float, sigma_max: float) -> bool:
+    """``sigma`` is the table's last (t = 999) up to the rounding of the schedulers that rebuild it (normal goes
+    through log-sigma interpolation, karras through a power): 1e-5 relative, far below the 0.5 % to t = 998."""
+    return abs(sigma - sigma_max) <= 1e-5 * sigma_max
+
+
 def one_step_model_sampling(base: Any) -> Any:
     """A copy of ``model_sampling`` whose KSampler start at ``sigma_999`` is :func:`one_step_start` (no noise).
 
@@ -52,7 +58,7 @@ def one_step_model_sampling(base: Any) -> Any:
             if max_denoise is _UNSET:
                 return super().noise_scaling(sigma, noise, latent_image)
             s = float(torch.as_tensor(sigma).flatten()[0])
-            if s == float(self.sigmas[-1]):
+            if is_one_step_sigma(s, float(self.sigmas[-1])):
                 return one_step_start(latent_image, s)
             return super().noise_scaling(sigma, noise, latent_image, max_denoise)
 

@@ -40,7 +40,6 @@ NATIVE_UNET = {
 CLIP_DIM = 1024
 FULL_FILES = {"sd": ("checkpoints", "sspir-native-random-sd15-full.safetensors"),
               "sspir": ("sspir", "sspir-native-random-sd15-full.safetensors"),
-              "sspir_one_step": ("sspir", "sspir-native-random-sd15-full-one-step.safetensors"),
               "clip_vision": ("clip_vision", "sspir-native-random-clip-vit-l.safetensors")}
 """The same set at SD1.5's full size (:func:`write_native_demo_models` ``full_size``): for benchmarks on a GPU."""
 

@@ -111,10 +111,10 @@ def server(comfy_dir, demo_models, native_files, tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------- one-step
 
-def _native_one_step(image: str, sspir: str) -> dict:
-    """Apply SSP-IR with the one-step file, then plain KSampler: 1 step, cfg 1, euler, simple (sigma_999 -> 0)."""
+def _native_one_step(image: str, sspir: str, scheduler: str = "simple") -> dict:
+    """Apply SSP-IR with the one-step file, then plain KSampler: 1 step, cfg 1, euler (sigma_999 -> 0)."""
     p = _native(image, sspir=sspir, sampler="ksampler")
-    p["smp"]["inputs"].update({"steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"})
+    p["smp"]["inputs"].update({"steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": scheduler})
     return p
 
 
@@ -134,8 +134,8 @@ def _depth(native_files) -> int:
 
 
 def test_native_one_step_equals_the_reference_one_step(server, native_files):
-    """The one-step file through Patch Loader + Apply SSP-IR + KSampler (1 step, cfg 1, euler, simple) gives
-    PGA Sampler's one-step image (steps 0 / cfg 0: the checkpoint's own 1 step, no CFG; its LoRA merged).
+    """The one-step file through Patch Loader + Apply SSP-IR + KSampler (1 step, cfg 1, euler; scheduler simple,
+    normal or karras) gives PGA Sampler's one-step image (steps 0 / cfg 0: the checkpoint's own 1 step, no CFG; its LoRA merged).
 
     Bound: both routes compute the same network in fp32 with sums in other orders (ComfyUI's UNet and LoRA
     arithmetic vs diffusers' and the reference merge); each of the L linear/conv layers on the path adds a
@@ -151,6 +151,9 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     ref["s"]["inputs"].update({"steps": 0, "cfg": 0.0, "caption": LONG_CAPTION})
     prompt.update(_prefixed(ref, "r_"))
     names["reference"] = _save(prompt, ["r_s", 0], "reference")
+    for scheduler in ("normal", "karras"):  # their one sigma is sigma_999 up to rounding: the same step
+        prompt.update(_prefixed(_native_one_step(image, native_models.ONE_STEP_NAME, scheduler), f"{scheduler}_"))
+        names[scheduler] = _save(prompt, [f"{scheduler}_dec", 0], scheduler)
     prompt.update(_prefixed(_native_one_step(image, NO_LORA), "c_"))
     names["no_lora"] = _save(prompt, ["c_dec", 0], "no_lora")
     server.run(prompt, timeout=900)
@@ -165,6 +168,8 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     print(f"\none-step native vs reference max abs {diff:.2e}, bound {bound:.2e} (L={depth}); LoRA off {control:.2e}")
     assert diff <= bound
     assert control > bound
+    others = {k: float((out[k] - ref).abs().max()) for k in ("normal", "karras")}
+    assert all(v <= bound for v in others.values()), others
 
 
 def test_bundled_native_one_step_workflow_runs(server):
