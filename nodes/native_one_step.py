@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sspir_core.errors import InputError
+from sspir_core.errors import CheckpointError, InputError
 from sspir_core.native.one_step import comfy_lora_patches, one_step_start
 
 log = logging.getLogger("sspir")
@@ -35,7 +35,7 @@ def one_step_patches(model: Any, patch: Any) -> dict[str, tuple[torch.Tensor, to
     shapes = {k: v.shape for k, v in model.model.state_dict().items() if k.startswith("diffusion_model.")}
     try:
         return comfy_lora_patches(lora, patch.module.unet_config, shapes)
-    except Exception as e:
+    except CheckpointError as e:
         raise InputError(f"Apply SSP-IR: {e}") from e
 
 
@@ -57,9 +57,12 @@ def one_step_model_sampling(base: Any) -> Any:
         def noise_scaling(self, sigma, noise, latent_image, max_denoise=_UNSET):  # noqa: ANN001, ANN202
             if max_denoise is _UNSET:
                 return super().noise_scaling(sigma, noise, latent_image)
-            s = float(torch.as_tensor(sigma).flatten()[0])
-            if is_one_step_sigma(s, float(self.sigmas[-1])):
+            s, top = float(torch.as_tensor(sigma).flatten()[0]), float(self.sigmas[-1])
+            if is_one_step_sigma(s, top):
                 return one_step_start(latent_image, s)
+            log.warning("SSP-IR: one-step weights (trained at t=999 only), but this sampling starts at sigma %.4g, "
+                        "not sigma_999 = %.4g: the LQ latent gets ComfyUI's noise and the image will be poor. Use "
+                        "KSampler with 1 step, cfg 1, denoise 1 and scheduler simple (or normal, karras).", s, top)
             return super().noise_scaling(sigma, noise, latent_image, max_denoise)
 
     out = copy.copy(base)

@@ -154,6 +154,9 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     for scheduler in ("normal", "karras"):  # their one sigma is sigma_999 up to rounding: the same step
         prompt.update(_prefixed(_native_one_step(image, native_models.ONE_STEP_NAME, scheduler), f"{scheduler}_"))
         names[scheduler] = _save(prompt, [f"{scheduler}_dec", 0], scheduler)
+    wrong = _prefixed(_native_one_step(image, native_models.ONE_STEP_NAME, "ddim_uniform"), "w_")  # t=1
+    _save(wrong, ["w_dec", 0], "wrong_sigma")
+    prompt.update(wrong)
     prompt.update(_prefixed(_native_one_step(image, NO_LORA), "c_"))
     names["no_lora"] = _save(prompt, ["c_dec", 0], "no_lora")
     server.run(prompt, timeout=900)
@@ -170,6 +173,8 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     assert control > bound
     others = {k: float((out[k] - ref).abs().max()) for k in ("normal", "karras")}
     assert all(v <= bound for v in others.values()), others
+    log = server.log_path.read_text(errors="replace")  # ddim_uniform's one sigma is t=1's: warned, not silent
+    assert "SSP-IR: one-step weights (trained at t=999 only), but this sampling starts at sigma 0.04" in log
 
 
 def test_bundled_native_one_step_workflow_runs(server):
