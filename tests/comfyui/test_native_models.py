@@ -25,6 +25,7 @@ pytestmark = pytest.mark.comfyui
 
 EPS32 = torch.finfo(torch.float32).eps
 NO_LORA = "sspir-test-one-step-no-lora.safetensors"
+OFFICIAL = "checkpoint-1"  # the one-step file in the official folder layout (lora/ + one_step.json)
 SDXL_UNET = "sspir-test-sdxl-unet.safetensors"
 SD21V_UNET = "sspir-test-sd21-768-v-unet.safetensors"
 # diffusers configs whose LDM form ComfyUI 0.3.75 detects as SDXL (supported_models.SDXL: model_channels 320,
@@ -77,6 +78,16 @@ def _write_without_lora(src, dst) -> None:
     save_file(state, str(dst), meta)
 
 
+def _write_official(native_files, out) -> None:
+    """The one-step file as an official checkpoint-N/ folder, on the demo SD UNet (what train.py writes)."""
+    from sspir_core.weights.checkpoint import compact_to_official
+    from sspir_core.weights.stable_diffusion import load_sd_components
+
+    sd = load_sd_components(native_files / "checkpoints" / native_models.SD_NAME, parts=("unet",))
+    compact_to_official(native_files / "sspir" / native_models.ONE_STEP_NAME, sd.unet, out)
+    assert (out / "one_step.json").is_file() and (out / "lora" / "unet_lora.safetensors").is_file()
+
+
 @pytest.fixture(scope="module")
 def native_files():
     return native_models.cached_native_demo_models(harness.cache_root())
@@ -92,6 +103,7 @@ def server(comfy_dir, demo_models, native_files, tmp_path_factory):
     (models / "checkpoints" / tiny_sd).symlink_to(demo_models / "checkpoints" / tiny_sd)
     (models / "LLM").symlink_to(demo_models / "LLM", target_is_directory=True)  # the workflow's MLLM Caption
     _write_without_lora(native_files / "sspir" / native_models.ONE_STEP_NAME, models / "sspir" / NO_LORA)
+    _write_official(native_files, models / "sspir" / OFFICIAL)
     work = tmp_path_factory.mktemp("native-models-work")
     probe = work / "custom_nodes" / "sspir_test_probe"
     probe.mkdir(parents=True)
@@ -134,8 +146,8 @@ def _depth(native_files) -> int:
 
 
 def test_native_one_step_equals_the_reference_one_step(server, native_files):
-    """The one-step file through Patch Loader + Apply SSP-IR + KSampler (1 step, cfg 1, euler; scheduler simple,
-    normal or karras) gives PGA Sampler's one-step image (steps 0 / cfg 0: the checkpoint's own 1 step, no CFG; its LoRA merged).
+    """The one-step file (compact, and as an official checkpoint-N/ folder) through Patch Loader + Apply SSP-IR +
+    KSampler (1 step, cfg 1, euler; scheduler simple, normal or karras) gives PGA Sampler's one-step image (steps 0 / cfg 0: the checkpoint's own 1 step, no CFG; its LoRA merged).
 
     Bound: both routes compute the same network in fp32 with sums in other orders (ComfyUI's UNet and LoRA
     arithmetic vs diffusers' and the reference merge); each of the L linear/conv layers on the path adds a
@@ -151,6 +163,8 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     ref["s"]["inputs"].update({"steps": 0, "cfg": 0.0, "caption": LONG_CAPTION})
     prompt.update(_prefixed(ref, "r_"))
     names["reference"] = _save(prompt, ["r_s", 0], "reference")
+    prompt.update(_prefixed(_native_one_step(image, OFFICIAL), "o_"))  # the same weights, official folder
+    names["official"] = _save(prompt, ["o_dec", 0], "official")
     for scheduler in ("normal", "karras"):  # their one sigma is sigma_999 up to rounding: the same step
         prompt.update(_prefixed(_native_one_step(image, native_models.ONE_STEP_NAME, scheduler), f"{scheduler}_"))
         names[scheduler] = _save(prompt, [f"{scheduler}_dec", 0], scheduler)
@@ -169,9 +183,10 @@ def test_native_one_step_equals_the_reference_one_step(server, native_files):
     diff = float((out["native"] - ref).abs().max())
     control = float((out["no_lora"] - ref).abs().max())
     print(f"\none-step native vs reference max abs {diff:.2e}, bound {bound:.2e} (L={depth}); LoRA off {control:.2e}")
+    print({k: f"{float((out[k] - ref).abs().max()):.2e}" for k in ("official", "normal", "karras")})
     assert diff <= bound
     assert control > bound
-    others = {k: float((out[k] - ref).abs().max()) for k in ("normal", "karras")}
+    others = {k: float((out[k] - ref).abs().max()) for k in ("official", "normal", "karras")}
     assert all(v <= bound for v in others.values()), others
     log = server.log_path.read_text(errors="replace")  # ddim_uniform's one sigma is t=1's: warned, not silent
     assert "SSP-IR: one-step weights (trained at t=999 only), but this sampling starts at sigma 0.04" in log
