@@ -95,11 +95,13 @@ def unet_shape_differences(unet_config: Mapping[str, Any], shapes: Mapping[str, 
                            ldm: bool = True) -> list[str]:
     """Every UNet weight whose shape in a file (``shapes``: its header) differs from the one SSP-IR weights
     trained on a UNet with ``unet_config`` (diffusers) need; ``ldm``: the file uses LDM names, else diffusers'."""
+    import torch
+
     from ..models.build import stock_unet_from_config
-    from .checkpoint import _meta
     from .ldm_layout import unet_key_to_ldm
 
-    unet = _meta(stock_unet_from_config, dict(unet_config))
+    with torch.device("meta"):  # shapes only, nothing allocated
+        unet = stock_unet_from_config(dict(unet_config))
     out = []
     for key, value in unet.state_dict().items():
         name = unet_key_to_ldm(key, unet_config) if ldm else key
