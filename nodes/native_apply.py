@@ -51,7 +51,8 @@ class SSPIRApply(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SD UNet SSP-IR was trained on (SD1.5 or SD2.1-base), e.g. from "
                                "Load Checkpoint; LoRAs and other patches on it are kept."),
-                SSPIRPatchSocket.Input("sspir_patch", tooltip="From SSP-IR Patch Loader."),
+                SSPIRPatchSocket.Input("sspir_patch", tooltip="From SSP-IR Patch Loader. A one-step checkpoint's "
+                                       "UNet LoRA is added to the MODEL as weight patches (beside your LoRAs)."),
                 io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 (224 px) from Load CLIP Vision: the "
                                     "implicit semantic prior."),
                 io.Image.Input("image", tooltip="The LQ image at the output size: SSP-IR LQ Latent's image output "
@@ -68,7 +69,9 @@ class SSPIRApply(io.ComfyNode):
                     "SSP-IR Schedule (2+ steps) in SamplerCustom, or its first part after SplitSigmas. "
                     "img2img (denoise < 1, KSamplerAdvanced from a later step, a later part of split sigmas) "
                     "keeps ComfyUI's noising. A sampling whose first two sigmas equal such a start is counted "
-                    "as one.\n- comfy: ComfyUI's own noising to the first sigma, always")),
+                    "as one. For one-step SSP-IR weights: the LQ latent itself at t=999, no noise (sample with "
+                    "KSampler, 1 step, cfg 1, euler, scheduler simple)\n- comfy: ComfyUI's own noising to the "
+                    "first sigma, always")),
                 io.Int.Input("processor_tile", default=1024, min=0, max=8192, step=64, tooltip=(
                     "Pixel tile for the Processor (exact; bounds memory on large images); 0 = never tile.")),
                 io.Int.Input("tile", default=_DEFAULTS.tile or 0, min=0, max=LIMITS["tile"][1], step=TILE_STEP,
@@ -92,10 +95,16 @@ class SSPIRApply(io.ComfyNode):
     def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,
                 end_percent: float, start: str, processor_tile: int, tile: int = 0, tile_overlap: int = 0
                 ) -> io.NodeOutput:
+        from .native_one_step import add_one_step, one_step_patches
         from .native_patch import apply, check_model, compute_priors
 
         check_model(model, sspir_patch)  # before the priors' work
+        lora = one_step_patches(model, sspir_patch)  # a one-step checkpoint's UNet LoRA, checked on the MODEL
         lq = images_from_list(image).rgb
         priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
-        return io.NodeOutput(apply(model, sspir_patch, priors, float(strength), float(start_percent),
-                                   float(end_percent), start == "paper", tile or None, int(tile_overlap)))
+        paper = start == "paper"
+        out = apply(model, sspir_patch, priors, float(strength), float(start_percent), float(end_percent),
+                    paper and lora is None, tile or None, int(tile_overlap))
+        if lora is not None:  # one-step: its own start (the LQ latent at t=999, no noise) replaces the paper's
+            add_one_step(out, lora, paper)
+        return io.NodeOutput(out)

@@ -42,7 +42,7 @@ from torch import nn
 from sspir_core.errors import InputError
 from sspir_core.image_io import pad_to_multiple
 from sspir_core.native.control import merge_control as _merge_control
-from sspir_core.native.layout import HookSite, ldm_mismatch
+from sspir_core.native.layout import HookSite
 from sspir_core.native.patch import NativePatch, load_native_patch
 from sspir_core.native.schedule import paper_start, paper_start_applies, to_ddpm
 from sspir_core.native.tiles import crop_control
@@ -84,21 +84,23 @@ def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
 # ---------------------------------------------------------------------------------------------- checks
 
 def check_model(model: Any, patch: SSPIRPatch) -> None:
-    """A clear error, before any sampling, when the MODEL is not the UNet the patch was trained on."""
+    """A clear error, before any sampling, when the MODEL is not the UNet the patch was trained on: another
+    family (SDXL, ...), another size, or another prediction (v-prediction, e.g. SD2.1-768), named in both sides'
+    words by :func:`sspir_core.weights.base_match.native_model_problem`."""
+    from sspir_core.weights.base_match import native_model_problem
+
     base_model = model.model
-    config = getattr(getattr(base_model, "model_config", None), "unet_config", None)
-    name = type(getattr(base_model, "model_config", None)).__name__
-    if config is None or not hasattr(base_model, "diffusion_model") or \
-            not hasattr(base_model.diffusion_model, "input_blocks"):
-        raise InputError(f"Apply SSP-IR needs an SD1.x/2.x MODEL (a UNet with input/output blocks); got {name}")
-    diff = ldm_mismatch(patch.module.expected_ldm_config(), config)
-    if config.get("adm_in_channels") is not None:
-        diff.insert(0, f"adm_in_channels={config.get('adm_in_channels')} (an SDXL-style UNet)")
-    if diff:
-        raise InputError(
-            f"the SSP-IR patch {Path(patch.source).name} was trained on {patch.module.base}, but the MODEL is "
-            f"{name}: {'; '.join(diff)}. Load the SD checkpoint the patch was trained on (SD1.5 weights need an "
-            "SD1.5 MODEL, SD2.1 weights an SD2.1-base MODEL).")
+    model_config = getattr(base_model, "model_config", None)
+    config = getattr(model_config, "unet_config", None)
+    unet = getattr(base_model, "diffusion_model", None)
+    if config is not None and not hasattr(unet, "input_blocks"):
+        config = None
+    sampling = model.get_model_object("model_sampling")
+    problem = native_model_problem(Path(patch.source).name, patch.module.base, patch.module.expected_ldm_config(),
+                                   config, [c.__name__ for c in type(model_config).__mro__],
+                                   [c.__name__ for c in type(sampling).__mro__])
+    if problem:
+        raise InputError(problem[0].upper() + problem[1:])
 
 
 # ---------------------------------------------------------------------------------------------- priors

@@ -327,7 +327,7 @@ def test_model_management_holds_our_weights_and_memory_stays_flat(native_server)
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(native_server, case):
     image = _lq(native_server, 3, (8, 8))
     if case == "sd21_patch":
-        prompt, match = _native(image, steps=2, sspir="sspir-test-sd21.safetensors"), "trained on sd21.*context_dim"
+        prompt, match = _native(image, steps=2, sspir="sspir-test-sd21.safetensors"), "trained on SD2.1-base, but this MODEL is SD1.5: .*context_dim"
     elif case == "corrupt_patch":
         prompt, match = _native(image, steps=2, sspir="sspir-test-corrupt.safetensors"), "sspir-test-corrupt"
     else:  # Apply SSP-IR gets 2 LQ images, the sampler the latent of 1
