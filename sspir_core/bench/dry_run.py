@@ -1,0 +1,301 @@
+"""CUDA dry runs of each route at full SD1.5 size, on fake tensors (see :mod:`.fake_cuda` for the checks).
+
+Each ``*_dry_run`` builds its models inside the fake mode (on ``cuda:0`` in the given dtype), runs the
+route's real code with a :class:`~.fake_cuda.DryRunWatch` labelling the stages, and returns a
+:class:`DryRunResult`: the ops checked, the fp32 compute that is intended (and why), and the tally's peak.
+Any tensor on the wrong device or in an unintended dtype raises from inside the run, naming the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import torch
+
+from .fake_cuda import CUDA_BLOCK, DryRunWatch, fake_cuda, retype, watched
+
+DEVICE = "cuda:0"  # with an index: a module built on "cuda" reports cuda:0, and move_module compares the two
+COLOR_FIX_FP32 = "colour fix in fp32 by design (color_fix.py: .float() before the blur)"
+CONFIGS = ("sd15", "tiny-medium", "tiny")
+
+
+@dataclass
+class DryRunResult:
+    """What one dry run checked and measured."""
+
+    name: str
+    dtype: str
+    device: str
+    seconds: float
+    ops: int
+    compute_ops: dict[str, int]
+    intended_fp32: dict[str, int]
+    peak_bytes: int
+    peak_stage: str
+    by_stage: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        checked = sum(self.compute_ops.values())
+        out = [f"{self.name} [{self.dtype} on {self.device}]: {self.ops} ops, {checked} matmul/conv/attention "
+               f"dtype-checked, every op device-checked, {self.seconds:.1f} s; peak {self.peak_bytes / 2**20:.0f} MiB "
+               f"above the weights (in {self.peak_stage})"]
+        out += [f"  intended fp32: {k} x{v}" for k, v in sorted(self.intended_fp32.items())]
+        return out
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def _configs(config: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(SSP-IR models builder args, text, VAE, vision configs) of a bench config, as ``sspir bench`` has them."""
+    from ..weights import CLIP_VISION_CONFIG, sd_config_dir
+    from ..weights.bundled_configs import read_json
+    from . import settings as s
+
+    if config == "sd15":
+        sd_dir = sd_config_dir("sd15")
+        text = {k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")}
+        vae = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
+        return {"base": "sd15"}, text, vae, read_json(CLIP_VISION_CONFIG)
+    if config == "tiny-medium":
+        text = {"vocab_size": 49408, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 3,
+                "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 256}
+        vae = {"down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+               "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
+               "norm_num_groups": 8, "scaling_factor": 0.18215, "sample_size": 256}
+        vision = {"hidden_size": s.TINY_MEDIUM_CLIP_DIM, "intermediate_size": 4 * s.TINY_MEDIUM_CLIP_DIM,
+                  "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 224, "patch_size": 14,
+                  "hidden_act": "quick_gelu"}
+        return {"unet_config": s.TINY_MEDIUM_UNET, "clip_dim": s.TINY_MEDIUM_CLIP_DIM}, text, vae, vision
+    raise ValueError(f"unknown config {config!r}")
+
+
+def build_pipeline(config: str, dtype: torch.dtype, device: str | torch.device) -> Any:
+    """A restore pipeline built where the current mode puts tensors (fake CUDA, or real CPU to compare).
+
+    Same modules as :func:`~.settings.build_bench_pipeline`; weights are left as initialised (values do not
+    matter to shapes, dtypes or memory).
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from ..models.build import build_models
+    from ..restore.pipeline import RestorePipeline
+    from ..weights import ClipVisionEncoder, load_tokenizer, sd_config_dir
+
+    model_args, text_cfg, vae_cfg, vision = _configs(config)
+    with torch.device(device):
+        models = build_models(device=device, **model_args)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+        vae = AutoencoderKL.from_config(vae_cfg)
+        tower = CLIPVisionModel(CLIPVisionConfig(**vision))
+        clip = ClipVisionEncoder(tower, "transformers", int(vision["image_size"]), int(vision["patch_size"]),
+                                 int(vision["hidden_size"]))
+    modules = (models.unet, models.controlnet, models.refine, text_encoder, vae, clip)
+    if torch.device(device).type != "cpu" or _is_fake_mode():
+        for m in modules:
+            retype(m, dtype)
+    tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
+    return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=device, dtype=dtype, untrained=True)
+
+
+def _is_fake_mode() -> bool:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack())
+
+
+# ------------------------------------------------------------------------------------------ seams
+
+
+class IntTimestepScheduler:
+    """A diffusers scheduler whose ``step`` gets its timestep as a Python int (see ``UNCHECKED``).
+
+    The fake mode cannot run ``previous_timestep``'s ``nonzero()`` lookup; the ints come from a twin
+    scheduler built on real CPU tensors with the same settings. Everything else is the real scheduler.
+    """
+
+    def __init__(self, scheduler: Any, timesteps: list[int]):
+        self._scheduler = scheduler
+        self._timesteps = timesteps
+        self._i = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scheduler, name)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, **kwargs: Any) -> Any:
+        i = self._i
+        self._i += 1
+        t = self._timesteps[i]
+        prev = self._timesteps[i + 1] if i + 1 < len(self._timesteps) else -1
+        sched = self._scheduler
+        sched.previous_timestep = lambda _t: prev  # instance attribute over the method, this call only
+        try:
+            return sched.step(model_output, t, sample, **kwargs)
+        finally:
+            del sched.previous_timestep
+
+
+def on_real_tensors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run on real CPU tensors: for scalar set-up maths from constants (a schedule's alpha bar), whose
+    Python ``float`` a fake tensor cannot give."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with unset_fake_temporarily(), torch.device("cpu"):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _real_timesteps(pipe: Any, options: Any) -> list[int]:
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from ..restore.schedulers import make_scheduler
+
+    with unset_fake_temporarily(), torch.device("cpu"):
+        twin = make_scheduler(options.scheduler, pipe.scheduler_config)
+        twin.set_timesteps(options.steps, device="cpu")
+        return [int(t) for t in twin.timesteps]
+
+
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                    scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as a GPU runs it: the fused memory-efficient kernel.
+
+    Without a device to query, SDPA on fake CUDA tensors falls back to its math path, which upcasts fp16/bf16
+    to fp32 and materialises the attention matrix (GiBs at a 64x64 latent tile); CUDA picks flash or
+    memory-efficient attention there, whose saved outputs are the same size. Bool masks become the additive
+    bias SDPA makes of them; the bias must have the query's dtype, as the real kernel requires.
+    """
+    if query.dim() != 4 or enable_gqa:
+        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                     enable_gqa=enable_gqa)
+    bias = attn_mask
+    if bias is not None and bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=query.dtype, device=bias.device).masked_fill_(~bias, float("-inf"))
+    if bias is not None:
+        bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    grad = query.requires_grad or key.requires_grad or value.requires_grad
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, bias, grad, dropout_p, is_causal,
+                                                                   scale=scale)[0]
+
+
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+@contextlib.contextmanager
+def gpu_attention() -> Iterator[None]:
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", fused_attention):
+        yield
+
+
+@contextlib.contextmanager
+def pipeline_seams(pipe: Any, watch: DryRunWatch) -> Iterator[None]:
+    """Stage labels on the pipeline's steps, CPU generators, int timesteps, the colour fix marked intended."""
+    from ..models import one_step
+    from ..restore import color_fix, output_stream
+    from ..restore import pipeline as P
+
+    orig_make = pipe.make_scheduler
+
+    def make_scheduler(options: Any) -> Any:
+        return IntTimestepScheduler(orig_make(options), _real_timesteps(pipe, options))
+
+    def cpu_generators(device: torch.device, seed: int, count: int) -> list[torch.Generator]:
+        return [torch.Generator(device="cpu").manual_seed(seed) for _ in range(count)]
+
+    with contextlib.ExitStack() as stack:
+        if pipe.device.type == "cuda":
+            stack.enter_context(gpu_attention())
+        stack.enter_context(mock.patch.object(one_step, "alpha_bar", on_real_tensors(one_step.alpha_bar)))
+        stack.enter_context(mock.patch.object(P, "seeded_generators", cpu_generators))
+        stack.enter_context(mock.patch.object(pipe, "make_scheduler", make_scheduler))
+        for name in ("encode_text", "encode_image", "structure_prior", "vae_encode", "denoise", "vae_decode",
+                     "decode_to_integers"):
+            stack.enter_context(mock.patch.object(pipe, name, watched(watch, getattr(pipe, name), stage=name)))
+        stack.enter_context(mock.patch.object(P, "apply_color_fix", watched(watch, P.apply_color_fix, "colour fix",
+                                                                            COLOR_FIX_FP32)))
+        for mod in (color_fix, output_stream):
+            stack.enter_context(mock.patch.object(mod, "wavelet_lowpass", watched(watch, mod.wavelet_lowpass,
+                                                                                  intended=COLOR_FIX_FP32)))
+        yield
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: tuple[int, int] = (512, 768),
+                    steps: int = 2, cfg: float = 7.5, tile: int = 64, tile_overlap: int = 16, vae_tile: int = 512,
+                    output_bits: int | None = None, batch: int = 1, device: str = DEVICE,
+                    block: int = CUDA_BLOCK, one_step: bool = False, color_fix: str = "wavelet") -> DryRunResult:
+    """The whole restore on fake ``device`` tensors: priors, tiled VAE encode, ``steps`` CFG steps over latent
+    tiles (512x768 px with tile 64/16 is two), tiled decode, colour fix, output (float, or 8/16-bit streamed).
+
+    ``one_step``: the one-step restore (the LQ latent at t = 999 to x0 in one evaluation, no CFG) instead.
+    The peak is above the weights, as ``sspir bench --parts memory`` measures it.
+    """
+    from ..restore.pipeline import RestoreOptions
+
+    t0 = time.perf_counter()
+    with fake_cuda(dtype, device=device.split(":")[0], block=block) as watch:
+        with watch.in_stage("build"):
+            pipe = build_pipeline(config, dtype, device)
+        lq = torch.rand(batch, 3, *size)  # the input is there before the run, as in the measured one
+        watch.reset_peak()
+        base = watch.tally.live
+        if one_step:
+            from ..models.one_step import ONE_STEP
+
+            pipe.models.mode, steps, cfg = ONE_STEP, 1, 1.0
+        options = RestoreOptions(steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
+                                 color_fix=color_fix)
+        with pipeline_seams(pipe, watch):
+            out = pipe.restore(lq, "a photo", options, output_bits=output_bits)
+        expect = torch.uint8 if output_bits == 8 else torch.uint16 if output_bits == 16 else torch.float32
+        if out.dtype != expect or str(out.device) != device or tuple(out.shape) != (batch, 3, *size):
+            raise AssertionError(f"output {tuple(out.shape)} {out.dtype} on {out.device}; expected "
+                                 f"{(batch, 3, *size)} {expect} on {device}")
+        del out, lq
+        what = "one-step restore" if one_step else f"restore ({steps} steps, CFG {cfg:g})"
+        return _result(f"{what} {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base)
+
+
+def _result(name: str, watch: DryRunWatch, dtype: torch.dtype, device: str, t0: float, base: int,
+            **extra: Any) -> DryRunResult:
+    t = watch.tally
+    return DryRunResult(name, str(dtype).removeprefix("torch."), device, time.perf_counter() - t0, watch.ops_seen,
+                        dict(watch.compute_ops), dict(watch.intended_ops), t.peak - base, t.peak_stage,
+                        {k: v - base for k, v in t.by_stage.items()}, extra)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def measured_cpu_restore(config: str = "tiny-medium", size: tuple[int, int] = (256, 256), steps: int = 2,
+                         cfg: float = 7.5, tile: int = 16, tile_overlap: int = 4, vae_tile: int = 128,
+                         one_step: bool = False) -> int:
+    """Peak CPU tensor bytes of the same restore on real tensors (``sspir bench --parts memory``'s measure)."""
+    from ..models.one_step import ONE_STEP
+    from ..restore.pipeline import RestoreOptions
+    from .memory import cpu_tensor_peak
+
+    pipe = build_pipeline(config, torch.float32, "cpu")
+    if one_step:
+        pipe.models.mode, steps, cfg = ONE_STEP, 1, 1.0
+    options = RestoreOptions(steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
+                             color_fix="wavelet")
+    lq = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        _, peak = cpu_tensor_peak(lambda: pipe.restore(lq, "a photo", options))
+    if peak is None:
+        raise RuntimeError("this torch's profiler keeps no allocation totals")
+    return peak

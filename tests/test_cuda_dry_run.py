@@ -1,0 +1,135 @@
+"""The CUDA dry run: full-size SD1.5 routes on fake CUDA tensors, its device/dtype checks, and its memory tally.
+
+Expected numbers come from hand computation (tensor sizes) or the CPU allocator's own measurement, never
+from the tally itself.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+
+from sspir_core.bench import dry_run
+from sspir_core.bench.fake_cuda import DeviceMismatch, DtypeMismatch, fake_cuda
+from sspir_core.restore import pipeline as P
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fake tensors' data_ptr deprecation (kv_cache compares storages)
+        yield
+
+
+# ------------------------------------------------------------------------------------------ the tally
+
+
+def test_tally_counts_storages_once_and_frees_them():
+    """Hand-computed: 1 MiB + 2 MiB live, a view adds nothing, freeing the first leaves 2 MiB; peak 3 MiB."""
+    with fake_cuda(torch.float16, block=1) as watch:
+        base = watch.tally.live
+        a = torch.empty(256, 1024, dtype=torch.float32)  # 1 MiB
+        b = torch.empty(1024, 1024, dtype=torch.float16)  # 2 MiB
+        v = b[:10].t()  # a view: same storage
+        assert watch.tally.live - base == 3 * 2**20
+        del a
+        assert watch.tally.live - base == 2 * 2**20
+        del b  # the view still holds the storage
+        assert watch.tally.live - base == 2 * 2**20
+        del v
+        assert watch.tally.live - base == 0
+        assert watch.tally.peak - base == 3 * 2**20
+
+
+def test_tally_rounds_to_cuda_blocks():
+    """CUDA's allocator counts 512-byte blocks: a 3-element fp16 tensor (6 bytes) costs 512."""
+    with fake_cuda(torch.float16) as watch:
+        base = watch.tally.live
+        x = torch.empty(3, dtype=torch.float16)
+        assert watch.tally.live - base == 512
+        del x
+
+
+# ------------------------------------------------------------------------------------------ the checks
+
+
+def test_device_mismatch_names_op_and_devices():
+    with fake_cuda(torch.float16), pytest.raises(DeviceMismatch, match=r"aten\.add\.Tensor mixes devices cpu and "
+                                                                        r"cuda:0"):
+        torch.ones(4, dtype=torch.float16) + torch.ones(4, dtype=torch.float16, device="cpu")
+
+
+def test_cpu_scalars_pass_as_on_cuda():
+    with fake_cuda(torch.float16):
+        torch.ones(4, dtype=torch.float16) * torch.tensor(2.0, device="cpu")  # CUDA takes 0-dim CPU tensors
+
+
+def test_fp32_compute_in_half_run_fails_unless_intended():
+    with fake_cuda(torch.float16) as watch:
+        x = torch.ones(4, 4)
+        with pytest.raises(DtypeMismatch, match=r"aten\.mm\.default computes in torch\.float32"):
+            x @ x
+        with watch.intended("on purpose"):
+            x @ x
+        assert watch.intended_ops == {"on purpose: mm": 1}
+        with pytest.raises(DtypeMismatch, match=r"aten\.mm\.default mixes dtypes torch\.float16 and torch\.float32"):
+            x.half() @ x
+
+
+# ------------------------------------------------------------------------------------------ full size
+
+
+def test_restore_sd15_fp16_full_route():
+    """Priors, tiled encode, 2 CFG steps over two latent tiles, tiled decode, wavelet colour fix, float output."""
+    t0 = time.perf_counter()
+    r = dry_run.restore_dry_run(torch.float16, "sd15", size=(512, 768))
+    assert time.perf_counter() - t0 < 60
+    # 2 steps x 2 tiles x (ControlNet + UNet): the SD1.5 UNet has 16 transformer blocks, the ControlNet 7 (its
+    # encoder + mid); each block runs self- and cross-attention (2 SDPA calls) -> 2*2*(16+7)*2 = 184 at least
+    assert r.compute_ops["_scaled_dot_product_efficient_attention"] >= 184
+    assert any(k.startswith(dry_run.COLOR_FIX_FP32) for k in r.intended_fp32)
+    assert set(r.by_stage) >= {"encode_text", "encode_image", "structure_prior", "vae_encode", "denoise",
+                               "vae_decode", "colour fix"}
+
+
+def test_one_step_sd15_bf16_streamed_output():
+    t0 = time.perf_counter()
+    r = dry_run.restore_dry_run(torch.bfloat16, "sd15", size=(512, 768), one_step=True, output_bits=8)
+    assert time.perf_counter() - t0 < 60
+    assert "decode_to_integers" in r.by_stage and "denoise" in r.by_stage
+
+
+# ------------------------------------------------------------------------------------------ injected faults
+
+
+def test_cpu_tensor_in_the_denoise_loop_fails_naming_op(monkeypatch):
+    """A CPU tensor added to the blended noise prediction inside the loop: the failure names the op and devices."""
+    blend = P.blend_tiles
+
+    def misplaced(*args, **kwargs):
+        eps = blend(*args, **kwargs)
+        return eps + torch.zeros(eps.shape, dtype=eps.dtype, device="cpu")
+
+    monkeypatch.setattr(P, "blend_tiles", misplaced)
+    with pytest.raises(DeviceMismatch, match=r"aten\.add\.Tensor mixes devices cpu and cuda:0 in stage 'denoise'"):
+        dry_run.restore_dry_run(torch.float16, "tiny-medium", size=(512, 768))
+
+
+def test_fp32_residual_beside_fp16_unet_fails_naming_op(monkeypatch):
+    """ControlNet residuals left in fp32: the UNet's next convolution meets fp32 activations and fp16 weights."""
+    from sspir_core.models.controlnet import SSPIRControlNet
+
+    forward = SSPIRControlNet.forward
+
+    def fp32_residuals(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        return out._replace(down_residuals=[r.float() for r in out.down_residuals])
+
+    monkeypatch.setattr(SSPIRControlNet, "forward", fp32_residuals)
+    # conv2d checks its input against its weight before dispatch: the message is torch's, named with the call
+    with pytest.raises(DtypeMismatch, match=r"conv2d failed in stage 'denoise': Input type \(float\) and bias type "
+                                            r"\(c10::Half\) should be the same"):
+        dry_run.restore_dry_run(torch.float16, "tiny-medium", size=(512, 768))
