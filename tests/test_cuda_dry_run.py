@@ -133,3 +133,59 @@ def test_fp32_residual_beside_fp16_unet_fails_naming_op(monkeypatch):
     with pytest.raises(DtypeMismatch, match=r"conv2d failed in stage 'denoise': Input type \(float\) and bias type "
                                             r"\(c10::Half\) should be the same"):
         dry_run.restore_dry_run(torch.float16, "tiny-medium", size=(512, 768))
+
+
+def test_cpu_generator_drawing_a_cuda_tensor_fails():
+    """Real CUDA refuses torch.randn(generator=<cpu>, device='cuda'); fake tensors do not, the watch does."""
+    from sspir_core.bench.fake_cuda import stand_in_generator
+
+    with fake_cuda(torch.float16):
+        with pytest.raises(DeviceMismatch, match=r"aten\.randn\.generator draws a tensor on cuda:0 from a generator "
+                                                 r"on cpu"):
+            torch.randn(3, generator=torch.Generator().manual_seed(0))
+        torch.randn(3, generator=stand_in_generator())  # stands in for a CUDA generator
+        torch.randn(3, generator=torch.Generator().manual_seed(0), device="cpu")  # a CPU draw on the CPU
+
+
+# ------------------------------------------------------------------------------------------ memory vs the CPU
+
+
+def test_tally_brackets_the_cpu_allocator_measurement():
+    """The same one-step restore, real on the CPU (allocator peak, as `sspir bench --parts memory` measures)
+    and fake on the CPU: the tally counts op outputs only, so it is a lower bound; adding to each convolution
+    the oneDNN scratch bound (padded copies of input, weight and output) gives an upper bound."""
+    kw = dict(size=(128, 192), tile=16, tile_overlap=4, vae_tile=128, one_step=True)
+    measured = dry_run.measured_cpu_restore("tiny-medium", **kw)
+    r = dry_run.restore_dry_run(torch.float32, "tiny-medium", device="cpu", block=1, **kw)
+    assert r.peak_bytes <= measured <= r.extra["peak_with_scratch_bytes"], (r.peak_bytes, measured, r.extra)
+
+
+def test_saved_tensors_of_a_small_mlp_by_hand():
+    """Linear -> ReLU -> Linear on a [256, 1024] fp32 input: autograd keeps the input (1 MiB, for the first
+    weight's grad) and the ReLU output (1 MiB, for the ReLU and the second weight's grad, one storage); the
+    weights are excluded: 2 MiB."""
+    with fake_cuda(torch.float32, block=1):
+        net = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024))
+        weights = {p.untyped_storage()._cdata for p in net.parameters()}
+        x = torch.empty(256, 1024)
+        saved = dry_run.SavedTensors(weights, block=1)
+        with saved.hooks():
+            net(x).sum()
+    assert saved.bytes == 2 * 2**20
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_training_forward_multi_step_sd15_bf16():
+    t0 = time.perf_counter()
+    r = dry_run.training_dry_run(torch.bfloat16, "sd15", size=512, mode="multi-step")
+    assert time.perf_counter() - t0 < 60
+    assert r.extra["saved_bytes"] > 0 and r.compute_ops["convolution"] > 0
+
+
+def test_training_forward_one_step_with_vsd_fp16():
+    """The one-step micro-step: LoRA, VSD (real and fake score), fake-score loss, Processor losses (tiny config:
+    the same code; the full size runs in `python -m sspir_core.bench.dry_run`)."""
+    r = dry_run.training_dry_run(torch.float16, "tiny", size=128, mode="one-step", vsd=True)
+    assert r.extra["saved_bytes"] > 0

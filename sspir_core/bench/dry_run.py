@@ -17,7 +17,7 @@ from unittest import mock
 
 import torch
 
-from .fake_cuda import CUDA_BLOCK, DryRunWatch, fake_cuda, retype, watched
+from .fake_cuda import CUDA_BLOCK, DryRunWatch, fake_cuda, retype, stand_in_generator, watched
 
 DEVICE = "cuda:0"  # with an index: a module built on "cuda" reports cuda:0, and move_module compares the two
 COLOR_FIX_FP32 = "colour fix in fp32 by design (color_fix.py: .float() before the blur)"
@@ -73,6 +73,15 @@ def _configs(config: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str
                   "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 224, "patch_size": 14,
                   "hidden_act": "quick_gelu"}
         return {"unet_config": s.TINY_MEDIUM_UNET, "clip_dim": s.TINY_MEDIUM_CLIP_DIM}, text, vae, vision
+    if config == "tiny":
+        from ..demo import presets as t
+
+        d, c = t.TINY_UNET["cross_attention_dim"], t.TINY_CLIP_DIM
+        text = {"vocab_size": 49408, "hidden_size": d, "intermediate_size": 2 * d, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "max_position_embeddings": 77, "projection_dim": d}
+        vision = {"hidden_size": c, "intermediate_size": 2 * c, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "image_size": t.TINY_CLIP_IMAGE, "patch_size": 14, "hidden_act": "quick_gelu"}
+        return {"unet_config": t.TINY_UNET, "clip_dim": c}, text, dict(t.TINY_VAE), vision
     raise ValueError(f"unknown config {config!r}")
 
 
@@ -211,7 +220,7 @@ def pipeline_seams(pipe: Any, watch: DryRunWatch) -> Iterator[None]:
         return IntTimestepScheduler(orig_make(options), _real_timesteps(pipe, options))
 
     def cpu_generators(device: torch.device, seed: int, count: int) -> list[torch.Generator]:
-        return [torch.Generator(device="cpu").manual_seed(seed) for _ in range(count)]
+        return [stand_in_generator() for _ in range(count)]
 
     with contextlib.ExitStack() as stack:
         if pipe.device.type == "cuda":
@@ -272,6 +281,7 @@ def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", si
 def _result(name: str, watch: DryRunWatch, dtype: torch.dtype, device: str, t0: float, base: int,
             **extra: Any) -> DryRunResult:
     t = watch.tally
+    extra = {"peak_with_scratch_bytes": t.peak_with_scratch - base, **extra}
     return DryRunResult(name, str(dtype).removeprefix("torch."), device, time.perf_counter() - t0, watch.ops_seen,
                         dict(watch.compute_ops), dict(watch.intended_ops), t.peak - base, t.peak_stage,
                         {k: v - base for k, v in t.by_stage.items()}, extra)
@@ -299,3 +309,135 @@ def measured_cpu_restore(config: str = "tiny-medium", size: tuple[int, int] = (2
     if peak is None:
         raise RuntimeError("this torch's profiler keeps no allocation totals")
     return peak
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@contextlib.contextmanager
+def cuda_autocast(dtype: torch.dtype) -> Iterator[None]:
+    """What ``torch.autocast('cuda', dtype)`` does on a GPU, switched on directly: the context manager turns
+    itself off without a CUDA runtime, the autocast dispatch itself works on fake CUDA tensors."""
+    prev_enabled, prev_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    torch.set_autocast_dtype("cuda", dtype)
+    torch.autocast_increment_nesting()
+    try:
+        yield
+    finally:
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()
+        torch.set_autocast_enabled("cuda", prev_enabled)
+        torch.set_autocast_dtype("cuda", prev_dtype)
+
+
+class SavedTensors:
+    """Bytes autograd keeps for backward: unique storages packed by the saved-tensor hooks, plus the inputs
+    that non-reentrant gradient checkpointing keeps in its closures, leaving out the weights (there before)."""
+
+    def __init__(self, exclude: set[int], block: int = CUDA_BLOCK):
+        self.exclude, self.block = exclude, block
+        self.storages: dict[int, int] = {}
+        self._keep: list[torch.Tensor] = []  # hold them: a freed storage's key could be reused
+
+    def add(self, t: torch.Tensor) -> None:
+        key = t.untyped_storage()._cdata
+        if key in self.exclude or key in self.storages:
+            return
+        self.storages[key] = -(-t.untyped_storage().nbytes() // self.block) * self.block
+        self._keep.append(t)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator[None]:
+        import torch.utils.checkpoint as ckpt
+
+        original = ckpt.checkpoint
+
+        def checkpoint(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    self.add(a)
+            return original(fn, *args, **kwargs)
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            self.add(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                mock.patch.object(ckpt, "checkpoint", checkpoint):
+            yield
+
+
+def training_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: int = 512, batch: int = 1,
+                     mode: str = "multi-step", gradient_checkpointing: bool = False, vsd: bool = True,
+                     device: str = DEVICE) -> DryRunResult:
+    """One training micro-step's forward and losses on fake ``device`` tensors, as the trainer runs it with
+    ``--mixed-precision fp16/bf16``: trainable SSP-IR parts in fp32 under CUDA autocast, frozen VAE/text/CLIP in
+    ``dtype``. ``mode="one-step"`` adds the LoRA, and with ``vsd`` the VSD scores and both VSD losses (LPIPS off:
+    it needs its weights file; its VGG is frozen and small next to the UNet).
+
+    ``extra["saved_bytes"]``: what autograd keeps for backward (the activation memory), weights excluded.
+    """
+    from ..restore.schedulers import make_scheduler
+    from ..training.models import TrainModule
+    from ..training.step import training_losses
+
+    t0 = time.perf_counter()
+    with fake_cuda(dtype, device=device.split(":")[0]) as watch:
+        with watch.in_stage("build"), gpu_attention(), mock.patch.object(
+                __import__("sspir_core.models.one_step", fromlist=["alpha_bar"]), "alpha_bar",
+                on_real_tensors(__import__("sspir_core.models.one_step", fromlist=["alpha_bar"]).alpha_bar)):
+            pipe = build_pipeline(config, torch.float32, device)
+            for m in (pipe.vae, pipe.text_encoder, pipe.clip_vision):
+                retype(m, dtype)
+            params = pipe.models.set_trainable()
+            if gradient_checkpointing:
+                pipe.models.unet.enable_gradient_checkpointing()
+                pipe.models.controlnet.enable_gradient_checkpointing()
+            if mode == "one-step":
+                one = _one_step_training(pipe, params, vsd, dtype)
+            else:
+                module = TrainModule(pipe.models).train()
+                scheduler = make_scheduler("ddpm", pipe.scheduler_config)
+        weights = {t.untyped_storage()._cdata for m in pipe._all_modules() + ([one.module] if mode == "one-step"
+                                                                                else [])
+                   for t in [*m.parameters(), *m.buffers()]}
+        gt, lq = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
+        captions = ["a photo of a house by a lake"] * batch
+        watch.reset_peak()
+        base = watch.tally.live
+        saved = SavedTensors(weights)
+        g = stand_in_generator()
+        with gpu_attention(), saved.hooks(), watch.in_stage(f"train forward ({mode})"):
+            if mode == "one-step":
+                with cuda_autocast(dtype):
+                    z, text, negative, clip_tokens = one.encode(gt, lq, captions, g)
+                    losses = one.module(z, text, negative, clip_tokens, lq, gt, one.frozen, g)
+                total = losses["loss"]
+            else:
+                total = training_losses(pipe, module, scheduler, gt, lq, captions, g, frozen_dtype=dtype,
+                                        autocast=lambda: cuda_autocast(dtype)).total
+        if total.dtype != torch.float32 or total.dim() != 0 or not total.requires_grad:
+            raise AssertionError(f"loss {total.dtype} {tuple(total.shape)} requires_grad={total.requires_grad}")
+        ckpt = ", grad ckpt" if gradient_checkpointing else ""
+        return _result(f"train forward+loss {mode}{' + VSD' if mode == 'one-step' and vsd else ''} "
+                       f"{batch} x {size} px ({config}{ckpt})", watch, dtype, device, t0, base,
+                       saved_bytes=saved.bytes, largest_saved_bytes=max(saved.storages.values(), default=0),
+                       trainable=sum(p.numel() for p in (one.params if mode == "one-step" else params)))
+
+
+def _one_step_training(pipe: Any, params: list[torch.nn.Parameter], vsd: bool, dtype: torch.dtype) -> Any:
+    """The one-step trainer's additions (LoRA, VSD scores, frozen parts) on ``pipe``, as OneStepTraining makes them."""
+    from types import SimpleNamespace
+
+    from ..training.one_step import OneStepTraining
+
+    cfg = SimpleNamespace(lambda_l2=1.0, lambda_lpips=0.0, lambda_vsd=1.0 if vsd else 0.0,
+                          lambda_vsd_lora=1.0 if vsd else 0.0, lambda_rgb=0.1, lambda_fft=0.01, cfg_vsd=7.5,
+                          seed=0, lora_rank=4, lpips_weights=None, max_chunks=4)
+    trainer = SimpleNamespace(cfg=cfg, pipe=pipe, models=pipe.models, device=pipe.device, frozen_dtype=dtype)
+    return OneStepTraining(trainer, params)

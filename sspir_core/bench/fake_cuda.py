@@ -68,6 +68,19 @@ UNCHECKED: tuple[tuple[str, str], ...] = (
 )
 
 
+STAND_IN_SEED = 0x5EED_C0DA
+"""The seed that marks a CPU generator as standing in for a CUDA one (values do not matter to fake tensors)."""
+
+
+def stand_in_generator() -> torch.Generator:
+    """A CPU generator the watch treats as one on the run's device (``torch.Generator('cuda')`` needs CUDA).
+
+    diffusers' ``randn_tensor`` draws on it and moves the noise; ``torch.randn(..., generator=g, device=...)``
+    fills the device tensor directly, as a CUDA generator would.
+    """
+    return torch.Generator(device="cpu").manual_seed(STAND_IN_SEED)
+
+
 class DryRunError(SSPIRError):
     """A device or dtype the real CUDA run would trip over (or silently compute in)."""
 
@@ -88,6 +101,9 @@ class Tally:
     peak: int = 0
     peak_stage: str = ""
     by_stage: dict[str, int] = field(default_factory=dict)  # each stage's own peak
+    # The peak if every convolution also held the CPU (oneDNN) scratch bound of :func:`conv_scratch_bound`:
+    # an upper bound of what the CPU allocator measures, where the plain peak is a lower one.
+    peak_with_scratch: int = 0
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
@@ -155,7 +171,10 @@ class DryRunWatch(TorchDispatchMode):
         if name in _COMPUTE:
             self._check_dtypes(func, name, inputs)
         out = func(*args, **kwargs)
+        self._check_generator(func, args, kwargs, out)
         self._track(inputs, out)
+        scratch = conv_scratch_bound(inputs, _tensors(out)) if name in _CONVS else 0
+        self.tally.peak_with_scratch = max(self.tally.peak_with_scratch, self.tally.live + scratch)
         return out
 
     def _check_devices(self, func: Any, inputs: list[torch.Tensor]) -> None:
@@ -180,6 +199,19 @@ class DryRunWatch(TorchDispatchMode):
                                     f"{self.stage!r} (inputs {shapes}); cast it, or mark it intended if it is")
             key = f"{self.reasons[-1]}: {name}"
             self.intended_ops[key] = self.intended_ops.get(key, 0) + 1
+
+    def _check_generator(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """A generator draws on its own device: a CPU generator filling a CUDA tensor fails on a GPU."""
+        gens = [g for g in (*args, *kwargs.values()) if isinstance(g, torch.Generator)]
+        outs = _tensors(out)
+        if not gens or not outs:
+            return
+        g = gens[0]
+        if g.device.type == "cpu" and g.initial_seed() == STAND_IN_SEED:
+            return  # stands in for a generator on the run's device (see stand_in_generator)
+        if outs[0].device.type != g.device.type:
+            raise DeviceMismatch(f"{func} draws a tensor on {outs[0].device} from a generator on {g.device} in stage "
+                                 f"{self.stage!r} (CUDA needs the generator on the tensor's device)")
 
     # ---------------------------------------------------------------- memory
 
@@ -221,6 +253,36 @@ class DryRunWatch(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.tally.peak, self.tally.peak_stage, self.tally.by_stage = self.tally.live, "", {}
+        self.tally.peak_with_scratch = self.tally.live
+
+
+_CONVS = ("convolution", "_convolution")
+ONEDNN_BLOCK = 16
+"""oneDNN's blocked layouts (nChw16c on AVX-512, nChw8c on AVX2) pad channels to a multiple of 16 at most."""
+
+
+def conv_scratch_bound(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> int:
+    """Bytes a CPU convolution may hold inside its kernel: oneDNN reorders the input, the weight and the output
+    into channel-blocked copies (channels padded to :data:`ONEDNN_BLOCK`), so at most one padded copy of each.
+
+    The tally sees op outputs only; this is what it can miss on the CPU (derived from the layouts, not fitted).
+    """
+    if len(inputs) < 2 or not outputs:
+        return 0
+
+    def padded(t: torch.Tensor, dims: tuple[int, ...]) -> int:
+        shape = list(t.shape)
+        for d in dims:
+            shape[d] = -(-shape[d] // ONEDNN_BLOCK) * ONEDNN_BLOCK
+        n = 1
+        for v in shape:
+            n *= v
+        return n * t.element_size()
+
+    x, w, y = inputs[0], inputs[1], outputs[0]
+    if x.dim() < 3 or w.dim() != x.dim():
+        return 0
+    return padded(x, (1,)) + padded(w, (0, 1)) + padded(y, (1,))
 
 
 _MISMATCH = re.compile(r"should be the same|same device|same dtype|expected scalar type|Expected .* dtype|"
@@ -260,26 +322,40 @@ def fake_cuda(compute_dtype: torch.dtype, device: str = "cuda", block: int = CUD
     """Fake tensors on ``device`` (modules built here land there) with a :class:`DryRunWatch` on top."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from unittest import mock
+
     fake = FakeTensorMode()
     watch = DryRunWatch(compute_dtype, block=block)
-    with fake, torch.device(device), watch, _NameTheCall(watch):
+    with fake, torch.device(device), watch, _NameTheCall(watch), \
+            mock.patch.object(torch.nn.Module, "to", _fake_module_to):
         yield watch
 
 
-def retype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``module.to(dtype)`` for a module built in the fake mode (``Module.to`` cannot swap fake parameters).
+def _fake_module_to(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+    """``Module.to`` for modules of fake tensors (the real one cannot swap fake parameters): floating parameters
+    and buffers get the dtype, all get the device, as new fake tensors where something changes."""
+    device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+    for mod in self.modules():
+        for table, is_param in ((mod._parameters, True), (mod._buffers, False)):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                new_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+                new_device = t.device if device is None else _indexed(device)
+                if new_dtype == t.dtype and new_device == t.device:
+                    continue
+                value = torch.empty(t.shape, dtype=new_dtype, device=new_device)
+                table[name] = torch.nn.Parameter(value, requires_grad=t.requires_grad) if is_param else value
+    return self
 
-    Floating parameters and buffers get new fake tensors of ``dtype`` on their device, as ``to`` would.
-    """
-    for mod in module.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None and p.is_floating_point() and p.dtype != dtype:
-                mod._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=dtype, device=p.device),
-                                                           requires_grad=p.requires_grad)
-        for name, b in list(mod._buffers.items()):
-            if b is not None and b.is_floating_point() and b.dtype != dtype:
-                mod._buffers[name] = torch.empty(b.shape, dtype=dtype, device=b.device)
-    return module
+
+def _indexed(device: torch.device) -> torch.device:
+    return torch.device(device.type, 0) if device.type == "cuda" and device.index is None else device
+
+
+def retype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(dtype)`` for a module built in the fake mode (see :func:`_fake_module_to`)."""
+    return _fake_module_to(module, dtype=dtype)
 
 
 def watched(watch: DryRunWatch, fn: Callable[..., Any], stage: str | None = None, intended: str | None = None
