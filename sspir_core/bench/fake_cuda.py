@@ -320,9 +320,9 @@ def _storage_key(t: torch.Tensor) -> int:
 def fake_cuda(compute_dtype: torch.dtype, device: str = "cuda", block: int = CUDA_BLOCK
               ) -> Iterator[DryRunWatch]:
     """Fake tensors on ``device`` (modules built here land there) with a :class:`DryRunWatch` on top."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from unittest import mock
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     fake = FakeTensorMode()
     watch = DryRunWatch(compute_dtype, block=block)
