@@ -189,3 +189,36 @@ def test_training_forward_one_step_with_vsd_fp16():
     the same code; the full size runs in `python -m sspir_core.bench.dry_run`)."""
     r = dry_run.training_dry_run(torch.float16, "tiny", size=128, mode="one-step", vsd=True)
     assert r.extra["saved_bytes"] > 0
+
+
+# ------------------------------------------------------------------------------------------ native route
+
+
+def _comfyui_tree():
+    from pathlib import Path
+
+    root = Path.home() / ".cache" / "sspir"
+    trees = sorted(root.glob("comfyui-*/comfy"))
+    return trees[-1].parent if trees else None
+
+
+@pytest.mark.skipif(_comfyui_tree() is None, reason="no ComfyUI tree (bash scripts/setup.sh --comfyui)")
+def test_native_patched_model_call_sd15_bf16():
+    """In a child process: real ComfyUI modules in this one would shadow the node tests' stand-ins."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, torch, warnings; warnings.simplefilter('ignore')\n"
+            "from sspir_core.bench.dry_run import native_dry_run\n"
+            "r = native_dry_run(torch.bfloat16, 'sd15', size=(512, 768))\n"
+            "print(json.dumps({'ops': r.compute_ops, 'stages': r.by_stage, 'seconds': r.seconds}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["seconds"] < 60
+    # two tiles x (UNet 16 transformer blocks x 2 attentions + ControlNet 7 x 2 + SSP-IR's image and pixel
+    # attentions) -> at least 2 * (32 + 14) = 92 fused attention calls
+    assert r["ops"]["_scaled_dot_product_efficient_attention"] >= 92
+    assert set(r["stages"]) >= {"priors", "patched model call"}

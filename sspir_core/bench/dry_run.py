@@ -441,3 +441,132 @@ def _one_step_training(pipe: Any, params: list[torch.nn.Parameter], vsd: bool, d
                           seed=0, lora_rank=4, lpips_weights=None, max_chunks=4)
     trainer = SimpleNamespace(cfg=cfg, pipe=pipe, models=pipe.models, device=pipe.device, frozen_dtype=dtype)
     return OneStepTraining(trainer, params)
+
+
+# ------------------------------------------------------------------------------------------ native route
+
+
+def import_comfy(folder: str | None = None) -> Any:
+    """ComfyUI's ``comfy`` package in this process (CPU mode: its model management probes CUDA otherwise).
+
+    ``folder``: a ComfyUI tree (default: ``scripts/comfyui.py``'s cached one). The tree goes last on
+    ``sys.path`` so that this pack's ``nodes`` package is found before ComfyUI's ``nodes.py``.
+    """
+    import sys
+    from pathlib import Path
+
+    if "comfy.model_management" not in sys.modules:
+        if folder is None:
+            import os
+
+            root = Path(os.environ.get("SSPIR_COMFYUI_CACHE") or Path.home() / ".cache" / "sspir").expanduser()
+            trees = sorted(root.glob("comfyui-*"))
+            if not trees:
+                raise FileNotFoundError(f"no ComfyUI tree under {root}: run `bash scripts/setup.sh --comfyui`")
+            folder = str(trees[-1])
+        if folder not in sys.path:
+            sys.path.append(folder)
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management
+    import comfy.ops
+    import comfy.patcher_extension
+
+    return comfy
+
+
+class _Sigma:
+    """``transformer_options['sigmas']`` for the dry run: NativeRun reads the current sigma with ``float()``,
+    a value a fake tensor does not have."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def max(self) -> float:
+        return self.value
+
+
+def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: tuple[int, int] = (512, 768),
+                   tile: int | None = 64, tile_overlap: int = 16, device: str = DEVICE,
+                   comfyui: str | None = None) -> DryRunResult:
+    """The native route's patched model call on fake ``device`` tensors: ComfyUI's own LDM UNet (its
+    ``disable_weight_init`` ops, as ComfyUI loads an SD1.5 checkpoint) with Apply SSP-IR's blocks patched in,
+    the DIFFUSION_MODEL wrapper (:class:`nodes.native_patch.NativeRun`) running the SSP-IR ControlNet, the image
+    and pixel attention hooks, over latent tiles (512x768 px with tile 64/16: two), cond and uncond rows at once.
+    Priors (Refine on CLIP tokens, Processor features) as the Apply node computes them.
+
+    ModelPatcher's loading and offloading is left out (its moves are ``Module.to``, checked by the restore
+    runs' ``move_module``); so are ComfyUI's samplers (they run around the model call).
+    """
+    comfy = import_comfy(comfyui)
+    import comfy.ldm.modules.attention as comfy_attention
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from nodes import native_patch as NP
+
+    from ..native.layout import expected_ldm_config, hook_sites
+    from ..native.patch import NativePatch
+
+    t0 = time.perf_counter()
+    h, w = size[0] // 8, size[1] // 8
+    # ComfyUI picks its attention at import from the device it finds (sub-quadratic on the CPU, whose memory
+    # query needs a real device); with CUDA and torch 2 it uses PyTorch's SDPA, as here.
+    pytorch = comfy_attention.attention_pytorch
+    with fake_cuda(dtype, device=device.split(":")[0]) as watch, gpu_attention(), \
+            mock.patch.object(comfy_attention, "optimized_attention", pytorch), \
+            mock.patch.object(comfy_attention, "optimized_attention_masked", pytorch):
+        with watch.in_stage("build"):
+            model_args, _, _, vision = _configs(config)
+            from ..models.build import build_models
+
+            models = build_models(device=device, **model_args)
+            cfg = dict(models.unet.config)
+            attentions = {s.key: models.unet.get_submodule(s.key) for s in hook_sites(cfg)}
+            patch = NativePatch(models.controlnet, models.refine, attentions, cfg, models.base)
+            retype(patch.eval().requires_grad_(False), dtype)
+            ldm = expected_ldm_config(cfg)
+            layers, levels = ldm["num_res_blocks"][0], len(ldm["channel_mult"])
+            level_depth = [ldm["transformer_depth"][i * layers] for i in range(levels)]
+            unet = UNetModel(image_size=32, out_channels=4, num_heads=8, use_spatial_transformer=True,
+                             legacy=False, transformer_depth_middle=1, dtype=dtype, device=device,
+                             # popped from the end: the deepest level's output blocks come last here
+                             transformer_depth_output=[level_depth[i] for i in range(levels)
+                                                       for _ in range(layers + 1)],
+                             operations=comfy.ops.disable_weight_init, **ldm).eval().requires_grad_(False)
+            owner = "dryrun"
+            by_block: dict[str, list[Any]] = {}
+            for site in patch.sites:
+                by_block.setdefault(NP._block_path(site).removeprefix("diffusion_model."), []).append(site)
+            for path, sites in by_block.items():
+                parent, _, name = path.rpartition(".")
+                setattr(unet.get_submodule(parent), name, NP._patched_block(unet.get_submodule(path), sites, owner))
+        lq = torch.rand(1, 3, *size)
+        clip_tokens = torch.rand(1, (vision["image_size"] // vision["patch_size"]) ** 2, vision["hidden_size"],
+                                 dtype=dtype)
+        x = torch.randn(2, 4, h, w, dtype=dtype)  # uncond + cond rows, as ComfyUI batches them
+        context = torch.randn(2, 77, cfg["cross_attention_dim"], dtype=dtype)
+        timesteps = torch.full((2,), 999.0)
+        watch.reset_peak()
+        base = watch.tally.live
+        with torch.no_grad():
+            with watch.in_stage("priors"):
+                emb = patch.image_embedding(clip_tokens)
+                feats = patch.structure(lq, tile=None if tile is None else 8 * tile)
+            priors = NP.Priors(emb, feats, size)
+            run = NP.NativeRun(type("Patch", (), {"module": patch})(), priors, 1.0, (float("inf"), 0.0), owner,
+                               tile, tile_overlap)
+            options = {"cond_or_uncond": [1, 0], "sigmas": _Sigma(14.6),
+                       "patches": {"forward_timestep_embed_patch": [(NP.SSPIRHook, NP.run_hook)]}}
+
+            def executor(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, y: Any, control: Any, opts: dict,
+                         **kw: Any) -> torch.Tensor:
+                return unet._forward(x, t, c, y, control, opts, **kw)
+
+            with watch.in_stage("patched model call"):
+                out = run(executor, x, timesteps, context, None, None, options)
+        if out.shape != x.shape or out.dtype != dtype or str(out.device) != device:
+            raise AssertionError(f"model output {tuple(out.shape)} {out.dtype} on {out.device}")
+        del out
+        return _result(f"native patched model call {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base,
+                       patch_weight_bytes=sum(p.numel() * p.element_size() for p in patch.parameters()))
