@@ -174,6 +174,21 @@ def test_saved_tensors_of_a_small_mlp_by_hand():
     assert saved.bytes == 2 * 2**20
 
 
+def test_repeated_tiles_shortcut_keeps_the_peak():
+    """The 2048 px estimate runs the denoiser once per tile shape; at two tiles the peak equals the full run's."""
+    kw = dict(size=(512, 768), steps=1, output_bits=8)
+    full = dry_run.restore_dry_run(torch.float16, "tiny-medium", **kw)
+    short = dry_run.restore_dry_run(torch.float16, "tiny-medium", repeat_tiles=True, **kw)
+    assert short.ops < full.ops  # the second tile's ControlNet + UNet did not run
+    assert short.peak_bytes == full.peak_bytes
+
+
+def test_largest_batch_by_hand():
+    """24 GiB card, 1 GiB reserve, 5 GiB fixed, 3 GiB per item: (24 - 1 - 5) / 3 = 6 items."""
+    assert dry_run.largest_batch(5 * 2**30, 3 * 2**30, 24) == 6
+    assert dry_run.largest_batch(23 * 2**30, 2**30, 24) == 0
+
+
 # ------------------------------------------------------------------------------------------ training
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from unittest import mock
 
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .fake_cuda import CUDA_BLOCK, DryRunWatch, fake_cuda, retype, stand_in_generator, watched
 
@@ -119,6 +120,15 @@ def _is_fake_mode() -> bool:
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     return any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack())
+
+
+def weights_bytes(modules: list[torch.nn.Module]) -> int:
+    """Bytes of the modules' parameters and buffers, each storage once (CUDA blocks of 512 bytes)."""
+    seen: dict[int, int] = {}
+    for m in modules:
+        for t in [*m.parameters(), *m.buffers()]:
+            seen[t.untyped_storage()._cdata] = -(-t.untyped_storage().nbytes() // CUDA_BLOCK) * CUDA_BLOCK
+    return sum(seen.values())
 
 
 # ------------------------------------------------------------------------------------------ seams
@@ -239,17 +249,65 @@ def pipeline_seams(pipe: Any, watch: DryRunWatch) -> Iterator[None]:
         yield
 
 
+def _shape_key(args: Any, kwargs: Any) -> tuple:
+    return tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else None
+                 for t in tree_leaves((args, kwargs)))
+
+
+class _Spec:
+    def __init__(self, t: torch.Tensor):
+        self.shape, self.dtype, self.device = t.shape, t.dtype, t.device
+
+    def make(self) -> torch.Tensor:
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
+
+
+def _repeat_outputs(fn: Callable[..., Any], runs: int) -> Callable[..., Any]:
+    """``fn``, run for real the first ``runs`` times per input shape; later calls of a seen shape return fresh
+    (uninitialised) tensors of the outputs' shapes and dtypes, so their memory is counted as the real ones'."""
+    seen: dict[tuple, tuple[int, Any]] = {}
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        key = _shape_key(args, kwargs)
+        count, example = seen.get(key, (0, None))
+        if count < runs:
+            out = fn(*args, **kwargs)  # keep only its shapes: holding the output would add to the peak
+            seen[key] = (count + 1, tree_map(lambda t: _Spec(t) if isinstance(t, torch.Tensor) else t, out))
+            return out
+        return tree_map(lambda t: t.make() if isinstance(t, _Spec) else t, example)
+
+    return run
+
+
+@contextlib.contextmanager
+def repeated_tiles(pipe: Any, runs: int = 1) -> Iterator[None]:
+    """Every denoiser tile of one shape costs the memory of the first: run the ControlNet and UNet for real
+    ``runs`` times per input shape, then hand out same-shaped outputs (see :func:`_repeat_outputs`).
+
+    For the large tiled runs (2048 px: 25 latent tiles per step), whose op count would take minutes. What lives
+    beside a tile (the blend's image-sized sums) is the same at every tile, so the tally's peak is unchanged (a
+    test compares it with the full run). The VAE's tiles always run: the streamed decode holds a row of
+    decoded tiles beside the next one, so its tiles differ in what they meet.
+    """
+    with contextlib.ExitStack() as stack:
+        for module in (pipe.models.controlnet, pipe.models.unet):
+            stack.enter_context(mock.patch.object(module, "forward", _repeat_outputs(module.forward, runs)))
+        yield
+
+
 # ------------------------------------------------------------------------------------------ runs
 
 
 def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: tuple[int, int] = (512, 768),
                     steps: int = 2, cfg: float = 7.5, tile: int = 64, tile_overlap: int = 16, vae_tile: int = 512,
                     output_bits: int | None = None, batch: int = 1, device: str = DEVICE,
-                    block: int = CUDA_BLOCK, one_step: bool = False, color_fix: str = "wavelet") -> DryRunResult:
+                    block: int = CUDA_BLOCK, one_step: bool = False, color_fix: str = "wavelet",
+                    repeat_tiles: bool = False) -> DryRunResult:
     """The whole restore on fake ``device`` tensors: priors, tiled VAE encode, ``steps`` CFG steps over latent
     tiles (512x768 px with tile 64/16 is two), tiled decode, colour fix, output (float, or 8/16-bit streamed).
 
     ``one_step``: the one-step restore (the LQ latent at t = 999 to x0 in one evaluation, no CFG) instead.
+    ``repeat_tiles``: run each model once per tile shape (:func:`repeated_tiles`), for large sizes.
     The peak is above the weights, as ``sspir bench --parts memory`` measures it.
     """
     from ..restore.pipeline import RestoreOptions
@@ -267,7 +325,7 @@ def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", si
             pipe.models.mode, steps, cfg = ONE_STEP, 1, 1.0
         options = RestoreOptions(steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
                                  color_fix=color_fix)
-        with pipeline_seams(pipe, watch):
+        with pipeline_seams(pipe, watch), repeated_tiles(pipe) if repeat_tiles else contextlib.nullcontext():
             out = pipe.restore(lq, "a photo", options, output_bits=output_bits)
         expect = torch.uint8 if output_bits == 8 else torch.uint16 if output_bits == 16 else torch.float32
         if out.dtype != expect or str(out.device) != device or tuple(out.shape) != (batch, 3, *size):
@@ -275,7 +333,8 @@ def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", si
                                  f"{(batch, 3, *size)} {expect} on {device}")
         del out, lq
         what = "one-step restore" if one_step else f"restore ({steps} steps, CFG {cfg:g})"
-        return _result(f"{what} {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base)
+        return _result(f"{what} {batch} x {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base,
+                       weight_bytes=weights_bytes(pipe._all_modules()))
 
 
 def _result(name: str, watch: DryRunWatch, dtype: torch.dtype, device: str, t0: float, base: int,
@@ -339,6 +398,7 @@ class SavedTensors:
         self.exclude, self.block = exclude, block
         self.storages: dict[int, int] = {}
         self._keep: list[torch.Tensor] = []  # hold them: a freed storage's key could be reused
+        self.largest_block = 0  # gradient checkpointing: the most one checkpointed block saves when recomputed
 
     def add(self, t: torch.Tensor) -> None:
         key = t.untyped_storage()._cdata
@@ -351,6 +411,10 @@ class SavedTensors:
     def bytes(self) -> int:
         return sum(self.storages.values())
 
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.add(t)
+        return t
+
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
         import torch.utils.checkpoint as ckpt
@@ -361,13 +425,14 @@ class SavedTensors:
             for a in args:
                 if isinstance(a, torch.Tensor):
                     self.add(a)
+            # what backward's recompute of this block saves, measured by running it once more here
+            block = SavedTensors(self.exclude, self.block)
+            with torch.autograd.graph.saved_tensors_hooks(block._pack, lambda t: t):
+                fn(*args)
+            self.largest_block = max(self.largest_block, block.bytes)
             return original(fn, *args, **kwargs)
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            self.add(t)
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t), \
                 mock.patch.object(ckpt, "checkpoint", checkpoint):
             yield
 
@@ -403,9 +468,8 @@ def training_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", s
             else:
                 module = TrainModule(pipe.models).train()
                 scheduler = make_scheduler("ddpm", pipe.scheduler_config)
-        weights = {t.untyped_storage()._cdata for m in pipe._all_modules() + ([one.module] if mode == "one-step"
-                                                                                else [])
-                   for t in [*m.parameters(), *m.buffers()]}
+        weights_of = pipe._all_modules() + ([one.module] if mode == "one-step" else [])
+        weights = {t.untyped_storage()._cdata for m in weights_of for t in [*m.parameters(), *m.buffers()]}
         gt, lq = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
         captions = ["a photo of a house by a lake"] * batch
         watch.reset_peak()
@@ -427,6 +491,7 @@ def training_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", s
         return _result(f"train forward+loss {mode}{' + VSD' if mode == 'one-step' and vsd else ''} "
                        f"{batch} x {size} px ({config}{ckpt})", watch, dtype, device, t0, base,
                        saved_bytes=saved.bytes, largest_saved_bytes=max(saved.storages.values(), default=0),
+                       recompute_block_bytes=saved.largest_block, weight_bytes=weights_bytes(weights_of),
                        trainable=sum(p.numel() for p in (one.params if mode == "one-step" else params)))
 
 
@@ -570,3 +635,156 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
         del out
         return _result(f"native patched model call {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base,
                        patch_weight_bytes=sum(p.numel() * p.element_size() for p in patch.parameters()))
+
+
+# ------------------------------------------------------------------------------------------ VRAM report
+
+
+CARDS_GIB = (24, 40, 80)
+RESERVE_GIB = 1.0
+"""Left free on every card: the CUDA context (outside the allocator, ~0.3-0.6 GiB with lazy module loading),
+the allocator's segment rounding (2 MiB segments for small blocks) and the fragmentation between reserved and
+allocated memory. An allowance from CUDA's documented behaviour, not something the dry run can measure."""
+OPTIMIZER_BYTES_PER_PARAM = 12
+"""fp32 gradient (4) + AdamW's two fp32 moments (8) per trainable parameter, as the trainer keeps them."""
+
+
+def largest_batch(fixed: int, per_item: int, capacity_gib: float) -> int:
+    """The largest batch with ``fixed + batch * per_item`` bytes under the card less :data:`RESERVE_GIB`."""
+    room = (capacity_gib - RESERVE_GIB) * 2**30 - fixed
+    if room < per_item:
+        return 0
+    return int(room // per_item) if per_item > 0 else 10**6
+
+
+def vram_report(dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16), training: bool = True,
+                native: bool = True, log: Callable[[str], Any] = lambda _m: None) -> dict[str, Any]:
+    """The dry runs and the VRAM they imply at full SD1.5 size (see the module docs and docs/cuda-dry-run.md).
+
+    Restore: weights + the tally's peak, for one 512 -> 512 px image (batch 1 and 2 give the per-image cost),
+    and 512 -> 2048 px (x4, tiled: tile 64/16 latent, VAE tile 512, one step: every step and tile repeats the
+    first one's memory). Native: the patch's weights and the patched model call's peak. Training: autograd's
+    saved bytes at 512 px, batch 1 and 2 (the slope is the per-sample activation memory), with and without
+    gradient checkpointing.
+    """
+    out: dict[str, Any] = {"restore": [], "native": None, "training": [], "reserve_gib": RESERVE_GIB}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        log(f"restore 512 px, batch 1 and 2 ({name})...")
+        one = restore_dry_run(dtype, size=(512, 512), output_bits=8, batch=1)
+        two = restore_dry_run(dtype, size=(512, 512), output_bits=8, batch=2)
+        per = max(0, two.peak_bytes - one.peak_bytes)
+        fixed = one.extra["weight_bytes"] + one.peak_bytes - per
+        row = {"dtype": name, "what": "512 -> 512 px (2 steps, CFG 7.5, one tile)",
+               "weights": one.extra["weight_bytes"], "peak": one.peak_bytes, "peak_stage": one.peak_stage,
+               "per_image": per, "fits": {c: largest_batch(fixed, per, c) for c in CARDS_GIB},
+               "seconds": one.seconds + two.seconds}
+        out["restore"].append(row)
+        if dtype == dtypes[0]:
+            log(f"restore 512 -> 2048 px ({name})...")
+            big = restore_dry_run(dtype, size=(2048, 2048), steps=1, output_bits=8, repeat_tiles=True)
+            out["restore"].append({"dtype": name, "what": "512 -> 2048 px (x4, tiled 64/16, VAE tile 512)",
+                                   "weights": big.extra["weight_bytes"], "peak": big.peak_bytes,
+                                   "peak_stage": big.peak_stage, "per_image": big.peak_bytes,
+                                   "fits": {c: largest_batch(big.extra["weight_bytes"], big.peak_bytes, c)
+                                            for c in CARDS_GIB}, "seconds": big.seconds})
+    if native:
+        log("native patched model call...")
+        nat = native_dry_run(dtypes[0])
+        out["native"] = {"dtype": str(dtypes[0]).removeprefix("torch."), "patch_weights": nat.extra["patch_weight_bytes"],
+                         "peak": nat.peak_bytes, "seconds": nat.seconds}
+    if training:
+        copies = 0  # autocast's fp16 copies of the fp32 weights: saved without checkpointing, cached with it
+        for ckpt in (False, True):
+            log(f"training step at 512 px, batch 1 and 2{' (grad ckpt)' if ckpt else ''}...")
+            one = training_dry_run(dtypes[0], size=512, batch=1, gradient_checkpointing=ckpt)
+            two = training_dry_run(dtypes[0], size=512, batch=2, gradient_checkpointing=ckpt)
+            per = max(0, two.extra["saved_bytes"] - one.extra["saved_bytes"])
+            shared = one.extra["saved_bytes"] - per  # batch-independent: autocast's fp16 weight copies
+            copies = copies or shared
+            # With checkpointing the copies are not saved but autocast's cache holds them through the forward.
+            shared = max(shared, copies)
+            block = two.extra["recompute_block_bytes"] // 2 if ckpt else 0  # per sample
+            state = one.extra["weight_bytes"] + OPTIMIZER_BYTES_PER_PARAM * one.extra["trainable"]
+            # Backward frees each node's saved tensors as it runs and adds the gradients in flight, one per
+            # forward tensor still held at most: no more than what is saved (the x2 of the bound); with
+            # checkpointing the recomputed block's saved tensors come on top, once at a time.
+            out["training"].append({
+                "dtype": str(dtypes[0]).removeprefix("torch."), "checkpointing": ckpt, "saved_shared": shared,
+                "per_sample": per, "recompute_block_per_sample": block, "state": state,
+                "trainable": one.extra["trainable"],
+                "fits_low": {c: largest_batch(state + shared, per + block, c) for c in CARDS_GIB},
+                "fits_high": {c: largest_batch(state + shared, 2 * (per + block), c) for c in CARDS_GIB},
+                "seconds": one.seconds + two.seconds})
+    return out
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def vram_lines(r: dict[str, Any]) -> list[str]:
+    cards = "/".join(str(c) for c in CARDS_GIB)
+    lines = [f"CUDA dry run, SD1.5 full size, fake tensors (estimated VRAM; {r['reserve_gib']:g} GiB left free per "
+             f"card for the CUDA context and the allocator)"]
+    for row in r["restore"]:
+        fits = "/".join(str(v) for v in row["fits"].values())
+        lines.append(f"  restore {row['what']} [{row['dtype']}]: weights {_gib(row['weights'])} + peak "
+                     f"{_gib(row['peak'])} (in {row['peak_stage']}) = {_gib(row['weights'] + row['peak'])}; "
+                     f"per image {_gib(row['per_image'])}; images per batch on {cards} GiB: {fits}")
+    if r.get("native"):
+        n = r["native"]
+        lines.append(f"  native patch [{n['dtype']}]: weights {_gib(n['patch_weights'])}; patched model call peak "
+                     f"{_gib(n['peak'])} above all weights (UNet + patch; 2 latent tiles, cond+uncond)")
+    for t in r["training"]:
+        lo = "/".join(str(v) for v in t["fits_low"].values())
+        hi = "/".join(str(v) for v in t["fits_high"].values())
+        ck = "with" if t["checkpointing"] else "without"
+        lines.append(f"  training 512 px {ck} gradient checkpointing [{t['dtype']} autocast]: activations "
+                     f"{_gib(t['per_sample'])}/sample + {_gib(t['saved_shared'])} shared (autocast's fp16 weight copies)"
+                     + (f", recompute {_gib(t['recompute_block_per_sample'])}/sample" if t["checkpointing"] else "")
+                     + f"; weights + grads + AdamW {_gib(t['state'])}; batch on {cards} GiB: {lo} (saved "
+                       f"tensors only) down to {hi} (backward's gradients at their bound, as much again)")
+    return lines
+
+
+def bench_cuda_dry_run(settings: Any, pipe: Any = None) -> dict[str, Any]:
+    """`sspir bench --parts cuda-dry-run`: always SD1.5 at full size on fake CUDA (``--config`` does not apply)."""
+    return vram_report(log=lambda m: print(m, flush=True))
+
+
+def _register() -> None:
+    from .settings import EXTRA_PARTS
+
+    EXTRA_PARTS["cuda-dry-run"] = (bench_cuda_dry_run, vram_lines)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sspir_core.bench.dry_run``: every dry run once (fp16 and bf16), then the VRAM table."""
+    import argparse
+    import warnings
+
+    p = argparse.ArgumentParser(prog="python -m sspir_core.bench.dry_run", description=__doc__)
+    p.add_argument("--checks-only", action="store_true", help="the dry runs without the VRAM table")
+    a = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
+    for dtype in (torch.float16, torch.bfloat16):
+        runs = [(restore_dry_run, {}), (restore_dry_run, {"one_step": True, "output_bits": 8}), (native_dry_run, {}),
+                (training_dry_run, {"mode": "multi-step"}), (training_dry_run, {"mode": "one-step", "vsd": True})]
+        for run, kwargs in runs:
+            print("\n".join(run(dtype, **kwargs).lines()), flush=True)
+    from .fake_cuda import UNCHECKED
+
+    print("not checked by the dry run:")
+    for what, why in UNCHECKED:
+        print(f"  {what}: {why}")
+    if not a.checks_only:
+        print("\n".join(vram_lines(vram_report(log=lambda m: print(m, flush=True)))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
