@@ -115,7 +115,7 @@ def test_cpu_tensor_in_the_denoise_loop_fails_naming_op(monkeypatch):
 
     monkeypatch.setattr(P, "blend_tiles", misplaced)
     with pytest.raises(DeviceMismatch, match=r"aten\.add\.Tensor mixes devices cpu and cuda:0 in stage 'denoise'"):
-        dry_run.restore_dry_run(torch.float16, "tiny-medium", size=(512, 768))
+        dry_run.restore_dry_run(torch.float16, "tiny", size=(512, 768))
 
 
 def test_fp32_residual_beside_fp16_unet_fails_naming_op(monkeypatch):
@@ -132,7 +132,7 @@ def test_fp32_residual_beside_fp16_unet_fails_naming_op(monkeypatch):
     # conv2d checks its input against its weight before dispatch: the message is torch's, named with the call
     with pytest.raises(DtypeMismatch, match=r"conv2d failed in stage 'denoise': Input type \(float\) and bias type "
                                             r"\(c10::Half\) should be the same"):
-        dry_run.restore_dry_run(torch.float16, "tiny-medium", size=(512, 768))
+        dry_run.restore_dry_run(torch.float16, "tiny", size=(512, 768))
 
 
 def test_cpu_generator_drawing_a_cuda_tensor_fails():
@@ -177,8 +177,8 @@ def test_saved_tensors_of_a_small_mlp_by_hand():
 def test_repeated_tiles_shortcut_keeps_the_peak():
     """The 2048 px estimate runs the denoiser once per tile shape; at two tiles the peak equals the full run's."""
     kw = dict(size=(512, 768), steps=1, output_bits=8)
-    full = dry_run.restore_dry_run(torch.float16, "tiny-medium", **kw)
-    short = dry_run.restore_dry_run(torch.float16, "tiny-medium", repeat_tiles=True, **kw)
+    full = dry_run.restore_dry_run(torch.float16, "tiny", **kw)
+    short = dry_run.restore_dry_run(torch.float16, "tiny", repeat_tiles=True, **kw)
     assert short.ops < full.ops  # the second tile's ControlNet + UNet did not run
     assert short.peak_bytes == full.peak_bytes
 
