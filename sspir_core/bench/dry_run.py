@@ -43,9 +43,12 @@ class DryRunResult:
 
     def lines(self) -> list[str]:
         checked = sum(self.compute_ops.values())
+        if "saved_bytes" in self.extra:  # with autograd on, what backward needs is what the graph saves
+            memory = f"autograd saves {self.extra['saved_bytes'] / 2**20:.0f} MiB for backward"
+        else:
+            memory = f"peak {self.peak_bytes / 2**20:.0f} MiB above the weights (in {self.peak_stage})"
         out = [f"{self.name} [{self.dtype} on {self.device}]: {self.ops} ops, {checked} matmul/conv/attention "
-               f"dtype-checked, every op device-checked, {self.seconds:.1f} s; peak {self.peak_bytes / 2**20:.0f} MiB "
-               f"above the weights (in {self.peak_stage})"]
+               f"dtype-checked, every op device-checked, {self.seconds:.1f} s; {memory}"]
         out += [f"  intended fp32: {k} x{v}" for k, v in sorted(self.intended_fp32.items())]
         return out
 
