@@ -52,19 +52,25 @@ _COPIES = ("_to_copy", "copy_", "_copy_from", "_copy_from_and_resize", "to", "li
 UNCHECKED: tuple[tuple[str, str], ...] = (
     ("values", "fake tensors hold no data: NaN/overflow in fp16 and data-dependent checks (isfinite in "
                "prepare_lq) are not run; the dry run passes an LQ already at the output size"),
-    ("CUDA generators", "torch.Generator(device='cuda') cannot exist without CUDA: seeded_generators gives CPU "
-                        "generators in the dry run; diffusers' randn_tensor then draws on the CPU and moves the "
-                        "noise, so only the CUDA generator's own draw is unchecked"),
+    ("CUDA generators", "torch.Generator(device='cuda') cannot exist without CUDA: seeded_generators and the "
+                        "trainer's generator are stand-in CPU generators the watch treats as on the device; only "
+                        "the CUDA generator's own draw is unchecked (a real CPU generator drawing a CUDA tensor "
+                        "fails)"),
     ("scheduler index lookups", "diffusers' DDPM step finds the previous timestep with nonzero() (a data-dependent "
                                 "shape); the dry run gives it the timestep as a Python int and the next one from "
                                 "a real twin scheduler; the step's tensor maths runs on the fake tensors"),
-    ("autocast", "CUDA autocast is disabled without a CUDA runtime: the trainer's frozen-part and loss casts are "
-                 "explicit, the trainable forward relies on accelerate's autocast in mixed precision, and the dry "
-                 "run checks it in the dtype the weights are kept in"),
-    ("backward", "backward() needs a real device context: the training peak is forward-saved tensors plus a "
-                 "bound for backward (see training_memory)"),
-    ("kernel workspaces", "cuDNN/cuBLAS workspaces and attention kernels' scratch live inside kernels; the tally "
-                          "sees op outputs only (the CPU validation measures what that leaves out)"),
+    ("autocast", "torch.autocast('cuda') turns itself off without a CUDA runtime; the dry run switches CUDA "
+                 "autocast on directly, so its casts are followed, but its op lists are torch's, not a GPU run's"),
+    ("attention kernel", "SDPA on fake CUDA tensors takes its math path (fp32 upcast, the whole attention "
+                         "matrix); the dry run calls the memory-efficient kernel a GPU picks, and sets ComfyUI's "
+                         "attention to its CUDA choice (PyTorch SDPA); which fused kernel a given GPU picks is "
+                         "not checked"),
+    ("backward", "backward() needs a real device context: training memory is autograd's saved bytes plus a "
+                 "stated bound for backward (vram_report)"),
+    ("kernel workspaces", "cuDNN/cuBLAS workspaces and kernels' own scratch live inside kernels; the tally sees "
+                          "op outputs only (the CPU validation brackets what that leaves out)"),
+    ("ModelPatcher", "ComfyUI's model loading, offloading and low-VRAM partial loading around the native call "
+                     "are not run (Module.to on fake modules is replaced by a shape/dtype-faithful stand-in)"),
 )
 
 
