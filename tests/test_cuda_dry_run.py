@@ -237,3 +237,16 @@ def test_native_patched_model_call_sd15_bf16():
     # attentions) -> at least 2 * (32 + 14) = 92 fused attention calls
     assert r["ops"]["_scaled_dot_product_efficient_attention"] >= 92
     assert set(r["stages"]) >= {"priors", "patched model call"}
+
+
+def test_bench_part_registered_and_its_lines():
+    """`sspir bench --parts cuda-dry-run` finds the part; its report prints the batches per card."""
+    from sspir_core.bench.settings import EXTRA_PARTS
+
+    assert EXTRA_PARTS["cuda-dry-run"] == (dry_run.bench_cuda_dry_run, dry_run.vram_lines)
+    gib = 2**30
+    r = {"reserve_gib": 1.0, "native": None, "training": [],
+         "restore": [{"dtype": "float16", "what": "512 -> 512 px", "weights": 4 * gib, "peak": gib,
+                      "peak_stage": "denoise", "per_image": gib, "fits": {24: 19, 40: 35, 80: 75}}]}
+    text = "\n".join(dry_run.vram_lines(r))
+    assert "weights 4.00 GiB + peak 1.00 GiB (in denoise) = 5.00 GiB" in text and "24/40/80 GiB: 19/35/75" in text
