@@ -14,7 +14,7 @@ every tensor "on" ``cuda:0``. A :class:`DryRunWatch` dispatch mode sits above it
   when their last tensor dies), with the peak and the stage it happened in.
 
 What the fake mode cannot follow (values, CUDA generators, autocast, backward) is listed in
-:data:`UNCHECKED` and handled by the run functions here, each said where it happens.
+:data:`UNCHECKED` and handled by the runs in :mod:`.dry_run`, each said where it happens.
 """
 
 from __future__ import annotations
