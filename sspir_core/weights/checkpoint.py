@@ -275,10 +275,7 @@ def compact_state_dict(models: SSPIRModels) -> dict[str, torch.Tensor]:
 
 
 def save_compact(models: SSPIRModels, path: str | Path) -> Path:
-    """One .safetensors with only the SSP-IR parts and its configs as metadata.
-
-    For SD1.5 about 1.0B parameters: the ControlNet with the Processor 486M, the UNet attentions 509M, Refine 2.6M.
-    """
+    """One .safetensors with only the SSP-IR parts (about 0.5B parameters for SD1.5) and its configs as metadata."""
     path = Path(path)
     metadata = {
         "format": COMPACT_FORMAT,
