@@ -502,11 +502,12 @@ def _one_step_training(pipe: Any, params: list[torch.nn.Parameter], vsd: bool, d
     """The one-step trainer's additions (LoRA, VSD scores, frozen parts) on ``pipe``, as OneStepTraining makes them."""
     from types import SimpleNamespace
 
+    from ..training.config import TrainConfig
     from ..training.one_step import OneStepTraining
 
-    cfg = SimpleNamespace(lambda_l2=1.0, lambda_lpips=0.0, lambda_vsd=1.0 if vsd else 0.0,
-                          lambda_vsd_lora=1.0 if vsd else 0.0, lambda_rgb=0.1, lambda_fft=0.01, cfg_vsd=7.5,
-                          seed=0, lora_rank=4, lpips_weights=None, max_chunks=4)
+    # the trainer's own defaults (OSEDiff's weights), LPIPS off
+    cfg = TrainConfig(mode="one-step", lambda_lpips=0.0, lambda_vsd=1.0 if vsd else 0.0,
+                      lambda_vsd_lora=1.0 if vsd else 0.0)
     trainer = SimpleNamespace(cfg=cfg, pipe=pipe, models=pipe.models, device=pipe.device, frozen_dtype=dtype)
     return OneStepTraining(trainer, params)
 
