@@ -15,5 +15,7 @@ Figures measured in one run on one config, so they can be compared side by side:
 :mod:`.report` what it prints. Timings are not asserted anywhere: this is a measuring tool, not a test.
 Other modules add parts through :data:`.settings.EXTRA_PARTS` (and summary pieces through
 :data:`.settings.EXTRA_SUMMARIES`): :mod:`.one_step` (a one-step restore against a 50-step one) and
-:mod:`.native` (the native ComfyUI route against PGA Sampler, in real ComfyUI servers).
+:mod:`.native` (the native ComfyUI route against PGA Sampler, in real ComfyUI servers) and :mod:`.dry_run`
+(every route at full SD1.5 size on fake CUDA tensors, checked op by op by :mod:`.fake_cuda`, and the VRAM
+it implies; no GPU needed).
 """

@@ -30,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, else fp32")
     p.add_argument("--parts", default=None,
-                   help=f"comma-separated subset of {','.join(PARTS)},one-step,native (default: "
+                   help=f"comma-separated subset of {','.join(PARTS)},one-step,native,cuda-dry-run (default: "
                         f"{','.join(DEFAULT_PARTS)}; sd15 adds image). native: the native route against PGA Sampler "
-                        "in real ComfyUI servers (needs a checkout with `bash scripts/setup.sh --comfyui`)")
+                        "in real ComfyUI servers (needs a checkout with `bash scripts/setup.sh --comfyui`). "
+                        "cuda-dry-run: every route at full SD1.5 size on fake CUDA tensors (no GPU needed), its "
+                        "device/dtype checks and the VRAM they imply (--config does not apply)")
     p.add_argument("--size", type=int, help="output px for the step/priors/image parts (default 256 CPU, 512 sd15)")
     p.add_argument("--steps", type=int, default=50, help="steps of the run the priors are compared with")
     p.add_argument("--estimate-run", action="store_true", help="estimate that run as steps x ms/step (faster)")
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
               "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
         return 2
-    from ..bench import native, one_step  # noqa: F401 (register the one-step and native parts)
+    from ..bench import dry_run, native, one_step  # noqa: F401 (register the one-step, native and dry-run parts)
     from ..bench.settings import EXTRA_PARTS
 
     known = (*PARTS, *EXTRA_PARTS)

@@ -2,8 +2,8 @@
 
 The native route leaves the user's UNet as it is and adds what SSP-IR trains: the ControlNet (with the
 Processor), the Refine layer and the UNet's image/pixel attentions. :class:`NativePatch` holds exactly those
-(for SD1.5 about 0.5B parameters; the SD weights of an official ``checkpoint-N/unet`` are not kept) and runs
-them on tensors handed over by the host's hooks.
+(for SD1.5 about 1.0B parameters, 1.9 GiB in fp16; the SD weights of an official ``checkpoint-N/unet`` are not
+kept) and runs them on tensors handed over by the host's hooks.
 """
 
 from __future__ import annotations

@@ -348,7 +348,7 @@ class RestorePipeline:
                  output_bits: int | None = None, run: Run | None = None) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
-        generators = [torch.Generator(device=self.device).manual_seed(options.seed) for _ in range(lq.shape[0])]
+        generators = seeded_generators(self.device, options.seed, lq.shape[0])
         text, text_negative = self.encode_text(captions, options.negative_prompt, options.max_chunks)
         image_emb, features = priors.check(lq, self.device, self.dtype)
         if image_emb is None:
@@ -375,6 +375,16 @@ class RestorePipeline:
             return self.decode_to_integers(latents, real, box, options.color_fix, output_bits, options.vae_tile, run)
         out = self.vae_decode(latents, options.vae_tile, run)[..., y0:y1, x0:x1]
         return apply_color_fix(out, real.to(out.device, out.dtype), options.color_fix)
+
+
+def seeded_generators(device: torch.device, seed: int, count: int) -> list[torch.Generator]:
+    """One generator per image, on the pipeline's device, all seeded alike (each image as if alone).
+
+    A function of its own so that the CUDA dry run (:mod:`sspir_core.bench.fake_cuda`), where no CUDA
+    generator can exist, can put CPU ones in its place: diffusers' ``randn_tensor`` draws on a CPU generator
+    and moves the noise to the device, so the rest of the run is checked unchanged.
+    """
+    return [torch.Generator(device=device).manual_seed(seed) for _ in range(count)]
 
 
 def _unit(run: Run | None, stage: str) -> None:
