@@ -275,7 +275,8 @@ def compact_state_dict(models: SSPIRModels) -> dict[str, torch.Tensor]:
 
 
 def save_compact(models: SSPIRModels, path: str | Path, lora: dict[str, torch.Tensor] | None = None) -> Path:
-    """One .safetensors with only the SSP-IR parts (about 0.5B parameters for SD1.5) and its configs as metadata.
+    """One .safetensors with only the SSP-IR parts and its configs as metadata (about 1.0B parameters for SD1.5:
+    ControlNet 486M, UNet attentions 509M, Refine 2.6M).
 
     ``lora``: a one-step model's LoRA tensors when its UNet does not hold them as a peft adapter."""
     path = Path(path)
