@@ -55,3 +55,13 @@ def with_unique_outputs(prompt: dict) -> dict:
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = unique("sspir_test_")
     return prompt
+
+
+def link_native_models(models: Path, native_files: Path) -> Path:
+    """A models folder whose native demo files are links into the shared cache (each server adds its own extras)."""
+    from sspir_core.demo import native_models
+
+    for folder, name in native_models.NATIVE_FILES.values():
+        (models / folder).mkdir(exist_ok=True)
+        (models / folder / name).symlink_to(native_files / folder / name)
+    return models

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sspir_core.demo import native_models
-from tests.comfyui.comfy_helpers import REPO, harness, load_api, put_image, unique
+from tests.comfyui.comfy_helpers import REPO, harness, link_native_models, load_api, put_image, unique
 
 pytestmark = pytest.mark.comfyui
 
@@ -75,10 +75,7 @@ def native_files():
 
 @pytest.fixture(scope="module")
 def native_server(comfy_dir, demo_models, native_files, tmp_path_factory):
-    models = tmp_path_factory.mktemp("native-models")
-    for folder, name in native_models.NATIVE_FILES.values():
-        (models / folder).mkdir(exist_ok=True)
-        (models / folder / name).symlink_to(native_files / folder / name)
+    models = link_native_models(tmp_path_factory.mktemp("native-models"), native_files)
     (models / "LLM").symlink_to(demo_models / "LLM", target_is_directory=True)
     sd21 = models / "sspir" / "sspir-test-sd21.safetensors"
     _write_sd21_patch(sd21)

@@ -18,10 +18,12 @@ from safetensors.torch import save_file
 
 from sspir_core.demo import model_files, native_models
 from sspir_core.models.one_step import alpha_bar
-from tests.comfyui.comfy_helpers import REPO, harness
+from tests.comfyui import test_native
+from tests.comfyui.comfy_helpers import REPO, harness, link_native_models
 from tests.comfyui.test_native import LONG_CAPTION, _lq, _native, _prefixed, _reference, _save, _tensor
 
 pytestmark = pytest.mark.comfyui
+native_files = test_native.native_files  # the shared cached native demo set (a module-scoped fixture)
 
 EPS32 = torch.finfo(torch.float32).eps
 NO_LORA = "sspir-test-one-step-no-lora.safetensors"
@@ -89,16 +91,8 @@ def _write_official(native_files, out) -> None:
 
 
 @pytest.fixture(scope="module")
-def native_files():
-    return native_models.cached_native_demo_models(harness.cache_root())
-
-
-@pytest.fixture(scope="module")
 def server(comfy_dir, demo_models, native_files, tmp_path_factory):
-    models = tmp_path_factory.mktemp("native-models")
-    for folder, name in native_models.NATIVE_FILES.values():
-        (models / folder).mkdir(exist_ok=True)
-        (models / folder / name).symlink_to(native_files / folder / name)
+    models = link_native_models(tmp_path_factory.mktemp("native-models"), native_files)
     tiny_sd = model_files.DEMO_FILES["sd"][1]
     (models / "checkpoints" / tiny_sd).symlink_to(demo_models / "checkpoints" / tiny_sd)
     (models / "LLM").symlink_to(demo_models / "LLM", target_is_directory=True)  # the workflow's MLLM Caption
