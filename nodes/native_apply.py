@@ -7,7 +7,7 @@ from comfy_api.v0_0_2 import io
 from sspir_core.restore.options import LIMITS, RestoreOptions
 
 from .sockets import NATIVE, SSPIRPatchSocket
-from .support import TILE_STEP, images_from_list, tiling_widget_problem
+from .support import TILE_STEP, images_from_list, problems_message, tiling_widget_problems
 
 _DEFAULTS = RestoreOptions()  # PGA Sampler's tiling defaults: one source for both routes
 
@@ -56,8 +56,13 @@ class SSPIRApply(io.ComfyNode):
         )
 
     @classmethod
+    def widget_problems(cls, tile=None, tile_overlap=None) -> dict[str, str]:
+        """By widget, for ``host.attach_errors_to_widgets`` (a new check goes here, on its own widget)."""
+        return tiling_widget_problems(tile, tile_overlap)
+
+    @classmethod
     def validate_inputs(cls, tile=None, tile_overlap=None) -> bool | str:
-        return tiling_widget_problem(tile, tile_overlap) or True
+        return problems_message(cls.widget_problems(tile, tile_overlap))
 
     @classmethod
     def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,

@@ -6,7 +6,9 @@ straight from the files), so the component graph is checked against an independe
 
 from __future__ import annotations
 
+import inspect
 import shutil
+import sys
 
 import pytest
 import torch
@@ -142,6 +144,65 @@ def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
         args = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], **kw}
         problem = node.validate_inputs(**args)
         assert isinstance(problem, str) and words in problem, (kw, problem)
+
+
+@pytest.mark.parametrize("node_id, kw, widgets", [
+    ("SSPIRSampler", dict(tile=[7]), ["tile"]),
+    ("SSPIRSampler", dict(cfg=[0.5]), ["cfg"]),
+    ("SSPIRSampler", dict(tile=[32], tile_overlap=[32]), ["tile_overlap"]),
+    ("SSPIRSampler", dict(tile_overlap=[-8]), ["tile_overlap"]),
+    ("SSPIRSampler", dict(vae_tile=[100], steps=[2000]), ["vae_tile", "steps"]),
+    ("SSPIRRestore", dict(tile=[520], cfg=[0.5]), ["tile", "cfg"]),
+    ("SSPIRApply", dict(tile=[12]), ["tile"]),
+    ("SSPIRApply", dict(tile=[32], tile_overlap=[40]), ["tile_overlap"]),
+])
+def test_each_widget_problem_is_named_once_by_its_widget(host, node_id, kw, widgets):
+    """The nodes sort their problems by widget (issue 27: one bad tile was reported on five widgets): a value
+    wrong on its own is its widget's problem, tile_overlap not below tile is the overlap's."""
+    node = host.nodes[node_id]
+    names = list(inspect.signature(node.widget_problems).parameters)
+    fine = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], "steps": [0], "cfg": [0.0]}
+    problems = node.widget_problems(**{n: fine[n] for n in names} | kw)
+    assert list(problems) == widgets, problems
+    for name, problem in problems.items():
+        assert problem.startswith(name + " ") or problem.startswith(name + ":"), (name, problem)
+    assert node.validate_inputs(**{n: fine[n] for n in names} | kw) == "; ".join(problems.values())
+
+
+def test_validation_errors_are_moved_onto_their_widgets(host, monkeypatch):
+    """attach_errors_to_widgets rewrites what ComfyUI's validate_inputs returns for the pack's nodes: its
+    custom-validation errors (one per input the function takes, all with the same text) become one per
+    problem, on its widget; other errors and other nodes' results are kept as they are."""
+    import asyncio
+    import types
+
+    from nodes import host as node_host
+
+    async def host_validate(prompt_id, prompt, item, validated):  # ComfyUI 0.3.75's shape of the result
+        inputs = prompt[item]["inputs"]
+        errors = [{"type": "custom_validation_failed", "details": f"{x} - the whole message",
+                   "extra_info": {"input_name": x}} for x in ("steps", "cfg", "tile", "tile_overlap", "vae_tile")
+                  if x in inputs]
+        errors.append({"type": "required_input_missing", "details": "image", "extra_info": {"input_name": "image"}})
+        validated[item] = (False, errors, item)
+        return validated[item]
+
+    fake = types.ModuleType("execution")
+    fake.validate_inputs = host_validate
+    monkeypatch.setitem(sys.modules, "execution", fake)
+    assert node_host.attach_errors_to_widgets(host.nodes.values())
+    prompt = {"5": {"class_type": "SSPIRSampler",
+                    "inputs": {"steps": 0, "cfg": 0.0, "tile": 7, "tile_overlap": 32, "vae_tile": ["9", 0]}},
+              "6": {"class_type": "KSampler", "inputs": {"steps": 0, "cfg": 0.0}}}
+    validated: dict = {}
+    ok, errors, _ = asyncio.run(fake.validate_inputs("p", prompt, "5", validated))
+    custom = [e for e in errors if e["type"] == "custom_validation_failed"]
+    assert [e["extra_info"]["input_name"] for e in custom] == ["tile"], errors
+    assert "multiple of 8, got 7: try 8" in custom[0]["details"]
+    assert [e["type"] for e in errors].count("required_input_missing") == 1
+    assert validated["5"] == (ok, errors, "5")  # what later lookups see
+    other = asyncio.run(fake.validate_inputs("p", prompt, "6", {}))[1]
+    assert len([e for e in other if e["type"] == "custom_validation_failed"]) == 2  # not ours: untouched
 
 
 def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):
