@@ -4,6 +4,10 @@
 // a screenshot; with THUMBNAIL.png, also a square picture of the whole graph (for the template's thumbnail).
 //
 // node browser_check.js URL WORKFLOW.json SCREENSHOT.png CHROMIUM_BINARY PLAYWRIGHT_CORE_DIR PROFILE_DIR PACK [THUMBNAIL.png]
+//
+// With SSPIR_BAD_WIDGET=NODE_TYPE:WIDGET:VALUE, that widget is set to VALUE after loading, the workflow is queued
+// (Run) and the report's widgetErrors lists, per node id, the inputs the front end marked as wrong (hasErrors:
+// the red outline), as ComfyUI's answer to the queued prompt made it do.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -145,6 +149,28 @@ async function main() {
         nodeTypes: nodes.map((n) => n.type),
       };
     }, workflow);
+    const bad = process.env.SSPIR_BAD_WIDGET;
+    if (bad) {
+      const [type, name, value] = bad.split(":");
+      report.widgetErrors = await page.evaluate(async ([type, name, value]) => {
+        const g = window.app.graph;
+        for (const n of g._nodes || g.nodes || []) {
+          const w = n.type === type && (n.widgets || []).find((x) => x.name === name);
+          if (w) w.value = Number(value);
+        }
+        try { await window.app.queuePrompt(0, 1); } catch (e) { /* refused: that is the point */ }
+        const marked = () => {
+          const out = {};
+          for (const n of g._nodes || g.nodes || []) {
+            const names = (n.inputs || []).filter((i) => i.hasErrors).map((i) => i.name);
+            if (names.length) out[n.id] = names;
+          }
+          return out;
+        };
+        for (let i = 0; i < 100 && !Object.keys(marked()).length; i++) await new Promise((r) => setTimeout(r, 100));
+        return marked();
+      }, [type, name, value]);
+    }
     await page.waitForTimeout(800);
     await page.screenshot({ path: shotPath });
     if (thumbPath && report.graphRect) {  // the graph alone, without the menus and the minimap around it
