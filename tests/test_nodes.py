@@ -7,6 +7,7 @@ straight from the files), so the component graph is checked against an independe
 from __future__ import annotations
 
 import inspect
+import logging
 import shutil
 import sys
 
@@ -377,3 +378,44 @@ def test_memory_is_freed_from_comfy_before_a_gpu_run(host):
     assert host.unloads == 0
     comfy_host.free_memory_for(torch.device("cuda"))
     assert (host.unloads, host.soft_empties) == (1, 1)
+
+
+class _PoolVAE:
+    """A stand-in for ComfyUI's VAE: ``encode`` (IMAGE [B,H,W,3] -> [B,4,H/8,W/8]) is an 8x8 average, so a tiled
+    encode blended with weights that sum to 1 equals the whole one; ``first_stage_model`` has blocks."""
+
+    def __init__(self) -> None:
+        self.first_stage_model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()]))
+        self.calls: list[tuple[int, int]] = []
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(pixels.shape[1:3]))
+        for block in self.first_stage_model[0]:  # the blocks run, as a real encoder's would
+            pixels = block(pixels)
+        x = pixels.movedim(-1, 1)
+        return torch.nn.functional.avg_pool2d(torch.cat([x, x[:, :1]], 1), 8)
+
+
+def test_lq_latent_announces_its_work_reports_each_tile_and_cancels_between_them(host, caplog):
+    """Issue 27: a 3000x2000 LQ Latent encoded for 900 s without a line. The size and tiles go to the log
+    before the work, ComfyUI's bar moves once per tile (announced total first), each tile and each VAE block
+    is a cancel point, and the tiled result equals the whole encode (this VAE is linear)."""
+    from nodes.native_latent import encode_lq
+
+    padded = torch.rand(1, 3, 256, 512)
+    vae = _PoolVAE()
+    with caplog.at_level(logging.INFO, logger="sspir"):
+        tiled = encode_lq(vae, padded, 128)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SSP-IR LQ Latent")]
+    n = len(vae.calls)
+    assert n > 2 and "1 image(s) at 512x256 px" in line and f"{n} VAE encode tile(s)" in line, line
+    assert [(v, t) for v, t, _ in host.progress] == [(i, n) for i in range(n + 1)]
+    assert host.interrupt_checks >= n * 3  # a check before each tile and in each of its two blocks
+    whole = encode_lq(_PoolVAE(), padded, 0)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+    host.interrupt_checks, host.interrupt_after = 0, 5  # Cancel in the first VAE block of the second tile
+    stopped = _PoolVAE()
+    with pytest.raises(fake_comfy.InterruptProcessingException):
+        encode_lq(stopped, padded, 128)
+    assert len(stopped.calls) == 2
