@@ -100,6 +100,9 @@ def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workfl
     assert report["brokenNodes"] == [], report["brokenNodes"]
     assert report["invalidLinks"] == [], report["invalidLinks"]
     assert report["titleOverlaps"] == [], report["titleOverlaps"]
+    # Issue 27: at 1600x1000 the graphs opened partly under the side bar: the saved view (extra.ds) shows all
+    print(f"view: {report['view']}\ncard: {report['cardText']!r}")
+    assert report["view"]["outOfView"] == [], report["view"]
     assert "missing" not in report["dialogText"].lower(), report["dialogText"]
     base = f"{server.url}/api/workflow_templates/{harness.PACK_NAME}/{Path(workflow).stem}"
     assert report["templateFiles"].get(base + ".json", [None])[0] == 200, report["templateFiles"]
