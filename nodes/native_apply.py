@@ -5,7 +5,9 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from sspir_core.restore.options import LIMITS, RestoreOptions
+from sspir_core.restore.work import cancel_points, plan_prior, processor_tiles
 
+from . import host
 from .sockets import NATIVE, SSPIRPatchSocket
 from .support import TILE_STEP, images_from_list, problems_message, tiling_widget_problems
 
@@ -72,6 +74,13 @@ class SSPIRApply(io.ComfyNode):
 
         check_model(model, sspir_patch)  # before the priors' work
         lq = images_from_list(image).rgb
-        priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
+        # The priors of a large LQ take minutes on a CPU: announced (size, Processor tiles), Cancel in every block
+        run, _ = host.start_run()
+        h, w = lq.shape[-2:]
+        tiles = processor_tiles(h, w, processor_tile or None)
+        run.begin(plan_prior("processor", tiles, (w, h), lq.shape[0]), "Apply SSP-IR")
+        with cancel_points(run, sspir_patch.module):
+            run.unit("processor")
+            priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
         return io.NodeOutput(apply(model, sspir_patch, priors, float(strength), float(start_percent),
                                    float(end_percent), start == "paper", tile or None, int(tile_overlap)))
