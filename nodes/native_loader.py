@@ -27,7 +27,9 @@ class SSPIRPatchLoader(io.ComfyNode):
                 io.Combo.Input("sspir_weights", options=host.sspir_choices(), tooltip=(
                     "SSP-IR weights from models/sspir:\n- a compact .safetensors\n- or an official checkpoint-N/ "
                     "folder from the authors' train.py (only the SSP-IR parts of its unet/ are read; the SD "
-                    "weights come from your MODEL)")),
+                    "weights come from your MODEL)\nOne-step weights (compact lora.* tensors, or a folder's "
+                    "lora/ and one_step.json) carry a UNet LoRA: Apply SSP-IR adds it to the MODEL; sample "
+                    "with KSampler, 1 step, cfg 1, euler, scheduler simple.")),
                 io.Combo.Input("dtype", options=["auto", *_DTYPES], default="auto", tooltip=(
                     "Precision of the SSP-IR weights. auto: what ComfyUI picks for a UNet on this device "
                     "(fp32 on the CPU).")),

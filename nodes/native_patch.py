@@ -15,12 +15,16 @@ Hooks used (all public, all on the clone, all appended to what is there; checked
   pixel attentions through ``transformer_options``.
 - ``add_object_patch("model_sampling", ...)`` (start "paper" only): a subclass of the model's own sampling whose
   start-of-sampling noising is the official start (the LQ latent noised to t=999), see
-  :mod:`sspir_core.native.schedule`.
+  :mod:`sspir_core.native.schedule`; with ``add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, ...)``, which sees
+  the whole sigmas of each sampling and tells it whether this one is a full denoise (else: ComfyUI's img2img).
+- ``add_wrapper_with_key(WrappersMP.PREDICT_NOISE, ...)``: the guided prediction of each sampling's first call is
+  checked once for NaN/inf, so a bad cfg, strength or weights fail at the sampler with their likely cause.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +42,9 @@ from torch import nn
 from sspir_core.errors import InputError
 from sspir_core.image_io import pad_to_multiple
 from sspir_core.native.control import merge_control as _merge_control
-from sspir_core.native.layout import HookSite, ldm_mismatch
+from sspir_core.native.layout import HookSite
 from sspir_core.native.patch import NativePatch, load_native_patch
-from sspir_core.native.schedule import is_schedule_start, paper_start, to_ddpm
+from sspir_core.native.schedule import paper_start, paper_start_applies, to_ddpm
 from sspir_core.native.tiles import crop_control
 from sspir_core.restore.tiling import blend_tiles
 from sspir_core.weights.clip_vision import ClipVisionEncoder
@@ -80,21 +84,23 @@ def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
 # ---------------------------------------------------------------------------------------------- checks
 
 def check_model(model: Any, patch: SSPIRPatch) -> None:
-    """A clear error, before any sampling, when the MODEL is not the UNet the patch was trained on."""
+    """A clear error, before any sampling, when the MODEL is not the UNet the patch was trained on: another
+    family (SDXL, ...), another size, or another prediction (v-prediction, e.g. SD2.1-768), named in both sides'
+    words by :func:`sspir_core.weights.base_match.native_model_problem`."""
+    from sspir_core.weights.base_match import native_model_problem
+
     base_model = model.model
-    config = getattr(getattr(base_model, "model_config", None), "unet_config", None)
-    name = type(getattr(base_model, "model_config", None)).__name__
-    if config is None or not hasattr(base_model, "diffusion_model") or \
-            not hasattr(base_model.diffusion_model, "input_blocks"):
-        raise InputError(f"Apply SSP-IR needs an SD1.x/2.x MODEL (a UNet with input/output blocks); got {name}")
-    diff = ldm_mismatch(patch.module.expected_ldm_config(), config)
-    if config.get("adm_in_channels") is not None:
-        diff.insert(0, f"adm_in_channels={config.get('adm_in_channels')} (an SDXL-style UNet)")
-    if diff:
-        raise InputError(
-            f"the SSP-IR patch {Path(patch.source).name} was trained on {patch.module.base}, but the MODEL is "
-            f"{name}: {'; '.join(diff)}. Load the SD checkpoint the patch was trained on (SD1.5 weights need an "
-            "SD1.5 MODEL, SD2.1 weights an SD2.1-base MODEL).")
+    model_config = getattr(base_model, "model_config", None)
+    config = getattr(model_config, "unet_config", None)
+    unet = getattr(base_model, "diffusion_model", None)
+    if config is not None and not hasattr(unet, "input_blocks"):
+        config = None
+    sampling = model.get_model_object("model_sampling")
+    problem = native_model_problem(Path(patch.source).name, patch.module.base, patch.module.expected_ldm_config(),
+                                   config, [c.__name__ for c in type(model_config).__mro__],
+                                   [c.__name__ for c in type(sampling).__mro__])
+    if problem:
+        raise InputError(problem[0].upper() + problem[1:])
 
 
 # ---------------------------------------------------------------------------------------------- priors
@@ -309,23 +315,32 @@ def _residual_shapes(x: torch.Tensor, module: NativePatch) -> list[tuple[int, in
 
 # ---------------------------------------------------------------------------------------------- paper start
 
+class _PaperStart:
+    """Marker base of the patched ``model_sampling`` classes; ``sspir_paper_start`` is set by :func:`start_scope`
+    for the duration of one sampling (None outside one)."""
+
+    sspir_paper_start: bool | None = None
+
+
 def paper_model_sampling(base: Any) -> Any:
     """A copy of the MODEL's ``model_sampling`` whose start-of-sampling noising is the official SSP-IR start.
 
     KSAMPLER passes ``max_denoise`` explicitly only when it noises the starting latent, so other callers
-    (inpainting, samplers that add noise between steps) keep ComfyUI's own noising. The start applies at full
-    denoise (KSampler denoise 1.0) and at the first sigma of a leading schedule (SSP-IR Schedule); a sampling
-    that ends at ``sigma_table[0]`` (SSP-IR Schedule, ddim) returns the latent in the DDPM parametrisation, as
-    diffusers' DDIM does.
+    (inpainting, samplers that add noise between steps) keep ComfyUI's own noising. Which samplings start the
+    paper's way is decided from their whole sigmas by :func:`start_scope` (see
+    :func:`sspir_core.native.schedule.paper_start_applies`); without it, ComfyUI's ``max_denoise`` decides. A
+    sampling that ends at ``sigma_table[0]`` (SSP-IR Schedule, ddim) returns the latent in the DDPM
+    parametrisation, as diffusers' DDIM does.
     """
     parent = type(base)
 
-    class SSPIRPaperStart(parent):  # type: ignore[misc, valid-type]
+    class SSPIRPaperStart(parent, _PaperStart):  # type: ignore[misc, valid-type]
         def noise_scaling(self, sigma, noise, latent_image, max_denoise=_UNSET):  # noqa: ANN001, ANN202
             if max_denoise is _UNSET:
                 return super().noise_scaling(sigma, noise, latent_image)
             s = float(torch.as_tensor(sigma).flatten()[0])
-            if max_denoise or is_schedule_start(s, self.sigmas):
+            paper = max_denoise if self.sspir_paper_start is None else self.sspir_paper_start
+            if paper:
                 return paper_start(latent_image, noise, s, float(self.sigmas[-1]))
             return super().noise_scaling(sigma, noise, latent_image, max_denoise)
 
@@ -339,6 +354,56 @@ def paper_model_sampling(base: Any) -> Any:
     out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
     out.__class__ = SSPIRPaperStart
     return out
+
+
+def start_scope(executor: Any, guider: Any, sigmas: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """``SAMPLER_SAMPLE`` wrapper: tells the patched ``model_sampling`` whether this sampling starts the paper's
+    way. ComfyUI's sampler noises the start knowing only ``sigmas[0]``; here the whole ``sigmas`` is known."""
+    sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
+    if not isinstance(sampling, _PaperStart):  # another node replaced our model_sampling: its noising stands
+        return executor(guider, sigmas, *args, **kwargs)
+    before = sampling.sspir_paper_start
+    sampling.sspir_paper_start = paper_start_applies(sigmas, sampling.sigmas)
+    try:
+        return executor(guider, sigmas, *args, **kwargs)
+    finally:
+        sampling.sspir_paper_start = before
+
+
+_CHECKED = "sspir_finite_checked"
+
+
+def check_first_prediction(executor: Any, x: torch.Tensor, timestep: torch.Tensor, model_options: dict | None = None,
+                           seed: Any = None) -> torch.Tensor:
+    """``PREDICT_NOISE`` wrapper: the guided prediction of a sampling's first call must be finite.
+
+    Checked once per sampling (``model_options`` is the sampling's own copy) and after CFG, so a non-finite
+    cfg is caught as well as a broken model; a NaN otherwise travels silently to the image and surfaces only at
+    Colour Fix or as a black picture.
+    """
+    out = executor(x, timestep, {} if model_options is None else model_options, seed)
+    options = (model_options or {}).get("transformer_options")
+    in_sampling = isinstance(options, dict) and "sample_sigmas" in options  # else a lone call: check it
+    if not (in_sampling and options.get(_CHECKED)):
+        if in_sampling:
+            options[_CHECKED] = True
+        if not bool(torch.isfinite(out).all()):
+            raise InputError(non_finite_message(x, timestep, getattr(executor, "class_obj", None)))
+    return out
+
+
+def non_finite_message(x: torch.Tensor, timestep: torch.Tensor, guider: Any) -> str:
+    """The error for a non-finite first prediction, naming the cause when it is visible here."""
+    sigma = float(torch.as_tensor(timestep).flatten()[0])
+    head = f"SSP-IR: the model's prediction at the first step (sigma {sigma:.4g}) contains NaN or infinite values"
+    cfg = getattr(guider, "cfg", None)
+    if isinstance(cfg, (int, float)) and not math.isfinite(cfg):
+        return f"{head}: the sampler's cfg is {cfg}; give it a finite number (the paper uses 7.5)."
+    if not bool(torch.isfinite(x).all()):
+        return (f"{head}: the sampler's latent is already not finite; check the latent input (SSP-IR LQ Latent of "
+                "the LQ image, the VAE).")
+    return (f"{head}. Likely causes: a non-finite cfg or Apply SSP-IR strength; a broken LoRA, checkpoint or "
+            "SSP-IR weights; fp16 overflow (load the checkpoint and SSP-IR Patch Loader in fp32 or bf16).")
 
 
 # ---------------------------------------------------------------------------------------------- apply
@@ -364,7 +429,10 @@ def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_
     sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"sspir_{owner}",
                                NativeRun(patch, priors, strength, sigma_range, owner, tile, tile_overlap))
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, f"sspir_{owner}",
+                               check_first_prediction)
     if paper:
         clone.add_object_patch("model_sampling", paper_model_sampling(sampling))
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, f"sspir_{owner}", start_scope)
     clone.set_additional_models(f"sspir_{owner}", [patch.patcher])
     return clone

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,20 @@ NATIVE = Workflow(
 WORKFLOWS.append(NATIVE)
 
 
+def _one_step_node(node: Node) -> Node:
+    """A node of the native workflow as the one-step one has it: the one-step weights, KSampler's one step."""
+    widgets = {"SSPIRPatchLoader": {"sspir_weights": native_models.ONE_STEP_NAME},
+               "KSampler": {"steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"},
+               "SaveImage": {"filename_prefix": "sspir_native_one_step"}}.get(node.type)
+    return replace(node, widgets={**node.widgets, **widgets}) if widgets else node
+
+
+# One-step SSP-IR (an extension, not the paper) on the native route: the same graph with the one-step weights.
+# Apply SSP-IR adds their UNet LoRA to the MODEL and, with start "paper", starts from the LQ latent itself at
+# t=999; KSampler's one step (scheduler simple: sigma_999 -> 0) with euler and cfg 1 (no CFG) is OSEDiff's x0.
+WORKFLOWS.append(replace(NATIVE, name="sspir_native_one_step", nodes=[_one_step_node(n) for n in NATIVE.nodes]))
+
+
 def _order(wf: Workflow) -> dict[int, int]:
     """Execution order (topological) for the UI file's ``order`` fields."""
     deps = {n.id: {a for a, _, b, _ in wf.links if b == n.id} for n in wf.nodes}
@@ -313,9 +327,10 @@ THUMBNAIL_SUFFIX = ".jpg"
 THUMBNAIL_PX = 512
 
 
-def write_thumbnails() -> list[Path]:
-    """Open each UI workflow from the Templates dialog of a real ComfyUI (demo models) in headless Chromium, and
-    save the drawn graph, padded to a square (the dialog crops its cards square), as the template's thumbnail."""
+def write_thumbnails(only: list[str] | None = None) -> list[Path]:
+    """Open each UI workflow (or those named in ``only``) from the Templates dialog of a real ComfyUI (demo
+    models) in headless Chromium, and save the drawn graph, padded to a square (the dialog crops its cards
+    square), as the template's thumbnail."""
     import shutil
     import subprocess
     import tempfile
@@ -336,7 +351,7 @@ def write_thumbnails() -> list[Path]:
         server.input_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "examples" / INPUT_IMAGE, server.input_dir / INPUT_IMAGE)
         with server:
-            for wf in WORKFLOWS:
+            for wf in [w for w in WORKFLOWS if not only or w.name in only]:
                 shot, raw = work / f"{wf.name}-page.png", work / f"{wf.name}-graph.png"
                 subprocess.run([node, str(comfyui.BROWSER_CHECK), server.url, str(REPO / WORKFLOW_DIR / f"{wf.name}.json"),
                                 str(shot), chromium, str(playwright), str(work / f"profile-{wf.name}"), comfyui.PACK_NAME,
@@ -356,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
     parser.add_argument("--thumbnails", action="store_true",
                         help="redraw each template's .jpg thumbnail in a real ComfyUI and Chromium (minutes)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="with --thumbnails: only this workflow (repeatable), e.g. sspir_native_one_step")
     args = parser.parse_args(argv)
     if args.thumbnails:
-        for path in write_thumbnails():
+        if args.only and not set(args.only) <= {wf.name for wf in WORKFLOWS}:
+            parser.error(f"--only: unknown workflow among {args.only}")
+        for path in write_thumbnails(args.only):
             print("wrote: " + str(path.relative_to(REPO)))
         return 0
     stale = []

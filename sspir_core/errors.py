@@ -9,6 +9,10 @@ class CheckpointError(SSPIRError):
     """A weights file or checkpoint folder is missing, unreadable, or does not match the model."""
 
 
+class NoSpaceError(SSPIRError):
+    """A save does not fit on the disk: it names the disk, the file or folder, and the space needed and free."""
+
+
 class InputError(SSPIRError, ValueError):
     """An input image, caption or option is not usable."""
 

@@ -65,7 +65,7 @@ def test_compact_needs_an_sd_unet_of_the_same_structure(fixture_a, tmp_path):
     with pytest.raises(CheckpointError, match="holds only the SSP-IR parts"):
         load_sspir_weights(compact)
     sd15 = build_models("sd15", device="meta").unet
-    with pytest.raises(CheckpointError, match="trained on custom.*given is sd15"):
+    with pytest.raises(CheckpointError, match="trained on a custom-size UNet.*given is SD1.5"):
         load_compact(compact, sd15)
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from sspir_core.demo import model_files as demo_models
 from sspir_core.errors import CheckpointError
-from sspir_core.weights.weights_file import WeightsFile, check_weights_file
+from sspir_core.weights.weights_file import WeightsFile, check_torch_archive, check_weights_file
 from tests import fake_comfy
 
 
@@ -98,6 +98,39 @@ def test_torch_files_need_an_intact_zip_directory(tmp_path):
     bad.write_bytes(good.read_bytes()[:-30])  # the zip directory sits at the end
     with pytest.raises(CheckpointError, match="not a readable torch file"):
         check_weights_file(bad)
+
+
+class _RunsCode:
+    """Unpickling this would create a file: the check must never do it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_torch_archives_are_checked_whole_without_unpickling(tmp_path):
+    """What resume checks in accelerate's files (optimizer.bin, random_states_0.pkl, ...)."""
+    good = tmp_path / "random_states_0.pkl"
+    torch.save({"step": 3, "torch_manual_seed": torch.get_rng_state(), "random_state": (3, (1, 2), None)}, good)
+    check_torch_archive(good)
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+    torch.save({"x": _RunsCode(marker)}, evil)
+    check_torch_archive(evil)  # structurally whole; refusing its objects is torch.load(weights_only=True)'s job
+    assert not marker.exists()
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"a": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    check_torch_archive(legacy)
+    raw = good.read_bytes()
+    for name, data, words in (("empty.pkl", b"", "empty"), ("garbage.bin", b"\x00" * 64, "neither a torch zip"),
+                              ("cut.pkl", raw[: len(raw) // 2], "zip directory, at the end of the file, is missing"),
+                              ("cut-legacy.pt", legacy.read_bytes()[:40], "cut short or garbled")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=words) as e:
+            check_torch_archive(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value)
 
 
 @pytest.fixture

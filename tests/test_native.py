@@ -17,9 +17,10 @@ from sspir_core.models.build import base_unet_config
 from sspir_core.native.layout import expected_ldm_config, hook_sites, input_block_count, ldm_mismatch
 from sspir_core.native.patch import load_native_patch
 from sspir_core.native.schedule import (
-    is_schedule_start,
+    leading_steps,
     leading_timesteps,
     paper_start,
+    paper_start_applies,
     schedule_sigmas,
     to_ddpm,
 )
@@ -71,12 +72,82 @@ def test_schedule_sigmas_and_ends():
     ddpm, ddim = schedule_sigmas(table, 50, "ddpm"), schedule_sigmas(table, 50, "ddim")
     assert len(ddpm) == 51 and float(ddpm[0]) == float(table[981]) and float(ddpm[-2]) == float(table[1])
     assert float(ddpm[-1]) == 0.0 and float(ddim[-1]) == float(table[0])
-    # every t from 501 up starts some leading schedule (N > 500 steps start at t = N); below, only t = 1
-    assert is_schedule_start(float(table[981]), table) and is_schedule_start(float(table[1]), table)
-    assert not is_schedule_start(float(table[400]), table) and not is_schedule_start(float(table[0]), table)
-    assert not is_schedule_start(float(table[981]) * (1 + 1e-6), table)  # only exact table values
     with pytest.raises(ValueError, match="end"):
         schedule_sigmas(table, 50, "euler")
+
+
+def _sd_table() -> torch.Tensor:
+    """SD's sigma per training timestep, float32 as ComfyUI keeps it: sqrt((1 - a) / a) of diffusers' schedule."""
+    alphas = make_scheduler("ddim").alphas_cumprod.double()
+    return ((1 - alphas) / alphas).sqrt().float()
+
+
+def _ddim_uniform(table: torch.Tensor, steps: int) -> torch.Tensor:
+    """ComfyUI's ddim_uniform as it behaves: every (T // steps)-th timestep from t=1 up, top first, then 0."""
+    ts = list(range(1, len(table), len(table) // steps))[::-1]
+    return torch.cat([table[ts], torch.zeros(1)])
+
+
+def _simple(table: torch.Tensor, steps: int) -> torch.Tensor:
+    """ComfyUI's simple as it behaves: timestep T - 1 - floor(x T / steps) for x = 0 .. steps - 1, then 0."""
+    ts = [len(table) - 1 - math.floor(x * len(table) / steps) for x in range(steps)]
+    return torch.cat([table[ts], torch.zeros(1)])
+
+
+def _partial(schedule, table: torch.Tensor, steps: int, denoise: float) -> torch.Tensor:
+    """KSampler at denoise < 1: the last steps + 1 sigmas of the schedule for int(steps / denoise) steps."""
+    return schedule(table, int(steps / denoise))[-(steps + 1):]
+
+
+def test_leading_steps_inverts_the_leading_schedule():
+    for n in range(2, 999):  # several N can share their first two timesteps (1000 // 49 = 1000 // 50)
+        t = leading_timesteps(n)
+        m = leading_steps(t[0], t[1])
+        assert m is not None and leading_timesteps(m)[:2] == t[:2]
+    assert leading_steps(901, 801) == 10 and leading_steps(981, 961) == 50 and leading_steps(501, 1) == 2
+    assert leading_steps(640, 569) is None and leading_steps(1, 0) is None and leading_steps(801, 701) is None
+
+
+def test_paper_start_applies_to_full_denoise_only():
+    """Hand cases: which ComfyUI samplings start the paper's way (t=999) and which are img2img."""
+    table = _sd_table()
+    full = {
+        "SSP-IR Schedule 50": schedule_sigmas(table, 50, "ddim"),
+        "SSP-IR Schedule 2": schedule_sigmas(table, 2, "ddpm"),
+        "SSP-IR Schedule 10, first part of a split at 3": schedule_sigmas(table, 10)[:4],
+        "ddim_uniform 10 (= leading 10: 901, 801, ...)": _ddim_uniform(table, 10),
+        "ddim_uniform 6 (997, 831, ...: uniform from t=1, at its top)": _ddim_uniform(table, 6),
+        "ddim_uniform 3 (667, 334, 1)": _ddim_uniform(table, 3),
+        "simple 10 (from t=999, the table's top)": _simple(table, 10),
+        "karras-like from sigma_max": torch.tensor([float(table[-1]), 3.0, 0.5, 0.0]),
+    }
+    img2img = {
+        "ddim_uniform 10 at 0.7 (640, 569)": _partial(_ddim_uniform, table, 10, 0.7),
+        "ddim_uniform 20 at 0.7 (666, 631)": _partial(_ddim_uniform, table, 20, 0.7),
+        "ddim_uniform 5 at 0.7 (569, 427: r = 142 is not 1000 // 5)": _partial(_ddim_uniform, table, 5, 0.7),
+        "simple 4 at 0.7 (799, 599)": _partial(_simple, table, 4, 0.7),
+        "KSamplerAdvanced ddim_uniform 4 from step 1 (501, 251)": _ddim_uniform(table, 4)[1:],
+        "SSP-IR Schedule 4, second part of a split at 1 (501, 251)": schedule_sigmas(table, 4)[1:],
+        "SSP-IR Schedule 10 from step 1 (801, 701)": schedule_sigmas(table, 10)[1:],
+        "not table values": schedule_sigmas(table, 10) * (1 + 1e-6),
+        "karras-like below sigma_max": torch.tensor([8.0, 3.0, 0.5, 0.0]),
+        "one sigma": table[981:982],
+        "nothing": torch.zeros(0),
+    }
+    assert {k: paper_start_applies(v, table) for k, v in full.items()} == dict.fromkeys(full, True)
+    assert {k: paper_start_applies(v, table) for k, v in img2img.items()} == dict.fromkeys(img2img, False)
+
+
+def test_paper_start_ambiguity_is_only_identical_sigmas():
+    """A partial sampling gets the paper's start only where its first two sigmas are a full one's: ddim_uniform
+    39 at denoise 0.975 begins exactly as SSP-IR Schedule 39, and SSP-IR Schedule 50 from step 1 as 49
+    (1000 // 49 = 20 too), so nothing can tell them apart; SSP-IR Schedule 1 (t=1 alone) is a last step."""
+    table = _sd_table()
+    partial = _partial(_ddim_uniform, table, 39, 0.975)
+    assert torch.equal(partial[:2], schedule_sigmas(table, 39)[:2]) and paper_start_applies(partial, table)
+    assert torch.equal(schedule_sigmas(table, 50)[1:], schedule_sigmas(table, 49))
+    assert paper_start_applies(schedule_sigmas(table, 50)[1:], table)
+    assert not paper_start_applies(schedule_sigmas(table, 1), table)
 
 
 def test_paper_start_is_the_official_latent_at_the_first_sigma():

@@ -156,13 +156,16 @@ def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
     ("SSPIRRestore", dict(tile=[520], cfg=[0.5]), ["tile", "cfg"]),
     ("SSPIRApply", dict(tile=[12]), ["tile"]),
     ("SSPIRApply", dict(tile=[32], tile_overlap=[40]), ["tile_overlap"]),
+    ("SSPIRApply", dict(start_percent=[0.6], end_percent=[0.2]), ["end_percent"]),
+    ("SSPIRApply", dict(tile=[12], start_percent=[-0.1]), ["tile", "start_percent"]),
 ])
 def test_each_widget_problem_is_named_once_by_its_widget(host, node_id, kw, widgets):
     """The nodes sort their problems by widget (issue 27: one bad tile was reported on five widgets): a value
     wrong on its own is its widget's problem, tile_overlap not below tile is the overlap's."""
     node = host.nodes[node_id]
     names = list(inspect.signature(node.widget_problems).parameters)
-    fine = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], "steps": [0], "cfg": [0.0]}
+    fine = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], "steps": [0], "cfg": [0.0],
+            "start_percent": [0.0], "end_percent": [1.0]}
     problems = node.widget_problems(**{n: fine[n] for n in names} | kw)
     assert list(problems) == widgets, problems
     for name, problem in problems.items():
@@ -204,6 +207,19 @@ def test_validation_errors_are_moved_onto_their_widgets(host, monkeypatch):
     assert validated["5"] == (ok, errors, "5")  # what later lookups see
     other = asyncio.run(fake.validate_inputs("p", prompt, "6", {}))[1]
     assert len([e for e in other if e["type"] == "custom_validation_failed"]) == 2  # not ours: untouched
+def test_apply_controlnet_range_is_checked_when_the_prompt_is_queued(host):
+    """Apply SSP-IR: end_percent below start_percent is refused before anything runs, naming end_percent; naming
+    them in validate_inputs makes ComfyUI skip their min/max, so 0..1 (and NaN) are checked here."""
+    node = host.nodes["SSPIRApply"]
+    assert node.validate_inputs(tile=0, tile_overlap=0, start_percent=0.2, end_percent=0.2) is True
+    assert node.validate_inputs(tile=0, tile_overlap=0, start_percent=None, end_percent=0.1) is True  # linked
+    for kw, words in ((dict(start_percent=0.6, end_percent=0.2), "end_percent (0.2) is below start_percent (0.6)"),
+                      (dict(start_percent=-0.1), "start_percent must be a number from 0 to 1"),
+                      (dict(end_percent=1.5), "end_percent must be a number from 0 to 1"),
+                      (dict(end_percent=float("nan")), "end_percent must be a number from 0 to 1")):
+        problem = node.validate_inputs(**{"tile": 0, "tile_overlap": 0, "start_percent": 0.0, "end_percent": 1.0,
+                                          **kw})
+        assert isinstance(problem, str) and words in problem, (kw, problem)
 
 
 def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):

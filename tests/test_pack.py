@@ -197,6 +197,10 @@ def test_project_metadata_uses_the_spdx_license_string_without_deprecation_warni
         dist = apply_configuration(Distribution(), str(REPO / "pyproject.toml"))
     assert not [str(w.message) for w in caught if "license" in str(w.message).lower()]
     assert dist.metadata.license_expression == "GPL-3.0-or-later"
+    # the licence's text ships beside it (the Comfy Registry and wheels carry LICENSE)
+    assert [Path(f).name for f in dist.metadata.license_files] == ["LICENSE"]
+    head = (REPO / "LICENSE").read_text().split("\n", 3)[:2]
+    assert [line.strip() for line in head] == ["GNU GENERAL PUBLIC LICENSE", "Version 3, 29 June 2007"]
 
 
 def test_comfy_node_pack_leaves_out_the_tests_and_keeps_the_pack(tmp_path):

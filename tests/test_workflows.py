@@ -27,7 +27,8 @@ CORE = {
                  ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], []),
 }
-NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_restore_one_step", "sspir_native"]
+NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_restore_one_step", "sspir_native",
+         "sspir_native_one_step"]
 
 
 @pytest.fixture
@@ -137,7 +138,11 @@ def test_api_twin_runs_the_same_graph(name, schemas):
     files = {v["class_type"]: v["inputs"] for v in api.values()}
     if "SSPIRPatchLoader" in files:  # the native route: ComfyUI's loaders on `sspir demo-models --native` files
         assert files["CheckpointLoaderSimple"]["ckpt_name"] == native_models.SD_NAME
-        assert files["SSPIRPatchLoader"]["sspir_weights"] == native_models.SSPIR_NAME
+        one_step = name == "sspir_native_one_step"
+        assert files["SSPIRPatchLoader"]["sspir_weights"] == (native_models.ONE_STEP_NAME if one_step
+                                                              else native_models.SSPIR_NAME)
+        sampling = files["KSampler"]
+        assert (sampling["steps"], sampling["cfg"]) == ((1, 1.0) if one_step else (50, 7.5))
         assert files["CLIPVisionLoader"]["clip_name"] == native_models.CLIP_VISION_NAME
     else:
         loader = files["SSPIRModelLoader"]
@@ -149,7 +154,7 @@ def test_api_twin_runs_the_same_graph(name, schemas):
     assert save["filename_prefix"].startswith("sspir")
     captioners = [v["inputs"] for v in api.values() if v["class_type"] == "SSPIRCaptionerLoader"]
     assert all(c["model"] == demo_models.LLM_NAME for c in captioners)
-    assert bool(captioners) == (name in ("sspir_restore", "sspir_native"))
+    assert bool(captioners) == (name in ("sspir_restore", "sspir_native", "sspir_native_one_step"))
 
 
 def test_generator_describes_widgets_in_schema_order(schemas, monkeypatch):

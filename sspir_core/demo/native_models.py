@@ -23,8 +23,10 @@ import torch
 SD_NAME = "sspir-native-demo-sd15.safetensors"
 SSPIR_NAME = "sspir-native-demo.safetensors"
 CLIP_VISION_NAME = "sspir-native-demo-clip-vit-l.safetensors"
+ONE_STEP_NAME = "sspir-native-demo-one-step.safetensors"
+"""The same SSP-IR weights as a one-step model (a random UNet LoRA that changes the output), for both routes."""
 NATIVE_FILES = {"sd": ("checkpoints", SD_NAME), "sspir": ("sspir", SSPIR_NAME),
-                "clip_vision": ("clip_vision", CLIP_VISION_NAME)}
+                "sspir_one_step": ("sspir", ONE_STEP_NAME), "clip_vision": ("clip_vision", CLIP_VISION_NAME)}
 NATIVE_UNET = {
     "block_out_channels": [320, 320, 320],
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
@@ -78,7 +80,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
     )
     from ..weights.checkpoint import _save_tensors, save_compact
     from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
-    from .model_files import _json_config
+    from .model_files import _json_config, one_step_model
     from .presets import _empty_weights, fill_random, tiny_models
 
     root = Path(root)
@@ -111,6 +113,8 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         state = half({**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text)})
         configs = {"unet": _json_config(stock), "vae": _json_config(vae), "text_encoder": text.config.to_dict()}
         _save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
+    if "sspir_one_step" in todo:  # before the fp16 cast below: the LoRA is drawn in fp32 either way
+        save_compact(one_step_model(models, seed).to(dtype=torch.float16), todo["sspir_one_step"])
     if "sspir" in todo:
         models.to(dtype=torch.float16)
         save_compact(models, todo["sspir"])
@@ -124,7 +128,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
     return paths
 
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: the one-step file
 """Names the cached set's folder (``native-demo-<version>``): bump it when these models change."""
 
 

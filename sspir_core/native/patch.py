@@ -32,6 +32,7 @@ from ..weights.checkpoint import (
     read_state_dict,
 )
 from .layout import HookSite, expected_ldm_config, hook_sites
+from .one_step import OneStepLora, read_one_step_lora
 
 
 def _module_name(key: str) -> str:
@@ -39,11 +40,16 @@ def _module_name(key: str) -> str:
 
 
 class NativePatch(nn.Module):
-    """ControlNet + Refine layer + the UNet's SSP-IR attentions (keyed by their diffusers names)."""
+    """ControlNet + Refine layer + the UNet's SSP-IR attentions (keyed by their diffusers names).
+
+    ``one_step``: a one-step checkpoint's UNet LoRA (None for a 50-step one). It is not a parameter of this
+    module: it belongs on the user's SD UNet, where Apply SSP-IR adds it as weight patches.
+    """
 
     def __init__(self, controlnet: SSPIRControlNet, refine: RefineLayer, attentions: Mapping[str, nn.Module],
-                 unet_config: Mapping[str, Any], base: str) -> None:
+                 unet_config: Mapping[str, Any], base: str, one_step: OneStepLora | None = None) -> None:
         super().__init__()
+        self.one_step = one_step
         self.controlnet = controlnet
         self.refine = refine
         self.attentions = nn.ModuleDict({_module_name(k): v for k, v in attentions.items()})
@@ -138,7 +144,8 @@ def load_native_patch(path: str | Path, device: str | torch.device = "cpu", dtyp
     """Load SSP-IR weights for the native route: a compact ``.safetensors`` or an official ``checkpoint-N/``.
 
     For an official folder only the SSP-IR parts of ``unet/`` are kept (its SD weights come from the user's
-    MODEL). Errors name the file and what does not fit.
+    MODEL). A one-step checkpoint's LoRA (``lora.*`` tensors, or ``lora/`` + ``one_step.json``) is kept as
+    :attr:`NativePatch.one_step`. Errors name the file and what does not fit.
     """
     path = Path(path)
     if path.is_dir():
@@ -155,19 +162,22 @@ def load_native_patch(path: str | Path, device: str | torch.device = "cpu", dtyp
         controlnet = _meta(make_controlnet, read_config(path / "controlnet" / "config.json"), zero_init=False)
         _load_into(controlnet, read_state_dict(cn_file), str(cn_file), "ControlNet", base)
         refine = _load_refine(path / "refine", base)
+        one_step = read_one_step_lora(path)
     else:
         meta = read_compact_metadata(path)
         base, unet_config = meta["base"], meta["unet_config"]
-        parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}}
+        parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}, "lora": {}}
         for k, v in read_state_dict(path).items():
             head, _, rest = k.partition(".")
             if head not in parts or not rest:
-                raise CheckpointError(f"{path}: unexpected key {k!r} (expected unet./controlnet./refine. prefixes)")
+                raise CheckpointError(f"{path}: unexpected key {k!r} (expected unet./controlnet./refine./lora. "
+                                      "prefixes)")
             parts[head][rest] = v
         attentions = _load_attentions(unet_config, parts["unet"], str(path), base)
         controlnet = _meta(make_controlnet, meta["controlnet_config"], zero_init=False)
         _load_into(controlnet, parts["controlnet"], str(path), "ControlNet", base)
         refine = _meta(RefineLayer, **meta["refine_config"])
         _load_into(refine, parts["refine"], str(path), "Refine layer", base)
-    patch = NativePatch(controlnet, refine, attentions, unet_config, base).eval().requires_grad_(False)
+        one_step = read_one_step_lora(path, parts["lora"], meta)
+    patch = NativePatch(controlnet, refine, attentions, unet_config, base, one_step).eval().requires_grad_(False)
     return patch.to(device=device, dtype=dtype) if dtype is not None else patch.to(device=device)

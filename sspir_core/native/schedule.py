@@ -48,20 +48,66 @@ def schedule_sigmas(sigma_table: torch.Tensor, steps: int, end: str = "ddpm") ->
     return torch.cat([table[ts], last])
 
 
-def start_timesteps(train_steps: int = TRAIN_TIMESTEPS) -> frozenset[int]:
-    """The first timestep of the leading schedule of every step count: where the paper's start applies."""
-    return frozenset(leading_timesteps(n, train_steps=train_steps)[0] for n in range(1, train_steps - 1))
-
-
-def is_schedule_start(sigma: float, sigma_table: torch.Tensor) -> bool:
-    """True when ``sigma`` is exactly the table sigma of a leading schedule's first timestep.
-
-    That is t = 1 and every t from 501 up (N > 500 steps start at t = N): a full-denoise sampling on the
-    paper's schedule starts there, a partial one (img2img from t <= 500) does not.
-    """
+def table_timestep(sigma: float, sigma_table: torch.Tensor) -> int | None:
+    """The training timestep whose table sigma is exactly ``sigma`` (compared in float32), else None."""
     table = sigma_table.detach().float().cpu()
-    t = int((table.log() - math.log(max(float(sigma), 1e-12))).abs().argmin())
-    return float(table[t]) == float(sigma) and t in start_timesteps(len(table))
+    hits = torch.nonzero(table == torch.tensor(float(sigma), dtype=torch.float32)).flatten()
+    return int(hits[0]) if len(hits) else None
+
+
+def leading_steps(t0: int, t1: int, train_steps: int = TRAIN_TIMESTEPS) -> int | None:
+    """The step count N >= 2 whose leading schedule begins with timesteps ``t0, t1``, else None.
+
+    Leading N steps are ``(N - 1 - i) * r + 1`` with ``r = train_steps // N``: the first two differ by ``r`` and
+    ``t0 - 1`` is ``(N - 1) r``, which gives N.
+    """
+    r = t0 - t1
+    if r < 1 or (t0 - 1) % r:
+        return None
+    n = (t0 - 1) // r + 1
+    return n if 2 <= n <= train_steps - 2 and train_steps // n == r else None
+
+
+def is_full_denoise(sigma: float, sigma_table: torch.Tensor) -> bool:
+    """``sigma`` is the table's largest sigma (relative 1e-5) or above: ComfyUI's own full-denoise test."""
+    top = float(sigma_table.detach().float().max())
+    return float(sigma) >= top * (1 - 1e-5)
+
+
+def paper_start_applies(sigmas: torch.Tensor, sigma_table: torch.Tensor) -> bool:
+    """Whether a sampling over ``sigmas`` gets the official start (the LQ latent noised to t=999).
+
+    Yes when it is a full denoise, told from its first two sigmas alone (all a sampler passes on):
+
+    - the first sigma is the table's top (KSampler at denoise 1 with every scheduler but ``ddim_uniform``);
+    - the first two are table sigmas at ``t0 > t1`` that begin the paper's leading schedule of some N >= 2
+      steps (SSP-IR Schedule, whole or the first part of a split; all such ``t0`` are >= 501);
+    - or they are ``t0 = 1 + k r``, ``t1 = t0 - r`` with no step of ``r`` left above ``t0`` (``t0 + r`` past the
+      last timestep): a uniform schedule from t=1 that starts at its top, as ComfyUI's ``ddim_uniform`` at
+      denoise 1 (its ``t0`` is ``1 + r * floor((T - 2) / r)``).
+
+    Anything else (KSampler at denoise < 1, KSamplerAdvanced from a later step, the later parts of split
+    sigmas) is img2img and keeps ComfyUI's noising. Ambiguity: a sampling whose first two sigmas coincide with one
+    of the above starts is treated as a full denoise, since nothing else tells them apart (e.g. ``ddim_uniform``
+    with 39 steps at denoise 0.975 runs exactly SSP-IR Schedule's 39 steps). SSP-IR Schedule with 1 step
+    (t=1 alone) is such a case the other way: it is indistinguishable from the last step of any schedule, so it
+    keeps ComfyUI's start.
+    """
+    values = [float(s) for s in torch.as_tensor(sigmas).detach().flatten()[:2].cpu()]
+    if not values:
+        return False
+    if is_full_denoise(values[0], sigma_table):
+        return True
+    if len(values) < 2:
+        return False
+    train_steps = len(sigma_table)
+    t0, t1 = (table_timestep(v, sigma_table) for v in values)
+    if t0 is None or t1 is None or t1 >= t0:
+        return False
+    if leading_steps(t0, t1, train_steps) is not None:
+        return True
+    r = t0 - t1
+    return (t0 - 1) % r == 0 and t0 + r >= train_steps
 
 
 def paper_start(latent: torch.Tensor, noise: torch.Tensor, sigma: float | torch.Tensor, sigma_start: float | torch.Tensor

@@ -113,6 +113,9 @@ class TrainConfig:
                      "max_chunks", "scale"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         need(self.num_workers >= 0, "--num-workers must be >= 0")
+        need(self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
+             f"--checkpoints-total-limit must be >= 1 (leave it out to keep every checkpoint), got "
+             f"{self.checkpoints_total_limit}")
         for name in ("lambda_l2", "lambda_lpips", "lambda_vsd", "lambda_vsd_lora", "lambda_rgb", "lambda_fft", "cfg_vsd"):
             need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0 (0 turns the loss off)")
         need(self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}")
@@ -152,8 +155,11 @@ HELP: dict[str, str] = {
     "mixed_precision": "no, fp16 (official) or bf16",
     "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~30%% slower)",
     "checkpoint_every": "save OUTPUT/checkpoint-N every this many steps (and at the end)",
-    "checkpoints_total_limit": "keep at most this many checkpoints (oldest deleted)",
-    "resume": "'latest' or a checkpoint-N folder: continue exactly (weights, optimizer, scheduler, data position)",
+    "checkpoints_total_limit": "keep at most this many checkpoints (the oldest is deleted only after the new one is "
+                               "complete, so the disk needs room for one more)",
+    "resume": "'latest' (the newest checkpoint that checks out; stops if checkpoints exist but none is usable), "
+              "a checkpoint-N folder, or 'none' (start over at step 1): continue exactly (weights, optimizer, "
+              "scheduler, data position)",
     "validate_every": "restore a few validation images every this many steps into OUTPUT/validation/",
     "validation_images": "folder of LQ images for validation (default: the first training samples)",
     "validation_count": "number of validation images",

@@ -13,8 +13,16 @@ parameters only, the checkpoint layout of its ``save_model_hook`` (``unet/``, ``
 
 Reproducibility: every random number of micro-step ``m`` on process ``r`` comes from generators seeded with
 ``(seed, m, r)`` and the data stream is positional (see :mod:`.data`), so a run resumed from ``checkpoint-N``
-continues exactly as if it had never stopped. Checkpoint files are written atomically, ``trainer_state.json`` last,
-and resuming checks a checkpoint first (:func:`read_state`), so a crash mid-save never blocks ``--resume latest``.
+continues exactly as if it had never stopped.
+
+Crash safety (a kill or a full disk at any moment of a save): a checkpoint is complete when its
+``trainer_state.json`` exists; it is written last, after every other file is fsynced, and stale checkpoints
+(``--checkpoints-total-limit``) are deleted only after it, so the last complete checkpoint always survives.
+Resuming checks every file it will read first (:func:`read_state`); ``--resume latest`` steps back past damaged
+ones with a warning naming the file, and stops (never restarts from step 1) when none is usable. A save that does
+not fit stops with :class:`~sspir_core.errors.NoSpaceError` and removes its partial folder. Rows of
+``metrics.jsonl`` past the resumed step are moved aside, not dropped. ``SSPIR_FAULT`` (see :func:`_fault`) lets
+tests kill a save at each of its phases.
 
 Longer than the pack's other modules on purpose: set-up, the accelerate loop, saving/resuming and validation
 all act on one :class:`Trainer` state (accelerator, models, optimizer, data position), and exact resume depends
@@ -24,20 +32,23 @@ one-step mode's :mod:`.one_step`, which the trainer calls at its few dispatch po
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError, SSPIRError
-from ..files import write_text_atomic
-from ..weights.weights_file import WeightsFile
+from ..errors import InputError, NoSpaceError, SSPIRError
+from ..files import fsync_tree, write_text_atomic
+from ..weights.weights_file import DAMAGED_ADVICE, check_torch_archive, check_weights_file
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
 from .degradations import DegradationSettings, degrade, usm_sharpen
@@ -51,6 +62,10 @@ COMPACT_NAME = "sspir.safetensors"
 STATE_KEYS = ("step", "micro_step", "world_size", "batch_size", "seed")
 WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
                 "refine/refine.pt", COMPACT_NAME)
+ACCELERATE_FILES = ("optimizer.bin", "scheduler.bin")  # accelerate's save_state; random_states_R.pkl per process
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # torch.save files in a checkpoint (accelerate's and ours)
+FAULT_ENV = "SSPIR_FAULT"
+FAULT_POINTS = ("after-weights", "after-optimizer", "before-state", "after-state", "during-delete")
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -74,8 +89,12 @@ def list_checkpoints(output: Path) -> list[Path]:
 def read_state(path: Path) -> dict:
     """The trainer state of a checkpoint after checking it can be resumed; an InputError naming the file if not.
 
-    Checked: ``trainer_state.json`` (written last, atomically: missing means the save never finished) parses
-    and holds every key; the SSP-IR weight files exist, are not empty, and the safetensors headers read.
+    Every file resume reads is checked before accelerate touches it, because accelerate's own errors name no
+    file, and it silently skips random states it cannot load: ``trainer_state.json`` (written last,
+    atomically: missing means the save never finished) parses and holds every key; the SSP-IR weights,
+    ``optimizer.bin``, ``scheduler.bin`` and ``random_states_R.pkl`` of each process exist and are not empty;
+    every ``*.safetensors`` header reads and fits the file; every torch file (``*.bin``, ``*.pt``, ``*.pkl``) is a
+    whole zip archive whose pickle is complete (checked structurally, nothing is unpickled).
     """
     file = path / STATE_FILE
     if not path.is_dir():
@@ -89,31 +108,57 @@ def read_state(path: Path) -> dict:
     missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
     if missing:
         raise InputError(f"{file} is damaged: no {', '.join(missing)}")
-    for rel in WEIGHT_FILES:
-        weights = path / rel
-        if not weights.is_file() or weights.stat().st_size == 0:
-            raise InputError(f"{path} is incomplete: {weights} is {'empty' if weights.is_file() else 'missing'}")
-        if weights.suffix == ".safetensors":
-            try:
-                WeightsFile(weights)
-            except SSPIRError as e:
-                raise InputError(f"{path} is damaged: {e}") from None
+    world = state["world_size"] if isinstance(state["world_size"], int) and state["world_size"] >= 1 else 1
+    required = [*WEIGHT_FILES, *ACCELERATE_FILES, *(f"random_states_{r}.pkl" for r in range(world))]
+    for rel in required:
+        needed = path / rel
+        if not needed.is_file() or needed.stat().st_size == 0:
+            raise InputError(f"{path} is incomplete: {needed} is {'empty' if needed.is_file() else 'missing'}")
+    for found in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            if found.suffix == ".safetensors":
+                check_weights_file(found)
+            elif found.suffix in TORCH_SUFFIXES:
+                check_torch_archive(found)
+        except SSPIRError as e:  # the library's advice to download again does not fit a checkpoint
+            why = str(e).replace(DAMAGED_ADVICE, "").strip()
+            raise InputError(f"{path} cannot be resumed: {why}") from None
     return state
 
 
 def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path | None:
-    """The checkpoint to resume from: ``latest`` is the newest one that passes :func:`read_state` (each damaged
-    or unfinished newer one is skipped with a warning naming it); an explicit folder must pass it."""
+    """The checkpoint to resume from, or None for a fresh start.
+
+    ``latest`` is the newest checkpoint that passes :func:`read_state`; each damaged or unfinished newer one is
+    skipped with a warning naming the file. When checkpoint folders exist but none is usable it stops: starting
+    at step 1 would quietly throw away the finished steps (``--resume none`` starts over on purpose; no
+    ``--resume`` at all does too, with a warning when there are checkpoints). An explicit folder must pass
+    :func:`read_state`.
+    """
     if not cfg.resume:
+        found = _numbered(Path(cfg.output)) if cfg.output else []
+        if found:
+            log(f"warning: {cfg.output} already has checkpoint folders (newest {found[-1].name}) and --resume is not "
+                "given: starting at step 1 (give --resume latest to continue; --resume none says this is meant). "
+                "Its metrics.jsonl rows are moved aside and its checkpoints are replaced as this run reaches them")
+        return None
+    if cfg.resume.lower() == "none":
         return None
     if cfg.resume == "latest":
-        for path in reversed(_numbered(Path(cfg.output))):
+        found = _numbered(Path(cfg.output))
+        problems: list[str] = []
+        for path in reversed(found):
             try:
                 read_state(path)
             except InputError as e:
                 log(f"warning: --resume latest: skipping {path}: {e}")
+                problems.append(f"  {path.name}: {e}")
                 continue
             return path
+        if found:
+            raise InputError(f"--resume latest: none of the {len(found)} checkpoint folder(s) in {cfg.output} can be "
+                             "resumed:\n" + "\n".join(problems) + "\nRestore or remove the damaged files, give "
+                             "--resume CHECKPOINT-FOLDER, or start over with --resume none or a new --output folder")
         return None  # nothing yet: a fresh start
     path = Path(cfg.resume)
     read_state(path)
@@ -240,6 +285,7 @@ class Trainer:
             save_compact(self.models, Path(output_dir) / COMPACT_NAME)
             if self.one_step is not None:
                 self.one_step.save(output_dir)
+            _fault("after-weights", self.step)
         weights.clear()  # accelerate must not write its own copy of the models
 
     def _load_hook(self, models: list, input_dir: str) -> None:
@@ -319,29 +365,111 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-N`` whole, ``trainer_state.json`` last, then delete stale ones (never before).
+
+        A crash at any moment leaves the previous complete checkpoint; a save that does not fit stops with
+        :class:`NoSpaceError` (checked before writing, and on the writers' out-of-space errors), its partial
+        folder removed.
+        """
         acc = self.accelerator
         path = self.out / f"{CHECKPOINT_PREFIX}{self.step}"
-        if acc.is_main_process and self.cfg.checkpoints_total_limit:
-            old = list_checkpoints(self.out)
-            for stale in old[: max(0, len(old) - self.cfg.checkpoints_total_limit + 1)]:
-                shutil.rmtree(stale)
-        acc.wait_for_everyone()
-        acc.save_state(str(path))
-        acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"step": self.step, "micro_step": self.step * self.cfg.grad_accum, "world_size": self.world,
-                     "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, "base": self.models.base}
-            write_text_atomic(path / STATE_FILE, json.dumps(state, indent=2))  # last: marks the checkpoint done
+            if path.exists():  # unfinished, or from a run that went past the checkpoint resumed from: replaced
+                self.log(f"note: replacing {path} (left by an earlier run)")
+                _delete_checkpoint(path)
+        self._check_space(path)
+        acc.wait_for_everyone()
+        try:
+            with _fault_after_optimizer(self.step):
+                acc.save_state(str(path))
+            acc.wait_for_everyone()
+            _fault("before-state", self.step)
+            if acc.is_main_process:
+                fsync_tree(path)  # accelerate's files (plain torch.save) are on the disk before the marker
+                state = {"step": self.step, "micro_step": self.step * self.cfg.grad_accum, "world_size": self.world,
+                         "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, "base": self.models.base}
+                write_text_atomic(path / STATE_FILE, json.dumps(state, indent=2))  # last: marks the checkpoint done
+        except Exception as e:
+            if not _out_of_space(e):
+                raise
+            failed = _without_tracebacks(e)  # their frames hold the failed writer, whose open file holds space
+        else:
+            failed = None
+        if failed is not None:
+            if acc.is_main_process:
+                import gc
+
+                gc.collect()
+                shutil.rmtree(path, ignore_errors=True)
+            raise NoSpaceError(self._no_space_message(path, self._size_estimate(path)) + " (the save failed: "
+                               f"{_first_line(failed)}); its partial folder was removed") from failed
+        _fault("after-state", self.step)
+        acc.wait_for_everyone()
+        if acc.is_main_process and self.cfg.checkpoints_total_limit:
+            self._delete_stale(path)
         acc.wait_for_everyone()
         self.log(f"saved {path}")
         return path
+
+    def _delete_stale(self, new: Path) -> None:
+        """Keep ``checkpoints_total_limit`` complete checkpoints up to ``new``; older unfinished folders go too.
+
+        Called only once ``new`` is complete. Checkpoints numbered above ``new`` (from a run that went further
+        before this one resumed from an earlier checkpoint) are left alone: each is replaced when reached.
+        """
+        n = _number(new)
+        older = [p for p in _numbered(self.out) if _number(p) < n]
+        complete = [p for p in older if (p / STATE_FILE).is_file()]
+        keep = set(complete[max(0, len(complete) - (self.cfg.checkpoints_total_limit - 1)):])
+        for stale in older:
+            if stale not in keep:
+                _delete_checkpoint(stale, fault_step=self.step)
+
+    def _size_estimate(self, path: Path) -> int:
+        """Bytes the new checkpoint will take: the newest finished one's size, else the tensors to be written."""
+        done = [p for p in list_checkpoints(self.out) if p != path]
+        if done:
+            return sum(f.stat().st_size for f in done[-1].rglob("*") if f.is_file())
+        tensors = [t for _, m in self.models.named_modules_() for t in (*m.parameters(), *m.buffers())]  # official
+        tensors += self.params  # the compact file: about the trainable parameters
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        tensors += [t for st in getattr(opt, "state", {}).values() if isinstance(st, dict) for t in st.values()
+                    if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _no_space_message(self, path: Path, need: int) -> str:
+        free = shutil.disk_usage(self.out).free
+        return (f"no space left on {_mount_point(self.out)} for {path.name} (needs about {_gb(need)}, {_gb(free)} "
+                "free): free some space or write to another --output; the previous checkpoint is kept until a new "
+                "one is complete, so --checkpoints-total-limit N needs room for N + 1")
+
+    def _check_space(self, path: Path) -> None:
+        """Stop before writing when the main process's disk cannot hold the new checkpoint (all processes stop)."""
+        problem = [None]
+        if self.accelerator.is_main_process:
+            need = self._size_estimate(path)
+            if need > shutil.disk_usage(self.out).free:
+                problem[0] = self._no_space_message(path, need) + f"; nothing of {path.name} was written"
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(problem, from_process=0)
+        if problem[0]:
+            raise NoSpaceError(problem[0])
 
     def resume(self, path: Path) -> None:
         state = read_state(path)
         if state["world_size"] * state["batch_size"] != self.world * self.cfg.batch_size or state["seed"] != self.cfg.seed:
             self.log(f"warning: {path} was written with {state['world_size']} process(es) x batch {state['batch_size']}"
                      f" and seed {state['seed']}: the data stream will not continue exactly")
-        self.accelerator.load_state(str(path))
+        try:
+            self.accelerator.load_state(str(path))
+        except SSPIRError:
+            raise
+        except Exception as e:  # accelerate/torch errors name no file
+            raise InputError(f"could not resume from {path}: loading its state failed ({type(e).__name__}: "
+                             f"{_first_line(e)}); resume from an earlier checkpoint (--resume FOLDER) or start over "
+                             "with --resume none") from e
         self.step = int(state["step"])
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -410,7 +538,10 @@ class Trainer:
         if acc.is_main_process:
             (self.out / "train-config.json").write_text(cfg.to_json())
             metrics_file = self.out / "metrics.jsonl"
-            _truncate_metrics(metrics_file, self.step)
+            aside = set_metrics_aside(metrics_file, self.step)
+            if aside is not None:
+                self.log(f"note: metrics.jsonl had rows past step {self.step} (from the run before this one); "
+                         f"they were moved to {aside}")
         if cfg.report_to not in ("", "none"):
             acc.init_trackers("sspir", config={k: v for k, v in json.loads(cfg.to_json()).items()
                                                if isinstance(v, (int, float, str, bool))})
@@ -477,13 +608,148 @@ def _report_lines(kind: str, entries: list[tuple[Path | str, str]]) -> str:
     return "".join(f"{kind}\t{p}\t{' '.join(str(why).split())}\n" for p, why in entries)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines past the resumed step so metrics.jsonl holds each step once."""
+def set_metrics_aside(path: Path, step: int) -> Path | None:
+    """On a (re)start at ``step``, move the rows of ``metrics.jsonl`` past it (and any cut-off line) aside.
+
+    They go to ``metrics.after-step-N.<time>.jsonl`` beside it, written atomically before ``metrics.jsonl`` is
+    rewritten (atomically) with the rows up to ``step``: nothing a run logged is lost, and metrics.jsonl holds
+    each step once. Returns the file they went to, or None when there were none.
+    """
     if not path.is_file():
+        return None
+    keep: list[str] = []
+    later: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row_step = json.loads(line).get("step", 0)
+        except (ValueError, AttributeError):  # a line cut by a crash mid-write
+            row_step = None
+        (keep if isinstance(row_step, int) and row_step <= step else later).append(line)
+    if not later:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.stem}.after-step-{step}.{stamp}{path.suffix}")
+    k = 1
+    while aside.exists():
+        k += 1
+        aside = path.with_name(f"{path.stem}.after-step-{step}.{stamp}-{k}{path.suffix}")
+    write_text_atomic(aside, "".join(line + "\n" for line in later))
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+    return aside
+
+
+def _number(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
+
+
+def _delete_checkpoint(path: Path, fault_step: int | None = None) -> None:
+    """Remove a checkpoint folder, its ``trainer_state.json`` first: a crash midway leaves an unfinished
+    folder (skipped by resume, removed by the next save) rather than a complete-looking damaged one."""
+    (path / STATE_FILE).unlink(missing_ok=True)
+    from ..files import _fsync_dir
+
+    _fsync_dir(path)
+    for i, child in enumerate(sorted(path.iterdir())):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+        if i == 0 and fault_step is not None:
+            _fault("during-delete", fault_step)
+    path.rmdir()
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+# torch's zip writer (PytorchStreamWriter) reports a failed write as a RuntimeError; safetensors as its own error
+_NO_SPACE_TEXT = ("no space left on device", "unexpected pos", "file write failed", "storagefull", "code: 28")
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is a write that found the disk or quota full."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE_ERRNOS:
+            return True
+        if not isinstance(e, OSError) and any(t in str(e).lower() for t in _NO_SPACE_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _without_tracebacks(e: BaseException) -> BaseException:
+    """``e`` and the errors it was raised from, their tracebacks dropped (the messages stay)."""
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        err = err.__cause__ or err.__context__
+    return e
+
+
+def _mount_point(path: Path) -> str:
+    """The mount point of the filesystem holding ``path`` (what ``df`` names)."""
+    p = path.resolve()
+    while not os.path.ismount(p) and p.parent != p:
+        p = p.parent
+    return str(p)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+class InjectedFault(BaseException):
+    """Raised by :func:`_fault` in ``raise`` mode: a BaseException, so no ``except Exception`` cleans up."""
+
+
+def _fault(point: str, step: int) -> None:
+    """Test hook: ``SSPIR_FAULT=POINT[@STEP][:raise]`` stops the process at ``POINT`` of the save of step STEP
+    (any step if not given), as a crash would: ``os._exit(137)`` (SIGKILL's exit status, no clean-up at all),
+    or with ``:raise`` an :class:`InjectedFault` for in-process tests. POINT is one of :data:`FAULT_POINTS`.
+    Unset (always, outside tests) it costs one environment lookup per save phase."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    spec, _, mode = spec.partition(":")
+    name, _, at = spec.partition("@")
+    if name != point or (at and int(at) != step):
+        return
+    if mode == "raise":
+        raise InjectedFault(f"{FAULT_ENV}: {point} at step {step}")
+    sys.stderr.flush()
+    os._exit(137)
+
+
+@contextmanager
+def _fault_after_optimizer(step: int) -> Iterator[None]:
+    """While ``SSPIR_FAULT`` names ``after-optimizer``: stop right after accelerate wrote ``optimizer.bin``
+    (its save helper is wrapped for the duration of the save only; otherwise nothing is touched)."""
+    if not os.environ.get(FAULT_ENV, "").startswith("after-optimizer"):
+        yield
+        return
+    import accelerate.checkpointing as ckpt
+
+    real = ckpt.save
+
+    def save(obj, f, *args, **kwargs):
+        real(obj, f, *args, **kwargs)
+        if Path(f).name == "optimizer.bin":
+            _fault("after-optimizer", step)
+
+    ckpt.save = save
+    try:
+        yield
+    finally:
+        ckpt.save = real
 
 
 def _importable(name: str) -> bool:

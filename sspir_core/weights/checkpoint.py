@@ -331,13 +331,16 @@ def load_compact(
 
     A one-step file's LoRA is applied too, merged unless ``merge_lora`` is False.
     """
+    from .base_match import base_words
+
     path = Path(path)
     meta = read_compact_metadata(path)
     base = meta["base"]
     if structure(sd_unet.config) != structure(meta["unet_config"]):
         raise CheckpointError(
-            f"{path} was trained on {base} ({describe_base(meta['unet_config'])}), but the SD UNet given is "
-            f"{infer_base(sd_unet.config)} ({describe_base(sd_unet.config)}). Use the matching SD checkpoint."
+            f"{path} was trained on {base_words(base)} ({describe_base(meta['unet_config'])}), but the SD UNet given "
+            f"is {base_words(infer_base(sd_unet.config))} ({describe_base(sd_unet.config)}). Use the matching SD "
+            "checkpoint."
         )
     state = read_state_dict(path)
     parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}, "lora": {}}

@@ -22,7 +22,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
                 "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-_DAMAGED = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
+DAMAGED_ADVICE = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
 
 
 def _claimed_header_bytes(path: Path) -> int | None:
@@ -45,7 +45,7 @@ def _safetensors_header(path: Path) -> dict[str, dict]:
     size = path.stat().st_size
 
     def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a readable safetensors file: {why}. {_DAMAGED}")
+        return CheckpointError(f"{path} is not a readable safetensors file: {why}. {DAMAGED_ADVICE}")
 
     with path.open("rb") as f:
         head = f.read(8)
@@ -104,12 +104,86 @@ def check_weights_file(path: str | Path) -> list[str]:
                 with zipfile.ZipFile(path) as z:
                     z.infolist()
             except (zipfile.BadZipFile, OSError) as exc:
-                raise CheckpointError(f"{path} is not a readable torch file ({exc}). {_DAMAGED}") from None
+                raise CheckpointError(f"{path} is not a readable torch file ({exc}). {DAMAGED_ADVICE}") from None
             return []
         if magic[:1] != b"\x80":  # the legacy (non-zip) torch format starts with a pickle protocol byte
-            raise CheckpointError(f"{path} is neither a torch zip file nor a pickle. {_DAMAGED}")
+            raise CheckpointError(f"{path} is neither a torch zip file nor a pickle. {DAMAGED_ADVICE}")
         return []
     raise CheckpointError(f"{path}: unsupported file type {suffix!r}; use .safetensors (preferred) or .ckpt/.pt.")
+
+
+_CRC_ALL_BELOW = 256 * 2**20  # whole-file CRC check for torch files up to this size (RNG states, schedulers)
+
+
+def _walk_pickle(raw: bytes, what: str, count: int = 1) -> None:
+    """Check that ``raw`` starts with ``count`` complete, well-formed pickles by reading their opcodes; nothing is
+    executed."""
+    import io
+    import pickletools
+    from collections import deque
+
+    stream = io.BytesIO(raw)
+    for _ in range(count):
+        ops = deque(pickletools.genops(stream), maxlen=1)  # raises ValueError on a cut or garbled stream
+        if not ops or ops[0][0].name != "STOP":
+            raise ValueError(f"{what} does not end with the pickle STOP opcode")
+
+
+def check_torch_archive(path: str | Path) -> None:
+    """Structural check of a file written by ``torch.save`` (``.bin``, ``.pt``, accelerate's ``.pkl``), no unpickling.
+
+    A zip archive (torch's format since 1.6): its directory reads (it sits at the end, so a cut file fails), every
+    record lies inside the file, the ``data.pkl`` record has a good CRC and is one complete pickle, and for files
+    under 256 MB every record's CRC is checked. A legacy (non-zip) file's five pickles are walked opcode by opcode
+    (its raw tensor bytes after them are not checked). Raises
+    ``CheckpointError`` naming the file and what is wrong.
+    """
+    path = Path(path)
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is damaged: {why}. {DAMAGED_ADVICE}")
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    size = path.stat().st_size
+    if size == 0:
+        raise bad("it is empty (0 bytes)")
+    with path.open("rb") as f:
+        magic = f.read(2)
+    if magic != b"PK":
+        if magic[:1] != b"\x80":
+            raise bad("it is neither a torch zip archive nor a pickle")
+        try:  # torch's legacy format: magic number, protocol, system info, the object, its storage keys
+            _walk_pickle(path.read_bytes(), "the pickle", count=5)
+        except ValueError as exc:
+            raise bad(f"the pickle is cut short or garbled ({exc})") from None
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            for info in infos:
+                if info.header_offset + info.compress_size > size:
+                    raise bad(f"record {info.filename} runs past the end of the {size}-byte file")
+            pickles = [i for i in infos if i.filename.rsplit("/", 1)[-1] == "data.pkl"]
+            if not pickles:
+                raise bad("its zip directory has no data.pkl record")
+            raw = z.read(pickles[0])  # zipfile checks the record's CRC
+            if size <= _CRC_ALL_BELOW:
+                broken = z.testzip()
+                if broken is not None:
+                    raise bad(f"record {broken} fails its CRC check")
+    except CheckpointError:
+        raise
+    except zipfile.BadZipFile as exc:
+        if "not a zip file" in str(exc):  # zipfile's words for a missing end-of-directory record
+            raise bad(f"its zip directory, at the end of the file, is missing: it is cut short ({size} bytes)") from None
+        raise bad(f"its zip archive does not read ({exc})") from None
+    except (zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise bad(f"its zip archive does not read ({type(exc).__name__}: {exc})") from None
+    try:
+        _walk_pickle(raw, "data.pkl")
+    except ValueError as exc:
+        raise bad(f"its data.pkl is cut short or garbled ({exc})") from None
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
