@@ -24,3 +24,23 @@ def test_lq_latent_and_apply_announce_size_and_tiles(native_server):  # noqa: F8
         native_server.log_tail())
     assert "Apply SSP-IR: processor prior of 1 image(s) at 128x96 px; 1 Processor tile(s)" in log, (
         native_server.log_tail())
+
+
+@pytest.mark.parametrize("changes, widget", [({"start_percent": 0.6, "end_percent": 0.2}, "end_percent"),
+                                             ({"tile": 12}, "tile")])
+def test_apply_reports_a_bad_widget_once_on_it(native_server, changes, widget):  # noqa: F811
+    """Apply SSP-IR checks tile, tile_overlap, start_percent and end_percent when queued; the error names only the
+    widget it is about (issue 27: it was repeated on every input the check takes)."""
+    import json
+
+    from tests.comfyui.comfy_helpers import harness
+
+    prompt = _native(_lq(native_server, 28, (16, 16)), steps=2)
+    prompt["apply"]["inputs"].update(changes)
+    prompt["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["fix", 0]}}
+    with pytest.raises(harness.ComfyUIError) as err:
+        native_server.post("/prompt", {"prompt": prompt, "client_id": native_server.client_id})
+    errors = json.loads(str(err.value).split(": ", 2)[-1])["node_errors"]
+    assert list(errors) == ["apply"], errors
+    (error,) = errors["apply"]["errors"]
+    assert error["extra_info"]["input_name"] == widget and error["details"].startswith(widget), error
