@@ -8,7 +8,8 @@ from __future__ import annotations
 
 
 def node_list() -> list:
-    """The node classes this pack registers; also adds the ``sspir`` and ``LLM`` model folders to ComfyUI's list."""
+    """The node classes this pack registers; also adds the ``sspir`` and ``LLM`` model folders to ComfyUI's list
+    and puts its nodes' validation errors on their widgets."""
     from . import host
     from .caption import SSPIRCaption
     from .captioner_loader import SSPIRCaptionerLoader
@@ -26,8 +27,10 @@ def node_list() -> list:
     from .structure_processor import SSPIRStructureProcessor
 
     host.register_model_folders()
-    return [
+    nodes = [
         SSPIRModelLoader, SSPIRClipVisionLoader, SSPIRCaptionerLoader, SSPIRCaption, SSPIRClipImageEmbed,
         SSPIRStructureProcessor, SSPIRSampler, SSPIRRestore,
         SSPIRPatchLoader, SSPIRApply, SSPIRTextEncode, SSPIRLQLatent, SSPIRSchedule, SSPIRColorFix,
     ]
+    host.attach_errors_to_widgets(nodes)  # each widget problem once, on its widget
+    return nodes

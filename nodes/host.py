@@ -7,9 +7,10 @@ its nodes also run outside a server (tests, scripts). Decisions on the values re
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -114,6 +115,68 @@ def resolve_base_model(name: str) -> str:
 
 def resolve_in(folder: str, name: str, what: str) -> str:
     return str(resolve_in_roots(roots(folder), name, what, folder))
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def widget_errors(errors: list[dict], problems: dict[str, str]) -> list[dict]:
+    """A node's validation errors with the custom ones replaced by one per problem, on the widget it is about."""
+    if not problems:
+        return errors
+    kept = [e for e in errors if e.get("type") != "custom_validation_failed"]
+    return kept + [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                    "details": problem, "extra_info": {"input_name": name}} for name, problem in problems.items()]
+
+
+def _widget_values(inputs: dict, names: Iterable[str]) -> dict[str, Any]:
+    """The prompt's values of ``names``; a link (``[node_id, slot]``) is unknown while validating: None."""
+    return {n: None if isinstance(inputs.get(n), list) else inputs.get(n) for n in names}
+
+
+def attach_errors_to_widgets(node_classes: Iterable[type]) -> bool:
+    """Make ComfyUI report each of these nodes' widget problems once, on its own widget.
+
+    ComfyUI 0.3.75 attaches the text a ``validate_inputs`` returns to every input that function takes, so one
+    bad ``tile`` was reported five times and the front end outlined steps, cfg, tile, tile_overlap and
+    vae_tile. For the classes with a ``widget_problems`` classmethod (``{widget: problem}``), the result of
+    ComfyUI's ``execution.validate_inputs`` is rewritten: its custom-validation errors are replaced by one per
+    problem. Other nodes' results pass through untouched; without ComfyUI (or with an ``execution`` module
+    that differs) nothing changes and the nodes still refuse bad values. Returns whether it is in place.
+    """
+    try:
+        import execution
+    except ImportError:
+        return False
+    original = getattr(execution, "validate_inputs", None)
+    if original is None or not inspect.iscoroutinefunction(original):
+        return False
+    checked = {cls.__name__: cls for cls in node_classes if hasattr(cls, "widget_problems")}
+    known = getattr(original, "sspir_classes", None)
+    if known is not None:  # already wrapped (the pack's node list is built more than once)
+        known.update(checked)
+        return True
+
+    async def validate_inputs(prompt_id: Any, prompt: dict, item: Any, validated: dict, *args: Any, **kw: Any):
+        result = await original(prompt_id, prompt, item, validated, *args, **kw)
+        node = prompt.get(item) if isinstance(prompt, dict) else None
+        cls = validate_inputs.sspir_classes.get(node.get("class_type")) if isinstance(node, dict) else None
+        if cls is None or not (isinstance(result, tuple) and len(result) == 3) or result[0]:
+            return result
+        names = inspect.signature(cls.widget_problems).parameters
+        try:
+            problems = cls.widget_problems(**_widget_values(node.get("inputs") or {}, names))
+        except Exception:  # noqa: BLE001 (never hide ComfyUI's own result behind a bug here)
+            log.exception("SSP-IR: could not sort the validation errors of node %s", item)
+            return result
+        result = (result[0], widget_errors(result[1], problems), result[2])
+        validated[item] = result
+        return result
+
+    validate_inputs.sspir_classes = checked
+    validate_inputs.__wrapped__ = original
+    execution.validate_inputs = validate_inputs
+    return True
 
 
 # ------------------------------------------------------------------------------------- device and memory

@@ -9,32 +9,39 @@ from comfy_api.v0_0_2 import io
 
 from sspir_core.errors import InputError
 from sspir_core.restore.options import LIMITS, RestoreOptions
+from sspir_core.restore.work import cancel_points, plan_prior, processor_tiles
 
+from . import host
 from .sockets import NATIVE, SSPIRPatchSocket
-from .support import TILE_STEP, images_from_list, single, tiling_widget_problem
+from .support import TILE_STEP, images_from_list, problems_message, single, tiling_widget_problems
 
 _DEFAULTS = RestoreOptions()  # PGA Sampler's tiling defaults: one source for both routes
 
 
-def percent_range_problem(start_percent: Any = None, end_percent: Any = None) -> str | None:
-    """What is wrong with Apply SSP-IR's ControlNet range, checked at queue time; None if nothing. A value that
-    arrives through a link (None while validating) is not known yet and passes."""
+def percent_range_problems(start_percent: Any = None, end_percent: Any = None) -> dict[str, str]:
+    """What is wrong with Apply SSP-IR's ControlNet range at queue time, by widget; empty if nothing. A value that
+    arrives through a link (None while validating) is not known yet and passes; an end below the start is
+    end_percent's problem."""
+    problems: dict[str, str] = {}
     values = {}
     for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
         try:
             value = single(name, value)
         except InputError as exc:
-            return str(exc)
+            problems[name] = str(exc)
+            continue
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not 0.0 <= value <= 1.0:
-            return f"{name} must be a number from 0 to 1, got {value!r}"
+            problems[name] = f"{name} must be a number from 0 to 1, got {value!r}"
+            continue
         values[name] = float(value)
     if len(values) == 2 and values["end_percent"] < values["start_percent"]:
-        return (f"end_percent ({values['end_percent']}) is below start_percent ({values['start_percent']}): the "
-                "ControlNet would never run; set end_percent >= start_percent")
-    return None
+        problems["end_percent"] = (f"end_percent ({values['end_percent']}) is below start_percent "
+                                   f"({values['start_percent']}): the ControlNet would never run; set end_percent "
+                                   ">= start_percent")
+    return problems
 
 
 class SSPIRApply(io.ComfyNode):
@@ -87,9 +94,14 @@ class SSPIRApply(io.ComfyNode):
         )
 
     @classmethod
+    def widget_problems(cls, tile=None, tile_overlap=None, start_percent=None, end_percent=None) -> dict[str, str]:
+        """By widget, for ``host.attach_errors_to_widgets`` (a new check goes here, on its own widget)."""
+        return tiling_widget_problems(tile, tile_overlap) | percent_range_problems(start_percent, end_percent)
+
+    @classmethod
     def validate_inputs(cls, tile=None, tile_overlap=None, start_percent=None, end_percent=None) -> bool | str:
-        # ComfyUI attaches the message to every argument named here and skips their min/max checks
-        return tiling_widget_problem(tile, tile_overlap) or percent_range_problem(start_percent, end_percent) or True
+        # ComfyUI skips its own min/max checks of the inputs named here: widget_problems checks their bounds
+        return problems_message(cls.widget_problems(tile, tile_overlap, start_percent, end_percent))
 
     @classmethod
     def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,
@@ -101,7 +113,14 @@ class SSPIRApply(io.ComfyNode):
         check_model(model, sspir_patch)  # before the priors' work
         lora = one_step_patches(model, sspir_patch)  # a one-step checkpoint's UNet LoRA, checked on the MODEL
         lq = images_from_list(image).rgb
-        priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
+        # The priors of a large LQ take minutes on a CPU: announced (size, Processor tiles), Cancel in every block
+        run, _ = host.start_run()
+        h, w = lq.shape[-2:]
+        tiles = processor_tiles(h, w, processor_tile or None)
+        run.begin(plan_prior("processor", tiles, (w, h), lq.shape[0]), "Apply SSP-IR")
+        with cancel_points(run, sspir_patch.module):
+            run.unit("processor")
+            priors = compute_priors(sspir_patch, clip_vision, lq, processor_tile or None)
         paper = start == "paper"
         out = apply(model, sspir_patch, priors, float(strength), float(start_percent), float(end_percent),
                     paper and lora is None, tile or None, int(tile_overlap))

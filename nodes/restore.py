@@ -36,6 +36,10 @@ class SSPIRRestore(io.ComfyNode):
         )
 
     @classmethod
+    def widget_problems(cls, tile=None, tile_overlap=None, vae_tile=None, steps=None, cfg=None) -> dict[str, str]:
+        return sampling.sampling_problems(tile, tile_overlap, vae_tile, steps, cfg)
+
+    @classmethod
     def validate_inputs(cls, tile=None, tile_overlap=None, vae_tile=None, steps=None, cfg=None) -> bool | str:
         return sampling.validate_sampling(tile, tile_overlap, vae_tile, steps, cfg)
 

@@ -22,10 +22,11 @@ from .support import (
     VAE_TILE_STEP,
     captions_for_batch,
     images_from_list,
-    sampling_widget_problem,
+    problems_message,
+    sampling_widget_problems,
     single,
     target_size,
-    tiling_widget_problem,
+    tiling_widget_problems,
 )
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,17 @@ def sampling_inputs() -> list:
     ]
 
 
+def sampling_problems(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None, steps: Any = None,
+                      cfg: Any = None) -> dict[str, str]:
+    """The nodes' checks when the prompt is queued, by widget (ComfyUI then skips its own min/max checks of these
+    inputs, so the bounds are checked here too)."""
+    return tiling_widget_problems(tile, tile_overlap, vae_tile) | sampling_widget_problems(steps, cfg)
+
+
 def validate_sampling(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None, steps: Any = None,
                       cfg: Any = None) -> bool | str:
-    """The nodes' ``validate_inputs``: ComfyUI rejects the prompt with this message before anything runs
-    (it then skips its own min/max checks of these inputs, so the bounds are checked here too)."""
-    return tiling_widget_problem(tile, tile_overlap, vae_tile) or sampling_widget_problem(steps, cfg) or True
+    """The nodes' ``validate_inputs``: ComfyUI rejects the prompt with this message before anything runs."""
+    return problems_message(sampling_problems(tile, tile_overlap, vae_tile, steps, cfg))
 
 
 def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "the SSP-IR model") -> RestoreOptions:

@@ -146,50 +146,73 @@ VAE_TILE_STEP = 64
 """``vae_tile`` (pixels) in steps of 64: 8 latent px, the VAE decoder's own smallest tile; 0 means never tile."""
 
 
-def tiling_widget_problem(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None) -> str | None:
-    """What is wrong with the sampler nodes' tiling widgets, checked when ComfyUI queues the prompt; None if
-    nothing. A value that arrives through a link (None while validating) or as a list (list-input nodes) is
-    checked as far as it is known."""
-    values = {}
-    for name, value in (("tile", tile), ("tile_overlap", tile_overlap), ("vae_tile", vae_tile)):
-        try:
-            value = single(name, value)
-        except InputError as exc:
-            return str(exc)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            return f"{name} must be an integer, got {value!r}"
-        values[name] = value
-    for name, step in (("tile", TILE_STEP), ("vae_tile", VAE_TILE_STEP)):
-        if values[name] and values[name] % step:
-            return (f"{name} must be 0 (never tile) or a multiple of {step}, got {values[name]}: "
-                    f"try {max(step, values[name] // step * step)}")
-    tile, overlap, vae = values["tile"], values["tile_overlap"], values["vae_tile"]
+def _known(name: str, value: Any, problems: dict[str, str]) -> int | float | None:
+    """A widget's one value (None when it comes through a link); a list of several or a wrong type is a problem
+    of that widget."""
     try:
-        check_tiling(tile or None, 0 if overlap is None else overlap, vae or None)
-    except OptionError as exc:
-        return str(exc)
-    return None
+        value = single(name, value)
+    except InputError as exc:
+        problems[name] = str(exc)
+        return None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        problems[name] = f"{name} must be a number, got {value!r}"
+        return None
+    return value
+
+
+def tiling_widget_problems(tile: Any = None, tile_overlap: Any = None, vae_tile: Any = None) -> dict[str, str]:
+    """What is wrong with the sampler nodes' tiling widgets, by widget (checked when ComfyUI queues the prompt;
+    empty if nothing). A value that arrives through a link (None while validating) or as a list (list-input
+    nodes) is checked as far as it is known. ``tile_overlap`` not below ``tile`` is the overlap's problem: the
+    library names it so (:class:`OptionError`'s ``option``)."""
+    problems: dict[str, str] = {}
+    values = {name: _known(name, value, problems)
+              for name, value in (("tile", tile), ("tile_overlap", tile_overlap), ("vae_tile", vae_tile))}
+    for name, value in values.items():
+        if value is not None and not isinstance(value, int):
+            problems[name] = f"{name} must be an integer, got {value!r}"
+    for name, step in (("tile", TILE_STEP), ("vae_tile", VAE_TILE_STEP)):
+        value = values[name]
+        if name not in problems and value and value % step:
+            problems[name] = (f"{name} must be 0 (never tile) or a multiple of {step}, got {value}: "
+                              f"try {max(step, value // step * step)}")
+    tile, overlap, vae = (None if name in problems else values[name] for name in values)
+    checks = [(tile, 0, None) if tile else None, (None, overlap, None) if overlap is not None else None,
+              (None, 0, vae) if vae else None]
+    if tile and overlap is not None:
+        checks.append((tile, overlap, None))  # after each alone: the pair's problem only when both are fine
+    for args in filter(None, checks):
+        try:
+            check_tiling(*args)
+        except OptionError as exc:
+            problems.setdefault(exc.option, str(exc))
+    return problems
 
 
 OWN_SETTING = 0
 """The sampler widgets' steps/cfg value that means "the checkpoint's own" (paper 50 / 7.5; one-step 1 / off)."""
 
 
-def sampling_widget_problem(steps: Any = None, cfg: Any = None) -> str | None:
-    """What is wrong with the steps/cfg widgets when the prompt is queued; None if nothing. Their widgets
-    start at :data:`OWN_SETTING`, below the library's bounds (``LIMITS``), so a value between the two is
-    refused here with the library's own bounds rather than failing when the sampler runs."""
+def sampling_widget_problems(steps: Any = None, cfg: Any = None) -> dict[str, str]:
+    """What is wrong with the steps/cfg widgets when the prompt is queued, by widget. Their widgets start at
+    :data:`OWN_SETTING`, below the library's bounds (``LIMITS``), so a value between the two is refused here
+    with the library's own bounds rather than failing when the sampler runs."""
+    problems: dict[str, str] = {}
     for name, value in (("steps", steps), ("cfg", cfg)):
-        try:
-            value = single(name, value)
-        except InputError as exc:
-            return str(exc)
+        value = _known(name, value, problems)
         if value is None or value == OWN_SETTING:
             continue
         low, high = LIMITS[name]
         if not low <= value <= high:
-            return f"{name} must be {OWN_SETTING} (the checkpoint's own) or between {low:g} and {high:g}, got {value!r}"
-    return None
+            problems[name] = (f"{name} must be {OWN_SETTING} (the checkpoint's own) or between {low:g} and "
+                              f"{high:g}, got {value!r}")
+    return problems
+
+
+def problems_message(problems: dict[str, str]) -> bool | str:
+    """A node's ``validate_inputs`` result: True, or every widget's problem. ComfyUI 0.3.75 attaches this text
+    to each input the function takes; ``host.attach_errors_to_widgets`` puts each problem on its own widget."""
+    return "; ".join(problems.values()) or True
 
 
 def target_size(width: int, height: int) -> tuple[int, int] | None:

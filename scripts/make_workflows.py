@@ -92,6 +92,7 @@ class Workflow:
 
 # Room above the nodes for each group's title (nodes sit this much lower than their described position).
 GROUP_TITLE = 50
+NODE_TITLE = 30  # LiteGraph's NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
 # Load Image shows its picture below its widgets: the front end makes it about 315 px high (its own title bar
 # of 30 px above that), so the Models group, and the title bar on top of it, start below it with some room.
 LOAD_IMAGE_SIZE = (340, 320)
@@ -272,7 +273,32 @@ def ui_workflow(wf: Workflow) -> dict[str, Any]:
     groups = [{"id": i, "title": title, "bounding": [box[0], box[1], box[2], box[3] + GROUP_TITLE], "color": "#3f789e", "font_size": 24, "flags": {}}
               for i, (title, box) in enumerate(wf.groups, start=1)]
     return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+            "groups": groups, "config": {}, "extra": {"ds": opening_view(nodes, groups)}, "version": 0.4}
+
+
+OPENING_WINDOW = (1600, 1000)
+"""The browser window a template must open whole in (issue 27: at 1600x1000 the graphs opened partly under the
+side bar). The front end 1.32.9 restores a workflow's saved view (``extra.ds``) when it loads it."""
+COVERED = {"left": 60, "top": 80}
+"""Page pixels the front end draws over the canvas at that size: the side bar (59 px) and the menu and tabs
+(78 px), measured by tests/comfyui/browser_check.js, which checks that every node opens inside the rest."""
+VIEW_MARGIN = 20
+VIEW_SLACK = 0.92
+"""The front end may draw a node a little larger than its saved size (a widget's own minimum): keep 8 % spare."""
+
+
+def opening_view(nodes: list[dict[str, Any]], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """``extra.ds`` (LiteGraph's view: page px = (graph px + offset) x scale) that shows every node, title bar
+    included, and every group inside the uncovered part of an :data:`OPENING_WINDOW` window."""
+    boxes = [(n["pos"][0], n["pos"][1] - NODE_TITLE, n["size"][0], n["size"][1] + NODE_TITLE) for n in nodes]
+    boxes += [tuple(g["bounding"]) for g in groups]
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    width = OPENING_WINDOW[0] - COVERED["left"] - 2 * VIEW_MARGIN
+    height = OPENING_WINDOW[1] - COVERED["top"] - 2 * VIEW_MARGIN
+    scale = int(100 * VIEW_SLACK * min(width / (x1 - x0), height / (y1 - y0), 1 / VIEW_SLACK)) / 100
+    left, top = COVERED["left"] + VIEW_MARGIN, COVERED["top"] + VIEW_MARGIN
+    return {"scale": scale, "offset": [round(left / scale - x0, 1), round(top / scale - y0, 1)]}
 
 
 def api_workflow(wf: Workflow) -> dict[str, Any]:

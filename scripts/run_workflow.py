@@ -21,11 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfyui  # noqa: E402 (sits beside this script)
+import progress  # noqa: E402
 
 # This checkout's sspir_core (for the demo-model names), whatever is installed.
 sys.path.insert(1, str(comfyui.REPO))
 
 REPO = comfyui.REPO
+DEFAULT_THREADS = 1
+"""Torch threads of the server: the demo models' small matrices gain nothing from more threads and lose much
+when another job shares the cores (scripts/bench_first_run.py). Real weights on many free cores: raise it."""
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that sets torch's (OpenMP's and MKL's) thread count in the server; 0 = torch's default."""
+    if threads <= 0:
+        return {}
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def load_api_workflow(path: Path) -> dict:
@@ -68,6 +79,22 @@ def demo_models(models_dir: Path, python: str, native: bool = False) -> Path:
     return models_dir
 
 
+def start_progress(server: comfyui.ComfyServer, prompt: dict) -> progress.ProgressWatcher | None:
+    """Live progress on stderr while the prompt runs; None (and a note) when the websocket is not available."""
+    display = {}
+    for class_type in {node["class_type"] for node in prompt.values()}:
+        try:
+            display[class_type] = server.object_info(class_type)[class_type].get("display_name") or class_type
+        except (comfyui.ComfyUIError, OSError, KeyError):
+            display[class_type] = class_type
+    view = progress.ProgressView(progress.node_names(prompt, display), sys.stderr, progress.is_tty(sys.stderr))
+    watcher = progress.ProgressWatcher(server.url, server.client_id, view)
+    if not watcher.start():
+        print(f"note: no live progress ({watcher.error or 'no websocket'}); see {server.log_path}", file=sys.stderr)
+        return None
+    return watcher
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workflow", type=Path, help="API-format workflow JSON (e.g. example_workflows/api/sspir_restore.json)")
@@ -88,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the workflow")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=(
+        f"torch threads in the server (default {DEFAULT_THREADS}, fastest for the demo models; 0 = torch's "
+        "default, one per core: for real weights on free cores)"))
     args = parser.parse_args(argv)
 
     # A plain `kill` stops ComfyUI too (SystemExit unwinds through the server's context manager).
@@ -104,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         models = args.models or demo_models(REPO / "out" / "demo-models", sys.executable, native=native)
         if not models.is_dir():
             raise SystemExit(f"error: --models {models} is not a folder")
-        server = comfyui.ComfyServer(args.work_dir, models_dir=models, comfy_dir=comfy_dir, python=python, port=args.port)
+        server = comfyui.ComfyServer(args.work_dir, models_dir=models, comfy_dir=comfy_dir, python=python,
+                                     port=args.port, env=thread_env(args.threads))
         server.input_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(args.image, server.input_dir / args.image.name)
         t0 = time.monotonic()
@@ -112,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         with server:
             print(f"ComfyUI ready at {server.url} ({time.monotonic() - t0:.1f} s); queueing {args.workflow}", file=sys.stderr)
             t1 = time.monotonic()
-            entry = server.run(prompt, timeout=args.timeout)
+            watcher = start_progress(server, prompt)
+            try:
+                entry = server.run(prompt, timeout=args.timeout)
+            finally:
+                if watcher is not None:
+                    watcher.stop()
             saved = server.output_files(entry, kind="output")
-            print(f"workflow done in {time.monotonic() - t1:.1f} s", file=sys.stderr)
+            print(f"workflow done in {time.monotonic() - t1:.1f} s (total {time.monotonic() - t0:.1f} s)",
+                  file=sys.stderr)
     except comfyui.ComfyUIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

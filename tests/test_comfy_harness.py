@@ -124,3 +124,75 @@ def test_user_comfyui_is_used_as_is_and_missing_requirements_are_named(tmp_path,
     with pytest.raises(comfyui.ComfyUIError, match=r"lacks ComfyUI's requirements \(no-such-package-sspir.*COMFYUI_PYTHON"):
         comfyui.ensure(sys.executable)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.py", "requirements.txt"]  # nothing written there
+
+
+def _events(prompt_id: str = "p1") -> list[dict]:
+    """A prompt's websocket messages as ComfyUI 0.3.75 sends them: a cached node, two nodes, ten steps."""
+    out = [{"type": "execution_start", "data": {"prompt_id": prompt_id}},
+           {"type": "execution_cached", "data": {"nodes": ["1"], "prompt_id": prompt_id}},
+           {"type": "executing", "data": {"node": "2", "prompt_id": prompt_id}},
+           {"type": "executing", "data": {"node": "3", "prompt_id": prompt_id}}]
+    out += [{"type": "progress", "data": {"value": v, "max": 10, "node": "3", "prompt_id": prompt_id}}
+            for v in range(11)]
+    out += [{"type": "progress", "data": {"value": 5, "max": 10, "node": "9", "prompt_id": "another"}},
+            {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}]
+    return out
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 2.0  # every event 2 s after the last
+        return self.t
+
+
+def test_progress_prints_plain_lines_in_order_when_not_a_terminal():
+    """Issue 27: the terminal showed nothing for minutes. Each node's start, then its progress every tenth with
+    the time left from its own pace (2 s per step here), in order; another prompt's events are not shown."""
+    import io
+
+    import progress
+
+    out = io.StringIO()
+    view = progress.ProgressView({"1": "Load Image", "2": "Loader", "3": "PGA Sampler (SSP-IR)"}, out, tty=False,
+                                 clock=_Clock())
+    view.prompt_id = "p1"
+    for event in _events():
+        view.event(event)
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == ["[2/3] Loader", "[3/3] PGA Sampler (SSP-IR)"]
+    assert lines[2] == "[3/3] PGA Sampler (SSP-IR): 0/10"
+    assert lines[3] == "[3/3] PGA Sampler (SSP-IR): 1/10, about 18 s left"  # 9 steps x 2 s
+    assert lines[-1] == "[3/3] PGA Sampler (SSP-IR): 10/10" and len(lines) == 2 + 11
+    assert "\r" not in out.getvalue() and "node 9" not in out.getvalue()
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_ends_it():
+    import io
+
+    import progress
+
+    out = io.StringIO()
+    view = progress.ProgressView({"1": "A", "2": "B", "3": "C"}, out, tty=True, clock=_Clock())
+    for event in _events():
+        view.event(event)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")  # one line, ended when the prompt is done
+    assert text.count("\r") == 2 + 11 and "\r[3/3] C: 10/10" in text
+
+
+def test_node_names_prefer_a_set_title_then_the_display_name():
+    import progress
+
+    prompt = {"1": {"class_type": "SSPIRSampler", "_meta": {"title": "SSPIRSampler"}},
+              "2": {"class_type": "SaveImage", "_meta": {"title": "Save the result"}}, "3": {"class_type": "X"}}
+    names = progress.node_names(prompt, {"SSPIRSampler": "PGA Sampler (SSP-IR)", "SaveImage": "Save Image"})
+    assert names == {"1": "PGA Sampler (SSP-IR)", "2": "Save the result", "3": "X"}
+
+
+@pytest.mark.parametrize("threads, env", [(1, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}), (0, {})])
+def test_the_server_thread_count(threads, env):
+    assert run_workflow.thread_env(threads) == env
+    assert run_workflow.DEFAULT_THREADS == 1  # measured: scripts/bench_first_run.py

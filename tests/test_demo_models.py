@@ -94,3 +94,19 @@ def test_demo_models_need_no_training_library(tmp_path):
     moved = [n for n, w in single.models.unet.state_dict().items()
              if not torch.equal(w, multi.models.unet.state_dict()[n])]
     assert moved, "the demo one-step LoRA leaves every UNet weight as it was"
+
+
+def test_demo_models_print_the_files_and_nothing_to_ignore(tmp_path):
+    """Issue 27: `sspir demo-models` (run by README's first command) showed transformers' "Writing model shards"
+    bar for the tiny captioner. Run as a user does (a subprocess, captioner included): stderr stays empty, stdout
+    names the files and says the weights are random."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "sspir_core.cli", "demo-models", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.strip() == "", out.stderr
+    assert "sspir-demo-llava" in out.stdout and "untrained" in out.stdout

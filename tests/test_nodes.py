@@ -6,7 +6,10 @@ straight from the files), so the component graph is checked against an independe
 
 from __future__ import annotations
 
+import inspect
+import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -144,6 +147,66 @@ def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
         assert isinstance(problem, str) and words in problem, (kw, problem)
 
 
+@pytest.mark.parametrize("node_id, kw, widgets", [
+    ("SSPIRSampler", dict(tile=[7]), ["tile"]),
+    ("SSPIRSampler", dict(cfg=[0.5]), ["cfg"]),
+    ("SSPIRSampler", dict(tile=[32], tile_overlap=[32]), ["tile_overlap"]),
+    ("SSPIRSampler", dict(tile_overlap=[-8]), ["tile_overlap"]),
+    ("SSPIRSampler", dict(vae_tile=[100], steps=[2000]), ["vae_tile", "steps"]),
+    ("SSPIRRestore", dict(tile=[520], cfg=[0.5]), ["tile", "cfg"]),
+    ("SSPIRApply", dict(tile=[12]), ["tile"]),
+    ("SSPIRApply", dict(tile=[32], tile_overlap=[40]), ["tile_overlap"]),
+    ("SSPIRApply", dict(start_percent=[0.6], end_percent=[0.2]), ["end_percent"]),
+    ("SSPIRApply", dict(tile=[12], start_percent=[-0.1]), ["tile", "start_percent"]),
+])
+def test_each_widget_problem_is_named_once_by_its_widget(host, node_id, kw, widgets):
+    """The nodes sort their problems by widget (issue 27: one bad tile was reported on five widgets): a value
+    wrong on its own is its widget's problem, tile_overlap not below tile is the overlap's."""
+    node = host.nodes[node_id]
+    names = list(inspect.signature(node.widget_problems).parameters)
+    fine = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], "steps": [0], "cfg": [0.0],
+            "start_percent": [0.0], "end_percent": [1.0]}
+    problems = node.widget_problems(**{n: fine[n] for n in names} | kw)
+    assert list(problems) == widgets, problems
+    for name, problem in problems.items():
+        assert problem.startswith(name + " ") or problem.startswith(name + ":"), (name, problem)
+    assert node.validate_inputs(**{n: fine[n] for n in names} | kw) == "; ".join(problems.values())
+
+
+def test_validation_errors_are_moved_onto_their_widgets(host, monkeypatch):
+    """attach_errors_to_widgets rewrites what ComfyUI's validate_inputs returns for the pack's nodes: its
+    custom-validation errors (one per input the function takes, all with the same text) become one per
+    problem, on its widget; other errors and other nodes' results are kept as they are."""
+    import asyncio
+    import types
+
+    from nodes import host as node_host
+
+    async def host_validate(prompt_id, prompt, item, validated):  # ComfyUI 0.3.75's shape of the result
+        inputs = prompt[item]["inputs"]
+        errors = [{"type": "custom_validation_failed", "details": f"{x} - the whole message",
+                   "extra_info": {"input_name": x}} for x in ("steps", "cfg", "tile", "tile_overlap", "vae_tile")
+                  if x in inputs]
+        errors.append({"type": "required_input_missing", "details": "image", "extra_info": {"input_name": "image"}})
+        validated[item] = (False, errors, item)
+        return validated[item]
+
+    fake = types.ModuleType("execution")
+    fake.validate_inputs = host_validate
+    monkeypatch.setitem(sys.modules, "execution", fake)
+    assert node_host.attach_errors_to_widgets(host.nodes.values())
+    prompt = {"5": {"class_type": "SSPIRSampler",
+                    "inputs": {"steps": 0, "cfg": 0.0, "tile": 7, "tile_overlap": 32, "vae_tile": ["9", 0]}},
+              "6": {"class_type": "KSampler", "inputs": {"steps": 0, "cfg": 0.0}}}
+    validated: dict = {}
+    ok, errors, _ = asyncio.run(fake.validate_inputs("p", prompt, "5", validated))
+    custom = [e for e in errors if e["type"] == "custom_validation_failed"]
+    assert [e["extra_info"]["input_name"] for e in custom] == ["tile"], errors
+    assert "multiple of 8, got 7: try 8" in custom[0]["details"]
+    assert [e["type"] for e in errors].count("required_input_missing") == 1
+    assert validated["5"] == (ok, errors, "5")  # what later lookups see
+    other = asyncio.run(fake.validate_inputs("p", prompt, "6", {}))[1]
+    assert len([e for e in other if e["type"] == "custom_validation_failed"]) == 2  # not ours: untouched
 def test_apply_controlnet_range_is_checked_when_the_prompt_is_queued(host):
     """Apply SSP-IR: end_percent below start_percent is refused before anything runs, naming end_percent; naming
     them in validate_inputs makes ComfyUI skip their min/max, so 0..1 (and NaN) are checked here."""
@@ -331,3 +394,44 @@ def test_memory_is_freed_from_comfy_before_a_gpu_run(host):
     assert host.unloads == 0
     comfy_host.free_memory_for(torch.device("cuda"))
     assert (host.unloads, host.soft_empties) == (1, 1)
+
+
+class _PoolVAE:
+    """A stand-in for ComfyUI's VAE: ``encode`` (IMAGE [B,H,W,3] -> [B,4,H/8,W/8]) is an 8x8 average, so a tiled
+    encode blended with weights that sum to 1 equals the whole one; ``first_stage_model`` has blocks."""
+
+    def __init__(self) -> None:
+        self.first_stage_model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()]))
+        self.calls: list[tuple[int, int]] = []
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(pixels.shape[1:3]))
+        for block in self.first_stage_model[0]:  # the blocks run, as a real encoder's would
+            pixels = block(pixels)
+        x = pixels.movedim(-1, 1)
+        return torch.nn.functional.avg_pool2d(torch.cat([x, x[:, :1]], 1), 8)
+
+
+def test_lq_latent_announces_its_work_reports_each_tile_and_cancels_between_them(host, caplog):
+    """Issue 27: a 3000x2000 LQ Latent encoded for 900 s without a line. The size and tiles go to the log
+    before the work, ComfyUI's bar moves once per tile (announced total first), each tile and each VAE block
+    is a cancel point, and the tiled result equals the whole encode (this VAE is linear)."""
+    from nodes.native_latent import encode_lq
+
+    padded = torch.rand(1, 3, 256, 512)
+    vae = _PoolVAE()
+    with caplog.at_level(logging.INFO, logger="sspir"):
+        tiled = encode_lq(vae, padded, 128)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SSP-IR LQ Latent")]
+    n = len(vae.calls)
+    assert n > 2 and "1 image(s) at 512x256 px" in line and f"{n} VAE encode tile(s)" in line, line
+    assert [(v, t) for v, t, _ in host.progress] == [(i, n) for i in range(n + 1)]
+    assert host.interrupt_checks >= n * 3  # a check before each tile and in each of its two blocks
+    whole = encode_lq(_PoolVAE(), padded, 0)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+    host.interrupt_checks, host.interrupt_after = 0, 5  # Cancel in the first VAE block of the second tile
+    stopped = _PoolVAE()
+    with pytest.raises(fake_comfy.InterruptProcessingException):
+        encode_lq(stopped, padded, 128)
+    assert len(stopped.calls) == 2

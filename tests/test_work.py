@@ -9,7 +9,7 @@ import torch
 
 from sspir_core.demo.presets import tiny_random_pipeline
 from sspir_core.restore.pipeline import RestoreOptions
-from sspir_core.restore.work import Run, plan_restore
+from sspir_core.restore.work import Run, Speed, plan_restore
 
 # A 64x128 px LQ (latent 8x16) with latent tiles of 8 (overlap 4), VAE tiles of 64 px and Processor tiles of
 # 8 x 8 = 64 px. By hand, with tiling.tile_grid's rule n = ceil((size - tile) / (tile - overlap)) + 1:
@@ -74,7 +74,20 @@ def test_the_plan_of_a_3000x2000_output_as_the_issue_ran_it():
     assert "3000x2000 px (6.0 MP)" in text and "latent tiles 4x6 of 96" in text and "50 steps x 24" in text
     assert "time estimate after the first step" in plan.describe()
     assert "12 Processor tile(s), 12 VAE encode tile(s)" in text
-    assert "about 2.0 h of denoising" in plan.describe(rate=6.0)  # 1200 units x 6 s
+    assert plan.unit_area == 96 * 96  # the grid's tiles all have the tile's size (the last one shifted in)
+    assert "about 2.0 h of denoising" in plan.describe(Speed(6.0 / 96**2, 96 * 96))  # 1200 units x 6 s
+
+
+def test_a_time_estimate_scales_with_the_area_or_is_not_given():
+    """Issue 27: a 3000x2000 run was told "about 4 s of denoising" from a 48 px run's speed. The estimate now
+    scales by latent area (units x area) and is left out when the units are more than 2x another size."""
+    small = plan_restore((48, 48), 1, 50, True, 96, 32, 1024)  # one 6x6 latent unit per step
+    speed = Speed(0.1 / 36, 36)  # 0.1 s per step of a 6x6 latent
+    assert small.unit_area == 36 and "about 5 s of denoising" in small.describe(speed)
+    bigger = plan_restore((64, 64), 1, 50, True, 96, 32, 1024)  # 8x8 latent: 64/36 of the area
+    assert "about 9 s of denoising" in bigger.describe(speed)  # 50 x 0.1 x 64/36 = 8.9 s
+    large = plan_restore((2000, 3000), 1, 50, True, 96, 32, 1024)
+    assert "of denoising" not in large.describe(speed) and "time estimate after the first step" in large.describe(speed)
 
 
 @pytest.mark.parametrize("stage, at", [("processor", 1), ("vae encode", 2), ("denoise", 4), ("vae decode", 1)])

@@ -7,6 +7,8 @@ real downloads. ``sspir demo-models`` writes the LLaVA one; the tests build the 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 CORPUS = [
@@ -84,6 +86,21 @@ def build_llava(folder: Path, *, chat_template: bool = True) -> Path:
         image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
         chat_template=LLAVA_CHAT_TEMPLATE if chat_template else None, num_additional_image_tokens=1,
     )
-    model.save_pretrained(folder, safe_serialization=True)
+    with _quiet_progress():  # a bar for one tiny shard is a line the user of `sspir demo-models` must ignore
+        model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers' progress bars off while inside (its "Writing model shards" bar), as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()

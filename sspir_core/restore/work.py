@@ -28,7 +28,26 @@ log = logging.getLogger("sspir")
 STAGES = ("clip", "processor", "vae encode", "denoise", "vae decode")
 _UNIT_NAMES = {"clip": "CLIP pass(es)", "processor": "Processor tile(s)", "vae encode": "VAE encode tile(s)",
                "vae decode": "VAE decode tile(s)"}
-_RATES: dict[object, float] = {}  # seconds per denoise unit of the last run, by the caller's rate key
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The denoising speed of a run: seconds per latent pixel of one denoise unit, and the mean latent area of
+    the units it was measured on."""
+
+    seconds_per_px: float
+    unit_area: float
+
+    def estimate(self, units: int, unit_area: float) -> float | None:
+        """Seconds for ``units`` denoise units of ``unit_area`` latent px, scaled by the area; None when the units
+        differ from the measured ones by more than 2x in area: attention's cost grows faster than the area, so
+        a 48 px run says nothing about a 3000x2000 one (issue 27)."""
+        if not units or not unit_area or not 0.5 <= unit_area / self.unit_area <= 2:
+            return None
+        return self.seconds_per_px * unit_area * units
+
+
+_RATES: dict[object, Speed] = {}  # the last run's denoising speed, by the caller's rate key
 
 
 def vae_encode_overlap(vae_tile: int) -> int:
@@ -78,18 +97,21 @@ class WorkPlan:
     steps: int = 0
     per_step: int = 0  # denoise units per step (latent tiles x caption groups)
     lines: tuple[str, ...] = ()
+    unit_area: float = 0.0  # mean latent px of one denoise unit (a tile, or the whole latent)
 
     @property
     def total(self) -> int:
         return sum(self.units.values())
 
-    def describe(self, rate: float | None = None) -> str:
-        """One paragraph: the sizes, each stage's units, and a time estimate when a speed is known."""
+    def describe(self, speed: Speed | None = None) -> str:
+        """One paragraph: the sizes, each stage's units, and a time estimate when a speed measured on units of
+        about this size is known."""
         parts = [f"{self.steps} steps x {self.per_step} latent tile(s)" if stage == "denoise" else
                  f"{n} {_UNIT_NAMES[stage]}" for stage, n in self.units.items() if n]
         text = "; ".join([*self.lines, ", ".join(parts)])
-        if rate is not None and self.units.get("denoise"):
-            text += f"; about {_duration(rate * self.units['denoise'])} of denoising at the last run's speed"
+        seconds = None if speed is None else speed.estimate(self.units.get("denoise", 0), self.unit_area)
+        if seconds is not None:
+            text += f"; about {_duration(seconds)} of denoising at the last run's speed (scaled to this size)"
         elif self.units.get("denoise"):
             text += "; time estimate after the first step"
         return text
@@ -122,7 +144,8 @@ def plan_restore(padded: tuple[int, int], batch: int, steps: int, guided: bool, 
     lines = (f"{batch} image(s) to {out_w}x{out_h} px ({out_w * out_h / 1e6:.1f} MP)"
              + (f", latent tiles {rows}x{len(lat) // rows} of {tile} (overlap {tile_overlap})" if len(lat) > 1 else "")
              + (", CFG doubles each denoiser pass" if guided else ""),)
-    return WorkPlan(units, steps=steps, per_step=groups * len(lat), lines=lines)
+    unit_area = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in lat) / len(lat)
+    return WorkPlan(units, steps=steps, per_step=groups * len(lat), lines=lines, unit_area=unit_area)
 
 
 def plan_prior(stage: str, units: int, size: tuple[int, int], batch: int) -> WorkPlan:
@@ -148,6 +171,7 @@ class Run:
     _denoise_units: int = 0
     _per_step: int = 0
     _steps: int = 0
+    _unit_area: float = 0.0
     _next_eta: int = 1
 
     def begin(self, plan: WorkPlan, what: str = "SSP-IR") -> None:
@@ -155,6 +179,7 @@ class Run:
         self.plans.append(plan)
         self.total += plan.total
         self._per_step, self._steps = plan.per_step, plan.steps
+        self._unit_area = plan.unit_area or self._unit_area
         log.info("%s: %s", what, plan.describe(_RATES.get(self.rate_key)))
         if self.on_progress is not None:
             self.on_progress(self.done, self.total)
@@ -182,7 +207,8 @@ class Run:
         """After step 1 and at each quarter of the steps: seconds per step and the time left, in the log."""
         step = self._denoise_units // self._per_step
         rate = (now - self._denoise_started) / self._denoise_units
-        _RATES[self.rate_key] = rate
+        if self._unit_area:
+            _RATES[self.rate_key] = Speed(rate / self._unit_area, self._unit_area)
         if step >= self._next_eta:
             left = rate * self._per_step * (self._steps - step)
             log.info("SSP-IR: step %d/%d, %.1f s per step: about %s of denoising left", step, self._steps,

@@ -4,6 +4,10 @@
 // a screenshot; with THUMBNAIL.png, also a square picture of the whole graph (for the template's thumbnail).
 //
 // node browser_check.js URL WORKFLOW.json SCREENSHOT.png CHROMIUM_BINARY PLAYWRIGHT_CORE_DIR PROFILE_DIR PACK [THUMBNAIL.png]
+//
+// With SSPIR_BAD_WIDGET=NODE_TYPE:WIDGET:VALUE, that widget is set to VALUE after loading, the workflow is queued
+// (Run) and the report's widgetErrors lists, per node id, the inputs the front end marked as wrong (hasErrors:
+// the red outline), as ComfyUI's answer to the queued prompt made it do.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -62,12 +66,43 @@ async function main() {
       const img = document.querySelector(`[data-testid="template-workflow-${t}"] img`);
       return img && img.complete;
     }, template, { timeout: 15000 }).catch(() => {});
+    const cardText = await card.innerText().catch(() => "");
     await card.click();
     await page.waitForFunction((n) => {
       const g = window.app.graph;
       return g && (g._nodes || g.nodes || []).length === n && !document.querySelector("[data-testid=template-workflows-content]");
     }, workflow.nodes.length, { timeout: 30000 }).catch(() => {});
     await page.waitForTimeout(1500);
+
+    // Where the loaded graph is drawn, before anything moves the view: each node's box (title bar included) on
+    // the page, against the canvas less the side bar and the top menu that cover its edges.
+    const view = await page.evaluate(() => {
+      const c = window.app.canvas;
+      const g = window.app.graph;
+      const at = c.canvas.getBoundingClientRect();
+      const box = (sel) => {
+        const el = document.querySelector(sel);
+        const r = el && el.getBoundingClientRect();
+        return r && r.width > 0 && r.height > 0 ? { left: r.left, top: r.top, right: r.right, bottom: r.bottom } : null;
+      };
+      const sidebar = box(".side-tool-bar-container") || box("[class*=side-tool-bar]");
+      const topbar = box(".comfyui-menu") || box(".workflow-tabs-container") || box("[class*=topbar]");
+      const area = {
+        left: Math.max(at.left, sidebar ? sidebar.right : at.left), right: at.right,
+        top: Math.max(at.top, topbar ? topbar.bottom : at.top), bottom: at.bottom,
+      };
+      const s = c.ds.scale, [ox, oy] = c.ds.offset;
+      const th = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+      const nodes = (g._nodes || g.nodes || []).map((n) => ({
+        node: `${n.id}:${n.type}`,
+        left: at.left + (n.pos[0] + ox) * s, top: at.top + (n.pos[1] - th + oy) * s,
+        right: at.left + (n.pos[0] + n.size[0] + ox) * s, bottom: at.top + (n.pos[1] + n.size[1] + oy) * s,
+      }));
+      const outOfView = nodes.filter((b) => b.left < area.left || b.right > area.right || b.top < area.top ||
+        b.bottom > area.bottom).map((b) => `${b.node} at [${b.left.toFixed(0)}, ${b.top.toFixed(0)}, ` +
+        `${b.right.toFixed(0)}, ${b.bottom.toFixed(0)}]`);
+      return { area, sidebar, topbar, ds: { scale: s, offset: [ox, oy] }, outOfView };
+    });
 
     const report = await page.evaluate(async (wf) => {
       const LG = window.LiteGraph;
@@ -145,6 +180,28 @@ async function main() {
         nodeTypes: nodes.map((n) => n.type),
       };
     }, workflow);
+    const bad = process.env.SSPIR_BAD_WIDGET;
+    if (bad) {
+      const [type, name, value] = bad.split(":");
+      report.widgetErrors = await page.evaluate(async ([type, name, value]) => {
+        const g = window.app.graph;
+        for (const n of g._nodes || g.nodes || []) {
+          const w = n.type === type && (n.widgets || []).find((x) => x.name === name);
+          if (w) w.value = Number(value);
+        }
+        try { await window.app.queuePrompt(0, 1); } catch (e) { /* refused: that is the point */ }
+        const marked = () => {
+          const out = {};
+          for (const n of g._nodes || g.nodes || []) {
+            const names = (n.inputs || []).filter((i) => i.hasErrors).map((i) => i.name);
+            if (names.length) out[n.id] = names;
+          }
+          return out;
+        };
+        for (let i = 0; i < 100 && !Object.keys(marked()).length; i++) await new Promise((r) => setTimeout(r, 100));
+        return marked();
+      }, [type, name, value]);
+    }
     await page.waitForTimeout(800);
     await page.screenshot({ path: shotPath });
     if (thumbPath && report.graphRect) {  // the graph alone, without the menus and the minimap around it
@@ -153,6 +210,8 @@ async function main() {
       await page.screenshot({ path: thumbPath, clip: report.graphRect });
     }
     report.missingTypes = missingTypes;
+    report.view = view;
+    report.cardText = cardText;
     report.templateFiles = fetched;
     report.startupErrors = log.filter((e) => !e.ready).map((e) => e.text);
     report.errorsAfterReady = log.filter((e) => e.ready && !UNRELATED.some((re) => re.test(e.text.replace(/^\w+: /, ""))))

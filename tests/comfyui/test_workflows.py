@@ -224,11 +224,16 @@ def test_corrupt_model_file_fails_at_its_loader_node(server, folder, loader, wid
     _assert_still_serves(server)
 
 
-@pytest.mark.parametrize("changes, words", [({"tile": 1}, "multiple of 8"),
-                                            ({"tile": 32, "tile_overlap": 32}, "must be smaller than tile")])
-def test_bad_tiling_is_refused_when_queued_not_when_run(server, changes, words):
-    """tile 1 passes the widget's min of 0; the node's validate_inputs refuses it (and tile <= tile_overlap)
-    when the prompt is queued, so nothing runs and no model loads."""
+@pytest.mark.parametrize("changes, widget, words", [
+    ({"tile": 1}, "tile", "multiple of 8"),
+    ({"tile": 7}, "tile", "got 7: try 8"),
+    ({"tile": 32, "tile_overlap": 32}, "tile_overlap", "must be smaller than tile"),
+    ({"cfg": 0.5}, "cfg", "between 1 and 30"),
+])
+def test_bad_widget_is_refused_when_queued_once_on_its_widget(server, changes, widget, words):
+    """tile 1 passes the widget's min of 0; the node's validate_inputs refuses it (and tile <= tile_overlap,
+    cfg between 0 and 1) when the prompt is queued, so nothing runs and no model loads. The node's errors
+    name that one widget, once (issue 27: ComfyUI attached the message to all five checked widgets)."""
     name = put_image(server, _rng(12).integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB", tag="tile_")
     prompt = with_images(_first_workflow(), [name])
     restorer(prompt).update(changes)
@@ -238,9 +243,9 @@ def test_bad_tiling_is_refused_when_queued_not_when_run(server, changes, words):
         errors = reply.get("node_errors") or {}
     except harness.ComfyUIError as err:
         errors = json.loads(str(err).split(": ", 2)[-1]).get("node_errors") or {}
-    assert sampler in errors, errors
-    details = " ".join(e.get("details", "") for e in errors[sampler]["errors"])
-    assert words in details, details
+    assert list(errors) == [sampler], errors
+    (error,) = errors[sampler]["errors"]
+    assert error["extra_info"]["input_name"] == widget and words in error["details"], error
 
 
 def test_interrupt_stops_a_long_run_and_the_next_prompt_runs(server):
