@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 
-from sspir_core.demo.model_files import one_step_model
 from sspir_core.demo.presets import tiny_models
 from sspir_core.errors import CheckpointError
 from sspir_core.models.build import base_unet_config
@@ -57,6 +56,18 @@ def test_lora_targets_map_to_comfyui_keys(name):
     assert comfy_unet_key(name, base_unet_config("sd15")) == f"diffusion_model.{SD15_NAMES[name]}.weight"
 
 
+def one_step_with_adapter(models, seed: int = 0):
+    """A one-step model whose UNet carries its LoRA as a peft adapter (what the trainer saves), B random so it
+    changes the output; the LoRA is the demo one's draw (``one_step_model``), loaded into the adapter."""
+    from sspir_core.demo.model_files import one_step_model
+    from sspir_core.models.one_step import add_lora, load_lora_state_dict
+
+    models, lora = one_step_model(models, seed)
+    add_lora(models.unet, models.lora, torch.Generator().manual_seed(0))
+    load_lora_state_dict(models.unet, lora, "test")
+    return models
+
+
 def _comfy_merge(weights: dict[str, torch.Tensor], patches: dict) -> dict[str, torch.Tensor]:
     """ComfyUI's LoRA arithmetic by hand: ``W + (alpha / rank) * (B.flatten(1) @ A.flatten(1))`` in W's shape."""
     out = dict(weights)
@@ -70,7 +81,7 @@ def _comfy_merge(weights: dict[str, torch.Tensor], patches: dict) -> dict[str, t
 def test_both_file_forms_give_the_lora_and_its_patches_equal_the_reference_merge(tmp_path, form):
     from sspir_core.weights.checkpoint import save_compact, save_official_checkpoint
 
-    models = one_step_model(tiny_models(seed=3), seed=3)
+    models = one_step_with_adapter(tiny_models(seed=3), seed=3)
     path = (save_compact(models, tmp_path / "w.safetensors") if form == "compact"
             else save_official_checkpoint(models, tmp_path / "checkpoint-1"))
     patch = load_native_patch(path)
@@ -122,7 +133,7 @@ def test_fifty_step_files_have_no_lora_and_stray_lora_tensors_are_refused(tmp_pa
 def test_lora_that_does_not_fit_the_model_is_refused_naming_the_layer(tmp_path):
     from sspir_core.weights.checkpoint import save_compact
 
-    models = one_step_model(tiny_models(seed=3), seed=3)
+    models = one_step_with_adapter(tiny_models(seed=3), seed=3)
     lora = load_native_patch(save_compact(models, tmp_path / "w.safetensors")).one_step
     config = dict(models.unet.config)
     shapes = {comfy_unet_key(t, config): None for t in lora.spec.targets}

@@ -114,7 +114,9 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         configs = {"unet": _json_config(stock), "vae": _json_config(vae), "text_encoder": text.config.to_dict()}
         _save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
     if "sspir_one_step" in todo:  # before the fp16 cast below: the LoRA is drawn in fp32 either way
-        save_compact(one_step_model(models, seed).to(dtype=torch.float16), todo["sspir_one_step"])
+        one_step, lora = one_step_model(models, seed)
+        save_compact(one_step.to(dtype=torch.float16), todo["sspir_one_step"],
+                     {k: v.to(torch.float16) for k, v in lora.items()})
     if "sspir" in todo:
         models.to(dtype=torch.float16)
         save_compact(models, todo["sspir"])
@@ -128,7 +130,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
     return paths
 
 
-CACHE_VERSION = "2"  # 2: the one-step file
+CACHE_VERSION = "3"  # 2: the one-step file; 3: its LoRA drawn without peft
 """Names the cached set's folder (``native-demo-<version>``): bump it when these models change."""
 
 
