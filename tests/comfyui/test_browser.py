@@ -52,7 +52,8 @@ def test_the_templates_comfyui_lists_are_the_bundled_workflows(server):
     assert sorted(listed.get(harness.PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS.glob("*.json")), listed
 
 
-def _check(server, tmp_path, workflow: str, env: dict | None = None) -> dict:
+def _check(server, tmp_path, workflow: str, env: dict | None = None) -> tuple[dict, Path]:
+    """browser_check.js on one workflow: (its report, the screenshot path)."""
     node, chromium, playwright = _browser_tools()
     shot = _artifacts() / f"{Path(workflow).stem}.png"
     proc = subprocess.run(
@@ -64,7 +65,7 @@ def _check(server, tmp_path, workflow: str, env: dict | None = None) -> dict:
         env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, f"browser run failed:\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout), shot
 
 
 @pytest.mark.parametrize("widget, value", [("tile", 7), ("cfg", 0.5)])
@@ -73,7 +74,7 @@ def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
     widget: the front end marks that input of that node, and nothing else."""
     wf = json.loads((WORKFLOWS / "sspir_restore.json").read_text())
     (sampler,) = [n["id"] for n in wf["nodes"] if n["type"] == "SSPIRSampler"]
-    report = _check(server, tmp_path, "sspir_restore.json", {"SSPIR_BAD_WIDGET": f"SSPIRSampler:{widget}:{value}"})
+    report, _ = _check(server, tmp_path, "sspir_restore.json", {"SSPIR_BAD_WIDGET": f"SSPIRSampler:{widget}:{value}"})
     assert report["widgetErrors"] == {str(sampler): [widget]}, report["widgetErrors"]
 
 
@@ -82,17 +83,7 @@ def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workfl
     """Templates -> SSP-IR's category -> click: the graph loads whole and wired, its thumbnail is served, no node
     covers a group's title, and the front end reports no error once the page was ready (the errors it logs
     while starting, before any workflow, are its own: printed, not failed)."""
-    node, chromium, playwright = _browser_tools()
-    shot = _artifacts() / f"{Path(workflow).stem}.png"
-    proc = subprocess.run(
-        [node, str(HERE / "browser_check.js"), server.url, str(WORKFLOWS / workflow), str(shot), chromium,
-         str(playwright), str(tmp_path / "profile"), harness.PACK_NAME],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, f"browser run failed:\n{proc.stderr[-3000:]}"
-    report = json.loads(proc.stdout)
+    report, shot = _check(server, tmp_path, workflow)
     print(f"\nscreenshot of {workflow}: {shot}\nfront-end errors before the workflow: {report['startupErrors']}")
     assert report["missingTypes"] == [], f"node types unknown to the front end: {report['missingTypes']}"
     assert report["nodeCount"] == report["expectedNodes"], "clicking the template did not load the workflow"
