@@ -11,7 +11,6 @@ Hooks (public, on the clone Apply SSP-IR returns; checked against ComfyUI 0.3.75
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -20,8 +19,9 @@ import torch
 from sspir_core.errors import CheckpointError, InputError
 from sspir_core.native.one_step import comfy_lora_patches, one_step_start
 
+from .native_patch import UNSET, retyped_sampling
+
 log = logging.getLogger("sspir")
-_UNSET = object()
 
 
 def one_step_patches(model: Any, patch: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]] | None:
@@ -54,8 +54,8 @@ def one_step_model_sampling(base: Any) -> Any:
     parent = type(base)
 
     class SSPIROneStepStart(parent):  # type: ignore[misc, valid-type]
-        def noise_scaling(self, sigma, noise, latent_image, max_denoise=_UNSET):  # noqa: ANN001, ANN202
-            if max_denoise is _UNSET:
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=UNSET):  # noqa: ANN001, ANN202
+            if max_denoise is UNSET:
                 return super().noise_scaling(sigma, noise, latent_image)
             s, top = float(torch.as_tensor(sigma).flatten()[0]), float(self.sigmas[-1])
             if is_one_step_sigma(s, top):
@@ -65,10 +65,7 @@ def one_step_model_sampling(base: Any) -> Any:
                         "KSampler with 1 step, cfg 1, denoise 1 and scheduler simple (or normal, karras).", s, top)
             return super().noise_scaling(sigma, noise, latent_image, max_denoise)
 
-    out = copy.copy(base)
-    out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
-    out.__class__ = SSPIROneStepStart
-    return out
+    return retyped_sampling(base, SSPIROneStepStart)
 
 
 def add_one_step(clone: Any, patches: dict[str, tuple[torch.Tensor, torch.Tensor, float]], paper: bool) -> None:

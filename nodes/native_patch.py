@@ -52,7 +52,7 @@ from sspir_core.weights.clip_vision import ClipVisionEncoder
 STATE_KEY = "sspir_native"
 _CAST_OPS = {nn.Linear: comfy.ops.disable_weight_init.Linear, nn.Conv2d: comfy.ops.disable_weight_init.Conv2d,
              nn.GroupNorm: comfy.ops.disable_weight_init.GroupNorm, nn.LayerNorm: comfy.ops.disable_weight_init.LayerNorm}
-_UNSET = object()
+UNSET = object()  # "max_denoise not given": KSAMPLER passes it only when it noises the start
 
 
 # ---------------------------------------------------------------------------------------------- the patch object
@@ -335,8 +335,8 @@ def paper_model_sampling(base: Any) -> Any:
     parent = type(base)
 
     class SSPIRPaperStart(parent, _PaperStart):  # type: ignore[misc, valid-type]
-        def noise_scaling(self, sigma, noise, latent_image, max_denoise=_UNSET):  # noqa: ANN001, ANN202
-            if max_denoise is _UNSET:
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=UNSET):  # noqa: ANN001, ANN202
+            if max_denoise is UNSET:
                 return super().noise_scaling(sigma, noise, latent_image)
             s = float(torch.as_tensor(sigma).flatten()[0])
             paper = max_denoise if self.sspir_paper_start is None else self.sspir_paper_start
@@ -350,9 +350,15 @@ def paper_model_sampling(base: Any) -> Any:
                 return to_ddpm(super().inverse_noise_scaling(sigma, latent), s)
             return super().inverse_noise_scaling(sigma, latent)
 
+    return retyped_sampling(base, SSPIRPaperStart)
+
+
+def retyped_sampling(base: Any, cls: type) -> Any:
+    """A shallow copy of a ``model_sampling`` module as ``cls`` (a subclass of its own class): the MODEL's
+    schedule buffers are shared, the clone's patch changes only how sampling starts."""
     out = copy.copy(base)
     out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
-    out.__class__ = SSPIRPaperStart
+    out.__class__ = cls
     return out
 
 
