@@ -15,6 +15,7 @@ import ast
 import difflib
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -46,10 +47,16 @@ OTHER_FILES = {
 }
 """Bare script names (no folder) that belong to another project; any other bare *.py/*.sh/*.js must be ours."""
 OTHER_FLAGS = {
-    "--num_processes": "accelerate launch", "--num_machines": "accelerate launch", "--machine_rank": "accelerate launch",
-    "--main_process_ip": "accelerate launch", "--main_process_port": "accelerate launch",
-    "--multi_gpu": "accelerate launch", "--neg_prompt": "OSEDiff's training command",
-    "--base-directory": "ComfyUI's main.py", "--no-deps": "pip install", "--system-site-packages": "python -m venv",
+    "--num_processes": "accelerate launch",
+    "--num_machines": "accelerate launch",
+    "--machine_rank": "accelerate launch",
+    "--main_process_ip": "accelerate launch",
+    "--main_process_port": "accelerate launch",
+    "--multi_gpu": "accelerate launch",
+    "--neg_prompt": "OSEDiff's training command",
+    "--base-directory": "ComfyUI's main.py",
+    "--no-deps": "pip install",
+    "--system-site-packages": "python -m venv",
 }
 """Flags of other tools that the pages name (ComfyUI's own `--cpu` is also one of `sspir train`'s)."""
 REMAINDER_TO = {("eval", "--restore"): ("restore",)}
@@ -119,8 +126,12 @@ def _grab_parser(main: Callable[[list[str]], object]) -> argparse.ArgumentParser
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
-            for name, sub in action.choices.items()}
+    return {
+        name: sub
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, sub in action.choices.items()
+    }
 
 
 @cache
@@ -188,8 +199,9 @@ def _flag(token: str) -> str | None:
     return m.group(0) if m else None
 
 
-def _check_flags(tokens: list[str], parser: argparse.ArgumentParser | None, allowed: set[str], where: str,
-                 sub: str | None = None) -> list[str]:
+def _check_flags(
+    tokens: list[str], parser: argparse.ArgumentParser | None, allowed: set[str], where: str, sub: str | None = None
+) -> list[str]:
     problems = []
     flags = options(parser) | allowed
     for i, token in enumerate(tokens):
@@ -207,7 +219,7 @@ def _check_flags(tokens: list[str], parser: argparse.ArgumentParser | None, allo
             if target is None:
                 break
             rest = subcommands(sspir_parser())[target[0]]
-            problems += _check_flags(tokens[i + 1:], rest, set(), f"{where} {flag} (sspir {target[0]})")
+            problems += _check_flags(tokens[i + 1 :], rest, set(), f"{where} {flag} (sspir {target[0]})")
             break
     return problems
 
@@ -217,8 +229,8 @@ def check_commands(command: str, page: str) -> list[str]:
     problems: list[str] = []
     tokens = _tokens(command)
     for i, token in enumerate(tokens):
-        after = tokens[i + 1:]
-        if token == "sspir" or (token == "sspir_core.cli" and tokens[i - 1:i] == ["-m"]):
+        after = tokens[i + 1 :]
+        if token == "sspir" or (token == "sspir_core.cli" and tokens[i - 1 : i] == ["-m"]):
             if not after or after[0].startswith("<") or not re.fullmatch(r"-{0,2}[a-z][\w-]*", after[0]):
                 continue  # `sspir` alone, or a placeholder such as `sspir <command>`
             if after[0].startswith("-"):
@@ -235,15 +247,18 @@ def check_commands(command: str, page: str) -> list[str]:
             problems += _check_flags(after, script_parser(m.group(1)), set(), f"{page}: `{token}`")
         elif token == "scripts/setup.sh":
             problems += _check_flags(after, None, shell_options(REPO / token), f"{page}: `{token}`")
-        elif tokens[i - 1:i] == ["-m"] and token.startswith("sspir_core.") and token != "sspir_core.cli":
+        elif tokens[i - 1 : i] == ["-m"] and token.startswith("sspir_core.") and token != "sspir_core.cli":
             problems += _check_flags(after, module_parser(token), set(), f"{page}: `python -m {token}`")
     return problems
 
 
 def check_flag_names(text: str, page: str) -> list[str]:
     """Any --flag in code, even in prose without its command, is a flag of ours or an allow-listed one."""
-    return [f"{page}: {flag} is no option of sspir, its subcommands or the scripts"
-            for flag in FLAG.findall(text) if flag not in known_flags() and flag not in OTHER_FLAGS]
+    return [
+        f"{page}: {flag} is no option of sspir, its subcommands or the scripts"
+        for flag in FLAG.findall(text)
+        if flag not in known_flags() and flag not in OTHER_FLAGS
+    ]
 
 
 def _exists(relative: str) -> bool:
@@ -269,8 +284,10 @@ def check_paths(text: str, page: str) -> list[str]:
             if not _exists(relative):
                 problems.append(f"{page}: `{path}` does not exist in the repository")
         elif first not in NOT_OURS and (near := difflib.get_close_matches(first, _repo_roots(), 1, 0.8)):
-            problems.append(f"{page}: `{path}` looks like the repository's `{near[0]}/` but is not (typo? or add "
-                            "it to NOT_OURS with the reason)")
+            problems.append(
+                f"{page}: `{path}` looks like the repository's `{near[0]}/` but is not (typo? or add "
+                "it to NOT_OURS with the reason)"
+            )
     for name in BARE_SCRIPT.findall(text):
         if name not in OTHER_FILES and not _file_named(name):
             problems.append(f"{page}: no file named `{name}` in the repository")
@@ -278,8 +295,19 @@ def check_paths(text: str, page: str) -> list[str]:
 
 
 @cache
+def _file_names() -> frozenset[str]:
+    """Names of the repository's files, without the folders that setup or runs make (.venv alone is huge)."""
+    names = set()
+    for _root, dirs, files in os.walk(REPO):
+        dirs[:] = [
+            d for d in dirs if d not in {".git", "out", "__pycache__", "node_modules"} and not d.startswith(".venv")
+        ]
+        names.update(files)
+    return frozenset(names)
+
+
 def _file_named(name: str) -> bool:
-    return any(p for p in REPO.rglob(name) if not {".venv", ".git", "out"} & set(p.relative_to(REPO).parts))
+    return name in _file_names()
 
 
 def check_names(code: Code, page: str) -> list[str]:
@@ -293,8 +321,11 @@ def check_names(code: Code, page: str) -> list[str]:
             continue
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sspir_core"):
-                problems += [f"{page}: `from {node.module} import {a.name}` does not resolve"
-                             for a in node.names if not _resolves(f"{node.module}.{a.name}")]
+                problems += [
+                    f"{page}: `from {node.module} import {a.name}` does not resolve"
+                    for a in node.names
+                    if not _resolves(f"{node.module}.{a.name}")
+                ]
     return problems
 
 
