@@ -145,7 +145,10 @@ def sspir_parser() -> argparse.ArgumentParser:
 def script_parser(name: str) -> argparse.ArgumentParser | None:
     """The argparse parser of scripts/NAME.py (None: it takes no flags)."""
     path = REPO / "scripts" / f"{name}.py"
-    if "ArgumentParser" not in path.read_text(encoding="utf-8"):
+    text = path.read_text(encoding="utf-8")
+    if delegate := re.search(r"from (sspir_core[\w.]*) import main\b", text):  # a script that runs a module's main
+        return module_parser(delegate.group(1))
+    if "ArgumentParser" not in text:
         return None
     spec = importlib.util.spec_from_file_location(f"_docs_script_{name}", path)
     module = importlib.util.module_from_spec(spec)
@@ -160,8 +163,11 @@ def script_parser(name: str) -> argparse.ArgumentParser | None:
 
 @cache
 def module_parser(name: str) -> argparse.ArgumentParser:
-    """The parser of ``python -m sspir_core.x`` (its ``main(argv)``)."""
-    return _grab_parser(importlib.import_module(name).main)
+    """The parser of ``python -m sspir_core.x`` (its ``main(argv)``; a package's is in its ``__main__``)."""
+    module = importlib.import_module(name)
+    if hasattr(module, "__path__"):
+        module = importlib.import_module(f"{name}.__main__")
+    return _grab_parser(module.main)
 
 
 def shell_options(script: Path) -> set[str]:
@@ -175,13 +181,17 @@ def options(parser: argparse.ArgumentParser | None) -> set[str]:
 
 @cache
 def known_flags() -> frozenset[str]:
-    """Every --flag of the project: sspir and its subcommands, the scripts, python -m entry points, setup.sh."""
+    """Every --flag of the project: sspir and its subcommands, the scripts, the pages' python -m entry points, setup.sh."""
     flags = options(sspir_parser())
     for sub in subcommands(sspir_parser()).values():
         flags |= options(sub)
     for script in sorted((REPO / "scripts").glob("*.py")):
         flags |= options(script_parser(script.stem))
-    flags |= options(module_parser("sspir_core.bench.dry_run"))
+    for page in PAGES:  # the `python -m sspir_core.x` entry points the pages run
+        for module in set(re.findall(r"-m (sspir_core\.[\w.]+)", page.read_text(encoding="utf-8"))) - {
+            "sspir_core.cli"
+        }:
+            flags |= options(module_parser(module))
     for script in sorted((REPO / "scripts").glob("*.sh")):
         flags |= shell_options(script)
     return frozenset(f for f in flags if f.startswith("--"))
