@@ -5,7 +5,7 @@
 
 Each round runs both settings, alternating which goes first, so they share the machine's load; every run
 includes the server start. Prints each time, the ratio old/new and the machine's load average, and exits 1
-when a new run takes longer than ``--target`` seconds (README's promise: 60 s on 2 cores with another job).
+when a new run takes longer than ``--target`` seconds (issue 27's goal: 60 s on 2 cores with another job beside it).
 """
 
 from __future__ import annotations

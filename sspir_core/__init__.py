@@ -14,7 +14,7 @@ and an SSP-IR checkpoint, official ``checkpoint-N/`` folder or compact file)::
     pipe = load_pipeline("v1-5-pruned-emaonly.safetensors", "sspir.safetensors",
                          "clip-vit-large-patch14.safetensors", device="cuda", dtype=torch.float16)
     lq = load_image("photo.png").rgb                                  # [1, 3, H, W] in [0, 1]
-    caption = get_captioner("llava", model_dir="models/LLM/llava-v1.5-7b").caption(lq)[0]
+    caption = get_captioner("llava", model_dir="models/LLM/llava-1.5-7b-hf").caption(lq)[0]
     image = restore_image(pipe, lq, caption, RestoreOptions(steps=50, cfg=7.5), upscale=4)
     save_png(image, "restored.png")
 

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train SSP-IR weights (accelerate: one GPU to many nodes)",
                        description="Defaults are the official recipe. Multi-GPU / multi-node: "
-                                   "`accelerate launch -m sspir_core.cli train ...` (see README, Train your own).")
+                                   "`accelerate launch -m sspir_core.cli train ...` (see docs/training.md, Several GPUs or nodes).")
     p.add_argument("--config", help="JSON, YAML or TOML file of options (flags given here override it)")
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")

@@ -38,7 +38,7 @@ class FastPaths:
 
     context_kv: bool = True
     shared_cfg_prefix: bool = True
-    linear_projections: bool = False  # off: no gain measurable on the CPU (see README, Speed and memory)
+    linear_projections: bool = False  # off: no gain measurable on the CPU (see docs/performance.md)
 
     @classmethod
     def none(cls) -> FastPaths:
