@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import torch_dtype
 from ..errors import InputError, NoSpaceError, SSPIRError
 from ..files import fsync_tree, write_text_atomic
 from ..weights.weights_file import DAMAGED_ADVICE, check_torch_archive, check_weights_file
@@ -66,7 +67,6 @@ ACCELERATE_FILES = ("optimizer.bin", "scheduler.bin")  # accelerate's save_state
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # torch.save files in a checkpoint (accelerate's and ours)
 FAULT_ENV = "SSPIR_FAULT"
 FAULT_POINTS = ("after-weights", "after-optimizer", "before-state", "after-state", "during-delete")
-_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -233,8 +233,8 @@ class Trainer:
             (self.out / DATA_REPORT).write_text(_report_lines("skipped", self.dataset.report.skipped)
                                                 + _report_lines("note", self.dataset.report.notes), encoding="utf-8")
         self._reported: set[str] = set()
-        self.frozen_dtype = _DTYPES[cfg.mixed_precision] if self.device.type != "cpu" or cfg.mixed_precision == "bf16" \
-            else torch.float32
+        fp32 = cfg.mixed_precision == "no" or (self.device.type == "cpu" and cfg.mixed_precision != "bf16")
+        self.frozen_dtype = torch.float32 if fp32 else torch_dtype(cfg.mixed_precision)
         self.pipe = build_pipeline(cfg, self.device, self.frozen_dtype)
         self.models = self.pipe.models
         self.models.to(self.device, torch.float32)
