@@ -259,14 +259,11 @@ def _read_caption(job: Job, default: str) -> str:
 
 def _save(out, path: Path, alpha, bits: int) -> None:
     """Write through a temporary file, so an interrupted run never leaves a half image that looks done."""
+    from ..files import atomic_path
     from ..image_io import save_png
 
-    tmp = path.with_name(f".{path.stem}.sspir-partial.png")
-    try:
+    with atomic_path(path) as tmp:
         save_png(out, tmp, bits=bits, alpha=alpha)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -48,7 +48,7 @@ import torch
 
 from ..devices import torch_dtype
 from ..errors import InputError, NoSpaceError, SSPIRError
-from ..files import fsync_tree, write_text_atomic
+from ..files import fsync_dir, fsync_tree, write_text_atomic
 from ..weights.weights_file import DAMAGED_ADVICE, check_torch_archive, check_weights_file
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
@@ -648,9 +648,7 @@ def _delete_checkpoint(path: Path, fault_step: int | None = None) -> None:
     """Remove a checkpoint folder, its ``trainer_state.json`` first: a crash midway leaves an unfinished
     folder (skipped by resume, removed by the next save) rather than a complete-looking damaged one."""
     (path / STATE_FILE).unlink(missing_ok=True)
-    from ..files import _fsync_dir
-
-    _fsync_dir(path)
+    fsync_dir(path)
     for i, child in enumerate(sorted(path.iterdir())):
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
