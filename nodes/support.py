@@ -182,14 +182,6 @@ def target_size(width: int, height: int) -> tuple[int, int] | None:
     return width, height
 
 
-def match_batch(n_prior: int, n_images: int, what: str) -> None:
-    if n_prior != n_images:
-        raise InputError(
-            f"the {what} was computed for {n_prior} image(s) but the sampler got {n_images}: connect the same IMAGE "
-            "to both nodes"
-        )
-
-
 # ------------------------------------------------------------------------------------- previews
 
 
