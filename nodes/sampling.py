@@ -12,7 +12,7 @@ from comfy_api.v0_0_2 import io
 from sspir_core.image_io import bchw_to_comfy, resize_image
 from sspir_core.restore.choices import COLOR_FIX_METHODS, SCHEDULERS
 from sspir_core.restore.components import after_run, restore_components
-from sspir_core.restore.options import LIMITS, RestoreOptions, options_for_mode
+from sspir_core.restore.options import LIMITS, START_CHOICES, RestoreOptions, options_for_mode
 
 from . import host
 from .sizes import size_inputs
@@ -64,7 +64,7 @@ def sampling_inputs() -> list:
             "one-step checkpoint. 1 turns it off and halves the work.")),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(
             "- ddpm: the paper's sampler\n- ddim, dpmpp, unipc, euler: fewer steps (20-30) often suffice")),
-        io.Combo.Input("start", options=["lq", "noise"], default=_DEFAULTS.start, tooltip=(
+        io.Combo.Input("start", options=list(START_CHOICES), default=_DEFAULTS.start, tooltip=(
             "- lq: start from the LQ image's latent noised to t=999 (the paper)\n- noise: start from pure noise")),
         io.Float.Input("conditioning_scale", default=_DEFAULTS.conditioning_scale, **_range("conditioning_scale"),
                        step=0.05, tooltip="Strength of the structure prior through the ControlNet (paper: 1)."),
