@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
+from sspir_core.devices import DTYPE_NAMES, torch_dtype
 from sspir_core.restore.model_cache import file_signature
 
 from . import host
 from .sockets import NATIVE, SSPIRPatchSocket
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class SSPIRPatchLoader(io.ComfyNode):
@@ -30,7 +29,7 @@ class SSPIRPatchLoader(io.ComfyNode):
                     "weights come from your MODEL)\nOne-step weights (compact lora.* tensors, or a folder's "
                     "lora/ and one_step.json) carry a UNet LoRA: Apply SSP-IR adds it to the MODEL; sample "
                     "with KSampler, 1 step, cfg 1, euler, scheduler simple.")),
-                io.Combo.Input("dtype", options=["auto", *_DTYPES], default="auto", tooltip=(
+                io.Combo.Input("dtype", options=["auto", *DTYPE_NAMES], default="auto", tooltip=(
                     "Precision of the SSP-IR weights. auto: what ComfyUI picks for a UNet on this device "
                     "(fp32 on the CPU).")),
             ],
@@ -51,6 +50,6 @@ class SSPIRPatchLoader(io.ComfyNode):
         from .native_patch import load_patch
 
         path = host.resolve_in("sspir", sspir_weights, "sspir_weights")
-        chosen = _DTYPES[dtype] if dtype in _DTYPES else mm.unet_dtype(
+        chosen = torch_dtype(dtype) if dtype in DTYPE_NAMES else mm.unet_dtype(
             supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
         return io.NodeOutput(load_patch(path, chosen))

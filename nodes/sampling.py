@@ -10,9 +10,9 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from sspir_core.image_io import bchw_to_comfy, resize_image
+from sspir_core.restore.choices import COLOR_FIX_METHODS, SCHEDULERS
 from sspir_core.restore.components import after_run, restore_components
-from sspir_core.restore.options import LIMITS, RestoreOptions
-from sspir_core.restore.schedulers import SCHEDULERS
+from sspir_core.restore.options import LIMITS, START_CHOICES, RestoreOptions, options_for_mode
 
 from . import host
 from .sizes import size_inputs
@@ -64,7 +64,7 @@ def sampling_inputs() -> list:
             "one-step checkpoint. 1 turns it off and halves the work.")),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=_DEFAULTS.scheduler, tooltip=(
             "- ddpm: the paper's sampler\n- ddim, dpmpp, unipc, euler: fewer steps (20-30) often suffice")),
-        io.Combo.Input("start", options=["lq", "noise"], default=_DEFAULTS.start, tooltip=(
+        io.Combo.Input("start", options=list(START_CHOICES), default=_DEFAULTS.start, tooltip=(
             "- lq: start from the LQ image's latent noised to t=999 (the paper)\n- noise: start from pure noise")),
         io.Float.Input("conditioning_scale", default=_DEFAULTS.conditioning_scale, **_range("conditioning_scale"),
                        step=0.05, tooltip="Strength of the structure prior through the ControlNet (paper: 1)."),
@@ -79,7 +79,7 @@ def sampling_inputs() -> list:
                      step=VAE_TILE_STEP, tooltip=(
                          f"Pixel tile for the VAE encode/decode (bounds memory), a multiple of {VAE_TILE_STEP}; "
                          "0 = never tile.")),
-        io.Combo.Input("color_fix", options=["adain", "wavelet", "none"], default=_DEFAULTS.color_fix, tooltip=(
+        io.Combo.Input("color_fix", options=list(COLOR_FIX_METHODS), default=_DEFAULTS.color_fix, tooltip=(
             "Match the output's colours to the input's (removes the colour shift of diffusion restorers):\n"
             "- adain: per-channel mean/std (paper)\n- wavelet: low frequencies of the input, details of the output")),
     ]
@@ -100,18 +100,13 @@ def validate_sampling(tile: Any = None, tile_overlap: Any = None, vae_tile: Any 
 
 def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "the SSP-IR model") -> RestoreOptions:
     """RestoreOptions from the widgets; steps/cfg 0 take the checkpoint's own (one-step: 1 step, no CFG)."""
-    from sspir_core.models.one_step import resolve_sampling
-
     v = {k: single(k, kw[k]) for k in ("negative_prompt", "seed", "steps", "cfg", "scheduler", "start",
                                        "conditioning_scale", "tile", "tile_overlap", "vae_tile", "color_fix")}
-    steps, cfg, warning = resolve_sampling(mode, int(v["steps"]) or None, float(v["cfg"]) or None, source)
-    if warning:
-        log.warning("SSP-IR: %s", warning)
-    return RestoreOptions(
-        steps=steps, cfg=cfg, scheduler=v["scheduler"], negative_prompt=v["negative_prompt"],
+    return options_for_mode(
+        mode, int(v["steps"]) or None, float(v["cfg"]) or None, warn=lambda w: log.warning("SSP-IR: %s", w),
+        source=source, scheduler=v["scheduler"], negative_prompt=v["negative_prompt"],
         conditioning_scale=float(v["conditioning_scale"]), start=v["start"], seed=int(v["seed"]),
-        color_fix=v["color_fix"], tile=int(v["tile"]) or None, tile_overlap=int(v["tile_overlap"]),
-        vae_tile=int(v["vae_tile"]) or None,
+        color_fix=v["color_fix"], tile=int(v["tile"]), tile_overlap=int(v["tile_overlap"]), vae_tile=int(v["vae_tile"]),
     )
 
 

@@ -19,55 +19,10 @@ from sspir_core.errors import InputError, OptionError
 from sspir_core.image_io import ImageWithAlpha, comfy_to_bchw
 from sspir_core.restore.options import LIMITS, check_tiling
 
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 OFFLOAD_CHOICES = ("auto", "on", "off")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-# ------------------------------------------------------------------------------------- device and dtype
-
-
-def device_choices() -> list[str]:
-    """``auto`` (the host's choice), ``cpu`` and the accelerators present on this machine."""
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        out.append("mps")
-    return out
-
-
-def choose_device(requested: str, host_device: torch.device | str | None = None) -> torch.device:
-    """``auto`` follows the host (ComfyUI's device, so ``--cpu`` means CPU); else the named device, checked."""
-    if requested == "auto":
-        if host_device is not None:
-            return torch.device(host_device)
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {requested!r} is not a torch device; choose one of {', '.join(device_choices())}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {requested!r}: this torch has no CUDA; choose cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"device {requested!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
-def choose_dtype(requested: str, device: torch.device, bf16_supported: bool | None = None) -> torch.dtype:
-    """``auto``: fp32 on CPU; fp16 on CUDA/MPS (SD1.x/2.x run well in it). Named dtypes are checked."""
-    if requested == "auto":
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    if requested not in _DTYPES:
-        raise InputError(f"dtype {requested!r}: choose one of {', '.join(DTYPE_CHOICES)}")
-    dtype = _DTYPES[requested]
-    if dtype is torch.bfloat16 and device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
-        if not ok:
-            raise InputError(f"dtype bf16 is not supported by {device}; choose fp16 or fp32")
-    return dtype
+# ------------------------------------------------------------------------------------- offload
 
 
 def choose_offload(requested: str, low_vram: bool, device: torch.device) -> bool:
@@ -225,14 +180,6 @@ def target_size(width: int, height: int) -> tuple[int, int] | None:
             f"width={width}, height={height}: set both (the exact output size) or leave both at 0 to use upscale"
         )
     return width, height
-
-
-def match_batch(n_prior: int, n_images: int, what: str) -> None:
-    if n_prior != n_images:
-        raise InputError(
-            f"the {what} was computed for {n_prior} image(s) but the sampler got {n_images}: connect the same IMAGE "
-            "to both nodes"
-        )
 
 
 # ------------------------------------------------------------------------------------- previews

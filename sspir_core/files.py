@@ -4,6 +4,10 @@ A crash mid-write must never leave a half file under the real name (an emptied `
 ``--resume``), and weights must be readable by whoever may read the folder: ``safetensors.torch.save_file``
 (0.8) writes through its own temporary file created 0600, so a ComfyUI running as another user, or the
 other nodes of a shared training output, could not read them.
+
+Every writer of the pack that must not leave a half file goes through here: weights and their configs,
+checkpoint state and metrics, one-step metadata, restored images (``sspir restore``), caption files
+(``sspir caption``) and the caption cache.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); filesystems that cannot sync a folder are left as they are."""
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename or removal in ``folder`` durable (POSIX); filesystems that cannot sync a folder are left as
+    they are."""
     if os.name != "posix":
         return
     try:
@@ -81,5 +86,5 @@ def fsync_tree(folder: str | Path) -> None:
             finally:
                 os.close(fd)
         elif path.is_dir():
-            _fsync_dir(path)
-    _fsync_dir(folder)
+            fsync_dir(path)
+    fsync_dir(folder)

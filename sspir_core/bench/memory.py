@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from ..devices import DTYPE_NAMES, torch_dtype
 from ..restore.pipeline import RestoreOptions, RestorePipeline
 from .sampler import random_lq
-from .settings import CAPTION, CONFIGS, DTYPES, BenchSettings, build_bench_pipeline
+from .settings import CAPTION, CONFIGS, BenchSettings, build_bench_pipeline
 
 
 class _RssSampler:
@@ -204,7 +205,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--_memory-child", dest="size", type=int, required=True)
     p.add_argument("--config", default="tiny-medium", choices=CONFIGS)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
     p.add_argument("--memory-steps", type=int, default=2)
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--tile-overlap", type=int, default=16)
@@ -222,7 +223,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     settings = BenchSettings(config=a.config, device=a.device, dtype=a.dtype, memory_steps=a.memory_steps,
                              tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed,
                              output_bits=a.output_bits or None, memory_method=a.memory_method)
-    pipe = build_bench_pipeline(a.config, a.device, DTYPES[a.dtype], a.seed)
+    pipe = build_bench_pipeline(a.config, a.device, torch_dtype(a.dtype), a.seed)
     print(json.dumps(measure_memory(pipe, a.size, settings)), flush=True)
     return 0
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from ..devices import torch_dtype
 from ..models.one_step import ONE_STEP
 from ..restore.pipeline import RestoreOptions, RestorePipeline
 from .sampler import random_lq, time_call
-from .settings import CAPTION, DTYPES, EXTRA_PARTS, BenchSettings, build_bench_pipeline
+from .settings import CAPTION, EXTRA_PARTS, BenchSettings, build_bench_pipeline
 
 
 def bench_one_step(settings: BenchSettings, pipe: RestorePipeline | None = None) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def bench_one_step(settings: BenchSettings, pipe: RestorePipeline | None = None)
     from ..restore.pipeline import restore_image
 
     if pipe is None:
-        pipe = build_bench_pipeline(settings.config, settings.device, DTYPES[settings.dtype], settings.seed)
+        pipe = build_bench_pipeline(settings.config, settings.device, torch_dtype(settings.dtype), settings.seed)
     tiling = dict(tile=settings.tile or None, tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile,
                   seed=settings.seed)
     multi = RestoreOptions(steps=settings.image_steps, cfg=settings.cfg, **tiling)

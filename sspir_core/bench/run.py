@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from ..devices import torch_dtype
 from .memory import bench_memory
 from .report import environment, summary_line
 from .sampler import bench_image, bench_priors, bench_step
-from .settings import CAPTION, DTYPES, EXTRA_PARTS, BenchSettings, build_bench_pipeline
+from .settings import CAPTION, EXTRA_PARTS, BenchSettings, build_bench_pipeline
 
 IN_PROCESS_PARTS = ("step", "flops", "priors", "image")
 
@@ -31,7 +32,7 @@ def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors",
     t0 = time.perf_counter()
     pipe = None
     if _needs_pipeline(parts, device):
-        pipe = build_bench_pipeline(settings.config, device, DTYPES[settings.dtype], settings.seed)
+        pipe = build_bench_pipeline(settings.config, device, torch_dtype(settings.dtype), settings.seed)
     result: dict[str, Any] = {"config": settings.config, "dtype": settings.dtype, "env": environment(device),
                               "build_s": time.perf_counter() - t0, "compile": settings.compile,
                               "parent_built_models": pipe is not None}

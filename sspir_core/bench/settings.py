@@ -16,7 +16,6 @@ import torch
 from ..restore.pipeline import RestorePipeline
 
 CONFIGS: tuple[str, ...] = ("tiny", "tiny-medium", "sd15")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CAPTION = "a photo of a red brick house with a wooden door, trees and a blue sky"
 
 # Between the tiny preset and SD1.5: same 4-level layout as SD1.5, ~1/5 of its width.

@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def _setup(config: str, device: torch.device, gradient_checkpointing: bool, seed: int):
     from ..restore.schedulers import make_scheduler
@@ -41,12 +39,13 @@ def bench_train_step(config: str, device: str | torch.device = "cpu", dtype: str
                      batch: int = 1, repeats: int = 3, gradient_checkpointing: bool = False, find_max_batch: bool = False,
                      seed: int = 0) -> dict[str, Any]:
     """Median seconds per optimisation step (one micro-step) at ``batch`` x ``size`` px, plus CUDA peak memory."""
+    from ..devices import torch_dtype
     from ..models.build import move_module
     from ..training.step import training_losses
 
     device = torch.device(device)
     pipe, module, optimizer, params, scheduler = _setup(config, device, gradient_checkpointing, seed)
-    frozen = DTYPES[dtype]
+    frozen = torch_dtype(dtype)
     for m in (pipe.vae, pipe.text_encoder, pipe.clip_vision):
         move_module(m, None, frozen)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..files import write_text_atomic
 
 CACHE_ENV_VAR = "SSPIR_CACHE_DIR"
 
@@ -64,15 +65,7 @@ class CaptionCache:
 
     def put(self, key: str, caption: str, identity: dict[str, Any] | None = None) -> None:
         """Store a caption; a cache that cannot be written is skipped, never fatal."""
-        path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"caption": caption, "identity": identity}, f, default=str)
-            os.replace(tmp, path)
+            write_text_atomic(self._path(key), json.dumps({"caption": caption, "identity": identity}, default=str))
         except OSError:
-            try:
-                os.unlink(tmp)  # type: ignore[possibly-undefined]
-            except (OSError, UnboundLocalError):
-                pass
+            pass

@@ -16,15 +16,11 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from ..devices import choose_device, choose_dtype
 from ..errors import CheckpointError, InputError
 from .base import Captioner, CaptionerError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_DTYPES = {
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp32": "float32", "float32": "float32", "float": "float32",
-}
 
 
 def resolve_model_dir(path: str | Path | None, *, backend: str, expected: str) -> Path:
@@ -64,35 +60,6 @@ def model_fingerprint(folder: Path) -> str:
             st = p.stat()
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
-
-
-def resolve_device(device: Any = "auto") -> Any:
-    import torch
-
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:1, mps)") from exc
-
-
-def resolve_dtype(dtype: Any, device: Any) -> Any:
-    """``auto`` is fp16 on CUDA/MPS (what the paper's LLaVA ran in) and fp32 on CPU."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    name = _DTYPES.get(str(dtype).lower())
-    if name is None:
-        raise InputError(f"unknown dtype {dtype!r} (use auto, fp16, bf16 or fp32)")
-    return getattr(torch, name)
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
@@ -172,8 +139,8 @@ class LocalModelCaptioner(Captioner):
         super().__init__(**options)
         self.model_dir = resolve_model_dir(model_dir, backend=self.name, expected=self.expected_layout)
         self.config = read_config(self.model_dir)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.device = choose_device(device)
+        self.dtype = choose_dtype(dtype, self.device)
         self.trust_remote_code = bool(trust_remote_code)
         decoding = dict(self.default_decoding)
         if max_new_tokens is not None:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..devices import DTYPE_NAMES
+
 PARTS = ("step", "flops", "priors", "image", "memory", "train")
 DEFAULT_PARTS = ["step", "flops", "priors", "memory"]
 
@@ -28,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", choices=("tiny", "tiny-medium", "sd15"),
                    help="model size (default: sd15 with CUDA, else tiny-medium)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, else fp32")
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="default fp16 on CUDA, else fp32")
     p.add_argument("--parts", default=None,
                    help=f"comma-separated subset of {','.join(PARTS)},one-step,native,cuda-dry-run (default: "
                         f"{','.join(DEFAULT_PARTS)}; sd15 adds image). native: the native route against PGA Sampler "

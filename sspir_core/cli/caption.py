@@ -7,10 +7,10 @@ the rest go on; the exit code is 1 when any image failed, 2 when the captioner c
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 from pathlib import Path
+
+from ..files import write_text_atomic
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -89,20 +89,6 @@ def _captioner_options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file (no half caption after a crash) created with the usual permissions
-    (0666 less the umask, like any file the user writes; mkstemp would make it 0600)."""
-    tmp = path.with_name(f".{path.stem}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from PIL import Image, ImageOps
     from tqdm import tqdm
@@ -150,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                     with Image.open(img_path) as im:
                         image = ImageOps.exif_transpose(im)
                         image.load()
-                    _write_text(txt, captioner.caption(image)[0])
+                    write_text_atomic(txt, captioner.caption(image)[0])
                     done += 1
                 except KeyboardInterrupt:
                     raise

@@ -116,11 +116,9 @@ def run(args: argparse.Namespace) -> int:
             pairing = pair_images(args.pred, args.gt, args.lq, recursive=args.recursive)
         for line in pairing.describe_missing() + pairing.describe_subfolders():
             print(f"warning: {line}", file=sys.stderr)
-        import torch
+        from ..devices import choose_device
 
-        from .restore import _device
-
-        device = _device(args.device) if args.device == "auto" else torch.device(args.device)
+        device = choose_device(args.device, what="--device")
         result = evaluate(pairing, metrics, weights, device=device, crop_border=args.crop_border,
                           protocol=protocol, timings=timings)
     except (SSPIRError, ValueError, OSError) as e:

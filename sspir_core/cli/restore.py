@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # RestoreOptions field -> the flag that sets it, so option errors name what the user typed.
 FLAGS = {
     "steps": "--steps", "cfg": "--cfg", "scheduler": "--scheduler", "negative_prompt": "--negative",
@@ -31,6 +30,11 @@ LARGE_OUTPUT = 4096 * 4096
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..devices import DTYPE_NAMES
+    from ..restore.choices import COLOR_FIX_METHODS, SCHEDULERS
+    from ..restore.options import START_CHOICES, RestoreOptions
+
+    own = RestoreOptions()  # the paper's settings: the defaults the nodes' widgets show too
     p = sub.add_parser("restore", help="restore degraded images with SSP-IR")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output folder (writes <stem>.png)")
@@ -41,23 +45,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", choices=("sd15", "sd21"), help="base model (default: detected from the weights)")
     p.add_argument("--caption", default="", help="caption for every image (the explicit semantic prior)")
     p.add_argument("--captions", help="folder of <stem>.txt captions (e.g. from `sspir caption`)")
-    p.add_argument("--negative", default="", help="negative prompt (default: empty, as in the paper)")
+    p.add_argument("--negative", default=own.negative_prompt, help="negative prompt (default: empty, as in the paper)")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: the checkpoint's: 50, or 1 for a one-step checkpoint)")
+                   help=f"sampling steps (default: the checkpoint's: {own.steps}, or 1 for a one-step checkpoint)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance on the text (1 = off; default: "
-                   "7.5, or 1 for a one-step checkpoint)")
-    p.add_argument("--scheduler", default="ddpm", choices=("ddpm", "ddim", "dpmpp", "unipc", "euler"))
-    p.add_argument("--start", default="lq", choices=("lq", "noise"), help="start from the noised LQ latent or noise")
-    p.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet strength")
-    p.add_argument("--seed", type=int, default=0)
+                   f"{own.cfg:g}, or 1 for a one-step checkpoint)")
+    p.add_argument("--scheduler", default=own.scheduler, choices=tuple(SCHEDULERS))
+    p.add_argument("--start", default=own.start, choices=START_CHOICES,
+                   help="start from the noised LQ latent or noise")
+    p.add_argument("--conditioning-scale", type=float, default=own.conditioning_scale, help="ControlNet strength")
+    p.add_argument("--seed", type=int, default=own.seed)
     p.add_argument("--upscale", type=float, default=4.0, help="output = input size x this")
     p.add_argument("--size", help="output size WxH (overrides --upscale)")
-    p.add_argument("--tile", type=int, default=96, help="latent tile size (x8 px); 0 = no tiling")
-    p.add_argument("--tile-overlap", type=int, default=32, help="latent tile overlap")
-    p.add_argument("--vae-tile", type=int, default=1024, help="VAE tile in pixels; 0 = no tiling")
-    p.add_argument("--color-fix", default="adain", choices=("adain", "wavelet", "none"))
-    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")
+    p.add_argument("--tile", type=int, default=own.tile or 0, help="latent tile size (x8 px); 0 = no tiling")
+    p.add_argument("--tile-overlap", type=int, default=own.tile_overlap, help="latent tile overlap")
+    p.add_argument("--vae-tile", type=int, default=own.vae_tile or 0, help="VAE tile in pixels; 0 = no tiling")
+    p.add_argument("--color-fix", default=own.color_fix, choices=COLOR_FIX_METHODS)
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (CUDA, then MPS, then CPU)")
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages (less GPU memory)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (never replaces an input)")
     p.add_argument("--debug", action="store_true", help="print the traceback of every failure")
@@ -95,37 +100,6 @@ def missing_weights_message(args: argparse.Namespace) -> str | None:
     return "missing weights (or use --preset tiny-random to try the pipeline with untrained toy models):\n" + "\n".join(lines)
 
 
-def _device(name: str):
-    """The torch device for ``--device``, refused (InputError) when this machine cannot run it."""
-    import torch
-
-    from ..errors import InputError
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch has no CUDA/ROCm support" if torch.version.cuda is None and torch.version.hip is None \
-                else "no GPU is visible"
-            raise InputError(f"--device {name}: not available on this machine ({why}); use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise InputError(f"--device {name}: Apple MPS is not available here; use --device cpu or auto")
-    elif device.type != "cpu":
-        raise InputError(f"--device {name}: only cpu, cuda (also ROCm) and mps are supported")
-    return device
-
-
 def build_pipeline(args: argparse.Namespace, device, dtype):
     from ..demo.presets import tiny_random_pipeline
 
@@ -154,23 +128,20 @@ class Job:
 
 def _options(args: argparse.Namespace):
     from ..errors import InputError, OptionError
-    from ..restore.pipeline import RestoreOptions
 
     for flag, value in (("--tile", args.tile), ("--vae-tile", args.vae_tile)):
         if value < 0:
             raise InputError(f"{flag} must be >= 0 (0 = no tiling), got {value}")
-    from ..models.one_step import resolve_sampling
+    from ..restore.options import options_for_mode
     from ..weights.one_step import read_mode
 
     mode = read_mode(args.sspir) if args.sspir else "multi-step"  # metadata only: no weights loaded yet
-    steps, cfg, warning = resolve_sampling(mode, args.steps, args.cfg, source=f"--sspir {args.sspir}")
-    if warning:
-        print(f"{warning} (--steps)", file=sys.stderr)
     try:
-        return RestoreOptions(
-            steps=steps, cfg=cfg, scheduler=args.scheduler, negative_prompt=args.negative,
+        return options_for_mode(
+            mode, args.steps, args.cfg, warn=lambda w: print(f"{w} (--steps)", file=sys.stderr),
+            source=f"--sspir {args.sspir}", scheduler=args.scheduler, negative_prompt=args.negative,
             conditioning_scale=args.conditioning_scale, start=args.start, seed=args.seed, color_fix=args.color_fix,
-            tile=args.tile or None, tile_overlap=args.tile_overlap, vae_tile=args.vae_tile or None,
+            tile=args.tile, tile_overlap=args.tile_overlap, vae_tile=args.vae_tile,
         )
     except OptionError as e:
         raise InputError(e.named(FLAGS)) from None
@@ -288,20 +259,18 @@ def _read_caption(job: Job, default: str) -> str:
 
 def _save(out, path: Path, alpha, bits: int) -> None:
     """Write through a temporary file, so an interrupted run never leaves a half image that looks done."""
+    from ..files import atomic_path
     from ..image_io import save_png
 
-    tmp = path.with_name(f".{path.stem}.sspir-partial.png")
-    try:
+    with atomic_path(path) as tmp:
         save_png(out, tmp, bits=bits, alpha=alpha)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ the run
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices import choose_device
     from ..errors import SSPIRError
 
     try:
@@ -309,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
             raise SSPIRError(message)
         options = _options(args)
         target = _target_size(args)
-        device = _device(args.device)
+        device = choose_device(args.device, what="--device")
         if args.captions and not Path(args.captions).is_dir():
             raise SSPIRError(f"--captions {args.captions}: no such folder")
         files = collect_inputs(args.inputs)
@@ -338,15 +307,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) -> int:
-    import torch
     from tqdm import tqdm
 
+    from ..devices import torch_dtype
     from ..errors import SSPIRError
     from ..image_io import load_image, resize_image
     from ..restore.pipeline import restore_image
 
     try:
-        pipe = build_pipeline(args, device, getattr(torch, DTYPES[args.dtype]))
+        pipe = build_pipeline(args, device, torch_dtype(args.dtype, "--dtype"))
     except Exception as e:  # a model that cannot load stops the run: what went wrong, the traceback on --debug
         if args.debug:
             traceback.print_exception(e)

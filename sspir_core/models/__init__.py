@@ -1,12 +1,12 @@
 """SSP-IR networks: the Refine layer, the Processor, the SSP-IR ControlNet and the patched UNet."""
 
-from .controlnet import ControlNetOutput, SSPIRControlNet, make_controlnet
+from .controlnet import ControlResiduals, SSPIRControlNet, make_controlnet
 from .processor import Processor
 from .refine import RefineLayer
 from .unet import SSPIRUNet, patch_unet
 
 __all__ = [
-    "ControlNetOutput",
+    "ControlResiduals",
     "Processor",
     "RefineLayer",
     "SSPIRControlNet",

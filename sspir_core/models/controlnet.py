@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
-from torch import nn
 
 from .blocks import (
     check_shared_batch,
@@ -26,8 +25,10 @@ from .processor import Processor
 DEFAULT_PROCESSOR_CHANNELS = (16, 32, 96, 256)
 
 
-class ControlNetOutput(NamedTuple):
-    """``rgbs``: the Processor's RGB maps (H/2, H/4, H/8); ``down_residuals``/``mid_residual``: scaled residuals."""
+class ControlResiduals(NamedTuple):
+    """What :class:`SSPIRControlNet` returns (its own type: diffusers' ``ControlNetOutput`` has other fields).
+
+    ``rgbs``: the Processor's RGB maps (H/2, H/4, H/8); ``down_residuals``/``mid_residual``: scaled residuals."""
 
     rgbs: list[torch.Tensor]
     down_residuals: list[torch.Tensor]
@@ -66,7 +67,7 @@ class SSPIRControlNet(ControlNetModel):
         guess_mode: bool = False,
         return_rgbs: bool = True,
         **unused,
-    ) -> ControlNetOutput:
+    ) -> ControlResiduals:
         """``controlnet_cond``: LQ in [0,1] [B,3,8h,8w], or pass ``processor_features`` from :meth:`encode_condition`.
 
         ``sample`` (and the condition) may hold B rows for a context batch of k*B, k CFG copies of one
@@ -95,10 +96,7 @@ class SSPIRControlNet(ControlNetModel):
         else:
             downs = [d * conditioning_scale for d in downs]
             mid = mid * conditioning_scale
-        return ControlNetOutput(rgbs, downs, mid)
-
-    def to_rgb_parameters(self) -> list[nn.Parameter]:
-        return list(self.controlnet_cond_embedding.to_rgbs.parameters())
+        return ControlResiduals(rgbs, downs, mid)
 
 
 def controlnet_config_from_unet(unet_config: dict, processor_channels: Sequence[int] = DEFAULT_PROCESSOR_CHANNELS) -> dict:

@@ -202,10 +202,6 @@ def random_lora(unet: nn.Module, spec: LoraSpec, generator: torch.Generator, b_s
     return out
 
 
-def lora_parameters(module: nn.Module, adapter: str = ADAPTER) -> list[nn.Parameter]:
-    return [p for n, p in module.named_parameters() if f".{adapter}." in n and "lora_" in n]
-
-
 def lora_state_dict(module: nn.Module, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
     """``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` for the adapter (no peft naming inside)."""
     out = {}

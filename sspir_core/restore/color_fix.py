@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .choices import COLOR_FIX_METHODS
 
 ColorFixMethod = Literal["wavelet", "adain", "none"]
-COLOR_FIX_METHODS: tuple[str, ...] = ("wavelet", "adain", "none")
 WAVELET_LEVELS = 5
 """Blur levels of the wavelet split (dilations 1, 2, 4, 8, 16), as in StableSR and SeeSR."""
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OptionError
-from .color_fix import COLOR_FIX_METHODS
-from .schedulers import SCHEDULERS
+from .choices import COLOR_FIX_METHODS, SCHEDULERS
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -54,6 +54,28 @@ class RestoreOptions:
             raise OptionError("color_fix", f"{self.color_fix!r} is unknown: choose one of {', '.join(COLOR_FIX_METHODS)}")
         check_tiling(self.tile, self.tile_overlap, self.vae_tile)
         _check_int("max_chunks", self.max_chunks, 1)
+
+
+def options_for_mode(mode: str, steps: int | None = None, cfg: float | None = None, *,
+                     warn: Callable[[str], Any] | None = None, source: str = "the checkpoint",
+                     **settings: Any) -> RestoreOptions:
+    """The options a restore of a checkpoint of ``mode`` (``multi-step``/``one-step``) runs with, as the CLI and
+    the sampler nodes both ask for them.
+
+    ``steps``/``cfg`` None take the mode's own (paper: 50 steps, cfg 7.5; one-step: 1 step, no guidance); a
+    step count the mode was not trained for is said through ``warn`` (stderr, a log) before the options are
+    checked. ``tile``/``vae_tile`` 0 mean never tile (None), as the flags and widgets spell it. Every other
+    field of :class:`RestoreOptions` comes in ``settings``; a bad value raises :class:`OptionError`.
+    """
+    from ..models.one_step import resolve_sampling
+
+    steps, cfg, warning = resolve_sampling(mode, steps, cfg, source)
+    if warning and warn is not None:
+        warn(warning)
+    for name in ("tile", "vae_tile"):
+        if name in settings:
+            settings[name] = settings[name] or None
+    return RestoreOptions(steps=steps, cfg=cfg, **settings)
 
 
 MAX_STEPS = 998
@@ -107,4 +129,4 @@ def _check_number(name: str, value: Any) -> None:
         raise OptionError(name, f"must be a finite number between {low:g} and {high:g}, got {value!r}")
 
 
-StepCallback = Callable[[int, int, torch.Tensor], Any]
+StepCallback = Callable[[int, int, "torch.Tensor"], Any]

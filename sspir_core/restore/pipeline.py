@@ -420,10 +420,6 @@ def latent_preview(latents: torch.Tensor, max_size: int = 256) -> torch.Tensor:
     return rgb[..., ::scale, ::scale]
 
 
-def with_options(options: RestoreOptions | None, **changes: Any) -> RestoreOptions:
-    return replace(options or RestoreOptions(), **changes)
-
-
 def restore_image(
     pipe: RestorePipeline,
     image: torch.Tensor,

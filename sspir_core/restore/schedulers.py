@@ -8,16 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-
-# Sampler name -> diffusers scheduler class, by name: diffusers is imported on the first restore, not when
-# ComfyUI lists the nodes (the names are all a node's widget needs).
-SCHEDULERS: dict[str, str] = {
-    "ddpm": "DDPMScheduler",  # the paper's sampler (50 steps)
-    "ddim": "DDIMScheduler",
-    "dpmpp": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
+from .choices import SCHEDULERS
 
 # SD's training schedule; used when no scheduler config comes with the weights.
 SD_SCHEDULE: dict[str, Any] = {

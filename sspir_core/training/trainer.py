@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
+from ..devices import torch_dtype
 from ..errors import InputError, NoSpaceError, SSPIRError
-from ..files import fsync_tree, write_text_atomic
+from ..files import fsync_dir, fsync_tree, write_text_atomic
 from ..weights.weights_file import DAMAGED_ADVICE, check_torch_archive, check_weights_file
 from .config import TrainConfig
 from .data import PositionSampler, TrainingSet, collate, derive_seed, gt_items, is_paired_layout, paired_items
@@ -66,7 +67,6 @@ ACCELERATE_FILES = ("optimizer.bin", "scheduler.bin")  # accelerate's save_state
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # torch.save files in a checkpoint (accelerate's and ours)
 FAULT_ENV = "SSPIR_FAULT"
 FAULT_POINTS = ("after-weights", "after-optimizer", "before-state", "after-state", "during-delete")
-_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -233,8 +233,8 @@ class Trainer:
             (self.out / DATA_REPORT).write_text(_report_lines("skipped", self.dataset.report.skipped)
                                                 + _report_lines("note", self.dataset.report.notes), encoding="utf-8")
         self._reported: set[str] = set()
-        self.frozen_dtype = _DTYPES[cfg.mixed_precision] if self.device.type != "cpu" or cfg.mixed_precision == "bf16" \
-            else torch.float32
+        fp32 = cfg.mixed_precision == "no" or (self.device.type == "cpu" and cfg.mixed_precision != "bf16")
+        self.frozen_dtype = torch.float32 if fp32 else torch_dtype(cfg.mixed_precision)
         self.pipe = build_pipeline(cfg, self.device, self.frozen_dtype)
         self.models = self.pipe.models
         self.models.to(self.device, torch.float32)
@@ -648,9 +648,7 @@ def _delete_checkpoint(path: Path, fault_step: int | None = None) -> None:
     """Remove a checkpoint folder, its ``trainer_state.json`` first: a crash midway leaves an unfinished
     folder (skipped by resume, removed by the next save) rather than a complete-looking damaged one."""
     (path / STATE_FILE).unlink(missing_ok=True)
-    from ..files import _fsync_dir
-
-    _fsync_dir(path)
+    fsync_dir(path)
     for i, child in enumerate(sorted(path.iterdir())):
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
