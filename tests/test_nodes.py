@@ -513,6 +513,7 @@ def test_each_node_places_only_the_modules_its_stage_runs(host, monkeypatch):
     placed.clear()
     n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"], **_widgets(steps=1))
     assert names(placed) == {"text_encoder", "vae", "controlnet", "unet"}  # priors given: no CLIP, no Refine
+    assert components.pipeline_for(model, clip).lock is components.RUN_LOCK  # one lock for the shared modules
 
 
 def test_the_sampler_reads_the_checkpoint_header_once_per_file_identity(host, models_dir, monkeypatch):
