@@ -28,7 +28,7 @@ DEVICE = "cpu:0"
 
 def _park(components, spec, clip, priors, move) -> None:
     """What ``after_run`` does with "in RAM" on an accelerator (skipped for the ``cpu:0`` stand-in, whose type is
-    cpu): every module of the model and the CLIP tower to RAM, and, where the checkout has the policy (``.to`` on
+    cpu): every module of the model and the CLIP tower to RAM, and, where the checkout has the policy (``move_to`` on
     the priors), the priors the run used."""
     import torch
 
@@ -37,8 +37,8 @@ def _park(components, spec, clip, priors, move) -> None:
               components.CLIP_VISION.peek(clip.key())]:
         move(m, torch.device("cpu"))
     for prior in priors:
-        if hasattr(prior, "to"):
-            prior.to(torch.device("cpu"))
+        if hasattr(prior, "move_to"):
+            prior.move_to(torch.device("cpu"))
 
 
 def _child(models_dir: str, cache: str) -> dict:

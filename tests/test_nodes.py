@@ -555,7 +555,7 @@ class _Prior:
     def __init__(self):
         self.moves = []
 
-    def to(self, device):
+    def move_to(self, device):
         self.moves.append(device)
 
 

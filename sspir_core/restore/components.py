@@ -227,7 +227,7 @@ def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None,
         if model.cache != "on device" and model.device.type != "cpu":
             for prior in priors:
                 if prior is not None:
-                    prior.to(torch.device("cpu"))
+                    prior.move_to(torch.device("cpu"))
         if model.cache == "off":
             MODELS.drop(model.key())
             if clip is not None:
@@ -290,7 +290,7 @@ class ImageEmbedPrior:
                 self.computed[size] = emb.to(prior_home(self.model))
         return self.computed[size]
 
-    def to(self, device: torch.device) -> None:
+    def move_to(self, device: torch.device) -> None:
         """Move every computed embedding to ``device`` (the sampler's cache choice after a run)."""
         for size, emb in self.computed.items():
             self.computed[size] = emb.to(device)
@@ -324,7 +324,7 @@ class StructurePrior:
             self.computed[size] = (features.to(prior_home(self.model)), [r.cpu() for r in rgbs])
         return self.computed[size]
 
-    def to(self, device: torch.device) -> None:
+    def move_to(self, device: torch.device) -> None:
         """Move every computed feature map to ``device`` (the sampler's cache choice after a run)."""
         for size, (features, rgbs) in self.computed.items():
             self.computed[size] = (features.to(device), rgbs)
