@@ -7,8 +7,9 @@ library calls the nodes make: CLIP Image Embed, Structure Processor, then PGA Sa
 reused), on the demo models, fp32, once with cache "on device" and once with "in RAM". The device is ``cpu:0``, a stand-in that ``torch.device`` tells apart from
 ``cpu`` (RAM), so a ledger can follow where each module *would* be on an accelerator: ``move_module`` is wrapped to
 record every module asked onto the device while it is not there yet (count, parameter bytes) and back to RAM; no
-module really moves. Tensor trips are counted at ``Tensor.cpu``/``Tensor.to``: device -> RAM requests, and RAM ->
-device requests of a tensor that an earlier device -> RAM request returned (a round trip). Also counted: LQ resizes,
+module really moves. Tensor trips are counted at ``Tensor.cpu``/``Tensor.to``: device -> RAM requests (not of a tensor
+already sent there), and RAM -> device requests of a tensor that an earlier device -> RAM request returned (a round
+trip). Also counted: LQ resizes,
 checkpoint header reads, and the sha256 of every output (bit-identical results give the same digest).
 """
 
@@ -89,12 +90,13 @@ def _child(models_dir: str, cache: str) -> dict:
                 target = "cpu" if func is torch.Tensor.cpu else next(
                     (str(a) for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))), None)
                 nbytes = t.numel() * t.element_size()
-                if target == "cpu":
+                in_ram = id(t) in parked and parked[id(t)]() is t
+                if target == "cpu" and not in_ram:  # a tensor already sent to RAM stays put: no request counted
                     stats["tensor_requests_to_ram"] += 1
                     stats["tensor_bytes_to_ram"] += nbytes
                     if isinstance(out, torch.Tensor):
                         parked[id(out)] = weakref.ref(out)
-                elif target == DEVICE and id(t) in parked and parked[id(t)]() is t:
+                elif target == DEVICE and in_ram:
                     stats["round_trips_back_to_device"] += 1
                     stats["round_trip_bytes_back_to_device"] += nbytes
             return out
