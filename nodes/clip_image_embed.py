@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from sspir_core.image_io import comfy_to_bchw
-from sspir_core.restore.components import ImageEmbedPrior
+from sspir_core.restore.components import ImageEmbedPrior, output_size
 
 from . import host
 from .sizes import SIZE_NOTE, size_inputs
@@ -34,10 +34,8 @@ class SSPIRClipImageEmbed(io.ComfyNode):
 
     @classmethod
     def execute(cls, sspir_model, clip_vision, image, upscale: float, width: int, height: int) -> io.NodeOutput:
-        from sspir_core.restore.components import output_size
-
         rgb = comfy_to_bchw(image).rgb
         prior = ImageEmbedPrior(sspir_model, clip_vision, rgb)
-        host.free_memory_for(sspir_model.torch_device)
+        host.free_memory_for(sspir_model.device)
         prior.at(output_size(rgb, upscale, target_size(width, height)), host.start_run()[0])
         return io.NodeOutput(prior)

@@ -71,8 +71,7 @@ class SSPIRModelLoader(io.ComfyNode):
         check_model_files(sd, sspir, None if base == "auto" else base)
         dev = choose_device(device, host.device())
         spec = ModelSpec(
-            sd=sd, sspir=sspir, base=None if base == "auto" else base, device=str(dev),
-            dtype=str(choose_dtype(dtype, dev)).removeprefix("torch."),
+            sd=sd, sspir=sspir, base=None if base == "auto" else base, device=dev, dtype=choose_dtype(dtype, dev),
             offload=choose_offload(offload, host.low_vram(), dev), cache=cache,
         )
         return io.NodeOutput(spec)

@@ -113,12 +113,11 @@ def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "th
 def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, structure=None, clip=None,
         captioner=None) -> tuple[torch.Tensor, list[str]]:
     """Restore a ComfyUI IMAGE; every argument may come as a list (list-input nodes). Returns (IMAGE, captions)."""
-    from sspir_core.restore.components import captioner_for
-    from sspir_core.weights.one_step import read_mode
+    from sspir_core.restore.components import captioner_for, checkpoint_mode
 
     model = single("sspir_model", model)
     lq = images_from_list(image)
-    options = options_from(kw, read_mode(model.sspir), Path(model.sspir).name)  # metadata only, cheap
+    options = options_from(kw, checkpoint_mode(model), Path(model.sspir).name)  # the header, read once per file
     upscale = float(single("upscale", kw["upscale"]))
     size = target_size(single("width", kw["width"]), single("height", kw["height"]))
     b = lq.rgb.shape[0]
@@ -130,12 +129,12 @@ def run(model, image, captions: Any, kw: dict[str, Any], *, image_embed=None, st
     image_embed = single("image_embed", image_embed) if image_embed else None
     structure = single("structure", structure) if structure else None
     clip = single("clip_vision", clip) if clip else (image_embed.clip if image_embed is not None else None)
-    host.free_memory_for(model.torch_device)
+    host.free_memory_for(model.device)
     run, callback = host.start_run(rate_key=(model.key(), model.device, options.tile, options.cfg != 1.0))
     try:
         out = restore_components(model, lq.rgb, caps, options, upscale, size, image_embed=image_embed,
                                  structure=structure, clip=clip, callback=callback, run=run)
     finally:
-        after_run(model, clip)
+        after_run(model, clip, (image_embed, structure))
     alpha = None if lq.alpha is None else resize_image(lq.alpha, tuple(out.shape[-2:]))
     return bchw_to_comfy(out, alpha), caps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from sspir_core.image_io import bchw_to_comfy, comfy_to_bchw, prepare_lq
+from sspir_core.image_io import bchw_to_comfy, comfy_to_bchw, padded_size
 from sspir_core.restore.components import StructurePrior, output_size
 
 from . import host
@@ -41,9 +41,9 @@ class SSPIRStructureProcessor(io.ComfyNode):
     def execute(cls, sspir_model, image, upscale: float, width: int, height: int) -> io.NodeOutput:
         rgb = comfy_to_bchw(image).rgb
         prior = StructurePrior(sspir_model, rgb)
-        host.free_memory_for(sspir_model.torch_device)
-        size = output_size(rgb, upscale, target_size(width, height))
+        host.free_memory_for(sspir_model.device)
+        size = output_size(rgb, upscale, target_size(width, height))  # arithmetic: the LQ is resized once, in at()
         _, rgbs = prior.at(size, host.start_run()[0])
-        prepared = prepare_lq(rgb[:1], target_size=size)
-        preview = structure_preview(rgbs, prepared.box, tuple(prepared.image.shape[-2:]))
+        w, h = size
+        preview = structure_preview(rgbs, (0, h, 0, w), padded_size(h, w))
         return io.NodeOutput(prior, bchw_to_comfy(preview))

@@ -399,15 +399,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, t
     Reflect padding continues texture naturally for the VAE and UNet; it needs the pad to be smaller than
     the side, so small images fall back to replicate.
     """
-    if multiple < 1:
-        raise InputError(f"multiple must be >= 1, got {multiple}")
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    hp, wp = padded_size(h, w, multiple)
+    ph, pw = hp - h, wp - w
     box = (0, h, 0, w)
     if ph == 0 and pw == 0:
         return x, box
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), box
+
+
+def padded_size(height: int, width: int, multiple: int = 8) -> tuple[int, int]:
+    """``(Hp, Wp)``: the size :func:`pad_to_multiple` gives an ``height x width`` image, computed without it."""
+    if multiple < 1:
+        raise InputError(f"multiple must be >= 1, got {multiple}")
+    return height + (-height) % multiple, width + (-width) % multiple
 
 
 def output_size(width: int, height: int, upscale: float = 4.0,
@@ -436,7 +442,17 @@ def prepare_lq(
     exact requested size inside it, to crop the restored output back.
     """
     x = check_image_tensor(image, "LQ image")
-    h, w = x.shape[-2:]
+    out_w, out_h = lq_output_size(x.shape[-1], x.shape[-2], upscale, target_size, min_side)
+    resized = resize_image(x, (out_h, out_w))
+    padded, box = pad_to_multiple(resized, multiple)
+    return PreparedLQ(padded, box)
+
+
+def lq_output_size(width: int, height: int, upscale: float = 4.0, target_size: Sequence[int] | None = None,
+                   min_side: int = MIN_OUTPUT_SIDE) -> tuple[int, int]:
+    """``(width, height)`` :func:`prepare_lq` gives a ``width x height`` LQ, with its checks, computed without
+    resizing anything (what a node needs to know before it runs)."""
+    w, h = int(width), int(height)
     if h < MIN_INPUT_SIDE or w < MIN_INPUT_SIDE:
         raise InputError(
             f"LQ image is {w}x{h} px; it must be at least {MIN_INPUT_SIDE} px on each side "
@@ -449,6 +465,4 @@ def prepare_lq(
             f"output would be {out_w}x{out_h} px ({how}); it must be at least {min_side} px on each side "
             "after upscaling: use a larger image or a larger upscale factor"
         )
-    resized = resize_image(x, (out_h, out_w))
-    padded, box = pad_to_multiple(resized, multiple)
-    return PreparedLQ(padded, box)
+    return out_w, out_h

@@ -254,7 +254,7 @@ def test_loader_choices_list_official_folders_and_reject_unknown_names(host, fix
     with pytest.raises(InputError, match="is not in the clip_vision folders"):
         host.nodes["SSPIRClipVisionLoader"].execute("other.safetensors")
     spec = loader.execute(demo_models.SD_NAME, "run-a/checkpoint-7", "sd15", "auto", "fp16", "on", "off").args[0]
-    assert (spec.device, spec.dtype, spec.offload, spec.base) == ("cpu", "float16", False, "sd15")  # host is --cpu
+    assert (spec.device, spec.dtype, spec.offload, spec.base) == (torch.device("cpu"), torch.float16, False, "sd15")  # --cpu
 
 
 def test_component_graph_equals_the_cli_path_and_reuses_loaded_models(host, models_dir):
@@ -435,3 +435,144 @@ def test_lq_latent_announces_its_work_reports_each_tile_and_cancels_between_them
     with pytest.raises(fake_comfy.InterruptProcessingException):
         encode_lq(stopped, padded, 128)
     assert len(stopped.calls) == 2
+
+
+# ------------------------------------------------------------------------------ data movement on the component route
+
+
+def test_component_route_is_bit_identical_to_the_one_call_restore(host):
+    """Priors made by their nodes (kept where they were made, placed stage by stage) give exactly what the
+    all-in-one node computes in one call, bit for bit on the CPU (the CLI path is within 1e-4: see above)."""
+    n = host.nodes
+    model, clip = _load(n)
+    torch.manual_seed(5)
+    image = torch.rand(2, 9, 11, 3)
+    embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 4.0, 0, 0).args[0]
+    structure, _ = n["SSPIRStructureProcessor"].execute(model, image, 4.0, 0, 0).args
+    out = n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"], **_widgets()).args[0]
+    one_call = n["SSPIRRestore"].execute([model], [clip], [image], ["a cat"], **_widgets()).args[0]
+    assert torch.equal(out, one_call)
+
+
+def test_structure_processor_resizes_the_lq_once(host, monkeypatch):
+    """The output size and the preview's box are arithmetic: only the prior itself resizes the LQ."""
+    from sspir_core import image_io
+
+    calls = []
+    real = image_io.resize_image
+    monkeypatch.setattr(image_io, "resize_image", lambda x, size: calls.append(tuple(x.shape)) or real(x, size))
+    model, _ = _load(host.nodes)
+    image = torch.rand(2, 9, 11, 3)
+    _, preview = host.nodes["SSPIRStructureProcessor"].execute(model, image, 4.0, 0, 0).args
+    assert calls == [(2, 3, 9, 11)]  # the whole batch, once
+    assert preview.shape == (2 * 3, 36, 44, 3)  # 9x11 x4, three scales per image
+
+
+def _placements(monkeypatch, device):
+    """Record which modules are asked onto ``device`` (pipeline stages and construction both go through
+    move_module)."""
+    from sspir_core.models import build
+    from sspir_core.restore import pipeline
+
+    placed = []
+    real = build.move_module
+
+    def spy(module, target, dtype=None):
+        if target is not None and torch.device(target) == device:
+            placed.append(module)
+        return real(module, target, dtype)
+
+    monkeypatch.setattr(pipeline, "move_module", spy)
+    monkeypatch.setattr(build, "move_module", spy)
+    return placed
+
+
+def test_each_node_places_only_the_modules_its_stage_runs(host, monkeypatch):
+    """A prior node's pipeline puts on the device only what its stage runs (not all six modules)."""
+    from sspir_core.restore import components
+
+    n = host.nodes
+    model, clip = _load(n)
+    image = torch.rand(1, 8, 8, 3)
+    parts = components.MODELS.get(model.key(), lambda: components.load_pipeline_parts(
+        model.sd, model.sspir, model.base, model.dtype))
+    tower = components.CLIP_VISION.get(clip.key(), lambda: pytest.fail("the CLIP tower is loaded by _load"))
+
+    def names(placed):
+        known = {id(parts.models.unet): "unet", id(parts.models.controlnet): "controlnet",
+                 id(parts.models.refine): "refine", id(parts.vae): "vae", id(parts.text_encoder): "text_encoder",
+                 id(tower): "clip_vision"}
+        return {known.get(id(m), type(m).__name__) for m in placed}
+
+    placed = _placements(monkeypatch, model.device)
+    structure, _ = n["SSPIRStructureProcessor"].execute(model, image, 4.0, 0, 0).args
+    assert names(placed) == {"controlnet"}
+    placed.clear()
+    embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 4.0, 0, 0).args[0]
+    assert names(placed) == {"clip_vision", "refine"}
+    placed.clear()
+    n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"], **_widgets(steps=1))
+    assert names(placed) == {"text_encoder", "vae", "controlnet", "unet"}  # priors given: no CLIP, no Refine
+    assert components.pipeline_for(model, clip).lock is components.RUN_LOCK  # one lock for the shared modules
+
+
+def test_the_sampler_reads_the_checkpoint_header_once_per_file_identity(host, models_dir, monkeypatch):
+    import os
+
+    from sspir_core.restore import components
+    from sspir_core.restore.model_cache import ModelCache
+    from sspir_core.weights import one_step
+
+    monkeypatch.setattr(components, "MODES", ModelCache(max_items=8))  # earlier tests read this file already
+    reads = []
+    real = one_step.read_mode
+    monkeypatch.setattr(one_step, "read_mode", lambda path: reads.append(path) or real(path))
+    model, clip = _load(host.nodes)
+    image = torch.rand(1, 8, 8, 3)
+    for _ in range(2):
+        host.nodes["SSPIRRestore"].execute([model], [clip], [image], [""], **_widgets(steps=1))
+    assert len(reads) == 1
+    st = os.stat(model.sspir)  # the same file touched: another identity, read again
+    os.utime(model.sspir, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    host.nodes["SSPIRRestore"].execute([model], [clip], [image], [""], **_widgets(steps=1))
+    assert len(reads) == 2
+
+
+def test_model_spec_holds_torch_types_parsed_once():
+    from sspir_core.restore.components import ModelSpec
+
+    spec = ModelSpec("sd", "sspir", device="cuda:1", dtype="bfloat16")
+    assert (spec.device, spec.dtype) == (torch.device("cuda", 1), torch.bfloat16)
+    assert ModelSpec("sd", "sspir", device=torch.device("cpu"), dtype=torch.float16) == ModelSpec(
+        "sd", "sspir", device="cpu", dtype="torch.float16")
+    with pytest.raises(InputError, match="not a torch floating dtype"):
+        ModelSpec("sd", "sspir", dtype="int8")
+    with pytest.raises(InputError, match="not a torch device"):
+        ModelSpec("sd", "sspir", device="gpu")
+
+
+class _Prior:
+    def __init__(self):
+        self.moves = []
+
+    def move_to(self, device):
+        self.moves.append(device)
+
+
+@pytest.mark.parametrize("device, offload, cache, home, parked", [
+    ("cuda", False, "in RAM", "cuda", ["cpu"]), ("cuda", False, "off", "cuda", ["cpu"]),
+    ("cuda", False, "on device", "cuda", []), ("cuda", True, "in RAM", "cpu", ["cpu"]),
+    ("cpu", False, "in RAM", "cpu", []),
+])
+def test_priors_wait_on_their_device_and_follow_the_cache_choice(tmp_path, device, offload, cache, home, parked):
+    """Priors stay where the sampler uses them (no device -> RAM -> device trip), in RAM when the model offloads;
+    after the run they follow the models: on the device with "on device", in RAM otherwise."""
+    from sspir_core.restore.components import ModelSpec, after_run, prior_home
+
+    for name in ("sd", "sspir"):  # the cache choice looks the models up by file identity (nothing is loaded)
+        (tmp_path / name).write_bytes(b"")
+    spec = ModelSpec(str(tmp_path / "sd"), str(tmp_path / "sspir"), device=device, offload=offload, cache=cache)
+    assert prior_home(spec) == torch.device(home)
+    prior = _Prior()
+    after_run(spec, None, (prior, None))
+    assert prior.moves == [torch.device(p) for p in parked]

@@ -26,7 +26,7 @@ from ..captioners import Captioner, get_captioner
 from ..captioners.registry import CAPTIONERS as CAPTIONER_CLASSES
 from ..captioners.registry import accepted_options
 from ..errors import InputError
-from ..image_io import prepare_lq
+from ..image_io import lq_output_size, prepare_lq
 from .model_cache import ModelCache, file_signature
 from .options import RestoreOptions, StepCallback
 from .work import Run, plan_prior, processor_tiles
@@ -40,11 +40,14 @@ CACHE_CHOICES = ("on device", "in RAM", "off")
 """What happens to loaded models after a run: stay where they ran (fastest), move to RAM (frees VRAM for
 other nodes; moved back next run, no disk read), or be dropped (frees everything; next run reloads)."""
 
-# Cached modules are shared by every pipeline built from them: runs that use them take turns.
+# Cached modules are shared by every pipeline built from them: runs that use them take turns. The pipelines built
+# here use this lock as their own (one lock for one concern: who may run or move the shared modules now).
 RUN_LOCK = threading.RLock()
 MODELS = ModelCache(max_items=2)
 CLIP_VISION = ModelCache(max_items=2)
 CAPTIONER_CACHE = ModelCache(max_items=2)
+MODES = ModelCache(max_items=8)
+"""Each SSP-IR file's sampling mode, keyed by the file's identity: its header is read once, again when it changes."""
 
 
 # ------------------------------------------------------------------------------------- specs
@@ -52,31 +55,60 @@ CAPTIONER_CACHE = ModelCache(max_items=2)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An SSP-IR model to run: base SD weights + SSP-IR weights, and where/how to run them."""
+    """An SSP-IR model to run: base SD weights + SSP-IR weights, and where/how to run them.
+
+    ``device`` and ``dtype`` are torch types; names (``"cuda:0"``, ``"float16"``) are parsed here, once.
+    """
 
     sd: str
     sspir: str
     base: str | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
     offload: bool = False
     cache: str = "in RAM"
 
     def __post_init__(self) -> None:
         if self.cache not in CACHE_CHOICES:
             raise InputError(f"cache {self.cache!r}: choose one of {', '.join(CACHE_CHOICES)}")
+        object.__setattr__(self, "device", _as_device(self.device))
+        object.__setattr__(self, "dtype", _as_dtype(self.dtype))
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device(self.device)
+        """The same as ``device`` (kept for callers written when it was a name)."""
+        return self.device
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+        """The same as ``dtype`` (kept for callers written when it was a name)."""
+        return self.dtype
 
     def key(self) -> tuple[Any, ...]:
         """Cache key: file identities (a replaced file reloads), base and dtype (not device: modules move)."""
         return ("sspir", file_signature(self.sd), file_signature(self.sspir), self.base, self.dtype)
+
+
+def _as_device(value: torch.device | str) -> torch.device:
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {value!r} is not a torch device (e.g. cpu, cuda:0)") from exc
+
+
+def _as_dtype(value: torch.dtype | str) -> torch.dtype:
+    dtype = value if isinstance(value, torch.dtype) else getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype {value!r} is not a torch floating dtype (e.g. float32, float16, bfloat16)")
+    return dtype
+
+
+def checkpoint_mode(model: ModelSpec) -> str:
+    """'one-step' or 'multi-step' for the model's SSP-IR file, from its header: read once per file identity
+    (path, size, mtime), so every run after the first costs a ``stat`` and a replaced file is read again."""
+    from ..weights.one_step import read_mode
+
+    return MODES.get(("mode", file_signature(model.sspir)), lambda: read_mode(model.sspir))
 
 
 @dataclass(frozen=True)
@@ -177,30 +209,37 @@ def pipeline_for(model: ModelSpec, clip: ClipVisionSpec | None) -> RestorePipeli
     from ..weights import load_clip_vision
     from .pipeline import RestorePipeline
 
-    parts = MODELS.get(model.key(), lambda: load_pipeline_parts(model.sd, model.sspir, model.base, model.torch_dtype))
+    parts = MODELS.get(model.key(), lambda: load_pipeline_parts(model.sd, model.sspir, model.base, model.dtype))
     encoder = CLIP_VISION.get(clip.key(), lambda: load_clip_vision(clip.path)) if clip else MissingClipVision()
+    # lazy: each stage places only its own modules (a prior node moves no UNet); the cache's lock is the pipeline's
     return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, encoder,
-                           parts.scheduler_config, device=model.torch_device, dtype=model.torch_dtype,
-                           offload=model.offload)
+                           parts.scheduler_config, device=model.device, dtype=model.dtype,
+                           offload=model.offload, lazy=True, lock=RUN_LOCK)
 
 
-def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None) -> None:
-    """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`)."""
+def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None,
+              priors: tuple[ImageEmbedPrior | StructurePrior | None, ...] = ()) -> None:
+    """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`); the ``priors`` the run used
+    follow it: they stay on the device with "on device" and go to RAM with "in RAM" and "off"."""
     from ..models.build import move_module
 
     with RUN_LOCK:
+        if model.cache != "on device" and model.device.type != "cpu":
+            for prior in priors:
+                if prior is not None:
+                    prior.move_to(torch.device("cpu"))
         if model.cache == "off":
             MODELS.drop(model.key())
             if clip is not None:
                 CLIP_VISION.drop(clip.key())
-        elif model.cache == "in RAM" and model.torch_device.type != "cpu":
+        elif model.cache == "in RAM" and model.device.type != "cpu":
             parts = MODELS.peek(model.key())
             modules = [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
             if clip is not None and CLIP_VISION.peek(clip.key()) is not None:
                 modules.append(CLIP_VISION.peek(clip.key()))
             for m in modules:
                 move_module(m, torch.device("cpu"))
-        if model.torch_device.type == "cuda":
+        if model.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
@@ -212,8 +251,15 @@ def captioner_for(spec: CaptionerSpec) -> Captioner:
 
 
 def output_size(image: torch.Tensor, upscale: float, size: tuple[int, int] | None) -> tuple[int, int]:
-    """``(width, height)`` of the restored image, as :func:`~sspir_core.image_io.prepare_lq` computes it."""
-    return prepare_lq(image[:1, :, :, :], upscale=upscale, target_size=size).size
+    """``(width, height)`` of the restored image, as :func:`~sspir_core.image_io.prepare_lq` gives it (with its
+    checks), computed from the image's shape: nothing is resized to learn it."""
+    return lq_output_size(image.shape[-1], image.shape[-2], upscale, size)
+
+
+def prior_home(model: ModelSpec) -> torch.device:
+    """Where a computed prior waits for the sampler: on the device it was made on and will be used on (no trip
+    through the host), unless the model offloads (a low-VRAM choice: then in RAM, as the modules are)."""
+    return torch.device("cpu") if model.offload else model.device
 
 
 @dataclass(eq=False)
@@ -230,7 +276,8 @@ class ImageEmbedPrior:
         return self.image.shape[0]
 
     def at(self, size: tuple[int, int], run: Run | None = None) -> torch.Tensor:
-        """The embedding for output size ``(width, height)``: [B, tokens, 512] on the CPU."""
+        """The embedding for output size ``(width, height)``: [B, tokens, 512] in the model's dtype, on
+        :func:`prior_home`."""
         size = (int(size[0]), int(size[1]))
         if size not in self.computed:
             prepared = prepare_lq(self.image, target_size=size)
@@ -239,8 +286,14 @@ class ImageEmbedPrior:
                 run.begin(plan_prior("clip", 1, size, self.batch))
             with RUN_LOCK:
                 pipe = pipeline_for(self.model, self.clip)
-                self.computed[size] = pipe.encode_image(prepared.image[..., y0:y1, x0:x1], run).cpu()
+                emb = pipe.encode_image(prepared.image[..., y0:y1, x0:x1], run)
+                self.computed[size] = emb.to(prior_home(self.model))
         return self.computed[size]
+
+    def move_to(self, device: torch.device) -> None:
+        """Move every computed embedding to ``device`` (the sampler's cache choice after a run)."""
+        for size, emb in self.computed.items():
+            self.computed[size] = emb.to(device)
 
 
 @dataclass(eq=False)
@@ -257,7 +310,8 @@ class StructurePrior:
         return self.image.shape[0]
 
     def at(self, size: tuple[int, int], run: Run | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features [B, C, Hp/8, Wp/8] and RGB maps (padded size) for output size ``(width, height)``, on the CPU."""
+        """Features [B, C, Hp/8, Wp/8] (model dtype, on :func:`prior_home`) and RGB maps (padded size, on the CPU,
+        where the preview is made) for output size ``(width, height)``."""
         size = (int(size[0]), int(size[1]))
         if size not in self.computed:
             prepared = prepare_lq(self.image, target_size=size)
@@ -267,8 +321,13 @@ class StructurePrior:
             with RUN_LOCK:
                 pipe = pipeline_for(self.model, None)
                 features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile, run=run)
-            self.computed[size] = (features.cpu(), [r.cpu() for r in rgbs])
+            self.computed[size] = (features.to(prior_home(self.model)), [r.cpu() for r in rgbs])
         return self.computed[size]
+
+    def move_to(self, device: torch.device) -> None:
+        """Move every computed feature map to ``device`` (the sampler's cache choice after a run)."""
+        for size, (features, rgbs) in self.computed.items():
+            self.computed[size] = (features.to(device), rgbs)
 
 
 # ------------------------------------------------------------------------------------- the sampler

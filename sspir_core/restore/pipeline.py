@@ -88,13 +88,19 @@ class RestorePipeline:
     dtype: torch.dtype = torch.float32
     offload: bool = False  # keep models on the CPU and move each stage to the device only while it runs
     untrained: bool = False  # set by the tiny-random preset so callers can say so
-    # One run at a time: runs share the modules (and, with offload, move them), so a second thread waits.
-    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
+    # Modules go to the device when a stage first runs them and stay there, instead of all six at once here: a
+    # pipeline built for one stage (a ComfyUI prior node) moves only that stage's modules.
+    lazy: bool = False
+    # One run at a time: runs share the modules (and, with offload, move them), so a second thread waits. Pipelines
+    # built over shared cached modules pass the lock of that cache, so one lock guards them all.
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
         for m in self._all_modules():
             m.eval().requires_grad_(False)
+        if self.lazy and not self.offload:
+            return
         home = torch.device("cpu") if self.offload else self.device
         for m in self._all_modules():
             move_module(m, home, self.dtype)
@@ -106,11 +112,14 @@ class RestorePipeline:
     @contextlib.contextmanager
     def _stage(self, *modules: nn.Module, run: Run | None = None) -> Iterator[None]:
         """Modules on the device for one stage (one run at a time); with ``run``, a cancel point in each block."""
-        with self._lock, self._placed(*modules), cancel_points(run, *modules):
+        with self.lock, self._placed(*modules), cancel_points(run, *modules):
             yield
 
     @contextlib.contextmanager
     def _placed(self, *modules: nn.Module) -> Iterator[None]:
+        if self.lazy and not self.offload:
+            for m in modules:  # as __post_init__ would have placed it: to the device, in the pipeline's dtype
+                move_module(m, self.device, self.dtype)
         if self.offload:
             for m in modules:
                 move_module(m, self.device, None)
@@ -326,7 +335,7 @@ class RestorePipeline:
                 options.vae_tile, options.start, len(groups), clip=priors.image_emb is None,
                 processor=priors.features is None, output=(box[3] - box[2], box[1] - box[0])))
         try:
-            with self._lock:  # one run at a time (a server may call from several threads)
+            with self.lock:  # one run at a time (a server may call from several threads)
                 if len(groups) == 1:
                     return self._restore(lq, caps, options, callback, box, priors, output_bits, run)
                 out: list[torch.Tensor | None] = [None] * b
