@@ -74,16 +74,6 @@ class ModelSpec:
         object.__setattr__(self, "device", _as_device(self.device))
         object.__setattr__(self, "dtype", _as_dtype(self.dtype))
 
-    @property
-    def torch_device(self) -> torch.device:
-        """The same as ``device`` (kept for callers written when it was a name)."""
-        return self.device
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        """The same as ``dtype`` (kept for callers written when it was a name)."""
-        return self.dtype
-
     def key(self) -> tuple[Any, ...]:
         """Cache key: file identities (a replaced file reloads), base and dtype (not device: modules move)."""
         return ("sspir", file_signature(self.sd), file_signature(self.sspir), self.base, self.dtype)
