@@ -69,15 +69,20 @@ def tiny_unet(unet_class: type | None = None, operations: Any = None) -> torch.n
     return unet.eval().requires_grad_(False)
 
 
-def _marker_index(delta: torch.Tensor, kind: str) -> int | None:
-    """The list index a constant ``delta`` encodes for ``kind``; None when ``delta`` is not one constant of that
-    kind. The UNet's values are O(1) and the markers below 300, so float32 round-off of the sum is far below 0.01."""
+def _constant(delta: torch.Tensor) -> float | None:
+    """The value of a constant ``delta``, else None. The UNet's values are O(1) and the markers below 300, so the
+    float32 round-off of ``h + marker - h`` is far below 0.01."""
     lo, hi = float(delta.min()), float(delta.max())
-    if hi - lo > 1e-2:
-        return None
-    value = (lo + hi) / 2 - _BASES[kind]
+    return (lo + hi) / 2 if hi - lo <= 1e-2 else None
+
+
+def _marker_index(value: float | None, kind: str) -> int:
+    """The list index a constant difference encodes for ``kind``; -1 when it is no marker of that kind."""
+    if value is None:
+        return -1
+    value -= _BASES[kind]
     index = round(value) - 1
-    return index if abs(value - round(value)) < 1e-2 and 0 <= index < 100 else None
+    return index if abs(value - round(value)) < 1e-2 and 0 <= index < 100 else -1
 
 
 def probe_landing(unet: torch.nn.Module | None = None) -> ControlLanding:
@@ -125,19 +130,19 @@ def probe_landing(unet: torch.nn.Module | None = None) -> ControlLanding:
             h.remove()
     # h after input block i (control added) is what the next block receives, and the skip it pushes
     after = [seen[f"in{i + 1}<"] for i in range(n - 1)] + [seen["mid<"]]
-    landed_in = [_marker_index(after[i] - seen[f"in{i}"], "input") for i in range(n)]
+    landed_in = [_marker_index(_constant(after[i] - seen[f"in{i}"]), "input") for i in range(n)]
     carried = seen["mid"].shape[1]
-    landed_mid = _marker_index(seen["out0<"][:, :carried] - seen["mid"], "middle")
+    landed_mid = _marker_index(_constant(seen["out0<"][:, :carried] - seen["mid"]), "middle")
     skips, landed_out = [], []
     for k in range(n):
         skip = seen[f"out{k}<"][:, carried:]
-        found = [(j, _marker_index(skip - after[j], "output")) for j in range(n) if after[j].shape == skip.shape]
-        found = [(j, m) for j, m in found if m is not None]
+        # the skip is one input block's h, plus the constant of the "output" entry that landed on it (if any)
+        found = [(j, _constant(skip - after[j])) for j in range(n) if after[j].shape == skip.shape]
+        found = [(j, value) for j, value in found if value is not None]
         skips.append(found[0][0] if len(found) == 1 else -1)
-        landed_out.append(found[0][1] if len(found) == 1 else -1)
+        landed_out.append(_marker_index(found[0][1], "output") if len(found) == 1 else -1)
         carried = seen[f"out{k}"].shape[1]
-    return ControlLanding(tuple(-1 if v is None else v for v in landed_in), -1 if landed_mid is None else landed_mid,
-                          tuple(skips), tuple(landed_out))
+    return ControlLanding(tuple(landed_in), landed_mid, tuple(skips), tuple(landed_out))
 
 
 def landing_problems(got: ControlLanding, want: ControlLanding) -> list[str]:
