@@ -122,14 +122,10 @@ def _register_copies(patch: SSPIRPatch) -> None:
 def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """SSP-IR weights on ComfyUI's offload device in the patcher the host's own model-patch loaders build.
 
-    Also the ``cached_patcher_init`` factory: the host calls it to reload the weights for a MultiGPU deep clone
-    (and with ``disable_dynamic=True`` for a non-dynamic delegate), so it must give a fresh patcher each time.
+    ``disable_dynamic``: a plain ``ModelPatcher`` (what the host asks of a ``cached_patcher_init`` factory for a
+    non-dynamic delegate).
     """
-    try:
-        module = load_native_patch(path, device=mm.unet_offload_device(), dtype=dtype)
-    except FileNotFoundError as exc:
-        raise InputError(f"SSP-IR Patch Loader: {path} is gone; ComfyUI needs it again to copy SSP-IR's weights "
-                         "(MultiGPU or dynamic VRAM): put it back or reload the workflow") from exc
+    module = load_native_patch(path, device=mm.unet_offload_device(), dtype=dtype)
     for m in module.modules():  # ComfyUI's casting layers: partial (low-VRAM) loading can leave them offloaded
         cast = _CAST_OPS.get(type(m))
         if cast is not None:
@@ -140,8 +136,19 @@ def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) 
     patcher = _patcher_class(disable_dynamic)(module, load_device=mm.get_torch_device(),
                                               offload_device=mm.unet_offload_device())
     if hasattr(patcher, "cached_patcher_init"):
-        patcher.cached_patcher_init = (build_patcher, (str(path), dtype))
+        patcher.cached_patcher_init = (reload_patcher, (str(path), dtype))
     return patcher
+
+
+def reload_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """The ``cached_patcher_init`` factory: the host calls it to reload the weights, fresh each time, for a
+    MultiGPU deep clone (or a non-dynamic delegate); a failure says what ComfyUI was doing and what to do."""
+    try:
+        return build_patcher(path, dtype, disable_dynamic)
+    except Exception as exc:
+        raise InputError(f"SSP-IR Patch Loader: ComfyUI reloads {path} to copy SSP-IR's weights (MultiGPU, dynamic "
+                         f"VRAM) and it cannot be read now ({exc}); put the file back, or queue the workflow again so "
+                         "SSP-IR Patch Loader loads it anew") from exc
 
 
 def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
