@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.captioners import CAPTIONERS, PAPER_PROMPT
 from sspir_core.errors import InputError
 from sspir_core.restore.components import CaptionerSpec
 
 from . import host
+from .api import io
 from .sockets import LOADERS, SSPIRCaptioner
 from .support import DTYPE_CHOICES, choose_device, device_choices
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.errors import InputError
 from sspir_core.restore.options import LIMITS, RestoreOptions
 from sspir_core.restore.work import cancel_points, plan_prior, processor_tiles
 
 from . import host
+from .api import io
 from .sockets import NATIVE, SSPIRPatchSocket
 from .support import TILE_STEP, images_from_list, problems_message, single, tiling_widget_problems
 

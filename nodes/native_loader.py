@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.v0_0_2 import io
 
 from sspir_core.restore.model_cache import file_signature
 
 from . import host
+from .api import io
 from .sockets import NATIVE, SSPIRPatchSocket
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -85,9 +85,19 @@ class Recorder:
         self.soft_empties = 0
 
 
+API_SHAPES = ("v0_0_2", "0.33.0", "stable")
+"""The V3 API layouts the pack probes: ``v0_0_2`` alone (what the pack first imported), ComfyUI 0.3.75/0.33.0's
+(``version_list`` with ``latest`` and ``v0_0_2``, none stable, ``ComfyAPISync.execution.set_progress``), and a
+host that lists a stable ``comfy_api.v1``."""
+
+
 def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str = "NORMAL_VRAM",
-            existing_folders: dict[str, tuple[list[str], set[str]]] | None = None) -> Recorder:
-    """Put fake ComfyUI modules in ``sys.modules`` (undone by ``monkeypatch``); returns the recorder."""
+            existing_folders: dict[str, tuple[list[str], set[str]]] | None = None, api_shape: str = "v0_0_2"
+            ) -> Recorder:
+    """Put fake ComfyUI modules in ``sys.modules`` (undone by ``monkeypatch``); returns the recorder.
+
+    ``api_shape`` (one of :data:`API_SHAPES`): which V3 API modules exist. Progress sent through the V3 API's
+    ``set_progress`` is recorded in ``rec.progress`` as ``("set_progress", value, max_value, image)``."""
     import enum
 
     import torch
@@ -173,9 +183,34 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
     comfy = types.ModuleType("comfy")
     comfy.model_management, comfy.utils = mm, utils
 
-    for name, module in (("comfy_api", types.ModuleType("comfy_api")), ("comfy_api.v0_0_2", api),
-                         ("folder_paths", fp), ("comfy", comfy), ("comfy.model_management", mm),
-                         ("comfy.utils", utils)):
+    api_modules = {"comfy_api": types.ModuleType("comfy_api"), "comfy_api.v0_0_2": api}
+    if api_shape not in API_SHAPES:
+        raise ValueError(f"api_shape must be one of {API_SHAPES}")
+    if api_shape != "v0_0_2":
+        class Execution:
+            def set_progress(self, value, max_value, node_id=None, preview_image=None, ignore_size_limit=False):
+                rec.progress.append(("set_progress", value, max_value, preview_image))
+
+        class ComfyAPISync:
+            def __init__(self) -> None:
+                self.execution = Execution()
+
+        versions = []
+        for name, version, stable in (("latest", "latest", False), ("v0_0_2", "0.0.2", False),
+                                      ("v1", "1.0", True), ("v0_9", "0.9", True)):
+            if stable and api_shape != "stable":
+                continue
+            module = api if name == "v0_0_2" else types.ModuleType(f"comfy_api.{name}")
+            module.io, module.ui, module.ComfyExtension = io, ui, api.ComfyExtension
+            module.ComfyAPISync = ComfyAPISync
+            api_modules[f"comfy_api.{name}"] = module
+            versions.append(type(f"ComfyAPI_{name}", (), {"VERSION": version, "STABLE": stable,
+                                                          "__module__": f"comfy_api.{name}"}))
+        version_list = types.ModuleType("comfy_api.version_list")
+        version_list.supported_versions = versions
+        api_modules["comfy_api.version_list"] = version_list
+    for name, module in (*api_modules.items(), ("folder_paths", fp), ("comfy", comfy),
+                         ("comfy.model_management", mm), ("comfy.utils", utils)):
         monkeypatch.setitem(sys.modules, name, module)
     for name in [m for m in sys.modules if m == "nodes" or m.startswith("nodes.")]:
         monkeypatch.delitem(sys.modules, name)  # the node modules bind the fake io at import
