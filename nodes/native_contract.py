@@ -145,6 +145,33 @@ def probe_landing(unet: torch.nn.Module | None = None) -> ControlLanding:
     return ControlLanding(tuple(landed_in), landed_mid, tuple(skips), tuple(landed_out))
 
 
+class _Marker(torch.nn.Module):
+    """A parameterless layer the host must hand to the ``forward_timestep_embed_patch`` handler (as the route's
+    SSPIRHook markers are); running it directly means the hook is gone."""
+
+    def forward(self, *_: Any, **__: Any) -> Any:
+        raise RuntimeError("the marker layer ran itself: forward_timestep_embed_patch did not take it")
+
+
+def probe_embed_patch(unet: torch.nn.Module | None = None) -> int:
+    """How many times one forward hands a marker layer in the middle block to a registered
+    ``forward_timestep_embed_patch`` handler (the route's attentions run this way; the contract is 1)."""
+    unet = tiny_unet() if unet is None else unet
+    unet.middle_block.append(_Marker())
+    calls = []
+
+    def handler(layer: torch.nn.Module, x: torch.Tensor, *_: Any) -> torch.Tensor:
+        calls.append(layer)
+        return x
+
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    context = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        unet(x, timesteps=torch.tensor([500.0]), context=context,
+             transformer_options={"patches": {"forward_timestep_embed_patch": [(_Marker, handler)]}})
+    return sum(isinstance(c, _Marker) for c in calls)
+
+
 def landing_problems(got: ControlLanding, want: ControlLanding) -> list[str]:
     """What differs, in words (empty: the contract holds)."""
     out = []
@@ -158,22 +185,29 @@ def landing_problems(got: ControlLanding, want: ControlLanding) -> list[str]:
 _VERDICT: list[str] | None = None  # the problems found by the first check in this process ([] = fine)
 
 
-def check_control_contract(probe: Callable[[], ControlLanding] = probe_landing, *, fresh: bool = False) -> None:
-    """Raise a clear error when this ComfyUI's UNet no longer reads ``control`` as the native route assumes.
+def check_control_contract(probe: Callable[[], ControlLanding] = probe_landing,
+                           embed_probe: Callable[[], int] = probe_embed_patch, *, fresh: bool = False) -> None:
+    """Raise a clear error when this ComfyUI's UNet no longer reads ``control`` (or runs
+    ``forward_timestep_embed_patch`` handlers) as the native route assumes.
 
-    Runs :func:`probe_landing` once per process (about a second on a CPU); the verdict is kept. ``fresh``
-    re-runs it (tests).
+    Runs the probes once per process (well under a second on a CPU once ComfyUI is imported); the verdict is
+    kept. ``fresh`` re-runs them (tests).
     """
     global _VERDICT
     if _VERDICT is None or fresh:
         try:
             got = probe()
-            _VERDICT = landing_problems(got, assumed_landing(len(got.input)))
+            problems = landing_problems(got, assumed_landing(len(got.input)))
+            handled = embed_probe()
+            if handled != 1:
+                problems.append(f"forward_timestep_embed_patch: a marker layer reached the handler {handled} times "
+                                "per forward, the pack assumes once")
+            _VERDICT = problems
         except Exception as exc:  # noqa: BLE001 (a host whose UNet cannot be probed is a changed contract too)
             _VERDICT = [f"the probe itself failed ({type(exc).__name__}: {exc})"]
     if _VERDICT:
         raise InputError(
-            "SSP-IR: this ComfyUI's UNet no longer adds ControlNet residuals where Apply SSP-IR assumes (ComfyUI's "
-            "openaimodel.py apply_control / skip order changed): " + "; ".join(_VERDICT) + ". Residuals would meet "
-            "the wrong skips and degrade images silently, so Apply SSP-IR stops. Use ComfyUI 0.3.75 to 0.33.0 "
-            "(tested) or an update of this pack that supports your ComfyUI.")
+            "SSP-IR: this ComfyUI's UNet no longer runs the hooks Apply SSP-IR relies on as it assumes (ComfyUI's "
+            "openaimodel.py apply_control, skip order or forward_timestep_embed changed): " + "; ".join(_VERDICT)
+            + ". Residuals would meet the wrong skips and degrade images silently, so Apply SSP-IR stops. Use "
+            "ComfyUI 0.3.75 to 0.33.0 (tested) or an update of this pack that supports your ComfyUI.")

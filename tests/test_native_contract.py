@@ -27,7 +27,7 @@ def pop_first(values: list) -> object:
 class FakeUNet(nn.Module):
     """Four input blocks (one downsampling), a middle block, four output blocks (one upsampling)."""
 
-    def __init__(self, pop=pop_last, skip_pop=pop_last, middle: bool = True) -> None:
+    def __init__(self, pop=pop_last, skip_pop=pop_last, middle: bool = True, embed_patch: bool = True) -> None:
         super().__init__()
         conv = nn.Conv2d
         self.input_blocks = nn.ModuleList([nn.Sequential(conv(4, 8, 3, padding=1)), nn.Sequential(conv(8, 8, 3, padding=1)),
@@ -39,7 +39,7 @@ class FakeUNet(nn.Module):
                                             nn.Sequential(conv(16, 8, 3, padding=1)),
                                             nn.Sequential(conv(16, 8, 3, padding=1))])
         self.out = conv(8, 4, 3, padding=1)
-        self.pop, self.skip_pop, self.middle = pop, skip_pop, middle
+        self.pop, self.skip_pop, self.middle, self.embed_patch = pop, skip_pop, middle, embed_patch
 
     def apply_control(self, h, control, name):
         if control is not None and control.get(name):
@@ -49,9 +49,12 @@ class FakeUNet(nn.Module):
         return h
 
     def forward(self, x, timesteps=None, context=None, control=None, transformer_options=None):
-        def run(block, h):
+        patches = (transformer_options or {}).get("patches", {}).get("forward_timestep_embed_patch", [])
+
+        def run(block, h):  # forward_timestep_embed: a registered handler takes the layers of its class
             for layer in block:
-                h = layer(h)
+                handler = next((f for cls, f in patches if isinstance(layer, cls)), None) if self.embed_patch else None
+                h = layer(h) if handler is None else handler(layer, h, None, context, transformer_options)
             return h
 
         hs, h = [], x
@@ -65,6 +68,15 @@ class FakeUNet(nn.Module):
             hsp = self.apply_control(self.skip_pop(hs), control, "output")
             h = run(block, torch.cat([h, hsp], dim=1))
         return self.out(h)
+
+
+def _embed_ok() -> int:
+    return nc.probe_embed_patch(FakeUNet())
+
+
+def _reset() -> None:
+    """Leave a good verdict behind (it is per process)."""
+    nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()), _embed_ok, fresh=True)
 
 
 def test_the_contract_as_written_in_control_py_and_layout_py():
@@ -82,9 +94,17 @@ def test_the_check_passes_on_the_host_order_and_keeps_its_verdict():
         calls.append(1)
         return nc.probe_landing(FakeUNet())
 
-    nc.check_control_contract(probe, fresh=True)
+    nc.check_control_contract(probe, lambda: nc.probe_embed_patch(FakeUNet()), fresh=True)
     nc.check_control_contract(probe)  # cached: the probe is not run again
     assert len(calls) == 1
+
+
+def test_a_host_that_no_longer_hands_marker_layers_to_the_handler_is_refused():
+    assert nc.probe_embed_patch(FakeUNet()) == 1
+    with pytest.raises(InputError, match="the probe itself failed.*marker layer ran itself"):
+        nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()),
+                                  lambda: nc.probe_embed_patch(FakeUNet(embed_patch=False)), fresh=True)
+    _reset()
 
 
 @pytest.mark.parametrize("unet, field", [
@@ -96,11 +116,11 @@ def test_a_changed_contract_fails_loudly(unet, field):
     problems = nc.landing_problems(got, nc.assumed_landing(4))
     assert any(p.startswith(field + ":") for p in problems), problems
     with pytest.raises(InputError, match="apply_control") as err:
-        nc.check_control_contract(lambda: got, fresh=True)
+        nc.check_control_contract(lambda: got, _embed_ok, fresh=True)
     assert field + ": got" in str(err.value)
     with pytest.raises(InputError):  # the verdict is kept for the process
-        nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()))
-    nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()), fresh=True)
+        nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()), _embed_ok)
+    _reset()
 
 
 def test_a_pop_order_change_moves_every_output_residual():
@@ -111,5 +131,5 @@ def test_a_pop_order_change_moves_every_output_residual():
 def test_skips_taken_in_another_order_are_a_changed_contract():
     # popping the skips from the front breaks the UNet's own shapes here: the probe's failure is the verdict
     with pytest.raises(InputError, match="the probe itself failed"):
-        nc.check_control_contract(lambda: nc.probe_landing(FakeUNet(skip_pop=pop_first)), fresh=True)
-    nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()), fresh=True)
+        nc.check_control_contract(lambda: nc.probe_landing(FakeUNet(skip_pop=pop_first)), _embed_ok, fresh=True)
+    _reset()
