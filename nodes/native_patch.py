@@ -113,8 +113,10 @@ def _register_copies(patch: SSPIRPatch) -> None:
     if event is None or not hasattr(patch.patcher, "add_callback"):
         return
 
+    copies = patch.copies  # not ``patch``: the patcher must not hold the SSPIRPatch that holds it
+
     def remember(_original: Any, clone: Any) -> None:
-        patch.copies[str(clone.load_device)] = clone
+        copies[str(clone.load_device)] = clone
 
     patch.patcher.add_callback(event, remember)
 
