@@ -76,10 +76,19 @@ class _SetProgress:
 
     def __init__(self, execution: Any) -> None:
         self._execution = execution
+        self._fallback: Any = None
 
     def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
-        image = preview[1] if isinstance(preview, tuple) else preview  # ProgressBar's (format, image, size)
-        self._execution.set_progress(value=value, max_value=max(total or 1, 1), preview_image=image)
+        if self._fallback is None:
+            image = preview[1] if isinstance(preview, tuple) else preview  # ProgressBar's (format, image, size)
+            try:
+                self._execution.set_progress(value=value, max_value=max(total or 1, 1), preview_image=image)
+                return
+            except ValueError:  # called where the host knows no executing node (set_progress needs one)
+                from comfy.utils import ProgressBar
+
+                self._fallback = ProgressBar(1)
+        self._fallback.update_absolute(value, total, preview)
 
 
 _SYNC: list[Any] = []  # the one ComfyAPISync instance of this process

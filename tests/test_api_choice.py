@@ -53,3 +53,16 @@ def test_progress_goes_through_the_newest_mechanism(monkeypatch, tmp_path, shape
         assert entry[0] == "set_progress" and entry[3] is not None and entry[3].size == (8, 8)  # the latent preview, latent-sized
     else:
         assert entry[0] != "set_progress" and entry[2][0] == "JPEG"
+
+
+def test_set_progress_outside_an_executing_node_falls_back_to_the_progress_bar(monkeypatch, tmp_path):
+    api, rec = _api(monkeypatch, tmp_path, "0.33.0")
+
+    def no_context(**_):
+        raise ValueError("node_id must be provided if not in executing context")  # 0.33.0's message
+
+    bar = api.progress_bar()
+    monkeypatch.setattr(bar._execution, "set_progress", no_context)
+    bar.update_absolute(1, 3)
+    bar.update_absolute(2, 3)
+    assert rec.progress == [(1, 3, None), (2, 3, None)]  # the fake ProgressBar's records
