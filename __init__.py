@@ -19,9 +19,8 @@ if _PACK_DIR not in sys.path:
 
 async def comfy_entrypoint():
     """Called by ComfyUI (>= 0.3.75): returns the extension that lists this pack's nodes."""
-    from comfy_api.v0_0_2 import ComfyExtension
-
     from .nodes import node_list
+    from .nodes.api import ComfyExtension  # the host's V3 API module, chosen by probing
 
     class SSPIRExtension(ComfyExtension):
         async def get_node_list(self) -> list:

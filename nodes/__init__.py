@@ -1,7 +1,7 @@
 """Thin ComfyUI node classes (V3 API), one concept per module; all work happens in ``sspir_core``.
 
-Import the node modules only through :func:`node_list` (they import ``comfy_api``, which exists only inside
-ComfyUI), so ``import nodes`` stays cheap and works anywhere.
+Import the node modules only through :func:`node_list` (they import ``comfy_api`` through ``nodes.api``, which
+exists only inside ComfyUI), so ``import nodes`` stays cheap and works anywhere.
 """
 
 from __future__ import annotations

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.v0_0_2 import io, ui
 
 from sspir_core.captioners import to_pil_images
 from sspir_core.image_io import comfy_to_bchw
 from sspir_core.restore.components import captioner_for
 
 from . import host
+from .api import io, ui
 from .sockets import CATEGORY, SSPIRCaptioner
 
 

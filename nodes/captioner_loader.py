@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.captioners import CAPTIONERS, PAPER_PROMPT
 from sspir_core.devices import DTYPE_CHOICES, choose_device, device_choices
 from sspir_core.errors import InputError
 from sspir_core.restore.components import CaptionerSpec
 
 from . import host
+from .api import io
 from .sockets import LOADERS, SSPIRCaptioner
 
 NO_MODEL = "(none: openai server)"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.image_io import comfy_to_bchw
 from sspir_core.restore.components import ImageEmbedPrior, output_size
 
 from . import host
+from .api import io
 from .sizes import SIZE_NOTE, size_inputs
 from .sockets import CATEGORY, SSPIRClipVision, SSPIRImageEmbed, SSPIRModel
 from .support import target_size

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.restore.components import ClipVisionSpec
 from sspir_core.restore.model_cache import file_signature
 from sspir_core.weights.file_checks import check_clip_vision
 
 from . import host
+from .api import io
 from .sockets import LOADERS, SSPIRClipVision
 
 

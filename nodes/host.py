@@ -213,11 +213,12 @@ def check_interrupted() -> None:
 
 
 def _progress_bar() -> Any | None:
+    """The host's progress reporting (see ``nodes.api.progress_bar``); None outside ComfyUI."""
     try:
-        from comfy.utils import ProgressBar
+        from .api import progress_bar
     except ImportError:
         return None
-    return ProgressBar(1)
+    return progress_bar()
 
 
 def start_run(rate_key: object = None) -> tuple[Run, Callable[[int, int, torch.Tensor], None]]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.devices import DTYPE_CHOICES, choose_device, choose_dtype, device_choices
 from sspir_core.restore.components import CACHE_CHOICES, ModelSpec
 from sspir_core.restore.model_cache import file_signature
 from sspir_core.weights.file_checks import check_model_files
 
 from . import host
+from .api import io
 from .sockets import LOADERS, SSPIRModel
 from .support import OFFLOAD_CHOICES, choose_offload
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.errors import InputError
 from sspir_core.restore.options import LIMITS, RestoreOptions
 from sspir_core.restore.work import cancel_points, plan_prior, processor_tiles
 
 from . import host
+from .api import io
 from .sockets import NATIVE, SSPIRPatchSocket
 from .support import TILE_STEP, images_from_list, problems_message, single, tiling_widget_problems
 
@@ -107,9 +106,11 @@ class SSPIRApply(io.ComfyNode):
     def execute(cls, model, sspir_patch, clip_vision, image, strength: float, start_percent: float,
                 end_percent: float, start: str, processor_tile: int, tile: int = 0, tile_overlap: int = 0
                 ) -> io.NodeOutput:
+        from .native_contract import check_control_contract
         from .native_one_step import add_one_step, one_step_patches
         from .native_patch import apply, check_model, compute_priors
 
+        check_control_contract()  # once per process: this ComfyUI's UNet reads `control` as the route assumes
         check_model(model, sspir_patch)  # before the priors' work
         lora = one_step_patches(model, sspir_patch)  # a one-step checkpoint's UNet LoRA, checked on the MODEL
         lq = images_from_list(image).rgb

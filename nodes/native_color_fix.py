@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.errors import InputError
 from sspir_core.image_io import bchw_to_comfy
 from sspir_core.restore.color_fix import apply_color_fix
 
+from .api import io
 from .sockets import NATIVE
 from .support import images_from_list
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.v0_0_2 import io
 from torch import nn
 
 from sspir_core.image_io import bchw_to_comfy, prepare_lq
@@ -11,6 +10,7 @@ from sspir_core.restore.tiling import tiled_vae_encode
 from sspir_core.restore.work import WorkPlan, cancel_points, vae_encode_grid, vae_encode_overlap
 
 from . import host
+from .api import io
 from .sizes import size_inputs
 from .sockets import NATIVE
 from .support import images_from_list, target_size

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.v0_0_2 import io
 
 from sspir_core.devices import DTYPE_NAMES, torch_dtype
 from sspir_core.restore.model_cache import file_signature
 
 from . import host
+from .api import io
 from .sockets import NATIVE, SSPIRPatchSocket
 
 

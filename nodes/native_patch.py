@@ -1,10 +1,15 @@
 """ComfyUI glue of the native route: SSP-IR as patches on a clone of the user's MODEL.
 
-Hooks used (all public, all on the clone, all appended to what is there; checked against ComfyUI 0.3.75):
-- ``ModelPatcher`` around :class:`~sspir_core.native.patch.NativePatch`, attached with
-  ``set_additional_models``: ``load_models_gpu`` loads, partially loads and offloads our weights with the UNet;
-  its leaf layers are ComfyUI's casting ops (``comfy.ops.disable_weight_init``) so low-VRAM partial loading
-  can leave them on the offload device.
+Hooks used (all public, all on the clone, all appended to what is there; checked against ComfyUI 0.3.75 and
+0.33.0, newer features found by probing, never by version number):
+- A patcher around :class:`~sspir_core.native.patch.NativePatch`, attached with ``set_additional_models``:
+  ``load_models_gpu`` loads, partially loads and offloads our weights with the UNet; its leaf layers are
+  ComfyUI's casting ops (``comfy.ops.disable_weight_init``) so low-VRAM partial loading can leave them on the
+  offload device. It is built as the host's own model-patch loaders build theirs (:func:`build_patcher`): the
+  host's ``CoreModelPatcher`` where it has one (``ModelPatcherDynamic`` when ComfyUI runs with dynamic VRAM,
+  so one non-dynamic model does not turn off ``free_for_dynamic`` for the whole load), the weights' dtypes
+  archived (``archive_model_dtypes``) and a ``cached_patcher_init`` factory (MultiGPU deep clones reload the
+  weights through it; each device's copy is found by :meth:`SSPIRPatch.module_for`).
 - ``add_object_patch("diffusion_model.{input,middle,output}_blocks.N", block)``: the same layers, under the same
   names (so LoRA keys and weight patches still find them), with parameterless :class:`SSPIRHook` markers inserted
   where SSP-IR's image attention (before the SpatialTransformer) and pixel attention (after it) run.
@@ -57,28 +62,102 @@ UNSET = object()  # "max_denoise not given": KSAMPLER passes it only when it noi
 
 # ---------------------------------------------------------------------------------------------- the patch object
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda:0`` and ``cuda`` (or ``mps:0`` and ``mps``) are the same device here."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 @dataclass
 class SSPIRPatch:
-    """What SSP-IR Patch Loader hands on: our weights inside their own ModelPatcher, and where they came from."""
+    """What SSP-IR Patch Loader hands on: our weights inside their own patcher, and where they came from.
+
+    ``copies``: the patchers of MultiGPU deep clones of ``patcher`` (by load device), registered by the host's
+    ``ON_DEEPCLONE_MULTIGPU`` callback, so a UNet copy running on another GPU uses the SSP-IR weights on it.
+    """
 
     patcher: comfy.model_patcher.ModelPatcher
     source: str
+    copies: dict[str, Any] = field(default_factory=dict)
 
     @property
     def module(self) -> NativePatch:
         return self.patcher.model
 
+    def module_for(self, device: torch.device) -> NativePatch:
+        """The weights to run next to a UNet call on ``device``: ours, or a MultiGPU deep clone's."""
+        if _same_device(device, self.patcher.load_device):
+            return self.module
+        for where, copy_patcher in self.copies.items():
+            if _same_device(device, torch.device(where)):
+                return copy_patcher.model
+        if self.copies:
+            raise InputError(f"Apply SSP-IR: the UNet runs on {device} but SSP-IR's weights (SSP-IR Patch Loader, "
+                             f"{Path(self.source).name}) were copied only to {self.patcher.load_device} and "
+                             f"{', '.join(self.copies)}: re-queue the prompt so the MultiGPU setup copies the MODEL "
+                             "with Apply SSP-IR's patch, or sample on one GPU")
+        return self.module  # as before MultiGPU: casting layers follow the input's device
 
-def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
-    """Load SSP-IR weights onto ComfyUI's offload device and wrap them in a ModelPatcher."""
+
+def _patcher_class(disable_dynamic: bool) -> type:
+    """The host's class for a loaded model: ``CoreModelPatcher`` where the host has one (it is
+    ``ModelPatcherDynamic`` when ComfyUI runs with dynamic VRAM), else ``ModelPatcher`` (ComfyUI 0.3.75)."""
+    mp = comfy.model_patcher
+    return mp.ModelPatcher if disable_dynamic else getattr(mp, "CoreModelPatcher", mp.ModelPatcher)
+
+
+def _register_copies(patch: SSPIRPatch) -> None:
+    """Where the host makes MultiGPU deep clones, remember each clone of our patcher by its load device."""
+    callbacks = getattr(comfy.patcher_extension, "CallbacksMP", None)
+    event = getattr(callbacks, "ON_DEEPCLONE_MULTIGPU", None)
+    if event is None or not hasattr(patch.patcher, "add_callback"):
+        return
+
+    copies = patch.copies  # not ``patch``: the patcher must not hold the SSPIRPatch that holds it
+
+    def remember(_original: Any, clone: Any) -> None:
+        copies[str(clone.load_device)] = clone
+
+    patch.patcher.add_callback(event, remember)
+
+
+def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """SSP-IR weights on ComfyUI's offload device in the patcher the host's own model-patch loaders build.
+
+    ``disable_dynamic``: a plain ``ModelPatcher`` (what the host asks of a ``cached_patcher_init`` factory for a
+    non-dynamic delegate).
+    """
     module = load_native_patch(path, device=mm.unet_offload_device(), dtype=dtype)
     for m in module.modules():  # ComfyUI's casting layers: partial (low-VRAM) loading can leave them offloaded
         cast = _CAST_OPS.get(type(m))
         if cast is not None:
             m.__class__ = cast
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
-    return SSPIRPatch(patcher, str(path))
+    archive = getattr(mm, "archive_model_dtypes", None)
+    if archive is not None:  # dynamic loading casts each weight back to its archived dtype
+        archive(module)
+    patcher = _patcher_class(disable_dynamic)(module, load_device=mm.get_torch_device(),
+                                              offload_device=mm.unet_offload_device())
+    if hasattr(patcher, "cached_patcher_init"):
+        patcher.cached_patcher_init = (reload_patcher, (str(path), dtype))
+    return patcher
+
+
+def reload_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """The ``cached_patcher_init`` factory: the host calls it to reload the weights, fresh each time, for a
+    MultiGPU deep clone (or a non-dynamic delegate); a failure says what ComfyUI was doing and what to do."""
+    try:
+        return build_patcher(path, dtype, disable_dynamic)
+    except Exception as exc:
+        raise InputError(f"SSP-IR Patch Loader: ComfyUI reloads {path} to copy SSP-IR's weights (MultiGPU, dynamic "
+                         f"VRAM) and it cannot be read now ({exc}); put the file back, or queue the workflow again so "
+                         "SSP-IR Patch Loader loads it anew") from exc
+
+
+def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
+    """Load SSP-IR weights onto ComfyUI's offload device and wrap them in the host's patcher."""
+    patch = SSPIRPatch(build_patcher(str(path), dtype), str(path))
+    _register_copies(patch)
+    return patch
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -142,10 +221,11 @@ class Priors:
     _on: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._on:
-            self._on.clear()
-            self._on[device] = (self.image_emb.to(device), self.features.to(device))
-        return self._on[device]
+        # one copy per device (MultiGPU samples on several at once), never cleared under another thread
+        found = self._on.get(device)
+        if found is None:
+            found = self._on[device] = (self.image_emb.to(device), self.features.to(device))
+        return found
 
 
 def compute_priors(patch: SSPIRPatch, clip_vision: Any, image: torch.Tensor, tile: int | None) -> Priors:
@@ -279,7 +359,7 @@ class NativeRun:
                   control: Any, transformer_options: dict, image_emb: torch.Tensor, features: torch.Tensor,
                   active: bool, kwargs: dict) -> torch.Tensor:
         """One UNet call on ``x`` (the whole latent or one tile) with our ControlNet's residuals merged in."""
-        module = self.patch.module
+        module = self.patch.module_for(x.device)
         residuals = None
         shapes = None
         if active:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.restore.options import MAX_STEPS
 
+from .api import io
 from .sockets import NATIVE
 
 

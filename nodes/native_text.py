@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.errors import InputError
 from sspir_core.native.text import MIXED_LENGTHS
 from sspir_core.restore.prompt import DEFAULT_MAX_CHUNKS
 
+from .api import io
 from .sockets import NATIVE
 from .support import captions_for_batch, flatten_strings, single
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io, ui
-
 from . import sampling
+from .api import io, ui
 from .sockets import CATEGORY, SSPIRCaptioner, SSPIRClipVision, SSPIRModel
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from . import sampling
+from .api import io
 from .sockets import CATEGORY, SSPIRImageEmbed, SSPIRModel, SSPIRStructure
 
 

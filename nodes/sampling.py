@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from comfy_api.v0_0_2 import io
 
 from sspir_core.image_io import bchw_to_comfy, resize_image
 from sspir_core.restore.choices import COLOR_FIX_METHODS, SCHEDULERS
@@ -15,6 +14,7 @@ from sspir_core.restore.components import after_run, restore_components
 from sspir_core.restore.options import LIMITS, START_CHOICES, RestoreOptions, options_for_mode
 
 from . import host
+from .api import io
 from .sizes import size_inputs
 from .support import (
     OWN_SETTING,

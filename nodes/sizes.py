@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
+from .api import io
 
 SIZE_NOTE = (
     "SSP-IR computes its priors on the LQ image upscaled to the output size, so they depend on it. This node "

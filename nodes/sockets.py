@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
+from .api import io
 
 CATEGORY = "SSP-IR"
 LOADERS = "SSP-IR/loaders"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from sspir_core.image_io import bchw_to_comfy, comfy_to_bchw, padded_size
 from sspir_core.restore.components import StructurePrior, output_size
 
 from . import host
+from .api import io
 from .sizes import SIZE_NOTE, size_inputs
 from .sockets import CATEGORY, SSPIRModel, SSPIRStructure
 from .support import structure_preview, target_size

@@ -623,8 +623,8 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
                 emb = patch.image_embedding(clip_tokens)
                 feats = patch.structure(lq, tile=None if tile is None else 8 * tile)
             priors = NP.Priors(emb, feats, size)
-            run = NP.NativeRun(type("Patch", (), {"module": patch})(), priors, 1.0, (float("inf"), 0.0), owner,
-                               tile, tile_overlap)
+            holder = type("Patch", (), {"module": patch, "module_for": lambda self, _device: patch})()
+            run = NP.NativeRun(holder, priors, 1.0, (float("inf"), 0.0), owner, tile, tile_overlap)
             options = {"cond_or_uncond": [1, 0], "sigmas": _Sigma(14.6),
                        "patches": {"forward_timestep_embed_patch": [(NP.SSPIRHook, NP.run_hook)]}}
 

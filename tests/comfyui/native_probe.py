@@ -207,5 +207,66 @@ class SSPIRTestPartialLoad:
         return (fresh,)
 
 
+class SSPIRTestHostProbes:
+    """What the pack's probes find in this ComfyUI: the control contract on the host's own UNet (also with a
+    broken ``apply_control``, popping from the front), the V3 API module and progress mechanism, the patcher
+    class, and a MultiGPU deep clone of a fresh SSP-IR patcher (on the CPU) where the host has them."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sspir_patch": ("SSPIR_PATCH",), "name": ("STRING", {"default": "h"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def probe(self, sspir_patch, name):
+        import dataclasses
+        import importlib
+        import sys
+
+        import comfy.ldm.modules.diffusionmodules.openaimodel as openai
+
+        glue = sys.modules[type(sspir_patch).__module__]  # the pack's nodes/native_patch.py, as the server loaded it
+        package = glue.__name__.rsplit(".", 1)[0]
+        contract = importlib.import_module(package + ".native_contract")
+        api = importlib.import_module(package + ".api")
+        info = {"landing": dataclasses.asdict(contract.probe_landing())}
+        contract.check_control_contract(fresh=True)  # raises if the contract changed
+        original = openai.apply_control
+
+        def front_first(h, control, name):
+            if control is not None and name in control and len(control[name]) > 0:
+                ctrl = control[name].pop(0)
+                if ctrl is not None and ctrl.shape == h.shape:
+                    h += ctrl
+            return h
+
+        openai.apply_control = front_first
+        try:
+            broken = contract.probe_landing()
+        finally:
+            openai.apply_control = original
+        info["broken_problems"] = contract.landing_problems(broken, contract.assumed_landing(len(broken.input)))
+        info["api_module"] = api.API.__name__
+        info["progress"] = type(api.progress_bar()).__name__
+        fresh = glue.load_patch(sspir_patch.source, sspir_patch.module.dtype)  # never alter the cached patch
+        info["patcher_class"] = type(fresh.patcher).__name__
+        info["has_cached_patcher_init"] = getattr(fresh.patcher, "cached_patcher_init", None) is not None
+        info["has_deepclone"] = hasattr(fresh.patcher, "deepclone_multigpu")
+        if info["has_deepclone"]:
+            copy = fresh.patcher.deepclone_multigpu(new_load_device=torch.device("cpu"))
+            info["copy_registered"] = sorted(fresh.copies)
+            info["copy_is_fresh"] = copy.model is not fresh.module
+            a, b = fresh.module.state_dict(), copy.model.state_dict()
+            info["copy_equal"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            info["copy_used_for_cpu"] = fresh.module_for(torch.device("cpu")) is fresh.module
+        with open(_out(name, "json"), "w") as f:
+            json.dump(info, f)
+        return {}
+
+
 NODE_CLASS_MAPPINGS = {"SSPIRTestSaveTensor": SSPIRTestSaveTensor, "SSPIRTestReport": SSPIRTestReport,
-                       "SSPIRTestAddPatches": SSPIRTestAddPatches, "SSPIRTestPartialLoad": SSPIRTestPartialLoad}
+                       "SSPIRTestAddPatches": SSPIRTestAddPatches, "SSPIRTestPartialLoad": SSPIRTestPartialLoad,
+                       "SSPIRTestHostProbes": SSPIRTestHostProbes}

@@ -1,0 +1,79 @@
+"""SSP-IR Patch Loader's patcher on both shapes of the host's patcher API (fakes in tests/fake_comfy.py).
+
+0.3.75: a plain ``ModelPatcher``, as before. 0.33.0: built as its model-patch loaders build theirs
+(``CoreModelPatcher``, archived dtypes, a ``cached_patcher_init`` factory), so a MultiGPU deep clone reloads the
+weights and each UNet copy finds the SSP-IR weights on its own device. The real 0.33.0 deep clone runs in
+tests/comfyui/test_native_contract.py; CUDA dynamic VRAM and several GPUs cannot run here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from sspir_core.errors import InputError
+from tests import fake_comfy
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from sspir_core.demo.presets import tiny_models
+    from sspir_core.weights.checkpoint import save_compact
+
+    return save_compact(tiny_models(seed=5), tmp_path_factory.mktemp("patch") / "w.safetensors")
+
+
+def _glue(monkeypatch, tmp_path, shape):
+    fake_comfy.install(monkeypatch, str(tmp_path))
+    fake_comfy.install_patcher_host(monkeypatch, shape)
+    return importlib.import_module("nodes.native_patch")
+
+
+def test_on_0_3_75_the_patcher_is_a_plain_model_patcher(monkeypatch, tmp_path, weights):
+    glue = _glue(monkeypatch, tmp_path, "0.3.75")
+    patch = glue.load_patch(str(weights), torch.float32)
+    assert type(patch.patcher) is fake_comfy.FakeModelPatcher
+    assert not hasattr(patch.patcher, "cached_patcher_init")
+    assert patch.patcher.callbacks == {}
+    linear = next(m for m in patch.module.modules() if isinstance(m, torch.nn.Linear))
+    assert not hasattr(linear, "weight_comfy_model_dtype")  # no archive on this host
+    assert patch.module_for(torch.device("cpu")) is patch.module
+
+
+def test_on_0_33_the_patcher_is_built_like_the_hosts_model_patch_loaders(monkeypatch, tmp_path, weights):
+    glue = _glue(monkeypatch, tmp_path, "0.33.0")
+    patch = glue.load_patch(str(weights), torch.float16)
+    patcher = patch.patcher
+    assert type(patcher) is fake_comfy.FakeDynamicPatcher  # the host's CoreModelPatcher
+    linear = next(m for m in patch.module.modules() if isinstance(m, torch.nn.Linear))
+    assert linear.weight_comfy_model_dtype == torch.float16
+    factory, args = patcher.cached_patcher_init
+    again = factory(*args)
+    assert type(again) is fake_comfy.FakeDynamicPatcher and again.model is not patch.module
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), patch.module.state_dict().values()))
+    plain = factory(*args, disable_dynamic=True)  # what clone(disable_dynamic=True) asks for
+    assert type(plain) is fake_comfy.FakeModelPatcher033
+
+
+def test_a_multigpu_deep_clone_reloads_the_weights_and_each_device_uses_its_own(monkeypatch, tmp_path, weights):
+    glue = _glue(monkeypatch, tmp_path, "0.33.0")
+    patch = glue.load_patch(str(weights), torch.float32)
+    patch.patcher.load_device = torch.device("cuda:0")  # the fake never moves tensors: devices are labels here
+    other = patch.patcher.clone().deepclone_multigpu(new_load_device=torch.device("cuda:1"))
+    assert other.model is not patch.module
+    assert patch.module_for(torch.device("cuda:1")) is other.model
+    assert patch.module_for(torch.device("cuda", 0)) is patch.module
+    with pytest.raises(InputError, match="Apply SSP-IR: the UNet runs on cuda:2.*MultiGPU"):
+        patch.module_for(torch.device("cuda:2"))
+
+
+def test_a_reload_after_the_file_is_gone_names_the_file(monkeypatch, tmp_path, weights):
+    glue = _glue(monkeypatch, tmp_path, "0.33.0")
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes(weights.read_bytes())
+    patch = glue.load_patch(str(moved), torch.float32)
+    moved.unlink()
+    with pytest.raises(InputError, match="reloads .*moved.safetensors to copy SSP-IR.s weights \\(MultiGPU.*file not found"):
+        patch.patcher.deepclone_multigpu(new_load_device=torch.device("cpu"))
