@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {line}", file=sys.stderr)
         import torch
 
-        from .restore import _device
+        from .restore import cli_device
 
-        device = _device(args.device) if args.device == "auto" else torch.device(args.device)
+        device = cli_device(args.device) if args.device == "auto" else torch.device(args.device)
         result = evaluate(pairing, metrics, weights, device=device, crop_border=args.crop_border,
                           protocol=protocol, timings=timings)
     except (SSPIRError, ValueError, OSError) as e:

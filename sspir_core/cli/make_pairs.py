@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..image_io import load_image, save_png
     from ..training.data import CAPTION_DIR, GT_DIR, LQ_DIR, derive_seed, list_images, read_caption, scan
     from ..training.degradations import DegradationSettings, degrade, usm_sharpen
-    from .restore import _device
+    from .restore import cli_device
 
     if args.crop and args.crop % args.scale:
         print(f"error: --crop {args.crop} must be a multiple of --scale {args.scale}", file=sys.stderr)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     for sub in (GT_DIR, LQ_DIR, CAPTION_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    device = _device(args.device)
+    device = cli_device(args.device)
     settings = DegradationSettings(scale=args.scale)
     failed = written = 0
     for index, path in enumerate(tqdm(report.usable, desc="make-pairs", unit="img", disable=None)):

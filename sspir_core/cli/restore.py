@@ -95,7 +95,7 @@ def missing_weights_message(args: argparse.Namespace) -> str | None:
     return "missing weights (or use --preset tiny-random to try the pipeline with untrained toy models):\n" + "\n".join(lines)
 
 
-def _device(name: str):
+def cli_device(name: str):
     """The torch device for ``--device``, refused (InputError) when this machine cannot run it."""
     import torch
 
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             raise SSPIRError(message)
         options = _options(args)
         target = _target_size(args)
-        device = _device(args.device)
+        device = cli_device(args.device)
         if args.captions and not Path(args.captions).is_dir():
             raise SSPIRError(f"--captions {args.captions}: no such folder")
         files = collect_inputs(args.inputs)

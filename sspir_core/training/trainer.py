@@ -648,9 +648,9 @@ def _delete_checkpoint(path: Path, fault_step: int | None = None) -> None:
     """Remove a checkpoint folder, its ``trainer_state.json`` first: a crash midway leaves an unfinished
     folder (skipped by resume, removed by the next save) rather than a complete-looking damaged one."""
     (path / STATE_FILE).unlink(missing_ok=True)
-    from ..files import _fsync_dir
+    from ..files import fsync_dir
 
-    _fsync_dir(path)
+    fsync_dir(path)
     for i, child in enumerate(sorted(path.iterdir())):
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
