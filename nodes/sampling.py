@@ -100,7 +100,7 @@ def validate_sampling(tile: Any = None, tile_overlap: Any = None, vae_tile: Any 
 
 def options_from(kw: dict[str, Any], mode: str = "multi-step", source: str = "the SSP-IR model") -> RestoreOptions:
     """RestoreOptions from the widgets; steps/cfg 0 take the checkpoint's own (one-step: 1 step, no CFG)."""
-    from sspir_core.models.one_step import resolve_sampling
+    from sspir_core.restore.one_step import resolve_sampling
 
     v = {k: single(k, kw[k]) for k in ("negative_prompt", "seed", "steps", "cfg", "scheduler", "start",
                                        "conditioning_scale", "tile", "tile_overlap", "vae_tile", "color_fix")}

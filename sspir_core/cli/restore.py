@@ -159,7 +159,7 @@ def _options(args: argparse.Namespace):
     for flag, value in (("--tile", args.tile), ("--vae-tile", args.vae_tile)):
         if value < 0:
             raise InputError(f"{flag} must be >= 0 (0 = no tiling), got {value}")
-    from ..models.one_step import resolve_sampling
+    from ..restore.one_step import resolve_sampling
     from ..weights.one_step import read_mode
 
     mode = read_mode(args.sspir) if args.sspir else "multi-step"  # metadata only: no weights loaded yet

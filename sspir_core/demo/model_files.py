@@ -59,7 +59,7 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
     from ..models.build import build_models, stock_unet_from_config
     from ..models.unet import is_prior_attention_key
     from ..weights.bundled_configs import CLIP_VISION_CONFIG_METADATA, SD_CONFIGS_METADATA
-    from ..weights.checkpoint import save_tensors, save_compact
+    from ..weights.checkpoint import save_compact, save_tensors
     from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
     from .presets import TINY_CLIP_DIM, TINY_CLIP_IMAGE, TINY_UNET, TINY_VAE
 

@@ -78,7 +78,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         read_json,
         sd_config_dir,
     )
-    from ..weights.checkpoint import save_tensors, save_compact
+    from ..weights.checkpoint import save_compact, save_tensors
     from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
     from .model_files import json_config, one_step_model
     from .presets import empty_weights, fill_random, tiny_models

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..models.sd_schedule import SD_SCHEDULE
 
 # Sampler name -> diffusers scheduler class, by name: diffusers is imported on the first restore, not when
 # ComfyUI lists the nodes (the names are all a node's widget needs).
@@ -17,17 +18,6 @@ SCHEDULERS: dict[str, str] = {
     "dpmpp": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
-}
-
-# SD's training schedule; used when no scheduler config comes with the weights.
-SD_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
 }
 
 

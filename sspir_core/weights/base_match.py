@@ -64,7 +64,7 @@ def native_model_problem(patch_name: str, patch_base: str, expected: Mapping[str
     detected one (None: not an SD-style UNet); the class names are the MRO names of ``model_config`` and
     ``model_sampling``.
     """
-    from ..native.layout import ldm_mismatch
+    from .ldm_layout import ldm_mismatch
 
     trained = base_words(patch_base)
     words = model_words(model_classes)
