@@ -11,8 +11,9 @@ Loading for inference adds the LoRA into the UNet weights (no peft needed); for 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -28,12 +29,23 @@ from ..models.one_step import (
     merge_lora_weights,
 )
 
-if TYPE_CHECKING:
-    from .sspir_file import OneStepPart
-
 MODE_FILE = "one_step.json"
 LORA_FILE = Path("lora") / "unet_lora.safetensors"
 LORA_PREFIX = "lora."
+
+
+@dataclass
+class OneStepPart:
+    """A one-step checkpoint's UNet LoRA: its spec (from the checked metadata) and tensors.
+
+    ``source``: the file holding the metadata (``one_step.json`` or the compact file); ``lora_source``: the file
+    holding the tensors (``lora/unet_lora.safetensors`` or the compact file).
+    """
+
+    spec: LoraSpec
+    tensors: dict[str, torch.Tensor]
+    source: str
+    lora_source: str
 
 
 def mode_metadata(models: SSPIRModels) -> dict[str, Any] | None:

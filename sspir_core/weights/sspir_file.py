@@ -22,8 +22,11 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import RefineLayer, make_controlnet
+from ..models.build import infer_base
 from ..models.controlnet import SSPIRControlNet
-from ..models.one_step import ONE_STEP, LoraSpec
+from ..models.one_step import ONE_STEP
+from .one_step import LORA_FILE, LORA_PREFIX, MODE_FILE, OneStepPart, one_step_spec
+from .weights_file import read_state_dict as read_tensors
 
 COMPACT_FORMAT = "sspir-compact"
 COMPACT_VERSION = "1"
@@ -38,8 +41,6 @@ T = TypeVar("T")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a weights file (see :class:`~sspir_core.weights.WeightsFile`), with the ``module.``
     (DDP) and ``_orig_mod.`` (torch.compile) prefixes that training wrappers add stripped."""
-    from .weights_file import read_state_dict as read_tensors
-
     out = {}
     for k, v in read_tensors(path).items():
         for prefix in _ROOT_PREFIXES:
@@ -162,20 +163,6 @@ class Part:
     source: str
 
 
-@dataclass
-class OneStepPart:
-    """A one-step checkpoint's UNet LoRA: its spec (from the checked metadata) and tensors.
-
-    ``source``: the file holding the metadata (``one_step.json`` or the compact file); ``lora_source``: the file
-    holding the tensors (``lora/unet_lora.safetensors`` or the compact file).
-    """
-
-    spec: LoraSpec
-    tensors: dict[str, torch.Tensor]
-    source: str
-    lora_source: str
-
-
 class SSPIRFile:
     """SSP-IR weights at ``path``, either layout; each part is read when asked for.
 
@@ -226,8 +213,6 @@ class SSPIRFile:
     def base(self) -> str:
         """'sd15' or 'sd21': from the UNet config of a folder, from the metadata of a compact file."""
         if self.official:
-            from ..models.build import infer_base
-
             return infer_base(self.unet_config)
         return self.metadata["base"]
 
@@ -290,8 +275,6 @@ class SSPIRFile:
     def one_step(self) -> OneStepPart | None:
         """The one-step LoRA, checked against its metadata; None for a 50-step model. LoRA tensors without
         one-step metadata are an error, not ignored."""
-        from .one_step import LORA_FILE, LORA_PREFIX, MODE_FILE, one_step_spec
-
         if self.official:
             mode_file, lora_file = self.path / MODE_FILE, self.path / LORA_FILE
             if not mode_file.is_file():
@@ -303,8 +286,6 @@ class SSPIRFile:
                 meta = json.loads(mode_file.read_text())
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{mode_file}: not valid JSON ({e})") from e
-            from .weights_file import read_state_dict as read_tensors
-
             return OneStepPart(one_step_spec(meta, str(mode_file)), read_tensors(lora_file), str(mode_file),
                                str(lora_file))
         tensors = self._compact_parts["lora"]
