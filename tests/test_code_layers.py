@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"files", "image_io"},
+    {"files", "image_io", "devices"},
     {"captioners"},
     {"models"},
     {"weights"},
