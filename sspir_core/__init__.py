@@ -3,7 +3,19 @@
 Never imports ComfyUI. The folders follow a restore, LQ -> priors -> sampler -> image:
 ``models/`` (the networks and their build), ``weights/`` (SSP-IR checkpoints and the frozen base loaders),
 ``captioners/`` (the explicit semantic prior), ``restore/`` (prompt, tiling, pipeline, colour fix, output),
-``training/``, ``evaluation/``, ``bench/``, ``demo/`` (tiny random models) and ``cli/``.
+``native/`` (SSP-IR as a patch on a host's UNet), ``training/``, ``evaluation/``, ``bench/``, ``demo/`` (tiny
+random models) and ``cli/``.
+
+Layers, bottom to top; a package imports only its own modules and lower layers (``tests/test_code_layers.py``):
+
+1. ``errors``; then ``files``, ``image_io``, ``devices`` (and the ``configs/`` data): no model knowledge.
+2. ``captioners``: self-contained, on the base only.
+3. ``models``: the networks; they read no files and know no sampler (SD's training schedule is
+   ``models/sd_schedule.py``).
+4. ``weights``: files to modules (:class:`~sspir_core.weights.sspir_file.SSPIRFile` reads every SSP-IR file).
+5. ``restore``: samplers, the pipeline and its options; 6. ``native``: the ComfyUI-free half of the native route.
+7. ``evaluation`` and ``demo`` (toy models); 8. ``training`` (it builds on the demo presets);
+9. ``bench``; 10. ``cli``; on top, the ComfyUI ``nodes/``. No module imports another's ``_private`` names.
 
 Restore a photo with your own weights (a ComfyUI-layout SD1.5 single file, a CLIP ViT-L/14 vision file
 and an SSP-IR checkpoint, official ``checkpoint-N/`` folder or compact file)::

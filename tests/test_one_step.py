@@ -23,11 +23,10 @@ from sspir_core.errors import InputError
 from sspir_core.models.one_step import (
     ONE_STEP,
     ONE_STEP_TIMESTEP,
-    OneStepScheduler,
     count_layers,
     one_step_sigma,
-    resolve_sampling,
 )
+from sspir_core.restore.one_step import OneStepScheduler, resolve_sampling
 from sspir_core.training import TrainConfig, Trainer
 from sspir_core.training.lpips import LIN_FILES, VGG_CONVS, VGG_FILE, load_lpips
 from sspir_core.weights.checkpoint import read_compact_metadata, read_state_dict

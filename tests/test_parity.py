@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sspir_core.demo.parity import run_parity_fixture
+from sspir_core.training.parity import run_parity_fixture
 from sspir_core.weights.checkpoint import load_official_checkpoint
 
 

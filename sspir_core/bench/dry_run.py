@@ -223,8 +223,7 @@ def gpu_attention() -> Iterator[None]:
 @contextlib.contextmanager
 def pipeline_seams(pipe: Any, watch: DryRunWatch) -> Iterator[None]:
     """Stage labels on the pipeline's steps, CPU generators, int timesteps, the colour fix marked intended."""
-    from ..models import one_step
-    from ..restore import color_fix, output_stream
+    from ..restore import color_fix, one_step, output_stream
     from ..restore import pipeline as P
 
     orig_make = pipe.make_scheduler

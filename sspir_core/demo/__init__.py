@@ -1,1 +1,1 @@
-"""Toy models: the tiny-random preset, the demo model files and the parity-fixture runner."""
+"""Toy models: the tiny-random preset and the demo model files (below training, which builds on them)."""

@@ -27,7 +27,7 @@ DEMO_FILES = {
 }
 
 
-def _json_config(model) -> dict:
+def json_config(model) -> dict:
     """A diffusers model's config as written to config.json (with ``_class_name``)."""
     return json.loads(model.to_json_string())
 
@@ -59,7 +59,7 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
     from ..models.build import build_models, stock_unet_from_config
     from ..models.unet import is_prior_attention_key
     from ..weights.bundled_configs import CLIP_VISION_CONFIG_METADATA, SD_CONFIGS_METADATA
-    from ..weights.checkpoint import _save_tensors, save_compact
+    from ..weights.checkpoint import save_compact, save_tensors
     from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
     from .presets import TINY_CLIP_DIM, TINY_CLIP_IMAGE, TINY_UNET, TINY_VAE
 
@@ -83,8 +83,8 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
             vocab_size=49408, hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=77, projection_dim=text_dim, hidden_act="quick_gelu"))
         state = {**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text_encoder)}
-        configs = {"unet": _json_config(stock), "vae": _json_config(vae), "text_encoder": text_encoder.config.to_dict()}
-        _save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
+        configs = {"unet": json_config(stock), "vae": json_config(vae), "text_encoder": text_encoder.config.to_dict()}
+        save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
     if "sspir" in todo:
         todo["sspir"].parent.mkdir(parents=True, exist_ok=True)
         save_compact(models, todo["sspir"])
@@ -98,7 +98,7 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
                   "hidden_act": "quick_gelu", "projection_dim": TINY_CLIP_DIM}
         tower = CLIPVisionModel(CLIPVisionConfig(**vision))
         state = {k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")}
-        _save_tensors(state, todo["clip_vision"], {"format": "pt", CLIP_VISION_CONFIG_METADATA: json.dumps(vision)})
+        save_tensors(state, todo["clip_vision"], {"format": "pt", CLIP_VISION_CONFIG_METADATA: json.dumps(vision)})
     if "captioner" in todo:
         build_llava(todo["captioner"])
     return paths

@@ -78,10 +78,10 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         read_json,
         sd_config_dir,
     )
-    from ..weights.checkpoint import _save_tensors, save_compact
+    from ..weights.checkpoint import save_compact, save_tensors
     from ..weights.ldm_writer import clip_text_to_ldm, unet_to_ldm, vae_to_ldm
-    from .model_files import _json_config, one_step_model
-    from .presets import _empty_weights, fill_random, tiny_models
+    from .model_files import json_config, one_step_model
+    from .presets import empty_weights, fill_random, tiny_models
 
     root = Path(root)
     unet_config = base_unet_config("sd15") if full_size else NATIVE_UNET
@@ -101,7 +101,7 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
 
     if "sd" in todo:
         config_dir = sd_config_dir("sd15")
-        with _empty_weights():
+        with empty_weights():
             stock = stock_unet_from_config(unet_config)
             vae = AutoencoderKL.from_config(component_config(config_dir, "vae"))
             text = CLIPTextModel(CLIPTextConfig(**component_config(config_dir, "text_encoder")))
@@ -111,8 +111,8 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         stock.load_state_dict({k: v for k, v in models.unet.state_dict().items() if not is_prior_attention_key(k)},
                               assign=True)
         state = half({**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text)})
-        configs = {"unet": _json_config(stock), "vae": _json_config(vae), "text_encoder": text.config.to_dict()}
-        _save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
+        configs = {"unet": json_config(stock), "vae": json_config(vae), "text_encoder": text.config.to_dict()}
+        save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
     if "sspir_one_step" in todo:  # before the fp16 cast below: the LoRA is drawn in fp32 either way
         one_step, lora = one_step_model(models, seed)
         save_compact(one_step.to(dtype=torch.float16), todo["sspir_one_step"],
@@ -121,12 +121,12 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         models.to(dtype=torch.float16)
         save_compact(models, todo["sspir"])
     if "clip_vision" in todo:
-        with _empty_weights():
+        with empty_weights():
             tower = CLIPVisionModel(CLIPVisionConfig(**read_json(CLIP_VISION_CONFIG)))
         fill_random(tower, generator)
         state = half({k if k.startswith("vision_model.") else f"vision_model.{k}": v  # ComfyUI's key layout
                       for k, v in tower.state_dict().items() if not k.endswith("position_ids")})
-        _save_tensors(state, todo["clip_vision"], {"format": "pt"})
+        save_tensors(state, todo["clip_vision"], {"format": "pt"})
     return paths
 
 

@@ -63,7 +63,7 @@ def fill_random(module: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _empty_weights() -> Iterator[None]:
+def empty_weights() -> Iterator[None]:
     """Build modules with meta parameters (buffers such as position ids stay real). A few constructors draw
     throw-away values from the global RNG before the parameter goes to meta (transformers' CLIP class
     embedding); fork_rng puts the global CPU state back as it was, so building leaves no trace in it."""
@@ -79,7 +79,7 @@ def tiny_models(sspir: str | Path | None = None, seed: int = 0, unet_config: dic
     official trainer does), or the weights in ``sspir``. ``unet_config``/``clip_dim`` size the random ones
     (default the tiny preset's)."""
     if sspir is None:
-        with _empty_weights():
+        with empty_weights():
             models = build_models(unet_config=unet_config or TINY_UNET, clip_dim=clip_dim)
         generator = torch.Generator().manual_seed(seed)
         for m in (models.unet, models.controlnet, models.refine):
@@ -112,7 +112,7 @@ def random_pipeline(
 
     from ..weights import ClipVisionEncoder, load_tokenizer, sd_config_dir
 
-    with _empty_weights():
+    with empty_weights():
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
         vae = AutoencoderKL.from_config(vae_config)
         tower = CLIPVisionModel(CLIPVisionConfig(**vision_config))

@@ -21,15 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .sd_schedule import SD_SCHEDULE
+
 MULTI_STEP = "multi-step"
 ONE_STEP = "one-step"
 MODES = (MULTI_STEP, ONE_STEP)
 ONE_STEP_TIMESTEP = 999
 """``cswry/OSEDiff`` ``osediff.py`` (OSEDiff_gen / OSEDiff_test): ``self.timesteps = torch.tensor([999])``."""
-MULTI_STEP_DEFAULTS = (50, 7.5)
-"""The paper's sampling: 50 DDPM steps with CFG 7.5 (``RestoreOptions`` defaults)."""
-ONE_STEP_DEFAULTS = (1, 1.0)
-"""One evaluation, no CFG: OSEDiff's test_osediff.py runs the UNet once on the positive prompt only."""
 
 # cswry/OSEDiff osediff.py initialize_unet: a weight whose name holds one of these (and not "bias"/"norm")
 # gets a LoRA. We apply the same rule to the SD part of the patched UNet; the SSP-IR attentions are trained whole.
@@ -58,8 +56,6 @@ class LoraSpec:
 
 def alpha_bar(scheduler_config: dict[str, Any] | None, timestep: int = ONE_STEP_TIMESTEP) -> float:
     """abar_t of SD's training schedule (or the one in ``scheduler_config``), in float64."""
-    from ..restore.schedulers import SD_SCHEDULE
-
     cfg = {**SD_SCHEDULE, **(scheduler_config or {})}
     n = int(cfg["num_train_timesteps"])
     if cfg["beta_schedule"] == "scaled_linear":
@@ -91,46 +87,6 @@ def predict_x0(sample: torch.Tensor, model_output: torch.Tensor, abar: float, pr
     if prediction_type == "v_prediction":
         return a * sample - s * model_output
     raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
-
-
-class OneStepScheduler:
-    """A one-timestep "scheduler" for :meth:`RestorePipeline.denoise`: t = 999 and ``step`` returns x0.
-
-    It lets the one-step restore reuse the pipeline's loop (tiling, CFG, fast paths, progress) unchanged.
-    """
-
-    init_noise_sigma = 1.0
-
-    def __init__(self, scheduler_config: dict[str, Any] | None = None, device: torch.device | str = "cpu"):
-        from ..restore.schedulers import SD_SCHEDULE
-
-        self.abar = alpha_bar(scheduler_config)
-        self.prediction_type = {**SD_SCHEDULE, **(scheduler_config or {})}["prediction_type"]
-        self.timesteps = torch.tensor([ONE_STEP_TIMESTEP], device=device, dtype=torch.long)
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor:
-        return sample
-
-    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> Any:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(prev_sample=predict_x0(sample, model_output, self.abar, self.prediction_type))
-
-
-def resolve_sampling(mode: str, steps: int | None, cfg: float | None, source: str = "the checkpoint"
-                     ) -> tuple[int, float, str | None]:
-    """(steps, cfg, warning): None takes the mode's own value; a step count the mode was not trained for warns."""
-    own_steps, own_cfg = ONE_STEP_DEFAULTS if mode == ONE_STEP else MULTI_STEP_DEFAULTS
-    steps = own_steps if steps is None else int(steps)
-    cfg = own_cfg if cfg is None else float(cfg)
-    warning = None
-    if mode == ONE_STEP and steps != 1:
-        warning = (f"warning: {source} is a one-step SSP-IR model (trained at t = {ONE_STEP_TIMESTEP} only); "
-                   f"{steps} sampling steps run it as a multi-step sampler it was not trained for. Use 1 step.")
-    elif mode != ONE_STEP and steps == 1:
-        warning = (f"warning: {source} is a 50-step SSP-IR model; 1 step runs one DDPM step of it (not a one-step "
-                   "model), which gives a poor image. Use 50 steps, or a checkpoint trained with --mode one-step.")
-    return steps, cfg, warning
 
 
 # ---------------------------------------------------------------- LoRA (peft)

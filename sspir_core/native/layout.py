@@ -14,11 +14,12 @@ SSP-IR's pixel attention of that layer reads the ControlNet residual with the sa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..models.blocks import per_level
+from ..weights.ldm_layout import ldm_mismatch  # noqa: F401 (the patch-vs-MODEL comparison, used with these)
 
 CROSS_DOWN, CROSS_UP = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
 
@@ -92,15 +93,3 @@ def expected_ldm_config(config: Mapping[str, Any]) -> dict[str, Any]:
         "context_dim": int(config["cross_attention_dim"]),
         "use_linear_in_transformer": bool(config.get("use_linear_projection", False)),
     }
-
-
-def ldm_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
-    """The entries where a MODEL's detected UNet config differs from what the patch needs (empty: it fits)."""
-    out = []
-    for key, want in expected.items():
-        got = actual.get(key)
-        if isinstance(got, Sequence) and not isinstance(got, str):
-            got = list(got)
-        if got != want:
-            out.append(f"{key}={got!r} (the patch needs {want!r})")
-    return out

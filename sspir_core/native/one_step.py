@@ -14,11 +14,9 @@ that is the same formula, so the start below (:func:`one_step_start`) is all Com
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +24,6 @@ import torch
 from ..errors import CheckpointError
 from ..models.one_step import LoraSpec
 from ..weights.ldm_layout import UNET_PREFIX, unet_key_to_ldm
-from ..weights.one_step import LORA_FILE, LORA_PREFIX, MODE_FILE, _check
 
 COMFY_UNET_PREFIX = "diffusion_model."
 """ComfyUI's ``BaseModel`` state-dict prefix of the UNet (the LDM file's ``model.`` is stripped on load)."""
@@ -56,40 +53,6 @@ def comfy_unet_key(name: str, unet_config: Mapping[str, Any]) -> str:
 def lora_keys(targets: tuple[str, ...], unet_config: Mapping[str, Any]) -> dict[str, str]:
     """``{diffusers module: ComfyUI weight key}`` for every LoRA target."""
     return {t: comfy_unet_key(t, unet_config) for t in targets}
-
-
-def read_one_step_lora(path: str | Path, compact_tensors: Mapping[str, torch.Tensor] | None = None,
-                       compact_meta: Mapping[str, str] | None = None) -> OneStepLora | None:
-    """The LoRA of a one-step checkpoint, or None for a 50-step one.
-
-    Official folder: ``one_step.json`` and ``lora/unet_lora.safetensors``. Compact file: pass its ``lora.*``
-    tensors (prefix removed) and metadata. LoRA tensors without one-step metadata are an error, not ignored.
-    """
-    path = Path(path)
-    if compact_meta is None:
-        mode_file = path / MODE_FILE
-        if not mode_file.is_file():
-            return None
-        if not (path / LORA_FILE).is_file():
-            raise CheckpointError(f"{mode_file} says one-step but {path / LORA_FILE} is missing: copy the whole "
-                                  "checkpoint folder")
-        try:
-            meta = json.loads(mode_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{mode_file}: not valid JSON ({e})") from e
-        from ..weights.weights_file import read_state_dict
-
-        return OneStepLora(_check(meta, str(mode_file)), read_state_dict(path / LORA_FILE), str(path / LORA_FILE))
-    tensors = dict(compact_tensors or {})
-    if compact_meta.get("mode", "multi-step") != "one-step":
-        if tensors:
-            raise CheckpointError(f"{path}: {LORA_PREFIX}* tensors in a file whose metadata does not say one-step")
-        return None
-    try:
-        meta = json.loads(compact_meta["one_step"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: metadata says one-step but has no valid 'one_step' entry ({e})") from e
-    return OneStepLora(_check(meta, str(path)), tensors, str(path))
 
 
 def comfy_lora_patches(lora: OneStepLora, unet_config: Mapping[str, Any], model_weights: Mapping[str, torch.Size]

@@ -16,23 +16,14 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models import RefineLayer, make_controlnet, patch_unet
+from ..models import RefineLayer, patch_unet
 from ..models.blocks import flatten_context, widen
-from ..models.build import infer_base, stock_unet_from_config
+from ..models.build import stock_unet_from_config
 from ..models.controlnet import SSPIRControlNet
 from ..models.unet import is_prior_attention_key
-from ..weights.checkpoint import (
-    _load_into,
-    _load_refine,
-    _meta,
-    _weights_file,
-    check_keys,
-    read_compact_metadata,
-    read_config,
-    read_state_dict,
-)
+from ..weights.sspir_file import SSPIRFile, check_keys, on_meta
 from .layout import HookSite, expected_ldm_config, hook_sites
-from .one_step import OneStepLora, read_one_step_lora
+from .one_step import OneStepLora
 
 
 def _module_name(key: str) -> str:
@@ -117,7 +108,7 @@ class NativePatch(nn.Module):
 
 def _attention_modules(unet_config: Mapping[str, Any]) -> dict[str, nn.Module]:
     """The SSP-IR attentions of a UNet with this config, on the meta device (nothing allocated)."""
-    unet = _meta(lambda: patch_unet(stock_unet_from_config(dict(unet_config))))
+    unet = on_meta(lambda: patch_unet(stock_unet_from_config(dict(unet_config))))
     return {site.key: unet.get_submodule(site.key) for site in hook_sites(unet_config)}
 
 
@@ -148,36 +139,18 @@ def load_native_patch(path: str | Path, device: str | torch.device = "cpu", dtyp
     :attr:`NativePatch.one_step`. Errors name the file and what does not fit.
     """
     path = Path(path)
-    if path.is_dir():
-        for sub in ("unet", "controlnet", "refine"):
-            if not (path / sub).is_dir():
-                raise CheckpointError(f"{path}: no '{sub}/' folder; point at a checkpoint-N/ folder written by "
-                                      "SSP-IR's train.py (it holds unet/, controlnet/ and refine/)")
-        unet_config = read_config(path / "unet" / "config.json")
-        base = infer_base(unet_config)
-        unet_file = _weights_file(path / "unet")
-        unet_state = {k: v for k, v in read_state_dict(unet_file).items() if is_prior_attention_key(k)}
-        attentions = _load_attentions(unet_config, unet_state, str(unet_file), base)
-        cn_file = _weights_file(path / "controlnet")
-        controlnet = _meta(make_controlnet, read_config(path / "controlnet" / "config.json"), zero_init=False)
-        _load_into(controlnet, read_state_dict(cn_file), str(cn_file), "ControlNet", base)
-        refine = _load_refine(path / "refine", base)
-        one_step = read_one_step_lora(path)
-    else:
-        meta = read_compact_metadata(path)
-        base, unet_config = meta["base"], meta["unet_config"]
-        parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}, "lora": {}}
-        for k, v in read_state_dict(path).items():
-            head, _, rest = k.partition(".")
-            if head not in parts or not rest:
-                raise CheckpointError(f"{path}: unexpected key {k!r} (expected unet./controlnet./refine./lora. "
-                                      "prefixes)")
-            parts[head][rest] = v
-        attentions = _load_attentions(unet_config, parts["unet"], str(path), base)
-        controlnet = _meta(make_controlnet, meta["controlnet_config"], zero_init=False)
-        _load_into(controlnet, parts["controlnet"], str(path), "ControlNet", base)
-        refine = _meta(RefineLayer, **meta["refine_config"])
-        _load_into(refine, parts["refine"], str(path), "Refine layer", base)
-        one_step = read_one_step_lora(path, parts["lora"], meta)
+    if path.is_dir() and not (path / "refine").is_dir():
+        raise CheckpointError(f"{path}: no 'refine/' folder; point at a checkpoint-N/ folder written by SSP-IR's "
+                              "train.py (it holds unet/, controlnet/ and refine/)")
+    file = SSPIRFile(path)
+    base, unet_config = file.base, file.unet_config
+    unet = file.part("unet")
+    if file.official:  # the folder's whole UNet: only its SSP-IR attentions are kept (SD weights: the user's MODEL)
+        unet.state = {k: v for k, v in unet.state.items() if is_prior_attention_key(k)}
+    attentions = _load_attentions(unet_config, unet.state, unet.source, base)
+    del unet
+    controlnet, refine = file.controlnet(base), file.refine(base)
+    found = file.one_step()
+    one_step = None if found is None else OneStepLora(found.spec, found.tensors, found.lora_source)
     patch = NativePatch(controlnet, refine, attentions, unet_config, base, one_step).eval().requires_grad_(False)
     return patch.to(device=device, dtype=dtype) if dtype is not None else patch.to(device=device)

@@ -67,7 +67,7 @@ def options_for_mode(mode: str, steps: int | None = None, cfg: float | None = No
     checked. ``tile``/``vae_tile`` 0 mean never tile (None), as the flags and widgets spell it. Every other
     field of :class:`RestoreOptions` comes in ``settings``; a bad value raises :class:`OptionError`.
     """
-    from ..models.one_step import resolve_sampling
+    from .one_step import resolve_sampling
 
     steps, cfg, warning = resolve_sampling(mode, steps, cfg, source)
     if warning and warn is not None:

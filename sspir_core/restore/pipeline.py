@@ -22,9 +22,10 @@ from torch import nn
 from ..errors import InputError, SSPIRError
 from ..models.build import SSPIRModels, move_module
 from ..models.fast_paths import FastPaths, fast_paths
-from ..models.one_step import ONE_STEP, OneStepScheduler
+from ..models.one_step import ONE_STEP
 from .color_fix import apply_color_fix
 from .compile_models import is_compiled
+from .one_step import OneStepScheduler
 from .options import MAX_STEPS, START_CHOICES, RestoreOptions, StepCallback  # noqa: F401 (re-exported)
 from .output_stream import decode_to_integers
 from .prompt import encode_prompt_pair, group_by_chunks, warn_cut_prompts

@@ -8,18 +8,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..models.sd_schedule import SD_SCHEDULE
 from .choices import SCHEDULERS
-
-# SD's training schedule; used when no scheduler config comes with the weights.
-SD_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-}
 
 
 def make_scheduler(name: str, config: dict[str, Any] | None = None) -> Any:

@@ -181,10 +181,10 @@ class OneStepTraining:
         return accelerator.clip_grad_norm_([p for p in self.gen_params if id(p) not in self._refine], max_norm)
 
     def save(self, output_dir: str | Path) -> None:
-        from ..weights.checkpoint import _save_tensors
+        from ..weights.checkpoint import save_tensors
 
         if self.module.vsd is not None:
-            _save_tensors(lora_state_dict(self.module.vsd.unet, VSD_ADAPTER), Path(output_dir) / VSD_FILE,
+            save_tensors(lora_state_dict(self.module.vsd.unet, VSD_ADAPTER), Path(output_dir) / VSD_FILE,
                           {"format": "pt", "what": "one-step VSD fake-score LoRA (training state only)"})
 
     def load(self, input_dir: str | Path) -> None:

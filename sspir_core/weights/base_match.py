@@ -64,7 +64,7 @@ def native_model_problem(patch_name: str, patch_base: str, expected: Mapping[str
     detected one (None: not an SD-style UNet); the class names are the MRO names of ``model_config`` and
     ``model_sampling``.
     """
-    from ..native.layout import ldm_mismatch
+    from .ldm_layout import ldm_mismatch
 
     trained = base_words(patch_base)
     words = model_words(model_classes)
@@ -116,14 +116,14 @@ def unet_shape_differences(unet_config: Mapping[str, Any], shapes: Mapping[str, 
 def sd_unet_shapes(sd: str | Path) -> tuple[dict[str, list[int]], bool] | None:
     """(``{name: shape}``, LDM names?) of the UNet in an SD single file or diffusers folder, from safetensors
     headers only; None when there is no header to read (pickles, sharded folders)."""
-    from .weights_file import _safetensors_header
+    from .weights_file import safetensors_header
 
     path = Path(sd)
     if path.is_file() and path.suffix.lower() == ".safetensors":
-        return {k: v["shape"] for k, v in _safetensors_header(path).items()}, True
+        return {k: v["shape"] for k, v in safetensors_header(path).items()}, True
     files = sorted((path / "unet").glob("*.safetensors")) if path.is_dir() else []
     if len(files) == 1:
-        return {k: v["shape"] for k, v in _safetensors_header(files[0]).items()}, False
+        return {k: v["shape"] for k, v in safetensors_header(files[0]).items()}, False
     return None
 
 
@@ -161,9 +161,9 @@ def sd_v_prediction(sd: str | Path) -> str | None:
 
     path = Path(sd)
     if path.is_file() and path.suffix.lower() == ".safetensors":
-        from .weights_file import _safetensors_header
+        from .weights_file import safetensors_header
 
-        return "it holds a 'v_pred' key" if "v_pred" in _safetensors_header(path) else None
+        return "it holds a 'v_pred' key" if "v_pred" in safetensors_header(path) else None
     config = path / "scheduler" / "scheduler_config.json"
     if path.is_dir() and config.is_file():
         try:

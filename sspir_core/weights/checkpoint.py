@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
-from torch import nn
 
 from .. import __version__
 from ..errors import CheckpointError
 from ..files import atomic_path, write_text_atomic
-from ..models import RefineLayer, make_controlnet, patch_unet
+from ..models import patch_unet
 from ..models.build import (
     SSPIRModels,
     base_unet_config,
@@ -34,100 +33,20 @@ from ..models.build import (
 )
 from ..models.one_step import ONE_STEP, base_state_dict
 from ..models.unet import is_prior_attention_key
-
-COMPACT_FORMAT = "sspir-compact"
-COMPACT_VERSION = "1"
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-REFINE_NAMES = ("refine.pt", "refine.safetensors", "refine.bin")
-_ROOT_PREFIXES = ("module.", "_orig_mod.")
-
-
-# ---------------------------------------------------------------- low-level files
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file (see :class:`~sspir_core.weights.WeightsFile`), with the ``module.``
-    (DDP) and ``_orig_mod.`` (torch.compile) prefixes that training wrappers add stripped."""
-    from .weights_file import read_state_dict as read_tensors
-
-    out = {}
-    for k, v in read_tensors(path).items():
-        for prefix in _ROOT_PREFIXES:
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: config file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-
-
-def _weights_file(folder: Path) -> Path:
-    for name in WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"{folder}: no weights file (looked for {', '.join(WEIGHT_NAMES)})")
-
-
-def _first(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def check_keys(
-    model_state: Mapping[str, torch.Tensor],
-    state: Mapping[str, torch.Tensor],
-    source: str,
-    what: str,
-    base: str,
-    note: str = "",
-) -> None:
-    """Raise a :class:`CheckpointError` naming the file, the base and the first bad keys on any mismatch."""
-    missing = [k for k in model_state if k not in state]
-    unexpected = [k for k in state if k not in model_state]
-    shapes = [
-        f"{k}: file {list(state[k].shape)} vs model {list(model_state[k].shape)}"
-        for k in model_state
-        if k in state and tuple(state[k].shape) != tuple(model_state[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    if shapes:
-        parts.append(f"{len(shapes)} keys with other shapes (first: {_first(shapes, 3)})")
-    if missing:
-        parts.append(f"{len(missing)} missing keys (first: {_first(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (first: {_first(unexpected)})")
-    hint = (
-        " Different shapes usually mean a checkpoint for another base model (SD1.5 vs SD2.1): pick the matching base."
-        if shapes
-        else " Missing keys usually mean a truncated or partial file: copy it again."
-    )
-    raise CheckpointError(
-        f"{source} does not match the SSP-IR {what} for base '{base}': {'; '.join(parts)}.{note}{hint}"
-    )
-
-
-def _load_into(
-    module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str, base: str, note: str = ""
-) -> None:
-    check_keys(module.state_dict(), state, source, what, base, note)
-    module.load_state_dict(state, strict=True, assign=True)
-    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-    if left:
-        raise CheckpointError(f"{source}: these {what} tensors were not loaded: {_first(left)}")
-
-
-def _meta(fn, *args, **kwargs):
-    with torch.device("meta"):
-        return fn(*args, **kwargs)
-
+from .sspir_file import (  # noqa: F401 (read_compact_metadata, read_config, REFINE_NAMES: this module's API)
+    COMPACT_FORMAT,
+    COMPACT_VERSION,
+    REFINE_NAMES,
+    WEIGHT_NAMES,
+    SSPIRFile,
+    check_keys,
+    first_keys,
+    load_checked,
+    on_meta,
+    read_compact_metadata,
+    read_config,
+    read_state_dict,
+)
 
 # ---------------------------------------------------------------- official layout
 
@@ -146,56 +65,24 @@ def load_official_checkpoint(
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: checkpoint folder not found")
-    for sub in ("unet", "controlnet"):
-        if not (root / sub).is_dir():
-            raise CheckpointError(
-                f"{root}: no '{sub}/' folder. Point at a checkpoint-N/ folder written by SSP-IR's train.py "
-                "(it holds unet/, controlnet/ and refine/)."
-            )
-    unet_cfg = read_config(root / "unet" / "config.json")
-    cn_cfg = read_config(root / "controlnet" / "config.json")
-    if cn_cfg.get("_class_name") == "UNet2DConditionModel":
-        raise CheckpointError(
-            f"{root / 'controlnet'} holds a UNet, not a ControlNet: the official train.py's final save overwrites the "
-            "ControlNet with the UNet in the output folder. Load one of its checkpoint-N/ folders instead."
-        )
-    detected = infer_base(unet_cfg)
+    file = SSPIRFile(root)
+    unet_cfg = file.unet_config
+    file.controlnet_config  # noqa: B018 (a UNet saved as the ControlNet is refused before any tensor is read)
+    detected = file.base
     base = base or detected
     model_cfg = unet_cfg if base == detected else base_unet_config(base)
     note = "" if base == detected else (
         f" Its config.json describes {detected} ({describe_base(unet_cfg)}), not {base} ({describe_base(model_cfg)})."
     )
 
-    unet_file = _weights_file(root / "unet")
-    unet = _meta(lambda: patch_unet(stock_unet_from_config(model_cfg)))
-    _load_into(unet, read_state_dict(unet_file), str(unet_file), "UNet", base, note)
+    unet_part = file.part("unet")
+    unet = on_meta(lambda: patch_unet(stock_unet_from_config(model_cfg)))
+    load_checked(unet, unet_part.state, unet_part.source, "UNet", base, note)
+    del unet_part
+    models = SSPIRModels(unet, file.controlnet(base), file.refine(base), base)
+    from .one_step import apply
 
-    cn_file = _weights_file(root / "controlnet")
-    controlnet = _meta(make_controlnet, cn_cfg, zero_init=False)
-    _load_into(controlnet, read_state_dict(cn_file), str(cn_file), "ControlNet", base)
-
-    refine = _load_refine(root / "refine", base)
-    models = SSPIRModels(unet, controlnet, refine, base)
-    from .one_step import apply_official
-
-    return apply_official(models.to(device=device, dtype=dtype), root, merge_lora)
-
-
-def _load_refine(folder: Path, base: str) -> RefineLayer:
-    for name in REFINE_NAMES:
-        if (folder / name).is_file():
-            file = folder / name
-            break
-    else:
-        raise CheckpointError(f"{folder}: no Refine-layer weights (looked for {', '.join(REFINE_NAMES)})")
-    state = read_state_dict(file)
-    try:
-        cfg = RefineLayer.config_from_state_dict(state)
-    except KeyError as e:
-        raise CheckpointError(f"{file}: not a Refine-layer (TPBNet) state dict: {e}") from e
-    refine = _meta(RefineLayer, **cfg)
-    _load_into(refine, state, str(file), "Refine layer", base)
-    return refine
+    return apply(models.to(device=device, dtype=dtype), file.one_step(), merge_lora)
 
 
 def official_unet_config(models: SSPIRModels) -> dict[str, Any]:
@@ -217,7 +104,7 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _save_tensors(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_tensors(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically, readable as the umask allows, and the same bytes for the same input."""
     from safetensors.torch import save_file
 
@@ -254,14 +141,14 @@ def save_official_checkpoint(models: SSPIRModels, out_dir: str | Path) -> Path:
         ("controlnet", official_controlnet_config(models), models.controlnet),
     ):
         write_text_atomic(out / sub / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
-        _save_tensors(base_state_dict(module), out / sub / WEIGHT_NAMES[0], {"format": "pt"})
+        save_tensors(base_state_dict(module), out / sub / WEIGHT_NAMES[0], {"format": "pt"})
     # through a file object: torch names the records inside the zip after a path's file name (here the random
     # temporary one), "archive" for an open file
     with atomic_path(out / "refine" / "refine.pt") as tmp, open(tmp, "wb") as fh:
         torch.save({k: v.detach().cpu() for k, v in models.refine.state_dict().items()}, fh)
     from .one_step import write_official
 
-    write_official(models, out, _save_tensors)  # one-step models: one_step.json + lora/
+    write_official(models, out, save_tensors)  # one-step models: one_step.json + lora/
     return out
 
 
@@ -292,33 +179,8 @@ def save_compact(models: SSPIRModels, path: str | Path, lora: dict[str, torch.Te
     from .one_step import compact_extras
 
     extra_tensors, extra_meta = compact_extras(models, lora)  # one-step models: the LoRA and mode
-    _save_tensors({**compact_state_dict(models), **extra_tensors}, path, {**metadata, **extra_meta})
+    save_tensors({**compact_state_dict(models), **extra_tensors}, path, {**metadata, **extra_meta})
     return path
-
-
-def read_compact_metadata(path: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is truncated or not safetensors") from e
-    if meta.get("format") != COMPACT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not an SSP-IR compact file (metadata format={meta.get('format')!r}). For a checkpoint-N/ "
-            "folder from train.py, pass the folder instead."
-        )
-    if meta.get("format_version") != COMPACT_VERSION:
-        raise CheckpointError(f"{path}: compact format version {meta.get('format_version')} is not supported "
-                              f"(this pack reads version {COMPACT_VERSION}); update the pack")
-    out: dict[str, Any] = dict(meta)
-    for key in ("unet_config", "controlnet_config", "refine_config"):
-        out[key] = json.loads(meta[key])
-    return out
 
 
 def load_compact(
@@ -335,7 +197,8 @@ def load_compact(
     from .base_match import base_words
 
     path = Path(path)
-    meta = read_compact_metadata(path)
+    file = SSPIRFile(path)
+    meta = file.metadata
     base = meta["base"]
     if structure(sd_unet.config) != structure(meta["unet_config"]):
         raise CheckpointError(
@@ -343,37 +206,25 @@ def load_compact(
             f"is {base_words(infer_base(sd_unet.config))} ({describe_base(sd_unet.config)}). Use the matching SD "
             "checkpoint."
         )
-    state = read_state_dict(path)
-    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "controlnet": {}, "refine": {}, "lora": {}}
-    for k, v in state.items():
-        head, _, rest = k.partition(".")
-        if head not in parts:
-            raise CheckpointError(f"{path}: unexpected key {k!r} (expected unet./controlnet./refine. prefixes)")
-        parts[head][k.partition(".")[2] if rest else k] = v
-
     unet = patch_unet(sd_unet)
     new_keys = {k: v for k, v in unet.state_dict().items() if is_prior_attention_key(k)}
-    check_keys(new_keys, parts["unet"], str(path), "UNet attentions", base)
-    unet.load_state_dict(parts["unet"], strict=False)
+    attentions = file.part("unet")
+    check_keys(new_keys, attentions.state, attentions.source, "UNet attentions", base)
+    unet.load_state_dict(attentions.state, strict=False)
 
-    controlnet = _meta(make_controlnet, meta["controlnet_config"], zero_init=False)
-    _load_into(controlnet, parts["controlnet"], str(path), "ControlNet", base)
-    refine = _meta(RefineLayer, **meta["refine_config"])
-    _load_into(refine, parts["refine"], str(path), "Refine layer", base)
-    models = SSPIRModels(unet, controlnet, refine, base)
-    from .one_step import apply_compact
+    models = SSPIRModels(unet, file.controlnet(base), file.refine(base), base)
+    from .one_step import apply
 
-    return apply_compact(models.to(device=device, dtype=dtype), meta, parts["lora"], str(path), merge_lora)
+    return apply(models.to(device=device, dtype=dtype), file.one_step(), merge_lora)
 
 
 def stock_unet_from_official(path: str | Path) -> UNet2DConditionModel:
     """The plain SD UNet inside an official checkpoint (its SD weights, without the SSP-IR attentions)."""
-    root = Path(path)
-    cfg = read_config(root / "unet" / "config.json")
-    file = _weights_file(root / "unet")
-    state = {k: v for k, v in read_state_dict(file).items() if not is_prior_attention_key(k)}
-    unet = _meta(stock_unet_from_config, cfg)
-    _load_into(unet, state, str(file), "SD UNet", infer_base(cfg))
+    file = SSPIRFile(path)
+    part = file.part("unet")
+    state = {k: v for k, v in part.state.items() if not is_prior_attention_key(k)}
+    unet = on_meta(stock_unet_from_config, file.unet_config)
+    load_checked(unet, state, part.source, "SD UNet", file.base)
     return unet
 
 
@@ -388,26 +239,21 @@ def check_sspir_weights(path: str | Path, base: str | None = None) -> str:
 
     path = Path(path)
     if path.is_dir():
-        if not (path / "unet").is_dir() or not (path / "controlnet").is_dir():
-            raise CheckpointError(f"{path}: no unet/ and controlnet/ folders: point at a checkpoint-N/ folder "
-                                  "written by SSP-IR's train.py")
-        detected = infer_base(read_config(path / "unet" / "config.json"))
-        read_config(path / "controlnet" / "config.json")
+        file = SSPIRFile(path)
+        detected = file.base
+        file.controlnet_config  # noqa: B018 (read and checked)
         for sub in ("unet", "controlnet"):
-            check_weights_file(_weights_file(path / sub))
-        refine = next((path / "refine" / n for n in REFINE_NAMES if (path / "refine" / n).is_file()), None)
-        if refine is None:
-            raise CheckpointError(f"{path / 'refine'}: no Refine-layer weights (looked for {', '.join(REFINE_NAMES)})")
-        check_weights_file(refine)
+            check_weights_file(file.weights_file(sub))
+        check_weights_file(file.weights_file("refine"))
     else:
         keys = check_weights_file(path)
-        meta = read_compact_metadata(path)
+        meta = SSPIRFile(path).metadata
         detected = meta["base"]
         # a one-step model (weights/one_step.py) adds its UNet LoRA under lora.
         known = ("unet", "controlnet", "refine", *(("lora",) if meta.get("mode") == ONE_STEP else ()))
         stray = [k for k in keys if k.partition(".")[0] not in known]
         if stray:
-            raise CheckpointError(f"{path}: unexpected keys {_first(stray)} (expected "
+            raise CheckpointError(f"{path}: unexpected keys {first_keys(stray)} (expected "
                                   f"{'/'.join(p + '.' for p in known)} prefixes)")
     if base is not None and base != detected:
         raise CheckpointError(f"{path} holds SSP-IR weights for {detected}, but base={base!r} was asked for: "

@@ -187,7 +187,7 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
     return tower
 
 
-def _split_formats(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+def split_formats(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """Which layout a file uses, and only its vision-tower tensors."""
     hf = {
         k: v
@@ -239,7 +239,7 @@ def load_clip_vision(
             raise CheckpointError(f"{path}: {CLIP_VISION_CONFIG_METADATA} metadata is not valid JSON: {exc}") from exc
     if config is None or isinstance(config, (str, Path)):
         config = read_json(config or CLIP_VISION_CONFIG)
-    weight_format, state = _split_formats(weights.tensors(("",)))
+    weight_format, state = split_formats(weights.tensors(("",)))
     if weight_format == "unknown":
         raise CheckpointError(
             f"{path} is not a CLIP vision model (no vision_model.embeddings.patch_embedding.weight or "

@@ -42,10 +42,10 @@ def check_model_files(sd: str | Path, sspir: str | Path, base: str | None = None
 def check_clip_vision(path: str | Path) -> None:
     """A CLIP vision weights file (what ComfyUI's models/clip_vision lists): header integrity and the key layout
     :func:`~.clip_vision.load_clip_vision` reads (``vision_model.*`` or ``visual.*``)."""
-    from .clip_vision import _split_formats
+    from .clip_vision import split_formats
 
     keys = check_weights_file(path)
-    if keys and _split_formats(dict.fromkeys(keys))[0] == "unknown":  # names only: no tensor is read
+    if keys and split_formats(dict.fromkeys(keys))[0] == "unknown":  # names only: no tensor is read
         raise CheckpointError(
             f"{path} is not a CLIP vision model (no vision_model.embeddings.patch_embedding.weight or "
             "visual.conv1.weight): use the CLIP ViT-L/14 vision file from ComfyUI models/clip_vision."

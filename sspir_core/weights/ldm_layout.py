@@ -9,7 +9,7 @@ with these names and load them through diffusers' converter, so the names are ch
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 UNET_PREFIX = "model.diffusion_model."
@@ -160,3 +160,16 @@ def expected_ldm_keys(
     else:
         raise ValueError(f"unknown part {part!r}")
     return list(dict.fromkeys(names))
+
+
+def ldm_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """The entries where a MODEL's detected LDM UNet config (ComfyUI's ``unet_config``) differs from what an SSP-IR
+    patch needs (``expected``: :func:`sspir_core.native.layout.expected_ldm_config`); empty: it fits."""
+    out = []
+    for key, want in expected.items():
+        got = actual.get(key)
+        if isinstance(got, Sequence) and not isinstance(got, str):
+            got = list(got)
+        if got != want:
+            out.append(f"{key}={got!r} (the patch needs {want!r})")
+    return out

@@ -11,6 +11,7 @@ Loading for inference adds the LoRA into the UNet weights (no peft needed); for 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,20 @@ from ..models.one_step import (
 MODE_FILE = "one_step.json"
 LORA_FILE = Path("lora") / "unet_lora.safetensors"
 LORA_PREFIX = "lora."
+
+
+@dataclass
+class OneStepPart:
+    """A one-step checkpoint's UNet LoRA: its spec (from the checked metadata) and tensors.
+
+    ``source``: the file holding the metadata (``one_step.json`` or the compact file); ``lora_source``: the file
+    holding the tensors (``lora/unet_lora.safetensors`` or the compact file).
+    """
+
+    spec: LoraSpec
+    tensors: dict[str, torch.Tensor]
+    source: str
+    lora_source: str
 
 
 def mode_metadata(models: SSPIRModels) -> dict[str, Any] | None:
@@ -80,7 +95,9 @@ def read_mode(path: str | Path) -> str:
                               "or compact .safetensors") from e
 
 
-def _check(meta: dict[str, Any], source: str) -> LoraSpec:
+def one_step_spec(meta: dict[str, Any], source: str) -> LoraSpec:
+    """The LoRA spec of one-step metadata (``one_step.json`` or the compact ``one_step`` entry), refused with an
+    error naming ``source`` when it is not a t = 999 one-step description."""
     if meta.get("mode") != ONE_STEP or int(meta.get("timestep", -1)) != ONE_STEP_TIMESTEP:
         raise CheckpointError(f"{source}: one-step metadata says mode={meta.get('mode')!r}, timestep="
                               f"{meta.get('timestep')!r}; this pack runs one-step models at t = {ONE_STEP_TIMESTEP}")
@@ -90,40 +107,17 @@ def _check(meta: dict[str, Any], source: str) -> LoraSpec:
         raise CheckpointError(f"{source}: the one-step metadata has no valid 'lora' entry ({e})") from e
 
 
-def apply(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tensor], source: str,
-          merge: bool = True) -> SSPIRModels:
-    """Inject the LoRA into ``models.unet``, load it, and merge it unless ``merge`` is False (training, resume)."""
-    spec = _check(meta, source)
+def apply(models: SSPIRModels, part: OneStepPart | None, merge: bool = True) -> SSPIRModels:
+    """Inject a one-step file's LoRA (read by :meth:`.sspir_file.SSPIRFile.one_step`; None: a 50-step model,
+    returned as it is) into ``models.unet``, load it, and merge it unless ``merge`` is False (training, resume)."""
+    if part is None:
+        return models
     models.mode = ONE_STEP
     if merge:  # plain layers with the LoRA folded in: inference needs no peft
-        merge_lora_weights(models.unet, spec, lora, source)
+        merge_lora_weights(models.unet, part.spec, part.tensors, part.source)
         models.lora = None
         return models
-    add_lora(models.unet, spec, generator=torch.Generator().manual_seed(0))  # values replaced just below
-    load_lora_state_dict(models.unet, lora, source)
-    models.lora = spec
+    add_lora(models.unet, part.spec, generator=torch.Generator().manual_seed(0))  # values replaced just below
+    load_lora_state_dict(models.unet, part.tensors, part.source)
+    models.lora = part.spec
     return models
-
-
-def apply_official(models: SSPIRModels, root: Path, merge: bool = True) -> SSPIRModels:
-    if not (root / MODE_FILE).is_file():
-        return models
-    from .weights_file import read_state_dict
-
-    if not (root / LORA_FILE).is_file():
-        raise CheckpointError(f"{root / MODE_FILE} says one-step but {root / LORA_FILE} is missing: copy the whole "
-                              "checkpoint folder")
-    try:
-        meta = json.loads((root / MODE_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{root / MODE_FILE}: not valid JSON ({e})") from e
-    return apply(models, meta, read_state_dict(root / LORA_FILE), str(root / MODE_FILE), merge)
-
-
-def apply_compact(models: SSPIRModels, meta: dict[str, Any], lora: dict[str, torch.Tensor], source: str,
-                  merge: bool = True) -> SSPIRModels:
-    if meta.get("mode", "multi-step") != ONE_STEP:
-        if lora:
-            raise CheckpointError(f"{source}: LoRA tensors in a file whose metadata does not say one-step")
-        return models
-    return apply(models, json.loads(meta["one_step"]), lora, source, merge)

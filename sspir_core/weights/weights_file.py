@@ -40,7 +40,7 @@ def _header_too_large(path: Path, n: int) -> CheckpointError:
         "standard safetensors writer: re-save the weights with safetensors.torch.save_file.")
 
 
-def _safetensors_header(path: Path) -> dict[str, dict]:
+def safetensors_header(path: Path) -> dict[str, dict]:
     """The tensor entries of a safetensors header, checked against the file size; only the header is read."""
     size = path.stat().st_size
 
@@ -95,7 +95,7 @@ def check_weights_file(path: str | Path) -> list[str]:
         raise CheckpointError(f"Weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        return list(_safetensors_header(path))
+        return list(safetensors_header(path))
     if suffix in PICKLE_SUFFIXES:
         with path.open("rb") as f:
             magic = f.read(2)

@@ -53,11 +53,11 @@ SD21_CONFIG = {
 def _write_unet_only(config: dict, path, extra: dict[str, str] | None = None, spread: tuple[str, ...] = ()) -> None:
     """A diffusion-model-only LDM file (what UNETLoader reads) of this diffusers config, fp16 zeros; the keys in
     ``spread`` get values of std 1 (ComfyUI's SD2.x v-prediction test reads the std of one norm bias)."""
-    from sspir_core.demo.presets import _empty_weights
+    from sspir_core.demo.presets import empty_weights
     from sspir_core.models.build import stock_unet_from_config
     from sspir_core.weights.ldm_layout import UNET_PREFIX, unet_key_to_ldm
 
-    with _empty_weights():
+    with empty_weights():
         unet = stock_unet_from_config(config)
     g = torch.Generator().manual_seed(0)
     out = {}

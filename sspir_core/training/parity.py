@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..training.losses import sspir_losses
 from ..weights.checkpoint import load_official_checkpoint
+from .losses import sspir_losses
 
 
 def _read_inputs(path: Path) -> dict[str, torch.Tensor]:
