@@ -6,7 +6,6 @@ from the tally itself.
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import pytest
@@ -84,9 +83,7 @@ def test_fp32_compute_in_half_run_fails_unless_intended():
 
 def test_restore_sd15_fp16_full_route():
     """Priors, tiled encode, 2 CFG steps over two latent tiles, tiled decode, wavelet colour fix, float output."""
-    t0 = time.perf_counter()
     r = dry_run.restore_dry_run(torch.float16, "sd15", size=(512, 768))
-    assert time.perf_counter() - t0 < 60
     # 2 steps x 2 tiles x (ControlNet + UNet): the SD1.5 UNet has 16 transformer blocks, the ControlNet 7 (its
     # encoder + mid); each block runs self- and cross-attention (2 SDPA calls) -> 2*2*(16+7)*2 = 184 at least
     assert r.compute_ops["_scaled_dot_product_efficient_attention"] >= 184
@@ -96,9 +93,7 @@ def test_restore_sd15_fp16_full_route():
 
 
 def test_one_step_sd15_bf16_streamed_output():
-    t0 = time.perf_counter()
     r = dry_run.restore_dry_run(torch.bfloat16, "sd15", size=(512, 768), one_step=True, output_bits=8)
-    assert time.perf_counter() - t0 < 60
     assert "decode_to_integers" in r.by_stage and "denoise" in r.by_stage
 
 
@@ -193,9 +188,7 @@ def test_largest_batch_by_hand():
 
 
 def test_training_forward_multi_step_sd15_bf16():
-    t0 = time.perf_counter()
     r = dry_run.training_dry_run(torch.bfloat16, "sd15", size=512, mode="multi-step")
-    assert time.perf_counter() - t0 < 60
     assert r.extra["saved_bytes"] > 0 and r.compute_ops["convolution"] > 0
 
 
