@@ -81,6 +81,7 @@ def test_fp32_compute_in_half_run_fails_unless_intended():
 # ------------------------------------------------------------------------------------------ full size
 
 
+@pytest.mark.slow  # full-size SD1.5 on fake tensors
 def test_restore_sd15_fp16_full_route():
     """Priors, tiled encode, 2 CFG steps over two latent tiles, tiled decode, wavelet colour fix, float output."""
     r = dry_run.restore_dry_run(torch.float16, "sd15", size=(512, 768))
@@ -92,6 +93,7 @@ def test_restore_sd15_fp16_full_route():
                                "vae_decode", "colour fix"}
 
 
+@pytest.mark.slow  # full-size SD1.5 on fake tensors
 def test_one_step_sd15_bf16_streamed_output():
     r = dry_run.restore_dry_run(torch.bfloat16, "sd15", size=(512, 768), one_step=True, output_bits=8)
     assert "decode_to_integers" in r.by_stage and "denoise" in r.by_stage
@@ -100,6 +102,7 @@ def test_one_step_sd15_bf16_streamed_output():
 # ------------------------------------------------------------------------------------------ injected faults
 
 
+@pytest.mark.slow  # a full-size dry run
 def test_cpu_tensor_in_the_denoise_loop_fails_naming_op(monkeypatch):
     """A CPU tensor added to the blended noise prediction inside the loop: the failure names the op and devices."""
     blend = P.blend_tiles
@@ -145,6 +148,7 @@ def test_cpu_generator_drawing_a_cuda_tensor_fails():
 # ------------------------------------------------------------------------------------------ memory vs the CPU
 
 
+@pytest.mark.slow  # a real CPU restore beside the tally
 def test_tally_brackets_the_cpu_allocator_measurement():
     """The same one-step restore, real on the CPU (allocator peak, as `sspir bench --parts memory` measures)
     and fake on the CPU: the tally counts op outputs only, so it is a lower bound; adding to each convolution
@@ -169,6 +173,7 @@ def test_saved_tensors_of_a_small_mlp_by_hand():
     assert saved.bytes == 2 * 2**20
 
 
+@pytest.mark.slow  # full-size dry runs, twice
 def test_repeated_tiles_shortcut_keeps_the_peak():
     """The 2048 px estimate runs the denoiser once per tile shape; at two tiles the peak equals the full run's."""
     kw = dict(size=(512, 768), steps=1, output_bits=8)
@@ -187,11 +192,13 @@ def test_largest_batch_by_hand():
 # ------------------------------------------------------------------------------------------ training
 
 
+@pytest.mark.slow  # full-size SD1.5 on fake tensors
 def test_training_forward_multi_step_sd15_bf16():
     r = dry_run.training_dry_run(torch.bfloat16, "sd15", size=512, mode="multi-step")
     assert r.extra["saved_bytes"] > 0 and r.compute_ops["convolution"] > 0
 
 
+@pytest.mark.slow  # full-size SD1.5 on fake tensors
 def test_training_forward_one_step_with_vsd_fp16():
     """The one-step micro-step: LoRA, VSD (real and fake score), fake-score loss, Processor losses (tiny config:
     the same code; the full size runs in `python -m sspir_core.bench.dry_run`)."""
@@ -211,6 +218,7 @@ def _comfyui_tree():
 
 
 @pytest.mark.skipif(_comfyui_tree() is None, reason="no ComfyUI tree (bash scripts/setup.sh --comfyui)")
+@pytest.mark.slow  # full-size SD1.5 in a ComfyUI subprocess
 def test_native_patched_model_call_sd15_bf16():
     """In a child process: real ComfyUI modules in this one would shadow the node tests' stand-ins."""
     import json

@@ -231,6 +231,7 @@ def test_restore_gives_the_training_steps_own_prediction(trained, pairs, tmp_pat
     assert "one-step SSP-IR model" in capsys.readouterr().err  # asked for 3 steps: a clear warning
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
     lpips = stand_in_lpips(tmp_path / "lpips")
     full = _cfg(tmp_path / "full", pairs, lpips, checkpoint_every=2)
