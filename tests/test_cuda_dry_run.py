@@ -116,6 +116,7 @@ def test_cpu_tensor_in_the_denoise_loop_fails_naming_op(monkeypatch):
         dry_run.restore_dry_run(torch.float16, "tiny", size=(512, 768))
 
 
+@pytest.mark.slow  # a 512x768 dry run
 def test_fp32_residual_beside_fp16_unet_fails_naming_op(monkeypatch):
     """ControlNet residuals left in fp32: the UNet's next convolution meets fp32 activations and fp16 weights."""
     from sspir_core.models.controlnet import SSPIRControlNet

@@ -140,6 +140,7 @@ def test_missing_lpips_file_names_it_and_the_flag(tmp_path, pairs):
 # ---------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # a one-step training run
 def test_loss_falls_and_its_parts_add_up(pairs, tmp_path):
     """20 steps on 4 degraded crops (pixel MSE + the Processor losses): the logged total is the sum of its parts
     and falls. Whether training restores anything is tests/test_learning.py's question (true vs shuffled pairs on

@@ -119,6 +119,7 @@ def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
     assert all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
+@pytest.mark.slow  # a training run, then a restore
 def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     from sspir_core.image_io import load_image
     from sspir_core.restore.pipeline import RestoreOptions, restore_image
@@ -258,6 +259,7 @@ def test_gradient_clipping_covers_controlnet_and_unet_only(pairs, tmp_path, monk
     assert calls == [1]  # the training loop clips through it, once per optimisation step
 
 
+@pytest.mark.slow  # several training runs
 def test_resume_latest_skips_damaged_checkpoints_and_an_explicit_one_is_refused(pairs, tmp_path):
     from sspir_core.errors import InputError
 
