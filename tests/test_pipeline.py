@@ -223,6 +223,7 @@ def test_building_and_running_change_no_process_wide_state(lq, monkeypatch):
     assert calls == [] and logging.getLogger().filters == filters
 
 
+@pytest.mark.slow  # builds three random pipelines
 def test_random_presets_are_reproducible_from_their_own_generator():
     a, b, c = (tiny_random_pipeline(seed=s) for s in (5, 5, 6))
     for name in ("unet", "controlnet", "refine"):

@@ -356,6 +356,7 @@ def test_the_data_report_names_every_file_left_out_with_the_reason(photos, tmp_p
     assert sum("rocket.png" in m for m in logged) == 1  # the start-up summary only
 
 
+@pytest.mark.slow  # a training run with two data workers
 def test_a_file_damaged_mid_run_is_reported_once_with_two_workers(photos, tmp_path, capfd):
     """Each DataLoader worker holds its own copy of the data set: the trainer, not the workers, prints it."""
     data = tmp_path / "data"
