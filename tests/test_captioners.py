@@ -527,9 +527,9 @@ def test_openai_total_deadline_stops_a_trickling_server(clock, monkeypatch):
             try:
                 for _ in range(1000):  # the client must stop long before; 1000 bytes end it either way
                     clock.looked.clear()
-                    self.wfile.write(b" ")
+                    clock.now += 1 / 16  # before the byte leaves, so the read that gets it sees its time
+                    self.wfile.write(b" ")  # 1/16 is exact in binary: no rounding in the count
                     self.wfile.flush()
-                    clock.now += 1 / 16  # exact in binary: no rounding in the count
                     # the next byte once the client has read the clock (after its read of this one)
                     if not clock.looked.wait(HANG_GUARD_S) or done.is_set():
                         return
