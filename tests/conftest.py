@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SSPIR_FIXTURES", REPO / "tests" / "fixtures"))
 
 
+SLOW_FOLDERS = (REPO / "tests" / "comfyui",)  # real ComfyUI servers and the browser: every test there is slow
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test in :data:`SLOW_FOLDERS` ``slow``, so ``-m "not slow"`` (the inner loop) leaves them out
+    without a mark in each file; single heavy tests elsewhere carry ``@pytest.mark.slow`` themselves."""
+    for item in items:
+        if any(item.path.is_relative_to(folder) for folder in SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def fixture_a() -> Path:
     path = FIXTURES / "official-tiny-a"

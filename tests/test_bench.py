@@ -17,6 +17,7 @@ def tiny_pipe():
     return bench_settings.build_bench_pipeline("tiny")
 
 
+@pytest.mark.slow  # runs every bench part
 def test_bench_parts_structure(tiny_pipe) -> None:
     settings = bench_settings.BenchSettings(config="tiny", size=64, steps=2, step_steps=1, repeats=1, sizes=(64, 128),
                                    memory_steps=1, tile=8, tile_overlap=2, vae_tile=64, ablate=True)
@@ -82,6 +83,7 @@ def test_cpu_tensor_peak_counts_live_bytes_allocated_during_the_call() -> None:
     assert peak is not None and 12_000_000 <= peak < 12_000_000 + 64 * 1024  # small bookkeeping tensors only
 
 
+@pytest.mark.slow  # memory runs in child processes
 def test_memory_methods_measure_the_same_restore(tiny_pipe) -> None:
     settings = bench_settings.BenchSettings(config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
     tensors = memory.measure_memory(tiny_pipe, 128, settings)
@@ -108,6 +110,7 @@ def test_cli_offers_the_memory_methods_the_bench_has() -> None:
     assert tuple(action.choices) == memory.MEMORY_METHODS
 
 
+@pytest.mark.slow  # a child process restore
 def test_memory_child_prints_one_json_line(capsys) -> None:
     assert memory._child_main(["--_memory-child", "64", "--config", "tiny", "--memory-steps", "1",
                               "--tile", "8", "--tile-overlap", "2", "--vae-tile", "64"]) == 0

@@ -12,6 +12,7 @@ from sspir_core.models.build import build_models
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow  # times training steps
 def test_train_step_bench_on_cpu():
     r = bench_train_step("tiny", "cpu", "fp32", size=64, batch=1, repeats=1)
     expected = sum(p.numel() for p in build_models(unet_config=TINY_UNET, clip_dim=TINY_CLIP_DIM).trainable_parameters())

@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import threading
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,6 +26,7 @@ from sspir_core.captioners import (  # noqa: E402
     get_captioner,
     join_captions,
     normalize_captions,
+    openai_api,
     select_caption,
     to_pil_images,
 )
@@ -41,6 +41,7 @@ from tests.tiny_captioners import (  # noqa: E402
     build_llava,
     build_qwen_vl,
 )
+from tests.waiting import HANG_GUARD_S, call_in_thread  # noqa: E402
 
 LEAKY = ("</s>", "<s>", "<|im_end|>", "<|endoftext|>", "<image>", "<|image_pad|>", "[SEP]", "[DEC]", "\n")
 
@@ -345,26 +346,56 @@ def test_openai_retries_then_succeeds_and_gives_up():
         assert len(srv.requests) == 1
 
 
-def test_openai_unreachable_and_timeout_errors_are_clear():
+class FakeClock:
+    """Stands in for the ``time`` module inside ``openai_api``: ``monotonic`` reads a counter that the test (or a
+    fake server) advances, and ``sleep`` records the wait and advances the counter instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+        self.looked = threading.Event()  # set whenever the captioner reads the clock
+
+    def monotonic(self) -> float:
+        self.looked.set()
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(openai_api, "time", fake)
+    return fake
+
+
+def test_openai_unreachable_error_is_clear_and_waits_only_the_backoff(clock):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     url = f"http://127.0.0.1:{port}/v1"
     cap = get_captioner("openai", url=url, model_name="m", retries=1, backoff=0.01, timeout=2, cache_dir=None)
-    start = time.monotonic()
     with pytest.raises(SSPIRError) as err:
         cap.caption(_image(0))
     msg = str(err.value)
     assert f"{url}/chat/completions" in msg and "is running" in msg and "/v1" in msg
     assert "connection refused" in msg and "after 2 tries" in msg and "accepted" not in msg
-    assert time.monotonic() - start < 5
-    with ChatServer(delay=1.0) as srv:
+    assert clock.slept == [0.01]  # the one backoff between the two tries, nothing else waited on
+
+
+def test_openai_timeout_ends_the_wait_for_a_late_answer():
+    """The server answers only after the client has given up: the 0.2 s socket timeout ends the wait (if it did
+    not, the answer would come at the server's hang guard and the caption would succeed)."""
+    with ChatServer(hold=True) as srv:
         cap = get_captioner("openai", url=srv.url, model_name="m", retries=0, timeout=0.2, cache_dir=None)
-        start = time.monotonic()
-        with pytest.raises(CaptionerError, match="after 1 try"):
+        with pytest.raises(CaptionerError, match="after 1 try") as err:
             cap.caption(_image(0))
-        assert time.monotonic() - start < 1.0
+        srv.answer_now.set()  # the late answer finds the connection gone
+    assert "accepted the connection but sent no answer within 0.2 s" in str(err.value), err.value
+    assert len(srv.requests) == 1
 
 
 def test_openai_server_that_accepts_and_never_answers_is_told_from_one_that_refuses():
@@ -384,28 +415,36 @@ class _Cancelled(Exception):
     """Stands in for ComfyUI's InterruptProcessingException."""
 
 
-def test_openai_cancel_while_the_server_never_answers_stops_within_a_poll_and_hangs_up():
-    """Cancel pressed 0.3 s into a request to a server that never answers: the caption stops at once with the
-    check's own exception (an interruption, not a captioner error), sends no retry, and closes the connection."""
+def _join_request_workers() -> None:
+    """Wait for the captioner's request threads to end: after that nothing of a caption can send a request."""
+    for thread in threading.enumerate():
+        if thread.name == "sspir-openai-request":
+            thread.join(HANG_GUARD_S)
+            assert not thread.is_alive(), "a request thread outlived its caption"
+
+
+def test_openai_cancel_while_the_server_never_answers_stops_at_that_poll_and_hangs_up():
+    """Cancel pressed while a request waits on a server that never answers (timeout 600 s): the check is polled
+    during the wait, and the poll that raises ends the caption with the check's own exception (an interruption,
+    not a captioner error), with no check after it, the connection closed, and no retry."""
     with SilentServer() as srv:
-        cap = get_captioner("openai", url=srv.url, model_name="m", retries=2, backoff=0.01, timeout=60,
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=2, backoff=0.01, timeout=600,
                             cache_dir=None)
-        pressed: list[float] = []
+        polls = {"waiting": 0, "after cancel": 0}
 
         def check():
-            if srv.requests and not pressed:
-                pressed.append(time.monotonic() + 0.3)
-            if pressed and time.monotonic() >= pressed[0]:
-                raise _Cancelled
+            if polls["waiting"] == 3:
+                polls["after cancel"] += 1
+            elif srv.requests:  # the server holds the request
+                polls["waiting"] += 1
+                if polls["waiting"] == 3:  # Cancel pressed at the third poll of the wait
+                    raise _Cancelled
 
-        start = time.monotonic()
         with pytest.raises(_Cancelled):
-            cap.caption(_image(0), check=check)
-        stopped = time.monotonic()
-        assert pressed and stopped - pressed[0] < 0.5, f"stopped {stopped - pressed[0]:.2f} s after Cancel"
-        assert stopped - start < 5
-        assert srv.hung_up.wait(2), "the connection was left open"
-        time.sleep(0.3)
+            call_in_thread(lambda: cap.caption(_image(0), check=check), "a cancelled caption")
+        assert polls == {"waiting": 3, "after cancel": 0}
+        assert srv.hung_up.wait(HANG_GUARD_S), "the connection was left open"
+        _join_request_workers()
         assert srv.requests == 1  # no second request after Cancel
 
 
@@ -457,8 +496,23 @@ def test_openai_refuses_redirects_to_another_origin_and_sends_it_nothing(monkeyp
         assert evil.requests == []  # neither the key nor the image reached it
 
 
-def test_openai_total_deadline_stops_a_trickling_server():
+def test_openai_total_deadline_stops_a_trickling_server(clock, monkeypatch):
+    """A server that sends an answer announced as 100000 bytes one byte at a time, each byte 1/16 s later on the
+    fake clock (far inside the 5 s socket timeout), is stopped by the 1 s deadline: by hand, 16 bytes take the
+    clock to exactly 1 s, the 17th past it, and the captioner stops reading there, without a retry."""
+    import http.client
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    done = threading.Event()
+    received: list[int] = []  # the bytes of each read the captioner made (the standard library's read1)
+    real_read1 = http.client.HTTPResponse.read1
+
+    def read1(self, n=-1):
+        data = real_read1(self, n)
+        received.append(len(data))
+        return data
+
+    monkeypatch.setattr(http.client.HTTPResponse, "read1", read1)
 
     class Trickle(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -469,24 +523,31 @@ def test_openai_total_deadline_stops_a_trickling_server():
             self.send_response(200)
             self.send_header("Content-Length", "100000")
             self.end_headers()
+            self.wfile.flush()
             try:
-                for _ in range(200):  # one byte every 50 ms: never a socket timeout, 10 s in all
-                    self.wfile.write(b" ")
+                for _ in range(1000):  # the client must stop long before; 1000 bytes end it either way
+                    clock.looked.clear()
+                    clock.now += 1 / 16  # before the byte leaves, so the read that gets it sees its time
+                    self.wfile.write(b" ")  # 1/16 is exact in binary: no rounding in the count
                     self.wfile.flush()
-                    time.sleep(0.05)
+                    # the next byte once the client has read the clock (after its read of this one)
+                    if not clock.looked.wait(HANG_GUARD_S) or done.is_set():
+                        return
             except OSError:
                 pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
         cap = get_captioner("openai", url=url, model_name="m", cache_dir=None, retries=3, timeout=5, deadline=1.0)
-        start = time.monotonic()
-        with pytest.raises(CaptionerError, match="deadline of 1 s"):
+        with pytest.raises(CaptionerError, match="after 1 try in the deadline of 1 s") as err:
             cap.caption(_image(0))
-        assert time.monotonic() - start < 2.5
+        assert "sent no complete answer" in str(err.value), err.value
+        assert sum(received) == 17, received
     finally:
+        done.set()
+        clock.looked.set()
         httpd.shutdown()
         httpd.server_close()
 

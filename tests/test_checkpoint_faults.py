@@ -34,7 +34,8 @@ from sspir_core.training import TrainConfig, Trainer
 from sspir_core.training.trainer import FAULT_ENV, FAULT_POINTS, InjectedFault, read_state, resolve_resume
 from sspir_core.weights.weights_file import read_state_dict
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Every test here trains (a reference run, then runs killed or starved at each phase of a save): all slow.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, FAULT_STEP = 4, 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -121,9 +120,9 @@ def test_model_cache_reloads_a_replaced_file_and_evicts_lru(tmp_path):
     cache = ModelCache(max_items=2)
     key1 = ("m", file_signature(f))
     assert cache.get(key1, lambda: "A") == "A" and cache.get(key1, lambda: "B") == "A" and cache.loads == 1
-    time.sleep(0.01)
-    f.write_bytes(b"two!")
-    os.utime(f)
+    before = f.stat()
+    f.write_bytes(b"two")  # the same size: only the modification time tells the files apart
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # a second later, set, not waited for
     key2 = ("m", file_signature(f))
     assert key2 != key1 and cache.get(key2, lambda: "B") == "B"
     cache.get(key1, lambda: "A2")  # touch key1: key2 becomes the least recently used

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -58,6 +59,7 @@ def test_flop_counts_match_hand_counts():
     assert n == 2 * 3 * 2 * (2 * 16 * 10 * 8)
 
 
+@pytest.mark.slow  # torch.compile of the sampler
 def test_compiled_sampler_has_no_graph_breaks_and_no_recompiles():
     """The fast paths under torch.compile: one graph per model, reused by the next restore, same numbers."""
     import torch._dynamo

@@ -73,6 +73,7 @@ def test_demo_models_command_writes_loadable_models_in_comfyui_layout(tmp_path, 
     assert clip.width == parts.models.refine.config["clip_dim"] and clip.num_tokens == 256
 
 
+@pytest.mark.slow  # subprocess that builds the demo models
 def test_demo_models_need_no_training_library(tmp_path):
     """A ComfyUI user has only requirements.txt's packages: writing the demo files (the one-step one included,
     whose LoRA is drawn without peft) must not import peft, and the one-step file's LoRA changes the UNet."""
@@ -96,6 +97,7 @@ def test_demo_models_need_no_training_library(tmp_path):
     assert moved, "the demo one-step LoRA leaves every UNet weight as it was"
 
 
+@pytest.mark.slow  # subprocess that builds the demo models
 def test_demo_models_print_the_files_and_nothing_to_ignore(tmp_path):
     """Issue 27: `sspir demo-models` (run by README's first command) showed transformers' "Writing model shards"
     bar for the tiny captioner. Run as a user does (a subprocess, captioner included): stderr stays empty, stdout

@@ -139,6 +139,7 @@ def test_pictures_csv_and_markdown(photo_set, tmp_path):
     assert "| psnr_y ↑ |" in table and "| **mean** |" in table
 
 
+@pytest.mark.slow  # restores then evaluates a folder
 def test_eval_restore_chains_and_times_each_image(tmp_path):
     gt = skdata.astronaut()[100:164, 180:244]
     save(tmp_path / "gt", "astronaut.png", gt)

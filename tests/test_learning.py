@@ -122,6 +122,7 @@ def assert_learned(step0: dict[int, float], true: dict[int, float], shuffled_: d
     assert gap_start > spread, detail
 
 
+@pytest.mark.slow  # a full training run
 def test_the_processor_learns_the_structure_prior_from_true_pairs_only(data, tmp_path):
     errors: dict[str, dict[int, list[float]]] = {"step0": {}, "true": {}, "shuffled": {}}
     for seed in SEEDS:
@@ -146,6 +147,7 @@ def restored_psnr(trainer: Trainer, gt: torch.Tensor, lq: torch.Tensor) -> float
     return float((10 * torch.log10(1 / ((out - gt) ** 2).mean(dim=(1, 2, 3)))).mean())
 
 
+@pytest.mark.slow  # a full one-step training run
 def test_one_step_training_restores_from_true_pairs_only(data, tmp_path):
     """The one-step mode with its default fidelity losses (pixel MSE, LPIPS through the tests' stand-in weights,
     the Processor's RGB/FFT): PSNR of held-out restored crops.

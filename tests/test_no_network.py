@@ -90,12 +90,14 @@ print('loaded')
 """
 
 
+@pytest.mark.slow  # the demo-models CLI in a subprocess under the network guard
 def test_demo_models_cli_makes_no_connection(demo):
     _, log = demo
     found = attempts(log)
     assert not found, f"`sspir demo-models` reached the network:\n{describe(found)}"
 
 
+@pytest.mark.slow  # a subprocess under the network guard
 def test_library_import_and_load_make_no_connection(demo, tmp_path):
     models, _ = demo
     log = tmp_path / "net.jsonl"
@@ -106,6 +108,7 @@ def test_library_import_and_load_make_no_connection(demo, tmp_path):
                        "(is bitsandbytes installed? the pack installs pyiqa without it: see pyproject.toml)")
 
 
+@pytest.mark.slow  # CLI subprocesses under the network guard
 def test_restore_and_eval_cli_make_no_connection(demo, tmp_path):
     models, _ = demo
     from sspir_core.demo.model_files import DEMO_FILES
@@ -146,6 +149,7 @@ def fake_bitsandbytes(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a subprocess under the network guard
 def test_control_an_installed_bitsandbytes_is_caught(tmp_path):
     """The failure these tests exist for: with a bitsandbytes on the path, importing the library looks the Hub up."""
     log = tmp_path / "net.jsonl"

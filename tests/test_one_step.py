@@ -139,6 +139,7 @@ def test_missing_lpips_file_names_it_and_the_flag(tmp_path, pairs):
 # ---------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # a one-step training run
 def test_loss_falls_and_its_parts_add_up(pairs, tmp_path):
     """20 steps on 4 degraded crops (pixel MSE + the Processor losses): the logged total is the sum of its parts
     and falls. Whether training restores anything is tests/test_learning.py's question (true vs shuffled pairs on
@@ -230,6 +231,7 @@ def test_restore_gives_the_training_steps_own_prediction(trained, pairs, tmp_pat
     assert "one-step SSP-IR model" in capsys.readouterr().err  # asked for 3 steps: a clear warning
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
     lpips = stand_in_lpips(tmp_path / "lpips")
     full = _cfg(tmp_path / "full", pairs, lpips, checkpoint_every=2)

@@ -223,6 +223,7 @@ def test_building_and_running_change_no_process_wide_state(lq, monkeypatch):
     assert calls == [] and logging.getLogger().filters == filters
 
 
+@pytest.mark.slow  # builds three random pipelines
 def test_random_presets_are_reproducible_from_their_own_generator():
     a, b, c = (tiny_random_pipeline(seed=s) for s in (5, 5, 6))
     for name in ("unet", "controlnet", "refine"):
@@ -236,21 +237,46 @@ def test_random_presets_are_reproducible_from_their_own_generator():
     assert torch.equal(a.models.controlnet.state_dict()["conv_in.weight"], unet["conv_in.weight"])
 
 
+class _WatchedLock:
+    """A pipeline's lock that tells (``waited``) when a thread found it held and had to wait."""
+
+    def __init__(self, lock, waited):
+        self.lock, self.waited = lock, waited
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            self.waited.set()
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
 def test_two_threads_on_one_pipeline_run_one_after_the_other_with_the_same_results(lq, monkeypatch):
+    """The first run stays inside its denoise until the second run has either waited for the pipeline's lock or
+    entered denoise beside it (an overlap): so the order, not a pause, decides what the test sees."""
     import threading
-    import time
+
+    from tests.waiting import HANG_GUARD_S
 
     p = tiny_random_pipeline(seed=0)
     p.offload = True  # the case where overlapping runs would move each other's modules away
     expected = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
+    second_arrived = threading.Event()
+    lock = "lock" if hasattr(p, "lock") else "_lock"  # `lock` on main since the component-route merge
+    monkeypatch.setattr(p, lock, _WatchedLock(getattr(p, lock), second_arrived))
     active, overlaps = [], []
     real_denoise = p.denoise
 
     def watched(*a, **k):
         overlaps.append(len(active))
         active.append(1)
-        time.sleep(0.2)  # widen the window a second run would overlap in
         try:
+            if len(overlaps) == 1:
+                assert second_arrived.wait(HANG_GUARD_S), "the second run neither waited nor overlapped"
+            else:
+                second_arrived.set()
             return real_denoise(*a, **k)
         finally:
             active.pop()

@@ -26,6 +26,7 @@ def inputs(tmp_path):
     return d
 
 
+@pytest.mark.slow  # restores a folder of images
 def test_folder_with_odd_modes_and_a_broken_file(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["restore", str(inputs), "-o", str(out), *FAST]) == 1  # one file failed

@@ -78,6 +78,7 @@ def test_make_pairs_writes_the_official_layout(pairs, photos):
     assert np.abs(gt.astype(float) - lq).mean() > 2  # degraded, not a copy
 
 
+@pytest.mark.slow  # a 60-step training run
 def test_loss_falls_in_60_steps(pairs, tmp_path):
     cfg = _cfg(tmp_path / "run", pairs, max_steps=60, lr=1e-3, caption_dropout=0.0)
     Trainer(cfg, log=lambda m: None).train()
@@ -94,6 +95,7 @@ def test_loss_falls_in_60_steps(pairs, tmp_path):
     assert (tmp_path / "run" / "checkpoint-60" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
     full = _cfg(tmp_path / "full", pairs, checkpoint_every=2, checkpoints_total_limit=1)
     Trainer(full, log=lambda m: None).train()
@@ -117,6 +119,7 @@ def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
     assert all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
+@pytest.mark.slow  # a training run, then a restore
 def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     from sspir_core.image_io import load_image
     from sspir_core.restore.pipeline import RestoreOptions, restore_image
@@ -157,6 +160,7 @@ def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     assert np.abs(got.astype(float) - untrained[0].permute(1, 2, 0).numpy() * 255).mean() > 0.5
 
 
+@pytest.mark.slow  # two training processes
 def test_two_cpu_processes_shard_data_and_save_one_consistent_checkpoint(pairs, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -255,6 +259,7 @@ def test_gradient_clipping_covers_controlnet_and_unet_only(pairs, tmp_path, monk
     assert calls == [1]  # the training loop clips through it, once per optimisation step
 
 
+@pytest.mark.slow  # several training runs
 def test_resume_latest_skips_damaged_checkpoints_and_an_explicit_one_is_refused(pairs, tmp_path):
     from sspir_core.errors import InputError
 
@@ -351,6 +356,7 @@ def test_the_data_report_names_every_file_left_out_with_the_reason(photos, tmp_p
     assert sum("rocket.png" in m for m in logged) == 1  # the start-up summary only
 
 
+@pytest.mark.slow  # a training run with two data workers
 def test_a_file_damaged_mid_run_is_reported_once_with_two_workers(photos, tmp_path, capfd):
     """Each DataLoader worker holds its own copy of the data set: the trainer, not the workers, prints it."""
     data = tmp_path / "data"

@@ -12,13 +12,13 @@ import inspect
 import json
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sspir_core.captioners.tiny import CORPUS, LLAVA_CHAT_TEMPLATE, bpe_tokenizer, build_llava, seed_weights  # noqa: E402
+from tests.waiting import HANG_GUARD_S  # noqa: E402
 
 __all__ = ["LLAVA_CHAT_TEMPLATE", "ChatServer", "SilentServer", "build_blip", "build_llava", "build_qwen_vl"]
 
@@ -120,7 +120,8 @@ class LocalServer:
     def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever's next poll: 0.05 s instead of the default 0.5 s per server
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -134,8 +135,11 @@ class LocalServer:
 class ChatServer(LocalServer):
     """A chat-completions stub on 127.0.0.1 that records requests and can fail the first N."""
 
-    def __init__(self, answer="A cat\n sitting <|im_end|>", fail_first=0, fail_status=503, delay=0.0):
+    def __init__(self, answer="A cat\n sitting <|im_end|>", fail_first=0, fail_status=503, hold=False):
+        """``hold``: each POST is answered only once :attr:`answer_now` is set (by the test, or on exit), so a
+        client's timeout is what ends its wait."""
         self.requests: list[dict] = []
+        self.answer_now = threading.Event()
         state = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -157,13 +161,17 @@ class ChatServer(LocalServer):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 state.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                if delay:
-                    time.sleep(delay)
+                if hold:
+                    state.answer_now.wait(HANG_GUARD_S)
                 if len(state.requests) <= fail_first:
                     return self._send(fail_status, {"error": "busy"})
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
         self.serve(Handler)
+
+    def __exit__(self, *exc):
+        self.answer_now.set()
+        super().__exit__(*exc)
 
 
 class SilentServer(LocalServer):
