@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfyui.comfy_helpers import WORKFLOWS, harness
+from tests.comfyui.comfy_helpers import WORKFLOWS, every_comfyui, harness
 
 pytestmark = pytest.mark.comfyui
 
 HERE = Path(__file__).resolve().parent
+EVERY_VERSION_TEMPLATES = ("sspir_restore.json", "sspir_native.json")
 
 
 def _browser_tools() -> tuple[str, str, Path]:
@@ -47,6 +48,7 @@ def _artifacts() -> Path:
     return folder
 
 
+@every_comfyui
 def test_the_templates_comfyui_lists_are_the_bundled_workflows(server):
     listed = server.get("/workflow_templates")
     assert sorted(listed.get(harness.PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS.glob("*.json")), listed
@@ -68,6 +70,7 @@ def _check(server, tmp_path, workflow: str, env: dict | None = None) -> tuple[di
     return json.loads(proc.stdout), shot
 
 
+@every_comfyui
 @pytest.mark.parametrize("widget, value", [("tile", 7), ("cfg", 0.5)])
 def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
     """Issue 27: tile 7 on PGA Sampler outlined steps, cfg, tile, tile_overlap and vae_tile. Run with one bad
@@ -78,7 +81,9 @@ def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
     assert report["widgetErrors"] == {str(sampler): [widget]}, report["widgetErrors"]
 
 
-@pytest.mark.parametrize("workflow", sorted(p.name for p in WORKFLOWS.glob("*.json")))
+# on every ComfyUI: the reference and the native route's graphs (the others repeat their nodes)
+@pytest.mark.parametrize("workflow", [pytest.param(w, marks=every_comfyui) if w in EVERY_VERSION_TEMPLATES else w
+                                      for w in sorted(p.name for p in WORKFLOWS.glob("*.json"))])
 def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workflow):
     """Templates -> SSP-IR's category -> click: the graph loads whole and wired, its thumbnail is served, no node
     covers a group's title, and the front end reports no error once the page was ready (the errors it logs
