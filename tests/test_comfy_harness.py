@@ -331,3 +331,15 @@ def test_a_missing_033_skips_saying_why_and_fails_where_required(cache, tmp_path
     monkeypatch.setenv("SSPIR_REQUIRE_COMFYUI_033", "1")
     with pytest.raises(pytest.fail.Exception, match="SSPIR_REQUIRE_COMFYUI_033 is set but"):
         comfy_conftest._prepared_host("0.33.0")
+
+
+def test_requires_comfyui_is_the_tested_range():
+    """pyproject's requires-comfyui (the Comfy Registry's specifier form) admits every version the harness tests
+    and no newer minor release, which nothing here has run."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"])
+    assert all(v in spec for v in comfyui.VERSIONS)
+    assert "0.3.74" not in spec and "0.34.0" not in spec and "0.33.9" in spec

@@ -36,10 +36,11 @@ def _require(env: str) -> bool:
 
 @functools.cache
 def host_versions() -> tuple[str, ...]:
-    """The versions the tests run on, the default first: ``COMFYUI_DIR``'s (read from its tree) or 0.3.75."""
+    """The versions the tests run on, the default first: 0.3.75, or in its place the ComfyUI of ``COMFYUI_DIR``
+    (its version read from its tree); then each version the harness prepares apart (0.33.0, its own venv)."""
     user = harness.user_comfyui_dir()
-    default = (harness.read_version(user) if user else None) or harness.DEFAULT_VERSION
-    return (default, *(v for v in harness.VERSIONS if v != default))
+    default = ((harness.read_version(user) or "unknown") if user else None) or harness.DEFAULT_VERSION
+    return (default, *(v for v in harness.VERSIONS if v not in (default, harness.DEFAULT_VERSION)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
