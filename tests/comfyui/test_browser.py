@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfyui.comfy_helpers import WORKFLOWS, every_comfyui, harness
+from tests.comfyui.comfy_helpers import NATIVE_PREFIX, WORKFLOWS, every_comfyui, harness
 
 pytestmark = pytest.mark.comfyui
 
@@ -40,6 +40,22 @@ def _browser_tools() -> tuple[str, str, Path]:
             pytest.fail("browser test required but: " + "; ".join(why))
         pytest.skip("browser test skipped: " + "; ".join(why))
     return node, chromium, playwright
+
+
+def _serve_the_files_it_names(server, workflow: str) -> None:
+    """The native templates name the native demo files, which the session's models folder lacks: since ComfyUI
+    0.33's front end (1.49) outlines, at load, each loader whose file the server does not list (0.3.75's did not),
+    link them in first (ComfyUI rescans a models folder whose time stamp changed)."""
+    if not workflow.startswith(NATIVE_PREFIX):
+        return
+    from sspir_core.demo import native_models
+
+    files = native_models.cached_native_demo_models(harness.cache_root())
+    for folder, name in native_models.NATIVE_FILES.values():
+        link = Path(server.models_dir) / folder / name
+        link.parent.mkdir(exist_ok=True)
+        if not link.exists():
+            link.symlink_to(files / folder / name)
 
 
 def _artifacts() -> Path:
@@ -88,6 +104,7 @@ def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workfl
     """Templates -> SSP-IR's category -> click: the graph loads whole and wired, its thumbnail is served, no node
     covers a group's title, and the front end reports no error once the page was ready (the errors it logs
     while starting, before any workflow, are its own: printed, not failed)."""
+    _serve_the_files_it_names(server, workflow)
     report, shot = _check(server, tmp_path, workflow)
     print(f"\nscreenshot of {workflow}: {shot}\nfront-end errors before the workflow: {report['startupErrors']}")
     assert report["missingTypes"] == [], f"node types unknown to the front end: {report['missingTypes']}"
