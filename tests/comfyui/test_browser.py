@@ -86,8 +86,7 @@ def _check(server, tmp_path, workflow: str, env: dict | None = None) -> tuple[di
     return json.loads(proc.stdout), shot
 
 
-@every_comfyui
-@pytest.mark.parametrize("widget, value", [("tile", 7), ("cfg", 0.5)])
+@pytest.mark.parametrize("widget, value", [pytest.param("tile", 7, marks=every_comfyui), ("cfg", 0.5)])
 def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
     """Issue 27: tile 7 on PGA Sampler outlined steps, cfg, tile, tile_overlap and vae_tile. Run with one bad
     widget: the front end marks that input of that node, and nothing else."""

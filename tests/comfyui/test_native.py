@@ -266,7 +266,6 @@ def _read_report(server, name: str) -> dict:
     return json.loads((server.output_dir / f"{name}.json").read_text())
 
 
-@every_comfyui
 def test_bundled_native_workflow_runs_with_ksampler(native_server):
     """example_workflows/api/sspir_native.json as shipped (MLLM Caption, KSampler ddpm + ddim_uniform), few steps."""
     prompt = copy.deepcopy(load_api("sspir_native.json"))
@@ -441,8 +440,8 @@ def _with_controlnet(prompt: dict, hint: str, name: str) -> dict:
     return prompt
 
 
-@every_comfyui
-@pytest.mark.parametrize(("lq_size", "tile"), [((8, 8), (96, 32)), ((16, 24), (8, 4))], ids=["whole", "tiled"])
+@pytest.mark.parametrize(("lq_size", "tile"), [pytest.param((8, 8), (96, 32), marks=every_comfyui), ((16, 24), (8, 4))],
+                         ids=["whole", "tiled"])
 def test_standard_controlnet_composes_with_sspir(native_server, lq_size, tile):
     """ComfyUI's Apply ControlNet on the native graph: both ControlNets' residuals reach the UNet, summed.
 
