@@ -337,7 +337,6 @@ def test_requires_comfyui_is_the_tested_range():
     """pyproject's requires-comfyui (the Comfy Registry's specifier form) admits every version the harness tests
     and no newer minor release, which nothing here has run."""
     import tomllib
-
     from packaging.specifiers import SpecifierSet
 
     spec = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"])
