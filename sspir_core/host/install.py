@@ -423,7 +423,7 @@ def prepare(version: str | None = None, python: str | None = None) -> Host:
     """The ComfyUI of ``version`` ready to run (None: ``COMFYUI_DIR``, else 0.3.75), fetched and installed.
 
     0.3.75 adds its missing requirements to ``python`` (default ``COMFYUI_PYTHON``/this one); 0.33.0 builds its
-    own venv (about 6 GB: torch); a user's ``COMFYUI_DIR`` only has its requirements checked.
+    own venv (about 7 GB: torch); a user's ``COMFYUI_DIR`` only has its requirements checked.
     """
     folder = fetch(python, version)
     if version is None and user_comfyui_dir() is not None:

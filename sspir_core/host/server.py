@@ -134,6 +134,9 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> ComfyServer:
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUIError(f"no ComfyUI in {self.comfy_dir} (run: python -m sspir_core.host fetch)")
+        if os.sep in self.python and not Path(self.python).is_file():
+            raise ComfyUIError(f"no Python at {self.python} to run {self.comfy_dir}: prepare it first "
+                               "(python -m sspir_core.host fetch --version VERSION) or set COMFYUI_PYTHON")
         if not (self.pack_dir / "__init__.py").is_file() or not (self.pack_dir / "nodes").is_dir():
             raise ComfyUIError(f"{self.pack_dir} is not the ComfyUI-SSPIR pack (no __init__.py and nodes/): pass "
                                "pack_dir, the folder of a checkout of the pack")

@@ -87,7 +87,7 @@ def _default_host() -> harness.Host:
 
 
 def _prepared_host(version: str) -> harness.Host:
-    """A version the harness prepares apart (0.33.0: tarball + own venv); never built here (about 6 GB)."""
+    """A version the harness prepares apart (0.33.0: tarball + own venv); never built here (about 7 GB)."""
     if not harness.is_ready(version):
         tarball = harness.tarball_path()
         if not tarball.is_file():
