@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+BROWSER_CHECK = REPO / "tests" / "comfyui" / "browser_check.js"  # opens a template in ComfyUI's front end
 WORKFLOW_DIR = "example_workflows"
 """ComfyUI's documented folder: of example_workflows/, example/, examples/, workflow/, example_workflows/ it serves the
 first that exists under /api/workflow_templates/<pack>/ (app/custom_node_manager.py), and lists the *.json
@@ -337,8 +338,7 @@ def write_thumbnails(only: list[str] | None = None) -> list[Path]:
 
     from PIL import Image
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import comfyui
+    from sspir_core import host as comfyui
 
     node, chromium, playwright = shutil.which("node"), comfyui.chromium_binary(), comfyui.playwright_core_dir()
     if node is None or chromium is None or not playwright.is_dir():
@@ -353,7 +353,7 @@ def write_thumbnails(only: list[str] | None = None) -> list[Path]:
         with server:
             for wf in [w for w in WORKFLOWS if not only or w.name in only]:
                 shot, raw = work / f"{wf.name}-page.png", work / f"{wf.name}-graph.png"
-                subprocess.run([node, str(comfyui.BROWSER_CHECK), server.url, str(REPO / WORKFLOW_DIR / f"{wf.name}.json"),
+                subprocess.run([node, str(BROWSER_CHECK), server.url, str(REPO / WORKFLOW_DIR / f"{wf.name}.json"),
                                 str(shot), chromium, str(playwright), str(work / f"profile-{wf.name}"), comfyui.PACK_NAME,
                                 str(raw)], check=True, capture_output=True, timeout=300)
                 graph = Image.open(raw).convert("RGB")

@@ -19,14 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import comfyui  # noqa: E402 (sits beside this script)
-import progress  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+# This checkout's sspir_core (the harness, the demo-model names), whatever is installed.
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+import progress  # noqa: E402 (sits beside this script)
 
-# This checkout's sspir_core (for the demo-model names), whatever is installed.
-sys.path.insert(1, str(comfyui.REPO))
+from sspir_core import host as comfyui  # noqa: E402
 
-REPO = comfyui.REPO
 DEFAULT_THREADS = 1
 """Torch threads of the server: the demo models' small matrices gain nothing from more threads and lose much
 when another job shares the cores (scripts/bench_first_run.py). Real weights on many free cores: raise it."""
@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --image {args.image} does not exist")
     if set_input_image(prompt, args.image.name) == 0:
         print("note: the workflow has no LoadImage node; --image is not used", file=sys.stderr)
-    python = comfyui.comfyui_python()
     try:
         comfy_dir = comfyui.ensure()
+        python = comfyui.comfyui_python(comfy_dir)
         native = any(node.get("class_type") == "SSPIRPatchLoader" for node in prompt.values())
         models = args.models or demo_models(REPO / "out" / "demo-models", sys.executable, native=native)
         if not models.is_dir():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,13 @@ from sspir_core.bench.settings import EXTRA_PARTS, EXTRA_SUMMARIES, BenchSetting
 from sspir_core.cli import bench as cli_bench
 from sspir_core.cli import main
 from sspir_core.errors import InputError
-from tests.conftest import REPO
 
 
 def _probe():
-    """scripts/comfy_bench_probe.py as a plain module (outside ComfyUI it registers nothing)."""
-    spec = importlib.util.spec_from_file_location("comfy_bench_probe", REPO / "scripts" / native.PROBE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The bench probe as a plain module (outside ComfyUI it registers nothing)."""
+    from sspir_core.host import bench_probe
+
+    return bench_probe
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -157,6 +154,14 @@ def test_prompts_run_in_the_order_asked(monkeypatch, tmp_path, order, expected):
     class Harness:
         COMFYUI_VERSION = "0"
         ComfyUIError = RuntimeError
+
+        @staticmethod
+        def comfyui_dir():
+            return tmp_path
+
+        @staticmethod
+        def read_version(folder):
+            return "0"
 
         @staticmethod
         def cache_root():

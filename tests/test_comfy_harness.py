@@ -1,17 +1,28 @@
-"""The real-ComfyUI harness's pure parts (scripts/comfyui.py, scripts/run_workflow.py), without a server."""
+"""The real-ComfyUI harness's pure parts (sspir_core.host, scripts/run_workflow.py), without a server."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
 import pytest
 
+from sspir_core import host as comfyui
+from sspir_core.host import install as host_install  # noqa: F401 (comfyui.install below)
+from sspir_core.host import server as host_server
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-import comfyui  # noqa: E402
-import run_workflow  # noqa: E402
+
+def _script(name: str):
+    """A script of scripts/ as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_workflow = _script("run_workflow")
 
 
 def test_requirements_drop_only_the_torch_build(tmp_path):
@@ -84,7 +95,7 @@ def test_rejected_prompt_lists_each_node_error():
         "error": {"message": "Prompt outputs failed validation"},
         "node_errors": {"5": {"class_type": "SaveImage", "errors": [{"message": "Required input is missing", "details": "images"}]}},
     }
-    text = comfyui._explain_rejection("/prompt: HTTP 400: " + json.dumps(body))
+    text = host_server._explain_rejection("/prompt: HTTP 400: " + json.dumps(body))
     assert text == "Prompt outputs failed validation; node 5 (SaveImage): Required input is missing: images"
 
 
@@ -196,3 +207,147 @@ def test_node_names_prefer_a_set_title_then_the_display_name():
 def test_the_server_thread_count(threads, env):
     assert run_workflow.thread_env(threads) == env
     assert run_workflow.DEFAULT_THREADS == 1  # measured: scripts/bench_first_run.py
+
+
+# ---------------------------------------------------------------------------------------------- versions
+
+
+def _fake_tarball(path, version="0.33.0", extra=None):
+    """A ComfyUI-like source tarball: ComfyUI/main.py and the version file its main.py logs."""
+    import io
+    import tarfile
+
+    files = {"ComfyUI/main.py": "print('hi')\n", "ComfyUI/comfyui_version.py": f'__version__ = "{version}"\n',
+             "ComfyUI/requirements.txt": "torch\ntorchaudio\nav>=14\n", **(extra or {})}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSPIR_COMFYUI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    monkeypatch.delenv("COMFYUI_PYTHON", raising=False)
+    return tmp_path / "cache"
+
+
+def test_each_version_has_its_folder_and_the_033_folder_runs_in_its_own_venv(cache, monkeypatch):
+    assert comfyui.comfyui_dir() == cache / "comfyui-0.3.75"
+    assert comfyui.comfyui_dir("0.33.0") == cache / "comfyui-0.33.0"
+    assert comfyui.comfyui_python(cache / "comfyui-0.33.0") == str(cache / "comfyui-0.33.0-venv" / "bin" / "python")
+    assert comfyui.comfyui_python(cache / "comfyui-0.3.75") == sys.executable
+    monkeypatch.setenv("COMFYUI_PYTHON", "/opt/py")
+    assert comfyui.comfyui_python(cache / "comfyui-0.3.75") == "/opt/py"
+    with pytest.raises(comfyui.ComfyUIError, match=r"0\.34\.0 is not one .*0\.3\.75, 0\.33\.0"):
+        comfyui.comfyui_dir("0.34.0")
+
+
+def test_a_lone_clone_has_no_033_and_says_which_file_is_missing(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv(comfyui.TARBALL_ENV, str(tmp_path / "nowhere.tar.gz"))
+    with pytest.raises(comfyui.ComfyUIUnavailable, match=r"nowhere\.tar\.gz .*SSPIR_COMFYUI_033_TARBALL"):
+        comfyui.fetch(version="0.33.0")
+    assert not comfyui.is_ready("0.33.0")
+
+
+def test_the_033_tarball_unpacks_into_the_cache_once(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv(comfyui.TARBALL_ENV, str(_fake_tarball(tmp_path / "c.tar.gz")))
+    folder = comfyui.fetch(version="0.33.0")
+    assert folder == cache / "comfyui-0.33.0" and (folder / "main.py").read_text() == "print('hi')\n"
+    assert comfyui.read_version(folder) == "0.33.0"
+    (tmp_path / "c.tar.gz").unlink()  # cached: the tarball is not read again
+    assert comfyui.fetch(version="0.33.0") == folder
+    assert not comfyui.is_ready("0.33.0")  # unpacked, but its venv is not built
+
+
+@pytest.mark.parametrize("version, extra, match", [
+    ("0.32.0", None, r"carries ComfyUI 0\.32\.0, expected 0\.33\.0"),
+    ("0.33.0", {"ComfyUI/../../evil.py": "x"}, r"unexpected path .*evil\.py"),
+])
+def test_a_wrong_or_unsafe_tarball_is_refused_and_nothing_is_cached(cache, tmp_path, monkeypatch, version, extra,
+                                                                     match):
+    monkeypatch.setenv(comfyui.TARBALL_ENV, str(_fake_tarball(tmp_path / "c.tar.gz", version, extra)))
+    with pytest.raises(comfyui.ComfyUIError, match=match):
+        comfyui.fetch(version="0.33.0")
+    assert not (cache / "comfyui-0.33.0").exists() and not (tmp_path / "evil.py").exists()
+
+
+def test_the_033_venv_gets_torch_first_then_comfyui_without_torch_then_torchaudio_alone(tmp_path):
+    folder = tmp_path / "ComfyUI"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text("torch\ntorchvision\ntorchaudio\nav>=14\ncomfy-aimdo==0.4.13\n")
+    steps = [cmd[5:] for cmd in comfyui.install.venv_steps(folder, "py", tmp_path / "req.txt")]
+    assert steps == [
+        ["--upgrade", "pip"],
+        ["torch==2.14.1", "torchvision==0.29.1"],  # scripts/setup.sh's pins
+        ["av>=14", "comfy-aimdo==0.4.13", "requests"],
+        ["--no-deps", "torchaudio==2.11.1"],  # no torchaudio on PyPI is built for torch 2.14.1
+        ["-r", str(tmp_path / "req.txt")],
+    ]
+
+
+def _server_with_log(tmp_path, log: str, version_file: str | None, **kw):
+    comfy = tmp_path / "comfy"
+    comfy.mkdir()
+    if version_file is not None:
+        (comfy / "comfyui_version.py").write_text(f'__version__ = "{version_file}"\n')
+    srv = comfyui.ComfyServer(tmp_path / "work", comfy_dir=comfy, python="py", **kw)
+    srv.work_dir.mkdir()
+    srv.log_path.write_text(log)
+    return srv
+
+
+@pytest.mark.parametrize("log, version_file, expect, error", [
+    ("Total VRAM 0\nComfyUI version: 0.33.0\n", "0.33.0", "0.33.0", None),
+    ("ComfyUI version: 0.3.75\n", "0.33.0", None, r"logged ComfyUI version '0\.3\.75', expected 0\.33\.0"),
+    ("ComfyUI version: 0.33.0\n", "0.33.0", "0.3.75", r"logged ComfyUI version '0\.33\.0', expected 0\.3\.75"),
+    ("starting\n", "0.33.0", None, r"logged ComfyUI version None"),
+    ("ComfyUI version: 0.3.75\n...\nComfyUI version: 0.33.0\n", None, "0.33.0", None),  # the last start counts
+    ("no version line\n", None, None, None),  # a tree without a version file: nothing to compare
+])
+def test_the_server_must_log_the_version_asked_for(tmp_path, log, version_file, expect, error):
+    srv = _server_with_log(tmp_path, log, version_file, expect_version=expect)
+    if error is None:
+        srv._check_version()
+    else:
+        with pytest.raises(comfyui.ComfyUIError, match=error):
+            srv._check_version()
+
+
+def test_a_missing_033_skips_saying_why_and_fails_where_required(cache, tmp_path, monkeypatch):
+    from tests.comfyui import conftest as comfy_conftest
+
+    monkeypatch.setenv(comfyui.TARBALL_ENV, str(tmp_path / "absent.tar.gz"))
+    monkeypatch.delenv("SSPIR_REQUIRE_COMFYUI_033", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"0\.33\.0 runs need its source tarball, absent from .*absent"):
+        comfy_conftest._prepared_host("0.33.0")
+    monkeypatch.setenv(comfyui.TARBALL_ENV, str(_fake_tarball(tmp_path / "c.tar.gz")))
+    with pytest.raises(pytest.skip.Exception, match=r"not prepared .*scripts/setup\.sh --comfyui=0\.33\.0"):
+        comfy_conftest._prepared_host("0.33.0")
+    monkeypatch.setenv("SSPIR_REQUIRE_COMFYUI_033", "1")
+    with pytest.raises(pytest.fail.Exception, match="SSPIR_REQUIRE_COMFYUI_033 is set but"):
+        comfy_conftest._prepared_host("0.33.0")
+
+
+def test_requires_comfyui_is_the_tested_range():
+    """pyproject's requires-comfyui (the Comfy Registry's specifier form) admits every version the harness tests
+    and no newer minor release, which nothing here has run."""
+    import tomllib
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"])
+    assert all(v in spec for v in comfyui.VERSIONS)
+    assert "0.3.74" not in spec and "0.34.0" not in spec and "0.33.9" in spec
+
+
+def test_a_server_of_an_unprepared_033_says_how_to_prepare_it(cache, tmp_path):
+    folder = cache / "comfyui-0.33.0"
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text("")
+    srv = comfyui.ComfyServer(tmp_path / "work", comfy_dir=folder)
+    with pytest.raises(comfyui.ComfyUIError, match=r"no Python at .*comfyui-0\.33\.0-venv.*fetch --version"):
+        srv.start()

@@ -211,11 +211,11 @@ def test_training_forward_one_step_with_vsd_fp16():
 
 
 def _comfyui_tree():
-    from pathlib import Path
+    """The ComfyUI tree native_dry_run imports (the harness's default: its requirements are in this venv)."""
+    from sspir_core.host import comfyui_dir
 
-    root = Path.home() / ".cache" / "sspir"
-    trees = sorted(root.glob("comfyui-*/comfy"))
-    return trees[-1].parent if trees else None
+    tree = comfyui_dir()
+    return tree if (tree / "comfy").is_dir() else None
 
 
 @pytest.mark.skipif(_comfyui_tree() is None, reason="no ComfyUI tree (bash scripts/setup.sh --comfyui)")

@@ -208,10 +208,9 @@ def test_comfy_node_pack_leaves_out_the_tests_and_keeps_the_pack(tmp_path):
     11.6 MB of test fixtures stay out, everything ComfyUI loads stays in."""
     import zipfile
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import comfyui
+    from sspir_core.host import cache_root
 
-    comfy = comfyui.cache_root() / "comfy-cli-venv" / "bin" / "comfy"
+    comfy = cache_root() / "comfy-cli-venv" / "bin" / "comfy"
     if not comfy.is_file():
         if os.environ.get("SSPIR_REQUIRE_COMFYUI", "") not in ("", "0"):
             pytest.fail(f"comfy-cli not found at {comfy}")

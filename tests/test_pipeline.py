@@ -264,7 +264,7 @@ def test_two_threads_on_one_pipeline_run_one_after_the_other_with_the_same_resul
     p.offload = True  # the case where overlapping runs would move each other's modules away
     expected = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
     second_arrived = threading.Event()
-    lock = "lock" if hasattr(p, "lock") else "_lock"  # `lock` on main since the component-route merge
+    lock = "lock"
     monkeypatch.setattr(p, lock, _WatchedLock(getattr(p, lock), second_arrived))
     active, overlaps = [], []
     real_denoise = p.denoise

@@ -517,21 +517,20 @@ def _one_step_training(pipe: Any, params: list[torch.nn.Parameter], vsd: bool, d
 def import_comfy(folder: str | None = None) -> Any:
     """ComfyUI's ``comfy`` package in this process (CPU mode: its model management probes CUDA otherwise).
 
-    ``folder``: a ComfyUI tree (default: ``scripts/comfyui.py``'s cached one). The tree goes last on
+    ``folder``: a ComfyUI tree (default: the harness's, ``COMFYUI_DIR`` or the cached 0.3.75, whose requirements
+    setup.sh installs into this environment; 0.33.0 runs in a venv of its own). The tree goes last on
     ``sys.path`` so that this pack's ``nodes`` package is found before ComfyUI's ``nodes.py``.
     """
     import sys
-    from pathlib import Path
 
     if "comfy.model_management" not in sys.modules:
         if folder is None:
-            import os
+            from ..host import comfyui_dir
 
-            root = Path(os.environ.get("SSPIR_COMFYUI_CACHE") or Path.home() / ".cache" / "sspir").expanduser()
-            trees = sorted(root.glob("comfyui-*"))
-            if not trees:
-                raise FileNotFoundError(f"no ComfyUI tree under {root}: run `bash scripts/setup.sh --comfyui`")
-            folder = str(trees[-1])
+            tree = comfyui_dir()
+            if not (tree / "main.py").is_file():
+                raise FileNotFoundError(f"no ComfyUI tree in {tree}: run `bash scripts/setup.sh --comfyui`")
+            folder = str(tree)
         if folder not in sys.path:
             sys.path.append(folder)
         import comfy.cli_args

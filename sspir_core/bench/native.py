@@ -8,9 +8,9 @@ Both routes restore the same images from the same files in ComfyUI, side by side
 - **reference**: SSP-IR Model Loader + CLIP Vision Loader + CLIP Image Embed + Structure Processor + PGA Sampler
   (``ddpm``, start ``lq``), our own diffusers models and sampler loop, with the node's default tiling.
 
-sspir_core never imports ComfyUI, so this part drives ComfyUI server processes through the harness of a checkout
-(``scripts/comfyui.py``). Each route gets a fresh server (one route's resident models never count in the other's
-peak) with the bench probe (``scripts/comfy_bench_probe.py``) in its custom_nodes; on the CPU both servers are up
+sspir_core never imports ComfyUI, so this part drives ComfyUI server processes through the harness
+(:mod:`sspir_core.host`). Each route gets a fresh server (one route's resident models never count in the other's
+peak) with the bench probe (:mod:`sspir_core.host.bench_probe`) in its custom_nodes; on the CPU both servers are up
 and their prompts alternate, on CUDA they run one after the other (see :func:`bench_native`). Per route: one
 warm-up prompt (loads the models; its time is reported apart), then ``repeats`` timed prompts, each on its own
 LQ image and caption (as a batch of real photos would be), so ComfyUI's output cache only answers for the loaders.
@@ -31,7 +31,6 @@ CLIP vision files the user names (the demo files when none are named).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import statistics
 import sys
@@ -53,7 +52,6 @@ ORDER_WORDS = {"interleaved": "both up, prompts alternating", "sequential": "one
 DEFAULTS = {"cpu": (64, 4), "cuda": (2048, 50)}  # (output px, steps) when the settings leave them unset
 UPSCALE = 4
 SETUP_HINT = "run `bash scripts/setup.sh --comfyui` in a checkout of the pack (ComfyUI-SSPIR)"
-PROBE = "comfy_bench_probe.py"  # beside the harness in scripts/
 PROBE_FOLDER = "sspir_bench_probe"  # its folder in the bench server's custom_nodes
 PROMPT_TIMEOUT_S = 3600.0
 PROCESSOR_TILE = 1024  # Apply SSP-IR's default (nodes/native_apply.py)
@@ -100,26 +98,17 @@ def native_plan(settings: BenchSettings) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- ComfyUI side
 
 
-def load_harness(scripts: Path | None = None) -> ModuleType:
-    """scripts/comfyui.py of the checkout this sspir_core sits in (the module ``comfyui``), with ComfyUI fetched."""
-    scripts = scripts or Path(__file__).resolve().parents[2] / "scripts"
-    path = scripts / "comfyui.py"
-    if not path.is_file() or not (scripts / PROBE).is_file():
-        raise NativeBenchError(f"the native bench needs the ComfyUI harness ({path} and {scripts / PROBE}), which "
-                               f"only a checkout of the pack has: {SETUP_HINT}")
-    module = sys.modules.get("comfyui")
-    if module is None or Path(getattr(module, "__file__", "")).resolve() != path.resolve():
-        spec = importlib.util.spec_from_file_location("comfyui", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui"] = module  # the same module object the tests and run_workflow.py import
-        spec.loader.exec_module(module)
-    folder = module.comfyui_dir()
+def load_harness(folder: Path | None = None) -> ModuleType:
+    """The ComfyUI harness (:mod:`sspir_core.host`), checked to have a ComfyUI in ``folder`` (default: the one it
+    runs, ``COMFYUI_DIR`` or the cached 0.3.75) with its requirements installed."""
+    from .. import host as module
+
+    folder = folder or module.comfyui_dir()
     if not (folder / "main.py").is_file():
         raise NativeBenchError(f"no ComfyUI in {folder}: {SETUP_HINT} (or set COMFYUI_DIR to a ComfyUI checkout)")
     missing = module.missing_requirements(folder)
     if missing:
-        raise NativeBenchError(f"{module.comfyui_python()} lacks ComfyUI's requirements ({', '.join(missing)}): "
+        raise NativeBenchError(f"{module.comfyui_python(folder)} lacks ComfyUI's requirements ({', '.join(missing)}): "
                                f"{SETUP_HINT}")
     return module
 
@@ -273,7 +262,9 @@ class RouteRun:
                                           extra_args=flags, cpu=cpu, env=env)
         probe = self.server.work_dir / "custom_nodes" / PROBE_FOLDER
         probe.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(harness.__file__).resolve().parent / PROBE, probe / "__init__.py")
+        from ..host import bench_probe
+
+        shutil.copy2(bench_probe.__file__, probe / "__init__.py")
         self.server.input_dir.mkdir(parents=True, exist_ok=True)
         self.images = [_write_lq(self.server.input_dir, i, plan["input_px"], settings.seed)
                        for i in range(settings.repeats + 1)]
@@ -372,7 +363,7 @@ def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]
 
     result: dict[str, Any] = {**plan, "cfg": settings.cfg, "seed": settings.seed, "dtype": settings.dtype,
                               "device": settings.device, "repeats": settings.repeats, "server_threads": settings.threads,
-                              "comfyui": harness.COMFYUI_VERSION, "demo_files": files.demo,
+                              "comfyui": harness.read_version(harness.comfyui_dir()) or "unknown", "demo_files": files.demo,
                               "files": {k: str(getattr(files, k)) for k in ("checkpoint", "sspir", "clip_vision")},
                               "reference_tiling": [REFERENCE.tile, REFERENCE.tile_overlap, REFERENCE.vae_tile]}
     work = Path(tempfile.mkdtemp(prefix="sspir-bench-native-"))

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from sspir_core import host as harness  # noqa: F401 (fetch, server control; re-exported to the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "example_workflows"
-sys.path.insert(0, str(REPO / "scripts"))
-import comfyui as harness  # noqa: E402, F401 (scripts/comfyui.py: fetch, server control; re-exported)
+EVERY_COMFYUI = "every_comfyui"
+every_comfyui = getattr(pytest.mark, EVERY_COMFYUI)
+"""Mark a test, a module (``pytestmark``) or one ``pytest.param`` to run on every tested ComfyUI version, not only
+on the default one (tests/comfyui/conftest.py)."""
 
 
 def unique(tag: str = "") -> str:

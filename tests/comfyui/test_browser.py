@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfyui.comfy_helpers import WORKFLOWS, harness
+from tests.comfyui.comfy_helpers import NATIVE_PREFIX, WORKFLOWS, every_comfyui, harness
 
 pytestmark = pytest.mark.comfyui
 
 HERE = Path(__file__).resolve().parent
+EVERY_VERSION_TEMPLATES = ("sspir_restore.json", "sspir_native.json")
 
 
 def _browser_tools() -> tuple[str, str, Path]:
@@ -41,12 +42,29 @@ def _browser_tools() -> tuple[str, str, Path]:
     return node, chromium, playwright
 
 
+def _serve_the_files_it_names(server, workflow: str) -> None:
+    """The native templates name the native demo files, which the session's models folder lacks: since ComfyUI
+    0.33's front end (1.49) outlines, at load, each loader whose file the server does not list (0.3.75's did not),
+    link them in first (ComfyUI rescans a models folder whose time stamp changed)."""
+    if not workflow.startswith(NATIVE_PREFIX):
+        return
+    from sspir_core.demo import native_models
+
+    files = native_models.cached_native_demo_models(harness.cache_root())
+    for folder, name in native_models.NATIVE_FILES.values():
+        link = Path(server.models_dir) / folder / name
+        link.parent.mkdir(exist_ok=True)
+        if not link.exists():
+            link.symlink_to(files / folder / name)
+
+
 def _artifacts() -> Path:
     folder = Path(os.environ.get("SSPIR_ARTIFACTS") or tempfile.mkdtemp(prefix="sspir-artifacts-"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
+@every_comfyui
 def test_the_templates_comfyui_lists_are_the_bundled_workflows(server):
     listed = server.get("/workflow_templates")
     assert sorted(listed.get(harness.PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS.glob("*.json")), listed
@@ -68,7 +86,7 @@ def _check(server, tmp_path, workflow: str, env: dict | None = None) -> tuple[di
     return json.loads(proc.stdout), shot
 
 
-@pytest.mark.parametrize("widget, value", [("tile", 7), ("cfg", 0.5)])
+@pytest.mark.parametrize("widget, value", [pytest.param("tile", 7, marks=every_comfyui), ("cfg", 0.5)])
 def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
     """Issue 27: tile 7 on PGA Sampler outlined steps, cfg, tile, tile_overlap and vae_tile. Run with one bad
     widget: the front end marks that input of that node, and nothing else."""
@@ -78,11 +96,14 @@ def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
     assert report["widgetErrors"] == {str(sampler): [widget]}, report["widgetErrors"]
 
 
-@pytest.mark.parametrize("workflow", sorted(p.name for p in WORKFLOWS.glob("*.json")))
+# on every ComfyUI: the reference and the native route's graphs (the others repeat their nodes)
+@pytest.mark.parametrize("workflow", [pytest.param(w, marks=every_comfyui) if w in EVERY_VERSION_TEMPLATES else w
+                                      for w in sorted(p.name for p in WORKFLOWS.glob("*.json"))])
 def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workflow):
     """Templates -> SSP-IR's category -> click: the graph loads whole and wired, its thumbnail is served, no node
     covers a group's title, and the front end reports no error once the page was ready (the errors it logs
     while starting, before any workflow, are its own: printed, not failed)."""
+    _serve_the_files_it_names(server, workflow)
     report, shot = _check(server, tmp_path, workflow)
     print(f"\nscreenshot of {workflow}: {shot}\nfront-end errors before the workflow: {report['startupErrors']}")
     assert report["missingTypes"] == [], f"node types unknown to the front end: {report['missingTypes']}"

@@ -19,7 +19,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sspir_core.demo import native_models
-from tests.comfyui.comfy_helpers import REPO, harness, link_native_models, load_api, put_image, unique
+from tests.comfyui.comfy_helpers import (
+    REPO,
+    every_comfyui,
+    harness,
+    link_native_models,
+    load_api,
+    put_image,
+    unique,
+)
 
 pytestmark = pytest.mark.comfyui
 
@@ -208,6 +216,7 @@ def _prefixed(prompt: dict, pre: str) -> dict:
                                           for ik, iv in v["inputs"].items()}} for k, v in prompt.items()}
 
 
+@every_comfyui
 def test_native_equals_the_reference_sampler(native_server, native_files):
     """Same weights, seed and schedule: Apply SSP-IR + SamplerCustom (SSP-IR Schedule, euler = DDIM eta 0) gives
     PGA Sampler's DDIM image to :func:`equality_bound` (max abs, float, before the PNG); SSP-IR Colour Fix then
@@ -270,6 +279,7 @@ def test_bundled_native_workflow_runs_with_ksampler(native_server):
     assert out.shape == (1, 4 * h, 4 * w, 3) and torch.isfinite(out).all()
 
 
+@every_comfyui
 def test_lora_and_other_patches_compose(native_server):
     """A LoRA loaded by LoraLoader on the demo UNet changes the image and still runs under Apply SSP-IR; patches
     another pack put on the MODEL (attn2 patch, forward_timestep_embed patch, DIFFUSION_MODEL wrapper) stay on
@@ -297,6 +307,7 @@ def test_lora_and_other_patches_compose(native_server):
     assert any(k.startswith("diffusion_model.output_blocks.") for k in info["object_patches"])
 
 
+@every_comfyui
 def test_model_management_holds_our_weights_and_memory_stays_flat(native_server):
     """After sampling, ComfyUI's loaded-models list holds the SSP-IR patch (all its parameter bytes) beside the
     UNet; three runs in a row leave the server's RSS where the first left it.
@@ -429,7 +440,8 @@ def _with_controlnet(prompt: dict, hint: str, name: str) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize(("lq_size", "tile"), [((8, 8), (96, 32)), ((16, 24), (8, 4))], ids=["whole", "tiled"])
+@pytest.mark.parametrize(("lq_size", "tile"), [pytest.param((8, 8), (96, 32), marks=every_comfyui), ((16, 24), (8, 4))],
+                         ids=["whole", "tiled"])
 def test_standard_controlnet_composes_with_sspir(native_server, lq_size, tile):
     """ComfyUI's Apply ControlNet on the native graph: both ControlNets' residuals reach the UNet, summed.
 
@@ -467,6 +479,7 @@ def test_standard_controlnet_composes_with_sspir(native_server, lq_size, tile):
     assert zero <= SAME, zero
 
 
+@every_comfyui
 def test_partial_low_vram_load_gives_the_same_outputs_and_image(native_server):
     """ComfyUI's low-VRAM partial loading (``ModelPatcher.load`` with a budget of 64 MB, a quarter of the fp32
     patch) really leaves layers to its casting path, and SSP-IR's outputs and the whole native route's image

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from tests.comfyui import test_native
-from tests.comfyui.comfy_helpers import harness
+from tests.comfyui.comfy_helpers import every_comfyui, harness
 from tests.comfyui.test_native import _lq, _native, _save, _tensor
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, every_comfyui]
 native_files = test_native.native_files  # the same module-scoped fixtures: this module's own server
 native_server = test_native.native_server
 

@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 
-from tests.comfyui.comfy_helpers import REPO, harness, load_api, nodes_of, with_unique_outputs
+from tests.comfyui.comfy_helpers import REPO, every_comfyui, harness, load_api, nodes_of, with_unique_outputs
 from tests.test_no_network import GUARD, attempts, describe
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, every_comfyui]
 
 
 def test_nodes_import_load_and_restore_without_network(comfy_dir, demo_models, tmp_path):

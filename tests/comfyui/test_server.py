@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.comfyui
+from tests.comfyui.comfy_helpers import every_comfyui
+
+pytestmark = [pytest.mark.comfyui, every_comfyui]
 
 # From NODES-CONTRACT.md (the agreement between the node classes and this harness), not from the code.
 CONTRACT = {

@@ -1,9 +1,10 @@
 """Bench-only ComfyUI probe: HTTP routes that reset and read the server's peak memory between prompts.
 
 ``sspir bench --parts native`` copies this file into its bench server's custom_nodes as
-``sspir_bench_probe/__init__.py``; it is never part of the pack. It lives beside the harness (scripts/comfyui.py)
-rather than in sspir_core because it runs inside ComfyUI (sspir_core never imports ComfyUI, and its import test
-walks every sspir_core module), and because it is only of use where the harness is: a checkout of the pack.
+``sspir_bench_probe/__init__.py``; the pack never loads it (nothing imports this module inside ComfyUI but that
+copy). It imports no ComfyUI module: the routes are added only when ComfyUI's ``server`` module is already loaded
+with a running PromptServer, so importing it anywhere else (the import test walks every sspir_core module) does
+nothing.
 
 Routes (registered on ComfyUI's PromptServer at import, only when imported by a running ComfyUI):
 
