@@ -10,10 +10,10 @@ import json
 import pytest
 
 from sspir_core.demo import native_models
-from tests.comfyui.comfy_helpers import unique
+from tests.comfyui.comfy_helpers import every_comfyui, unique
 from tests.comfyui.test_native import native_files, native_server  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, every_comfyui]  # the contract is what a new ComfyUI may break
 
 
 def test_host_probes(native_server):  # noqa: F811
