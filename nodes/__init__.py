@@ -28,9 +28,20 @@ def node_list() -> list:
 
     host.register_model_folders()
     nodes = [
-        SSPIRModelLoader, SSPIRClipVisionLoader, SSPIRCaptionerLoader, SSPIRCaption, SSPIRClipImageEmbed,
-        SSPIRStructureProcessor, SSPIRSampler, SSPIRRestore,
-        SSPIRPatchLoader, SSPIRApply, SSPIRTextEncode, SSPIRLQLatent, SSPIRSchedule, SSPIRColorFix,
+        SSPIRModelLoader,
+        SSPIRClipVisionLoader,
+        SSPIRCaptionerLoader,
+        SSPIRCaption,
+        SSPIRClipImageEmbed,
+        SSPIRStructureProcessor,
+        SSPIRSampler,
+        SSPIRRestore,
+        SSPIRPatchLoader,
+        SSPIRApply,
+        SSPIRTextEncode,
+        SSPIRLQLatent,
+        SSPIRSchedule,
+        SSPIRColorFix,
     ]
     host.attach_errors_to_widgets(nodes)  # each widget problem once, on its widget
     return nodes

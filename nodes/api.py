@@ -20,8 +20,25 @@ from typing import Any
 log = logging.getLogger("sspir")
 
 # What the nodes use of the API (a module that lacks one is skipped).
-IO_NAMES = ("ComfyNode", "Schema", "NodeOutput", "Custom", "Combo", "Int", "Float", "String", "Boolean", "Image",
-            "Model", "Clip", "ClipVision", "Vae", "Conditioning", "Latent", "Sigmas")
+IO_NAMES = (
+    "ComfyNode",
+    "Schema",
+    "NodeOutput",
+    "Custom",
+    "Combo",
+    "Int",
+    "Float",
+    "String",
+    "Boolean",
+    "Image",
+    "Model",
+    "Clip",
+    "ClipVision",
+    "Vae",
+    "Conditioning",
+    "Latent",
+    "Sigmas",
+)
 UI_NAMES = ("PreviewText",)
 FALLBACKS = ("comfy_api.latest", "comfy_api.v0_0_2")
 
@@ -46,8 +63,13 @@ def candidates() -> list[str]:
 
 def usable(module: ModuleType) -> bool:
     io_, ui_ = getattr(module, "io", None), getattr(module, "ui", None)
-    return (io_ is not None and ui_ is not None and hasattr(module, "ComfyExtension")
-            and all(hasattr(io_, n) for n in IO_NAMES) and all(hasattr(ui_, n) for n in UI_NAMES))
+    return (
+        io_ is not None
+        and ui_ is not None
+        and hasattr(module, "ComfyExtension")
+        and all(hasattr(io_, n) for n in IO_NAMES)
+        and all(hasattr(ui_, n) for n in UI_NAMES)
+    )
 
 
 def choose() -> ModuleType:

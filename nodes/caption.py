@@ -24,11 +24,18 @@ class SSPIRCaption(io.ComfyNode):
             "image; connect it to the sampler's caption, or read and edit it with any text node on the way.",
             inputs=[
                 SSPIRCaptioner.Input("captioner", tooltip="From SSP-IR Captioner Loader."),
-                io.Image.Input("image", tooltip=(
-                    "The low-quality image(s). Each image of a batch gets its own caption (in batch order).")),
+                io.Image.Input(
+                    "image",
+                    tooltip=("The low-quality image(s). Each image of a batch gets its own caption (in batch order)."),
+                ),
             ],
-            outputs=[io.String.Output(display_name="caption", is_output_list=True, tooltip=(
-                "One caption per image, as a list (a downstream text node runs once per caption)."))],
+            outputs=[
+                io.String.Output(
+                    display_name="caption",
+                    is_output_list=True,
+                    tooltip=("One caption per image, as a list (a downstream text node runs once per caption)."),
+                )
+            ],
         )
 
     @classmethod

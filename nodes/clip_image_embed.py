@@ -27,8 +27,12 @@ class SSPIRClipImageEmbed(io.ComfyNode):
                 io.Image.Input("image", tooltip="The low-quality image(s): connect the same IMAGE as the sampler's."),
                 *size_inputs(),
             ],
-            outputs=[SSPIRImageEmbed.Output(display_name="image_embed", tooltip=(
-                "The implicit semantic prior; the sampler brings it to its own output size."))],
+            outputs=[
+                SSPIRImageEmbed.Output(
+                    display_name="image_embed",
+                    tooltip=("The implicit semantic prior; the sampler brings it to its own output size."),
+                )
+            ],
         )
 
     @classmethod

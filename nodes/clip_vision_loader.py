@@ -21,12 +21,19 @@ class SSPIRClipVisionLoader(io.ComfyNode):
             description="Chooses the CLIP ViT-L/14 (224 px) vision model whose patch tokens feed SSP-IR's Refine "
             "layer. Only the file's header is read here; the weights load on first use and stay for the next prompts.",
             inputs=[
-                io.Combo.Input("clip_name", options=host.file_choices("clip_vision"), tooltip=(
-                    "CLIP ViT-L/14 vision weights from models/clip_vision, in transformers layout "
-                    "(vision_model.* keys, e.g. clip-vit-large-patch14 model.safetensors) or OpenAI/OpenCLIP "
-                    "layout (visual.* keys). Other sizes (ViT-H, bigG) do not fit SSP-IR.")),
+                io.Combo.Input(
+                    "clip_name",
+                    options=host.file_choices("clip_vision"),
+                    tooltip=(
+                        "CLIP ViT-L/14 vision weights from models/clip_vision, in transformers layout "
+                        "(vision_model.* keys, e.g. clip-vit-large-patch14 model.safetensors) or OpenAI/OpenCLIP "
+                        "layout (visual.* keys). Other sizes (ViT-H, bigG) do not fit SSP-IR."
+                    ),
+                ),
             ],
-            outputs=[SSPIRClipVision.Output(display_name="clip_vision", tooltip="CLIP vision tower (loaded on first use).")],
+            outputs=[
+                SSPIRClipVision.Output(display_name="clip_vision", tooltip="CLIP vision tower (loaded on first use).")
+            ],
         )
 
     @classmethod

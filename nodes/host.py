@@ -98,8 +98,10 @@ def resolve_file(folder: str, name: str, what: str) -> str:
         return fp.get_full_path_or_raise(folder, name)
     except FileNotFoundError as exc:
         shown = ", ".join(fp.get_folder_paths(folder) or []) or "(none)"
-        raise InputError(f"{what}: {name!r} is not in the {folder} folders ({shown}); put the file there and "
-                         "press R (refresh) in ComfyUI, or pick another") from exc
+        raise InputError(
+            f"{what}: {name!r} is not in the {folder} folders ({shown}); put the file there and "
+            "press R (refresh) in ComfyUI, or pick another"
+        ) from exc
 
 
 def resolve_base_model(name: str) -> str:
@@ -109,8 +111,10 @@ def resolve_base_model(name: str) -> str:
     if name in list_model_folders(roots("diffusers"), "model_index.json"):
         return str(resolve_in_roots(roots("diffusers"), name, "base_model", "diffusers"))
     shown = ", ".join(roots("checkpoints") + roots("diffusers")) or "(none)"
-    raise InputError(f"base_model: {name!r} is not in the checkpoints folders nor a diffusers folder ({shown}); "
-                     "put the SD1.5/SD2.1-base file there and press R (refresh) in ComfyUI, or pick another")
+    raise InputError(
+        f"base_model: {name!r} is not in the checkpoints folders nor a diffusers folder ({shown}); "
+        "put the SD1.5/SD2.1-base file there and press R (refresh) in ComfyUI, or pick another"
+    )
 
 
 def resolve_in(folder: str, name: str, what: str) -> str:
@@ -125,8 +129,15 @@ def widget_errors(errors: list[dict], problems: dict[str, str]) -> list[dict]:
     if not problems:
         return errors
     kept = [e for e in errors if e.get("type") != "custom_validation_failed"]
-    return kept + [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                    "details": problem, "extra_info": {"input_name": name}} for name, problem in problems.items()]
+    return kept + [
+        {
+            "type": "custom_validation_failed",
+            "message": "Custom validation failed for node",
+            "details": problem,
+            "extra_info": {"input_name": name},
+        }
+        for name, problem in problems.items()
+    ]
 
 
 def _widget_values(inputs: dict, names: Iterable[str]) -> dict[str, Any]:

@@ -23,9 +23,16 @@ class SSPIRColorFix(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The restored image (VAE Decode)."),
                 io.Image.Input("reference", tooltip="SSP-IR LQ Latent's image output (the LQ at the output size)."),
-                io.Combo.Input("method", options=["adain", "wavelet", "none"], default="adain", tooltip=(
-                    "- adain: per-channel mean/std (paper)\n- wavelet: low frequencies of the reference, details of "
-                    "the image\n- none: only crop")),
+                io.Combo.Input(
+                    "method",
+                    options=["adain", "wavelet", "none"],
+                    default="adain",
+                    tooltip=(
+                        "- adain: per-channel mean/std (paper)\n- wavelet: low frequencies of the reference, "
+                        "details of "
+                        "the image\n- none: only crop"
+                    ),
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The colour-fixed image at the reference's size.")],
         )
@@ -36,6 +43,8 @@ class SSPIRColorFix(io.ComfyNode):
         ref = images_from_list(reference).rgb
         (h, w), (rh, rw) = out.shape[-2:], ref.shape[-2:]
         if h < rh or w < rw or out.shape[0] != ref.shape[0]:
-            raise InputError(f"image is {out.shape[0]} x {w}x{h} px, reference {ref.shape[0]} x {rw}x{rh}: give the "
-                             "decoded image of the latent made with this reference")
+            raise InputError(
+                f"image is {out.shape[0]} x {w}x{h} px, reference {ref.shape[0]} x {rw}x{rh}: give the "
+                "decoded image of the latent made with this reference"
+            )
         return io.NodeOutput(bchw_to_comfy(apply_color_fix(out[..., :rh, :rw], ref, method)))

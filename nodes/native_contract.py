@@ -45,8 +45,12 @@ def assumed_landing(blocks: int, middle_entries: int = _MIDDLE_ENTRIES) -> Contr
     :mod:`sspir_core.native.control` and :mod:`sspir_core.native.layout`: lists popped from their end, output block
     ``k`` takes the skip of input block ``N - 1 - k``, and ``"output"[j]`` meets the skip of input block ``j``."""
     n = blocks
-    return ControlLanding(input=tuple(n - 1 - i for i in range(n)), middle=middle_entries - 1,
-                          skips=tuple(n - 1 - k for k in range(n)), output=tuple(n - 1 - k for k in range(n)))
+    return ControlLanding(
+        input=tuple(n - 1 - i for i in range(n)),
+        middle=middle_entries - 1,
+        skips=tuple(n - 1 - k for k in range(n)),
+        output=tuple(n - 1 - k for k in range(n)),
+    )
 
 
 def tiny_unet(unet_class: type | None = None, operations: Any = None) -> torch.nn.Module:
@@ -58,10 +62,22 @@ def tiny_unet(unet_class: type | None = None, operations: Any = None) -> torch.n
         import comfy.ops
 
         operations = comfy.ops.disable_weight_init
-    unet = unet_class(image_size=None, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=[1, 1],
-                      channel_mult=(1, 2), transformer_depth=[1, 0], transformer_depth_middle=1,
-                      transformer_depth_output=[1, 1, 0, 0], use_spatial_transformer=True, context_dim=32,
-                      num_head_channels=16, device="cpu", operations=operations)
+    unet = unet_class(
+        image_size=None,
+        in_channels=4,
+        model_channels=32,
+        out_channels=4,
+        num_res_blocks=[1, 1],
+        channel_mult=(1, 2),
+        transformer_depth=[1, 0],
+        transformer_depth_middle=1,
+        transformer_depth_output=[1, 1, 0, 0],
+        use_spatial_transformer=True,
+        context_dim=32,
+        num_head_channels=16,
+        device="cpu",
+        operations=operations,
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in unet.parameters():
@@ -167,8 +183,12 @@ def probe_embed_patch(unet: torch.nn.Module | None = None) -> int:
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     context = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        unet(x, timesteps=torch.tensor([500.0]), context=context,
-             transformer_options={"patches": {"forward_timestep_embed_patch": [(_Marker, handler)]}})
+        unet(
+            x,
+            timesteps=torch.tensor([500.0]),
+            context=context,
+            transformer_options={"patches": {"forward_timestep_embed_patch": [(_Marker, handler)]}},
+        )
     return sum(isinstance(c, _Marker) for c in calls)
 
 
@@ -185,8 +205,12 @@ def landing_problems(got: ControlLanding, want: ControlLanding) -> list[str]:
 _VERDICT: list[str] | None = None  # the problems found by the first check in this process ([] = fine)
 
 
-def check_control_contract(probe: Callable[[], ControlLanding] = probe_landing,
-                           embed_probe: Callable[[], int] = probe_embed_patch, *, fresh: bool = False) -> None:
+def check_control_contract(
+    probe: Callable[[], ControlLanding] = probe_landing,
+    embed_probe: Callable[[], int] = probe_embed_patch,
+    *,
+    fresh: bool = False,
+) -> None:
     """Raise a clear error when this ComfyUI's UNet no longer reads ``control`` (or runs
     ``forward_timestep_embed_patch`` handlers) as the native route assumes.
 
@@ -200,14 +224,18 @@ def check_control_contract(probe: Callable[[], ControlLanding] = probe_landing,
             problems = landing_problems(got, assumed_landing(len(got.input)))
             handled = embed_probe()
             if handled != 1:
-                problems.append(f"forward_timestep_embed_patch: a marker layer reached the handler {handled} times "
-                                "per forward, the pack assumes once")
+                problems.append(
+                    f"forward_timestep_embed_patch: a marker layer reached the handler {handled} times "
+                    "per forward, the pack assumes once"
+                )
             _VERDICT = problems
         except Exception as exc:  # noqa: BLE001 (a host whose UNet cannot be probed is a changed contract too)
             _VERDICT = [f"the probe itself failed ({type(exc).__name__}: {exc})"]
     if _VERDICT:
         raise InputError(
             "SSP-IR: this ComfyUI's UNet no longer runs the hooks Apply SSP-IR relies on as it assumes (ComfyUI's "
-            "openaimodel.py apply_control, skip order or forward_timestep_embed changed): " + "; ".join(_VERDICT)
+            "openaimodel.py apply_control, skip order or forward_timestep_embed changed): "
+            + "; ".join(_VERDICT)
             + ". Residuals would meet the wrong skips and degrade images silently, so Apply SSP-IR stops. Use "
-            "ComfyUI 0.3.75 to 0.33.0 (tested) or an update of this pack that supports your ComfyUI.")
+            "ComfyUI 0.3.75 to 0.33.0 (tested) or an update of this pack that supports your ComfyUI."
+        )

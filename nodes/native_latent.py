@@ -30,13 +30,24 @@ class SSPIRLQLatent(io.ComfyNode):
                 io.Image.Input("image", tooltip="The low-quality image(s) (any size; the alpha is dropped)."),
                 io.Vae.Input("vae", tooltip="The VAE of your SD checkpoint (Load Checkpoint)."),
                 *size_inputs(),
-                io.Int.Input("vae_tile", default=1024, min=0, max=8192, step=64, tooltip=(
-                    "Encode in tiles of this many pixels when the image is larger (blended as PGA Sampler's "
-                    "encode; progress and Cancel between tiles); 0 = never tile.")),
+                io.Int.Input(
+                    "vae_tile",
+                    default=1024,
+                    min=0,
+                    max=8192,
+                    step=64,
+                    tooltip=(
+                        "Encode in tiles of this many pixels when the image is larger (blended as PGA Sampler's "
+                        "encode; progress and Cancel between tiles); 0 = never tile."
+                    ),
+                ),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip="The LQ latent (padded to a multiple of 8 px)."),
-                     io.Image.Output(display_name="image", tooltip="The LQ at the output size: for Apply SSP-IR and "
-                                     "SSP-IR Colour Fix.")],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The LQ latent (padded to a multiple of 8 px)."),
+                io.Image.Output(
+                    display_name="image", tooltip="The LQ at the output size: for Apply SSP-IR and SSP-IR Colour Fix."
+                ),
+            ],
         )
 
     @classmethod
@@ -57,8 +68,10 @@ def encode_lq(vae, padded: torch.Tensor, vae_tile: int | None) -> torch.Tensor:
     tiles = len(vae_encode_grid(h, w, tile))
     run, _ = host.start_run()
     size = f"{padded.shape[0]} image(s) at {w}x{h} px ({w * h / 1e6:.1f} MP)"
-    run.begin(WorkPlan({"vae encode": tiles}, lines=(size + (f", VAE tiles of {tile} px" if tile else ""),)),
-              "SSP-IR LQ Latent")
+    run.begin(
+        WorkPlan({"vae encode": tiles}, lines=(size + (f", VAE tiles of {tile} px" if tile else ""),)),
+        "SSP-IR LQ Latent",
+    )
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return vae.encode(bchw_to_comfy(pixels)).float()
@@ -67,5 +80,6 @@ def encode_lq(vae, padded: torch.Tensor, vae_tile: int | None) -> torch.Tensor:
         if tile is None:
             run.unit("vae encode")
             return encode(padded)
-        return tiled_vae_encode(encode, padded, tile_px=tile, overlap_px=vae_encode_overlap(tile),
-                                on_tile=lambda: run.unit("vae encode"))
+        return tiled_vae_encode(
+            encode, padded, tile_px=tile, overlap_px=vae_encode_overlap(tile), on_tile=lambda: run.unit("vae encode")
+        )

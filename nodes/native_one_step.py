@@ -60,9 +60,13 @@ def one_step_model_sampling(base: Any) -> Any:
             s, top = float(torch.as_tensor(sigma).flatten()[0]), float(self.sigmas[-1])
             if is_one_step_sigma(s, top):
                 return one_step_start(latent_image, s)
-            log.warning("SSP-IR: one-step weights (trained at t=999 only), but this sampling starts at sigma %.4g, "
-                        "not sigma_999 = %.4g: the LQ latent gets ComfyUI's noise and the image will be poor. Use "
-                        "KSampler with 1 step, cfg 1, denoise 1 and scheduler simple (or normal, karras).", s, top)
+            log.warning(
+                "SSP-IR: one-step weights (trained at t=999 only), but this sampling starts at sigma %.4g, "
+                "not sigma_999 = %.4g: the LQ latent gets ComfyUI's noise and the image will be poor. Use "
+                "KSampler with 1 step, cfg 1, denoise 1 and scheduler simple (or normal, karras).",
+                s,
+                top,
+            )
             return super().noise_scaling(sigma, noise, latent_image, max_denoise)
 
     return retyped_sampling(base, SSPIROneStepStart)
@@ -75,7 +79,8 @@ def add_one_step(clone: Any, patches: dict[str, tuple[torch.Tensor, torch.Tensor
     adapters = {k: LoRAAdapter(set(), (b, a, alpha, None, None, None)) for k, (b, a, alpha) in patches.items()}
     added = clone.add_patches(adapters, 1.0)
     if len(added) != len(adapters):  # checked by one_step_patches; a MODEL that changed in between
-        raise InputError(f"Apply SSP-IR: only {len(added)} of the one-step LoRA's {len(adapters)} layers found in "
-                         "the MODEL")
+        raise InputError(
+            f"Apply SSP-IR: only {len(added)} of the one-step LoRA's {len(adapters)} layers found in the MODEL"
+        )
     if paper:
         clone.add_object_patch("model_sampling", one_step_model_sampling(clone.get_model_object("model_sampling")))

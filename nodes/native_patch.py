@@ -55,12 +55,17 @@ from sspir_core.restore.tiling import blend_tiles
 from sspir_core.weights.clip_vision import ClipVisionEncoder
 
 STATE_KEY = "sspir_native"
-_CAST_OPS = {nn.Linear: comfy.ops.disable_weight_init.Linear, nn.Conv2d: comfy.ops.disable_weight_init.Conv2d,
-             nn.GroupNorm: comfy.ops.disable_weight_init.GroupNorm, nn.LayerNorm: comfy.ops.disable_weight_init.LayerNorm}
+_CAST_OPS = {
+    nn.Linear: comfy.ops.disable_weight_init.Linear,
+    nn.Conv2d: comfy.ops.disable_weight_init.Conv2d,
+    nn.GroupNorm: comfy.ops.disable_weight_init.GroupNorm,
+    nn.LayerNorm: comfy.ops.disable_weight_init.LayerNorm,
+}
 UNSET = object()  # "max_denoise not given": KSAMPLER passes it only when it noises the start
 
 
 # ---------------------------------------------------------------------------------------------- the patch object
+
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda:0`` and ``cuda`` (or ``mps:0`` and ``mps``) are the same device here."""
@@ -92,10 +97,12 @@ class SSPIRPatch:
             if _same_device(device, torch.device(where)):
                 return copy_patcher.model
         if self.copies:
-            raise InputError(f"Apply SSP-IR: the UNet runs on {device} but SSP-IR's weights (SSP-IR Patch Loader, "
-                             f"{Path(self.source).name}) were copied only to {self.patcher.load_device} and "
-                             f"{', '.join(self.copies)}: re-queue the prompt so the MultiGPU setup copies the MODEL "
-                             "with Apply SSP-IR's patch, or sample on one GPU")
+            raise InputError(
+                f"Apply SSP-IR: the UNet runs on {device} but SSP-IR's weights (SSP-IR Patch Loader, "
+                f"{Path(self.source).name}) were copied only to {self.patcher.load_device} and "
+                f"{', '.join(self.copies)}: re-queue the prompt so the MultiGPU setup copies the MODEL "
+                "with Apply SSP-IR's patch, or sample on one GPU"
+            )
         return self.module  # as before MultiGPU: casting layers follow the input's device
 
 
@@ -135,8 +142,9 @@ def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) 
     archive = getattr(mm, "archive_model_dtypes", None)
     if archive is not None:  # dynamic loading casts each weight back to its archived dtype
         archive(module)
-    patcher = _patcher_class(disable_dynamic)(module, load_device=mm.get_torch_device(),
-                                              offload_device=mm.unet_offload_device())
+    patcher = _patcher_class(disable_dynamic)(
+        module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
     if hasattr(patcher, "cached_patcher_init"):
         patcher.cached_patcher_init = (reload_patcher, (str(path), dtype))
     return patcher
@@ -148,9 +156,11 @@ def reload_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False)
     try:
         return build_patcher(path, dtype, disable_dynamic)
     except Exception as exc:
-        raise InputError(f"SSP-IR Patch Loader: ComfyUI reloads {path} to copy SSP-IR's weights (MultiGPU, dynamic "
-                         f"VRAM) and it cannot be read now ({exc}); put the file back, or queue the workflow again so "
-                         "SSP-IR Patch Loader loads it anew") from exc
+        raise InputError(
+            f"SSP-IR Patch Loader: ComfyUI reloads {path} to copy SSP-IR's weights (MultiGPU, dynamic "
+            f"VRAM) and it cannot be read now ({exc}); put the file back, or queue the workflow again so "
+            "SSP-IR Patch Loader loads it anew"
+        ) from exc
 
 
 def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
@@ -161,6 +171,7 @@ def load_patch(path: str, dtype: torch.dtype) -> SSPIRPatch:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+
 
 def check_model(model: Any, patch: SSPIRPatch) -> None:
     """A clear error, before any sampling, when the MODEL is not the UNet the patch was trained on: another
@@ -175,14 +186,20 @@ def check_model(model: Any, patch: SSPIRPatch) -> None:
     if config is not None and not hasattr(unet, "input_blocks"):
         config = None
     sampling = model.get_model_object("model_sampling")
-    problem = native_model_problem(Path(patch.source).name, patch.module.base, patch.module.expected_ldm_config(),
-                                   config, [c.__name__ for c in type(model_config).__mro__],
-                                   [c.__name__ for c in type(sampling).__mro__])
+    problem = native_model_problem(
+        Path(patch.source).name,
+        patch.module.base,
+        patch.module.expected_ldm_config(),
+        config,
+        [c.__name__ for c in type(model_config).__mro__],
+        [c.__name__ for c in type(sampling).__mro__],
+    )
     if problem:
         raise InputError(problem[0].upper() + problem[1:])
 
 
 # ---------------------------------------------------------------------------------------------- priors
+
 
 class _ComfyTower(nn.Module):
     """ComfyUI's CLIP vision model in the call shape of a transformers tower (last layer, before post-LN)."""
@@ -205,8 +222,9 @@ def clip_tokens(clip_vision: Any, real: torch.Tensor) -> torch.Tensor:
         raise InputError("clip_vision must come from ComfyUI's Load CLIP Vision node (a CLIP ViT-L/14 224 px)")
     size = int(getattr(clip_vision, "image_size", 224))
     patch_weight = config.embeddings.patch_embedding.weight
-    encoder = ClipVisionEncoder(_ComfyTower(clip_vision), "transformers", size, int(patch_weight.shape[-1]),
-                                int(patch_weight.shape[0]))
+    encoder = ClipVisionEncoder(
+        _ComfyTower(clip_vision), "transformers", size, int(patch_weight.shape[-1]), int(patch_weight.shape[0])
+    )
     mm.load_model_gpu(clip_vision.patcher)
     return encoder(real)
 
@@ -243,6 +261,7 @@ def compute_priors(patch: SSPIRPatch, clip_vision: Any, image: torch.Tensor, til
 
 # ---------------------------------------------------------------------------------------------- the hooks
 
+
 class SSPIRHook(nn.Module):
     """A parameterless marker inside a patched UNet block; :func:`run_hook` runs the SSP-IR attention it names."""
 
@@ -255,8 +274,9 @@ class SSPIRHook(nn.Module):
         return f"{self.site.kind} {self.site.key}"
 
 
-def run_hook(layer: SSPIRHook, x: torch.Tensor, emb: Any, context: Any, transformer_options: dict, *_: Any
-             ) -> torch.Tensor:
+def run_hook(
+    layer: SSPIRHook, x: torch.Tensor, emb: Any, context: Any, transformer_options: dict, *_: Any
+) -> torch.Tensor:
     """``forward_timestep_embed_patch`` handler: one image or pixel attention on ``x``."""
     run = transformer_options.get(STATE_KEY, {}).get(layer.owner)
     if run is None:  # the block was patched by an Apply SSP-IR whose wrapper is not on this model call
@@ -280,8 +300,10 @@ def _patched_block(block: nn.Module, sites: list[HookSite], owner: str) -> Times
     image = [s for s in sites if s.kind == "image"]
     pixel = [s for s in sites if s.kind == "pixel"]
     if image and not st:
-        raise InputError(f"UNet block {sites[0].block} {sites[0].index} has no SpatialTransformer where SSP-IR's "
-                         f"{image[0].key} sits: the MODEL's UNet does not have the patch's layout")
+        raise InputError(
+            f"UNet block {sites[0].block} {sites[0].index} has no SpatialTransformer where SSP-IR's "
+            f"{image[0].key} sits: the MODEL's UNet does not have the patch's layout"
+        )
     ups = [i for i, (_, m) in enumerate(layers) if isinstance(m, Upsample)]
     pixel_at = st[0] + 1 if st else 1
     if ups and pixel_at > ups[0]:
@@ -322,27 +344,41 @@ class NativeRun:
     tile: int | None = None  # latent px; None = the whole latent in one call
     tile_overlap: int = 0
 
-    def __call__(self, executor: Any, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: Any,
-                 control: Any, transformer_options: dict, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        executor: Any,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: Any,
+        control: Any,
+        transformer_options: dict,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         image_emb, features = self.priors.on(x.device)
         b = image_emb.shape[0]
         chunks = max(1, len(transformer_options.get("cond_or_uncond", [0])))  # cond/uncond rows of one batch
         if x.shape[0] != chunks * b:
-            raise InputError(f"Apply SSP-IR got {b} LQ image(s) but the sampler's latent batch is "
-                             f"{x.shape[0] // chunks}: give the sampler the latent of the same images (SSP-IR LQ "
-                             "Latent of that IMAGE)")
+            raise InputError(
+                f"Apply SSP-IR got {b} LQ image(s) but the sampler's latent batch is "
+                f"{x.shape[0] // chunks}: give the sampler the latent of the same images (SSP-IR LQ "
+                "Latent of that IMAGE)"
+            )
         if tuple(x.shape[-2:]) != tuple(features.shape[-2:]):
             h, w = self.priors.size
-            raise InputError(f"Apply SSP-IR's image is {w}x{h} px (latent {features.shape[-1]}x{features.shape[-2]}) "
-                             f"but the sampler's latent is {x.shape[-1]}x{x.shape[-2]}: feed Apply SSP-IR the image "
-                             "output of SSP-IR LQ Latent that made this latent")
+            raise InputError(
+                f"Apply SSP-IR's image is {w}x{h} px (latent {features.shape[-1]}x{features.shape[-2]}) "
+                f"but the sampler's latent is {x.shape[-1]}x{x.shape[-2]}: feed Apply SSP-IR the image "
+                "output of SSP-IR LQ Latent that made this latent"
+            )
         sigma = float(transformer_options.get("sigmas", torch.zeros(1)).max())
         hi, lo = self.sigma_range
         active = lo <= sigma <= hi and self.strength != 0
 
         def run(x_in: torch.Tensor, feats: torch.Tensor, control_in: Any) -> torch.Tensor:
-            return self._one_call(executor, x_in, timesteps, context, y, control_in, transformer_options,
-                                  image_emb, feats, active, kwargs)
+            return self._one_call(
+                executor, x_in, timesteps, context, y, control_in, transformer_options, image_emb, feats, active, kwargs
+            )
 
         h, w = x.shape[-2:]
         if self.tile is None or (h <= self.tile and w <= self.tile):
@@ -352,12 +388,24 @@ class NativeRun:
             y0, y1, x0, x1 = box
             return run(x_tile, features[..., y0:y1, x0:x1], crop_control(control, box, (h, w)))
 
-        return blend_tiles(one_tile, x, self.tile, self.tile_overlap,
-                           on_tile=mm.throw_exception_if_processing_interrupted)
+        return blend_tiles(
+            one_tile, x, self.tile, self.tile_overlap, on_tile=mm.throw_exception_if_processing_interrupted
+        )
 
-    def _one_call(self, executor: Any, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: Any,
-                  control: Any, transformer_options: dict, image_emb: torch.Tensor, features: torch.Tensor,
-                  active: bool, kwargs: dict) -> torch.Tensor:
+    def _one_call(
+        self,
+        executor: Any,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: Any,
+        control: Any,
+        transformer_options: dict,
+        image_emb: torch.Tensor,
+        features: torch.Tensor,
+        active: bool,
+        kwargs: dict,
+    ) -> torch.Tensor:
         """One UNet call on ``x`` (the whole latent or one tile) with our ControlNet's residuals merged in."""
         module = self.patch.module_for(x.device)
         residuals = None
@@ -371,8 +419,7 @@ class NativeRun:
             shapes = _residual_shapes(x, module)
         options = dict(transformer_options)
         runs = dict(options.get(STATE_KEY, {}))
-        runs[self.owner] = {"patch": module, "image_emb": image_emb, "residuals": residuals,
-                            "residual_shapes": shapes}
+        runs[self.owner] = {"patch": module, "image_emb": image_emb, "residuals": residuals, "residual_shapes": shapes}
         options[STATE_KEY] = runs
         return executor(x, timesteps, context, y, control, options, **kwargs)
 
@@ -394,6 +441,7 @@ def _residual_shapes(x: torch.Tensor, module: NativePatch) -> list[tuple[int, in
 
 
 # ---------------------------------------------------------------------------------------------- paper start
+
 
 class _PaperStart:
     """Marker base of the patched ``model_sampling`` classes; ``sspir_paper_start`` is set by :func:`start_scope`
@@ -459,8 +507,9 @@ def start_scope(executor: Any, guider: Any, sigmas: torch.Tensor, *args: Any, **
 _CHECKED = "sspir_finite_checked"
 
 
-def check_first_prediction(executor: Any, x: torch.Tensor, timestep: torch.Tensor, model_options: dict | None = None,
-                           seed: Any = None) -> torch.Tensor:
+def check_first_prediction(
+    executor: Any, x: torch.Tensor, timestep: torch.Tensor, model_options: dict | None = None, seed: Any = None
+) -> torch.Tensor:
     """``PREDICT_NOISE`` wrapper: the guided prediction of a sampling's first call must be finite.
 
     Checked once per sampling (``model_options`` is the sampling's own copy) and after CFG, so a non-finite
@@ -486,16 +535,30 @@ def non_finite_message(x: torch.Tensor, timestep: torch.Tensor, guider: Any) -> 
     if isinstance(cfg, (int, float)) and not math.isfinite(cfg):
         return f"{head}: the sampler's cfg is {cfg}; give it a finite number (the paper uses 7.5)."
     if not bool(torch.isfinite(x).all()):
-        return (f"{head}: the sampler's latent is already not finite; check the latent input (SSP-IR LQ Latent of "
-                "the LQ image, the VAE).")
-    return (f"{head}. Likely causes: a non-finite cfg or Apply SSP-IR strength; a broken LoRA, checkpoint or "
-            "SSP-IR weights; fp16 overflow (load the checkpoint and SSP-IR Patch Loader in fp32 or bf16).")
+        return (
+            f"{head}: the sampler's latent is already not finite; check the latent input (SSP-IR LQ Latent of "
+            "the LQ image, the VAE)."
+        )
+    return (
+        f"{head}. Likely causes: a non-finite cfg or Apply SSP-IR strength; a broken LoRA, checkpoint or "
+        "SSP-IR weights; fp16 overflow (load the checkpoint and SSP-IR Patch Loader in fp32 or bf16)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- apply
 
-def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_percent: float, end_percent: float,
-          paper: bool, tile: int | None = None, tile_overlap: int = 0) -> Any:
+
+def apply(
+    model: Any,
+    patch: SSPIRPatch,
+    priors: Priors,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    paper: bool,
+    tile: int | None = None,
+    tile_overlap: int = 0,
+) -> Any:
     """A clone of ``model`` with SSP-IR added (see the module docstring for the hooks)."""
     check_model(model, patch)
     clone = model.clone()
@@ -513,10 +576,14 @@ def apply(model: Any, patch: SSPIRPatch, priors: Priors, strength: float, start_
     clone.set_model_forward_timestep_embed_patch((SSPIRHook, run_hook))
     sampling = clone.get_model_object("model_sampling")
     sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"sspir_{owner}",
-                               NativeRun(patch, priors, strength, sigma_range, owner, tile, tile_overlap))
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, f"sspir_{owner}",
-                               check_first_prediction)
+    clone.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+        f"sspir_{owner}",
+        NativeRun(patch, priors, strength, sigma_range, owner, tile, tile_overlap),
+    )
+    clone.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.PREDICT_NOISE, f"sspir_{owner}", check_first_prediction
+    )
     if paper:
         clone.add_object_patch("model_sampling", paper_model_sampling(sampling))
         clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, f"sspir_{owner}", start_scope)

@@ -21,10 +21,17 @@ class SSPIRSchedule(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to sample (its own sigma table is used)."),
                 io.Int.Input("steps", default=50, min=1, max=MAX_STEPS, tooltip="Denoising steps (paper: 50)."),
-                io.Combo.Input("end", options=["ddpm", "ddim"], default="ddpm", tooltip=(
-                    "- ddpm: end at sigma 0 (diffusers' DDPM; use ComfyUI's ddpm sampler)\n- ddim: end at "
-                    "alphas_cumprod[0] as diffusers' DDIM for SD (use the euler or ddim sampler: DDIM with eta 0 is "
-                    "the Euler method on these sigmas)")),
+                io.Combo.Input(
+                    "end",
+                    options=["ddpm", "ddim"],
+                    default="ddpm",
+                    tooltip=(
+                        "- ddpm: end at sigma 0 (diffusers' DDPM; use ComfyUI's ddpm sampler)\n- ddim: end at "
+                        "alphas_cumprod[0] as diffusers' DDIM for SD (use the euler or ddim sampler: DDIM with "
+                        "eta 0 is "
+                        "the Euler method on these sigmas)"
+                    ),
+                ),
             ],
             outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="For SamplerCustom's sigmas input.")],
         )

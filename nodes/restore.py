@@ -20,17 +20,27 @@ class SSPIRRestore(io.ComfyNode):
             inputs=[
                 SSPIRModel.Input("sspir_model", tooltip="From SSP-IR Model Loader."),
                 SSPIRClipVision.Input("clip_vision", tooltip="From SSP-IR CLIP Vision Loader."),
-                io.Image.Input("image", tooltip="The low-quality image(s) to restore (any size; RGBA keeps its alpha)."),
-                SSPIRCaptioner.Input("captioner", optional=True, tooltip=(
-                    "Optional: captions each image. The caption text below, if any, is put in front of each "
-                    "generated caption (e.g. style words).")),
+                io.Image.Input(
+                    "image", tooltip="The low-quality image(s) to restore (any size; RGBA keeps its alpha)."
+                ),
+                SSPIRCaptioner.Input(
+                    "captioner",
+                    optional=True,
+                    tooltip=(
+                        "Optional: captions each image. The caption text below, if any, is put in front of each "
+                        "generated caption (e.g. style words)."
+                    ),
+                ),
                 *sampling.caption_inputs(),
                 *sampling.sampling_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The restored image(s), at the output size."),
-                io.String.Output(display_name="captions", is_output_list=True, tooltip=(
-                    "The caption used for each image, as a list.")),
+                io.String.Output(
+                    display_name="captions",
+                    is_output_list=True,
+                    tooltip=("The caption used for each image, as a list."),
+                ),
             ],
         )
 

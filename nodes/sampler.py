@@ -20,9 +20,15 @@ class SSPIRSampler(io.ComfyNode):
             is_input_list=True,  # the caption may be a per-image list (MLLM Caption) or one STRING
             inputs=[
                 SSPIRModel.Input("sspir_model", tooltip="From SSP-IR Model Loader."),
-                io.Image.Input("image", tooltip="The low-quality image(s) to restore (any size; RGBA keeps its alpha)."),
-                SSPIRImageEmbed.Input("image_embed", tooltip="From CLIP Image Embed (SSP-IR), made from the same image."),
-                SSPIRStructure.Input("structure", tooltip="From Structure Processor (SSP-IR), made from the same image."),
+                io.Image.Input(
+                    "image", tooltip="The low-quality image(s) to restore (any size; RGBA keeps its alpha)."
+                ),
+                SSPIRImageEmbed.Input(
+                    "image_embed", tooltip="From CLIP Image Embed (SSP-IR), made from the same image."
+                ),
+                SSPIRStructure.Input(
+                    "structure", tooltip="From Structure Processor (SSP-IR), made from the same image."
+                ),
                 *sampling.caption_inputs(),
                 *sampling.sampling_inputs(),
             ],

@@ -14,10 +14,28 @@ SIZE_NOTE = (
 
 def size_inputs() -> list:
     return [
-        io.Float.Input("upscale", default=4.0, min=0.01, max=16.0, step=0.05, tooltip=(
-            "Output size = input size x this (the paper restores x4). Ignored when width and height are set.")),
-        io.Int.Input("width", default=0, min=0, max=16384, step=8, tooltip=(
-            "Exact output width in pixels; 0 (with height 0): use upscale. Set both or neither.")),
-        io.Int.Input("height", default=0, min=0, max=16384, step=8, tooltip=(
-            "Exact output height in pixels; 0 (with width 0): use upscale. Set both or neither.")),
+        io.Float.Input(
+            "upscale",
+            default=4.0,
+            min=0.01,
+            max=16.0,
+            step=0.05,
+            tooltip=("Output size = input size x this (the paper restores x4). Ignored when width and height are set."),
+        ),
+        io.Int.Input(
+            "width",
+            default=0,
+            min=0,
+            max=16384,
+            step=8,
+            tooltip=("Exact output width in pixels; 0 (with height 0): use upscale. Set both or neither."),
+        ),
+        io.Int.Input(
+            "height",
+            default=0,
+            min=0,
+            max=16384,
+            step=8,
+            tooltip=("Exact output height in pixels; 0 (with width 0): use upscale. Set both or neither."),
+        ),
     ]

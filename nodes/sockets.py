@@ -8,7 +8,8 @@ CATEGORY = "SSP-IR"
 LOADERS = "SSP-IR/loaders"
 
 SSPIRModel = io.Custom("SSPIR_MODEL")
-"""A loaded-on-demand SSP-IR model (base SD + SSP-IR weights + device/dtype): sspir_core.restore.components.ModelSpec."""
+"""A loaded-on-demand SSP-IR model (base SD + SSP-IR weights + device/dtype):
+sspir_core.restore.components.ModelSpec."""
 SSPIRClipVision = io.Custom("SSPIR_CLIP_VISION")
 """The CLIP ViT-L/14 vision tower: sspir_core.restore.components.ClipVisionSpec."""
 SSPIRCaptioner = io.Custom("SSPIR_CAPTIONER")

@@ -23,16 +23,24 @@ class SSPIRStructureProcessor(io.ComfyNode):
             "guide the ControlNet, and its RGB predictions at 1/2, 1/4 and 1/8 scale so you can see what "
             "structure it found. " + SIZE_NOTE,
             inputs=[
-                SSPIRModel.Input("sspir_model", tooltip="From SSP-IR Model Loader (its ControlNet holds the Processor)."),
+                SSPIRModel.Input(
+                    "sspir_model", tooltip="From SSP-IR Model Loader (its ControlNet holds the Processor)."
+                ),
                 io.Image.Input("image", tooltip="The low-quality image(s): connect the same IMAGE as the sampler's."),
                 *size_inputs(),
             ],
             outputs=[
-                SSPIRStructure.Output(display_name="structure", tooltip=(
-                    "The structure prior; the sampler brings it to its own output size.")),
-                io.Image.Output(display_name="rgb_preview", tooltip=(
-                    "The Processor's RGB predictions, enlarged to the output size: for each input image its "
-                    "1/2, 1/4 and 1/8 scale predictions, one after the other in the batch.")),
+                SSPIRStructure.Output(
+                    display_name="structure",
+                    tooltip=("The structure prior; the sampler brings it to its own output size."),
+                ),
+                io.Image.Output(
+                    display_name="rgb_preview",
+                    tooltip=(
+                        "The Processor's RGB predictions, enlarged to the output size: for each input image its "
+                        "1/2, 1/4 and 1/8 scale predictions, one after the other in the batch."
+                    ),
+                ),
             ],
         )
 

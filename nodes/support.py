@@ -121,19 +121,26 @@ def tiling_widget_problems(tile: Any = None, tile_overlap: Any = None, vae_tile:
     nodes) is checked as far as it is known. ``tile_overlap`` not below ``tile`` is the overlap's problem: the
     library names it so (:class:`OptionError`'s ``option``)."""
     problems: dict[str, str] = {}
-    values = {name: _known(name, value, problems)
-              for name, value in (("tile", tile), ("tile_overlap", tile_overlap), ("vae_tile", vae_tile))}
+    values = {
+        name: _known(name, value, problems)
+        for name, value in (("tile", tile), ("tile_overlap", tile_overlap), ("vae_tile", vae_tile))
+    }
     for name, value in values.items():
         if value is not None and not isinstance(value, int):
             problems[name] = f"{name} must be an integer, got {value!r}"
     for name, step in (("tile", TILE_STEP), ("vae_tile", VAE_TILE_STEP)):
         value = values[name]
         if name not in problems and value and value % step:
-            problems[name] = (f"{name} must be 0 (never tile) or a multiple of {step}, got {value}: "
-                              f"try {max(step, value // step * step)}")
+            problems[name] = (
+                f"{name} must be 0 (never tile) or a multiple of {step}, got {value}: "
+                f"try {max(step, value // step * step)}"
+            )
     tile, overlap, vae = (None if name in problems else values[name] for name in values)
-    checks = [(tile, 0, None) if tile else None, (None, overlap, None) if overlap is not None else None,
-              (None, 0, vae) if vae else None]
+    checks = [
+        (tile, 0, None) if tile else None,
+        (None, overlap, None) if overlap is not None else None,
+        (None, 0, vae) if vae else None,
+    ]
     if tile and overlap is not None:
         checks.append((tile, overlap, None))  # after each alone: the pair's problem only when both are fine
     for args in filter(None, checks):
@@ -159,8 +166,9 @@ def sampling_widget_problems(steps: Any = None, cfg: Any = None) -> dict[str, st
             continue
         low, high = LIMITS[name]
         if not low <= value <= high:
-            problems[name] = (f"{name} must be {OWN_SETTING} (the checkpoint's own) or between {low:g} and "
-                              f"{high:g}, got {value!r}")
+            problems[name] = (
+                f"{name} must be {OWN_SETTING} (the checkpoint's own) or between {low:g} and {high:g}, got {value!r}"
+            )
     return problems
 
 
@@ -185,8 +193,9 @@ def target_size(width: int, height: int) -> tuple[int, int] | None:
 # ------------------------------------------------------------------------------------- previews
 
 
-def structure_preview(rgbs: Sequence[torch.Tensor], box: tuple[int, int, int, int], padded: tuple[int, int]
-                      ) -> torch.Tensor:
+def structure_preview(
+    rgbs: Sequence[torch.Tensor], box: tuple[int, int, int, int], padded: tuple[int, int]
+) -> torch.Tensor:
     """The Processor's RGB predictions (in [-1, 1], one per scale) as viewable images at the output size.
 
     Returns ``[B * scales, 3, H, W]`` in [0, 1], image-major (all scales of image 0, then image 1, ...),
@@ -199,7 +208,11 @@ def structure_preview(rgbs: Sequence[torch.Tensor], box: tuple[int, int, int, in
     views = []
     for r in rgbs:
         sy, sx = r.shape[-2] / ph, r.shape[-1] / pw
-        crop = r[..., int(y0 * sy):max(int(y0 * sy) + 1, round(y1 * sy)), int(x0 * sx):max(int(x0 * sx) + 1, round(x1 * sx))]
+        crop = r[
+            ...,
+            int(y0 * sy) : max(int(y0 * sy) + 1, round(y1 * sy)),
+            int(x0 * sx) : max(int(x0 * sx) + 1, round(x1 * sx)),
+        ]
         up = F.interpolate(crop.float(), size=(y1 - y0, x1 - x0), mode="nearest")
         views.append(((up + 1) / 2).clamp(0, 1).cpu())
     return torch.stack(views, dim=1).flatten(0, 1)
@@ -208,8 +221,9 @@ def structure_preview(rgbs: Sequence[torch.Tensor], box: tuple[int, int, int, in
 # ------------------------------------------------------------------------------------- model folders
 
 
-def merge_folder_entry(existing: tuple[Sequence[str], Iterable[str]] | None, default_path: str,
-                       extensions: Iterable[str]) -> tuple[list[str], set[str]]:
+def merge_folder_entry(
+    existing: tuple[Sequence[str], Iterable[str]] | None, default_path: str, extensions: Iterable[str]
+) -> tuple[list[str], set[str]]:
     """A ``folder_paths`` entry with the default folder added: paths from extra_model_paths.yaml are kept."""
     paths = list(existing[0]) if existing else []
     if default_path not in paths:
@@ -247,15 +261,22 @@ def list_sspir_choices(roots: Iterable[str | Path]) -> list[str]:
             if folder != root:
                 out.append(folder.relative_to(root).as_posix())
             continue
-        out += [(folder / f).relative_to(root).as_posix() for f in sorted(os.listdir(folder))
-                if f.endswith((".safetensors", ".sft")) and (folder / f).is_file()]
+        out += [
+            (folder / f).relative_to(root).as_posix()
+            for f in sorted(os.listdir(folder))
+            if f.endswith((".safetensors", ".sft")) and (folder / f).is_file()
+        ]
     return sorted(dict.fromkeys(out))
 
 
 def list_model_folders(roots: Iterable[str | Path], marker: str) -> list[str]:
-    """Sub-folders (any depth) that hold ``marker`` (e.g. ``config.json``, ``model_index.json``), relative to their root."""
-    out = [folder.relative_to(root).as_posix() for root, folder in _walk(roots)
-           if folder != root and (folder / marker).is_file()]
+    """Sub-folders (any depth) that hold ``marker`` (e.g. ``config.json``, ``model_index.json``), relative to their
+    root."""
+    out = [
+        folder.relative_to(root).as_posix()
+        for root, folder in _walk(roots)
+        if folder != root and (folder / marker).is_file()
+    ]
     return sorted(dict.fromkeys(out))
 
 
@@ -269,5 +290,7 @@ def resolve_in_roots(roots: Iterable[str | Path], name: str, what: str, folder_n
         if (root / rel).exists():
             return root / rel
     shown = ", ".join(str(r) for r in roots) or "(no folders registered)"
-    raise InputError(f"{what}: {name!r} was not found in the {folder_name} folders ({shown}); "
-                     "put it there and press R (refresh) in ComfyUI, or pick another")
+    raise InputError(
+        f"{what}: {name!r} was not found in the {folder_name} folders ({shown}); "
+        "put it there and press R (refresh) in ComfyUI, or pick another"
+    )

@@ -43,8 +43,12 @@ def burner(on: bool) -> Iterator[None]:
 
 def run_once(workflow: Path, extra: list[str], work_dir: Path) -> float:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "run_workflow.py"), str(workflow),
-                           "--work-dir", str(work_dir), *extra], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "run_workflow.py"), str(workflow), "--work-dir", str(work_dir), *extra],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     elapsed = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run_workflow.py {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
@@ -60,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=REPO / "out" / "bench-first-run")
     parser.add_argument("--settings", default="old,new", help="old, new or both (old takes minutes when loaded)")
     args = parser.parse_args(argv)
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     worst_new = 0.0
     for mode in args.modes.split(","):
         times: dict[str, list[float]] = {name: [] for name in args.settings.split(",")}
@@ -72,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     load = os.getloadavg()[0]
                     t = run_once(args.workflow, SETTINGS[name], args.work_dir)
                     times[name].append(t)
-                    print(f"{mode:6s} round {r + 1} {name:3s} {t:6.1f} s (load average before {load:.2f})",
-                          flush=True)
+                    print(f"{mode:6s} round {r + 1} {name:3s} {t:6.1f} s (load average before {load:.2f})", flush=True)
         best = {name: min(v) for name, v in times.items()}
         worst_new = max([worst_new, *times.get("new", [])])
         ratio = f", old/new {best['old'] / best['new']:.1f}x" if len(best) == 2 else ""

@@ -29,8 +29,10 @@ from sspir_core.demo import model_files as demo_models  # noqa: E402  (names wri
 from sspir_core.demo import native_models  # noqa: E402  (`sspir demo-models --native`)
 
 INPUT_IMAGE = "astronaut_lq.png"  # the harness copies examples/astronaut_lq.png into ComfyUI's input/
-TYPED_CAPTION = ("a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, "
-                 "the American flag and a model of the space shuttle behind her")
+TYPED_CAPTION = (
+    "a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, "
+    "the American flag and a model of the space shuttle behind her"
+)
 
 # Socket inputs and outputs of every node type used, in schema order: (name, type). Widgets are given per node.
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
@@ -42,23 +44,38 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "SSPIRClipVisionLoader": ([], [("clip_vision", "SSPIR_CLIP_VISION")]),
     "SSPIRCaptionerLoader": ([], [("captioner", "SSPIR_CAPTIONER")]),
     "SSPIRCaption": ([("captioner", "SSPIR_CAPTIONER"), ("image", "IMAGE")], [("caption", "STRING")]),
-    "SSPIRClipImageEmbed": ([("sspir_model", "SSPIR_MODEL"), ("clip_vision", "SSPIR_CLIP_VISION"), ("image", "IMAGE")],
-                            [("image_embed", "SSPIR_IMAGE_EMBED")]),
-    "SSPIRStructureProcessor": ([("sspir_model", "SSPIR_MODEL"), ("image", "IMAGE")],
-                                [("structure", "SSPIR_STRUCTURE"), ("rgb_preview", "IMAGE")]),
-    "SSPIRSampler": ([("sspir_model", "SSPIR_MODEL"), ("image", "IMAGE"), ("image_embed", "SSPIR_IMAGE_EMBED"),
-                      ("structure", "SSPIR_STRUCTURE")], [("image", "IMAGE")]),
+    "SSPIRClipImageEmbed": (
+        [("sspir_model", "SSPIR_MODEL"), ("clip_vision", "SSPIR_CLIP_VISION"), ("image", "IMAGE")],
+        [("image_embed", "SSPIR_IMAGE_EMBED")],
+    ),
+    "SSPIRStructureProcessor": (
+        [("sspir_model", "SSPIR_MODEL"), ("image", "IMAGE")],
+        [("structure", "SSPIR_STRUCTURE"), ("rgb_preview", "IMAGE")],
+    ),
+    "SSPIRSampler": (
+        [
+            ("sspir_model", "SSPIR_MODEL"),
+            ("image", "IMAGE"),
+            ("image_embed", "SSPIR_IMAGE_EMBED"),
+            ("structure", "SSPIR_STRUCTURE"),
+        ],
+        [("image", "IMAGE")],
+    ),
     # the native route: ComfyUI's own loaders and sampler around the SSP-IR patch nodes
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "CLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")]),
-    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                  ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        [("LATENT", "LATENT")],
+    ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SSPIRPatchLoader": ([], [("sspir_patch", "SSPIR_PATCH")]),
     "SSPIRTextEncode": ([("clip", "CLIP")], [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
     "SSPIRLQLatent": ([("image", "IMAGE"), ("vae", "VAE")], [("latent", "LATENT"), ("image", "IMAGE")]),
-    "SSPIRApply": ([("model", "MODEL"), ("sspir_patch", "SSPIR_PATCH"), ("clip_vision", "CLIP_VISION"),
-                    ("image", "IMAGE")], [("model", "MODEL")]),
+    "SSPIRApply": (
+        [("model", "MODEL"), ("sspir_patch", "SSPIR_PATCH"), ("clip_vision", "CLIP_VISION"), ("image", "IMAGE")],
+        [("model", "MODEL")],
+    ),
     "SSPIRColorFix": ([("image", "IMAGE"), ("reference", "IMAGE")], [("image", "IMAGE")]),
 }
 # Widgets that exist only in the UI (not sent in the API prompt): LoadImage's upload button; and the
@@ -68,8 +85,18 @@ CONTROL_AFTER_GENERATE = {"SSPIRSampler": {"seed"}, "KSampler": {"seed"}}
 
 SIZE = {"upscale": 4.0, "width": 0, "height": 0}
 SAMPLING = {  # the paper's settings (RestoreOptions defaults)
-    "negative_prompt": "", "seed": 0, "steps": 50, "cfg": 7.5, "scheduler": "ddpm", "start": "lq",
-    "conditioning_scale": 1.0, **SIZE, "tile": 96, "tile_overlap": 32, "vae_tile": 1024, "color_fix": "adain",
+    "negative_prompt": "",
+    "seed": 0,
+    "steps": 50,
+    "cfg": 7.5,
+    "scheduler": "ddpm",
+    "start": "lq",
+    "conditioning_scale": 1.0,
+    **SIZE,
+    "tile": 96,
+    "tile_overlap": 32,
+    "vae_tile": 1024,
+    "color_fix": "adain",
 }
 
 
@@ -102,10 +129,24 @@ MODELS_TOP = 40 + LOAD_IMAGE_SIZE[1] + 80
 
 def _loaders(sspir_weights: str = demo_models.SSPIR_NAME) -> list[Node]:
     return [
-        Node(2, "SSPIRModelLoader", (40, MODELS_TOP + 30), (340, 250), {
-            "base_model": demo_models.SD_NAME, "sspir_weights": sspir_weights, "base": "auto",
-            "device": "auto", "dtype": "auto", "offload": "auto", "cache": "in RAM"}),
-        Node(3, "SSPIRClipVisionLoader", (40, MODELS_TOP + 310), (340, 60), {"clip_name": demo_models.CLIP_VISION_NAME}),
+        Node(
+            2,
+            "SSPIRModelLoader",
+            (40, MODELS_TOP + 30),
+            (340, 250),
+            {
+                "base_model": demo_models.SD_NAME,
+                "sspir_weights": sspir_weights,
+                "base": "auto",
+                "device": "auto",
+                "dtype": "auto",
+                "offload": "auto",
+                "cache": "in RAM",
+            },
+        ),
+        Node(
+            3, "SSPIRClipVisionLoader", (40, MODELS_TOP + 310), (340, 60), {"clip_name": demo_models.CLIP_VISION_NAME}
+        ),
     ]
 
 
@@ -125,39 +166,77 @@ def _restore_nodes(caption: str, sampling: dict | None = None) -> list[Node]:
 
 
 PRIOR_LINKS = [
-    (1, "IMAGE", 7, "image"), (2, "sspir_model", 7, "sspir_model"), (3, "clip_vision", 7, "clip_vision"),
-    (1, "IMAGE", 8, "image"), (2, "sspir_model", 8, "sspir_model"), (8, "rgb_preview", 9, "images"),
-    (2, "sspir_model", 10, "sspir_model"), (1, "IMAGE", 10, "image"), (7, "image_embed", 10, "image_embed"),
-    (8, "structure", 10, "structure"), (10, "image", 11, "images"),
+    (1, "IMAGE", 7, "image"),
+    (2, "sspir_model", 7, "sspir_model"),
+    (3, "clip_vision", 7, "clip_vision"),
+    (1, "IMAGE", 8, "image"),
+    (2, "sspir_model", 8, "sspir_model"),
+    (8, "rgb_preview", 9, "images"),
+    (2, "sspir_model", 10, "sspir_model"),
+    (1, "IMAGE", 10, "image"),
+    (7, "image_embed", 10, "image_embed"),
+    (8, "structure", 10, "structure"),
+    (10, "image", 11, "images"),
 ]
 
 WORKFLOWS = [
     Workflow(
         "sspir_restore",
-        [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
-         Node(4, "SSPIRCaptionerLoader", (40, MODELS_TOP + 410), (340, 330), {
-             "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
-             "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
-             "trust_remote_code": False, "keep_loaded": False}),
-         Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
-         Node(6, "PreviewAny", (440, 170), (320, 200), {}, title="Caption (edit: type it into the sampler)"),
-         *_priors(), *_restore_nodes("")],
-        [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 6, "source"),
-         (5, "caption", 10, "caption"), *PRIOR_LINKS],
+        [
+            Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
+            *_loaders(),
+            Node(
+                4,
+                "SSPIRCaptionerLoader",
+                (40, MODELS_TOP + 410),
+                (340, 330),
+                {
+                    "backend": "llava",
+                    "model": demo_models.LLM_NAME,
+                    "url": "http://127.0.0.1:11434/v1",
+                    "server_model": "",
+                    "prompt": "",
+                    "max_new_tokens": 0,
+                    "seed": 0,
+                    "device": "auto",
+                    "dtype": "auto",
+                    "trust_remote_code": False,
+                    "keep_loaded": False,
+                },
+            ),
+            Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
+            Node(6, "PreviewAny", (440, 170), (320, 200), {}, title="Caption (edit: type it into the sampler)"),
+            *_priors(),
+            *_restore_nodes(""),
+        ],
+        [
+            (4, "captioner", 5, "captioner"),
+            (1, "IMAGE", 5, "image"),
+            (5, "caption", 6, "source"),
+            (5, "caption", 10, "caption"),
+            *PRIOR_LINKS,
+        ],
         [("Models", (20, MODELS_TOP, 380, 770)), ("Priors", (420, 0, 360, 1120)), ("Restore", (800, 0, 880, 680))],
     ),
     Workflow(
         "sspir_restore_typed_caption",
-        [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}), *_loaders(),
-         *_priors(), *_restore_nodes(TYPED_CAPTION)],
+        [
+            Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
+            *_loaders(),
+            *_priors(),
+            *_restore_nodes(TYPED_CAPTION),
+        ],
         list(PRIOR_LINKS),
         [("Models", (20, MODELS_TOP, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
     ),
     Workflow(  # one-step SSP-IR (an extension, not the paper): steps/cfg 0 = the checkpoint's own (1 step, no CFG)
         "sspir_restore_one_step",
-        [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
-         *_loaders(demo_models.ONE_STEP_NAME), *_priors(),
-         *_restore_nodes(TYPED_CAPTION, {**SAMPLING, "steps": 0, "cfg": 0.0})],
+        [
+            Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
+            *_loaders(demo_models.ONE_STEP_NAME),
+            *_priors(),
+            *_restore_nodes(TYPED_CAPTION, {**SAMPLING, "steps": 0, "cfg": 0.0}),
+        ],
         list(PRIOR_LINKS),
         [("Models", (20, MODELS_TOP, 380, 400)), ("Priors", (420, 390, 360, 730)), ("Restore", (800, 0, 880, 680))],
     ),
@@ -165,10 +244,25 @@ WORKFLOWS = [
 
 
 def _captioner(node_id: int, pos: tuple[int, int]) -> Node:
-    return Node(node_id, "SSPIRCaptionerLoader", pos, (340, 330), {
-        "backend": "llava", "model": demo_models.LLM_NAME, "url": "http://127.0.0.1:11434/v1",
-        "server_model": "", "prompt": "", "max_new_tokens": 0, "seed": 0, "device": "auto", "dtype": "auto",
-        "trust_remote_code": False, "keep_loaded": False})
+    return Node(
+        node_id,
+        "SSPIRCaptionerLoader",
+        pos,
+        (340, 330),
+        {
+            "backend": "llava",
+            "model": demo_models.LLM_NAME,
+            "url": "http://127.0.0.1:11434/v1",
+            "server_model": "",
+            "prompt": "",
+            "max_new_tokens": 0,
+            "seed": 0,
+            "device": "auto",
+            "dtype": "auto",
+            "trust_remote_code": False,
+            "keep_loaded": False,
+        },
+    )
 
 
 # The native route: the user's checkpoint through ComfyUI's loaders, SSP-IR as a patch, KSampler. KSampler's
@@ -176,41 +270,93 @@ def _captioner(node_id: int, pos: tuple[int, int]) -> Node:
 # sampler; Apply SSP-IR's start "paper" starts from the LQ latent noised to t=999.
 NATIVE = Workflow(
     "sspir_native",
-    [Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
-     Node(2, "CheckpointLoaderSimple", (40, MODELS_TOP + 30), (340, 100), {"ckpt_name": native_models.SD_NAME}),
-     Node(3, "CLIPVisionLoader", (40, MODELS_TOP + 180), (340, 60), {"clip_name": native_models.CLIP_VISION_NAME}),
-     Node(6, "SSPIRPatchLoader", (40, MODELS_TOP + 290), (340, 90), {"sspir_weights": native_models.SSPIR_NAME, "dtype": "auto"}),
-     _captioner(4, (40, MODELS_TOP + 430)),
-     Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
-     Node(14, "PreviewAny", (440, 170), (320, 200), {}, title="Caption"),
-     Node(7, "SSPIRTextEncode", (440, 420), (320, 200), {"caption": "", "negative_prompt": "", "max_chunks": 4,
-                                                       "mixed_lengths": "pad to longest"}),
-     Node(8, "SSPIRLQLatent", (440, 700), (320, 170), {**SIZE, "vae_tile": 1024}),
-     Node(9, "SSPIRApply", (820, 40), (340, 300), {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
-                                                  "start": "paper", "processor_tile": 1024, "tile": 96,
-                                                  "tile_overlap": 32}),
-     Node(10, "KSampler", (820, 370), (340, 270), {"seed": 0, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm",
-                                                  "scheduler": "ddim_uniform", "denoise": 1.0}),
-     Node(11, "VAEDecode", (820, 690), (340, 50), {}),
-     Node(12, "SSPIRColorFix", (1200, 40), (340, 90), {"method": "adain"}),
-     Node(13, "SaveImage", (1200, 180), (420, 460), {"filename_prefix": "sspir_native"})],
-    [(4, "captioner", 5, "captioner"), (1, "IMAGE", 5, "image"), (5, "caption", 14, "source"),
-     (2, "CLIP", 7, "clip"), (5, "caption", 7, "caption"), (1, "IMAGE", 8, "image"), (2, "VAE", 8, "vae"),
-     (2, "MODEL", 9, "model"), (6, "sspir_patch", 9, "sspir_patch"), (3, "CLIP_VISION", 9, "clip_vision"),
-     (8, "image", 9, "image"), (9, "model", 10, "model"), (7, "positive", 10, "positive"),
-     (7, "negative", 10, "negative"), (8, "latent", 10, "latent_image"), (10, "LATENT", 11, "samples"),
-     (2, "VAE", 11, "vae"), (11, "IMAGE", 12, "image"), (8, "image", 12, "reference"), (12, "image", 13, "images")],
-    [("Models", (20, MODELS_TOP, 380, 780)), ("Caption and latent", (420, 0, 360, 900)),
-     ("Sample", (800, 0, 380, 760)), ("Output", (1180, 0, 460, 660))],
+    [
+        Node(1, "LoadImage", (40, 40), LOAD_IMAGE_SIZE, {"image": INPUT_IMAGE, "upload": "image"}),
+        Node(2, "CheckpointLoaderSimple", (40, MODELS_TOP + 30), (340, 100), {"ckpt_name": native_models.SD_NAME}),
+        Node(3, "CLIPVisionLoader", (40, MODELS_TOP + 180), (340, 60), {"clip_name": native_models.CLIP_VISION_NAME}),
+        Node(
+            6,
+            "SSPIRPatchLoader",
+            (40, MODELS_TOP + 290),
+            (340, 90),
+            {"sspir_weights": native_models.SSPIR_NAME, "dtype": "auto"},
+        ),
+        _captioner(4, (40, MODELS_TOP + 430)),
+        Node(5, "SSPIRCaption", (440, 40), (320, 80), {}),
+        Node(14, "PreviewAny", (440, 170), (320, 200), {}, title="Caption"),
+        Node(
+            7,
+            "SSPIRTextEncode",
+            (440, 420),
+            (320, 200),
+            {"caption": "", "negative_prompt": "", "max_chunks": 4, "mixed_lengths": "pad to longest"},
+        ),
+        Node(8, "SSPIRLQLatent", (440, 700), (320, 170), {**SIZE, "vae_tile": 1024}),
+        Node(
+            9,
+            "SSPIRApply",
+            (820, 40),
+            (340, 300),
+            {
+                "strength": 1.0,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+                "start": "paper",
+                "processor_tile": 1024,
+                "tile": 96,
+                "tile_overlap": 32,
+            },
+        ),
+        Node(
+            10,
+            "KSampler",
+            (820, 370),
+            (340, 270),
+            {"seed": 0, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm", "scheduler": "ddim_uniform", "denoise": 1.0},
+        ),
+        Node(11, "VAEDecode", (820, 690), (340, 50), {}),
+        Node(12, "SSPIRColorFix", (1200, 40), (340, 90), {"method": "adain"}),
+        Node(13, "SaveImage", (1200, 180), (420, 460), {"filename_prefix": "sspir_native"}),
+    ],
+    [
+        (4, "captioner", 5, "captioner"),
+        (1, "IMAGE", 5, "image"),
+        (5, "caption", 14, "source"),
+        (2, "CLIP", 7, "clip"),
+        (5, "caption", 7, "caption"),
+        (1, "IMAGE", 8, "image"),
+        (2, "VAE", 8, "vae"),
+        (2, "MODEL", 9, "model"),
+        (6, "sspir_patch", 9, "sspir_patch"),
+        (3, "CLIP_VISION", 9, "clip_vision"),
+        (8, "image", 9, "image"),
+        (9, "model", 10, "model"),
+        (7, "positive", 10, "positive"),
+        (7, "negative", 10, "negative"),
+        (8, "latent", 10, "latent_image"),
+        (10, "LATENT", 11, "samples"),
+        (2, "VAE", 11, "vae"),
+        (11, "IMAGE", 12, "image"),
+        (8, "image", 12, "reference"),
+        (12, "image", 13, "images"),
+    ],
+    [
+        ("Models", (20, MODELS_TOP, 380, 780)),
+        ("Caption and latent", (420, 0, 360, 900)),
+        ("Sample", (800, 0, 380, 760)),
+        ("Output", (1180, 0, 460, 660)),
+    ],
 )
 WORKFLOWS.append(NATIVE)
 
 
 def _one_step_node(node: Node) -> Node:
     """A node of the native workflow as the one-step one has it: the one-step weights, KSampler's one step."""
-    widgets = {"SSPIRPatchLoader": {"sspir_weights": native_models.ONE_STEP_NAME},
-               "KSampler": {"steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"},
-               "SaveImage": {"filename_prefix": "sspir_native_one_step"}}.get(node.type)
+    widgets = {
+        "SSPIRPatchLoader": {"sspir_weights": native_models.ONE_STEP_NAME},
+        "KSampler": {"steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"},
+        "SaveImage": {"filename_prefix": "sspir_native_one_step"},
+    }.get(node.type)
     return replace(node, widgets={**node.widgets, **widgets}) if widgets else node
 
 
@@ -241,7 +387,9 @@ def ui_workflow(wf: Workflow) -> dict[str, Any]:
     for n in wf.nodes:
         socket_in, socket_out = SOCKETS[n.type]
         inputs[n.id] = [{"name": name, "type": t, "link": None} for name, t in socket_in]
-        outputs[n.id] = [{"name": name, "type": t, "links": [], "slot_index": i} for i, (name, t) in enumerate(socket_out)]
+        outputs[n.id] = [
+            {"name": name, "type": t, "links": [], "slot_index": i} for i, (name, t) in enumerate(socket_out)
+        ]
     for link_id, (src, out_name, dst, in_name) in enumerate(wf.links, start=1):
         out_slot = next(i for i, o in enumerate(outputs[src]) if o["name"] == out_name)
         out_type = outputs[src][out_slot]["type"]
@@ -265,16 +413,43 @@ def ui_workflow(wf: Workflow) -> dict[str, Any]:
                 values.append("fixed")
         for o in outputs[n.id]:
             o["links"] = o["links"] or None
-        node = {"id": n.id, "type": n.type, "pos": [n.pos[0], n.pos[1] + GROUP_TITLE], "size": list(n.size), "flags": {},
-                "order": order[n.id], "mode": 0, "inputs": inputs[n.id], "outputs": outputs[n.id],
-                "properties": {"Node name for S&R": n.type}, "widgets_values": values}
+        node = {
+            "id": n.id,
+            "type": n.type,
+            "pos": [n.pos[0], n.pos[1] + GROUP_TITLE],
+            "size": list(n.size),
+            "flags": {},
+            "order": order[n.id],
+            "mode": 0,
+            "inputs": inputs[n.id],
+            "outputs": outputs[n.id],
+            "properties": {"Node name for S&R": n.type},
+            "widgets_values": values,
+        }
         if n.title:
             node["title"] = n.title
         nodes.append(node)
-    groups = [{"id": i, "title": title, "bounding": [box[0], box[1], box[2], box[3] + GROUP_TITLE], "color": "#3f789e", "font_size": 24, "flags": {}}
-              for i, (title, box) in enumerate(wf.groups, start=1)]
-    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": groups, "config": {}, "extra": {"ds": opening_view(nodes, groups)}, "version": 0.4}
+    groups = [
+        {
+            "id": i,
+            "title": title,
+            "bounding": [box[0], box[1], box[2], box[3] + GROUP_TITLE],
+            "color": "#3f789e",
+            "font_size": 24,
+            "flags": {},
+        }
+        for i, (title, box) in enumerate(wf.groups, start=1)
+    ]
+    return {
+        "last_node_id": max(by_id),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": groups,
+        "config": {},
+        "extra": {"ds": opening_view(nodes, groups)},
+        "version": 0.4,
+    }
 
 
 OPENING_WINDOW = (1600, 1000)
@@ -342,20 +517,38 @@ def write_thumbnails(only: list[str] | None = None) -> list[Path]:
 
     node, chromium, playwright = shutil.which("node"), comfyui.chromium_binary(), comfyui.playwright_core_dir()
     if node is None or chromium is None or not playwright.is_dir():
-        raise SystemExit("error: --thumbnails needs node, Chromium and playwright-core (python scripts/comfyui.py browser)")
+        raise SystemExit(
+            "error: --thumbnails needs node, Chromium and playwright-core (python scripts/comfyui.py browser)"
+        )
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "sspir_core.cli", "demo-models", str(work / "models")], check=True, cwd=REPO)
+        subprocess.run(
+            [sys.executable, "-m", "sspir_core.cli", "demo-models", str(work / "models")], check=True, cwd=REPO
+        )
         server = comfyui.ComfyServer(work / "comfyui", models_dir=work / "models", comfy_dir=comfyui.ensure())
         server.input_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "examples" / INPUT_IMAGE, server.input_dir / INPUT_IMAGE)
         with server:
             for wf in [w for w in WORKFLOWS if not only or w.name in only]:
                 shot, raw = work / f"{wf.name}-page.png", work / f"{wf.name}-graph.png"
-                subprocess.run([node, str(BROWSER_CHECK), server.url, str(REPO / WORKFLOW_DIR / f"{wf.name}.json"),
-                                str(shot), chromium, str(playwright), str(work / f"profile-{wf.name}"), comfyui.PACK_NAME,
-                                str(raw)], check=True, capture_output=True, timeout=300)
+                subprocess.run(
+                    [
+                        node,
+                        str(BROWSER_CHECK),
+                        server.url,
+                        str(REPO / WORKFLOW_DIR / f"{wf.name}.json"),
+                        str(shot),
+                        chromium,
+                        str(playwright),
+                        str(work / f"profile-{wf.name}"),
+                        comfyui.PACK_NAME,
+                        str(raw),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    timeout=300,
+                )
                 graph = Image.open(raw).convert("RGB")
                 side = max(graph.size)
                 square = Image.new("RGB", (side, side), graph.getpixel((2, 2)))  # the canvas colour
@@ -369,10 +562,17 @@ def write_thumbnails(only: list[str] | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
-    parser.add_argument("--thumbnails", action="store_true",
-                        help="redraw each template's .jpg thumbnail in a real ComfyUI and Chromium (minutes)")
-    parser.add_argument("--only", action="append", metavar="NAME",
-                        help="with --thumbnails: only this workflow (repeatable), e.g. sspir_native_one_step")
+    parser.add_argument(
+        "--thumbnails",
+        action="store_true",
+        help="redraw each template's .jpg thumbnail in a real ComfyUI and Chromium (minutes)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="with --thumbnails: only this workflow (repeatable), e.g. sspir_native_one_step",
+    )
     args = parser.parse_args(argv)
     if args.thumbnails:
         if args.only and not set(args.only) <= {wf.name for wf in WORKFLOWS}:

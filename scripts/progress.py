@@ -33,8 +33,9 @@ class ProgressView:
     written: one when a node starts and one per tenth of its progress, so a 50-step run writes a few lines.
     """
 
-    def __init__(self, names: dict[str, str], out: TextIO, tty: bool, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(
+        self, names: dict[str, str], out: TextIO, tty: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.names = names  # node id -> what to call it (display name, or class type)
         self.out = out
         self.tty = tty

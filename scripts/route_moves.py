@@ -4,13 +4,13 @@
 
 Each checkout runs the same graph in a child process (its own ``sspir_core`` first on ``sys.path``), through the
 library calls the nodes make: CLIP Image Embed, Structure Processor, then PGA Sampler three times (new seeds, priors
-reused), on the demo models, fp32, once with cache "on device" and once with "in RAM". The device is ``cpu:0``, a stand-in that ``torch.device`` tells apart from
-``cpu`` (RAM), so a ledger can follow where each module *would* be on an accelerator: ``move_module`` is wrapped to
-record every module asked onto the device while it is not there yet (count, parameter bytes) and back to RAM; no
-module really moves. Tensor trips are counted at ``Tensor.cpu``/``Tensor.to``: device -> RAM requests (not of a tensor
-already sent there), and RAM -> device requests of a tensor that an earlier device -> RAM request returned (a round
-trip). Also counted: LQ resizes,
-checkpoint header reads, and the sha256 of every output (bit-identical results give the same digest).
+reused), on the demo models, fp32, once with cache "on device" and once with "in RAM". The device is ``cpu:0``, a
+stand-in that ``torch.device`` tells apart from ``cpu`` (RAM), so a ledger can follow where each module *would* be on
+an accelerator: ``move_module`` is wrapped to record every module asked onto the device while it is not there yet
+(count, parameter bytes) and back to RAM; no module really moves. Tensor trips are counted at
+``Tensor.cpu``/``Tensor.to``: device -> RAM requests (not of a tensor already sent there), and RAM -> device requests
+of a tensor that an earlier device -> RAM request returned (a round trip). Also counted: LQ resizes, checkpoint header
+reads, and the sha256 of every output (bit-identical results give the same digest).
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ def _park(components, spec, clip, priors, move) -> None:
     import torch
 
     parts = components.MODELS.peek(spec.key())
-    for m in [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_()),
-              components.CLIP_VISION.peek(clip.key())]:
+    for m in [
+        parts.vae,
+        parts.text_encoder,
+        *(m for _, m in parts.models.named_modules_()),
+        components.CLIP_VISION.peek(clip.key()),
+    ]:
         move(m, torch.device("cpu"))
     for prior in priors:
         if hasattr(prior, "move_to"):
@@ -55,9 +59,17 @@ def _child(models_dir: str, cache: str) -> dict:
     from sspir_core.weights import load_clip_vision, one_step
 
     device = torch.device(DEVICE)
-    stats = {"module_moves_to_device": 0, "module_bytes_to_device": 0, "module_moves_to_ram": 0,
-             "tensor_requests_to_ram": 0, "tensor_bytes_to_ram": 0, "round_trips_back_to_device": 0,
-             "round_trip_bytes_back_to_device": 0, "lq_resizes": 0, "header_reads": 0}
+    stats = {
+        "module_moves_to_device": 0,
+        "module_bytes_to_device": 0,
+        "module_moves_to_ram": 0,
+        "tensor_requests_to_ram": 0,
+        "tensor_bytes_to_ram": 0,
+        "round_trips_back_to_device": 0,
+        "round_trip_bytes_back_to_device": 0,
+        "lq_resizes": 0,
+        "header_reads": 0,
+    }
     where: dict[int, torch.device] = {}
     real_move = build.move_module
 
@@ -87,8 +99,13 @@ def _child(models_dir: str, cache: str) -> dict:
             out = func(*args, **kwargs)
             if func in (torch.Tensor.cpu, torch.Tensor.to) and isinstance(args[0], torch.Tensor):
                 t = args[0]
-                target = "cpu" if func is torch.Tensor.cpu else next(
-                    (str(a) for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))), None)
+                target = (
+                    "cpu"
+                    if func is torch.Tensor.cpu
+                    else next(
+                        (str(a) for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))), None
+                    )
+                )
                 nbytes = t.numel() * t.element_size()
                 in_ram = id(t) in parked and parked[id(t)]() is t
                 if target == "cpu" and not in_ram:  # a tensor already sent to RAM stays put: no request counted
@@ -102,18 +119,25 @@ def _child(models_dir: str, cache: str) -> dict:
             return out
 
     real_resize = image_io.resize_image
-    image_io.resize_image = lambda x, size: stats.__setitem__("lq_resizes", stats["lq_resizes"] + 1) or real_resize(
-        x, size)
+    image_io.resize_image = lambda x, size: (
+        stats.__setitem__("lq_resizes", stats["lq_resizes"] + 1) or real_resize(x, size)
+    )
     real_read = one_step.read_mode
     one_step.read_mode = lambda p: stats.__setitem__("header_reads", stats["header_reads"] + 1) or real_read(p)
 
     root = Path(models_dir)
-    spec = components.ModelSpec(str(root / "checkpoints" / demo.SD_NAME), str(root / "sspir" / demo.SSPIR_NAME),
-                                device=DEVICE, dtype="float32", cache=cache)
+    spec = components.ModelSpec(
+        str(root / "checkpoints" / demo.SD_NAME),
+        str(root / "sspir" / demo.SSPIR_NAME),
+        device=DEVICE,
+        dtype="float32",
+        cache=cache,
+    )
     clip = components.ClipVisionSpec(str(root / "clip_vision" / demo.CLIP_VISION_NAME))
     # loaded into RAM first (as by an earlier prompt, or after "in RAM"), outside the counts
-    components.MODELS.get(spec.key(), lambda: components.load_pipeline_parts(spec.sd, spec.sspir, spec.base,
-                                                                              torch.float32))
+    components.MODELS.get(
+        spec.key(), lambda: components.load_pipeline_parts(spec.sd, spec.sspir, spec.base, torch.float32)
+    )
     components.CLIP_VISION.get(clip.key(), lambda: load_clip_vision(clip.path))
     stats.update(dict.fromkeys(stats, 0))
     torch.manual_seed(0)
@@ -133,15 +157,27 @@ def _child(models_dir: str, cache: str) -> dict:
         structure = components.StructurePrior(spec, lq)
         _, rgbs = structure.at(size)
         prepared = image_io.prepare_lq(lq[:1], target_size=size) if "padded_size" not in dir(image_io) else None
-        box, padded = ((prepared.box, tuple(prepared.image.shape[-2:])) if prepared is not None
-                       else ((0, size[1], 0, size[0]), image_io.padded_size(size[1], size[0])))
+        box, padded = (
+            (prepared.box, tuple(prepared.image.shape[-2:]))
+            if prepared is not None
+            else ((0, size[1], 0, size[0]), image_io.padded_size(size[1], size[0]))
+        )
         structure_preview(rgbs, box, padded)
         mark("Structure Processor")
         mode = getattr(components, "checkpoint_mode", None)
         for seed in range(3):
             mode(spec) if mode is not None else one_step.read_mode(spec.sspir)  # as nodes/sampling.run does
-            out = components.restore_components(spec, lq, ["a cat", "a dog"], RestoreOptions(steps=2, seed=seed),
-                                                4.0, None, image_embed=embed, structure=structure, clip=clip)
+            out = components.restore_components(
+                spec,
+                lq,
+                ["a cat", "a dog"],
+                RestoreOptions(steps=2, seed=seed),
+                4.0,
+                None,
+                image_embed=embed,
+                structure=structure,
+                clip=clip,
+            )
             components.after_run(spec, clip)
             if cache == "in RAM":
                 _park(components, spec, clip, (embed, structure), ledger_move)
@@ -151,10 +187,20 @@ def _child(models_dir: str, cache: str) -> dict:
 
 
 def _run(checkout: Path, models_dir: str, cache: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=f"{checkout}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, __file__, "--child", models_dir, cache], cwd=checkout, env=env,
-                          capture_output=True, text=True, check=False)
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{checkout}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", models_dir, cache],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(f"{checkout}: child failed\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,8 +238,10 @@ def _compare(old: Path, new: Path, models_dir: str, cache: str) -> bool:
     for k in keys:
         print(f"{'total':<22} {k:<34} {prev['old'][k]:>12,} {prev['new'][k]:>12,}")
     same = results["old"]["outputs"] == results["new"]["outputs"]
-    print(f"outputs sha256: old {results['old']['outputs']} new {results['new']['outputs']} -> "
-          f"{'bit-identical' if same else 'DIFFERENT'}")
+    print(
+        f"outputs sha256: old {results['old']['outputs']} new {results['new']['outputs']} -> "
+        f"{'bit-identical' if same else 'DIFFERENT'}"
+    )
     return same
 
 

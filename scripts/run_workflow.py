@@ -97,7 +97,9 @@ def start_progress(server: comfyui.ComfyServer, prompt: dict) -> progress.Progre
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workflow", type=Path, help="API-format workflow JSON (e.g. example_workflows/api/sspir_restore.json)")
+    parser.add_argument(
+        "workflow", type=Path, help="API-format workflow JSON (e.g. example_workflows/api/sspir_restore.json)"
+    )
     parser.add_argument(
         "--image", type=Path, default=REPO / "examples" / "astronaut_lq.png", help="input image for LoadImage"
     )
@@ -111,13 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir",
         type=Path,
         default=REPO / "out" / "comfyui",
-        help="ComfyUI base directory for this run: custom_nodes/, input/, output/, user/, the log (default: out/comfyui)",
+        help="ComfyUI base directory for this run: custom_nodes/, input/, output/, user/, the log "
+        "(default: out/comfyui)",
     )
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the workflow")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=(
-        f"torch threads in the server (default {DEFAULT_THREADS}, fastest for the demo models; 0 = torch's "
-        "default, one per core: for real weights on free cores)"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=(
+            f"torch threads in the server (default {DEFAULT_THREADS}, fastest for the demo models; 0 = torch's "
+            "default, one per core: for real weights on free cores)"
+        ),
+    )
     args = parser.parse_args(argv)
 
     # A plain `kill` stops ComfyUI too (SystemExit unwinds through the server's context manager).
@@ -134,14 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         models = args.models or demo_models(REPO / "out" / "demo-models", sys.executable, native=native)
         if not models.is_dir():
             raise SystemExit(f"error: --models {models} is not a folder")
-        server = comfyui.ComfyServer(args.work_dir, models_dir=models, comfy_dir=comfy_dir, python=python,
-                                     port=args.port, env=thread_env(args.threads))
+        server = comfyui.ComfyServer(
+            args.work_dir,
+            models_dir=models,
+            comfy_dir=comfy_dir,
+            python=python,
+            port=args.port,
+            env=thread_env(args.threads),
+        )
         server.input_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(args.image, server.input_dir / args.image.name)
         t0 = time.monotonic()
         print(f"starting ComfyUI ({comfy_dir}) on 127.0.0.1; log: {server.log_path}", file=sys.stderr)
         with server:
-            print(f"ComfyUI ready at {server.url} ({time.monotonic() - t0:.1f} s); queueing {args.workflow}", file=sys.stderr)
+            print(
+                f"ComfyUI ready at {server.url} ({time.monotonic() - t0:.1f} s); queueing {args.workflow}",
+                file=sys.stderr,
+            )
             t1 = time.monotonic()
             watcher = start_progress(server, prompt)
             try:
@@ -150,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 if watcher is not None:
                     watcher.stop()
             saved = server.output_files(entry, kind="output")
-            print(f"workflow done in {time.monotonic() - t1:.1f} s (total {time.monotonic() - t0:.1f} s)",
-                  file=sys.stderr)
+            print(
+                f"workflow done in {time.monotonic() - t1:.1f} s (total {time.monotonic() - t0:.1f} s)", file=sys.stderr
+            )
     except comfyui.ComfyUIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

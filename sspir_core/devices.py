@@ -18,9 +18,14 @@ DTYPE_NAMES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 """The dtypes a user can name, short form first (the CLI's ``--dtype`` and the nodes' ``dtype`` choices)."""
 DTYPE_CHOICES: tuple[str, ...] = ("auto", *DTYPE_NAMES)
 _TORCH_NAMES = {
-    "fp32": "float32", "float32": "float32", "float": "float32",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
 }
 """Every accepted spelling -> the ``torch`` attribute (the captioners also took torch's own names)."""
 
@@ -34,12 +39,15 @@ def torch_dtype(name: str | torch.dtype, what: str = "dtype") -> torch.dtype:
         return name
     attr = _TORCH_NAMES.get(str(name).lower())
     if attr is None:
-        raise InputError(f"{what} {name!r} is not a dtype: use auto, {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}")
+        raise InputError(
+            f"{what} {name!r} is not a dtype: use auto, {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}"
+        )
     return getattr(torch, attr)
 
 
-def choose_dtype(requested: str | torch.dtype | None, device: torch.device, bf16_supported: bool | None = None,
-                 what: str = "dtype") -> torch.dtype:
+def choose_dtype(
+    requested: str | torch.dtype | None, device: torch.device, bf16_supported: bool | None = None, what: str = "dtype"
+) -> torch.dtype:
     """``auto`` (or None): fp16 on CUDA/MPS (SD 1.x/2.x and the paper's LLaVA run well in it), fp32 elsewhere.
     A named dtype is checked: bf16 on a CUDA GPU that lacks it is refused (``bf16_supported`` overrides the
     GPU's answer, for tests)."""
@@ -73,8 +81,9 @@ def device_choices() -> list[str]:
     return out
 
 
-def choose_device(requested: str | torch.device | None = "auto", host: torch.device | str | None = None,
-                  what: str = "device") -> torch.device:
+def choose_device(
+    requested: str | torch.device | None = "auto", host: torch.device | str | None = None, what: str = "device"
+) -> torch.device:
     """The device a run uses; ``what`` names the setting in errors (``--device`` on the CLI).
 
     ``auto`` (or None) takes ``host`` when one is given: inside ComfyUI that is ComfyUI's own device, so its
@@ -102,8 +111,11 @@ def choose_device(requested: str | torch.device | None = "auto", host: torch.dev
         raise InputError(f"{what} {requested!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            why = ("this torch has no CUDA/ROCm support" if torch.version.cuda is None and torch.version.hip is None
-                   else "no GPU is visible")
+            why = (
+                "this torch has no CUDA/ROCm support"
+                if torch.version.cuda is None and torch.version.hip is None
+                else "no GPU is visible"
+            )
             raise InputError(f"{what} {requested}: not available on this machine ({why}); use {what} cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"{what} {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -5,11 +5,11 @@ place that deals with file modes, bit depths, alpha and ComfyUI's ``[B, H, W, C]
 never has to. Alpha is never composited: it is returned separately (opacity, 1 = opaque) so a caller can
 re-attach it to the restored image; the RGB values are kept as stored.
 
-Readers: Pillow for every format; 16-bit PNGs through torchvision's decoder, because Pillow reduces
-16-bit RGB(A) PNGs to 8 bits (torchvision 0.29 deprecates its decoders: when they are gone, such files
-fall back to Pillow, correctly scaled but at 8-bit precision). Writer: Pillow for 8-bit PNG; a small built-in encoder for 16-bit RGB(A)
-PNG, which neither Pillow nor torchvision can write. (About 450 lines: the one home of every file and tensor
-layout detail, kept together so no other module needs to know any of them.)
+Readers: Pillow for every format; 16-bit PNGs through torchvision's decoder, because Pillow reduces 16-bit RGB(A) PNGs
+to 8 bits (torchvision 0.29 deprecates its decoders: when they are gone, such files fall back to Pillow, correctly
+scaled but at 8-bit precision). Writer: Pillow for 8-bit PNG; a small built-in encoder for 16-bit RGB(A) PNG, which
+neither Pillow nor torchvision can write. (About 450 lines: the one home of every file and tensor layout detail, kept
+together so no other module needs to know any of them.)
 """
 
 from __future__ import annotations
@@ -81,9 +81,7 @@ def check_image_tensor(x: torch.Tensor, name: str = "image", channels: int = 3) 
     if x.ndim != 4:
         raise InputError(f"{name} must be [B, {channels}, H, W] (4 dimensions), got shape {tuple(x.shape)}")
     if x.shape[1] != channels:
-        raise InputError(
-            f"{name} must have {channels} channels in dim 1 ([B, C, H, W]), got shape {tuple(x.shape)}"
-        )
+        raise InputError(f"{name} must have {channels} channels in dim 1 ([B, C, H, W]), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise InputError(f"{name} is empty: shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -191,9 +189,7 @@ def load_image(path: str | Path) -> ImageWithAlpha:
                 img.load()
                 out = pil_to_tensor(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as exc:
-        raise InputError(
-            f"{path}: not an image file that can be read (Pillow does not recognise it)"
-        ) from exc
+        raise InputError(f"{path}: not an image file that can be read (Pillow does not recognise it)") from exc
     except (OSError, RuntimeError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, InputError):
             raise
@@ -292,25 +288,13 @@ def _png16_bytes(hwc: np.ndarray) -> bytes:
     raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rows.view(np.uint8).reshape(h, -1)], axis=1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+    return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b"")
 
 
-def save_png(
-    image: torch.Tensor, path: str | Path, bits: int = 8, alpha: torch.Tensor | None = None
-) -> list[Path]:
+def save_png(image: torch.Tensor, path: str | Path, bits: int = 8, alpha: torch.Tensor | None = None) -> list[Path]:
     """Save ``[B, 3, H, W]`` (or ``[3, H, W]``) in [0, 1] as PNG, 8 or 16 bits per channel.
 
     One image goes to ``path``; a batch to ``<stem>_0000.png``, ``<stem>_0001.png``, ... Returns the paths.
@@ -334,18 +318,12 @@ def save_png(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     b = x.shape[0]
-    paths = (
-        [path]
-        if b == 1
-        else [path.with_name(f"{path.stem}_{i:04d}{path.suffix or '.png'}") for i in range(b)]
-    )
+    paths = [path] if b == 1 else [path.with_name(f"{path.stem}_{i:04d}{path.suffix or '.png'}") for i in range(b)]
     scale = 255.0 if bits == 8 else 65535.0
     data = (x.clamp(0.0, 1.0) * scale).round().permute(0, 2, 3, 1).cpu().numpy()
     for arr, p in zip(data, paths, strict=True):
         if bits == 8:
-            Image.fromarray(arr.astype(np.uint8), mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(
-                p, format="PNG"
-            )
+            Image.fromarray(arr.astype(np.uint8), mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(p, format="PNG")
         else:
             p.write_bytes(_png16_bytes(arr.astype(np.uint16)))
     return paths
@@ -373,7 +351,9 @@ def _save_integer_png(image: torch.Tensor, path: Path, alpha: torch.Tensor | Non
     paths = [path] if b == 1 else [path.with_name(f"{path.stem}_{i:04d}{path.suffix or '.png'}") for i in range(b)]
     for arr, p in zip(hwc.numpy(), paths, strict=True):
         if bits == 8:
-            Image.fromarray(np.ascontiguousarray(arr), mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(p, format="PNG")
+            Image.fromarray(np.ascontiguousarray(arr), mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(
+                p, format="PNG"
+            )
         else:
             p.write_bytes(_png16_bytes(arr))
     return paths
@@ -416,8 +396,9 @@ def padded_size(height: int, width: int, multiple: int = 8) -> tuple[int, int]:
     return height + (-height) % multiple, width + (-width) % multiple
 
 
-def output_size(width: int, height: int, upscale: float = 4.0,
-                target_size: Sequence[int] | None = None) -> tuple[int, int]:
+def output_size(
+    width: int, height: int, upscale: float = 4.0, target_size: Sequence[int] | None = None
+) -> tuple[int, int]:
     """``(width, height)`` of the restored image: ``target_size`` when given, else the input size x ``upscale``."""
     if target_size is not None:
         if len(target_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in target_size):
@@ -448,8 +429,13 @@ def prepare_lq(
     return PreparedLQ(padded, box)
 
 
-def lq_output_size(width: int, height: int, upscale: float = 4.0, target_size: Sequence[int] | None = None,
-                   min_side: int = MIN_OUTPUT_SIDE) -> tuple[int, int]:
+def lq_output_size(
+    width: int,
+    height: int,
+    upscale: float = 4.0,
+    target_size: Sequence[int] | None = None,
+    min_side: int = MIN_OUTPUT_SIDE,
+) -> tuple[int, int]:
     """``(width, height)`` :func:`prepare_lq` gives a ``width x height`` LQ, with its checks, computed without
     resizing anything (what a node needs to know before it runs)."""
     w, h = int(width), int(height)

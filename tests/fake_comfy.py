@@ -26,8 +26,14 @@ class _Input:
 
 
 class _Output:
-    def __init__(self, id: str | None = None, display_name: str | None = None, tooltip: str | None = None,
-                 is_output_list: bool = False, **kw: Any):
+    def __init__(
+        self,
+        id: str | None = None,
+        display_name: str | None = None,
+        tooltip: str | None = None,
+        is_output_list: bool = False,
+        **kw: Any,
+    ):
         self.id, self.display_name, self.tooltip, self.is_output_list = id, display_name, tooltip, is_output_list
 
 
@@ -91,9 +97,14 @@ API_SHAPES = ("v0_0_2", "0.33.0", "stable")
 host that lists a stable ``comfy_api.v1``."""
 
 
-def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str = "NORMAL_VRAM",
-            existing_folders: dict[str, tuple[list[str], set[str]]] | None = None, api_shape: str = "v0_0_2"
-            ) -> Recorder:
+def install(
+    monkeypatch,
+    models_dir: str,
+    device: str = "cpu",
+    vram_state: str = "NORMAL_VRAM",
+    existing_folders: dict[str, tuple[list[str], set[str]]] | None = None,
+    api_shape: str = "v0_0_2",
+) -> Recorder:
     """Put fake ComfyUI modules in ``sys.modules`` (undone by ``monkeypatch``); returns the recorder.
 
     ``api_shape`` (one of :data:`API_SHAPES`): which V3 API modules exist. Progress sent through the V3 API's
@@ -107,11 +118,23 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
     io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
     io.Custom = lambda name: _type(name, widget=False)
     io.Image, io.Mask = _type("IMAGE", False), _type("MASK", False)
-    for name, io_type in (("Model", "MODEL"), ("Clip", "CLIP"), ("ClipVision", "CLIP_VISION"), ("Vae", "VAE"),
-                          ("Conditioning", "CONDITIONING"), ("Latent", "LATENT"), ("Sigmas", "SIGMAS")):
+    for name, io_type in (
+        ("Model", "MODEL"),
+        ("Clip", "CLIP"),
+        ("ClipVision", "CLIP_VISION"),
+        ("Vae", "VAE"),
+        ("Conditioning", "CONDITIONING"),
+        ("Latent", "LATENT"),
+        ("Sigmas", "SIGMAS"),
+    ):
         setattr(io, name, _type(io_type, widget=False))
-    for name, io_type in (("String", "STRING"), ("Int", "INT"), ("Float", "FLOAT"), ("Boolean", "BOOLEAN"),
-                          ("Combo", "COMBO")):
+    for name, io_type in (
+        ("String", "STRING"),
+        ("Int", "INT"),
+        ("Float", "FLOAT"),
+        ("Boolean", "BOOLEAN"),
+        ("Combo", "COMBO"),
+    ):
         setattr(io, name, _type(io_type, widget=True))
     ui = types.ModuleType("comfy_api.v0_0_2.ui")
     ui.PreviewText = PreviewText
@@ -136,8 +159,11 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
         out = []
         for root in paths:
             for dirpath, _, files in os.walk(root):
-                out += [os.path.relpath(os.path.join(dirpath, f), root) for f in files
-                        if os.path.splitext(f)[1].lower() in exts]
+                out += [
+                    os.path.relpath(os.path.join(dirpath, f), root)
+                    for f in files
+                    if os.path.splitext(f)[1].lower() in exts
+                ]
         return sorted(out)
 
     def get_full_path_or_raise(name: str, filename: str) -> str:
@@ -148,7 +174,10 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
         raise FileNotFoundError(f"Model in folder '{name}' with filename '{filename}' not found.")
 
     fp.get_folder_paths, fp.get_filename_list, fp.get_full_path_or_raise = (
-        get_folder_paths, get_filename_list, get_full_path_or_raise)
+        get_folder_paths,
+        get_filename_list,
+        get_full_path_or_raise,
+    )
 
     mm = types.ModuleType("comfy.model_management")
     mm.VRAMState = enum.Enum("VRAMState", "DISABLED NO_VRAM LOW_VRAM NORMAL_VRAM HIGH_VRAM SHARED")
@@ -187,6 +216,7 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
     if api_shape not in API_SHAPES:
         raise ValueError(f"api_shape must be one of {API_SHAPES}")
     if api_shape != "v0_0_2":
+
         class Execution:
             def set_progress(self, value, max_value, node_id=None, preview_image=None, ignore_size_limit=False):
                 rec.progress.append(("set_progress", value, max_value, preview_image))
@@ -196,21 +226,31 @@ def install(monkeypatch, models_dir: str, device: str = "cpu", vram_state: str =
                 self.execution = Execution()
 
         versions = []
-        for name, version, stable in (("latest", "latest", False), ("v0_0_2", "0.0.2", False),
-                                      ("v1", "1.0", True), ("v0_9", "0.9", True)):
+        for name, version, stable in (
+            ("latest", "latest", False),
+            ("v0_0_2", "0.0.2", False),
+            ("v1", "1.0", True),
+            ("v0_9", "0.9", True),
+        ):
             if stable and api_shape != "stable":
                 continue
             module = api if name == "v0_0_2" else types.ModuleType(f"comfy_api.{name}")
             module.io, module.ui, module.ComfyExtension = io, ui, api.ComfyExtension
             module.ComfyAPISync = ComfyAPISync
             api_modules[f"comfy_api.{name}"] = module
-            versions.append(type(f"ComfyAPI_{name}", (), {"VERSION": version, "STABLE": stable,
-                                                          "__module__": f"comfy_api.{name}"}))
+            versions.append(
+                type(f"ComfyAPI_{name}", (), {"VERSION": version, "STABLE": stable, "__module__": f"comfy_api.{name}"})
+            )
         version_list = types.ModuleType("comfy_api.version_list")
         version_list.supported_versions = versions
         api_modules["comfy_api.version_list"] = version_list
-    for name, module in (*api_modules.items(), ("folder_paths", fp), ("comfy", comfy),
-                         ("comfy.model_management", mm), ("comfy.utils", utils)):
+    for name, module in (
+        *api_modules.items(),
+        ("folder_paths", fp),
+        ("comfy", comfy),
+        ("comfy.model_management", mm),
+        ("comfy.utils", utils),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     for name in [m for m in sys.modules if m == "nodes" or m.startswith("nodes.")]:
         monkeypatch.delitem(sys.modules, name)  # the node modules bind the fake io at import
@@ -227,8 +267,9 @@ comfy/model_management.py and comfy/patcher_extension.py)."""
 class FakeModelPatcher:
     """ComfyUI's ``ModelPatcher`` as far as the pack's loader uses it: model, devices, callbacks, clone."""
 
-    def __init__(self, model: Any, load_device: Any, offload_device: Any, size: int = 0,
-                 weight_inplace_update: bool = False):
+    def __init__(
+        self, model: Any, load_device: Any, offload_device: Any, size: int = 0, weight_inplace_update: bool = False
+    ):
         self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
         self.callbacks: dict[str, dict[Any, list]] = {}
 
@@ -242,8 +283,9 @@ class FakeModelPatcher:
         return [c for group in self.callbacks.get(call_type, {}).values() for c in group]
 
     def clone(self, model_override: Any = None) -> FakeModelPatcher:
-        n = self.__class__(self.model if model_override is None else model_override, self.load_device,
-                           self.offload_device, self.size)
+        n = self.__class__(
+            self.model if model_override is None else model_override, self.load_device, self.offload_device, self.size
+        )
         n.callbacks = {k: {k1: list(c1) for k1, c1 in c.items()} for k, c in self.callbacks.items()}
         if hasattr(self, "cached_patcher_init"):
             n.cached_patcher_init = self.cached_patcher_init
@@ -261,8 +303,10 @@ class FakeModelPatcher033(FakeModelPatcher):
 
     def deepclone_multigpu(self, new_load_device: Any = None, models_cache: Any = None) -> FakeModelPatcher033:
         if self.cached_patcher_init is None:
-            raise RuntimeError(f"Cannot create multigpu deepclone of {type(self.model).__name__}: "
-                               "cached_patcher_init is not initialized")
+            raise RuntimeError(
+                f"Cannot create multigpu deepclone of {type(self.model).__name__}: "
+                "cached_patcher_init is not initialized"
+            )
         fresh = self.cached_patcher_init[0](*self.cached_patcher_init[1])
         n = self.clone(model_override=fresh.model)
         if new_load_device is not None:
@@ -293,6 +337,7 @@ def install_patcher_host(monkeypatch, shape: str, rec: Recorder | None = None) -
     mm.unet_offload_device = lambda: torch.device("cpu")
     mm.intermediate_device = lambda: torch.device("cpu")
     if new:
+
         def archive_model_dtypes(model: Any) -> None:  # as 0.33.0: <param>_comfy_model_dtype on each module
             for _, module in model.named_modules():
                 for name, param in module.named_parameters(recurse=False):
@@ -310,16 +355,23 @@ def install_patcher_host(monkeypatch, shape: str, rec: Recorder | None = None) -
         mp.CoreModelPatcher = FakeDynamicPatcher
 
     ext = types.ModuleType("comfy.patcher_extension")
-    ext.WrappersMP = type("WrappersMP", (), {"DIFFUSION_MODEL": "diffusion_model", "PREDICT_NOISE": "predict_noise",
-                                             "SAMPLER_SAMPLE": "sampler_sample"})
+    ext.WrappersMP = type(
+        "WrappersMP",
+        (),
+        {"DIFFUSION_MODEL": "diffusion_model", "PREDICT_NOISE": "predict_noise", "SAMPLER_SAMPLE": "sampler_sample"},
+    )
     if new:
-        ext.CallbacksMP = type("CallbacksMP", (), {"ON_CLONE": "on_clone",
-                                                   "ON_DEEPCLONE_MULTIGPU": "on_deepclone_multigpu"})
+        ext.CallbacksMP = type(
+            "CallbacksMP", (), {"ON_CLONE": "on_clone", "ON_DEEPCLONE_MULTIGPU": "on_deepclone_multigpu"}
+        )
 
     ops = types.ModuleType("comfy.ops")
     cast = type("CastWeightBiasOp", (), {"comfy_cast_weights": False})
-    ops.disable_weight_init = type("disable_weight_init", (), {
-        n.__name__: type(n.__name__, (n, cast), {}) for n in (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)})
+    ops.disable_weight_init = type(
+        "disable_weight_init",
+        (),
+        {n.__name__: type(n.__name__, (n, cast), {}) for n in (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)},
+    )
 
     attention = types.ModuleType("comfy.ldm.modules.attention")
     attention.SpatialTransformer = type("SpatialTransformer", (nn.Module,), {})
@@ -329,10 +381,14 @@ def install_patcher_host(monkeypatch, shape: str, rec: Recorder | None = None) -
 
     comfy = sys.modules["comfy"]
     comfy.model_patcher, comfy.patcher_extension, comfy.ops = mp, ext, ops
-    for name, module in (("comfy.model_patcher", mp), ("comfy.patcher_extension", ext), ("comfy.ops", ops),
-                         ("comfy.ldm", types.ModuleType("comfy.ldm")),
-                         ("comfy.ldm.modules", types.ModuleType("comfy.ldm.modules")),
-                         ("comfy.ldm.modules.attention", attention),
-                         ("comfy.ldm.modules.diffusionmodules", types.ModuleType("comfy.ldm.modules.diffusionmodules")),
-                         ("comfy.ldm.modules.diffusionmodules.openaimodel", openai)):
+    for name, module in (
+        ("comfy.model_patcher", mp),
+        ("comfy.patcher_extension", ext),
+        ("comfy.ops", ops),
+        ("comfy.ldm", types.ModuleType("comfy.ldm")),
+        ("comfy.ldm.modules", types.ModuleType("comfy.ldm.modules")),
+        ("comfy.ldm.modules.attention", attention),
+        ("comfy.ldm.modules.diffusionmodules", types.ModuleType("comfy.ldm.modules.diffusionmodules")),
+        ("comfy.ldm.modules.diffusionmodules.openaimodel", openai),
+    ):
         monkeypatch.setitem(sys.modules, name, module)

@@ -17,8 +17,9 @@ def _api(monkeypatch, tmp_path, shape):
     return importlib.import_module("nodes.api"), rec
 
 
-@pytest.mark.parametrize("shape, module", [("v0_0_2", "comfy_api.v0_0_2"), ("0.33.0", "comfy_api.latest"),
-                                           ("stable", "comfy_api.v1")])
+@pytest.mark.parametrize(
+    "shape, module", [("v0_0_2", "comfy_api.v0_0_2"), ("0.33.0", "comfy_api.latest"), ("stable", "comfy_api.v1")]
+)
 def test_the_stable_or_newest_module_is_chosen(monkeypatch, tmp_path, shape, module):
     api, _ = _api(monkeypatch, tmp_path, shape)
     assert api.API is sys.modules[module]
@@ -50,7 +51,9 @@ def test_progress_goes_through_the_newest_mechanism(monkeypatch, tmp_path, shape
     assert rec.progress, "no progress reported"
     entry = rec.progress[-1]
     if via == "set_progress":
-        assert entry[0] == "set_progress" and entry[3] is not None and entry[3].size == (8, 8)  # the latent preview, latent-sized
+        assert (
+            entry[0] == "set_progress" and entry[3] is not None and entry[3].size == (8, 8)
+        )  # the latent preview, latent-sized
     else:
         assert entry[0] != "set_progress" and entry[2][0] == "JPEG"
 

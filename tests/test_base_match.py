@@ -37,8 +37,9 @@ COMFY_SD21 = {**COMFY_SD15, "context_dim": 1024, "use_linear_in_transformer": Tr
 COMFY_DEMO = {**COMFY_SD15, "channel_mult": [1, 1, 1], "num_res_blocks": [1, 1, 1], "transformer_depth": [1, 1, 0]}
 
 
-def _problem(base: str, config: dict | None, classes: list[str], sampling: list[str] = EPS,
-             unet: dict | None = None) -> str | None:
+def _problem(
+    base: str, config: dict | None, classes: list[str], sampling: list[str] = EPS, unet: dict | None = None
+) -> str | None:
     expected = expected_ldm_config(unet or base_unet_config(base))
     return native_model_problem("patch.safetensors", base, expected, config, classes, sampling)
 
@@ -49,17 +50,31 @@ def test_the_model_the_patch_was_trained_on_passes():
     assert _problem("sd15", COMFY_DEMO, SD15, unet=NATIVE_UNET) is None
 
 
-@pytest.mark.parametrize("base, config, classes, sampling, match", [
-    ("sd21", COMFY_SD21, SD20, V_PRED,
-     r"patch\.safetensors was trained on SD2\.1-base with epsilon prediction, but this MODEL \(SD2\.x\) uses "
-     r"v-prediction \(e\.g\. SD2\.1-768-v"),
-    ("sd15", COMFY_SD15, SD15, V_PRED, r"trained on SD1\.5 with epsilon prediction, but this MODEL \(SD1\.5\) uses v-"),
-    ("sd15", COMFY_SD21, SD20, EPS, r"trained on SD1\.5, but this MODEL is SD2\.x: context_dim=1024"),
-    ("sd21", COMFY_SD15, SD15, EPS, r"trained on SD2\.1-base, but this MODEL is SD1\.5: context_dim=768"),
-    ("sd15", COMFY_SDXL, SDXL, EPS, r"trained on SD1\.5, but this MODEL is SDXL: adm_in_channels=2816"),
-    ("sd15", COMFY_DEMO, SD15, EPS, r"trained on SD1\.5, but this MODEL is SD1\.5 of another size: channel_mult"),
-    ("sd15", None, ["Flux", "BASE", "object"], EPS, r"trained on SD1\.5, but this MODEL is Flux \(not an SD1"),
-])
+@pytest.mark.parametrize(
+    "base, config, classes, sampling, match",
+    [
+        (
+            "sd21",
+            COMFY_SD21,
+            SD20,
+            V_PRED,
+            r"patch\.safetensors was trained on SD2\.1-base with epsilon prediction, but this MODEL \(SD2\.x\) uses "
+            r"v-prediction \(e\.g\. SD2\.1-768-v",
+        ),
+        (
+            "sd15",
+            COMFY_SD15,
+            SD15,
+            V_PRED,
+            r"trained on SD1\.5 with epsilon prediction, but this MODEL \(SD1\.5\) uses v-",
+        ),
+        ("sd15", COMFY_SD21, SD20, EPS, r"trained on SD1\.5, but this MODEL is SD2\.x: context_dim=1024"),
+        ("sd21", COMFY_SD15, SD15, EPS, r"trained on SD2\.1-base, but this MODEL is SD1\.5: context_dim=768"),
+        ("sd15", COMFY_SDXL, SDXL, EPS, r"trained on SD1\.5, but this MODEL is SDXL: adm_in_channels=2816"),
+        ("sd15", COMFY_DEMO, SD15, EPS, r"trained on SD1\.5, but this MODEL is SD1\.5 of another size: channel_mult"),
+        ("sd15", None, ["Flux", "BASE", "object"], EPS, r"trained on SD1\.5, but this MODEL is Flux \(not an SD1"),
+    ],
+)
 def test_each_refusal_names_both_sides(base, config, classes, sampling, match):
     problem = _problem(base, config, classes, sampling)
     assert problem is not None
@@ -82,10 +97,12 @@ def test_sd_file_of_another_unet_shape_is_refused_from_its_header(tmp_path):
     with pytest.raises(CheckpointError) as err:
         check_sd_fits_sspir(sd, tmp_path / "full.safetensors", base_unet_config("sd15"), "sd15", "sd15")
     text = str(err.value)
-    assert text.startswith("full.safetensors was trained on SD1.5 (UNet width 320, text context 768), but "
-                           "base_model small-sd.safetensors is SD1.5 with a UNet of another shape (UNet width 24, "
-                           "text context 32): model.diffusion_model.input_blocks.0.0.weight is [24, 4, 3, 3] (the "
-                           "SSP-IR weights need [320, 4, 3, 3])"), text
+    assert text.startswith(
+        "full.safetensors was trained on SD1.5 (UNet width 320, text context 768), but "
+        "base_model small-sd.safetensors is SD1.5 with a UNet of another shape (UNet width 24, "
+        "text context 32): model.diffusion_model.input_blocks.0.0.weight is [24, 4, 3, 3] (the "
+        "SSP-IR weights need [320, 4, 3, 3])"
+    ), text
     assert "Pick the SD checkpoint" in text
 
 
@@ -94,7 +111,8 @@ def test_shape_differences_in_diffusers_names():
     diff = unet_shape_differences(TINY_UNET, shapes, ldm=False)
     assert "conv_in.weight" not in " ".join(diff) and "conv_in.bias missing" in diff
     assert unet_shape_differences(TINY_UNET, {**shapes, "conv_in.weight": [48, 4, 3, 3]}, ldm=False)[0] == (
-        "conv_in.weight is [48, 4, 3, 3] (the SSP-IR weights need [24, 4, 3, 3])")
+        "conv_in.weight is [48, 4, 3, 3] (the SSP-IR weights need [24, 4, 3, 3])"
+    )
 
 
 def test_v_prediction_sd_files_are_found(tmp_path):

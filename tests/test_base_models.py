@@ -177,9 +177,7 @@ def test_full_size_configs_give_the_known_parameter_counts():
             "sd21 text": _n_params(CLIPTextModel(CLIPTextConfig(**config("sd21", "text_encoder")))),
             "sd15 unet": _n_params(UNet2DConditionModel.from_config(config("sd15", "unet"))),
             "sd21 unet": _n_params(UNet2DConditionModel.from_config(config("sd21", "unet"))),
-            "clip vision": _n_params(
-                CLIPVisionModel(CLIPVisionConfig(**json.loads(CLIP_VISION_CONFIG.read_text())))
-            ),
+            "clip vision": _n_params(CLIPVisionModel(CLIPVisionConfig(**json.loads(CLIP_VISION_CONFIG.read_text())))),
         }
     assert counts == {
         "sd15 vae": 83_653_863,
@@ -206,9 +204,7 @@ def test_full_size_ldm_key_sets_match_real_checkpoints():
     assert counts[("sd15", "unet")] == counts[("sd21", "unet")] == 686
     assert counts[("sd15", "vae")] == counts[("sd21", "vae")] == 248
     assert counts[("sd15", "text_encoder")] == 196
-    assert (
-        counts[("sd21", "text_encoder")] == 4 + 23 * 12
-    )  # OpenCLIP: packed in_proj, last of 24 layers unused
+    assert counts[("sd21", "text_encoder")] == 4 + 23 * 12  # OpenCLIP: packed in_proj, last of 24 layers unused
     sd15 = keys["sd15", "unet"] | keys["sd15", "vae"] | keys["sd15", "text_encoder"]
     for name in (
         "model.diffusion_model.time_embed.0.weight",
@@ -224,13 +220,8 @@ def test_full_size_ldm_key_sets_match_real_checkpoints():
         "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
     ):
         assert name in sd15, name
-    assert (
-        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
-        in keys["sd21", "unet"]
-    )
-    assert (
-        "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight" in keys["sd21", "text_encoder"]
-    )
+    assert "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight" in keys["sd21", "unet"]
+    assert "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight" in keys["sd21", "text_encoder"]
 
 
 def test_bundled_clip_vision_config_is_open_clips_vit_l_14():
@@ -296,9 +287,7 @@ def test_diffusers_folder(tiny_sd15, tmp_path):
 
 def test_missing_keys_are_named_before_conversion(tiny_sd15, tmp_path):
     dropped = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
-    path = tiny_sd15.write(
-        tmp_path / "pruned.safetensors", {k: v for k, v in tiny_sd15.state.items() if k != dropped}
-    )
+    path = tiny_sd15.write(tmp_path / "pruned.safetensors", {k: v for k, v in tiny_sd15.state.items() if k != dropped})
     with pytest.raises(CheckpointError, match="pruned.safetensors") as info:
         load_sd_components(path, config_dir=tiny_sd15.config_dir)
     assert dropped in str(info.value) and "lacks 1 of" in str(info.value)
@@ -338,9 +327,7 @@ def test_other_model_families_are_named(tiny_sd15, tmp_path):
     unet_only = tiny_sd15.write(tmp_path / "unet.safetensors", {"down_blocks.0.resnets.0.conv1.weight": one})
     with pytest.raises(CheckpointError, match="diffusers-format UNet"):
         load_sd_components(unet_only)
-    vision = tiny_sd15.write(
-        tmp_path / "vision.safetensors", {"vision_model.embeddings.class_embedding": one}
-    )
+    vision = tiny_sd15.write(tmp_path / "vision.safetensors", {"vision_model.embeddings.class_embedding": one})
     with pytest.raises(CheckpointError, match="CLIP vision model"):
         load_sd_components(vision)
     inpaint = dict(tiny_sd15.state)
@@ -356,9 +343,7 @@ def test_undetectable_base_asks_for_it_and_bad_arguments_are_explained(tiny_sd15
     path = tiny_sd15.write(tmp_path / "vae_in_ldm.safetensors", vae_only)
     with pytest.raises(CheckpointError, match="pass base='sd15' or 'sd21'"):
         load_sd_components(path, parts=("vae",), config_dir=tiny_sd15.config_dir)
-    assert (
-        load_sd_components(path, base="sd15", parts=("vae",), config_dir=tiny_sd15.config_dir).vae is not None
-    )
+    assert load_sd_components(path, base="sd15", parts=("vae",), config_dir=tiny_sd15.config_dir).vae is not None
     with pytest.raises(CheckpointError, match="not found"):
         load_sd_components(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="Unknown parts"):

@@ -19,8 +19,19 @@ def tiny_pipe():
 
 @pytest.mark.slow  # runs every bench part
 def test_bench_parts_structure(tiny_pipe) -> None:
-    settings = bench_settings.BenchSettings(config="tiny", size=64, steps=2, step_steps=1, repeats=1, sizes=(64, 128),
-                                   memory_steps=1, tile=8, tile_overlap=2, vae_tile=64, ablate=True)
+    settings = bench_settings.BenchSettings(
+        config="tiny",
+        size=64,
+        steps=2,
+        step_steps=1,
+        repeats=1,
+        sizes=(64, 128),
+        memory_steps=1,
+        tile=8,
+        tile_overlap=2,
+        vae_tile=64,
+        ablate=True,
+    )
     step = sampler.bench_step(tiny_pipe, settings)
     assert step["latent"] == [8, 8] and step["cfg_batch"] == 2
     assert step["ours_ms"] > 0 and step["baseline_ms"] > 0
@@ -28,7 +39,8 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     assert step["plain_ms"] > 0 and len(step["plain_ms_all"]) == 1
     assert step["fast_ratio"] == pytest.approx(step["ours_ms_all"][0] / step["plain_ms_all"][0])
     assert set(step["toggled"]) == {"context_kv", "linear_projections", "shared_cfg_prefix"} | (
-        {"kept_heap"} if step["kept_heap"] else set())
+        {"kept_heap"} if step["kept_heap"] else set()
+    )
     assert all(v > 0 for v in step["toggled"].values())
 
     priors = sampler.bench_priors(tiny_pipe, settings)
@@ -39,8 +51,9 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     rows = [memory.measure_memory(tiny_pipe, size, settings) for size in settings.sizes]
     assert [r["size_px"] for r in rows] == [64, 128] and all(r["peak_mib"] >= 0 for r in rows)
 
-    estimated = sampler.bench_priors(tiny_pipe, bench_settings.BenchSettings(**{**settings.__dict__, "estimate_run": True}),
-                                   step_ms=step["ours_ms"])
+    estimated = sampler.bench_priors(
+        tiny_pipe, bench_settings.BenchSettings(**{**settings.__dict__, "estimate_run": True}), step_ms=step["ours_ms"]
+    )
     assert not estimated["run_measured"] and estimated["run_ms"] == pytest.approx(2 * step["ours_ms"])
 
     from sspir_core.bench.flops import restore_flops
@@ -48,10 +61,26 @@ def test_bench_parts_structure(tiny_pipe) -> None:
     flops = restore_flops(tiny_pipe, 64, 2, 7.5, bench_settings.CAPTION)
     assert flops["step_flops"] > 0 and flops["image_flops"] == 2 * flops["step_flops"] + flops["once_flops"]
 
-    result = {"config": "tiny", "dtype": "fp32", "env": bench_report.environment(tiny_pipe.device), "build_s": 0.0,
-              "total_s": 1.0, "step": step, "priors": priors, "flops": flops,
-              "memory": {"rows": rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1, "output_bits": 8,
-                         "ratio_sizes": [64, 128], "ratio": rows[1]["peak_mib"] / max(rows[0]["peak_mib"], 1e-9)}}
+    result = {
+        "config": "tiny",
+        "dtype": "fp32",
+        "env": bench_report.environment(tiny_pipe.device),
+        "build_s": 0.0,
+        "total_s": 1.0,
+        "step": step,
+        "priors": priors,
+        "flops": flops,
+        "memory": {
+            "rows": rows,
+            "tile": 8,
+            "tile_overlap": 2,
+            "vae_tile": 64,
+            "steps": 1,
+            "output_bits": 8,
+            "ratio_sizes": [64, 128],
+            "ratio": rows[1]["peak_mib"] / max(rows[0]["peak_mib"], 1e-9),
+        },
+    }
     result["summary"] = bench_report.summary_line(result)
     report = bench_report.format_report(result)
     assert "ms/step" in report and "priors / run" in report and "ratio 128/64" in report
@@ -85,15 +114,21 @@ def test_cpu_tensor_peak_counts_live_bytes_allocated_during_the_call() -> None:
 
 @pytest.mark.slow  # memory runs in child processes
 def test_memory_methods_measure_the_same_restore(tiny_pipe) -> None:
-    settings = bench_settings.BenchSettings(config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64)
+    settings = bench_settings.BenchSettings(
+        config="tiny", sizes=(128,), memory_steps=1, tile=8, tile_overlap=2, vae_tile=64
+    )
     tensors = memory.measure_memory(tiny_pipe, 128, settings)
     again = memory.measure_memory(tiny_pipe, 128, settings)
     assert tensors["measure"] == "tensors" and "tensor bytes" in tensors["method"] and tensors["peak_mib"] > 0
     assert again["peak_mib"] == tensors["peak_mib"]  # repeatable to the byte, unlike RSS
-    rss = memory.measure_memory(tiny_pipe, 128, bench_settings.BenchSettings(**{**settings.__dict__, "memory_method": "rss"}))
+    rss = memory.measure_memory(
+        tiny_pipe, 128, bench_settings.BenchSettings(**{**settings.__dict__, "memory_method": "rss"})
+    )
     assert rss["measure"] == "rss" and "RSS" in rss["method"]
     with pytest.raises(ValueError, match="memory_method"):
-        memory.measure_memory(tiny_pipe, 128, bench_settings.BenchSettings(**{**settings.__dict__, "memory_method": "vms"}))
+        memory.measure_memory(
+            tiny_pipe, 128, bench_settings.BenchSettings(**{**settings.__dict__, "memory_method": "vms"})
+        )
 
 
 def test_cli_offers_the_memory_methods_the_bench_has() -> None:
@@ -105,15 +140,33 @@ def test_cli_offers_the_memory_methods_the_bench_has() -> None:
     cli_bench.add_parser(parser.add_subparsers())
     args = parser.parse_args(["bench"])
     assert args.memory_method == bench_settings.BenchSettings().memory_method
-    action = next(a for a in parser._subparsers._group_actions[0].choices["bench"]._actions
-                  if a.dest == "memory_method")
+    action = next(
+        a for a in parser._subparsers._group_actions[0].choices["bench"]._actions if a.dest == "memory_method"
+    )
     assert tuple(action.choices) == memory.MEMORY_METHODS
 
 
 @pytest.mark.slow  # a child process restore
 def test_memory_child_prints_one_json_line(capsys) -> None:
-    assert memory._child_main(["--_memory-child", "64", "--config", "tiny", "--memory-steps", "1",
-                              "--tile", "8", "--tile-overlap", "2", "--vae-tile", "64"]) == 0
+    assert (
+        memory._child_main(
+            [
+                "--_memory-child",
+                "64",
+                "--config",
+                "tiny",
+                "--memory-steps",
+                "1",
+                "--tile",
+                "8",
+                "--tile-overlap",
+                "2",
+                "--vae-tile",
+                "64",
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["size_px"] == 64 and row["models_mib"] > 0
 
@@ -130,17 +183,33 @@ def test_sd15_without_cuda_fails_clearly(capsys, monkeypatch) -> None:
 
 def test_cpu_memory_run_builds_no_models_in_the_parent(monkeypatch) -> None:
     """Each size is measured in a child that builds its own models; the parent holding them too wasted GBs."""
+
     def no_build(*a, **k):
         raise AssertionError("the parent built the models")
 
     fake_rows = [{"size_px": 64, "peak_mib": 1.0, "models_mib": 9.0, "method": "m", "seconds": 0.1}]
     monkeypatch.setattr(run, "build_bench_pipeline", no_build)
-    monkeypatch.setattr(run, "bench_memory", lambda settings, pipe: {
-        "rows": fake_rows, "tile": 8, "tile_overlap": 2, "vae_tile": 64, "steps": 1, "output_bits": 8,
-        "ratio_sizes": None, "ratio": None, "pipe_was": pipe})
+    monkeypatch.setattr(
+        run,
+        "bench_memory",
+        lambda settings, pipe: {
+            "rows": fake_rows,
+            "tile": 8,
+            "tile_overlap": 2,
+            "vae_tile": 64,
+            "steps": 1,
+            "output_bits": 8,
+            "ratio_sizes": None,
+            "ratio": None,
+            "pipe_was": pipe,
+        },
+    )
     seen = {}
-    monkeypatch.setitem(bench_settings.EXTRA_PARTS, "extra", (lambda s, p: seen.setdefault("pipe", p) or {"n": 1},
-                                                     lambda d: [f"extra part: {d}"]))
+    monkeypatch.setitem(
+        bench_settings.EXTRA_PARTS,
+        "extra",
+        (lambda s, p: seen.setdefault("pipe", p) or {"n": 1}, lambda d: [f"extra part: {d}"]),
+    )
     r = run.run_bench(bench_settings.BenchSettings(config="tiny"), ["memory", "extra"], log=lambda m: None)
     assert r["parent_built_models"] is False and r["memory"]["pipe_was"] is None and seen == {"pipe": None}
     assert "extra part:" in bench_report.format_report(r)

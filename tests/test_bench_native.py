@@ -1,4 +1,4 @@
-"""`sspir bench --parts native`: its pure parts, without a server (the real run is tests/comfyui/test_bench_native.py)."""
+"""`sspir bench --parts native`: its pure parts, without a server (the real run: tests/comfyui/test_bench_native.py)."""
 
 from __future__ import annotations
 
@@ -32,13 +32,35 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_flags_reach_the_settings_and_the_device_defaults_apply():
-    args = _parse(["--parts", "native", "--native-size", "96", "--native-steps", "3", "--repeats", "2",
-                   "--native-checkpoint", "a.safetensors", "--native-sspir", "b.safetensors",
-                   "--native-clip-vision", "c.safetensors", "--cfg", "5", "--seed", "7"])
+    args = _parse(
+        [
+            "--parts",
+            "native",
+            "--native-size",
+            "96",
+            "--native-steps",
+            "3",
+            "--repeats",
+            "2",
+            "--native-checkpoint",
+            "a.safetensors",
+            "--native-sspir",
+            "b.safetensors",
+            "--native-clip-vision",
+            "c.safetensors",
+            "--cfg",
+            "5",
+            "--seed",
+            "7",
+        ]
+    )
     s = cli_bench.build_settings(args, "cpu", "tiny")
     assert (s.native_size, s.native_steps, s.repeats, s.cfg, s.seed) == (96, 3, 2, 5.0, 7)
-    assert (s.native_checkpoint, s.native_sspir, s.native_clip_vision) == ("a.safetensors", "b.safetensors",
-                                                                           "c.safetensors")
+    assert (s.native_checkpoint, s.native_sspir, s.native_clip_vision) == (
+        "a.safetensors",
+        "b.safetensors",
+        "c.safetensors",
+    )
     assert native.native_plan(s) == {"size_px": 96, "input_px": 24, "steps": 3, "order": "interleaved"}
     # unset: the issue's sizes, a toy run on the CPU and 512 -> 2048 px, 50 steps on CUDA
     plain = cli_bench.build_settings(_parse([]), "cpu", "tiny")
@@ -67,14 +89,17 @@ def test_cli_offers_the_orders_the_part_has():
     assert tuple(action.choices) == native.ORDERS and set(native.ORDER_WORDS) == set(native.ORDERS)
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"native_size": 48}, "multiple of 32"),
-    ({"native_size": 16}, "multiple of 32"),
-    ({"native_steps": -1}, "steps and repeats"),
-    ({"repeats": 0}, "steps and repeats"),
-    ({"native_checkpoint": "a.safetensors"}, "all three"),
-    ({"native_order": "parallel"}, "order must be one of interleaved, sequential"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"native_size": 48}, "multiple of 32"),
+        ({"native_size": 16}, "multiple of 32"),
+        ({"native_steps": -1}, "steps and repeats"),
+        ({"repeats": 0}, "steps and repeats"),
+        ({"native_checkpoint": "a.safetensors"}, "all three"),
+        ({"native_order": "parallel"}, "order must be one of interleaved, sequential"),
+    ],
+)
 def test_bad_native_settings_are_input_errors(changes, match):
     with pytest.raises(InputError, match=match):
         native.native_plan(BenchSettings(**changes))
@@ -96,7 +121,9 @@ def test_server_flags_follow_device_dtype_and_threads():
     assert native.server_args(BenchSettings(device="cpu", dtype="fp32")) == (True, ("--fp32-unet", "--fp32-vae"), {})
     assert native.server_args(BenchSettings(device="cuda", dtype="fp16"))[:2] == (False, ("--fp16-unet", "--fp16-vae"))
     assert native.server_args(BenchSettings(device="cuda:1", dtype="bf16"))[:2] == (
-        False, ("--bf16-unet", "--bf16-vae", "--cuda-device", "1"))
+        False,
+        ("--bf16-unet", "--bf16-vae", "--cuda-device", "1"),
+    )
     assert native.server_args(BenchSettings(threads=1))[2] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -124,13 +151,42 @@ def test_graphs_are_closed_and_use_the_run_settings(route):
 # ---------------------------------------------------------------------------------------------- order
 
 
-@pytest.mark.parametrize("order, expected", [
-    # servers up, then the warm-ups (round 0), then each round starting one route later than the one before
-    ("interleaved", ["+native", "+reference", "native 0", "reference 0", "reference 1", "native 1", "native 2",
-                     "reference 2", "-reference", "-native"]),
-    ("sequential", ["+native", "native 0", "native 1", "native 2", "-native", "+reference", "reference 0",
-                    "reference 1", "reference 2", "-reference"]),
-])
+@pytest.mark.parametrize(
+    "order, expected",
+    [
+        # servers up, then the warm-ups (round 0), then each round starting one route later than the one before
+        (
+            "interleaved",
+            [
+                "+native",
+                "+reference",
+                "native 0",
+                "reference 0",
+                "reference 1",
+                "native 1",
+                "native 2",
+                "reference 2",
+                "-reference",
+                "-native",
+            ],
+        ),
+        (
+            "sequential",
+            [
+                "+native",
+                "native 0",
+                "native 1",
+                "native 2",
+                "-native",
+                "+reference",
+                "reference 0",
+                "reference 1",
+                "reference 2",
+                "-reference",
+            ],
+        ),
+    ],
+)
 def test_prompts_run_in_the_order_asked(monkeypatch, tmp_path, order, expected):
     events = []
 
@@ -191,9 +247,13 @@ def _entry(messages):
 
 def test_execution_seconds_from_the_history_timestamps():
     # hand count: 1_700_000_003_250 - 1_700_000_000_750 ms = 2.5 s
-    entry = _entry([["execution_start", {"prompt_id": "p", "timestamp": 1_700_000_000_750}],
-                    ["execution_cached", {"nodes": ["ckpt", "cv"], "prompt_id": "p", "timestamp": 1_700_000_000_760}],
-                    ["execution_success", {"prompt_id": "p", "timestamp": 1_700_000_003_250}]])
+    entry = _entry(
+        [
+            ["execution_start", {"prompt_id": "p", "timestamp": 1_700_000_000_750}],
+            ["execution_cached", {"nodes": ["ckpt", "cv"], "prompt_id": "p", "timestamp": 1_700_000_000_760}],
+            ["execution_success", {"prompt_id": "p", "timestamp": 1_700_000_003_250}],
+        ]
+    )
     assert native.execution_seconds(entry) == pytest.approx(2.5)
     assert native.cached_nodes(entry) == ["ckpt", "cv"]
     failed = _entry([["execution_start", {"timestamp": 1}], ["execution_error", {"timestamp": 5}]])
@@ -202,10 +262,12 @@ def test_execution_seconds_from_the_history_timestamps():
 
 def test_route_summary_takes_median_time_and_largest_peaks():
     mib = native.MIB
-    rows = [{"server_s": 9.0, "wall_s": 9.3, "output_px": [64, 64]},  # warm-up: no memory, time reported apart
-            {"server_s": 3.0, "wall_s": 3.2, "measure": "m", "baseline_bytes": 100 * mib, "peak_bytes": 110 * mib},
-            {"server_s": 1.0, "wall_s": 1.1, "measure": "m", "baseline_bytes": 102 * mib, "peak_bytes": 107 * mib},
-            {"server_s": 2.0, "wall_s": 2.4, "measure": "m", "baseline_bytes": 101 * mib, "peak_bytes": 116 * mib}]
+    rows = [
+        {"server_s": 9.0, "wall_s": 9.3, "output_px": [64, 64]},  # warm-up: no memory, time reported apart
+        {"server_s": 3.0, "wall_s": 3.2, "measure": "m", "baseline_bytes": 100 * mib, "peak_bytes": 110 * mib},
+        {"server_s": 1.0, "wall_s": 1.1, "measure": "m", "baseline_bytes": 102 * mib, "peak_bytes": 107 * mib},
+        {"server_s": 2.0, "wall_s": 2.4, "measure": "m", "baseline_bytes": 101 * mib, "peak_bytes": 116 * mib},
+    ]
     r = native.summarise_route(rows, start_s=4.0)
     assert r["s_per_image"] == 2.0 and r["first_s"] == 9.0 and r["seconds"] == [3.0, 1.0, 2.0]
     assert r["timing"].startswith("server")
@@ -220,15 +282,34 @@ def test_route_summary_takes_median_time_and_largest_peaks():
 
 def _result():
     def route(s, first, above, peak):
-        return {"timing": "server execution_start -> execution_success", "s_per_image": s, "first_s": first,
-                "measure": "VmHWM (peak RSS)", "peak_above_mib": above,
-                "peak_mib": peak, "seconds": [s], "output_px": [[64, 64]] * 2}
+        return {
+            "timing": "server execution_start -> execution_success",
+            "s_per_image": s,
+            "first_s": first,
+            "measure": "VmHWM (peak RSS)",
+            "peak_above_mib": above,
+            "peak_mib": peak,
+            "seconds": [s],
+            "output_px": [[64, 64]] * 2,
+        }
 
-    r = {"size_px": 64, "input_px": 16, "steps": 4, "order": "interleaved", "cfg": 7.5, "seed": 0, "dtype": "fp32",
-         "device": "cpu",
-         "repeats": 3, "comfyui": "0.3.75", "demo_files": True, "files": {"checkpoint": "/x/sd.safetensors"},
-         "reference_tiling": [96, 32, 1024], "native": route(1.5, 9.0, 20.0, 2800.0),
-         "reference": route(2.0, 11.0, 40.0, 3500.0)}
+    r = {
+        "size_px": 64,
+        "input_px": 16,
+        "steps": 4,
+        "order": "interleaved",
+        "cfg": 7.5,
+        "seed": 0,
+        "dtype": "fp32",
+        "device": "cpu",
+        "repeats": 3,
+        "comfyui": "0.3.75",
+        "demo_files": True,
+        "files": {"checkpoint": "/x/sd.safetensors"},
+        "reference_tiling": [96, 32, 1024],
+        "native": route(1.5, 9.0, 20.0, 2800.0),
+        "reference": route(2.0, 11.0, 40.0, 3500.0),
+    }
     r.update(native.route_ratios(r["native"], r["reference"]))
     return r
 
@@ -242,13 +323,22 @@ def test_report_lines_and_summary_show_both_routes_side_by_side():
     assert row["native"][1:3] == ["1.50s", "9.00s"] and row["reference"][1:3] == ["2.00s", "11.00s"]
     assert "time x0.75, peak above idle x0.50, absolute peak x0.80" in "\n".join(lines)
     assert "RAM: VmHWM" in "\n".join(lines)
-    full = {"config": "tiny", "dtype": "fp32", "env": {"torch": "2", "device": "cpu", "threads": 2}, "build_s": 0.0,
-            "total_s": 1.0, "native": r}
+    full = {
+        "config": "tiny",
+        "dtype": "fp32",
+        "env": {"torch": "2", "device": "cpu", "threads": 2},
+        "build_s": 0.0,
+        "total_s": 1.0,
+        "native": r,
+    }
     full["summary"] = bench_report.summary_line(full)
     text = bench_report.format_report(full)
     assert lines[0] in text
-    assert ("native vs reference (demo files; --config not used) 16->64px 4 steps: 1.50 vs 2.00 s/image (x0.75), RSS peak +20 vs +40 MiB above "
-            "idle (2800 vs 3500 MiB absolute)") in full["summary"]
+    assert (
+        "native vs reference (demo files; --config not used) 16->64px 4 steps: 1.50 vs 2.00 s/image (x0.75), RSS "
+        "peak +20 vs +40 MiB above "
+        "idle (2800 vs 3500 MiB absolute)"
+    ) in full["summary"]
     zero = {**r["reference"], "peak_above_mib": 0.0}
     assert native.route_ratios(r["native"], zero)["peak_ratio"] is None
 

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow  # times training steps
 def test_train_step_bench_on_cpu():
     r = bench_train_step("tiny", "cpu", "fp32", size=64, batch=1, repeats=1)
-    expected = sum(p.numel() for p in build_models(unet_config=TINY_UNET, clip_dim=TINY_CLIP_DIM).trainable_parameters())
+    expected = sum(
+        p.numel() for p in build_models(unet_config=TINY_UNET, clip_dim=TINY_CLIP_DIM).trainable_parameters()
+    )
     assert r["trainable_params"] == expected
     assert r["step_s"] > 0 and "peak_gib" not in r  # CUDA-only figures are absent, not faked
     assert "ms/step" in format_train_report(r)
@@ -33,8 +35,13 @@ def test_train_step_updates_the_trainable_weights_only():
     losses = training_losses(pipe, module, scheduler, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), [""], g)
     losses.total.backward()
     with_grad = {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    for part in ("controlnet.controlnet_down_blocks.", "controlnet.controlnet_cond_embedding.to_rgbs.",
-                 "unet.down_blocks.0.image_attentions.", "unet.up_blocks.0.pixel_attentions.", "refine."):
+    for part in (
+        "controlnet.controlnet_down_blocks.",
+        "controlnet.controlnet_cond_embedding.to_rgbs.",
+        "unet.down_blocks.0.image_attentions.",
+        "unet.up_blocks.0.pixel_attentions.",
+        "refine.",
+    ):
         assert any(n.startswith(part) for n in with_grad), part
     assert not any(p.requires_grad for p in pipe.vae.parameters())
     optimizer.step()

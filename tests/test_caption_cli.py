@@ -46,8 +46,20 @@ def test_caption_is_a_registered_command():
 
 def test_folder_to_txt_resumable(llava_dir, image_folder, tmp_path, capsys):
     out = tmp_path / "gt_llm_caption"
-    argv = [str(image_folder), "-o", str(out), "--captioner", "llava", "--model", str(llava_dir),
-            "--max-new-tokens", "6", "--no-cache", "--device", "cpu"]
+    argv = [
+        str(image_folder),
+        "-o",
+        str(out),
+        "--captioner",
+        "llava",
+        "--model",
+        str(llava_dir),
+        "--max-new-tokens",
+        "6",
+        "--no-cache",
+        "--device",
+        "cpu",
+    ]
     assert run_cli(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "c.txt"]
     for p in out.iterdir():
@@ -64,8 +76,19 @@ def test_folder_to_txt_resumable(llava_dir, image_folder, tmp_path, capsys):
 def test_one_bad_image_is_reported_and_the_rest_continue(llava_dir, image_folder, tmp_path, capsys):
     (image_folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    rc = run_cli([str(image_folder), str(tmp_path / "missing.png"), "-o", str(out), "--model", str(llava_dir),
-                  "--max-new-tokens", "4", "--no-cache"])
+    rc = run_cli(
+        [
+            str(image_folder),
+            str(tmp_path / "missing.png"),
+            "-o",
+            str(out),
+            "--model",
+            str(llava_dir),
+            "--max-new-tokens",
+            "4",
+            "--no-cache",
+        ]
+    )
     assert rc == 1
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "c.txt"]
     err = capsys.readouterr().err
@@ -74,8 +97,7 @@ def test_one_bad_image_is_reported_and_the_rest_continue(llava_dir, image_folder
 
 def test_typed_text_and_missing_model(image_folder, tmp_path, capsys):
     out = tmp_path / "typed"
-    assert run_cli([str(image_folder / "a.png"), "-o", str(out), "--captioner", "text",
-                    "--text", "a red\nbarn"]) == 0
+    assert run_cli([str(image_folder / "a.png"), "-o", str(out), "--captioner", "text", "--text", "a red\nbarn"]) == 0
     assert (out / "a.txt").read_text() == "a red barn"
     rc = run_cli([str(image_folder), "-o", str(tmp_path / "x"), "--model", str(tmp_path / "no-model")])
     assert rc == 2
@@ -104,8 +126,24 @@ def test_openai_server_through_the_cli(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-cli")
     out = tmp_path / "srv"
     with ChatServer(answer="A barn\nin snow</s>") as srv:
-        rc = run_cli([str(image_folder / "a.png"), "-o", str(out), "--captioner", "openai", "--url", srv.url,
-                      "--model-name", "llava:7b", "--api-key-env", "MY_KEY", "--prompt", "Say it.", "--no-cache"])
+        rc = run_cli(
+            [
+                str(image_folder / "a.png"),
+                "-o",
+                str(out),
+                "--captioner",
+                "openai",
+                "--url",
+                srv.url,
+                "--model-name",
+                "llava:7b",
+                "--api-key-env",
+                "MY_KEY",
+                "--prompt",
+                "Say it.",
+                "--no-cache",
+            ]
+        )
     assert rc == 0 and (out / "a.txt").read_text() == "A barn in snow"
     body = srv.requests[0]["body"]
     assert body["model"] == "llava:7b" and srv.requests[0]["auth"] == "Bearer sk-cli"

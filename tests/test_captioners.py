@@ -120,8 +120,13 @@ class Cancelled(Exception):
 
 def test_cancel_stops_inside_a_caption_and_keeps_the_finished_ones(models, tmp_path):
     """``check`` runs after every generated token; captions finished before the cancel stay in the cache."""
-    cap = get_captioner("llava", model_dir=models["llava"], cache_dir=tmp_path, max_new_tokens=12,
-                        generate_kwargs={"min_new_tokens": 12})
+    cap = get_captioner(
+        "llava",
+        model_dir=models["llava"],
+        cache_dir=tmp_path,
+        max_new_tokens=12,
+        generate_kwargs={"min_new_tokens": 12},
+    )
     calls = []
 
     def check() -> None:
@@ -153,16 +158,22 @@ def test_llava_paper_defaults_and_prompt_formats(models):
 
 
 def test_llava_batch_gives_one_clean_caption_per_image(models):
-    cap = get_captioner("llava", model_dir=models["llava"], cache_dir=None, max_new_tokens=10,
-                        generate_kwargs={"min_new_tokens": 4})
+    cap = get_captioner(
+        "llava", model_dir=models["llava"], cache_dir=None, max_new_tokens=10, generate_kwargs={"min_new_tokens": 4}
+    )
     batch = torch.stack([torch.from_numpy(np.asarray(_image(i), np.float32) / 255) for i in range(3)])
     captions = cap.caption(batch)
     assert isinstance(captions, list) and len(captions) == 3
     for c in captions:
         assert_clean(c)
     assert cap.caption(_image(0)) == captions[:1]  # a single image is a one-element list
-    plain = get_captioner("llava", model_dir=models["llava_plain"], cache_dir=None, max_new_tokens=10,
-                          generate_kwargs={"min_new_tokens": 4})
+    plain = get_captioner(
+        "llava",
+        model_dir=models["llava_plain"],
+        cache_dir=None,
+        max_new_tokens=10,
+        generate_kwargs={"min_new_tokens": 4},
+    )
     assert_clean(plain.caption(_image(5))[0])
 
 
@@ -170,8 +181,14 @@ def test_same_seed_same_caption_and_global_rng_untouched(models):
     img = _image(1)
 
     def run(seed):
-        return get_captioner("llava", model_dir=models["llava"], cache_dir=None, seed=seed,
-                             max_new_tokens=12, generate_kwargs={"min_new_tokens": 6}).caption(img)[0]
+        return get_captioner(
+            "llava",
+            model_dir=models["llava"],
+            cache_dir=None,
+            seed=seed,
+            max_new_tokens=12,
+            generate_kwargs={"min_new_tokens": 6},
+        ).caption(img)[0]
 
     torch.manual_seed(123)
     expected_next = torch.rand(3)
@@ -194,8 +211,14 @@ def test_unload_after_use_frees_the_model(models):
 # -- Qwen-VL and BLIP -------------------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["qwen2", "qwen25"])
 def test_qwen_vl_batches_and_large_images(models, key):
-    cap = get_captioner("qwen2-vl", model_dir=models[key], cache_dir=None, max_new_tokens=8,
-                        generate_kwargs={"min_new_tokens": 4}, max_pixels=112 * 112)
+    cap = get_captioner(
+        "qwen2-vl",
+        model_dir=models[key],
+        cache_dir=None,
+        max_new_tokens=8,
+        generate_kwargs={"min_new_tokens": 4},
+        max_pixels=112 * 112,
+    )
     captions = cap.caption([_image(3), _image(4, size=(300, 200)), Image.new("RGBA", (60, 60))])
     assert len(captions) == 3
     for c in captions:
@@ -204,8 +227,14 @@ def test_qwen_vl_batches_and_large_images(models, key):
 
 
 def test_blip_continues_the_prefix(models):
-    cap = get_captioner("blip", model_dir=models["blip"], cache_dir=None, prompt="a detailed photo of",
-                        max_new_tokens=6, generate_kwargs={"min_new_tokens": 2})
+    cap = get_captioner(
+        "blip",
+        model_dir=models["blip"],
+        cache_dir=None,
+        prompt="a detailed photo of",
+        max_new_tokens=6,
+        generate_kwargs={"min_new_tokens": 2},
+    )
     captions = cap.caption(np.stack([np.asarray(_image(i)) for i in range(2)]))
     assert len(captions) == 2
     for c in captions:
@@ -401,8 +430,7 @@ def test_openai_timeout_ends_the_wait_for_a_late_answer():
 def test_openai_server_that_accepts_and_never_answers_is_told_from_one_that_refuses():
     """It was reachable: the message says it accepted the connection and gave no answer within the timeout."""
     with SilentServer() as srv:
-        cap = get_captioner("openai", url=srv.url, model_name="m", retries=1, backoff=0.01, timeout=0.3,
-                            cache_dir=None)
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=1, backoff=0.01, timeout=0.3, cache_dir=None)
         with pytest.raises(CaptionerError) as err:
             cap.caption(_image(0))
         assert srv.requests == 2
@@ -428,8 +456,7 @@ def test_openai_cancel_while_the_server_never_answers_stops_at_that_poll_and_han
     during the wait, and the poll that raises ends the caption with the check's own exception (an interruption,
     not a captioner error), with no check after it, the connection closed, and no retry."""
     with SilentServer() as srv:
-        cap = get_captioner("openai", url=srv.url, model_name="m", retries=2, backoff=0.01, timeout=600,
-                            cache_dir=None)
+        cap = get_captioner("openai", url=srv.url, model_name="m", retries=2, backoff=0.01, timeout=600, cache_dir=None)
         polls = {"waiting": 0, "after cancel": 0}
 
         def check():
@@ -489,8 +516,14 @@ def test_openai_refuses_redirects_to_another_origin_and_sends_it_nothing(monkeyp
     monkeypatch.setenv("TINY_KEY", "sk-secret")
     with ChatServer(answer="an attacker's caption") as evil:
         with _Redirector(evil.url + "/chat/completions", status) as hop:
-            cap = get_captioner("openai", url=hop.url, api_key_env="TINY_KEY", cache_dir=None, retries=0,
-                                model_name="m" if named else None)
+            cap = get_captioner(
+                "openai",
+                url=hop.url,
+                api_key_env="TINY_KEY",
+                cache_dir=None,
+                retries=0,
+                model_name="m" if named else None,
+            )
             with pytest.raises(CaptionerError, match="another host: refused"):
                 cap.caption(_image(0))
         assert evil.requests == []  # neither the key nor the image reached it

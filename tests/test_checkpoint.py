@@ -176,7 +176,13 @@ def test_weight_files_get_the_umask_permissions(fixture_a, tmp_path, umask):
         os.umask(old)
     files = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert {p.relative_to(tmp_path / "out").as_posix() for p in files} == {
-        UNET_FILE, CN_FILE, "unet/config.json", "controlnet/config.json", "refine/refine.pt", "sspir.safetensors"}
+        UNET_FILE,
+        CN_FILE,
+        "unet/config.json",
+        "controlnet/config.json",
+        "refine/refine.pt",
+        "sspir.safetensors",
+    }
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
 
 

@@ -40,8 +40,11 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 STEPS, FAULT_STEP = 4, 3
 TIMING = ("step_time_s", "samples_per_s")
-WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
-           "sspir.safetensors")
+WEIGHTS = (
+    "unet/diffusion_pytorch_model.safetensors",
+    "controlnet/diffusion_pytorch_model.safetensors",
+    "sspir.safetensors",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,9 @@ def pairs(tmp_path_factory) -> Path:
     skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos (pip install .[test])")
     photos = tmp_path_factory.mktemp("photos")
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
-        Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC).save(photos / f"{name}.png")
+        Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC).save(
+            photos / f"{name}.png"
+        )
     out = tmp_path_factory.mktemp("pairs")
     assert cli_main(["make-pairs", str(photos), str(out), "--crop", "64", "--seed", "0"]) == 0
     return out
@@ -57,18 +62,60 @@ def pairs(tmp_path_factory) -> Path:
 
 def _cfg(out: Path, data: Path, limit: int | None, **kw) -> TrainConfig:
     """The same run as `_argv` gives on the command line: tiny preset, a checkpoint every step, on the CPU."""
-    base = dict(output=str(out), data=[str(data)], preset="tiny-random", resolution=64, batch_size=2, grad_accum=1,
-                max_steps=STEPS, mixed_precision="no", checkpoint_every=1, validate_every=1000, report_to="none",
-                num_workers=0, log_every=1000, checkpoints_total_limit=limit, cpu=True)
+    base = dict(
+        output=str(out),
+        data=[str(data)],
+        preset="tiny-random",
+        resolution=64,
+        batch_size=2,
+        grad_accum=1,
+        max_steps=STEPS,
+        mixed_precision="no",
+        checkpoint_every=1,
+        validate_every=1000,
+        report_to="none",
+        num_workers=0,
+        log_every=1000,
+        checkpoints_total_limit=limit,
+        cpu=True,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _argv(out: Path, data: Path, limit: int) -> list[str]:
-    return ["train", "--cpu", "--preset", "tiny-random", "--data", str(data), "--output", str(out), "--resolution", "64",
-            "--batch-size", "2", "--grad-accum", "1", "--max-steps", str(STEPS), "--mixed-precision", "no",
-            "--checkpoint-every", "1", "--validate-every", "1000", "--report-to", "none", "--num-workers", "0",
-            "--log-every", "1000", "--checkpoints-total-limit", str(limit)]
+    return [
+        "train",
+        "--cpu",
+        "--preset",
+        "tiny-random",
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--resolution",
+        "64",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        str(STEPS),
+        "--mixed-precision",
+        "no",
+        "--checkpoint-every",
+        "1",
+        "--validate-every",
+        "1000",
+        "--report-to",
+        "none",
+        "--num-workers",
+        "0",
+        "--log-every",
+        "1000",
+        "--checkpoints-total-limit",
+        str(limit),
+    ]
 
 
 _REFERENCES: dict[int | None, Path] = {}
@@ -77,6 +124,7 @@ _REFERENCES: dict[int | None, Path] = {}
 @pytest.fixture(scope="module")
 def reference(pairs, tmp_path_factory):
     """``reference(limit)``: the output folder of one uninterrupted run per limit (made once per module)."""
+
     def get(limit: int | None) -> Path:
         if limit not in _REFERENCES:
             out = tmp_path_factory.mktemp(f"reference-{limit}") / "run"
@@ -111,15 +159,31 @@ def assert_same_run(out: Path, ref: Path) -> None:
 
 
 def _run_child(out: Path, data: Path, limit: int, fault: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, FAULT_ENV: fault, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "sspir_core.cli", *_argv(out, data, limit)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        FAULT_ENV: fault,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "sspir_core.cli", *_argv(out, data, limit)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # after these points checkpoint-3 is complete (trainer_state.json written); before them the newest is checkpoint-2
-COMPLETE_AT_FAULT = {"after-weights": False, "after-optimizer": False, "before-state": False, "after-state": True,
-                     "during-delete": True}
+COMPLETE_AT_FAULT = {
+    "after-weights": False,
+    "after-optimizer": False,
+    "before-state": False,
+    "after-state": True,
+    "during-delete": True,
+}
 
 
 # a child process costs ~5 s more than in-process (imports): the phases that leave partial files, with limit 1
@@ -175,7 +239,7 @@ def _flip_a_byte_of_the_pickle(path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
     raw = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
     raw[info.header_offset + 30 + name_len + extra_len + 5] ^= 0xFF  # 5 bytes into the record's data
     path.write_bytes(bytes(raw))
 
@@ -234,8 +298,11 @@ def test_a_failing_load_state_names_the_checkpoint(stopped_at_3, pairs):
     """A file that checks out but does not fit (an optimizer state of something else): the error names the folder."""
     torch.save({"state": {}, "param_groups": []}, stopped_at_3 / "checkpoint-3" / "optimizer.bin")
     trainer = Trainer(_cfg(stopped_at_3, pairs, None, resume=str(stopped_at_3 / "checkpoint-3")), log=lambda m: None)
-    with pytest.raises(InputError, match=rf"could not resume from {stopped_at_3 / 'checkpoint-3'}: loading its state "
-                                         r"failed \(ValueError"):
+    with pytest.raises(
+        InputError,
+        match=rf"could not resume from {stopped_at_3 / 'checkpoint-3'}: loading its state "
+        r"failed \(ValueError",
+    ):
         trainer.train()
 
 
@@ -249,8 +316,11 @@ def test_no_usable_checkpoint_stops_and_resume_none_starts_over(stopped_at_3, pa
         Trainer(_cfg(out, pairs, None, resume="latest"), log=lambda m: None)
     msg = str(e.value)
     assert "none of the 3 checkpoint folder(s)" in msg and "--resume none" in msg and "new --output" in msg
-    for name, file in (("checkpoint-1", "no trainer_state.json"), ("checkpoint-2", "scheduler.bin"),
-                       ("checkpoint-3", "random_states_0.pkl")):
+    for name, file in (
+        ("checkpoint-1", "no trainer_state.json"),
+        ("checkpoint-2", "scheduler.bin"),
+        ("checkpoint-3", "random_states_0.pkl"),
+    ):
         assert f"{name}: " in msg and file in msg
     assert (out / "metrics.jsonl").read_text() == before  # nothing touched
 
@@ -316,8 +386,9 @@ def test_the_free_space_check_stops_before_writing(pairs, reference, tmp_path, m
     mount = str(out.resolve())
     while not os.path.ismount(mount):
         mount = os.path.dirname(mount)
-    assert str(e.value).startswith(f"no space left on {mount} for checkpoint-3 (needs about {_gb(need)}, "
-                                   f"{_gb(need - 1)} free)")
+    assert str(e.value).startswith(
+        f"no space left on {mount} for checkpoint-3 (needs about {_gb(need)}, {_gb(need - 1)} free)"
+    )
     assert not (out / "checkpoint-3").exists()
     assert _checkpoints(out) == ["checkpoint-2"]
     _finish_and_compare(out, pairs, reference, 1)
@@ -342,11 +413,14 @@ def _full_disk_in_safetensors(real):
     return save_file
 
 
-@pytest.mark.parametrize(("module", "name", "fake"), [("torch", "save", _full_disk_in_torch_save),
-                                                      ("safetensors.torch", "save_file", _full_disk_in_safetensors)],
-                         ids=["optimizer-torch-zip-writer", "compact-safetensors-ENOSPC"])
-def test_a_save_that_fills_the_disk_removes_its_partial_folder(module, name, fake, pairs, reference, tmp_path,
-                                                                monkeypatch):
+@pytest.mark.parametrize(
+    ("module", "name", "fake"),
+    [("torch", "save", _full_disk_in_torch_save), ("safetensors.torch", "save_file", _full_disk_in_safetensors)],
+    ids=["optimizer-torch-zip-writer", "compact-safetensors-ENOSPC"],
+)
+def test_a_save_that_fills_the_disk_removes_its_partial_folder(
+    module, name, fake, pairs, reference, tmp_path, monkeypatch
+):
     import importlib
 
     out = tmp_path / "run"
@@ -354,13 +428,17 @@ def test_a_save_that_fills_the_disk_removes_its_partial_folder(module, name, fak
     before = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "checkpoint-2").rglob("*") if p.is_file()}
     mod = importlib.import_module(module)
     monkeypatch.setattr(mod, name, fake(getattr(mod, name)))
-    with pytest.raises(NoSpaceError, match=r"^no space left on \S+ for checkpoint-3 \(needs about [\d.e+-]+ GB, "
-                                           r"[\d.e+-]+ GB free\).*its partial folder was removed"):
+    with pytest.raises(
+        NoSpaceError,
+        match=r"^no space left on \S+ for checkpoint-3 \(needs about [\d.e+-]+ GB, "
+        r"[\d.e+-]+ GB free\).*its partial folder was removed",
+    ):
         Trainer(_cfg(out, pairs, 1, resume="latest"), log=lambda m: None).train()
     monkeypatch.undo()
     assert _checkpoints(out) == ["checkpoint-2"]  # no partial checkpoint-3, the previous one untouched
-    assert before == {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "checkpoint-2").rglob("*")
-                      if p.is_file()}
+    assert before == {
+        p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "checkpoint-2").rglob("*") if p.is_file()
+    }
     _finish_and_compare(out, pairs, reference, 1)
 
 
@@ -371,8 +449,9 @@ def small_tmpfs(tmp_path):
         pytest.skip("needs Linux mount")
     mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    probe = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mnt)], capture_output=True,
-                           text=True)
+    probe = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({probe.stderr.strip()}); the simulated full-disk tests cover it")
     try:
@@ -394,15 +473,16 @@ def test_a_real_full_disk(small_tmpfs, pairs, reference, tmp_path, monkeypatch):
 
     # an estimate that is wrong (another writer filled the disk meanwhile): the writers themselves hit ENOSPC
     monkeypatch.setattr(Trainer, "_size_estimate", lambda self, path: 0)
-    with pytest.raises(NoSpaceError, match=r"for checkpoint-3 .*the save failed: .*its partial folder was removed") as e:
+    with pytest.raises(
+        NoSpaceError, match=r"for checkpoint-3 .*the save failed: .*its partial folder was removed"
+    ) as e:
         Trainer(_cfg(out, pairs, 2, resume="latest"), log=lambda m: None).train()
     monkeypatch.undo()
     said_free = float(re.search(r"([\d.e+-]+) GB free", str(e.value)).group(1)) * 1e9
     assert said_free >= free - 2**20  # measured once the failed writer let go of its partial file
     assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
     assert shutil.disk_usage(out).free >= free - 2**20  # the partial files are gone (metrics rows aside)
-    assert kept == {p.relative_to(out).as_posix(): p.read_bytes() for p in out.glob("checkpoint-*/**/*")
-                    if p.is_file()}
+    assert kept == {p.relative_to(out).as_posix(): p.read_bytes() for p in out.glob("checkpoint-*/**/*") if p.is_file()}
     moved = tmp_path / "moved"  # resumable: finish it on a disk with room
     shutil.copytree(out, moved)
     _finish_and_compare(moved, pairs, reference, 2)

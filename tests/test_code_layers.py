@@ -33,8 +33,10 @@ LAYERS: list[set[str]] = [
 higher one. ``sspir_core`` itself (the package root) gives only ``__version__`` to its subpackages."""
 
 UPWARD_ALLOWED = {
-    ("sspir_core.bench.dry_run", "nodes.native_patch"):
-        "the native dry run measures Apply SSP-IR's own patched UNet blocks (nodes/native_patch.py) on fake CUDA",
+    (
+        "sspir_core.bench.dry_run",
+        "nodes.native_patch",
+    ): "the native dry run measures Apply SSP-IR's own patched UNet blocks (nodes/native_patch.py) on fake CUDA",
 }
 """(importing module, imported module) pairs that climb, each with why."""
 
@@ -143,19 +145,32 @@ def test_layers_call_only_down() -> None:
 
 def test_the_allowed_climbs_still_exist() -> None:
     """An exception that no longer happens is dropped, not kept as a silent allowance."""
-    found = {(m, f"{t}.{n}" if f"{t}.{n}" in KNOWN else t) for m, p in ALL
-             for t, n, _ in imports(m, p.read_text(), p.name == "__init__.py")}
+    found = {
+        (m, f"{t}.{n}" if f"{t}.{n}" in KNOWN else t)
+        for m, p in ALL
+        for t, n, _ in imports(m, p.read_text(), p.name == "__init__.py")
+    }
     assert set(UPWARD_ALLOWED) <= found
 
 
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [
-        ("sspir_core.native.patch", "from ..weights.checkpoint import _meta, load_sspir_weights\n",
-         ["sspir_core.native.patch:1 imports _meta from sspir_core.weights.checkpoint"]),
-        ("sspir_core.cli.eval", "def f():\n    from .restore import _device\n",
-         ["sspir_core.cli.eval:2 imports _device from sspir_core.cli.restore"]),
-        ("nodes.x", "import sspir_core.weights._hidden\n", ["nodes.x:1 imports the private module sspir_core.weights._hidden"]),
+        (
+            "sspir_core.native.patch",
+            "from ..weights.checkpoint import _meta, load_sspir_weights\n",
+            ["sspir_core.native.patch:1 imports _meta from sspir_core.weights.checkpoint"],
+        ),
+        (
+            "sspir_core.cli.eval",
+            "def f():\n    from .restore import _device\n",
+            ["sspir_core.cli.eval:2 imports _device from sspir_core.cli.restore"],
+        ),
+        (
+            "nodes.x",
+            "import sspir_core.weights._hidden\n",
+            ["nodes.x:1 imports the private module sspir_core.weights._hidden"],
+        ),
         ("sspir_core.weights.checkpoint", "from .. import __version__\nfrom torch.utils._pytree import tree_map\n", []),
     ],
 )
@@ -166,18 +181,46 @@ def test_the_private_name_rule_can_fail(module: str, source: str, expected: list
 @pytest.mark.parametrize(
     ("module", "source", "is_package", "expected"),
     [
-        ("sspir_core.models.one_step", "from ..restore.schedulers import SD_SCHEDULE\n", False,
-         ["sspir_core.models.one_step:1 (models) imports sspir_core.restore.schedulers (restore, layer 5 >= 3)"]),
+        (
+            "sspir_core.models.one_step",
+            "from ..restore.schedulers import SD_SCHEDULE\n",
+            False,
+            ["sspir_core.models.one_step:1 (models) imports sspir_core.restore.schedulers (restore, layer 5 >= 3)"],
+        ),
         ("sspir_core.training.models", "from ..demo import presets\n", False, []),
-        ("sspir_core.demo.parity", "from ..training.losses import sspir_losses\n", False,
-         ["sspir_core.demo.parity:1 (demo) imports sspir_core.training.losses (training, layer 8 >= 7)"]),
-        ("sspir_core.demo", "from ..evaluation import x\n", True,
-         ["sspir_core.demo:1 (demo) imports sspir_core.evaluation (evaluation, layer 7 >= 7)"]),
-        ("sspir_core.restore.pipeline", "from .. import RestoreOptions\n", False,
-         ["sspir_core.restore.pipeline:1 imports RestoreOptions from the sspir_core root (import it from its module)"]),
-        ("nodes.sampling", "from sspir_core import RestoreOptions\nfrom sspir_core.restore import options\n", False, []),
-        ("sspir_core.weights.base_match", "def f():\n    from ..native.layout import ldm_mismatch\n", False,
-         ["sspir_core.weights.base_match:2 (weights) imports sspir_core.native.layout (native, layer 6 >= 4)"]),
+        (
+            "sspir_core.demo.parity",
+            "from ..training.losses import sspir_losses\n",
+            False,
+            ["sspir_core.demo.parity:1 (demo) imports sspir_core.training.losses (training, layer 8 >= 7)"],
+        ),
+        (
+            "sspir_core.demo",
+            "from ..evaluation import x\n",
+            True,
+            ["sspir_core.demo:1 (demo) imports sspir_core.evaluation (evaluation, layer 7 >= 7)"],
+        ),
+        (
+            "sspir_core.restore.pipeline",
+            "from .. import RestoreOptions\n",
+            False,
+            [
+                "sspir_core.restore.pipeline:1 imports RestoreOptions from the sspir_core root (import it from "
+                "its module)"
+            ],
+        ),
+        (
+            "nodes.sampling",
+            "from sspir_core import RestoreOptions\nfrom sspir_core.restore import options\n",
+            False,
+            [],
+        ),
+        (
+            "sspir_core.weights.base_match",
+            "def f():\n    from ..native.layout import ldm_mismatch\n",
+            False,
+            ["sspir_core.weights.base_match:2 (weights) imports sspir_core.native.layout (native, layer 6 >= 4)"],
+        ),
     ],
 )
 def test_the_layer_rule_can_fail(module: str, source: str, is_package: bool, expected: list[str]) -> None:

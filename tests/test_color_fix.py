@@ -46,9 +46,7 @@ def test_adain_matches_source_channel_statistics():
         out.std(dim=(2, 3), unbiased=False), source.std(dim=(2, 3), unbiased=False), atol=1e-4, rtol=1e-3
     )
     # and it is an affine map per channel: correlation with the target is kept
-    z = (target - target.mean(dim=(2, 3), keepdim=True)) / target.std(
-        dim=(2, 3), keepdim=True, unbiased=False
-    )
+    z = (target - target.mean(dim=(2, 3), keepdim=True)) / target.std(dim=(2, 3), keepdim=True, unbiased=False)
     zo = (out - out.mean(dim=(2, 3), keepdim=True)) / out.std(dim=(2, 3), keepdim=True, unbiased=False)
     torch.testing.assert_close(zo, z, atol=1e-3, rtol=0)
 

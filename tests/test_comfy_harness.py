@@ -46,9 +46,7 @@ def test_missing_requirements_checks_names_and_exact_pins(tmp_path):
         f"pytest=={installed.__version__}\npytest==0.0.1\nno-such-package-sspir>=1\n"
     )
     missing = comfyui.missing_requirements(tmp_path, sys.executable)
-    assert missing == ["pytest==0.0.1", "no-such-package-sspir>=1"] + (
-        [] if _has("requests") else ["requests"]
-    )
+    assert missing == ["pytest==0.0.1", "no-such-package-sspir>=1"] + ([] if _has("requests") else ["requests"])
 
 
 def _has(name: str) -> bool:
@@ -66,7 +64,11 @@ def test_extra_model_paths_is_yaml_naming_each_folder(tmp_path):
     path = tmp_path / "extra_model_paths.yaml"
     comfyui.write_extra_model_paths(path, tmp_path / "my models", ("checkpoints", "LLM"))
     assert yaml.safe_load(path.read_text()) == {
-        "sspir_models": {"base_path": str((tmp_path / "my models").resolve()), "checkpoints": "checkpoints", "LLM": "LLM"}
+        "sspir_models": {
+            "base_path": str((tmp_path / "my models").resolve()),
+            "checkpoints": "checkpoints",
+            "LLM": "LLM",
+        }
     }
 
 
@@ -78,8 +80,12 @@ def test_prompt_error_names_the_node_and_message():
                 ["execution_start", {}],
                 [
                     "execution_error",
-                    {"node_id": "2", "node_type": "SSPIRModelLoader", "exception_type": "InputError",
-                     "exception_message": "sspir_weights: 'x.safetensors' was not found\n"},
+                    {
+                        "node_id": "2",
+                        "node_type": "SSPIRModelLoader",
+                        "exception_type": "InputError",
+                        "exception_message": "sspir_weights: 'x.safetensors' was not found\n",
+                    },
                 ],
             ],
         }
@@ -93,7 +99,9 @@ def test_prompt_error_names_the_node_and_message():
 def test_rejected_prompt_lists_each_node_error():
     body = {
         "error": {"message": "Prompt outputs failed validation"},
-        "node_errors": {"5": {"class_type": "SaveImage", "errors": [{"message": "Required input is missing", "details": "images"}]}},
+        "node_errors": {
+            "5": {"class_type": "SaveImage", "errors": [{"message": "Required input is missing", "details": "images"}]}
+        },
     }
     text = host_server._explain_rejection("/prompt: HTTP 400: " + json.dumps(body))
     assert text == "Prompt outputs failed validation; node 5 (SaveImage): Required input is missing: images"
@@ -132,21 +140,28 @@ def test_user_comfyui_is_used_as_is_and_missing_requirements_are_named(tmp_path,
     (tmp_path / "requirements.txt").write_text("torch\nno-such-package-sspir\n")
     monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
     assert comfyui.comfyui_dir() == tmp_path.resolve()
-    with pytest.raises(comfyui.ComfyUIError, match=r"lacks ComfyUI's requirements \(no-such-package-sspir.*COMFYUI_PYTHON"):
+    with pytest.raises(
+        comfyui.ComfyUIError, match=r"lacks ComfyUI's requirements \(no-such-package-sspir.*COMFYUI_PYTHON"
+    ):
         comfyui.ensure(sys.executable)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.py", "requirements.txt"]  # nothing written there
 
 
 def _events(prompt_id: str = "p1") -> list[dict]:
     """A prompt's websocket messages as ComfyUI 0.3.75 sends them: a cached node, two nodes, ten steps."""
-    out = [{"type": "execution_start", "data": {"prompt_id": prompt_id}},
-           {"type": "execution_cached", "data": {"nodes": ["1"], "prompt_id": prompt_id}},
-           {"type": "executing", "data": {"node": "2", "prompt_id": prompt_id}},
-           {"type": "executing", "data": {"node": "3", "prompt_id": prompt_id}}]
-    out += [{"type": "progress", "data": {"value": v, "max": 10, "node": "3", "prompt_id": prompt_id}}
-            for v in range(11)]
-    out += [{"type": "progress", "data": {"value": 5, "max": 10, "node": "9", "prompt_id": "another"}},
-            {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}]
+    out = [
+        {"type": "execution_start", "data": {"prompt_id": prompt_id}},
+        {"type": "execution_cached", "data": {"nodes": ["1"], "prompt_id": prompt_id}},
+        {"type": "executing", "data": {"node": "2", "prompt_id": prompt_id}},
+        {"type": "executing", "data": {"node": "3", "prompt_id": prompt_id}},
+    ]
+    out += [
+        {"type": "progress", "data": {"value": v, "max": 10, "node": "3", "prompt_id": prompt_id}} for v in range(11)
+    ]
+    out += [
+        {"type": "progress", "data": {"value": 5, "max": 10, "node": "9", "prompt_id": "another"}},
+        {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}},
+    ]
     return out
 
 
@@ -167,8 +182,9 @@ def test_progress_prints_plain_lines_in_order_when_not_a_terminal():
     import progress
 
     out = io.StringIO()
-    view = progress.ProgressView({"1": "Load Image", "2": "Loader", "3": "PGA Sampler (SSP-IR)"}, out, tty=False,
-                                 clock=_Clock())
+    view = progress.ProgressView(
+        {"1": "Load Image", "2": "Loader", "3": "PGA Sampler (SSP-IR)"}, out, tty=False, clock=_Clock()
+    )
     view.prompt_id = "p1"
     for event in _events():
         view.event(event)
@@ -197,8 +213,11 @@ def test_progress_rewrites_one_line_on_a_terminal_and_ends_it():
 def test_node_names_prefer_a_set_title_then_the_display_name():
     import progress
 
-    prompt = {"1": {"class_type": "SSPIRSampler", "_meta": {"title": "SSPIRSampler"}},
-              "2": {"class_type": "SaveImage", "_meta": {"title": "Save the result"}}, "3": {"class_type": "X"}}
+    prompt = {
+        "1": {"class_type": "SSPIRSampler", "_meta": {"title": "SSPIRSampler"}},
+        "2": {"class_type": "SaveImage", "_meta": {"title": "Save the result"}},
+        "3": {"class_type": "X"},
+    }
     names = progress.node_names(prompt, {"SSPIRSampler": "PGA Sampler (SSP-IR)", "SaveImage": "Save Image"})
     assert names == {"1": "PGA Sampler (SSP-IR)", "2": "Save the result", "3": "X"}
 
@@ -217,8 +236,12 @@ def _fake_tarball(path, version="0.33.0", extra=None):
     import io
     import tarfile
 
-    files = {"ComfyUI/main.py": "print('hi')\n", "ComfyUI/comfyui_version.py": f'__version__ = "{version}"\n',
-             "ComfyUI/requirements.txt": "torch\ntorchaudio\nav>=14\n", **(extra or {})}
+    files = {
+        "ComfyUI/main.py": "print('hi')\n",
+        "ComfyUI/comfyui_version.py": f'__version__ = "{version}"\n',
+        "ComfyUI/requirements.txt": "torch\ntorchaudio\nav>=14\n",
+        **(extra or {}),
+    }
     with tarfile.open(path, "w:gz") as tar:
         for name, text in files.items():
             data = text.encode()
@@ -264,12 +287,16 @@ def test_the_033_tarball_unpacks_into_the_cache_once(cache, tmp_path, monkeypatc
     assert not comfyui.is_ready("0.33.0")  # unpacked, but its venv is not built
 
 
-@pytest.mark.parametrize("version, extra, match", [
-    ("0.32.0", None, r"carries ComfyUI 0\.32\.0, expected 0\.33\.0"),
-    ("0.33.0", {"ComfyUI/../../evil.py": "x"}, r"unexpected path .*evil\.py"),
-])
-def test_a_wrong_or_unsafe_tarball_is_refused_and_nothing_is_cached(cache, tmp_path, monkeypatch, version, extra,
-                                                                     match):
+@pytest.mark.parametrize(
+    "version, extra, match",
+    [
+        ("0.32.0", None, r"carries ComfyUI 0\.32\.0, expected 0\.33\.0"),
+        ("0.33.0", {"ComfyUI/../../evil.py": "x"}, r"unexpected path .*evil\.py"),
+    ],
+)
+def test_a_wrong_or_unsafe_tarball_is_refused_and_nothing_is_cached(
+    cache, tmp_path, monkeypatch, version, extra, match
+):
     monkeypatch.setenv(comfyui.TARBALL_ENV, str(_fake_tarball(tmp_path / "c.tar.gz", version, extra)))
     with pytest.raises(comfyui.ComfyUIError, match=match):
         comfyui.fetch(version="0.33.0")
@@ -301,14 +328,17 @@ def _server_with_log(tmp_path, log: str, version_file: str | None, **kw):
     return srv
 
 
-@pytest.mark.parametrize("log, version_file, expect, error", [
-    ("Total VRAM 0\nComfyUI version: 0.33.0\n", "0.33.0", "0.33.0", None),
-    ("ComfyUI version: 0.3.75\n", "0.33.0", None, r"logged ComfyUI version '0\.3\.75', expected 0\.33\.0"),
-    ("ComfyUI version: 0.33.0\n", "0.33.0", "0.3.75", r"logged ComfyUI version '0\.33\.0', expected 0\.3\.75"),
-    ("starting\n", "0.33.0", None, r"logged ComfyUI version None"),
-    ("ComfyUI version: 0.3.75\n...\nComfyUI version: 0.33.0\n", None, "0.33.0", None),  # the last start counts
-    ("no version line\n", None, None, None),  # a tree without a version file: nothing to compare
-])
+@pytest.mark.parametrize(
+    "log, version_file, expect, error",
+    [
+        ("Total VRAM 0\nComfyUI version: 0.33.0\n", "0.33.0", "0.33.0", None),
+        ("ComfyUI version: 0.3.75\n", "0.33.0", None, r"logged ComfyUI version '0\.3\.75', expected 0\.33\.0"),
+        ("ComfyUI version: 0.33.0\n", "0.33.0", "0.3.75", r"logged ComfyUI version '0\.33\.0', expected 0\.3\.75"),
+        ("starting\n", "0.33.0", None, r"logged ComfyUI version None"),
+        ("ComfyUI version: 0.3.75\n...\nComfyUI version: 0.33.0\n", None, "0.33.0", None),  # the last start counts
+        ("no version line\n", None, None, None),  # a tree without a version file: nothing to compare
+    ],
+)
 def test_the_server_must_log_the_version_asked_for(tmp_path, log, version_file, expect, error):
     srv = _server_with_log(tmp_path, log, version_file, expect_version=expect)
     if error is None:

@@ -68,7 +68,9 @@ def test_images_from_list_concatenates_batches_and_keeps_alpha():
     out = images_from_list([a, b])
     assert out.rgb.shape == (3, 3, 5, 7)
     torch.testing.assert_close(out.rgb[:2], a.permute(0, 3, 1, 2))
-    assert torch.equal(out.alpha[:2], torch.ones(2, 1, 5, 7)) and torch.equal(out.alpha[2:], b[..., 3:].permute(0, 3, 1, 2))
+    assert torch.equal(out.alpha[:2], torch.ones(2, 1, 5, 7)) and torch.equal(
+        out.alpha[2:], b[..., 3:].permute(0, 3, 1, 2)
+    )
     with pytest.raises(InputError, match="different sizes"):
         images_from_list([a, torch.rand(1, 6, 7, 3)])
 
@@ -103,7 +105,10 @@ def test_model_folder_listing_and_resolution(tmp_path):
     (b / "more").mkdir(parents=True)
     (b / "more/other.safetensors").write_bytes(b"x")
     assert list_sspir_choices([a, b, tmp_path / "missing"]) == [
-        "compact.safetensors", "more/other.safetensors", "run1/checkpoint-10"]
+        "compact.safetensors",
+        "more/other.safetensors",
+        "run1/checkpoint-10",
+    ]
     (a / "llava/sub").mkdir(parents=True)
     (a / "llava/config.json").write_text("{}")
     assert list_model_folders([a], "config.json") == ["llava"]

@@ -56,8 +56,14 @@ def test_tally_rounds_to_cuda_blocks():
 
 
 def test_device_mismatch_names_op_and_devices():
-    with fake_cuda(torch.float16), pytest.raises(DeviceMismatch, match=r"aten\.add\.Tensor mixes devices cpu and "
-                                                                        r"cuda:0"):
+    with (
+        fake_cuda(torch.float16),
+        pytest.raises(
+            DeviceMismatch,
+            match=r"aten\.add\.Tensor mixes devices cpu and "
+            r"cuda:0",
+        ),
+    ):
         torch.ones(4, dtype=torch.float16) + torch.ones(4, dtype=torch.float16, device="cpu")
 
 
@@ -89,8 +95,15 @@ def test_restore_sd15_fp16_full_route():
     # encoder + mid); each block runs self- and cross-attention (2 SDPA calls) -> 2*2*(16+7)*2 = 184 at least
     assert r.compute_ops["_scaled_dot_product_efficient_attention"] >= 184
     assert any(k.startswith(dry_run.COLOR_FIX_FP32) for k in r.intended_fp32)
-    assert set(r.by_stage) >= {"encode_text", "encode_image", "structure_prior", "vae_encode", "denoise",
-                               "vae_decode", "colour fix"}
+    assert set(r.by_stage) >= {
+        "encode_text",
+        "encode_image",
+        "structure_prior",
+        "vae_encode",
+        "denoise",
+        "vae_decode",
+        "colour fix",
+    }
 
 
 @pytest.mark.slow  # full-size SD1.5 on fake tensors
@@ -129,8 +142,11 @@ def test_fp32_residual_beside_fp16_unet_fails_naming_op(monkeypatch):
 
     monkeypatch.setattr(SSPIRControlNet, "forward", fp32_residuals)
     # conv2d checks its input against its weight before dispatch: the message is torch's, named with the call
-    with pytest.raises(DtypeMismatch, match=r"conv2d failed in stage 'denoise': Input type \(float\) and bias type "
-                                            r"\(c10::Half\) should be the same"):
+    with pytest.raises(
+        DtypeMismatch,
+        match=r"conv2d failed in stage 'denoise': Input type \(float\) and bias type "
+        r"\(c10::Half\) should be the same",
+    ):
         dry_run.restore_dry_run(torch.float16, "tiny", size=(512, 768))
 
 
@@ -139,8 +155,11 @@ def test_cpu_generator_drawing_a_cuda_tensor_fails():
     from sspir_core.bench.fake_cuda import stand_in_generator
 
     with fake_cuda(torch.float16):
-        with pytest.raises(DeviceMismatch, match=r"aten\.randn\.generator draws a tensor on cuda:0 from a generator "
-                                                 r"on cpu"):
+        with pytest.raises(
+            DeviceMismatch,
+            match=r"aten\.randn\.generator draws a tensor on cuda:0 from a generator "
+            r"on cpu",
+        ):
             torch.randn(3, generator=torch.Generator().manual_seed(0))
         torch.randn(3, generator=stand_in_generator())  # stands in for a CUDA generator
         torch.randn(3, generator=torch.Generator().manual_seed(0), device="cpu")  # a CPU draw on the CPU
@@ -226,12 +245,19 @@ def test_native_patched_model_call_sd15_bf16():
     import subprocess
     import sys
 
-    code = ("import json, torch, warnings; warnings.simplefilter('ignore')\n"
-            "from sspir_core.bench.dry_run import native_dry_run\n"
-            "r = native_dry_run(torch.bfloat16, 'sd15', size=(512, 768))\n"
-            "print(json.dumps({'ops': r.compute_ops, 'stages': r.by_stage, 'seconds': r.seconds}))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    code = (
+        "import json, torch, warnings; warnings.simplefilter('ignore')\n"
+        "from sspir_core.bench.dry_run import native_dry_run\n"
+        "r = native_dry_run(torch.bfloat16, 'sd15', size=(512, 768))\n"
+        "print(json.dumps({'ops': r.compute_ops, 'stages': r.by_stage, 'seconds': r.seconds}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["seconds"] < 60
@@ -247,8 +273,21 @@ def test_bench_part_registered_and_its_lines():
 
     assert EXTRA_PARTS["cuda-dry-run"] == (dry_run.bench_cuda_dry_run, dry_run.vram_lines)
     gib = 2**30
-    r = {"reserve_gib": 1.0, "native": None, "training": [],
-         "restore": [{"dtype": "float16", "what": "512 -> 512 px", "weights": 4 * gib, "peak": gib,
-                      "peak_stage": "denoise", "per_image": gib, "fits": {24: 19, 40: 35, 80: 75}}]}
+    r = {
+        "reserve_gib": 1.0,
+        "native": None,
+        "training": [],
+        "restore": [
+            {
+                "dtype": "float16",
+                "what": "512 -> 512 px",
+                "weights": 4 * gib,
+                "peak": gib,
+                "peak_stage": "denoise",
+                "per_image": gib,
+                "fits": {24: 19, 40: 35, 80: 75},
+            }
+        ],
+    }
     text = "\n".join(dry_run.vram_lines(r))
     assert "weights 4.00 GiB + peak 1.00 GiB (in denoise) = 5.00 GiB" in text and "24/40/80 GiB: 19/35/75" in text

@@ -22,8 +22,12 @@ CONTRACT_PATHS = {
 
 
 def _configs(tiny) -> str:
-    return json.dumps({part: json.loads((tiny.config_dir / part / "config.json").read_text())
-                       for part in ("unet", "vae", "text_encoder")})
+    return json.dumps(
+        {
+            part: json.loads((tiny.config_dir / part / "config.json").read_text())
+            for part in ("unet", "vae", "text_encoder")
+        }
+    )
 
 
 def test_sd_single_file_with_configs_in_its_metadata_loads_without_a_config_dir(tiny_sd15, tmp_path):  # noqa: F811
@@ -83,17 +87,20 @@ def test_demo_models_need_no_training_library(tmp_path):
     from sspir_core.restore.components import load_pipeline_parts
     from tests.conftest import REPO
 
-    code = ("import sys\nsys.modules['peft'] = None  # import peft fails, as when it is not installed\n"
-            "from sspir_core.cli import main\n"
-            f"sys.exit(main(['demo-models', r'{tmp_path}', '--no-captioner']))\n")
+    code = (
+        "import sys\nsys.modules['peft'] = None  # import peft fails, as when it is not installed\n"
+        "from sspir_core.cli import main\n"
+        f"sys.exit(main(['demo-models', r'{tmp_path}', '--no-captioner']))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     one_step = tmp_path / "sspir" / "sspir-demo-one-step.safetensors"
     multi = load_pipeline_parts(tmp_path / CONTRACT_PATHS["sd"], tmp_path / CONTRACT_PATHS["sspir"])
     single = load_pipeline_parts(tmp_path / CONTRACT_PATHS["sd"], one_step)
     assert single.models.mode == "one-step"
-    moved = [n for n, w in single.models.unet.state_dict().items()
-             if not torch.equal(w, multi.models.unet.state_dict()[n])]
+    moved = [
+        n for n, w in single.models.unet.state_dict().items() if not torch.equal(w, multi.models.unet.state_dict()[n])
+    ]
     assert moved, "the demo one-step LoRA leaves every UNet weight as it was"
 
 
@@ -107,8 +114,9 @@ def test_demo_models_print_the_files_and_nothing_to_ignore(tmp_path):
 
     from tests.conftest import REPO
 
-    out = subprocess.run([sys.executable, "-m", "sspir_core.cli", "demo-models", str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "sspir_core.cli", "demo-models", str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.strip() == "", out.stderr
     assert "sspir-demo-llava" in out.stdout and "untrained" in out.stdout

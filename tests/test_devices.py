@@ -27,11 +27,20 @@ def _machine(monkeypatch, cuda: int, mps: bool) -> None:
 # ------------------------------------------------------------------ dtypes
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("fp32", torch.float32), ("float32", torch.float32), ("float", torch.float32), ("FP32", torch.float32),
-    ("fp16", torch.float16), ("float16", torch.float16), ("half", torch.float16),
-    ("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("fp32", torch.float32),
+        ("float32", torch.float32),
+        ("float", torch.float32),
+        ("FP32", torch.float32),
+        ("fp16", torch.float16),
+        ("float16", torch.float16),
+        ("half", torch.float16),
+        ("bf16", torch.bfloat16),
+        ("bfloat16", torch.bfloat16),
+    ],
+)
 def test_every_spelling_names_its_torch_dtype(name, expected):
     assert torch_dtype(name) is expected
 
@@ -56,8 +65,9 @@ def test_auto_dtype_is_half_on_accelerators_and_full_on_the_cpu():
 # ------------------------------------------------------------------ devices
 
 
-@pytest.mark.parametrize("cuda, mps, expected", [(1, True, "cuda"), (2, False, "cuda"), (0, True, "mps"),
-                                                 (0, False, "cpu")])
+@pytest.mark.parametrize(
+    "cuda, mps, expected", [(1, True, "cuda"), (2, False, "cuda"), (0, True, "mps"), (0, False, "cpu")]
+)
 def test_auto_without_a_host_is_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
     _machine(monkeypatch, cuda, mps)
     assert choose_device("auto") == torch.device(expected)
@@ -102,8 +112,10 @@ def test_each_mode_gets_its_own_steps_and_cfg():
     assert (paper.steps, paper.cfg) == (50, 7.5)
     one = options_for_mode("one-step")
     assert (one.steps, one.cfg) == (1, 1.0)
-    assert (options_for_mode("one-step", 4, 3.0, warn=lambda w: None).steps, options_for_mode("multi-step", 20, 5.0).cfg
-            ) == (4, 5.0)
+    assert (
+        options_for_mode("one-step", 4, 3.0, warn=lambda w: None).steps,
+        options_for_mode("multi-step", 20, 5.0).cfg,
+    ) == (4, 5.0)
 
 
 def test_a_step_count_the_mode_was_not_trained_for_warns_before_the_options_are_checked():
@@ -139,7 +151,9 @@ def test_the_cli_defaults_are_the_libraries_defaults():
 
 def test_building_the_cli_imports_no_torch():
     """The CLI's choices and defaults come from torch-free registries, so `sspir --help` stays light."""
-    code = ("import sys\nfrom sspir_core.cli import build_parser\nbuild_parser()\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\nprint('ok')\n")
+    code = (
+        "import sys\nfrom sspir_core.cli import build_parser\nbuild_parser()\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\nprint('ok')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -181,7 +181,8 @@ def options(parser: argparse.ArgumentParser | None) -> set[str]:
 
 @cache
 def known_flags() -> frozenset[str]:
-    """Every --flag of the project: sspir and its subcommands, the scripts, the pages' python -m entry points, setup.sh."""
+    """Every --flag of the project: sspir and its subcommands, the scripts, the pages' python -m entry points,
+    setup.sh."""
     flags = options(sspir_parser())
     for sub in subcommands(sspir_parser()).values():
         flags |= options(sub)

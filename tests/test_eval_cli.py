@@ -50,8 +50,9 @@ def run_json(args: list[str], tmp_path: Path) -> dict:
 
 def test_json_schema_means_and_missing_partners(photo_set, tmp_path, capsys):
     empty = tmp_path / "no-weights"
-    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"),
-                    "--weights-dir", str(empty)], tmp_path)
+    doc = run_json(
+        ["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--weights-dir", str(empty)], tmp_path
+    )
     assert set(doc) >= {"images", "mean", "skipped", "missing"}
     assert sorted(doc["images"]) == ["astronaut", "coffee"]
     assert doc["missing"] == {"gt": ["extra"], "pred": ["lonely"]}
@@ -65,8 +66,9 @@ def test_json_schema_means_and_missing_partners(photo_set, tmp_path, capsys):
 
 def test_missing_weights_are_listed_as_skipped_with_the_files(photo_set, tmp_path, capsys):
     empty = tmp_path / "no-weights"
-    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--weights-dir", str(empty)],
-                   tmp_path)
+    doc = run_json(
+        ["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--weights-dir", str(empty)], tmp_path
+    )
     learned = [m for m in METRICS if m not in ("psnr_y", "ssim_y")]
     assert sorted(doc["skipped"]) == sorted(learned)
     needs = doc["skipped"]["lpips"]["needs"]
@@ -89,7 +91,9 @@ def test_no_pair_at_all_and_bad_flags_are_errors(photo_set, tmp_path, capsys):
     save(other, "zzz.png", skdata.coffee()[:32, :32])
     assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(other)]) == 2
     assert "no image in --pred" in capsys.readouterr().err
-    assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr,lpips"]) == 2
+    assert (
+        main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr,lpips"]) == 2
+    )
     assert "--metrics: unknown psnr" in capsys.readouterr().err
     assert main(["eval", "--gt", str(tmp_path / "nope"), "--pred", str(photo_set / "pred")]) == 2
     assert "--gt: folder not found" in capsys.readouterr().err
@@ -105,19 +109,23 @@ def test_realsr_protocol_scores_the_aligned_512_centre_crop(tmp_path):
     save(tmp_path / "pred", "a.png", pred)
     cropped = np.ascontiguousarray(pred[4:516, 4:516])
     save(tmp_path / "pred512", "a.png", cropped)  # restored from the LQ crop: already 512 px
-    expected = psnr_y(torch.from_numpy(pred[4:516, 4:516] / 255.0).permute(2, 0, 1)[None],
-                      torch.from_numpy(gt[4:516, 4:516] / 255.0).permute(2, 0, 1)[None])
+    expected = psnr_y(
+        torch.from_numpy(pred[4:516, 4:516] / 255.0).permute(2, 0, 1)[None],
+        torch.from_numpy(gt[4:516, 4:516] / 255.0).permute(2, 0, 1)[None],
+    )
     weights = WeightsConfig(tmp_path / "w")
     for pred_dir in ("pred", "pred512"):
-        result = evaluate(pair_images(tmp_path / pred_dir, tmp_path / "gt"), ["psnr_y"], weights,
-                          protocol=Protocol("realsr"))
+        result = evaluate(
+            pair_images(tmp_path / pred_dir, tmp_path / "gt"), ["psnr_y"], weights, protocol=Protocol("realsr")
+        )
         assert result.images["a"]["psnr_y"] == pytest.approx(expected)
     lq = torch.zeros(1, 3, 130, 131)
     lq[..., 1:129, 1:129] = 1
     assert Protocol("realsr").crop_lq(lq, "lq").min() == 1  # LQ box at (1, 1) = GT box / 4
     save(tmp_path / "small", "a.png", gt[:500])
-    assert main(["eval", "--gt", str(tmp_path / "small"), "--pred", str(tmp_path / "small"),
-                 "--protocol", "realsr"]) == 2
+    assert (
+        main(["eval", "--gt", str(tmp_path / "small"), "--pred", str(tmp_path / "small"), "--protocol", "realsr"]) == 2
+    )
 
 
 def test_pictures_csv_and_markdown(photo_set, tmp_path):
@@ -126,9 +134,30 @@ def test_pictures_csv_and_markdown(photo_set, tmp_path):
         img = np.asarray(Image.open(photo_set / "gt" / f"{name}.png").resize((16, 16)))
         save(lq_dir, f"{name}.png", img)
     pics, csv_file, md = tmp_path / "pics", tmp_path / "s.csv", tmp_path / "s.md"
-    assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--lq", str(lq_dir),
-                 "--metrics", "psnr_y,ssim_y", "--pictures", str(pics), "--csv", str(csv_file),
-                 "--markdown", str(md), "--rank-by", "ssim_y"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--gt",
+                str(photo_set / "gt"),
+                "--pred",
+                str(photo_set / "pred"),
+                "--lq",
+                str(lq_dir),
+                "--metrics",
+                "psnr_y,ssim_y",
+                "--pictures",
+                str(pics),
+                "--csv",
+                str(csv_file),
+                "--markdown",
+                str(md),
+                "--rank-by",
+                "ssim_y",
+            ]
+        )
+        == 0
+    )
     best, worst = Image.open(pics / "best_ssim_y.png"), Image.open(pics / "worst_ssim_y.png")
     assert best.width == 3 * 64 + 2 * 4 and best.height > 64  # LQ | restored | GT
     assert worst.size == best.size
@@ -145,15 +174,51 @@ def test_eval_restore_chains_and_times_each_image(tmp_path):
     save(tmp_path / "gt", "astronaut.png", gt)
     save(tmp_path / "lq", "astronaut.png", np.asarray(Image.fromarray(gt).resize((16, 16), Image.Resampling.BICUBIC)))
     pred = tmp_path / "pred"
-    doc = run_json(["--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq"), "--pred", str(pred),
-                    "--metrics", "psnr_y", "--weights-dir", str(tmp_path / "w"),
-                    "--restore", "--preset", "tiny-random", "--steps", "2", "--tile", "0"], tmp_path)
+    doc = run_json(
+        [
+            "--gt",
+            str(tmp_path / "gt"),
+            "--lq",
+            str(tmp_path / "lq"),
+            "--pred",
+            str(pred),
+            "--metrics",
+            "psnr_y",
+            "--weights-dir",
+            str(tmp_path / "w"),
+            "--restore",
+            "--preset",
+            "tiny-random",
+            "--steps",
+            "2",
+            "--tile",
+            "0",
+        ],
+        tmp_path,
+    )
     assert list(doc["images"]) == ["astronaut"] and [p.name for p in pred.iterdir()] == ["astronaut.png"]
     row = doc["images"]["astronaut"]
     assert row["time_s"] > 0 and math.isfinite(row["psnr_y"]) and doc["mean"]["time_s"] == row["time_s"]
     assert main(["eval", "--gt", str(SAMPLES / "gt"), "--pred", str(pred), "--restore", "--preset", "tiny-random"]) == 2
-    assert main(["eval", "--gt", str(SAMPLES / "gt"), "--lq", str(SAMPLES / "lq"), "--pred", str(pred),
-                 "--restore", "--preset", "tiny-random", "--json", "x.json"]) == 2  # eval flags after --restore
+    assert (
+        main(
+            [
+                "eval",
+                "--gt",
+                str(SAMPLES / "gt"),
+                "--lq",
+                str(SAMPLES / "lq"),
+                "--pred",
+                str(pred),
+                "--restore",
+                "--preset",
+                "tiny-random",
+                "--json",
+                "x.json",
+            ]
+        )
+        == 2
+    )  # eval flags after --restore
 
 
 def _niqe_params() -> Path | None:
@@ -179,8 +244,9 @@ def test_niqe_with_basicsr_params_ranks_noise_worse(tmp_path):
     save(tmp_path / "gt", "b.png", clean)
     save(tmp_path / "pred", "a.png", clean)
     save(tmp_path / "pred", "b.png", noisy)
-    result = evaluate(pair_images(tmp_path / "pred", tmp_path / "gt"), ["niqe"],
-                      WeightsConfig(tmp_path / "w", niqe_params=params))
+    result = evaluate(
+        pair_images(tmp_path / "pred", tmp_path / "gt"), ["niqe"], WeightsConfig(tmp_path / "w", niqe_params=params)
+    )
     assert not result.skipped
     a, b = result.images["a"]["niqe"], result.images["b"]["niqe"]
     assert 0 < a < b  # NIQE: lower is more natural
@@ -199,8 +265,23 @@ def test_an_image_too_small_for_ssim_is_named_and_skipped_the_rest_is_scored(pho
     save(photo_set / "gt", "tiny.png", tiny_gt)
     save(photo_set / "pred", "tiny.png", tiny_pred)
     md = tmp_path / "s.md"
-    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y,ssim_y",
-                    "--markdown", str(md), "--pictures", str(tmp_path / "pics"), "--rank-by", "ssim_y"], tmp_path)
+    doc = run_json(
+        [
+            "--gt",
+            str(photo_set / "gt"),
+            "--pred",
+            str(photo_set / "pred"),
+            "--metrics",
+            "psnr_y,ssim_y",
+            "--markdown",
+            str(md),
+            "--pictures",
+            str(tmp_path / "pics"),
+            "--rank-by",
+            "ssim_y",
+        ],
+        tmp_path,
+    )
     assert sorted(doc["images"]) == ["astronaut", "coffee", "tiny"]
     assert doc["images"]["tiny"] == {"psnr_y": pytest.approx(tiny_psnr, abs=1e-4)}  # PSNR still scored
     for name in ("astronaut", "coffee"):
@@ -208,8 +289,9 @@ def test_an_image_too_small_for_ssim_is_named_and_skipped_the_rest_is_scored(pho
     reason = "smaller than SSIM's 11x11 window after the border crop"
     assert doc["not_scored"] == {"tiny": {"ssim_y": {"reason": reason, "detail": "8x8 px after a 0 px border crop"}}}
     assert doc["not_scored_summary"] == {"ssim_y": {"images": 1, "of": 3, "reasons": {reason: ["tiny"]}}}
-    assert doc["mean"]["ssim_y"] == pytest.approx((doc["images"]["astronaut"]["ssim_y"]
-                                                    + doc["images"]["coffee"]["ssim_y"]) / 2)
+    assert doc["mean"]["ssim_y"] == pytest.approx(
+        (doc["images"]["astronaut"]["ssim_y"] + doc["images"]["coffee"]["ssim_y"]) / 2
+    )
     assert doc["mean"]["psnr_y"] == pytest.approx(np.mean([r["psnr_y"] for r in doc["images"].values()]))
     captured = capsys.readouterr()
     assert f"tiny: ssim_y not scored: {reason} (8x8 px" in captured.err
@@ -217,8 +299,19 @@ def test_an_image_too_small_for_ssim_is_named_and_skipped_the_rest_is_scored(pho
     assert (tmp_path / "pics" / "worst_ssim_y.png").is_file()  # ranking skips the image without a value
 
     # a border crop that leaves nothing of the tiny image: both metrics skip it, the others are scored
-    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y,ssim_y",
-                    "--crop-border", "4"], tmp_path)
+    doc = run_json(
+        [
+            "--gt",
+            str(photo_set / "gt"),
+            "--pred",
+            str(photo_set / "pred"),
+            "--metrics",
+            "psnr_y,ssim_y",
+            "--crop-border",
+            "4",
+        ],
+        tmp_path,
+    )
     assert doc["images"]["tiny"] == {}
     assert set(doc["not_scored"]["tiny"]) == {"psnr_y", "ssim_y"}
     assert doc["not_scored"]["tiny"]["psnr_y"]["reason"] == "--crop-border 4 leaves nothing of the image"
@@ -230,8 +323,13 @@ def nested_set(tmp_path):
     """GT and restored trees: top-level a, city/b, city/night/c (restored copies shifted by known amounts)."""
     gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
     psnr = {}
-    for i, (name, img) in enumerate((("a", skdata.astronaut()[:48, :48]), ("city/b", skdata.coffee()[:48, :48]),
-                                     ("city/night/c", skdata.chelsea()[:48, :48]))):
+    for i, (name, img) in enumerate(
+        (
+            ("a", skdata.astronaut()[:48, :48]),
+            ("city/b", skdata.coffee()[:48, :48]),
+            ("city/night/c", skdata.chelsea()[:48, :48]),
+        )
+    ):
         gt = np.clip(img, 10, 245).astype(np.uint8)
         pred, psnr[name] = shifted(gt, 2 + i, seed=i)
         save(gt_dir / Path(name).parent, f"{Path(name).name}.png", gt)
@@ -246,8 +344,10 @@ def test_images_in_subfolders_are_counted_in_a_warning(nested_set, tmp_path, cap
     assert list(doc["images"]) == ["a"] and doc["images"]["a"]["psnr_y"] == pytest.approx(psnr["a"], abs=1e-4)
     assert doc["in_subfolders"] == {"gt": {"city": 2, "city/night": 1}, "pred": {"city": 1, "city/night": 1}}
     out = capsys.readouterr()
-    assert (f"warning: --gt: 3 image(s) in subfolders of {gt_dir} are not paired: city/ (2), city/night/ (1); "
-            "pass --recursive to pair them by relative path") in out.err
+    assert (
+        f"warning: --gt: 3 image(s) in subfolders of {gt_dir} are not paired: city/ (2), city/night/ (1); "
+        "pass --recursive to pair them by relative path"
+    ) in out.err
     assert f"warning: --pred: 2 image(s) in subfolders of {pred_dir} are not paired" in out.err
     assert "not paired: 3 image(s) in subfolders of --gt (city, city/night)" in out.out  # the Markdown notes
     # nothing at the top level: the "no pair" error points at --recursive
@@ -257,8 +357,9 @@ def test_images_in_subfolders_are_counted_in_a_warning(nested_set, tmp_path, cap
 
 def test_recursive_pairs_by_relative_path(nested_set, tmp_path, capsys):
     gt_dir, pred_dir, psnr = nested_set
-    doc = run_json(["--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y", "--recursive"],
-                   tmp_path)
+    doc = run_json(
+        ["--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y", "--recursive"], tmp_path
+    )
     assert list(doc["images"]) == ["a", "city/b", "city/night/c"]
     for name, expected in psnr.items():
         assert doc["images"][name]["psnr_y"] == pytest.approx(expected, abs=1e-4)
@@ -269,8 +370,24 @@ def test_recursive_pairs_by_relative_path(nested_set, tmp_path, capsys):
     save(pred_dir / "other", "b.png", skdata.coffee()[:48, :48])
     doc = run_json(["--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y", "--recursive"], tmp_path)
     assert "other/b" in doc["images"] and "city/b" in doc["images"]
-    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--lq", str(gt_dir), "--recursive",
-                 "--restore", "--preset", "tiny-random"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--gt",
+                str(gt_dir),
+                "--pred",
+                str(pred_dir),
+                "--lq",
+                str(gt_dir),
+                "--recursive",
+                "--restore",
+                "--preset",
+                "tiny-random",
+            ]
+        )
+        == 2
+    )
     assert "--recursive cannot be combined with --restore" in capsys.readouterr().err
 
 
@@ -315,8 +432,10 @@ def test_infinite_psnr_and_not_scored_are_distinct_in_the_json(tmp_path):
     save(gt_dir, "other.png", other)
     save(pred_dir, "other.png", other_pred)
     out = tmp_path / "scores.json"
-    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y,ssim_y", "--json", str(out)])
+        == 0
+    )
     doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} is not JSON"))
     assert doc["images"]["same"] == {"psnr_y": "Infinity"} and float(doc["images"]["same"]["psnr_y"]) == math.inf
     assert doc["images"]["other"]["psnr_y"] == pytest.approx(other_psnr, abs=1e-4)
@@ -326,8 +445,7 @@ def test_infinite_psnr_and_not_scored_are_distinct_in_the_json(tmp_path):
     assert set(doc["not_scored"]) == {"same", "other"} and doc["failed"] == {}
 
     save(pred_dir, "other.png", other)  # now every image is identical: the mean is infinite too
-    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y",
-                 "--json", str(out)]) == 0
+    assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--metrics", "psnr_y", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["mean"] == {"psnr_y": "Infinity"} and doc["infinite"] == {"psnr_y": ["other", "same"]}
 
@@ -354,16 +472,40 @@ def test_a_crop_border_that_leaves_nothing_is_an_error_before_scoring(photo_set,
     save(photo_set / "gt", "small.png", skdata.rocket()[:20, :30])
     save(photo_set / "pred", "small.png", skdata.rocket()[:20, :30])
     out = tmp_path / "scores.json"
-    code = main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--crop-border", "1000000",
-                 "--json", str(out)])
+    code = main(
+        [
+            "eval",
+            "--gt",
+            str(photo_set / "gt"),
+            "--pred",
+            str(photo_set / "pred"),
+            "--crop-border",
+            "1000000",
+            "--json",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2 and not out.exists() and "****" not in captured.out
-    assert ("error: --crop-border 1000000 leaves nothing to score: it drops 1000000 px on each side, and the smallest "
-            "image is 30x20 px (small), the largest 64x64 px (coffee); --crop-border 31 or less leaves something of "
-            "the largest, 9 or less of every image") in captured.err
+    assert (
+        "error: --crop-border 1000000 leaves nothing to score: it drops 1000000 px on each side, and the smallest "
+        "image is 30x20 px (small), the largest 64x64 px (coffee); --crop-border 31 or less leaves something of "
+        "the largest, 9 or less of every image"
+    ) in captured.err
     # 32 leaves nothing of 64 px either (2 x 32 = 64): still refused; 31 leaves 2 px of the 64 px images
     assert main(["eval", "--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--crop-border", "32"]) == 2
     monkeypatch.undo()
-    doc = run_json(["--gt", str(photo_set / "gt"), "--pred", str(photo_set / "pred"), "--metrics", "psnr_y",
-                    "--crop-border", "31"], tmp_path)
+    doc = run_json(
+        [
+            "--gt",
+            str(photo_set / "gt"),
+            "--pred",
+            str(photo_set / "pred"),
+            "--metrics",
+            "psnr_y",
+            "--crop-border",
+            "31",
+        ],
+        tmp_path,
+    )
     assert set(doc["not_scored"]) == {"small"} and {"astronaut", "coffee"} <= set(doc["images"])

@@ -102,8 +102,9 @@ def test_clip_similarity_from_a_local_open_clip_file(tiny_clip):
     x, other = photo(), photo((slice(300, 364), slice(0, 64)))
     assert sim(x, x.clone()) == pytest.approx(1.0, abs=1e-5)
     assert -1 <= sim(x, other) < 0.9999
-    weights = WeightsConfig(tiny_clip / "empty", clip_model=tiny_clip / "tiny.safetensors",
-                            clip_arch="sspir-test-tiny-clip")
+    weights = WeightsConfig(
+        tiny_clip / "empty", clip_model=tiny_clip / "tiny.safetensors", clip_arch="sspir-test-tiny-clip"
+    )
     scorers, skipped = build_scorers(["clip_sim"], weights, torch.device("cpu"))
     assert not skipped and scorers["clip_sim"](x, other) == pytest.approx(sim(x, other), abs=1e-6)
 

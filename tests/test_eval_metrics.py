@@ -26,8 +26,9 @@ def y_by_hand(u8: np.ndarray) -> np.ndarray:
 
 
 def test_y_channel_of_known_colours():
-    px = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128]]],
-                  dtype=np.uint8)
+    px = np.array(
+        [[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128]]], dtype=np.uint8
+    )
     y = rgb_to_y(tensor(px))[0, 0, 0].numpy()
     expected = [235.0, 16.0, 16 + 65.481, 16 + 128.553, 16 + 24.966, 16 + 219 * 128 / 255]
     np.testing.assert_allclose(y, expected, atol=1e-9)
@@ -65,8 +66,9 @@ def test_ssim_agrees_with_scikit_image_gaussian_ssim():
     """scikit-image's Wang et al. SSIM (Gaussian window sigma 1.5, population covariances) on Y."""
     gt = skdata.coffee()[100:260, 200:380]
     noisy = np.clip(gt + np.random.default_rng(2).normal(0, 15, gt.shape), 0, 255).astype(np.uint8)
-    expected = skmetrics.structural_similarity(y_by_hand(gt), y_by_hand(noisy), data_range=255,
-                                               gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    expected = skmetrics.structural_similarity(
+        y_by_hand(gt), y_by_hand(noisy), data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert 0.2 < expected < 0.95
     assert ssim_y(tensor(noisy), tensor(gt)) == pytest.approx(expected, abs=1e-6)
 

@@ -27,8 +27,14 @@ def models():
 
 def predict(models, z, t, text, image, lq):
     cn = models.controlnet(z, t, text, controlnet_cond=lq, image_encoder_hidden_states=image, return_rgbs=False)
-    return models.unet(z, t, text, image_encoder_hidden_states=image, down_block_additional_residuals=cn.down_residuals,
-                       mid_block_additional_residual=cn.mid_residual).sample
+    return models.unet(
+        z,
+        t,
+        text,
+        image_encoder_hidden_states=image,
+        down_block_additional_residuals=cn.down_residuals,
+        mid_block_additional_residual=cn.mid_residual,
+    ).sample
 
 
 def test_fast_paths_switches() -> None:
@@ -83,7 +89,10 @@ def test_linear_projections_switch_and_restore(models) -> None:
 def test_linear_projections_same_numbers(models) -> None:
     g = torch.Generator().manual_seed(5)
     z, lq = torch.randn(2, 4, 8, 8, generator=g), torch.rand(2, 3, 64, 64, generator=g)
-    text, image = torch.randn(2, 9, TINY_UNET["cross_attention_dim"], generator=g), torch.randn(2, 256, 512, generator=g)
+    text, image = (
+        torch.randn(2, 9, TINY_UNET["cross_attention_dim"], generator=g),
+        torch.randn(2, 256, 512, generator=g),
+    )
     with torch.no_grad():
         plain = predict(models, z, 300, text, image, lq)
         with linear_projections(models.unet, models.controlnet):
@@ -143,6 +152,7 @@ FAULTS_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_keep_freed_memory_stops_page_faults_on_reuse() -> None:
     """A freed 64 MB block comes back without faulting its 16k pages in again (in a child: process-wide)."""
+
     def faults(mode: str) -> list[int]:
         out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
         applied, *counts = out.stdout.split()

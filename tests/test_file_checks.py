@@ -66,12 +66,15 @@ def test_a_header_over_the_format_limit_is_too_large_not_truncated(tmp_path):
     assert str(path) in msg and "header is too large (100000001 bytes" in msg and "truncated" not in msg
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda d: d[:5], "shorter than the 8-byte header length"),
-    (lambda d: struct.pack("<Q", 10**9) + d[8:], "claims 1000000000 bytes"),
-    (lambda d: d[:8] + b"{" * 8 + d[16:], "is not JSON"),
-    (lambda d: b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(range(256)) * 4, "is not JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda d: d[:5], "shorter than the 8-byte header length"),
+        (lambda d: struct.pack("<Q", 10**9) + d[8:], "claims 1000000000 bytes"),
+        (lambda d: d[:8] + b"{" * 8 + d[16:], "is not JSON"),
+        (lambda d: b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(range(256)) * 4, "is not JSON"),
+    ],
+)
 def test_damaged_headers_fail_naming_the_file(tmp_path, damage, words):
     path = tmp_path / "w.safetensors"
     save_file({"a": torch.zeros(3, 4)}, str(path))
@@ -124,9 +127,12 @@ def test_torch_archives_are_checked_whole_without_unpickling(tmp_path):
     torch.save({"a": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
     check_torch_archive(legacy)
     raw = good.read_bytes()
-    for name, data, words in (("empty.pkl", b"", "empty"), ("garbage.bin", b"\x00" * 64, "neither a torch zip"),
-                              ("cut.pkl", raw[: len(raw) // 2], "zip directory, at the end of the file, is missing"),
-                              ("cut-legacy.pt", legacy.read_bytes()[:40], "cut short or garbled")):
+    for name, data, words in (
+        ("empty.pkl", b"", "empty"),
+        ("garbage.bin", b"\x00" * 64, "neither a torch zip"),
+        ("cut.pkl", raw[: len(raw) // 2], "zip directory, at the end of the file, is missing"),
+        ("cut-legacy.pt", legacy.read_bytes()[:40], "cut short or garbled"),
+    ):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(CheckpointError, match=words) as e:
             check_torch_archive(tmp_path / name)

@@ -20,9 +20,15 @@ def test_default_fixture_location_is_inside_the_repository(monkeypatch):
 
 def test_every_fixture_file_is_present_with_its_provenance():
     tiny, manifests = FIXTURES / "official-tiny-a", FIXTURES / "manifests"
-    for rel in ("checkpoint-7/unet/config.json", "checkpoint-7/unet/diffusion_pytorch_model.safetensors",
-                "checkpoint-7/controlnet/config.json", "checkpoint-7/controlnet/diffusion_pytorch_model.safetensors",
-                "checkpoint-7/refine/refine.pt", "inputs.safetensors", "outputs.safetensors"):
+    for rel in (
+        "checkpoint-7/unet/config.json",
+        "checkpoint-7/unet/diffusion_pytorch_model.safetensors",
+        "checkpoint-7/controlnet/config.json",
+        "checkpoint-7/controlnet/diffusion_pytorch_model.safetensors",
+        "checkpoint-7/refine/refine.pt",
+        "inputs.safetensors",
+        "outputs.safetensors",
+    ):
         assert (tiny / rel).is_file(), rel
     for base in ("sd15", "sd21"):
         for what in ("keys", "unet-config", "controlnet-config"):

@@ -31,8 +31,12 @@ test below."""
 
 def _inputs(dtype):
     g = torch.Generator().manual_seed(2)
-    x = {"z": torch.randn(2, 4, 8, 8, generator=g), "text": 3 * torch.randn(2, 9, 32, generator=g),
-         "image": 3 * torch.randn(2, 256, 512, generator=g), "lq": torch.rand(2, 3, 64, 64, generator=g)}
+    x = {
+        "z": torch.randn(2, 4, 8, 8, generator=g),
+        "text": 3 * torch.randn(2, 9, 32, generator=g),
+        "image": 3 * torch.randn(2, 256, 512, generator=g),
+        "lq": torch.rand(2, 3, 64, 64, generator=g),
+    }
     return {k: v.to(dtype) for k, v in x.items()}
 
 
@@ -40,13 +44,20 @@ def _run(models, dtype, drop_residual: int | None = None):
     """UNet output with the ControlNet's residuals (``drop_residual``: that down residual zeroed, as if lost)."""
     x = _inputs(dtype)
     with torch.no_grad():
-        _, downs, mid = models.controlnet(x["z"], 500, x["text"], controlnet_cond=x["lq"],
-                                          image_encoder_hidden_states=x["image"])
+        _, downs, mid = models.controlnet(
+            x["z"], 500, x["text"], controlnet_cond=x["lq"], image_encoder_hidden_states=x["image"]
+        )
         peak = max(float(mid.abs().max()), *(float(d.abs().max()) for d in downs))
         if drop_residual is not None:
             downs = [torch.zeros_like(d) if i == drop_residual else d for i, d in enumerate(downs)]
-        out = models.unet(x["z"], 500, x["text"], image_encoder_hidden_states=x["image"],
-                          down_block_additional_residuals=downs, mid_block_additional_residual=mid).sample
+        out = models.unet(
+            x["z"],
+            500,
+            x["text"],
+            image_encoder_hidden_states=x["image"],
+            down_block_additional_residuals=downs,
+            mid_block_additional_residual=mid,
+        ).sample
     return out.float(), peak
 
 
@@ -59,9 +70,32 @@ class _RoundingDepth(TorchFunctionMode):
     which only loosens the budget.
     """
 
-    EXACT = frozenset({"view", "reshape", "flatten", "transpose", "permute", "unsqueeze", "squeeze", "expand",
-                       "chunk", "split", "narrow", "__getitem__", "contiguous", "clone", "cat", "stack", "repeat",
-                       "to", "type", "detach", "zeros_like", "ones_like"})
+    EXACT = frozenset(
+        {
+            "view",
+            "reshape",
+            "flatten",
+            "transpose",
+            "permute",
+            "unsqueeze",
+            "squeeze",
+            "expand",
+            "chunk",
+            "split",
+            "narrow",
+            "__getitem__",
+            "contiguous",
+            "clone",
+            "cat",
+            "stack",
+            "repeat",
+            "to",
+            "type",
+            "detach",
+            "zeros_like",
+            "ones_like",
+        }
+    )
 
     def __init__(self, dtype: torch.dtype):
         super().__init__()
@@ -85,10 +119,17 @@ class _RoundingDepth(TorchFunctionMode):
 def _rounding_depth(half_models, dtype) -> int:
     with _RoundingDepth(dtype) as counter, torch.no_grad():
         x = _inputs(dtype)
-        _, downs, mid = half_models.controlnet(x["z"], 500, x["text"], controlnet_cond=x["lq"],
-                                               image_encoder_hidden_states=x["image"])
-        out = half_models.unet(x["z"], 500, x["text"], image_encoder_hidden_states=x["image"],
-                               down_block_additional_residuals=downs, mid_block_additional_residual=mid).sample
+        _, downs, mid = half_models.controlnet(
+            x["z"], 500, x["text"], controlnet_cond=x["lq"], image_encoder_hidden_states=x["image"]
+        )
+        out = half_models.unet(
+            x["z"],
+            500,
+            x["text"],
+            image_encoder_hidden_states=x["image"],
+            down_block_additional_residuals=downs,
+            mid_block_additional_residual=mid,
+        ).sample
     return counter.depth[id(out)]
 
 

@@ -34,10 +34,17 @@ def inputs():
 
 def step(models, x, t=500):
     """One ControlNet + UNet prediction as the sampler runs it."""
-    _, downs, mid = models.controlnet(x["z"], t, x["text"], controlnet_cond=x["lq"],
-                                      image_encoder_hidden_states=x["image"])
-    return models.unet(x["z"], t, x["text"], image_encoder_hidden_states=x["image"],
-                       down_block_additional_residuals=downs, mid_block_additional_residual=mid).sample
+    _, downs, mid = models.controlnet(
+        x["z"], t, x["text"], controlnet_cond=x["lq"], image_encoder_hidden_states=x["image"]
+    )
+    return models.unet(
+        x["z"],
+        t,
+        x["text"],
+        image_encoder_hidden_states=x["image"],
+        down_block_additional_residuals=downs,
+        mid_block_additional_residual=mid,
+    ).sample
 
 
 def test_only_text_and_image_cross_attentions_are_switched(models):
@@ -170,5 +177,6 @@ def test_a_fresh_slice_of_the_same_context_hits_and_other_slices_miss(models, in
         models.unet(z, 5, text, image_encoder_hidden_states=other)
     n = len(constant_context_attentions(models.unet))
     assert misses == n  # one projection per attention over three steps, the sliced one included
-    assert sum(p.misses for p in procs) - misses == sum(1 for n_, _ in models.unet.named_modules()
-                                                       if n_.endswith("attn2") and "image_attentions" in n_)
+    assert sum(p.misses for p in procs) - misses == sum(
+        1 for n_, _ in models.unet.named_modules() if n_.endswith("attn2") and "image_attentions" in n_
+    )

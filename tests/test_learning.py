@@ -93,9 +93,23 @@ def data(tmp_path_factory) -> Data:
 
 
 def config(out: Path, data: Path, seed: int, **kw) -> TrainConfig:
-    base = dict(output=str(out), data=[str(data)], preset="tiny-random", resolution=CROP, batch_size=2,
-                grad_accum=1, max_steps=40, lr=1e-3, mixed_precision="no", checkpoint_every=1000,
-                validate_every=1000, report_to="none", num_workers=0, log_every=1000, seed=seed)
+    base = dict(
+        output=str(out),
+        data=[str(data)],
+        preset="tiny-random",
+        resolution=CROP,
+        batch_size=2,
+        grad_accum=1,
+        max_steps=40,
+        lr=1e-3,
+        mixed_precision="no",
+        checkpoint_every=1000,
+        validate_every=1000,
+        report_to="none",
+        num_workers=0,
+        log_every=1000,
+        seed=seed,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -105,12 +119,12 @@ def rgb_errors(trainer: Trainer, gt: torch.Tensor, lq: torch.Tensor) -> list[flo
     with torch.no_grad():
         _, rgbs = trainer.models.controlnet.encode_condition(lq, return_rgbs=True)
         target = 2 * gt - 1
-        return [float(F.l1_loss(r.float(), F.interpolate(target, size=r.shape[-2:], mode="bilinear")))
-                for r in rgbs]
+        return [float(F.l1_loss(r.float(), F.interpolate(target, size=r.shape[-2:], mode="bilinear"))) for r in rgbs]
 
 
-def assert_learned(step0: dict[int, float], true: dict[int, float], shuffled_: dict[int, float],
-                   lower_is_better: bool, what: str) -> None:
+def assert_learned(
+    step0: dict[int, float], true: dict[int, float], shuffled_: dict[int, float], lower_is_better: bool, what: str
+) -> None:
     """true beats shuffled and step 0 for every seed, by more than the spread between the seeds."""
     sign = 1 if lower_is_better else -1
     spread = max(abs(true[SEEDS[0]] - true[SEEDS[1]]), abs(shuffled_[SEEDS[0]] - shuffled_[SEEDS[1]]))
@@ -163,8 +177,17 @@ def test_one_step_training_restores_from_true_pairs_only(data, tmp_path):
     psnr: dict[str, dict[int, float]] = {"step0": {}, "true": {}, "shuffled": {}}
     for seed in SEEDS:
         for kind, pairs in (("true", data.true), ("shuffled", data.shuffled)):
-            cfg = config(tmp_path / f"{kind}-{seed}", pairs, seed, mode="one-step", lpips_weights=str(lpips),
-                         lambda_vsd=0.0, lambda_vsd_lora=0.0, max_steps=60, lr=2e-3)
+            cfg = config(
+                tmp_path / f"{kind}-{seed}",
+                pairs,
+                seed,
+                mode="one-step",
+                lpips_weights=str(lpips),
+                lambda_vsd=0.0,
+                lambda_vsd_lora=0.0,
+                max_steps=60,
+                lr=2e-3,
+            )
             trainer = Trainer(cfg, log=lambda m: None)
             if kind == "true":
                 psnr["step0"][seed] = restored_psnr(trainer, data.held_gt, data.held_lq)

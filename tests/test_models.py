@@ -51,17 +51,28 @@ def tiny():
 
 def _run(models, lq, latent, t, text, tokens, scale=1.0):
     image = models.refine(tokens)
-    rgbs, downs, mid = models.controlnet(latent, t, text, controlnet_cond=lq, conditioning_scale=scale,
-                                         image_encoder_hidden_states=image)
-    eps = models.unet(latent, t, text, image_encoder_hidden_states=image, down_block_additional_residuals=downs,
-                      mid_block_additional_residual=mid).sample
+    rgbs, downs, mid = models.controlnet(
+        latent, t, text, controlnet_cond=lq, conditioning_scale=scale, image_encoder_hidden_states=image
+    )
+    eps = models.unet(
+        latent,
+        t,
+        text,
+        image_encoder_hidden_states=image,
+        down_block_additional_residuals=downs,
+        mid_block_additional_residual=mid,
+    ).sample
     return rgbs, downs, mid, eps
 
 
 def _inputs(b, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(b, 3, 8 * h, 8 * w, generator=g), torch.randn(b, 4, h, w, generator=g),
-            torch.randn(b, 77, 24, generator=g), torch.randn(b, 16, 40, generator=g))
+    return (
+        torch.rand(b, 3, 8 * h, 8 * w, generator=g),
+        torch.randn(b, 4, h, w, generator=g),
+        torch.randn(b, 77, 24, generator=g),
+        torch.randn(b, 16, 40, generator=g),
+    )
 
 
 @torch.no_grad()
@@ -70,8 +81,8 @@ def test_batch_with_per_sample_timesteps_equals_single_runs(tiny):
     t = torch.tensor([10, 900])
     _, _, _, eps = _run(tiny, lq, latent, t, text, tokens)
     for i in range(2):
-        _, _, _, single = _run(tiny, lq[i:i + 1], latent[i:i + 1], t[i:i + 1], text[i:i + 1], tokens[i:i + 1])
-        assert torch.allclose(eps[i:i + 1], single, atol=1e-5, rtol=1e-4)
+        _, _, _, single = _run(tiny, lq[i : i + 1], latent[i : i + 1], t[i : i + 1], text[i : i + 1], tokens[i : i + 1])
+        assert torch.allclose(eps[i : i + 1], single, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(eps[0], eps[1])
 
 
@@ -99,7 +110,9 @@ def test_pixel_context_defaults_to_the_residuals(tiny):
     lq, latent, text, tokens = _inputs(1, 8, 8)
     image = tiny.refine(tokens)
     _, downs, mid = tiny.controlnet(latent, 5, text, controlnet_cond=lq, image_encoder_hidden_states=image)
-    kw = dict(image_encoder_hidden_states=image, down_block_additional_residuals=downs, mid_block_additional_residual=mid)
+    kw = dict(
+        image_encoder_hidden_states=image, down_block_additional_residuals=downs, mid_block_additional_residual=mid
+    )
     a = tiny.unet(latent, 5, text, **kw).sample
     b = tiny.unet(latent, 5, text, pixel_attention_context=downs, **kw).sample
     c = tiny.unet(latent, 5, text, pixel_attention_context=[torch.zeros_like(d) for d in downs], **kw).sample
@@ -122,10 +135,17 @@ def test_gradients_reach_exactly_the_trainable_parameters(fixture_a):
     trainable = {id(p) for p in models.set_trainable()}
     x = load_file(str(fixture_a / "inputs.safetensors"))
     image = models.refine(x["clip_patch_tokens"])
-    rgbs, downs, mid = models.controlnet(x["noisy_latent"], x["timestep"], x["text_emb"], controlnet_cond=x["lq"],
-                                         image_encoder_hidden_states=image)
-    eps = models.unet(x["noisy_latent"], x["timestep"], x["text_emb"], image_encoder_hidden_states=image,
-                      down_block_additional_residuals=downs, mid_block_additional_residual=mid).sample
+    rgbs, downs, mid = models.controlnet(
+        x["noisy_latent"], x["timestep"], x["text_emb"], controlnet_cond=x["lq"], image_encoder_hidden_states=image
+    )
+    eps = models.unet(
+        x["noisy_latent"],
+        x["timestep"],
+        x["text_emb"],
+        image_encoder_hidden_states=image,
+        down_block_additional_residuals=downs,
+        mid_block_additional_residual=mid,
+    ).sample
     sspir_losses(eps, x["noise"], rgbs, x["gt"]).total.backward()
 
     # Independent count: the official file names the new UNet modules image_attentions / pixel_attentions.

@@ -28,12 +28,26 @@ from sspir_core.native.text import TokenizerIds, encode_windows, layout_pair
 from sspir_core.restore.schedulers import make_scheduler
 
 # ComfyUI 0.3.75 model_detection.detect_unet_config for SD1.5 and SDXL (read from its source).
-COMFY_SD15 = {"in_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
-              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "context_dim": 768, "use_linear_in_transformer": False,
-              "adm_in_channels": None}
-COMFY_SDXL = {"in_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
-              "transformer_depth": [0, 0, 2, 2, 10, 10], "context_dim": 2048, "use_linear_in_transformer": True,
-              "adm_in_channels": 2816}
+COMFY_SD15 = {
+    "in_channels": 4,
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4, 4],
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "context_dim": 768,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+}
+COMFY_SDXL = {
+    "in_channels": 4,
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4],
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "context_dim": 2048,
+    "use_linear_in_transformer": True,
+    "adm_in_channels": 2816,
+}
 
 
 def test_sd15_hook_layout_is_the_official_one():
@@ -96,7 +110,7 @@ def _simple(table: torch.Tensor, steps: int) -> torch.Tensor:
 
 def _partial(schedule, table: torch.Tensor, steps: int, denoise: float) -> torch.Tensor:
     """KSampler at denoise < 1: the last steps + 1 sigmas of the schedule for int(steps / denoise) steps."""
-    return schedule(table, int(steps / denoise))[-(steps + 1):]
+    return schedule(table, int(steps / denoise))[-(steps + 1) :]
 
 
 def test_leading_steps_inverts_the_leading_schedule():
@@ -177,8 +191,9 @@ def test_windows_through_a_host_encoder_equal_the_reference_encoder():
     from sspir_core.weights import load_tokenizer, sd_config_dir
 
     clip_tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
-    tok = TokenizerIds(clip_tokenizer, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id,
-                       clip_tokenizer.pad_token_id)
+    tok = TokenizerIds(
+        clip_tokenizer, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id, clip_tokenizer.pad_token_id
+    )
     captions = ["a photo " * 60, "a cat " * 70]  # both 2 chunks
     pos, neg = layout_pair(tok, captions, "blurry", 4)
     assert pos.num_chunks == 2 and pos.input_ids.shape == neg.input_ids.shape == (2, 152)
@@ -197,8 +212,12 @@ def test_windows_through_a_host_encoder_equal_the_reference_encoder():
     assert pos.num_chunks == 2
     short_ids = clip_tokenizer("short", add_special_tokens=False)["input_ids"]
     pad = clip_tokenizer.pad_token_id
-    assert pos.input_ids[0].tolist() == [clip_tokenizer.bos_token_id, *short_ids,
-                                         *[pad] * (150 - len(short_ids)), clip_tokenizer.eos_token_id]
+    assert pos.input_ids[0].tolist() == [
+        clip_tokenizer.bos_token_id,
+        *short_ids,
+        *[pad] * (150 - len(short_ids)),
+        clip_tokenizer.eos_token_id,
+    ]
     ref_pos, ref_neg = encode_prompt_pair(enc, clip_tokenizer, mixed, "", 4)
     assert torch.equal(encode_windows(pos, host), ref_pos) and torch.equal(encode_windows(neg, host), ref_neg)
     with pytest.raises(InputError, match="mixed lengths"):
@@ -212,8 +231,9 @@ def test_a_caption_past_the_chunks_is_cut_with_the_reference_routes_warning(capl
     from sspir_core.weights import load_tokenizer, sd_config_dir
 
     clip_tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
-    tok = TokenizerIds(clip_tokenizer, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id,
-                       clip_tokenizer.pad_token_id)
+    tok = TokenizerIds(
+        clip_tokenizer, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id, clip_tokenizer.pad_token_id
+    )
     words = 2000
     with caplog.at_level(logging.WARNING):
         pos, _ = layout_pair(tok, ["fine", "cat " * words], "", 4)
@@ -237,8 +257,10 @@ def test_native_patch_loads_only_sspir_parts_from_both_layouts(tmp_path):
             ours = patch.attention(site.key).state_dict()
             theirs = models.unet.get_submodule(site.key).state_dict()
             assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-        assert all(torch.equal(a, b) for a, b in zip(patch.controlnet.state_dict().values(),
-                                                      models.controlnet.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(patch.controlnet.state_dict().values(), models.controlnet.state_dict().values())
+        )
         sspir = [*models.controlnet.parameters(), *models.unet.sspir_parameters(), *models.refine.parameters()]
         assert sum(p.numel() for p in patch.parameters()) == sum(p.numel() for p in sspir)  # no SD UNet weights
     bad = tmp_path / "bad.safetensors"
@@ -261,8 +283,15 @@ def test_native_patch_attention_and_control_run_like_the_reference_modules():
     text = torch.randn(2, 77, TINY_UNET["cross_attention_dim"], generator=g)
     feats = torch.randn(1, 24, 8, 8, generator=g)
     downs, mid = patch.control(x, torch.tensor([500.0, 500.0]), text, emb, feats, 0.7)
-    out = models.controlnet(x, torch.tensor([500, 500]), text, processor_features=feats.repeat(2, 1, 1, 1),
-                            conditioning_scale=0.7, image_encoder_hidden_states=emb.repeat(2, 1, 1), return_rgbs=False)
+    out = models.controlnet(
+        x,
+        torch.tensor([500, 500]),
+        text,
+        processor_features=feats.repeat(2, 1, 1, 1),
+        conditioning_scale=0.7,
+        image_encoder_hidden_states=emb.repeat(2, 1, 1),
+        return_rgbs=False,
+    )
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(downs, out.down_residuals))
     assert torch.allclose(mid, out.mid_residual, atol=1e-6)
 
@@ -275,6 +304,7 @@ def load_native_patch_from(models):
 
 
 # ---------------------------------------------------------------------------------------------- latent tiles
+
 
 def _grid(h: int, w: int) -> torch.Tensor:
     """[1, 1, h, w] whose value at (i, j) is 100 i + j: a crop shows where it was cut from."""
@@ -289,8 +319,12 @@ def test_crop_control_cuts_each_level_under_the_tile():
     start 4 // 8 = 0). None entries and non-list values pass through."""
     from sspir_core.native.tiles import crop_control
 
-    control = {"output": [_grid(6, 10), _grid(3, 5), None], "middle": [_grid(2, 3)], "input": [_grid(1, 2)],
-               "other": "kept"}
+    control = {
+        "output": [_grid(6, 10), _grid(3, 5), None],
+        "middle": [_grid(2, 3)],
+        "input": [_grid(1, 2)],
+        "other": "kept",
+    }
     out = crop_control(control, (0, 6, 4, 10), (6, 10))
     assert torch.equal(out["output"][0], _grid(6, 10)[..., 0:6, 4:10])
     assert out["output"][1].flatten().tolist() == [2, 3, 4, 102, 103, 104, 202, 203, 204]

@@ -30,14 +30,23 @@ class FakeUNet(nn.Module):
     def __init__(self, pop=pop_last, skip_pop=pop_last, middle: bool = True, embed_patch: bool = True) -> None:
         super().__init__()
         conv = nn.Conv2d
-        self.input_blocks = nn.ModuleList([nn.Sequential(conv(4, 8, 3, padding=1)), nn.Sequential(conv(8, 8, 3, padding=1)),
-                                           nn.Sequential(conv(8, 8, 3, stride=2, padding=1)),
-                                           nn.Sequential(conv(8, 16, 3, padding=1))])
+        self.input_blocks = nn.ModuleList(
+            [
+                nn.Sequential(conv(4, 8, 3, padding=1)),
+                nn.Sequential(conv(8, 8, 3, padding=1)),
+                nn.Sequential(conv(8, 8, 3, stride=2, padding=1)),
+                nn.Sequential(conv(8, 16, 3, padding=1)),
+            ]
+        )
         self.middle_block = nn.Sequential(conv(16, 16, 3, padding=1), conv(16, 16, 3, padding=1))
-        self.output_blocks = nn.ModuleList([nn.Sequential(conv(32, 16, 3, padding=1)),
-                                            nn.Sequential(conv(24, 8, 3, padding=1), nn.Upsample(scale_factor=2)),
-                                            nn.Sequential(conv(16, 8, 3, padding=1)),
-                                            nn.Sequential(conv(16, 8, 3, padding=1))])
+        self.output_blocks = nn.ModuleList(
+            [
+                nn.Sequential(conv(32, 16, 3, padding=1)),
+                nn.Sequential(conv(24, 8, 3, padding=1), nn.Upsample(scale_factor=2)),
+                nn.Sequential(conv(16, 8, 3, padding=1)),
+                nn.Sequential(conv(16, 8, 3, padding=1)),
+            ]
+        )
         self.out = conv(8, 4, 3, padding=1)
         self.pop, self.skip_pop, self.middle, self.embed_patch = pop, skip_pop, middle, embed_patch
 
@@ -102,15 +111,19 @@ def test_the_check_passes_on_the_host_order_and_keeps_its_verdict():
 def test_a_host_that_no_longer_hands_marker_layers_to_the_handler_is_refused():
     assert nc.probe_embed_patch(FakeUNet()) == 1
     with pytest.raises(InputError, match="the probe itself failed.*marker layer ran itself"):
-        nc.check_control_contract(lambda: nc.probe_landing(FakeUNet()),
-                                  lambda: nc.probe_embed_patch(FakeUNet(embed_patch=False)), fresh=True)
+        nc.check_control_contract(
+            lambda: nc.probe_landing(FakeUNet()), lambda: nc.probe_embed_patch(FakeUNet(embed_patch=False)), fresh=True
+        )
     _reset()
 
 
-@pytest.mark.parametrize("unet, field", [
-    (FakeUNet(pop=pop_first), "input"),      # apply_control popping from the front
-    (FakeUNet(middle=False), "middle"),      # the middle residual no longer added
-])
+@pytest.mark.parametrize(
+    "unet, field",
+    [
+        (FakeUNet(pop=pop_first), "input"),  # apply_control popping from the front
+        (FakeUNet(middle=False), "middle"),  # the middle residual no longer added
+    ],
+)
 def test_a_changed_contract_fails_loudly(unet, field):
     got = nc.probe_landing(unet)
     problems = nc.landing_problems(got, nc.assumed_landing(4))

@@ -35,16 +35,14 @@ SD15_NAMES = {
     "conv_in": "input_blocks.0.0",
     "down_blocks.0.resnets.1.conv1": "input_blocks.2.0.in_layers.2",
     "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": "input_blocks.4.1.transformer_blocks.0.attn1.to_q",
-    "down_blocks.1.attentions.1.transformer_blocks.0.ff.net.0.proj":
-        "input_blocks.5.1.transformer_blocks.0.ff.net.0.proj",
+    "down_blocks.1.attentions.1.transformer_blocks.0.ff.net.0.proj": "input_blocks.5.1.transformer_blocks.0.ff.net.0.proj",  # noqa: E501 (one key, one pattern)
     "down_blocks.1.resnets.0.conv_shortcut": "input_blocks.4.0.skip_connection",
     "down_blocks.0.downsamplers.0.conv": "input_blocks.3.0.op",
     "mid_block.resnets.1.conv2": "middle_block.2.out_layers.3",
     "mid_block.attentions.0.proj_in": "middle_block.1.proj_in",
     "up_blocks.0.resnets.2.conv1": "output_blocks.2.0.in_layers.2",
     "up_blocks.0.upsamplers.0.conv": "output_blocks.2.1.conv",
-    "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0":
-        "output_blocks.5.1.transformer_blocks.0.attn2.to_out.0",
+    "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0": "output_blocks.5.1.transformer_blocks.0.attn2.to_out.0",  # noqa: E501 (one key, one pattern)
     "up_blocks.1.upsamplers.0.conv": "output_blocks.5.2.conv",
     "up_blocks.3.resnets.0.conv_shortcut": "output_blocks.9.0.skip_connection",
     "conv_out": "out.2",
@@ -82,8 +80,11 @@ def test_both_file_forms_give_the_lora_and_its_patches_equal_the_reference_merge
     from sspir_core.weights.checkpoint import save_compact, save_official_checkpoint
 
     models = one_step_with_adapter(tiny_models(seed=3), seed=3)
-    path = (save_compact(models, tmp_path / "w.safetensors") if form == "compact"
-            else save_official_checkpoint(models, tmp_path / "checkpoint-1"))
+    path = (
+        save_compact(models, tmp_path / "w.safetensors")
+        if form == "compact"
+        else save_official_checkpoint(models, tmp_path / "checkpoint-1")
+    )
     patch = load_native_patch(path)
     lora = patch.one_step
     assert lora is not None and lora.spec == models.lora
@@ -154,7 +155,7 @@ def test_euler_from_sigma_999_on_the_one_step_start_is_the_ddpm_single_step():
     assert t == 999 and sigma == pytest.approx(math.sqrt((1 - alpha_bar(None)) / alpha_bar(None)))
     sigma32 = float(torch.tensor(sigma, dtype=torch.float32))  # ComfyUI's sigma table is float32
     x = one_step_start(z, sigma32)
-    model_input = x / (sigma32 ** 2 + 1) ** 0.5
+    model_input = x / (sigma32**2 + 1) ** 0.5
     scale = 1 / alpha_bar(None) ** 0.5
     assert torch.allclose(model_input, z, rtol=0, atol=4 * EPS32 * float(z.abs().max()))
     denoised = x - eps * sigma32

@@ -75,5 +75,7 @@ def test_a_reload_after_the_file_is_gone_names_the_file(monkeypatch, tmp_path, w
     moved.write_bytes(weights.read_bytes())
     patch = glue.load_patch(str(moved), torch.float32)
     moved.unlink()
-    with pytest.raises(InputError, match="reloads .*moved.safetensors to copy SSP-IR.s weights \\(MultiGPU.*file not found"):
+    with pytest.raises(
+        InputError, match="reloads .*moved.safetensors to copy SSP-IR.s weights \\(MultiGPU.*file not found"
+    ):
         patch.patcher.deepclone_multigpu(new_load_device=torch.device("cpu"))

@@ -29,8 +29,9 @@ SAMPLE = REPO / "examples" / "astronaut_lq.png"
 
 def guarded_env(log: Path, *front: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in front), str(GUARD), str(REPO),
-                                         *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [*(str(p) for p in front), str(GUARD), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     env["SSPIR_NETGUARD_LOG"] = str(log)
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -47,8 +48,9 @@ def describe(found: list[dict]) -> str:
 
 
 def run_guarded(args: list[str], log: Path, *front: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
-                          env=guarded_env(log, *front), timeout=900)
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=guarded_env(log, *front), timeout=900
+    )
     assert proc.returncode == 0, f"{args} failed:\n{proc.stderr[-4000:]}"
     return proc
 
@@ -56,10 +58,12 @@ def run_guarded(args: list[str], log: Path, *front: Path, cwd: Path = REPO) -> s
 def test_the_guard_itself_refuses_and_records(tmp_path):
     """The guard is what the other tests lean on: a lookup of a public name is refused and logged, loopback passes."""
     log = tmp_path / "net.jsonl"
-    code = ("import socket\n"
-            "socket.getaddrinfo('127.0.0.1', 80)\n"
-            "socket.getaddrinfo('localhost', 80)\n"
-            "try:\n    socket.getaddrinfo('huggingface.co', 443)\nexcept OSError as e:\n    print('refused', e)\n")
+    code = (
+        "import socket\n"
+        "socket.getaddrinfo('127.0.0.1', 80)\n"
+        "socket.getaddrinfo('localhost', 80)\n"
+        "try:\n    socket.getaddrinfo('huggingface.co', 443)\nexcept OSError as e:\n    print('refused', e)\n"
+    )
     out = run_guarded(["-c", code], log)
     assert "refused" in out.stdout
     assert [a["host"] for a in attempts(log)] == ["huggingface.co"]
@@ -104,8 +108,10 @@ def test_library_import_and_load_make_no_connection(demo, tmp_path):
     out = run_guarded(["-c", LIBRARY, str(models)], log)
     assert "loaded" in out.stdout
     found = attempts(log)
-    assert not found, (f"the library reached the network:\n{describe(found)}\n"
-                       "(is bitsandbytes installed? the pack installs pyiqa without it: see pyproject.toml)")
+    assert not found, (
+        f"the library reached the network:\n{describe(found)}\n"
+        "(is bitsandbytes installed? the pack installs pyiqa without it: see pyproject.toml)"
+    )
 
 
 @pytest.mark.slow  # CLI subprocesses under the network guard
@@ -115,16 +121,49 @@ def test_restore_and_eval_cli_make_no_connection(demo, tmp_path):
 
     log = tmp_path / "net.jsonl"
     out_dir = tmp_path / "restored"
-    run_guarded(["-m", "sspir_core.cli", "restore", str(SAMPLE), "-o", str(out_dir),
-                 "--sd", str(models.joinpath(*DEMO_FILES["sd"])), "--sspir", str(models.joinpath(*DEMO_FILES["sspir"])),
-                 "--clip-vision", str(models.joinpath(*DEMO_FILES["clip_vision"])), "--steps", "2",
-                 "--size", "32x32"], log)
+    run_guarded(
+        [
+            "-m",
+            "sspir_core.cli",
+            "restore",
+            str(SAMPLE),
+            "-o",
+            str(out_dir),
+            "--sd",
+            str(models.joinpath(*DEMO_FILES["sd"])),
+            "--sspir",
+            str(models.joinpath(*DEMO_FILES["sspir"])),
+            "--clip-vision",
+            str(models.joinpath(*DEMO_FILES["clip_vision"])),
+            "--steps",
+            "2",
+            "--size",
+            "32x32",
+        ],
+        log,
+    )
     assert (out_dir / "astronaut_lq.png").is_file()
     gt = tmp_path / "gt"
     gt.mkdir()
     (gt / "astronaut_lq.png").write_bytes((out_dir / "astronaut_lq.png").read_bytes())
-    run_guarded(["-m", "sspir_core.cli", "eval", "--gt", str(gt), "--pred", str(out_dir), "--metrics", "all",
-                 "--weights-dir", str(tmp_path / "no-weights"), "--device", "cpu"], log)
+    run_guarded(
+        [
+            "-m",
+            "sspir_core.cli",
+            "eval",
+            "--gt",
+            str(gt),
+            "--pred",
+            str(out_dir),
+            "--metrics",
+            "all",
+            "--weights-dir",
+            str(tmp_path / "no-weights"),
+            "--device",
+            "cpu",
+        ],
+        log,
+    )
     found = attempts(log)
     assert not found, f"the CLI reached the network:\n{describe(found)}"
 
@@ -139,7 +178,8 @@ def fake_bitsandbytes(folder: Path) -> Path:
         "    socket.getaddrinfo('huggingface.co', 443)  # kernels.get_kernel('kernels-community/...')\n"
         "except OSError:\n"
         "    pass\n"
-        "from . import nn\n")
+        "from . import nn\n"
+    )
     (pkg / "nn.py").write_text("class Linear4bit: pass\nclass Linear8bitLt: pass\nclass Params4bit: pass\n")
     dist = folder / "bitsandbytes-0.50.2.dist-info"
     dist.mkdir()

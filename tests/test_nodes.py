@@ -56,17 +56,33 @@ def host(monkeypatch, models_dir):
 
 
 def _load(n):
-    model = n["SSPIRModelLoader"].execute(demo_models.SD_NAME, demo_models.SSPIR_NAME, "auto", "auto", "auto",
-                                          "auto", "in RAM").args[0]
+    model = (
+        n["SSPIRModelLoader"]
+        .execute(demo_models.SD_NAME, demo_models.SSPIR_NAME, "auto", "auto", "auto", "auto", "in RAM")
+        .args[0]
+    )
     clip = n["SSPIRClipVisionLoader"].execute(demo_models.CLIP_VISION_NAME).args[0]
     return model, clip
 
 
 def _widgets(**changes):
     """Sampler widgets as a list-input node receives them (every value in a list)."""
-    values = dict(negative_prompt="", seed=3, steps=STEPS, cfg=7.5, scheduler="ddpm", start="lq",
-                  conditioning_scale=1.0, upscale=4.0, width=0, height=0, tile=96, tile_overlap=32, vae_tile=1024,
-                  color_fix="adain")
+    values = dict(
+        negative_prompt="",
+        seed=3,
+        steps=STEPS,
+        cfg=7.5,
+        scheduler="ddpm",
+        start="lq",
+        conditioning_scale=1.0,
+        upscale=4.0,
+        width=0,
+        height=0,
+        tile=96,
+        tile_overlap=32,
+        vae_tile=1024,
+        color_fix="adain",
+    )
     values.update(changes)
     return {k: [v] for k, v in values.items()}
 
@@ -77,8 +93,9 @@ def _reference(models_dir, rgb, captions, **options):
     from sspir_core.restore.pipeline import RestoreOptions, RestorePipeline, restore_image
     from sspir_core.weights import load_clip_vision
 
-    parts = load_pipeline_parts(models_dir / "checkpoints" / demo_models.SD_NAME,
-                                models_dir / "sspir" / demo_models.SSPIR_NAME)
+    parts = load_pipeline_parts(
+        models_dir / "checkpoints" / demo_models.SD_NAME, models_dir / "sspir" / demo_models.SSPIR_NAME
+    )
     clip = load_clip_vision(models_dir / "clip_vision" / demo_models.CLIP_VISION_NAME)
     pipe = RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config)
     size = options.pop("target_size", None)
@@ -102,8 +119,16 @@ def test_nodes_match_the_contract_and_every_input_has_a_tooltip(host):
     assert host.nodes["SSPIRSampler"].define_schema().is_input_list
 
 
-@pytest.mark.parametrize("name, bad", [("steps", 0), ("cfg", float("nan")), ("cfg", 0.5),
-                                       ("conditioning_scale", float("nan")), ("conditioning_scale", 2.5)])
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("steps", 0),
+        ("cfg", float("nan")),
+        ("cfg", 0.5),
+        ("conditioning_scale", float("nan")),
+        ("conditioning_scale", 2.5),
+    ],
+)
 def test_option_errors_name_the_widgets_own_bounds(host, name, bad):
     """A value the sampler rejects at run time is reported with the bounds its widget shows (one source).
 
@@ -139,34 +164,48 @@ def test_tiling_widgets_are_checked_when_the_prompt_is_queued(host, node_id):
     assert ok is True
     assert node.validate_inputs(tile=[0], tile_overlap=[32], vae_tile=[0]) is True  # 0: never tile
     assert node.validate_inputs(tile=None, tile_overlap=[32], vae_tile=None) is True  # linked
-    for kw, words in ((dict(tile=[1]), "multiple of 8"), (dict(tile=[12]), "try 8"),
-                      (dict(tile=[32], tile_overlap=[32]), "tile_overlap (32) must be smaller than tile (32)"),
-                      (dict(tile=[520]), "between 1 and 512"), (dict(vae_tile=[100]), "multiple of 64"),
-                      (dict(tile_overlap=[-8]), "between 0 and 256")):
+    for kw, words in (
+        (dict(tile=[1]), "multiple of 8"),
+        (dict(tile=[12]), "try 8"),
+        (dict(tile=[32], tile_overlap=[32]), "tile_overlap (32) must be smaller than tile (32)"),
+        (dict(tile=[520]), "between 1 and 512"),
+        (dict(vae_tile=[100]), "multiple of 64"),
+        (dict(tile_overlap=[-8]), "between 0 and 256"),
+    ):
         args = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], **kw}
         problem = node.validate_inputs(**args)
         assert isinstance(problem, str) and words in problem, (kw, problem)
 
 
-@pytest.mark.parametrize("node_id, kw, widgets", [
-    ("SSPIRSampler", dict(tile=[7]), ["tile"]),
-    ("SSPIRSampler", dict(cfg=[0.5]), ["cfg"]),
-    ("SSPIRSampler", dict(tile=[32], tile_overlap=[32]), ["tile_overlap"]),
-    ("SSPIRSampler", dict(tile_overlap=[-8]), ["tile_overlap"]),
-    ("SSPIRSampler", dict(vae_tile=[100], steps=[2000]), ["vae_tile", "steps"]),
-    ("SSPIRRestore", dict(tile=[520], cfg=[0.5]), ["tile", "cfg"]),
-    ("SSPIRApply", dict(tile=[12]), ["tile"]),
-    ("SSPIRApply", dict(tile=[32], tile_overlap=[40]), ["tile_overlap"]),
-    ("SSPIRApply", dict(start_percent=[0.6], end_percent=[0.2]), ["end_percent"]),
-    ("SSPIRApply", dict(tile=[12], start_percent=[-0.1]), ["tile", "start_percent"]),
-])
+@pytest.mark.parametrize(
+    "node_id, kw, widgets",
+    [
+        ("SSPIRSampler", dict(tile=[7]), ["tile"]),
+        ("SSPIRSampler", dict(cfg=[0.5]), ["cfg"]),
+        ("SSPIRSampler", dict(tile=[32], tile_overlap=[32]), ["tile_overlap"]),
+        ("SSPIRSampler", dict(tile_overlap=[-8]), ["tile_overlap"]),
+        ("SSPIRSampler", dict(vae_tile=[100], steps=[2000]), ["vae_tile", "steps"]),
+        ("SSPIRRestore", dict(tile=[520], cfg=[0.5]), ["tile", "cfg"]),
+        ("SSPIRApply", dict(tile=[12]), ["tile"]),
+        ("SSPIRApply", dict(tile=[32], tile_overlap=[40]), ["tile_overlap"]),
+        ("SSPIRApply", dict(start_percent=[0.6], end_percent=[0.2]), ["end_percent"]),
+        ("SSPIRApply", dict(tile=[12], start_percent=[-0.1]), ["tile", "start_percent"]),
+    ],
+)
 def test_each_widget_problem_is_named_once_by_its_widget(host, node_id, kw, widgets):
     """The nodes sort their problems by widget (issue 27: one bad tile was reported on five widgets): a value
     wrong on its own is its widget's problem, tile_overlap not below tile is the overlap's."""
     node = host.nodes[node_id]
     names = list(inspect.signature(node.widget_problems).parameters)
-    fine = {"tile": [96], "tile_overlap": [32], "vae_tile": [1024], "steps": [0], "cfg": [0.0],
-            "start_percent": [0.0], "end_percent": [1.0]}
+    fine = {
+        "tile": [96],
+        "tile_overlap": [32],
+        "vae_tile": [1024],
+        "steps": [0],
+        "cfg": [0.0],
+        "start_percent": [0.0],
+        "end_percent": [1.0],
+    }
     problems = node.widget_problems(**{n: fine[n] for n in names} | kw)
     assert list(problems) == widgets, problems
     for name, problem in problems.items():
@@ -185,9 +224,11 @@ def test_validation_errors_are_moved_onto_their_widgets(host, monkeypatch):
 
     async def host_validate(prompt_id, prompt, item, validated):  # ComfyUI 0.3.75's shape of the result
         inputs = prompt[item]["inputs"]
-        errors = [{"type": "custom_validation_failed", "details": f"{x} - the whole message",
-                   "extra_info": {"input_name": x}} for x in ("steps", "cfg", "tile", "tile_overlap", "vae_tile")
-                  if x in inputs]
+        errors = [
+            {"type": "custom_validation_failed", "details": f"{x} - the whole message", "extra_info": {"input_name": x}}
+            for x in ("steps", "cfg", "tile", "tile_overlap", "vae_tile")
+            if x in inputs
+        ]
         errors.append({"type": "required_input_missing", "details": "image", "extra_info": {"input_name": "image"}})
         validated[item] = (False, errors, item)
         return validated[item]
@@ -196,9 +237,13 @@ def test_validation_errors_are_moved_onto_their_widgets(host, monkeypatch):
     fake.validate_inputs = host_validate
     monkeypatch.setitem(sys.modules, "execution", fake)
     assert node_host.attach_errors_to_widgets(host.nodes.values())
-    prompt = {"5": {"class_type": "SSPIRSampler",
-                    "inputs": {"steps": 0, "cfg": 0.0, "tile": 7, "tile_overlap": 32, "vae_tile": ["9", 0]}},
-              "6": {"class_type": "KSampler", "inputs": {"steps": 0, "cfg": 0.0}}}
+    prompt = {
+        "5": {
+            "class_type": "SSPIRSampler",
+            "inputs": {"steps": 0, "cfg": 0.0, "tile": 7, "tile_overlap": 32, "vae_tile": ["9", 0]},
+        },
+        "6": {"class_type": "KSampler", "inputs": {"steps": 0, "cfg": 0.0}},
+    }
     validated: dict = {}
     ok, errors, _ = asyncio.run(fake.validate_inputs("p", prompt, "5", validated))
     custom = [e for e in errors if e["type"] == "custom_validation_failed"]
@@ -208,31 +253,37 @@ def test_validation_errors_are_moved_onto_their_widgets(host, monkeypatch):
     assert validated["5"] == (ok, errors, "5")  # what later lookups see
     other = asyncio.run(fake.validate_inputs("p", prompt, "6", {}))[1]
     assert len([e for e in other if e["type"] == "custom_validation_failed"]) == 2  # not ours: untouched
+
+
 def test_apply_controlnet_range_is_checked_when_the_prompt_is_queued(host):
     """Apply SSP-IR: end_percent below start_percent is refused before anything runs, naming end_percent; naming
     them in validate_inputs makes ComfyUI skip their min/max, so 0..1 (and NaN) are checked here."""
     node = host.nodes["SSPIRApply"]
     assert node.validate_inputs(tile=0, tile_overlap=0, start_percent=0.2, end_percent=0.2) is True
     assert node.validate_inputs(tile=0, tile_overlap=0, start_percent=None, end_percent=0.1) is True  # linked
-    for kw, words in ((dict(start_percent=0.6, end_percent=0.2), "end_percent (0.2) is below start_percent (0.6)"),
-                      (dict(start_percent=-0.1), "start_percent must be a number from 0 to 1"),
-                      (dict(end_percent=1.5), "end_percent must be a number from 0 to 1"),
-                      (dict(end_percent=float("nan")), "end_percent must be a number from 0 to 1")):
-        problem = node.validate_inputs(**{"tile": 0, "tile_overlap": 0, "start_percent": 0.0, "end_percent": 1.0,
-                                          **kw})
+    for kw, words in (
+        (dict(start_percent=0.6, end_percent=0.2), "end_percent (0.2) is below start_percent (0.6)"),
+        (dict(start_percent=-0.1), "start_percent must be a number from 0 to 1"),
+        (dict(end_percent=1.5), "end_percent must be a number from 0 to 1"),
+        (dict(end_percent=float("nan")), "end_percent must be a number from 0 to 1"),
+    ):
+        problem = node.validate_inputs(**{"tile": 0, "tile_overlap": 0, "start_percent": 0.0, "end_percent": 1.0, **kw})
         assert isinstance(problem, str) and words in problem, (kw, problem)
 
 
 def test_model_folders_merge_with_extra_model_paths(monkeypatch, models_dir, tmp_path):
-    rec = fake_comfy.install(monkeypatch, str(models_dir),
-                             existing_folders={"LLM": ([str(tmp_path / "extra-llm")], set())})
+    rec = fake_comfy.install(
+        monkeypatch, str(models_dir), existing_folders={"LLM": ([str(tmp_path / "extra-llm")], set())}
+    )
     import folder_paths
 
     import nodes
 
     nodes.node_list()
     assert folder_paths.folder_names_and_paths["LLM"] == (
-        [str(models_dir / "LLM"), str(tmp_path / "extra-llm")], {"folder"})
+        [str(models_dir / "LLM"), str(tmp_path / "extra-llm")],
+        {"folder"},
+    )
     assert folder_paths.folder_names_and_paths["sspir"][0] == [str(models_dir / "sspir")]
     assert rec.unloads == 0
 
@@ -255,11 +306,17 @@ def test_loader_choices_list_official_folders_and_reject_unknown_names(host, fix
     with pytest.raises(InputError, match="is not in the clip_vision folders"):
         host.nodes["SSPIRClipVisionLoader"].execute("other.safetensors")
     spec = loader.execute(demo_models.SD_NAME, "run-a/checkpoint-7", "sd15", "auto", "fp16", "on", "off").args[0]
-    assert (spec.device, spec.dtype, spec.offload, spec.base) == (torch.device("cpu"), torch.float16, False, "sd15")  # --cpu
+    assert (spec.device, spec.dtype, spec.offload, spec.base) == (
+        torch.device("cpu"),
+        torch.float16,
+        False,
+        "sd15",
+    )  # --cpu
 
 
 def test_component_graph_equals_the_cli_path_and_reuses_loaded_models(host, models_dir):
     from sspir_core.restore import components
+
     n = host.nodes
     model, clip = _load(n)
     torch.manual_seed(0)
@@ -298,8 +355,11 @@ def test_priors_made_at_another_size_are_brought_to_the_samplers_size(host, mode
     image = torch.rand(1, 9, 11, 3)
     embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 2.0, 0, 0).args[0]
     structure, _ = n["SSPIRStructureProcessor"].execute(model, image, 2.0, 0, 0).args
-    out = n["SSPIRSampler"].execute([model], [image], [embed], [structure], ["a cat"],
-                                    **_widgets(width=40, height=32, upscale=2.0)).args[0]
+    out = (
+        n["SSPIRSampler"]
+        .execute([model], [image], [embed], [structure], ["a cat"], **_widgets(width=40, height=32, upscale=2.0))
+        .args[0]
+    )
     assert out.shape == (1, 32, 40, 3)
     assert set(embed.computed) == {(22, 18), (40, 32)} and set(structure.computed) == {(22, 18), (40, 32)}
     expected = _reference(models_dir, _bchw(image), "a cat", target_size=(40, 32))
@@ -333,36 +393,51 @@ def test_cancel_stops_within_a_step(host):
 
 def test_captions_rgba_and_cache_off(host, models_dir):
     from sspir_core.restore import components
+
     n = host.nodes
     model, clip = _load(n)
-    captioner = n["SSPIRCaptionerLoader"].execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto",
-                                                  "auto", False).args[0]
+    captioner = (
+        n["SSPIRCaptionerLoader"]
+        .execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto", "auto", False)
+        .args[0]
+    )
     image = torch.rand(2, 8, 8, 4)  # RGBA batch: alpha is kept
     result = n["SSPIRCaption"].execute(captioner, image)
     captions = result.args[0]
     assert isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert result.ui.as_dict()["text"][0] == "\n\n".join(captions)
     assert components.captioner_for(captioner).model is None  # keep_loaded off: unloaded for the restoration
-    out, used = n["SSPIRRestore"].execute([model], [clip], [image], ["photo,"], captioner=[captioner],
-                                          **_widgets()).args
+    out, used = (
+        n["SSPIRRestore"].execute([model], [clip], [image], ["photo,"], captioner=[captioner], **_widgets()).args
+    )
     assert used == [f"photo, {c}".strip() for c in captions]
     assert out.shape == (2, 32, 32, 4)
-    torch.testing.assert_close(out[..., 3], torch.nn.functional.interpolate(
-        image[..., 3:].permute(0, 3, 1, 2), size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)[:, 0])
+    torch.testing.assert_close(
+        out[..., 3],
+        torch.nn.functional.interpolate(
+            image[..., 3:].permute(0, 3, 1, 2), size=(32, 32), mode="bicubic", antialias=True
+        ).clamp(0, 1)[:, 0],
+    )
     with pytest.raises(InputError, match="got 3 captions for 2 images"):
         n["SSPIRRestore"].execute([model], [clip], [image], [["a", "b", "c"]], **_widgets())
     with pytest.raises(InputError, match="needs a model folder"):
         n["SSPIRCaptionerLoader"].execute("llava", "(none: openai server)", "", "", "", 0, 0, "auto", "auto", False)
-    off = n["SSPIRModelLoader"].execute(demo_models.SD_NAME, demo_models.SSPIR_NAME, "auto", "auto", "auto", "auto",
-                                        "off").args[0]
+    off = (
+        n["SSPIRModelLoader"]
+        .execute(demo_models.SD_NAME, demo_models.SSPIR_NAME, "auto", "auto", "auto", "auto", "off")
+        .args[0]
+    )
     n["SSPIRRestore"].execute([off], [clip], [image[:1, ..., :3]], [""], **_widgets(steps=1))
     assert off.key() not in components.MODELS  # dropped after the run
 
 
 def test_cancel_stops_a_caption_within_a_token(host):
     n = host.nodes
-    captioner = n["SSPIRCaptionerLoader"].execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto",
-                                                  "auto", False).args[0]
+    captioner = (
+        n["SSPIRCaptionerLoader"]
+        .execute("llava", demo_models.LLM_NAME, "", "", "", 6, 0, "auto", "auto", False)
+        .args[0]
+    )
     start = host.interrupt_checks
     host.interrupt_after = start + 3  # Cancel pressed while the first caption is being written
     with pytest.raises(fake_comfy.InterruptProcessingException):
@@ -381,17 +456,24 @@ def test_cancel_stops_an_openai_caption_on_a_server_that_never_answers(host, mon
     real_check = mm.throw_exception_if_processing_interrupted
 
     with SilentServer() as srv:
+
         def check():
             if srv.requests and host.interrupt_after is None:
                 host.interrupt_after = host.interrupt_checks + 3  # Cancel pressed while the request waits
             real_check()
 
         monkeypatch.setattr(mm, "throw_exception_if_processing_interrupted", check)
-        captioner = host.nodes["SSPIRCaptionerLoader"].execute(
-            "openai", "(none: openai server)", srv.url, "m", "", 0, 0, "auto", "auto", False).args[0]
+        captioner = (
+            host.nodes["SSPIRCaptionerLoader"]
+            .execute("openai", "(none: openai server)", srv.url, "m", "", 0, 0, "auto", "auto", False)
+            .args[0]
+        )
         with pytest.raises(fake_comfy.InterruptProcessingException):
-            call_in_thread(lambda: host.nodes["SSPIRCaption"].execute(captioner, torch.rand(1, 8, 8, 3)),
-                           "a cancelled caption", guard=60)  # under the 120 s timeout it must not wait out
+            call_in_thread(
+                lambda: host.nodes["SSPIRCaption"].execute(captioner, torch.rand(1, 8, 8, 3)),
+                "a cancelled caption",
+                guard=60,
+            )  # under the 120 s timeout it must not wait out
         assert host.interrupt_checks == host.interrupt_after  # no check after the one that raised
         assert srv.hung_up.wait(HANG_GUARD_S), "the connection was left open"
         for thread in threading.enumerate():  # after the request thread, nothing of the caption can send
@@ -507,14 +589,20 @@ def test_each_node_places_only_the_modules_its_stage_runs(host, monkeypatch):
     n = host.nodes
     model, clip = _load(n)
     image = torch.rand(1, 8, 8, 3)
-    parts = components.MODELS.get(model.key(), lambda: components.load_pipeline_parts(
-        model.sd, model.sspir, model.base, model.dtype))
+    parts = components.MODELS.get(
+        model.key(), lambda: components.load_pipeline_parts(model.sd, model.sspir, model.base, model.dtype)
+    )
     tower = components.CLIP_VISION.get(clip.key(), lambda: pytest.fail("the CLIP tower is loaded by _load"))
 
     def names(placed):
-        known = {id(parts.models.unet): "unet", id(parts.models.controlnet): "controlnet",
-                 id(parts.models.refine): "refine", id(parts.vae): "vae", id(parts.text_encoder): "text_encoder",
-                 id(tower): "clip_vision"}
+        known = {
+            id(parts.models.unet): "unet",
+            id(parts.models.controlnet): "controlnet",
+            id(parts.models.refine): "refine",
+            id(parts.vae): "vae",
+            id(parts.text_encoder): "text_encoder",
+            id(tower): "clip_vision",
+        }
         return {known.get(id(m), type(m).__name__) for m in placed}
 
     placed = _placements(monkeypatch, model.device)
@@ -557,7 +645,8 @@ def test_model_spec_holds_torch_types_parsed_once():
     spec = ModelSpec("sd", "sspir", device="cuda:1", dtype="bfloat16")
     assert (spec.device, spec.dtype) == (torch.device("cuda", 1), torch.bfloat16)
     assert ModelSpec("sd", "sspir", device=torch.device("cpu"), dtype=torch.float16) == ModelSpec(
-        "sd", "sspir", device="cpu", dtype="torch.float16")
+        "sd", "sspir", device="cpu", dtype="torch.float16"
+    )
     with pytest.raises(InputError, match="not a torch floating dtype"):
         ModelSpec("sd", "sspir", dtype="int8")
     with pytest.raises(InputError, match="not a torch device"):
@@ -572,11 +661,16 @@ class _Prior:
         self.moves.append(device)
 
 
-@pytest.mark.parametrize("device, offload, cache, home, parked", [
-    ("cuda", False, "in RAM", "cuda", ["cpu"]), ("cuda", False, "off", "cuda", ["cpu"]),
-    ("cuda", False, "on device", "cuda", []), ("cuda", True, "in RAM", "cpu", ["cpu"]),
-    ("cpu", False, "in RAM", "cpu", []),
-])
+@pytest.mark.parametrize(
+    "device, offload, cache, home, parked",
+    [
+        ("cuda", False, "in RAM", "cuda", ["cpu"]),
+        ("cuda", False, "off", "cuda", ["cpu"]),
+        ("cuda", False, "on device", "cuda", []),
+        ("cuda", True, "in RAM", "cpu", ["cpu"]),
+        ("cpu", False, "in RAM", "cpu", []),
+    ],
+)
 def test_priors_wait_on_their_device_and_follow_the_cache_choice(tmp_path, device, offload, cache, home, parked):
     """Priors stay where the sampler uses them (no device -> RAM -> device trip), in RAM when the model offloads;
     after the run they follow the models: on the device with "on device", in RAM otherwise."""

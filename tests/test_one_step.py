@@ -57,9 +57,23 @@ def stand_in_lpips(folder: Path, widths=(4, 4, 6, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8),
 
 
 def _cfg(out: Path, data: Path, lpips: Path | None, **kw) -> TrainConfig:
-    base = dict(output=str(out), data=[str(data)], preset="tiny-random", resolution=64, batch_size=2, grad_accum=1,
-                max_steps=4, mixed_precision="no", checkpoint_every=1000, validate_every=1000, report_to="none",
-                num_workers=0, log_every=1000, mode="one-step", lpips_weights=str(lpips) if lpips else None)
+    base = dict(
+        output=str(out),
+        data=[str(data)],
+        preset="tiny-random",
+        resolution=64,
+        batch_size=2,
+        grad_accum=1,
+        max_steps=4,
+        mixed_precision="no",
+        checkpoint_every=1000,
+        validate_every=1000,
+        report_to="none",
+        num_workers=0,
+        log_every=1000,
+        mode="one-step",
+        lpips_weights=str(lpips) if lpips else None,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -144,8 +158,17 @@ def test_loss_falls_and_its_parts_add_up(pairs, tmp_path):
     """20 steps on 4 degraded crops (pixel MSE + the Processor losses): the logged total is the sum of its parts
     and falls. Whether training restores anything is tests/test_learning.py's question (true vs shuffled pairs on
     held-out crops, margins from the spread between seeds)."""
-    cfg = _cfg(tmp_path / "run", pairs, None, max_steps=20, lr=2e-3, caption_dropout=0.0, lambda_lpips=0.0,
-               lambda_vsd=0.0, lambda_vsd_lora=0.0)
+    cfg = _cfg(
+        tmp_path / "run",
+        pairs,
+        None,
+        max_steps=20,
+        lr=2e-3,
+        caption_dropout=0.0,
+        lambda_lpips=0.0,
+        lambda_vsd=0.0,
+        lambda_vsd_lora=0.0,
+    )
     Trainer(cfg, log=lambda m: None).train()
     rows = _metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, 21))
@@ -161,8 +184,9 @@ def trained(pairs, tmp_path_factory):
     """Two one-step steps with every loss on (LPIPS through the random stand-in), saved at step 2."""
     root = tmp_path_factory.mktemp("one-step")
     lpips = stand_in_lpips(root / "lpips")
-    cfg = _cfg(root / "run", pairs, lpips, max_steps=2, lr=1e-3, checkpoint_every=2, validate_every=2,
-               validation_count=2)
+    cfg = _cfg(
+        root / "run", pairs, lpips, max_steps=2, lr=1e-3, checkpoint_every=2, validate_every=2, validation_count=2
+    )
     trainer = Trainer(cfg, log=lambda m: None)
     trainer.train()
     return trainer, root / "run" / "checkpoint-2"
@@ -175,8 +199,9 @@ def test_checkpoint_says_one_step_in_both_layouts(trained):
     compact = read_compact_metadata(ckpt / "sspir.safetensors")
     assert compact["mode"] == ONE_STEP and json.loads(compact["one_step"]) == meta
     lora = read_state_dict(ckpt / "lora" / "unet_lora.safetensors")
-    assert lora and {k for k in read_state_dict(ckpt / "sspir.safetensors") if k.startswith("lora.")} == \
-        {f"lora.{k}" for k in lora}
+    assert lora and {k for k in read_state_dict(ckpt / "sspir.safetensors") if k.startswith("lora.")} == {
+        f"lora.{k}" for k in lora
+    }
     assert any(float(v.abs().max()) > 0 for k, v in lora.items() if ".lora_B." in k)  # B starts at 0: it trained
     unet = read_state_dict(ckpt / "unet" / "diffusion_pytorch_model.safetensors")
     assert not any("lora" in k or "base_layer" in k for k in unet)  # the official layout stays loadable as is
@@ -212,15 +237,35 @@ def test_restore_gives_the_training_steps_own_prediction(trained, pairs, tmp_pat
 
     # the compact file holds no SD weights: its SD UNet comes from the folder, as a user's comes from their SD file
     compact = load_sspir_weights(ckpt / "sspir.safetensors", sd_unet=stock_unet_from_official(ckpt))
-    for restored in (tiny_random_pipeline(ckpt),
-                     RestorePipeline(compact, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.clip_vision)):
+    for restored in (
+        tiny_random_pipeline(ckpt),
+        RestorePipeline(compact, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.clip_vision),
+    ):
         assert restored.models.mode == ONE_STEP and restored.models.lora is None  # merged for inference
         with torch.no_grad():
             got = restored.restore(lq, "", RestoreOptions(steps=1, cfg=1.0, color_fix="none", tile=None, vae_tile=None))
         assert float((got - expected).abs().max()) <= tol, (float((got - expected).abs().max()), tol)
 
-    args = ["restore", str(lq_file), "-o", str(tmp_path / "out"), "--preset", "tiny-random", "--sspir", str(ckpt),
-            "--upscale", "1", "--device", "cpu", "--color-fix", "none", "--tile", "0", "--vae-tile", "0"]
+    args = [
+        "restore",
+        str(lq_file),
+        "-o",
+        str(tmp_path / "out"),
+        "--preset",
+        "tiny-random",
+        "--sspir",
+        str(ckpt),
+        "--upscale",
+        "1",
+        "--device",
+        "cpu",
+        "--color-fix",
+        "none",
+        "--tile",
+        "0",
+        "--vae-tile",
+        "0",
+    ]
     assert cli_main(args) == 0
     assert "warning" not in capsys.readouterr().err
     png = np.asarray(Image.open(tmp_path / "out" / "chelsea.png")).astype(int)
@@ -244,8 +289,13 @@ def test_resume_reproduces_the_uninterrupted_run(pairs, tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert all(r["loss_vsd_lora"] > 0 and r["loss_lpips"] > 0 for r in a)  # every loss ran
-    for sub in ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
-                "lora/unet_lora.safetensors", "vsd/fake_score_lora.safetensors", "sspir.safetensors"):
+    for sub in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "controlnet/diffusion_pytorch_model.safetensors",
+        "lora/unet_lora.safetensors",
+        "vsd/fake_score_lora.safetensors",
+        "sspir.safetensors",
+    ):
         sa = read_state_dict(tmp_path / "full" / "checkpoint-4" / sub)
         sb = read_state_dict(tmp_path / "cut" / "checkpoint-4" / sub)
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), sub

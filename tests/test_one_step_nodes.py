@@ -1,7 +1,8 @@
 """ComfyUI's PGA Sampler and SSP-IR Restore nodes run a one-step checkpoint in one step (fake host, demo models).
 
 The one-step file is `sspir demo-models`' one: the demo SSP-IR compact file plus a LoRA with non-zero B (so
-it changes the output), saved by the pack's own writer; the reference is the CLI's path with RestoreOptions(steps=1, cfg=1).
+it changes the output), saved by the pack's own writer; the reference is the CLI's path with
+RestoreOptions(steps=1, cfg=1).
 """
 
 from __future__ import annotations
@@ -25,8 +26,22 @@ def models_dir(tmp_path_factory):
 
 
 def _widgets(**changes):
-    values = dict(negative_prompt="", seed=3, steps=0, cfg=0.0, scheduler="ddpm", start="lq", conditioning_scale=1.0,
-                  upscale=4.0, width=0, height=0, tile=96, tile_overlap=32, vae_tile=1024, color_fix="adain")
+    values = dict(
+        negative_prompt="",
+        seed=3,
+        steps=0,
+        cfg=0.0,
+        scheduler="ddpm",
+        start="lq",
+        conditioning_scale=1.0,
+        upscale=4.0,
+        width=0,
+        height=0,
+        tile=96,
+        tile_overlap=32,
+        vae_tile=1024,
+        color_fix="adain",
+    )
     values.update(changes)
     return {k: [v] for k, v in values.items()}
 
@@ -37,8 +52,11 @@ def test_sampler_nodes_run_a_one_step_checkpoint_in_one_step(host, models_dir, c
     from sspir_core.weights import load_clip_vision
 
     n = host.nodes
-    model = n["SSPIRModelLoader"].execute(demo_models.SD_NAME, ONE_STEP_NAME, "auto", "auto", "auto", "auto",
-                                          "in RAM").args[0]
+    model = (
+        n["SSPIRModelLoader"]
+        .execute(demo_models.SD_NAME, ONE_STEP_NAME, "auto", "auto", "auto", "auto", "in RAM")
+        .args[0]
+    )
     clip = n["SSPIRClipVisionLoader"].execute(demo_models.CLIP_VISION_NAME).args[0]
     image = torch.rand(1, 10, 12, 3, generator=torch.Generator().manual_seed(0))
     embed = n["SSPIRClipImageEmbed"].execute(model, clip, image, 4.0, 0, 0).args[0]
@@ -49,9 +67,14 @@ def test_sampler_nodes_run_a_one_step_checkpoint_in_one_step(host, models_dir, c
     assert [t for v, t, _ in host.progress if v >= 1][-1] == 1 + 1 + 1
 
     parts = load_pipeline_parts(models_dir / "checkpoints" / demo_models.SD_NAME, models_dir / "sspir" / ONE_STEP_NAME)
-    pipe = RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer,
-                           load_clip_vision(models_dir / "clip_vision" / demo_models.CLIP_VISION_NAME),
-                           parts.scheduler_config)
+    pipe = RestorePipeline(
+        parts.models,
+        parts.vae,
+        parts.text_encoder,
+        parts.tokenizer,
+        load_clip_vision(models_dir / "clip_vision" / demo_models.CLIP_VISION_NAME),
+        parts.scheduler_config,
+    )
     expected = restore_image(pipe, image.permute(0, 3, 1, 2), "a cat", RestoreOptions(steps=1, cfg=1.0, seed=3))
     torch.testing.assert_close(out.permute(0, 3, 1, 2), expected, atol=1e-4, rtol=0)
     restored, _ = n["SSPIRRestore"].execute([model], [clip], [image], ["a cat"], **_widgets()).args

@@ -40,7 +40,7 @@ def decoded(vae, latents):
 
 
 def reference(decoded, source, box, method, bits):
-    out = decoded.float().clone().add_(1).div_(2).clamp_(0, 1)[..., box[0]:box[1], box[2]:box[3]]
+    out = decoded.float().clone().add_(1).div_(2).clamp_(0, 1)[..., box[0] : box[1], box[2] : box[3]]
     fixed = apply_color_fix(out, source, method)
     return quantize(fixed, bits)
 
@@ -85,6 +85,7 @@ def test_adain_statistics_in_bands_keep_float64_temporaries_small(vae, latents, 
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from sspir_core.restore import output_stream
+
     class LargestDouble(TorchDispatchMode):
         largest = 0
 

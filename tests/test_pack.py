@@ -17,7 +17,9 @@ from tests.conftest import REPO, import_bitsandbytes
 
 
 def _import_pack(folder: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -29,7 +31,8 @@ def test_plain_import_is_cheap_and_offline():
     code = (
         "import importlib.util, sys, socket\n"
         "socket.socket.connect = lambda *a, **k: (_ for _ in ()).throw(RuntimeError('network at import'))\n"
-        f"spec = importlib.util.spec_from_file_location('pack', r'{REPO / '__init__.py'}', submodule_search_locations=[r'{REPO}'])\n"
+        f"spec = importlib.util.spec_from_file_location('pack', r'{REPO / '__init__.py'}', "
+        f"submodule_search_locations=[r'{REPO}'])\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)\n"
         "print('ok')\n"
@@ -118,9 +121,14 @@ def test_requirements_txt_is_pyproject_without_torch():
     import tomllib
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    lines = [ln.strip() for ln in (REPO / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    assert lines == [d for d in deps if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))]
+    lines = [
+        ln.strip()
+        for ln in (REPO / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert lines == [
+        d for d in deps if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))
+    ]
     assert not any(ln.startswith("torch") and not ln.startswith("torch_") for ln in lines)
 
 
@@ -162,8 +170,13 @@ def test_models_load_without_importing_bitsandbytes(tmp_path):
         "    assert peft.helpers.bnb.nn is bitsandbytes.nn\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
     loading = out.stderr.split("now importing bitsandbytes")[0]
     assert "kernels" not in loading
@@ -173,10 +186,17 @@ def test_models_load_without_importing_bitsandbytes(tmp_path):
 
 def test_the_library_leaves_a_hosts_imports_alone():
     """ComfyUI imports sspir_core into its own process: the import hook is the `sspir` executable's alone."""
-    code = ("import sys\nbefore = list(sys.meta_path)\nimport sspir_core, sspir_core.restore.components\n"
-            "import nodes\nnodes.node_list\nassert sys.meta_path == before, sys.meta_path\nprint('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code = (
+        "import sys\nbefore = list(sys.meta_path)\nimport sspir_core, sspir_core.restore.components\n"
+        "import nodes\nnodes.node_list\nassert sys.meta_path == before, sys.meta_path\nprint('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
@@ -219,15 +239,27 @@ def test_comfy_node_pack_leaves_out_the_tests_and_keeps_the_pack(tmp_path):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=copy, check=True)
     subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
-    out = subprocess.run([str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "pack"], cwd=copy,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "pack"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     with zipfile.ZipFile(copy / "node.zip") as z:
         names = z.namelist()
         size = sum(i.file_size for i in z.infolist())
     assert not [n for n in names if n.startswith(("tests/", ".ci/"))]
-    for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "nodes/sampling.py",
-                   "example_workflows/sspir_restore.json", "example_workflows/sspir_restore.jpg",
-                   "sspir_core/restore/pipeline.py", "sspir_core/configs/sd15/unet.json"):
+    for needed in (
+        "__init__.py",
+        "pyproject.toml",
+        "requirements.txt",
+        "nodes/sampling.py",
+        "example_workflows/sspir_restore.json",
+        "example_workflows/sspir_restore.jpg",
+        "sspir_core/restore/pipeline.py",
+        "sspir_core/configs/sd15/unet.json",
+    ):
         assert needed in names, needed
     assert size < 3_000_000, f"{size / 1e6:.1f} MB unpacked"

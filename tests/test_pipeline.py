@@ -48,8 +48,8 @@ def test_output_shape_range_and_determinism(pipe, lq):
 def test_same_seed_same_output_in_a_batch_or_alone(pipe, lq):
     batch = run(pipe, lq, caption=["a cat", "a dog"], seed=9)
     for i, cap in enumerate(["a cat", "a dog"]):
-        alone = run(pipe, lq[i:i + 1], caption=cap, seed=9)
-        assert torch.allclose(batch[i:i + 1], alone, atol=1e-4), i
+        alone = run(pipe, lq[i : i + 1], caption=cap, seed=9)
+        assert torch.allclose(batch[i : i + 1], alone, atol=1e-4), i
 
 
 def test_each_image_of_a_batch_gets_what_it_gets_alone_whatever_the_other_captions(pipe):
@@ -62,8 +62,8 @@ def test_each_image_of_a_batch_gets_what_it_gets_alone_whatever_the_other_captio
     batch = pipe.restore(lq3, caps, RestoreOptions(**FAST, **opts), callback=lambda i, n, z: seen.append((i, n)))
     assert seen == [(i, 4) for i in range(1, 5)]  # two groups of 2 steps, counted as one run
     for i, cap in enumerate(caps):
-        alone = run(pipe, lq3[i:i + 1], caption=cap, **opts)
-        assert (batch[i:i + 1] - alone).abs().max() < 1e-4, i
+        alone = run(pipe, lq3[i : i + 1], caption=cap, **opts)
+        assert (batch[i : i + 1] - alone).abs().max() < 1e-4, i
 
 
 def test_every_scheduler_runs_deterministically_from_the_papers_start(pipe, lq, monkeypatch):
@@ -87,14 +87,20 @@ def test_every_scheduler_runs_deterministically_from_the_papers_start(pipe, lq, 
     assert not torch.allclose(starts["EulerDiscreteScheduler"], ddpm)
     names = list(outs)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not torch.allclose(outs[a], outs[b], atol=1e-4), (a, b)
 
 
 @pytest.mark.parametrize(
     "change",
-    [dict(start="noise"), dict(cfg=1.0), dict(conditioning_scale=0.3), dict(color_fix="wavelet"),
-     dict(color_fix="none"), dict(negative_prompt="blurry")],
+    [
+        dict(start="noise"),
+        dict(cfg=1.0),
+        dict(conditioning_scale=0.3),
+        dict(color_fix="wavelet"),
+        dict(color_fix="none"),
+        dict(negative_prompt="blurry"),
+    ],
 )
 def test_each_option_changes_the_result(pipe, lq, change):
     base = run(pipe, lq[:1])
@@ -152,10 +158,26 @@ def test_bad_captions_and_shapes(pipe, lq):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("steps", 0), ("steps", 2.5), ("steps", 1001), ("cfg", float("nan")), ("cfg", float("inf")), ("cfg", -1.0),
-     ("scheduler", "heun"), ("negative_prompt", None), ("conditioning_scale", float("nan")), ("start", "middle"),
-     ("seed", -1), ("seed", 2**64), ("color_fix", "sepia"), ("tile", 0), ("tile_overlap", -1), ("vae_tile", 4),
-     ("max_chunks", 0), ("steps", True)],
+    [
+        ("steps", 0),
+        ("steps", 2.5),
+        ("steps", 1001),
+        ("cfg", float("nan")),
+        ("cfg", float("inf")),
+        ("cfg", -1.0),
+        ("scheduler", "heun"),
+        ("negative_prompt", None),
+        ("conditioning_scale", float("nan")),
+        ("start", "middle"),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("color_fix", "sepia"),
+        ("tile", 0),
+        ("tile_overlap", -1),
+        ("vae_tile", 4),
+        ("max_chunks", 0),
+        ("steps", True),
+    ],
 )
 def test_every_option_is_checked_and_names_itself(field, value):
     with pytest.raises(OptionError) as e:
@@ -305,8 +327,14 @@ def test_offload_puts_each_model_on_the_device_only_while_it_runs(lq, monkeypatc
     p = tiny_random_pipeline(seed=0)
     ref = p.restore(lq[:1], "a cat", RestoreOptions(**FAST))
     p.offload, p.device = True, torch.device("cpu", 0)
-    modules = {"unet": p.models.unet, "controlnet": p.models.controlnet, "refine": p.models.refine, "vae": p.vae,
-               "text_encoder": p.text_encoder, "clip_vision": p.clip_vision}
+    modules = {
+        "unet": p.models.unet,
+        "controlnet": p.models.controlnet,
+        "refine": p.models.refine,
+        "vae": p.vae,
+        "text_encoder": p.text_encoder,
+        "clip_vision": p.clip_vision,
+    }
     name_of = {id(m): n for n, m in modules.items()}
     placed, ran, moves = set(), [], []
     real_move = pipeline.move_module
@@ -322,6 +350,7 @@ def test_offload_puts_each_model_on_the_device_only_while_it_runs(lq, monkeypatc
         def hook(module, args):
             ran.append(name)
             assert name in placed, f"{name} ran while offloaded"
+
         return hook
 
     monkeypatch.setattr(pipeline, "move_module", move)

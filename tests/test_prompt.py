@@ -100,9 +100,7 @@ def test_short_prompt_layout(tok15):
     assert t.input_ids.tolist() == [[BOS_ID] + content + [PAD_SD15] * 70 + [EOS_ID]]
 
 
-@pytest.mark.parametrize(
-    "n, m", [(0, 1), (10, 1), (75, 1), (76, 2), (100, 2), (150, 2), (200, 3), (300, 4), (400, 4)]
-)
+@pytest.mark.parametrize("n, m", [(0, 1), (10, 1), (75, 1), (76, 2), (100, 2), (150, 2), (200, 3), (300, 4), (400, 4)])
 def test_chunk_count_and_truncation(tok15, n, m):
     t = tokenize_long(tok15, [words(n)])
     assert t.num_chunks == m

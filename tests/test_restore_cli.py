@@ -54,9 +54,29 @@ def test_captions_folder_and_size(inputs, tmp_path):
     caps.mkdir()
     (caps / "rgb.txt").write_text("a noisy picture of nothing")
     out = tmp_path / "out"
-    code = main(["restore", str(inputs / "rgb.png"), "-o", str(out), *FAST, "--captions", str(caps),
-                 "--size", "24x40", "--scheduler", "unipc", "--color-fix", "wavelet", "--tile", "3",
-                 "--tile-overlap", "1", "--vae-tile", "16"])
+    code = main(
+        [
+            "restore",
+            str(inputs / "rgb.png"),
+            "-o",
+            str(out),
+            *FAST,
+            "--captions",
+            str(caps),
+            "--size",
+            "24x40",
+            "--scheduler",
+            "unipc",
+            "--color-fix",
+            "wavelet",
+            "--tile",
+            "3",
+            "--tile-overlap",
+            "1",
+            "--vae-tile",
+            "16",
+        ]
+    )
     assert code == 0 and Image.open(out / "rgb.png").size == (24, 40)
 
 
@@ -119,8 +139,9 @@ def test_two_inputs_with_one_stem_stop_before_any_work(tmp_path, inputs, capsys,
 
 
 def test_a_missing_captions_folder_is_an_error(tmp_path, inputs, capsys, no_models):
-    code = main(["restore", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), *FAST, "--captions",
-                 str(tmp_path / "captionz")])
+    code = main(
+        ["restore", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), *FAST, "--captions", str(tmp_path / "captionz")]
+    )
     assert code == 2 and "--captions" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # stopped before creating anything
 
@@ -144,21 +165,23 @@ def test_unusable_output_folder_is_found_before_models_load(tmp_path, inputs, ca
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--cfg", "nan"], "--cfg must be a finite number"),
-     (["--cfg", "inf"], "--cfg must be a finite number"),
-     (["--size", "0x0"], "--size must be WIDTHxHEIGHT"),
-     (["--size", "big"], "--size must be WIDTHxHEIGHT"),
-     (["--upscale", "nan"], "--upscale must be a positive number"),
-     (["--upscale", "0"], "--upscale must be a positive number"),
-     (["--steps", "0"], "--steps must be between 1 and 998"),
-     (["--tile", "-3"], "--tile must be >= 0"),
-     (["--tile", "8", "--tile-overlap", "8"], "--tile-overlap (8) must be smaller than --tile (8)"),
-     (["--tile-overlap", "-1"], "--tile-overlap must be between 0 and 256"),
-     (["--vae-tile", "4"], "--vae-tile must be between 8 and 8192"),
-     (["--cfg", "0.5"], "--cfg must be a finite number between 1 and 30"),
-     (["--conditioning-scale", "nan"], "--conditioning-scale must be a finite number"),
-     (["--seed", "-1"], "--seed must be between 0 and"),
-     (["--device", "cuda:banana"], "--device 'cuda:banana' is not a device")],
+    [
+        (["--cfg", "nan"], "--cfg must be a finite number"),
+        (["--cfg", "inf"], "--cfg must be a finite number"),
+        (["--size", "0x0"], "--size must be WIDTHxHEIGHT"),
+        (["--size", "big"], "--size must be WIDTHxHEIGHT"),
+        (["--upscale", "nan"], "--upscale must be a positive number"),
+        (["--upscale", "0"], "--upscale must be a positive number"),
+        (["--steps", "0"], "--steps must be between 1 and 998"),
+        (["--tile", "-3"], "--tile must be >= 0"),
+        (["--tile", "8", "--tile-overlap", "8"], "--tile-overlap (8) must be smaller than --tile (8)"),
+        (["--tile-overlap", "-1"], "--tile-overlap must be between 0 and 256"),
+        (["--vae-tile", "4"], "--vae-tile must be between 8 and 8192"),
+        (["--cfg", "0.5"], "--cfg must be a finite number between 1 and 30"),
+        (["--conditioning-scale", "nan"], "--conditioning-scale must be a finite number"),
+        (["--seed", "-1"], "--seed must be between 0 and"),
+        (["--device", "cuda:banana"], "--device 'cuda:banana' is not a device"),
+    ],
 )
 def test_every_option_is_checked_first_and_named_as_typed(tmp_path, inputs, capsys, no_models, flags, message):
     assert main(["restore", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), *FAST, *flags]) == 2
@@ -237,12 +260,28 @@ def test_the_caption_file_is_really_used(tmp_path, inputs, monkeypatch):
 
     seen = []
     real = pipeline.restore_image
-    monkeypatch.setattr(pipeline, "restore_image", lambda p, img, cap, *a, **k: seen.append(cap) or real(p, img, cap, *a, **k))
+    monkeypatch.setattr(
+        pipeline, "restore_image", lambda p, img, cap, *a, **k: seen.append(cap) or real(p, img, cap, *a, **k)
+    )
     caps = tmp_path / "caps"
     caps.mkdir()
     (caps / "rgb.txt").write_text("  a red bicycle by a wall\n")
-    assert main(["restore", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), *FAST, "--captions", str(caps),
-                 "--caption", "fallback"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(inputs / "rgb.png"),
+                "-o",
+                str(tmp_path / "o"),
+                *FAST,
+                "--captions",
+                str(caps),
+                "--caption",
+                "fallback",
+            ]
+        )
+        == 0
+    )
     assert seen == ["a red bicycle by a wall"]
 
 
@@ -254,8 +293,10 @@ def test_sampling_seed_does_not_change_the_tiny_presets_models():
 
     from sspir_core.cli.restore import build_pipeline
 
-    pipes = [build_pipeline(argparse.Namespace(preset="tiny-random", sspir=None, seed=s), "cpu", torch.float32)
-             for s in (0, 5)]
+    pipes = [
+        build_pipeline(argparse.Namespace(preset="tiny-random", sspir=None, seed=s), "cpu", torch.float32)
+        for s in (0, 5)
+    ]
     for a, b in zip(pipes[0].vae.state_dict().values(), pipes[1].vae.state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(pipes[0].text_encoder.state_dict().values(), pipes[1].text_encoder.state_dict().values()):

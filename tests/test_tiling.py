@@ -161,9 +161,7 @@ def test_convolution_differs_only_at_tile_edges_and_bounded():
 def seam_excess(out: torch.Tensor, boxes, width: int) -> float:
     """Largest |d2/dx2| in the seam zones (overlaps and +-2 px around interior tile edges) minus the largest
     elsewhere (image borders excluded)."""
-    d2 = (
-        (out[..., 2:] - 2 * out[..., 1:-1] + out[..., :-2]).abs().amax(dim=(0, 1, 2))
-    )  # column j -> x = j + 1
+    d2 = (out[..., 2:] - 2 * out[..., 1:-1] + out[..., :-2]).abs().amax(dim=(0, 1, 2))  # column j -> x = j + 1
     zone = torch.zeros(width, dtype=torch.bool)
     starts = sorted({b[2] for b in boxes})
     ends = sorted({b[3] for b in boxes})

@@ -37,7 +37,9 @@ def photos(tmp_path_factory) -> Path:
     skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos (pip install .[test])")
     folder = tmp_path_factory.mktemp("photos")
     for name in PHOTOS:
-        Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC).save(folder / f"{name}.png")
+        Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC).save(
+            folder / f"{name}.png"
+        )
     return folder
 
 
@@ -50,9 +52,21 @@ def pairs(photos, tmp_path_factory) -> Path:
 
 
 def _cfg(out: Path, data: Path, **kw) -> TrainConfig:
-    base = dict(output=str(out), data=[str(data)], preset="tiny-random", resolution=64, batch_size=2, grad_accum=1,
-                max_steps=4, mixed_precision="no", checkpoint_every=1000, validate_every=1000, report_to="none",
-                num_workers=0, log_every=1000)
+    base = dict(
+        output=str(out),
+        data=[str(data)],
+        preset="tiny-random",
+        resolution=64,
+        batch_size=2,
+        grad_accum=1,
+        max_steps=4,
+        mixed_precision="no",
+        checkpoint_every=1000,
+        validate_every=1000,
+        report_to="none",
+        num_workers=0,
+        log_every=1000,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -125,8 +139,19 @@ def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     from sspir_core.restore.pipeline import RestoreOptions, restore_image
 
     out = tmp_path / "run"
-    trainer = Trainer(_cfg(out, pairs, max_steps=2, lr=1e-3, checkpoint_every=2, validate_every=2,
-                           validation_count=2, validation_steps=2), log=lambda m: None)
+    trainer = Trainer(
+        _cfg(
+            out,
+            pairs,
+            max_steps=2,
+            lr=1e-3,
+            checkpoint_every=2,
+            validate_every=2,
+            validation_count=2,
+            validation_steps=2,
+        ),
+        log=lambda m: None,
+    )
     trainer.train()
     ckpt = out / "checkpoint-2"
     # official layout, each part its own class (the official final save overwrites the ControlNet with the UNet)
@@ -144,8 +169,22 @@ def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
 
     lq_file = tmp_path / "lq.png"
     Image.fromarray(np.asarray(Image.open(pairs / "sr_bicubic" / "chelsea.png").resize((16, 16)))).save(lq_file)
-    args = ["restore", str(lq_file), "-o", str(tmp_path / "restored"), "--preset", "tiny-random", "--sspir", str(ckpt),
-            "--steps", "3", "--upscale", "4", "--device", "cpu"]
+    args = [
+        "restore",
+        str(lq_file),
+        "-o",
+        str(tmp_path / "restored"),
+        "--preset",
+        "tiny-random",
+        "--sspir",
+        str(ckpt),
+        "--steps",
+        "3",
+        "--upscale",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert cli_main(args) == 0
     got = np.asarray(Image.open(tmp_path / "restored" / "lq.png"))
 
@@ -155,24 +194,74 @@ def test_checkpoint_layout_and_restore_with_what_was_trained(pairs, tmp_path):
     assert np.abs(got.astype(int) - expected).max() <= 1  # same trained weights and the same frozen parts
 
     untrained = restore_image(
-        __import__("sspir_core.demo.presets", fromlist=["x"]).tiny_random_pipeline(), load_image(lq_file).rgb, "",
-        RestoreOptions(steps=3), upscale=4)
+        __import__("sspir_core.demo.presets", fromlist=["x"]).tiny_random_pipeline(),
+        load_image(lq_file).rgb,
+        "",
+        RestoreOptions(steps=3),
+        upscale=4,
+    )
     assert np.abs(got.astype(float) - untrained[0].permute(1, 2, 0).numpy() * 255).mean() > 0.5
 
 
 @pytest.mark.slow  # two training processes
 def test_two_cpu_processes_shard_data_and_save_one_consistent_checkpoint(pairs, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     # accelerate's own `--cpu --num_processes 2` starts ONE process unless mpirun is set up; its torchrun launcher
     # (--multi_gpu) with the trainer's --cpu gives two CPU processes on gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "sspir_core.cli", "train", "--cpu", "--preset", "tiny-random", "--data", str(pairs), "--output", str(out),
-           "--resolution", "64", "--batch-size", "1", "--grad-accum", "1", "--max-steps", "4", "--lr", "1e-3",
-           "--mixed-precision", "no", "--checkpoint-every", "4", "--validate-every", "1000", "--report-to", "none",
-           "--num-workers", "0", "--trace-samples"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "sspir_core.cli",
+        "train",
+        "--cpu",
+        "--preset",
+        "tiny-random",
+        "--data",
+        str(pairs),
+        "--output",
+        str(out),
+        "--resolution",
+        "64",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-3",
+        "--mixed-precision",
+        "no",
+        "--checkpoint-every",
+        "4",
+        "--validate-every",
+        "1000",
+        "--report-to",
+        "none",
+        "--num-workers",
+        "0",
+        "--trace-samples",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -208,8 +297,16 @@ def test_gt_only_folder_degrades_on_the_fly(photos, tmp_path):
     val.mkdir()
     Image.open(photos / "chelsea.png").resize((16, 16)).save(val / "cat.png")
     out = tmp_path / "run"
-    cfg = _cfg(out, photos, max_steps=2, captions=str(captions), validate_every=2, validation_images=str(val),
-               validation_steps=2, trace_samples=True)
+    cfg = _cfg(
+        out,
+        photos,
+        max_steps=2,
+        captions=str(captions),
+        validate_every=2,
+        validation_images=str(val),
+        validation_steps=2,
+        trace_samples=True,
+    )
     Trainer(cfg, log=lambda m: None).train()
     rows = _metrics(out)
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
@@ -221,8 +318,9 @@ def test_gt_only_folder_degrades_on_the_fly(photos, tmp_path):
 
 def test_adamw8bit_trains_and_checkpoints(pairs, tmp_path):
     bnb = import_bitsandbytes()  # 8-bit AdamW is optional (pip install bitsandbytes)
-    trainer = Trainer(_cfg(tmp_path / "run", pairs, max_steps=1, optimizer="adamw8bit", checkpoint_every=1),
-                      log=lambda m: None)
+    trainer = Trainer(
+        _cfg(tmp_path / "run", pairs, max_steps=1, optimizer="adamw8bit", checkpoint_every=1), log=lambda m: None
+    )
     assert isinstance(trainer.optimizer.optimizer, bnb.optim.AdamW8bit)
     trainer.train()
     assert (tmp_path / "run" / "checkpoint-1" / "optimizer.bin").is_file()
@@ -316,8 +414,10 @@ def test_a_caption_damaged_mid_run_goes_into_the_data_report(photos, tmp_path):
     (captions / "coffee.txt").write_bytes("caf\xe9".encode("latin-1"))  # replaced while the run goes on
     trainer.train()  # 2 steps x batch 2 = one pass over the 4 photos
     lines = (out / "data-report.txt").read_text().splitlines()
-    assert lines == [f"skipped\t{photos / 'coffee.png'}\tmid-run: caption file {captions / 'coffee.txt'} is not UTF-8 "
-                     "text (unexpected end of data at byte 3): save it as UTF-8"]
+    assert lines == [
+        f"skipped\t{photos / 'coffee.png'}\tmid-run: caption file {captions / 'coffee.txt'} is not UTF-8 "
+        "text (unexpected end of data at byte 3): save it as UTF-8"
+    ]
 
 
 def _truncate(path: Path) -> None:

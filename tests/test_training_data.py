@@ -44,7 +44,10 @@ def test_paired_layout_pairs_by_name(tmp_path):
     _layout(tmp_path, names=("b", "a", "c"))
     items = paired_items(tmp_path)
     assert [(i.gt.name, i.lq.name, i.caption.name) for i in items] == [
-        ("a.png", "a.png", "a.txt"), ("b.png", "b.png", "b.txt"), ("c.png", "c.png", "c.txt")]
+        ("a.png", "a.png", "a.txt"),
+        ("b.png", "b.png", "b.txt"),
+        ("c.png", "c.png", "c.txt"),
+    ]
 
 
 def test_missing_lq_partner_is_named(tmp_path):
@@ -130,8 +133,11 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
 
 def test_no_usable_images_is_a_clear_error(tmp_path):
     _rgb(tmp_path / "tiny.png", size=(8, 8))
-    with pytest.raises(InputError, match=r"(?s)no usable training images.*tiny.png: too small \(8x8; crops are 32 px: "
-                                         r"--resolution 8 or less would use it\)"):
+    with pytest.raises(
+        InputError,
+        match=r"(?s)no usable training images.*tiny.png: too small \(8x8; crops are 32 px: "
+        r"--resolution 8 or less would use it\)",
+    ):
         TrainingSet(gt_items([tmp_path], None), resolution=32, seed=0)
 
 
@@ -143,8 +149,9 @@ def test_a_caption_that_is_not_utf8_is_reported_and_its_image_skipped(tmp_path):
     ds = TrainingSet(paired_items(tmp_path), resolution=16, seed=0, caption_dropout=0.0)
     assert [it.gt.name for it in ds.items] == ["a.png", "c.png"]
     skipped = {p.name: why for p, why in ds.report.skipped}
-    assert skipped == {"b.png": f"caption file {bad} is not UTF-8 text (invalid continuation byte at byte 6): "
-                                "save it as UTF-8"}
+    assert skipped == {
+        "b.png": f"caption file {bad} is not UTF-8 text (invalid continuation byte at byte 6): save it as UTF-8"
+    }
     assert "b.png" not in {p.name for p in ds.report.usable}
     assert "skipped" in ds.report.summary() and str(bad) in ds.report.summary()
     with pytest.raises(InputError, match="b.txt is not UTF-8"):
@@ -161,7 +168,8 @@ def test_a_caption_that_breaks_mid_run_is_listed_with_the_sample(tmp_path):
     s = ds[(0, 1)]
     assert ds.items[s["index"]].gt.name == "b.png"  # the next image instead
     assert [(Path(p).name, why) for p, why in s["skipped"]] == [
-        ("a.png", f"caption file {bad} is not UTF-8 text (invalid start byte at byte 0): save it as UTF-8")]
+        ("a.png", f"caption file {bad} is not UTF-8 text (invalid start byte at byte 0): save it as UTF-8")
+    ]
     assert any(str(bad) in m for m in logged)
     assert collate([s, ds[(2, 2)]])["skipped"] == s["skipped"]
 

@@ -62,8 +62,9 @@ def test_stage_ranges_match_the_method_note(draws):
                 if stage.kernel_type.startswith("plateau"):
                     assert 1.0 <= stage.beta <= 2.0
             assert lo <= stage.resize_scale <= hi
-            assert {"up": stage.resize_scale >= 1, "down": stage.resize_scale <= 1,
-                    "keep": stage.resize_scale == 1}[stage.resize_kind]
+            assert {"up": stage.resize_scale >= 1, "down": stage.resize_scale <= 1, "keep": stage.resize_scale == 1}[
+                stage.resize_kind
+            ]
             assert stage.resize_mode in ("area", "bilinear", "bicubic")
             if stage.noise == "gaussian":
                 assert 1.0 <= stage.noise_level <= noise_hi
@@ -89,12 +90,14 @@ def test_kernel_sizes_and_sinc_cutoffs_are_the_official_ones(draws, stage):
     for s in sincs:
         lo, hi = OFFICIAL_SINC_SMALL if s.kernel_size < OFFICIAL_SINC_SPLIT else OFFICIAL_SINC_LARGE
         assert lo <= s.cutoff <= hi
-        assert torch.allclose(s.kernel, torch.nn.functional.pad(sinc_kernel(s.cutoff, s.kernel_size),
-                                                                 [(21 - s.kernel_size) // 2] * 4))
+        assert torch.allclose(
+            s.kernel, torch.nn.functional.pad(sinc_kernel(s.cutoff, s.kernel_size), [(21 - s.kernel_size) // 2] * 4)
+        )
     large = [s.cutoff for s in sincs if s.kernel_size >= OFFICIAL_SINC_SPLIT]
     # the stronger low-pass (cutoff below pi/3) exists only for the large kernels: 1/6 of their draws
-    assert _freq_ok(sum(c < math.pi / 3 for c in large), (math.pi / 3 - math.pi / 5) / (math.pi - math.pi / 5),
-                    len(large))
+    assert _freq_ok(
+        sum(c < math.pi / 3 for c in large), (math.pi / 3 - math.pi / 5) / (math.pi - math.pi / 5), len(large)
+    )
 
 
 def test_probabilities_match_the_method_note(draws):

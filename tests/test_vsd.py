@@ -125,8 +125,16 @@ def test_vsd_equals_a_two_unet_reimplementation(scores_and_twins):
     for wrong in (dict(text=negative, negative=text), dict(real=fake, fake=real)):
         args = dict(real=real, fake=fake, text=text, negative=negative) | wrong
         x = x0.clone().requires_grad_(True)
-        reference_vsd(args["real"], args["fake"], alphas(), x, args["text"], args["negative"], CFG,
-                      torch.Generator().manual_seed(4)).backward()
+        reference_vsd(
+            args["real"],
+            args["fake"],
+            alphas(),
+            x,
+            args["text"],
+            args["negative"],
+            CFG,
+            torch.Generator().manual_seed(4),
+        ).backward()
         assert float((x.grad - ref_x0.grad).abs().max()) > 10 * tol * scale
     # the gradient is (2/N) * (x0_fake - x0_real) / weighting: never zero with a non-zero LoRA
     assert float(ref_x0.grad.abs().max()) > 0
@@ -247,8 +255,10 @@ def test_the_vsd_negative_prompt_is_what_the_one_step_loss_encodes(monkeypatch):
 
     monkeypatch.setattr(one_step, "encode_prompt_pair", fake_pair)
     training = one_step.OneStepTraining.__new__(one_step.OneStepTraining)
-    vae = SimpleNamespace(encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(
-        sample=lambda generator: torch.zeros(1, 4, 1, 1))), config=SimpleNamespace(scaling_factor=1.0))
+    vae = SimpleNamespace(
+        encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(sample=lambda generator: torch.zeros(1, 4, 1, 1))),
+        config=SimpleNamespace(scaling_factor=1.0),
+    )
     training.pipe = SimpleNamespace(vae=vae, text_encoder=None, tokenizer=None)
     training.frozen_dtype, training.max_chunks, training.negative_prompt = torch.float32, 1, "blurry, noisy"
     with pytest.raises(StopIteration):

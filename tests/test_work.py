@@ -97,7 +97,7 @@ def test_cancel_at_a_tile_starts_no_further_tile(pipe, lq, stage, at):
     with pytest.raises(KeyboardInterrupt, match=f"before {stage} unit {at + 1}"):
         pipe.restore(lq, "a cat", RestoreOptions(**OPTIONS), run=run)
     assert run.stage_units[stage] == at
-    later = list(HAND)[list(HAND).index(stage) + 1:]
+    later = list(HAND)[list(HAND).index(stage) + 1 :]
     assert all(run.stage_units.get(s, 0) == 0 for s in later), run.stage_units
 
 

@@ -22,13 +22,20 @@ CORE = {
     "PreviewAny": ([("source", "*")], [], []),
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], ["ckpt_name"]),
     "CLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")], ["clip_name"]),
-    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                  ("latent_image", "LATENT")], [("LATENT", "LATENT")],
-                 ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"]),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        [("LATENT", "LATENT")],
+        ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+    ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], []),
 }
-NAMES = ["sspir_restore", "sspir_restore_typed_caption", "sspir_restore_one_step", "sspir_native",
-         "sspir_native_one_step"]
+NAMES = [
+    "sspir_restore",
+    "sspir_restore_typed_caption",
+    "sspir_restore_one_step",
+    "sspir_native",
+    "sspir_native_one_step",
+]
 
 
 @pytest.fixture
@@ -67,8 +74,9 @@ def _load(*parts):
 
 
 def test_files_are_what_the_generator_writes():
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_workflows.py"), "--check"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_workflows.py"), "--check"], capture_output=True, text=True
+    )
     assert out.returncode == 0, f"{out.stdout}{out.stderr}\nrun: python scripts/make_workflows.py"
 
 
@@ -139,8 +147,9 @@ def test_api_twin_runs_the_same_graph(name, schemas):
     if "SSPIRPatchLoader" in files:  # the native route: ComfyUI's loaders on `sspir demo-models --native` files
         assert files["CheckpointLoaderSimple"]["ckpt_name"] == native_models.SD_NAME
         one_step = name == "sspir_native_one_step"
-        assert files["SSPIRPatchLoader"]["sspir_weights"] == (native_models.ONE_STEP_NAME if one_step
-                                                              else native_models.SSPIR_NAME)
+        assert files["SSPIRPatchLoader"]["sspir_weights"] == (
+            native_models.ONE_STEP_NAME if one_step else native_models.SSPIR_NAME
+        )
         sampling = files["KSampler"]
         assert (sampling["steps"], sampling["cfg"]) == ((1, 1.0) if one_step else (50, 7.5))
         assert files["CLIPVisionLoader"]["clip_name"] == native_models.CLIP_VISION_NAME
@@ -169,12 +178,14 @@ def test_generator_describes_widgets_in_schema_order(schemas, monkeypatch):
         for node in wf.nodes:
             names = [w for w in node.widgets if w not in module.UI_ONLY]
             if node.type in CORE:
-                assert names == [w for w in CORE[node.type][2] if w not in (*module.UI_ONLY, "control_after_generate")
-                                 ], node.type
+                assert names == [
+                    w for w in CORE[node.type][2] if w not in (*module.UI_ONLY, "control_after_generate")
+                ], node.type
             else:
                 assert names == [w[0] for w in schemas[node.type][2]], (wf.name, node.type)
             assert [(a, b) for a, b in module.SOCKETS[node.type][1]] == (
-                CORE[node.type][1] if node.type in CORE else schemas[node.type][1])
+                CORE[node.type][1] if node.type in CORE else schemas[node.type][1]
+            )
 
 
 # ComfyUI 0.3.75, app/custom_node_manager.py: /workflow_templates lists <pack>/<folder>/*.json for each of these

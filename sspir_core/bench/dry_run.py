@@ -47,8 +47,10 @@ class DryRunResult:
             memory = f"autograd saves {self.extra['saved_bytes'] / 2**20:.0f} MiB for backward"
         else:
             memory = f"peak {self.peak_bytes / 2**20:.0f} MiB above the weights (in {self.peak_stage})"
-        out = [f"{self.name} [{self.dtype} on {self.device}]: {self.ops} ops, {checked} matmul/conv/attention "
-               f"dtype-checked, every op device-checked, {self.seconds:.1f} s; {memory}"]
+        out = [
+            f"{self.name} [{self.dtype} on {self.device}]: {self.ops} ops, {checked} matmul/conv/attention "
+            f"dtype-checked, every op device-checked, {self.seconds:.1f} s; {memory}"
+        ]
         out += [f"  intended fp32: {k} x{v}" for k, v in sorted(self.intended_fp32.items())]
         return out
 
@@ -68,23 +70,57 @@ def _configs(config: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str
         vae = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
         return {"base": "sd15"}, text, vae, read_json(CLIP_VISION_CONFIG)
     if config == "tiny-medium":
-        text = {"vocab_size": 49408, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 3,
-                "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 256}
-        vae = {"down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-               "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
-               "norm_num_groups": 8, "scaling_factor": 0.18215, "sample_size": 256}
-        vision = {"hidden_size": s.TINY_MEDIUM_CLIP_DIM, "intermediate_size": 4 * s.TINY_MEDIUM_CLIP_DIM,
-                  "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 224, "patch_size": 14,
-                  "hidden_act": "quick_gelu"}
+        text = {
+            "vocab_size": 49408,
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": 256,
+        }
+        vae = {
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "block_out_channels": [16, 32, 64, 64],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 8,
+            "scaling_factor": 0.18215,
+            "sample_size": 256,
+        }
+        vision = {
+            "hidden_size": s.TINY_MEDIUM_CLIP_DIM,
+            "intermediate_size": 4 * s.TINY_MEDIUM_CLIP_DIM,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        }
         return {"unet_config": s.TINY_MEDIUM_UNET, "clip_dim": s.TINY_MEDIUM_CLIP_DIM}, text, vae, vision
     if config == "tiny":
         from ..demo import presets as t
 
         d, c = t.TINY_UNET["cross_attention_dim"], t.TINY_CLIP_DIM
-        text = {"vocab_size": 49408, "hidden_size": d, "intermediate_size": 2 * d, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "max_position_embeddings": 77, "projection_dim": d}
-        vision = {"hidden_size": c, "intermediate_size": 2 * c, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": t.TINY_CLIP_IMAGE, "patch_size": 14, "hidden_act": "quick_gelu"}
+        text = {
+            "vocab_size": 49408,
+            "hidden_size": d,
+            "intermediate_size": 2 * d,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "projection_dim": d,
+        }
+        vision = {
+            "hidden_size": c,
+            "intermediate_size": 2 * c,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": t.TINY_CLIP_IMAGE,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        }
         return {"unet_config": t.TINY_UNET, "clip_dim": c}, text, dict(t.TINY_VAE), vision
     raise ValueError(f"unknown config {config!r}")
 
@@ -108,8 +144,9 @@ def build_pipeline(config: str, dtype: torch.dtype, device: str | torch.device) 
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
         vae = AutoencoderKL.from_config(vae_cfg)
         tower = CLIPVisionModel(CLIPVisionConfig(**vision))
-        clip = ClipVisionEncoder(tower, "transformers", int(vision["image_size"]), int(vision["patch_size"]),
-                                 int(vision["hidden_size"]))
+        clip = ClipVisionEncoder(
+            tower, "transformers", int(vision["image_size"]), int(vision["patch_size"]), int(vision["hidden_size"])
+        )
     modules = (models.unet, models.controlnet, models.refine, text_encoder, vae, clip)
     if torch.device(device).type != "cpu" or _is_fake_mode():
         for m in modules:
@@ -188,9 +225,16 @@ def _real_timesteps(pipe: Any, options: Any) -> list[int]:
         return [int(t) for t in twin.timesteps]
 
 
-def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
-                    scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+def fused_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` as a GPU runs it: the fused memory-efficient kernel.
 
     Without a device to query, SDPA on fake CUDA tensors falls back to its math path, which upcasts fp16/bf16
@@ -199,16 +243,25 @@ def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     bias SDPA makes of them; the bias must have the query's dtype, as the real kernel requires.
     """
     if query.dim() != 4 or enable_gqa:
-        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                     enable_gqa=enable_gqa)
+        return _SDPA(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+        )
     bias = attn_mask
     if bias is not None and bias.dtype == torch.bool:
         bias = torch.zeros(bias.shape, dtype=query.dtype, device=bias.device).masked_fill_(~bias, float("-inf"))
     if bias is not None:
         bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
     grad = query.requires_grad or key.requires_grad or value.requires_grad
-    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, bias, grad, dropout_p, is_causal,
-                                                                   scale=scale)[0]
+    return torch.ops.aten._scaled_dot_product_efficient_attention(
+        query, key, value, bias, grad, dropout_p, is_causal, scale=scale
+    )[0]
 
 
 _SDPA = torch.nn.functional.scaled_dot_product_attention
@@ -240,20 +293,30 @@ def pipeline_seams(pipe: Any, watch: DryRunWatch) -> Iterator[None]:
         stack.enter_context(mock.patch.object(one_step, "alpha_bar", on_real_tensors(one_step.alpha_bar)))
         stack.enter_context(mock.patch.object(P, "seeded_generators", cpu_generators))
         stack.enter_context(mock.patch.object(pipe, "make_scheduler", make_scheduler))
-        for name in ("encode_text", "encode_image", "structure_prior", "vae_encode", "denoise", "vae_decode",
-                     "decode_to_integers"):
+        for name in (
+            "encode_text",
+            "encode_image",
+            "structure_prior",
+            "vae_encode",
+            "denoise",
+            "vae_decode",
+            "decode_to_integers",
+        ):
             stack.enter_context(mock.patch.object(pipe, name, watched(watch, getattr(pipe, name), stage=name)))
-        stack.enter_context(mock.patch.object(P, "apply_color_fix", watched(watch, P.apply_color_fix, "colour fix",
-                                                                            COLOR_FIX_FP32)))
+        stack.enter_context(
+            mock.patch.object(P, "apply_color_fix", watched(watch, P.apply_color_fix, "colour fix", COLOR_FIX_FP32))
+        )
         for mod in (color_fix, output_stream):
-            stack.enter_context(mock.patch.object(mod, "wavelet_lowpass", watched(watch, mod.wavelet_lowpass,
-                                                                                  intended=COLOR_FIX_FP32)))
+            stack.enter_context(
+                mock.patch.object(mod, "wavelet_lowpass", watched(watch, mod.wavelet_lowpass, intended=COLOR_FIX_FP32))
+            )
         yield
 
 
 def _shape_key(args: Any, kwargs: Any) -> tuple:
-    return tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else None
-                 for t in tree_leaves((args, kwargs)))
+    return tuple(
+        (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else None for t in tree_leaves((args, kwargs))
+    )
 
 
 class _Spec:
@@ -300,11 +363,23 @@ def repeated_tiles(pipe: Any, runs: int = 1) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: tuple[int, int] = (512, 768),
-                    steps: int = 2, cfg: float = 7.5, tile: int = 64, tile_overlap: int = 16, vae_tile: int = 512,
-                    output_bits: int | None = None, batch: int = 1, device: str = DEVICE,
-                    block: int = CUDA_BLOCK, one_step: bool = False, color_fix: str = "wavelet",
-                    repeat_tiles: bool = False) -> DryRunResult:
+def restore_dry_run(
+    dtype: torch.dtype = torch.float16,
+    config: str = "sd15",
+    size: tuple[int, int] = (512, 768),
+    steps: int = 2,
+    cfg: float = 7.5,
+    tile: int = 64,
+    tile_overlap: int = 16,
+    vae_tile: int = 512,
+    output_bits: int | None = None,
+    batch: int = 1,
+    device: str = DEVICE,
+    block: int = CUDA_BLOCK,
+    one_step: bool = False,
+    color_fix: str = "wavelet",
+    repeat_tiles: bool = False,
+) -> DryRunResult:
     """The whole restore on fake ``device`` tensors: priors, tiled VAE encode, ``steps`` CFG steps over latent
     tiles (512x768 px with tile 64/16 is two), tiled decode, colour fix, output (float, or 8/16-bit streamed).
 
@@ -325,35 +400,63 @@ def restore_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", si
             from ..models.one_step import ONE_STEP
 
             pipe.models.mode, steps, cfg = ONE_STEP, 1, 1.0
-        options = RestoreOptions(steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
-                                 color_fix=color_fix)
+        options = RestoreOptions(
+            steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile, color_fix=color_fix
+        )
         with pipeline_seams(pipe, watch), repeated_tiles(pipe) if repeat_tiles else contextlib.nullcontext():
             out = pipe.restore(lq, "a photo", options, output_bits=output_bits)
         expect = torch.uint8 if output_bits == 8 else torch.uint16 if output_bits == 16 else torch.float32
         if out.dtype != expect or str(out.device) != device or tuple(out.shape) != (batch, 3, *size):
-            raise AssertionError(f"output {tuple(out.shape)} {out.dtype} on {out.device}; expected "
-                                 f"{(batch, 3, *size)} {expect} on {device}")
+            raise AssertionError(
+                f"output {tuple(out.shape)} {out.dtype} on {out.device}; expected "
+                f"{(batch, 3, *size)} {expect} on {device}"
+            )
         del out, lq
         what = "one-step restore" if one_step else f"restore ({steps} steps, CFG {cfg:g})"
-        return _result(f"{what} {batch} x {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base,
-                       weight_bytes=weights_bytes(pipe._all_modules()))
+        return _result(
+            f"{what} {batch} x {size[0]}x{size[1]} px ({config})",
+            watch,
+            dtype,
+            device,
+            t0,
+            base,
+            weight_bytes=weights_bytes(pipe._all_modules()),
+        )
 
 
-def _result(name: str, watch: DryRunWatch, dtype: torch.dtype, device: str, t0: float, base: int,
-            **extra: Any) -> DryRunResult:
+def _result(
+    name: str, watch: DryRunWatch, dtype: torch.dtype, device: str, t0: float, base: int, **extra: Any
+) -> DryRunResult:
     t = watch.tally
     extra = {"peak_with_scratch_bytes": t.peak_with_scratch - base, **extra}
-    return DryRunResult(name, str(dtype).removeprefix("torch."), device, time.perf_counter() - t0, watch.ops_seen,
-                        dict(watch.compute_ops), dict(watch.intended_ops), t.peak - base, t.peak_stage,
-                        {k: v - base for k, v in t.by_stage.items()}, extra)
+    return DryRunResult(
+        name,
+        str(dtype).removeprefix("torch."),
+        device,
+        time.perf_counter() - t0,
+        watch.ops_seen,
+        dict(watch.compute_ops),
+        dict(watch.intended_ops),
+        t.peak - base,
+        t.peak_stage,
+        {k: v - base for k, v in t.by_stage.items()},
+        extra,
+    )
 
 
 # ------------------------------------------------------------------------------------------ validation
 
 
-def measured_cpu_restore(config: str = "tiny-medium", size: tuple[int, int] = (256, 256), steps: int = 2,
-                         cfg: float = 7.5, tile: int = 16, tile_overlap: int = 4, vae_tile: int = 128,
-                         one_step: bool = False) -> int:
+def measured_cpu_restore(
+    config: str = "tiny-medium",
+    size: tuple[int, int] = (256, 256),
+    steps: int = 2,
+    cfg: float = 7.5,
+    tile: int = 16,
+    tile_overlap: int = 4,
+    vae_tile: int = 128,
+    one_step: bool = False,
+) -> int:
     """Peak CPU tensor bytes of the same restore on real tensors (``sspir bench --parts memory``'s measure)."""
     from ..models.one_step import ONE_STEP
     from ..restore.pipeline import RestoreOptions
@@ -362,8 +465,9 @@ def measured_cpu_restore(config: str = "tiny-medium", size: tuple[int, int] = (2
     pipe = build_pipeline(config, torch.float32, "cpu")
     if one_step:
         pipe.models.mode, steps, cfg = ONE_STEP, 1, 1.0
-    options = RestoreOptions(steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
-                             color_fix="wavelet")
+    options = RestoreOptions(
+        steps=steps, cfg=cfg, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile, color_fix="wavelet"
+    )
     lq = torch.rand(1, 3, *size)
     with torch.no_grad():
         _, peak = cpu_tensor_peak(lambda: pipe.restore(lq, "a photo", options))
@@ -434,14 +538,23 @@ class SavedTensors:
             self.largest_block = max(self.largest_block, block.bytes)
             return original(fn, *args, **kwargs)
 
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t), \
-                mock.patch.object(ckpt, "checkpoint", checkpoint):
+        with (
+            torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t),
+            mock.patch.object(ckpt, "checkpoint", checkpoint),
+        ):
             yield
 
 
-def training_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: int = 512, batch: int = 1,
-                     mode: str = "multi-step", gradient_checkpointing: bool = False, vsd: bool = True,
-                     device: str = DEVICE) -> DryRunResult:
+def training_dry_run(
+    dtype: torch.dtype = torch.float16,
+    config: str = "sd15",
+    size: int = 512,
+    batch: int = 1,
+    mode: str = "multi-step",
+    gradient_checkpointing: bool = False,
+    vsd: bool = True,
+    device: str = DEVICE,
+) -> DryRunResult:
     """One training micro-step's forward and losses on fake ``device`` tensors, as the trainer runs it with
     ``--mixed-precision fp16/bf16``: trainable SSP-IR parts in fp32 under CUDA autocast, frozen VAE/text/CLIP in
     ``dtype``. ``mode="one-step"`` adds the LoRA, and with ``vsd`` the VSD scores and both VSD losses (LPIPS off:
@@ -455,9 +568,15 @@ def training_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", s
 
     t0 = time.perf_counter()
     with fake_cuda(dtype, device=device.split(":")[0]) as watch:
-        with watch.in_stage("build"), gpu_attention(), mock.patch.object(
-                __import__("sspir_core.models.one_step", fromlist=["alpha_bar"]), "alpha_bar",
-                on_real_tensors(__import__("sspir_core.models.one_step", fromlist=["alpha_bar"]).alpha_bar)):
+        with (
+            watch.in_stage("build"),
+            gpu_attention(),
+            mock.patch.object(
+                __import__("sspir_core.models.one_step", fromlist=["alpha_bar"]),
+                "alpha_bar",
+                on_real_tensors(__import__("sspir_core.models.one_step", fromlist=["alpha_bar"]).alpha_bar),
+            ),
+        ):
             pipe = build_pipeline(config, torch.float32, device)
             for m in (pipe.vae, pipe.text_encoder, pipe.clip_vision):
                 retype(m, dtype)
@@ -485,16 +604,34 @@ def training_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", s
                     losses = one.module(z, text, negative, clip_tokens, lq, gt, one.frozen, g)
                 total = losses["loss"]
             else:
-                total = training_losses(pipe, module, scheduler, gt, lq, captions, g, frozen_dtype=dtype,
-                                        autocast=lambda: cuda_autocast(dtype)).total
+                total = training_losses(
+                    pipe,
+                    module,
+                    scheduler,
+                    gt,
+                    lq,
+                    captions,
+                    g,
+                    frozen_dtype=dtype,
+                    autocast=lambda: cuda_autocast(dtype),
+                ).total
         if total.dtype != torch.float32 or total.dim() != 0 or not total.requires_grad:
             raise AssertionError(f"loss {total.dtype} {tuple(total.shape)} requires_grad={total.requires_grad}")
         ckpt = ", grad ckpt" if gradient_checkpointing else ""
-        return _result(f"train forward+loss {mode}{' + VSD' if mode == 'one-step' and vsd else ''} "
-                       f"{batch} x {size} px ({config}{ckpt})", watch, dtype, device, t0, base,
-                       saved_bytes=saved.bytes, largest_saved_bytes=max(saved.storages.values(), default=0),
-                       recompute_block_bytes=saved.largest_block, weight_bytes=weights_bytes(weights_of),
-                       trainable=sum(p.numel() for p in (one.params if mode == "one-step" else params)))
+        return _result(
+            f"train forward+loss {mode}{' + VSD' if mode == 'one-step' and vsd else ''} "
+            f"{batch} x {size} px ({config}{ckpt})",
+            watch,
+            dtype,
+            device,
+            t0,
+            base,
+            saved_bytes=saved.bytes,
+            largest_saved_bytes=max(saved.storages.values(), default=0),
+            recompute_block_bytes=saved.largest_block,
+            weight_bytes=weights_bytes(weights_of),
+            trainable=sum(p.numel() for p in (one.params if mode == "one-step" else params)),
+        )
 
 
 def _one_step_training(pipe: Any, params: list[torch.nn.Parameter], vsd: bool, dtype: torch.dtype) -> Any:
@@ -505,8 +642,9 @@ def _one_step_training(pipe: Any, params: list[torch.nn.Parameter], vsd: bool, d
     from ..training.one_step import OneStepTraining
 
     # the trainer's own defaults (OSEDiff's weights), LPIPS off
-    cfg = TrainConfig(mode="one-step", lambda_lpips=0.0, lambda_vsd=1.0 if vsd else 0.0,
-                      lambda_vsd_lora=1.0 if vsd else 0.0)
+    cfg = TrainConfig(
+        mode="one-step", lambda_lpips=0.0, lambda_vsd=1.0 if vsd else 0.0, lambda_vsd_lora=1.0 if vsd else 0.0
+    )
     trainer = SimpleNamespace(cfg=cfg, pipe=pipe, models=pipe.models, device=pipe.device, frozen_dtype=dtype)
     return OneStepTraining(trainer, params)
 
@@ -554,9 +692,15 @@ class _Sigma:
         return self.value
 
 
-def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", size: tuple[int, int] = (512, 768),
-                   tile: int | None = 64, tile_overlap: int = 16, device: str = DEVICE,
-                   comfyui: str | None = None) -> DryRunResult:
+def native_dry_run(
+    dtype: torch.dtype = torch.float16,
+    config: str = "sd15",
+    size: tuple[int, int] = (512, 768),
+    tile: int | None = 64,
+    tile_overlap: int = 16,
+    device: str = DEVICE,
+    comfyui: str | None = None,
+) -> DryRunResult:
     """The native route's patched model call on fake ``device`` tensors: ComfyUI's own LDM UNet (its
     ``disable_weight_init`` ops, as ComfyUI loads an SD1.5 checkpoint) with Apply SSP-IR's blocks patched in,
     the DIFFUSION_MODEL wrapper (:class:`nodes.native_patch.NativeRun`) running the SSP-IR ControlNet, the image
@@ -580,9 +724,12 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
     # ComfyUI picks its attention at import from the device it finds (sub-quadratic on the CPU, whose memory
     # query needs a real device); with CUDA and torch 2 it uses PyTorch's SDPA, as here.
     pytorch = comfy_attention.attention_pytorch
-    with fake_cuda(dtype, device=device.split(":")[0]) as watch, gpu_attention(), \
-            mock.patch.object(comfy_attention, "optimized_attention", pytorch), \
-            mock.patch.object(comfy_attention, "optimized_attention_masked", pytorch):
+    with (
+        fake_cuda(dtype, device=device.split(":")[0]) as watch,
+        gpu_attention(),
+        mock.patch.object(comfy_attention, "optimized_attention", pytorch),
+        mock.patch.object(comfy_attention, "optimized_attention_masked", pytorch),
+    ):
         with watch.in_stage("build"):
             model_args, _, _, vision = _configs(config)
             from ..models.build import build_models
@@ -595,12 +742,24 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
             ldm = expected_ldm_config(cfg)
             layers, levels = ldm["num_res_blocks"][0], len(ldm["channel_mult"])
             level_depth = [ldm["transformer_depth"][i * layers] for i in range(levels)]
-            unet = UNetModel(image_size=32, out_channels=4, num_heads=8, use_spatial_transformer=True,
-                             legacy=False, transformer_depth_middle=1, dtype=dtype, device=device,
-                             # popped from the end: the deepest level's output blocks come last here
-                             transformer_depth_output=[level_depth[i] for i in range(levels)
-                                                       for _ in range(layers + 1)],
-                             operations=comfy.ops.disable_weight_init, **ldm).eval().requires_grad_(False)
+            unet = (
+                UNetModel(
+                    image_size=32,
+                    out_channels=4,
+                    num_heads=8,
+                    use_spatial_transformer=True,
+                    legacy=False,
+                    transformer_depth_middle=1,
+                    dtype=dtype,
+                    device=device,
+                    # popped from the end: the deepest level's output blocks come last here
+                    transformer_depth_output=[level_depth[i] for i in range(levels) for _ in range(layers + 1)],
+                    operations=comfy.ops.disable_weight_init,
+                    **ldm,
+                )
+                .eval()
+                .requires_grad_(False)
+            )
             owner = "dryrun"
             by_block: dict[str, list[Any]] = {}
             for site in patch.sites:
@@ -609,8 +768,9 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
                 parent, _, name = path.rpartition(".")
                 setattr(unet.get_submodule(parent), name, NP._patched_block(unet.get_submodule(path), sites, owner))
         lq = torch.rand(1, 3, *size)
-        clip_tokens = torch.rand(1, (vision["image_size"] // vision["patch_size"]) ** 2, vision["hidden_size"],
-                                 dtype=dtype)
+        clip_tokens = torch.rand(
+            1, (vision["image_size"] // vision["patch_size"]) ** 2, vision["hidden_size"], dtype=dtype
+        )
         x = torch.randn(2, 4, h, w, dtype=dtype)  # uncond + cond rows, as ComfyUI batches them
         context = torch.randn(2, 77, cfg["cross_attention_dim"], dtype=dtype)
         timesteps = torch.full((2,), 999.0)
@@ -623,11 +783,15 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
             priors = NP.Priors(emb, feats, size)
             holder = type("Patch", (), {"module": patch, "module_for": lambda self, _device: patch})()
             run = NP.NativeRun(holder, priors, 1.0, (float("inf"), 0.0), owner, tile, tile_overlap)
-            options = {"cond_or_uncond": [1, 0], "sigmas": _Sigma(14.6),
-                       "patches": {"forward_timestep_embed_patch": [(NP.SSPIRHook, NP.run_hook)]}}
+            options = {
+                "cond_or_uncond": [1, 0],
+                "sigmas": _Sigma(14.6),
+                "patches": {"forward_timestep_embed_patch": [(NP.SSPIRHook, NP.run_hook)]},
+            }
 
-            def executor(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, y: Any, control: Any, opts: dict,
-                         **kw: Any) -> torch.Tensor:
+            def executor(
+                x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, y: Any, control: Any, opts: dict, **kw: Any
+            ) -> torch.Tensor:
                 return unet._forward(x, t, c, y, control, opts, **kw)
 
             with watch.in_stage("patched model call"):
@@ -635,8 +799,15 @@ def native_dry_run(dtype: torch.dtype = torch.float16, config: str = "sd15", siz
         if out.shape != x.shape or out.dtype != dtype or str(out.device) != device:
             raise AssertionError(f"model output {tuple(out.shape)} {out.dtype} on {out.device}")
         del out
-        return _result(f"native patched model call {size[0]}x{size[1]} px ({config})", watch, dtype, device, t0, base,
-                       patch_weight_bytes=sum(p.numel() * p.element_size() for p in patch.parameters()))
+        return _result(
+            f"native patched model call {size[0]}x{size[1]} px ({config})",
+            watch,
+            dtype,
+            device,
+            t0,
+            base,
+            patch_weight_bytes=sum(p.numel() * p.element_size() for p in patch.parameters()),
+        )
 
 
 # ------------------------------------------------------------------------------------------ VRAM report
@@ -659,8 +830,12 @@ def largest_batch(fixed: int, per_item: int, capacity_gib: float) -> int:
     return int(room // per_item) if per_item > 0 else 10**6
 
 
-def vram_report(dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16), training: bool = True,
-                native: bool = True, log: Callable[[str], Any] = lambda _m: None) -> dict[str, Any]:
+def vram_report(
+    dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16),
+    training: bool = True,
+    native: bool = True,
+    log: Callable[[str], Any] = lambda _m: None,
+) -> dict[str, Any]:
     """The dry runs and the VRAM they imply at full SD1.5 size (see the module docs and docs/cuda-dry-run.md).
 
     Restore: weights + the tally's peak, for one 512 -> 512 px image (batch 1 and 2 give the per-image cost),
@@ -677,24 +852,41 @@ def vram_report(dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16
         two = restore_dry_run(dtype, size=(512, 512), output_bits=8, batch=2)
         per = max(0, two.peak_bytes - one.peak_bytes)
         fixed = one.extra["weight_bytes"] + one.peak_bytes - per
-        row = {"dtype": name, "what": "512 -> 512 px (2 steps, CFG 7.5, one tile)",
-               "weights": one.extra["weight_bytes"], "peak": one.peak_bytes, "peak_stage": one.peak_stage,
-               "per_image": per, "fits": {c: largest_batch(fixed, per, c) for c in CARDS_GIB},
-               "seconds": one.seconds + two.seconds}
+        row = {
+            "dtype": name,
+            "what": "512 -> 512 px (2 steps, CFG 7.5, one tile)",
+            "weights": one.extra["weight_bytes"],
+            "peak": one.peak_bytes,
+            "peak_stage": one.peak_stage,
+            "per_image": per,
+            "fits": {c: largest_batch(fixed, per, c) for c in CARDS_GIB},
+            "seconds": one.seconds + two.seconds,
+        }
         out["restore"].append(row)
         if dtype == dtypes[0]:
             log(f"restore 512 -> 2048 px ({name})...")
             big = restore_dry_run(dtype, size=(2048, 2048), steps=1, output_bits=8, repeat_tiles=True)
-            out["restore"].append({"dtype": name, "what": "512 -> 2048 px (x4, tiled 64/16, VAE tile 512)",
-                                   "weights": big.extra["weight_bytes"], "peak": big.peak_bytes,
-                                   "peak_stage": big.peak_stage, "per_image": big.peak_bytes,
-                                   "fits": {c: largest_batch(big.extra["weight_bytes"], big.peak_bytes, c)
-                                            for c in CARDS_GIB}, "seconds": big.seconds})
+            out["restore"].append(
+                {
+                    "dtype": name,
+                    "what": "512 -> 2048 px (x4, tiled 64/16, VAE tile 512)",
+                    "weights": big.extra["weight_bytes"],
+                    "peak": big.peak_bytes,
+                    "peak_stage": big.peak_stage,
+                    "per_image": big.peak_bytes,
+                    "fits": {c: largest_batch(big.extra["weight_bytes"], big.peak_bytes, c) for c in CARDS_GIB},
+                    "seconds": big.seconds,
+                }
+            )
     if native:
         log("native patched model call...")
         nat = native_dry_run(dtypes[0])
-        out["native"] = {"dtype": str(dtypes[0]).removeprefix("torch."), "patch_weights": nat.extra["patch_weight_bytes"],
-                         "peak": nat.peak_bytes, "seconds": nat.seconds}
+        out["native"] = {
+            "dtype": str(dtypes[0]).removeprefix("torch."),
+            "patch_weights": nat.extra["patch_weight_bytes"],
+            "peak": nat.peak_bytes,
+            "seconds": nat.seconds,
+        }
     if training:
         copies = 0  # autocast's fp16 copies of the fp32 weights: saved without checkpointing, cached with it
         for ckpt in (False, True):
@@ -711,13 +903,20 @@ def vram_report(dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16
             # Backward frees each node's saved tensors as it runs and adds the gradients in flight, one per
             # forward tensor still held at most: no more than what is saved (the x2 of the bound); with
             # checkpointing the recomputed block's saved tensors come on top, once at a time.
-            out["training"].append({
-                "dtype": str(dtypes[0]).removeprefix("torch."), "checkpointing": ckpt, "saved_shared": shared,
-                "per_sample": per, "recompute_block_per_sample": block, "state": state,
-                "trainable": one.extra["trainable"],
-                "fits_low": {c: largest_batch(state + shared, per + block, c) for c in CARDS_GIB},
-                "fits_high": {c: largest_batch(state + shared, 2 * (per + block), c) for c in CARDS_GIB},
-                "seconds": one.seconds + two.seconds})
+            out["training"].append(
+                {
+                    "dtype": str(dtypes[0]).removeprefix("torch."),
+                    "checkpointing": ckpt,
+                    "saved_shared": shared,
+                    "per_sample": per,
+                    "recompute_block_per_sample": block,
+                    "state": state,
+                    "trainable": one.extra["trainable"],
+                    "fits_low": {c: largest_batch(state + shared, per + block, c) for c in CARDS_GIB},
+                    "fits_high": {c: largest_batch(state + shared, 2 * (per + block), c) for c in CARDS_GIB},
+                    "seconds": one.seconds + two.seconds,
+                }
+            )
     return out
 
 
@@ -727,26 +926,34 @@ def _gib(n: float) -> str:
 
 def vram_lines(r: dict[str, Any]) -> list[str]:
     cards = "/".join(str(c) for c in CARDS_GIB)
-    lines = [f"CUDA dry run, SD1.5 full size, fake tensors (estimated VRAM; {r['reserve_gib']:g} GiB left free per "
-             f"card for the CUDA context and the allocator)"]
+    lines = [
+        f"CUDA dry run, SD1.5 full size, fake tensors (estimated VRAM; {r['reserve_gib']:g} GiB left free per "
+        f"card for the CUDA context and the allocator)"
+    ]
     for row in r["restore"]:
         fits = "/".join(str(v) for v in row["fits"].values())
-        lines.append(f"  restore {row['what']} [{row['dtype']}]: weights {_gib(row['weights'])} + peak "
-                     f"{_gib(row['peak'])} (in {row['peak_stage']}) = {_gib(row['weights'] + row['peak'])}; "
-                     f"per image {_gib(row['per_image'])}; images per batch on {cards} GiB: {fits}")
+        lines.append(
+            f"  restore {row['what']} [{row['dtype']}]: weights {_gib(row['weights'])} + peak "
+            f"{_gib(row['peak'])} (in {row['peak_stage']}) = {_gib(row['weights'] + row['peak'])}; "
+            f"per image {_gib(row['per_image'])}; images per batch on {cards} GiB: {fits}"
+        )
     if r.get("native"):
         n = r["native"]
-        lines.append(f"  native patch [{n['dtype']}]: weights {_gib(n['patch_weights'])}; patched model call peak "
-                     f"{_gib(n['peak'])} above all weights (UNet + patch; 2 latent tiles, cond+uncond)")
+        lines.append(
+            f"  native patch [{n['dtype']}]: weights {_gib(n['patch_weights'])}; patched model call peak "
+            f"{_gib(n['peak'])} above all weights (UNet + patch; 2 latent tiles, cond+uncond)"
+        )
     for t in r["training"]:
         lo = "/".join(str(v) for v in t["fits_low"].values())
         hi = "/".join(str(v) for v in t["fits_high"].values())
         ck = "with" if t["checkpointing"] else "without"
-        lines.append(f"  training 512 px {ck} gradient checkpointing [{t['dtype']} autocast]: activations "
-                     f"{_gib(t['per_sample'])}/sample + {_gib(t['saved_shared'])} shared (autocast's fp16 weight copies)"
-                     + (f", recompute {_gib(t['recompute_block_per_sample'])}/sample" if t["checkpointing"] else "")
-                     + f"; weights + grads + AdamW {_gib(t['state'])}; batch on {cards} GiB: {lo} (saved "
-                       f"tensors only) down to {hi} (backward's gradients at their bound, as much again)")
+        lines.append(
+            f"  training 512 px {ck} gradient checkpointing [{t['dtype']} autocast]: activations "
+            f"{_gib(t['per_sample'])}/sample + {_gib(t['saved_shared'])} shared (autocast's fp16 weight copies)"
+            + (f", recompute {_gib(t['recompute_block_per_sample'])}/sample" if t["checkpointing"] else "")
+            + f"; weights + grads + AdamW {_gib(t['state'])}; batch on {cards} GiB: {lo} (saved "
+            f"tensors only) down to {hi} (backward's gradients at their bound, as much again)"
+        )
     return lines
 
 
@@ -774,8 +981,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
     for dtype in (torch.float16, torch.bfloat16):
-        runs = [(restore_dry_run, {}), (restore_dry_run, {"one_step": True, "output_bits": 8}), (native_dry_run, {}),
-                (training_dry_run, {"mode": "multi-step"}), (training_dry_run, {"mode": "one-step", "vsd": True})]
+        runs = [
+            (restore_dry_run, {}),
+            (restore_dry_run, {"one_step": True, "output_bits": 8}),
+            (native_dry_run, {}),
+            (training_dry_run, {"mode": "multi-step"}),
+            (training_dry_run, {"mode": "one-step", "vsd": True}),
+        ]
         for run, kwargs in runs:
             print("\n".join(run(dtype, **kwargs).lines()), flush=True)
     from .fake_cuda import UNCHECKED

@@ -41,36 +41,72 @@ the blocks: each storage is rounded up to this when the tally stands for CUDA.""
 
 # Ops that compute with weights: their floating inputs must share one dtype (CUDA kernels refuse mixes, and
 # an fp32 operand beside fp16 weights means a tensor escaped the model's dtype).
-_COMPUTE = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_convolution", "cudnn_convolution", "linear",
-            "scaled_dot_product_attention", "_scaled_dot_product_efficient_attention",
-            "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
-            "_scaled_dot_product_flash_attention_for_cpu", "_efficient_attention_forward", "_flash_attention_forward")
+_COMPUTE = (
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "convolution",
+    "_convolution",
+    "cudnn_convolution",
+    "linear",
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_efficient_attention_forward",
+    "_flash_attention_forward",
+)
 # Ops that move data between devices or dtypes on purpose.
-_COPIES = ("_to_copy", "copy_", "_copy_from", "_copy_from_and_resize", "to", "lift_fresh", "lift_fresh_copy",
-           "set_")
+_COPIES = ("_to_copy", "copy_", "_copy_from", "_copy_from_and_resize", "to", "lift_fresh", "lift_fresh_copy", "set_")
 
 UNCHECKED: tuple[tuple[str, str], ...] = (
-    ("values", "fake tensors hold no data: NaN/overflow in fp16 and data-dependent checks (isfinite in "
-               "prepare_lq) are not run; the dry run passes an LQ already at the output size"),
-    ("CUDA generators", "torch.Generator(device='cuda') cannot exist without CUDA: seeded_generators and the "
-                        "trainer's generator are stand-in CPU generators the watch treats as on the device; only "
-                        "the CUDA generator's own draw is unchecked (a real CPU generator drawing a CUDA tensor "
-                        "fails)"),
-    ("scheduler index lookups", "diffusers' DDPM step finds the previous timestep with nonzero() (a data-dependent "
-                                "shape); the dry run gives it the timestep as a Python int and the next one from "
-                                "a real twin scheduler; the step's tensor maths runs on the fake tensors"),
-    ("autocast", "torch.autocast('cuda') turns itself off without a CUDA runtime; the dry run switches CUDA "
-                 "autocast on directly, so its casts are followed, but its op lists are torch's, not a GPU run's"),
-    ("attention kernel", "SDPA on fake CUDA tensors takes its math path (fp32 upcast, the whole attention "
-                         "matrix); the dry run calls the memory-efficient kernel a GPU picks, and sets ComfyUI's "
-                         "attention to its CUDA choice (PyTorch SDPA); which fused kernel a given GPU picks is "
-                         "not checked"),
-    ("backward", "backward() needs a real device context: training memory is autograd's saved bytes plus a "
-                 "stated bound for backward (vram_report)"),
-    ("kernel workspaces", "cuDNN/cuBLAS workspaces and kernels' own scratch live inside kernels; the tally sees "
-                          "op outputs only (the CPU validation brackets what that leaves out)"),
-    ("ModelPatcher", "ComfyUI's model loading, offloading and low-VRAM partial loading around the native call "
-                     "are not run (Module.to on fake modules is replaced by a shape/dtype-faithful stand-in)"),
+    (
+        "values",
+        "fake tensors hold no data: NaN/overflow in fp16 and data-dependent checks (isfinite in "
+        "prepare_lq) are not run; the dry run passes an LQ already at the output size",
+    ),
+    (
+        "CUDA generators",
+        "torch.Generator(device='cuda') cannot exist without CUDA: seeded_generators and the "
+        "trainer's generator are stand-in CPU generators the watch treats as on the device; only "
+        "the CUDA generator's own draw is unchecked (a real CPU generator drawing a CUDA tensor "
+        "fails)",
+    ),
+    (
+        "scheduler index lookups",
+        "diffusers' DDPM step finds the previous timestep with nonzero() (a data-dependent "
+        "shape); the dry run gives it the timestep as a Python int and the next one from "
+        "a real twin scheduler; the step's tensor maths runs on the fake tensors",
+    ),
+    (
+        "autocast",
+        "torch.autocast('cuda') turns itself off without a CUDA runtime; the dry run switches CUDA "
+        "autocast on directly, so its casts are followed, but its op lists are torch's, not a GPU run's",
+    ),
+    (
+        "attention kernel",
+        "SDPA on fake CUDA tensors takes its math path (fp32 upcast, the whole attention "
+        "matrix); the dry run calls the memory-efficient kernel a GPU picks, and sets ComfyUI's "
+        "attention to its CUDA choice (PyTorch SDPA); which fused kernel a given GPU picks is "
+        "not checked",
+    ),
+    (
+        "backward",
+        "backward() needs a real device context: training memory is autograd's saved bytes plus a "
+        "stated bound for backward (vram_report)",
+    ),
+    (
+        "kernel workspaces",
+        "cuDNN/cuBLAS workspaces and kernels' own scratch live inside kernels; the tally sees "
+        "op outputs only (the CPU validation brackets what that leaves out)",
+    ),
+    (
+        "ModelPatcher",
+        "ComfyUI's model loading, offloading and low-VRAM partial loading around the native call "
+        "are not run (Module.to on fake modules is replaced by a shape/dtype-faithful stand-in)",
+    ),
 )
 
 
@@ -187,22 +223,26 @@ class DryRunWatch(TorchDispatchMode):
         devices = {d for d in map(_device_of, inputs) if d is not None}
         if len(devices) > 1:
             shapes = ", ".join(f"{tuple(t.shape)} {t.dtype} on {t.device}" for t in inputs)
-            raise DeviceMismatch(f"{func} mixes devices {' and '.join(sorted(map(str, devices)))} "
-                                 f"in stage {self.stage!r}: {shapes}")
+            raise DeviceMismatch(
+                f"{func} mixes devices {' and '.join(sorted(map(str, devices)))} in stage {self.stage!r}: {shapes}"
+            )
 
     def _check_dtypes(self, func: Any, name: str, inputs: list[torch.Tensor]) -> None:
         floats = [t for t in inputs if t.is_floating_point()]
         dtypes = {t.dtype for t in floats}
         if len(dtypes) > 1:
             shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in floats)
-            raise DtypeMismatch(f"{func} mixes dtypes {' and '.join(sorted(map(str, dtypes)))} "
-                                f"in stage {self.stage!r}: {shapes}")
+            raise DtypeMismatch(
+                f"{func} mixes dtypes {' and '.join(sorted(map(str, dtypes)))} in stage {self.stage!r}: {shapes}"
+            )
         self.compute_ops[name] = self.compute_ops.get(name, 0) + 1
         if self.compute_dtype != torch.float32 and dtypes == {torch.float32}:
             if not self.reasons:
                 shapes = ", ".join(f"{tuple(t.shape)}" for t in floats)
-                raise DtypeMismatch(f"{func} computes in torch.float32 in a {self.compute_dtype} run, in stage "
-                                    f"{self.stage!r} (inputs {shapes}); cast it, or mark it intended if it is")
+                raise DtypeMismatch(
+                    f"{func} computes in torch.float32 in a {self.compute_dtype} run, in stage "
+                    f"{self.stage!r} (inputs {shapes}); cast it, or mark it intended if it is"
+                )
             key = f"{self.reasons[-1]}: {name}"
             self.intended_ops[key] = self.intended_ops.get(key, 0) + 1
 
@@ -216,8 +256,10 @@ class DryRunWatch(TorchDispatchMode):
         if g.device.type == "cpu" and g.initial_seed() == STAND_IN_SEED:
             return  # stands in for a generator on the run's device (see stand_in_generator)
         if outs[0].device.type != g.device.type:
-            raise DeviceMismatch(f"{func} draws a tensor on {outs[0].device} from a generator on {g.device} in stage "
-                                 f"{self.stage!r} (CUDA needs the generator on the tensor's device)")
+            raise DeviceMismatch(
+                f"{func} draws a tensor on {outs[0].device} from a generator on {g.device} in stage "
+                f"{self.stage!r} (CUDA needs the generator on the tensor's device)"
+            )
 
     # ---------------------------------------------------------------- memory
 
@@ -291,8 +333,11 @@ def conv_scratch_bound(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) 
     return padded(x, (1,)) + padded(w, (0, 1)) + padded(y, (1,))
 
 
-_MISMATCH = re.compile(r"should be the same|same device|same dtype|expected scalar type|Expected .* dtype|"
-                       r"found two different devices|device mismatch", re.IGNORECASE)
+_MISMATCH = re.compile(
+    r"should be the same|same device|same dtype|expected scalar type|Expected .* dtype|"
+    r"found two different devices|device mismatch",
+    re.IGNORECASE,
+)
 
 
 class _NameTheCall(TorchFunctionMode):
@@ -323,8 +368,7 @@ def _storage_key(t: torch.Tensor) -> int:
 
 
 @contextlib.contextmanager
-def fake_cuda(compute_dtype: torch.dtype, device: str = "cuda", block: int = CUDA_BLOCK
-              ) -> Iterator[DryRunWatch]:
+def fake_cuda(compute_dtype: torch.dtype, device: str = "cuda", block: int = CUDA_BLOCK) -> Iterator[DryRunWatch]:
     """Fake tensors on ``device`` (modules built here land there) with a :class:`DryRunWatch` on top."""
     from unittest import mock
 
@@ -332,8 +376,13 @@ def fake_cuda(compute_dtype: torch.dtype, device: str = "cuda", block: int = CUD
 
     fake = FakeTensorMode()
     watch = DryRunWatch(compute_dtype, block=block)
-    with fake, torch.device(device), watch, _NameTheCall(watch), \
-            mock.patch.object(torch.nn.Module, "to", _fake_module_to):
+    with (
+        fake,
+        torch.device(device),
+        watch,
+        _NameTheCall(watch),
+        mock.patch.object(torch.nn.Module, "to", _fake_module_to),
+    ):
         yield watch
 
 
@@ -364,8 +413,9 @@ def retype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return _fake_module_to(module, dtype=dtype)
 
 
-def watched(watch: DryRunWatch, fn: Callable[..., Any], stage: str | None = None, intended: str | None = None
-            ) -> Callable[..., Any]:
+def watched(
+    watch: DryRunWatch, fn: Callable[..., Any], stage: str | None = None, intended: str | None = None
+) -> Callable[..., Any]:
     """``fn`` run inside a stage label and/or an intended-fp32 reason (to wrap the code's own functions)."""
 
     def run(*args: Any, **kwargs: Any) -> Any:

@@ -76,6 +76,13 @@ def restore_flops(pipe: Any, size: int, steps: int, cfg: float, caption: str) ->
     step_plain = count_flops(lambda: one_step(FastPaths.none()))
     parts["vae_decode"] = count_flops(lambda: pipe.vae_decode(box["latents"], None))
     once = sum(parts.values())
-    return {"size_px": size, "cfg_batch": 2 if cfg != 1.0 else 1, "step_flops": step, "step_flops_plain": step_plain,
-            "parts_flops": parts,
-            "steps": steps, "image_flops": steps * step + once, "once_flops": once}
+    return {
+        "size_px": size,
+        "cfg_batch": 2 if cfg != 1.0 else 1,
+        "step_flops": step,
+        "step_flops_plain": step_plain,
+        "parts_flops": parts,
+        "steps": steps,
+        "image_flops": steps * step + once,
+        "once_flops": once,
+    }

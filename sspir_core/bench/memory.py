@@ -6,7 +6,6 @@ peak tensor bytes from torch's allocator accounting (what CUDA's ``max_memory_al
 ``rss`` keeps what the OS sees.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -123,10 +122,17 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         raise ValueError(f"memory_method must be one of {', '.join(MEMORY_METHODS)}, got {settings.memory_method!r}")
     from ..restore.pipeline import restore_image
 
-    options = RestoreOptions(steps=settings.memory_steps, cfg=settings.cfg, tile=settings.tile,
-                             tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile, seed=settings.seed)
-    small = RestoreOptions(steps=1, cfg=settings.cfg, tile=settings.tile, tile_overlap=settings.tile_overlap,
-                           vae_tile=settings.vae_tile)
+    options = RestoreOptions(
+        steps=settings.memory_steps,
+        cfg=settings.cfg,
+        tile=settings.tile,
+        tile_overlap=settings.tile_overlap,
+        vae_tile=settings.vae_tile,
+        seed=settings.seed,
+    )
+    small = RestoreOptions(
+        steps=1, cfg=settings.cfg, tile=settings.tile, tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile
+    )
     lq = random_lq(size // 4, pipe.device, settings.seed)
     bits = settings.output_bits
     restore_image(pipe, random_lq(16, pipe.device), CAPTION, small, upscale=4, output_bits=bits)  # warm-up
@@ -140,16 +146,26 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits)
         torch.cuda.synchronize(pipe.device)
         peak = torch.cuda.max_memory_allocated(pipe.device)
-        return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20, "measure": "cuda",
-                "method": "cuda max_memory_allocated - allocated before the run",
-                "seconds": time.perf_counter() - t0}
+        return {
+            "size_px": size,
+            "peak_mib": (peak - base) / 2**20,
+            "models_mib": base / 2**20,
+            "measure": "cuda",
+            "method": "cuda max_memory_allocated - allocated before the run",
+            "seconds": time.perf_counter() - t0,
+        }
     if settings.memory_method == "tensors":
         base = _rss()
         _, peak = cpu_tensor_peak(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=bits))
         if peak is not None:
-            return {"size_px": size, "peak_mib": peak / 2**20, "models_mib": base / 2**20, "measure": "tensors",
-                    "method": "peak CPU tensor bytes allocated during the run (torch allocator accounting)",
-                    "seconds": time.perf_counter() - t0}
+            return {
+                "size_px": size,
+                "peak_mib": peak / 2**20,
+                "models_mib": base / 2**20,
+                "measure": "tensors",
+                "method": "peak CPU tensor bytes allocated during the run (torch allocator accounting)",
+                "seconds": time.perf_counter() - t0,
+            }
         # this torch keeps no allocation totals: measure RSS instead (the method field says so)
     base, maxrss_before = _rss(), _maxrss()
     try:
@@ -161,17 +177,41 @@ def measure_memory(pipe: RestorePipeline, size: int, settings: BenchSettings) ->
         sampled = _rss()
     maxrss = _maxrss()
     peak = max(sampled, maxrss if maxrss > maxrss_before else 0)
-    return {"size_px": size, "peak_mib": (peak - base) / 2**20, "models_mib": base / 2**20, "measure": "rss",
-            "method": "peak RSS - RSS after build + warm-up", "seconds": time.perf_counter() - t0}
+    return {
+        "size_px": size,
+        "peak_mib": (peak - base) / 2**20,
+        "models_mib": base / 2**20,
+        "measure": "rss",
+        "method": "peak RSS - RSS after build + warm-up",
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _child_args(settings: BenchSettings) -> list[str]:
-    return ["--config", settings.config, "--device", settings.device, "--dtype", settings.dtype,
-            "--memory-steps", str(settings.memory_steps), "--tile", str(settings.tile),
-            "--tile-overlap", str(settings.tile_overlap), "--vae-tile", str(settings.vae_tile),
-            "--cfg", str(settings.cfg), "--seed", str(settings.seed),
-            "--output-bits", str(settings.output_bits or 0), "--memory-method", settings.memory_method] + (
-        ["--threads", str(settings.threads)] if settings.threads else [])
+    return [
+        "--config",
+        settings.config,
+        "--device",
+        settings.device,
+        "--dtype",
+        settings.dtype,
+        "--memory-steps",
+        str(settings.memory_steps),
+        "--tile",
+        str(settings.tile),
+        "--tile-overlap",
+        str(settings.tile_overlap),
+        "--vae-tile",
+        str(settings.vae_tile),
+        "--cfg",
+        str(settings.cfg),
+        "--seed",
+        str(settings.seed),
+        "--output-bits",
+        str(settings.output_bits or 0),
+        "--memory-method",
+        settings.memory_method,
+    ] + (["--threads", str(settings.threads)] if settings.threads else [])
 
 
 def bench_memory(settings: BenchSettings, pipe: RestorePipeline | None = None) -> dict[str, Any]:
@@ -192,11 +232,16 @@ def bench_memory(settings: BenchSettings, pipe: RestorePipeline | None = None) -
     if len(by_size) >= 2:
         pair = [1024, 2048] if {1024, 2048} <= by_size.keys() else sorted(by_size)[-2:]
         ratio = by_size[pair[1]] / by_size[pair[0]] if by_size[pair[0]] > 0 else None
-    return {"rows": rows, "tile": settings.tile, "tile_overlap": settings.tile_overlap,
-            "vae_tile": settings.vae_tile, "steps": settings.memory_steps, "output_bits": settings.output_bits,
-            "ratio_sizes": pair, "ratio": ratio}
-
-
+    return {
+        "rows": rows,
+        "tile": settings.tile,
+        "tile_overlap": settings.tile_overlap,
+        "vae_tile": settings.vae_tile,
+        "steps": settings.memory_steps,
+        "output_bits": settings.output_bits,
+        "ratio_sizes": pair,
+        "ratio": ratio,
+    }
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
@@ -220,9 +265,19 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     # glibc's default heap here, whatever the parent runs with: a kept heap would hold on to the memory
     # freed while the models are built and cast, and hide the restore's own peak inside it.
-    settings = BenchSettings(config=a.config, device=a.device, dtype=a.dtype, memory_steps=a.memory_steps,
-                             tile=a.tile, tile_overlap=a.tile_overlap, vae_tile=a.vae_tile, cfg=a.cfg, seed=a.seed,
-                             output_bits=a.output_bits or None, memory_method=a.memory_method)
+    settings = BenchSettings(
+        config=a.config,
+        device=a.device,
+        dtype=a.dtype,
+        memory_steps=a.memory_steps,
+        tile=a.tile,
+        tile_overlap=a.tile_overlap,
+        vae_tile=a.vae_tile,
+        cfg=a.cfg,
+        seed=a.seed,
+        output_bits=a.output_bits or None,
+        memory_method=a.memory_method,
+    )
     pipe = build_bench_pipeline(a.config, a.device, torch_dtype(a.dtype), a.seed)
     print(json.dumps(measure_memory(pipe, a.size, settings)), flush=True)
     return 0

@@ -81,18 +81,25 @@ def native_plan(settings: BenchSettings) -> dict[str, Any]:
     size = settings.native_size or size_default
     steps = settings.native_steps or steps_default
     if size < 32 or size % 32:
-        raise InputError(f"native size must be a multiple of 32 and >= 32 (its LQ is size/{UPSCALE} px, a multiple "
-                         f"of 8), got {size}")
+        raise InputError(
+            f"native size must be a multiple of 32 and >= 32 (its LQ is size/{UPSCALE} px, a multiple of 8), got {size}"
+        )
     if settings.native_order not in (None, *ORDERS):
         raise InputError(f"native order must be one of {', '.join(ORDERS)}, got {settings.native_order!r}")
     if steps < 1 or settings.repeats < 1:
         raise InputError(f"native steps and repeats must be >= 1, got {steps} and {settings.repeats}")
     given = (settings.native_checkpoint, settings.native_sspir, settings.native_clip_vision)
     if any(given) and not all(given):
-        raise InputError("name all three native bench files (--native-checkpoint, --native-sspir, "
-                         "--native-clip-vision) or none (then the random native demo files are used)")
-    return {"size_px": size, "input_px": size // UPSCALE, "steps": steps,
-            "order": settings.native_order or ("sequential" if cuda else "interleaved")}
+        raise InputError(
+            "name all three native bench files (--native-checkpoint, --native-sspir, "
+            "--native-clip-vision) or none (then the random native demo files are used)"
+        )
+    return {
+        "size_px": size,
+        "input_px": size // UPSCALE,
+        "steps": steps,
+        "order": settings.native_order or ("sequential" if cuda else "interleaved"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- ComfyUI side
@@ -108,8 +115,9 @@ def load_harness(folder: Path | None = None) -> ModuleType:
         raise NativeBenchError(f"no ComfyUI in {folder}: {SETUP_HINT} (or set COMFYUI_DIR to a ComfyUI checkout)")
     missing = module.missing_requirements(folder)
     if missing:
-        raise NativeBenchError(f"{module.comfyui_python(folder)} lacks ComfyUI's requirements ({', '.join(missing)}): "
-                               f"{SETUP_HINT}")
+        raise NativeBenchError(
+            f"{module.comfyui_python(folder)} lacks ComfyUI's requirements ({', '.join(missing)}): {SETUP_HINT}"
+        )
     return module
 
 
@@ -146,56 +154,127 @@ def server_args(settings: BenchSettings) -> tuple[bool, tuple[str, ...], dict[st
 # ---------------------------------------------------------------------------------------------- graphs
 
 
-def native_graph(image: str, caption: str, files: NativeFiles, *, steps: int, cfg: float, seed: int, dtype: str,
-                 prefix: str) -> dict[str, Any]:
+def native_graph(
+    image: str, caption: str, files: NativeFiles, *, steps: int, cfg: float, seed: int, dtype: str, prefix: str
+) -> dict[str, Any]:
     """The native route in API format (the shipped sspir_native workflow with a typed caption)."""
     return {
         "img": {"class_type": "LoadImage", "inputs": {"image": image}},
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": files.checkpoint.name}},
         "cv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": files.clip_vision.name}},
         "patch": {"class_type": "SSPIRPatchLoader", "inputs": {"sspir_weights": files.sspir.name, "dtype": dtype}},
-        "lat": {"class_type": "SSPIRLQLatent", "inputs": {"image": ["img", 0], "vae": ["ckpt", 2],
-                                                           "upscale": float(UPSCALE), "width": 0, "height": 0,
-                                                           "vae_tile": REFERENCE.vae_tile}},
-        "txt": {"class_type": "SSPIRTextEncode", "inputs": {"clip": ["ckpt", 1], "caption": caption,
-                                                             "negative_prompt": "", "max_chunks": REFERENCE.max_chunks,
-                                                             "mixed_lengths": MIXED_LENGTHS[0]}},
-        "apply": {"class_type": "SSPIRApply", "inputs": {
-            "model": ["ckpt", 0], "sspir_patch": ["patch", 0], "clip_vision": ["cv", 0], "image": ["lat", 1],
-            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "start": "paper",
-            "processor_tile": PROCESSOR_TILE, "tile": REFERENCE.tile, "tile_overlap": REFERENCE.tile_overlap}},
-        "smp": {"class_type": "KSampler", "inputs": {
-            "model": ["apply", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "ddpm",
-            "scheduler": "ddim_uniform", "positive": ["txt", 0], "negative": ["txt", 1],
-            "latent_image": ["lat", 0], "denoise": 1.0}},
+        "lat": {
+            "class_type": "SSPIRLQLatent",
+            "inputs": {
+                "image": ["img", 0],
+                "vae": ["ckpt", 2],
+                "upscale": float(UPSCALE),
+                "width": 0,
+                "height": 0,
+                "vae_tile": REFERENCE.vae_tile,
+            },
+        },
+        "txt": {
+            "class_type": "SSPIRTextEncode",
+            "inputs": {
+                "clip": ["ckpt", 1],
+                "caption": caption,
+                "negative_prompt": "",
+                "max_chunks": REFERENCE.max_chunks,
+                "mixed_lengths": MIXED_LENGTHS[0],
+            },
+        },
+        "apply": {
+            "class_type": "SSPIRApply",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "sspir_patch": ["patch", 0],
+                "clip_vision": ["cv", 0],
+                "image": ["lat", 1],
+                "strength": 1.0,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+                "start": "paper",
+                "processor_tile": PROCESSOR_TILE,
+                "tile": REFERENCE.tile,
+                "tile_overlap": REFERENCE.tile_overlap,
+            },
+        },
+        "smp": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["apply", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "ddpm",
+                "scheduler": "ddim_uniform",
+                "positive": ["txt", 0],
+                "negative": ["txt", 1],
+                "latent_image": ["lat", 0],
+                "denoise": 1.0,
+            },
+        },
         "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["smp", 0], "vae": ["ckpt", 2]}},
-        "fix": {"class_type": "SSPIRColorFix", "inputs": {"image": ["dec", 0], "reference": ["lat", 1],
-                                                           "method": REFERENCE.color_fix}},
+        "fix": {
+            "class_type": "SSPIRColorFix",
+            "inputs": {"image": ["dec", 0], "reference": ["lat", 1], "method": REFERENCE.color_fix},
+        },
         "save": {"class_type": "SaveImage", "inputs": {"images": ["fix", 0], "filename_prefix": prefix}},
     }
 
 
-def reference_graph(image: str, caption: str, files: NativeFiles, *, steps: int, cfg: float, seed: int,
-                    dtype: str, prefix: str) -> dict[str, Any]:
+def reference_graph(
+    image: str, caption: str, files: NativeFiles, *, steps: int, cfg: float, seed: int, dtype: str, prefix: str
+) -> dict[str, Any]:
     """The reference route (PGA Sampler) in API format on the same files; models stay loaded between prompts
     (cache "on device", as ComfyUI keeps the native route's models while memory allows)."""
     size = {"upscale": float(UPSCALE), "width": 0, "height": 0}
     return {
         "img": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "m": {"class_type": "SSPIRModelLoader", "inputs": {
-            "base_model": files.checkpoint.name, "sspir_weights": files.sspir.name, "base": "auto",
-            "device": "auto", "dtype": dtype, "offload": "auto", "cache": "on device"}},
+        "m": {
+            "class_type": "SSPIRModelLoader",
+            "inputs": {
+                "base_model": files.checkpoint.name,
+                "sspir_weights": files.sspir.name,
+                "base": "auto",
+                "device": "auto",
+                "dtype": dtype,
+                "offload": "auto",
+                "cache": "on device",
+            },
+        },
         "cv": {"class_type": "SSPIRClipVisionLoader", "inputs": {"clip_name": files.clip_vision.name}},
-        "emb": {"class_type": "SSPIRClipImageEmbed", "inputs": {"sspir_model": ["m", 0], "clip_vision": ["cv", 0],
-                                                                 "image": ["img", 0], **size}},
-        "st": {"class_type": "SSPIRStructureProcessor", "inputs": {"sspir_model": ["m", 0], "image": ["img", 0],
-                                                                   **size}},
-        "smp": {"class_type": "SSPIRSampler", "inputs": {
-            "sspir_model": ["m", 0], "image": ["img", 0], "image_embed": ["emb", 0], "structure": ["st", 0],
-            "caption": caption, "negative_prompt": "", "seed": seed, "steps": steps, "cfg": cfg,
-            "scheduler": REFERENCE.scheduler, "start": REFERENCE.start, "conditioning_scale": 1.0, **size,
-            "tile": REFERENCE.tile, "tile_overlap": REFERENCE.tile_overlap, "vae_tile": REFERENCE.vae_tile,
-            "color_fix": REFERENCE.color_fix}},
+        "emb": {
+            "class_type": "SSPIRClipImageEmbed",
+            "inputs": {"sspir_model": ["m", 0], "clip_vision": ["cv", 0], "image": ["img", 0], **size},
+        },
+        "st": {
+            "class_type": "SSPIRStructureProcessor",
+            "inputs": {"sspir_model": ["m", 0], "image": ["img", 0], **size},
+        },
+        "smp": {
+            "class_type": "SSPIRSampler",
+            "inputs": {
+                "sspir_model": ["m", 0],
+                "image": ["img", 0],
+                "image_embed": ["emb", 0],
+                "structure": ["st", 0],
+                "caption": caption,
+                "negative_prompt": "",
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "scheduler": REFERENCE.scheduler,
+                "start": REFERENCE.start,
+                "conditioning_scale": 1.0,
+                **size,
+                "tile": REFERENCE.tile,
+                "tile_overlap": REFERENCE.tile_overlap,
+                "vae_tile": REFERENCE.vae_tile,
+                "color_fix": REFERENCE.color_fix,
+            },
+        },
         "save": {"class_type": "SaveImage", "inputs": {"images": ["smp", 0], "filename_prefix": prefix}},
     }
 
@@ -253,21 +332,38 @@ def _models_folder(folder: Path, files: NativeFiles) -> Path:
 class RouteRun:
     """One route's server (fresh, with the probe) and its prompts: ``prompt(0)`` is the warm-up."""
 
-    def __init__(self, route: str, harness: ModuleType, files: NativeFiles, plan: dict[str, Any],
-                 settings: BenchSettings, work: Path, models: Path, log: Any) -> None:
+    def __init__(
+        self,
+        route: str,
+        harness: ModuleType,
+        files: NativeFiles,
+        plan: dict[str, Any],
+        settings: BenchSettings,
+        work: Path,
+        models: Path,
+        log: Any,
+    ) -> None:
         cpu, flags, env = server_args(settings)
         self.route, self.harness, self.files, self.plan, self.settings, self.log = (
-            route, harness, files, plan, settings, log)
-        self.server = harness.ComfyServer(work / route, models_dir=models, comfy_dir=harness.comfyui_dir(),
-                                          extra_args=flags, cpu=cpu, env=env)
+            route,
+            harness,
+            files,
+            plan,
+            settings,
+            log,
+        )
+        self.server = harness.ComfyServer(
+            work / route, models_dir=models, comfy_dir=harness.comfyui_dir(), extra_args=flags, cpu=cpu, env=env
+        )
         probe = self.server.work_dir / "custom_nodes" / PROBE_FOLDER
         probe.mkdir(parents=True, exist_ok=True)
         from ..host import bench_probe
 
         shutil.copy2(bench_probe.__file__, probe / "__init__.py")
         self.server.input_dir.mkdir(parents=True, exist_ok=True)
-        self.images = [_write_lq(self.server.input_dir, i, plan["input_px"], settings.seed)
-                       for i in range(settings.repeats + 1)]
+        self.images = [
+            _write_lq(self.server.input_dir, i, plan["input_px"], settings.seed) for i in range(settings.repeats + 1)
+        ]
         self.rows: list[dict[str, Any]] = []
         self.start_s = 0.0
 
@@ -286,9 +382,16 @@ class RouteRun:
 
     def prompt(self, i: int) -> None:
         server, route = self.server, self.route
-        prompt = GRAPHS[route](self.images[i], f"{CAPTION}, picture {i}", self.files, steps=self.plan["steps"],
-                               cfg=self.settings.cfg, seed=self.settings.seed, dtype=self.settings.dtype,
-                               prefix=f"bench_{route}_{i}")
+        prompt = GRAPHS[route](
+            self.images[i],
+            f"{CAPTION}, picture {i}",
+            self.files,
+            steps=self.plan["steps"],
+            cfg=self.settings.cfg,
+            seed=self.settings.seed,
+            dtype=self.settings.dtype,
+            prefix=f"bench_{route}_{i}",
+        )
         timed = i > 0  # prompt 0 is the warm-up: it loads the models
         if timed:
             reset = server.get("/sspir_bench/reset")
@@ -303,8 +406,12 @@ class RouteRun:
         row = {"server_s": execution_seconds(entry), "wall_s": wall}
         if timed:
             peak = server.get("/sspir_bench/peak")
-            row.update(measure=peak["measure"], baseline_bytes=reset["baseline_bytes"],
-                       peak_bytes=peak["peak_bytes"], reserved_peak_bytes=peak.get("reserved_peak_bytes"))
+            row.update(
+                measure=peak["measure"],
+                baseline_bytes=reset["baseline_bytes"],
+                peak_bytes=peak["peak_bytes"],
+                reserved_peak_bytes=peak.get("reserved_peak_bytes"),
+            )
         outputs = server.output_files(entry, kind="output")
         if outputs:
             from PIL import Image
@@ -330,8 +437,11 @@ def summarise_route(rows: list[dict[str, Any]], start_s: float = 0.0) -> dict[st
     key = "server_s" if server else "wall_s"
     out: dict[str, Any] = {
         "timing": "server execution_start -> execution_success" if server else "wall time queue -> done",
-        "s_per_image": statistics.median(r[key] for r in timed), "seconds": [r[key] for r in timed],
-        "wall_seconds": [r["wall_s"] for r in timed], "first_s": first[key], "start_s": start_s,
+        "s_per_image": statistics.median(r[key] for r in timed),
+        "seconds": [r[key] for r in timed],
+        "wall_seconds": [r["wall_s"] for r in timed],
+        "first_s": first[key],
+        "start_s": start_s,
         "measure": timed[0]["measure"],
         "peak_above_mib": max(r["peak_bytes"] - r["baseline_bytes"] for r in timed) / MIB,
         "peak_mib": max(r["peak_bytes"] for r in timed) / MIB,
@@ -352,6 +462,7 @@ def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]
     the CUDA allocator's statistics are per process). ``sequential`` (the CUDA default) runs one server after
     the other, so the idle route's resident models never take VRAM that ComfyUI's model management could use.
     """
+
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -361,16 +472,26 @@ def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]
         log(f"  files: the native demo set under {harness.cache_root()} (written on first use: about 1.3 GB, a minute)")
     files = bench_files(settings, harness)
 
-    result: dict[str, Any] = {**plan, "cfg": settings.cfg, "seed": settings.seed, "dtype": settings.dtype,
-                              "device": settings.device, "repeats": settings.repeats, "server_threads": settings.threads,
-                              "comfyui": harness.read_version(harness.comfyui_dir()) or "unknown", "demo_files": files.demo,
-                              "files": {k: str(getattr(files, k)) for k in ("checkpoint", "sspir", "clip_vision")},
-                              "reference_tiling": [REFERENCE.tile, REFERENCE.tile_overlap, REFERENCE.vae_tile]}
+    result: dict[str, Any] = {
+        **plan,
+        "cfg": settings.cfg,
+        "seed": settings.seed,
+        "dtype": settings.dtype,
+        "device": settings.device,
+        "repeats": settings.repeats,
+        "server_threads": settings.threads,
+        "comfyui": harness.read_version(harness.comfyui_dir()) or "unknown",
+        "demo_files": files.demo,
+        "files": {k: str(getattr(files, k)) for k in ("checkpoint", "sspir", "clip_vision")},
+        "reference_tiling": [REFERENCE.tile, REFERENCE.tile_overlap, REFERENCE.vae_tile],
+    }
     work = Path(tempfile.mkdtemp(prefix="sspir-bench-native-"))
     models = _models_folder(work / "models", files)
     runs = [RouteRun(route, harness, files, plan, settings, work, models, log) for route in ROUTES]
     try:
-        if plan["order"] == "sequential":  # one server at a time: the other route's resident models never share the card
+        if (
+            plan["order"] == "sequential"
+        ):  # one server at a time: the other route's resident models never share the card
             for run in runs:
                 with run:
                     for i in range(settings.repeats + 1):
@@ -393,10 +514,15 @@ def bench_native(settings: BenchSettings, pipe: object = None) -> dict[str, Any]
 
 def route_ratios(native: dict[str, Any], reference: dict[str, Any]) -> dict[str, float | None]:
     """native / reference of s/image, of the peak above the baseline and of the absolute peak (None over 0)."""
+
     def ratio(key: str) -> float | None:
         return native[key] / reference[key] if reference[key] > 0 else None
 
-    return {"time_ratio": ratio("s_per_image"), "peak_ratio": ratio("peak_above_mib"), "abs_peak_ratio": ratio("peak_mib")}
+    return {
+        "time_ratio": ratio("s_per_image"),
+        "peak_ratio": ratio("peak_above_mib"),
+        "abs_peak_ratio": ratio("peak_mib"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -410,24 +536,32 @@ def native_lines(r: dict[str, Any]) -> list[str]:
     memory = "VRAM" if r["device"].startswith("cuda") else "RAM"
     files = "native demo files (random weights)" if r["demo_files"] else Path(r["files"]["checkpoint"]).name
     tile, overlap, vae_tile = r["reference_tiling"]
-    lines = [f"native route vs reference (PGA Sampler) in ComfyUI {r['comfyui']}: {r['input_px']} -> {r['size_px']} px, "
-             f"{r['steps']} steps, CFG {r['cfg']:g}, {r['dtype']}, {files}; one server per route"
-             f"{'' if not r.get('server_threads') else ' (' + str(r['server_threads']) + ' thread(s) each)'}, "
-             f"{ORDER_WORDS[r['order']]}; median of {r['repeats']} image(s) after a warm-up",
-             f"   {'route':10s} {'s/image':>9s} {'first image':>12s} {'peak above idle':>16s} {'absolute peak':>14s}"]
+    lines = [
+        f"native route vs reference (PGA Sampler) in ComfyUI {r['comfyui']}: {r['input_px']} -> {r['size_px']} px, "
+        f"{r['steps']} steps, CFG {r['cfg']:g}, {r['dtype']}, {files}; one server per route"
+        f"{'' if not r.get('server_threads') else ' (' + str(r['server_threads']) + ' thread(s) each)'}, "
+        f"{ORDER_WORDS[r['order']]}; median of {r['repeats']} image(s) after a warm-up",
+        f"   {'route':10s} {'s/image':>9s} {'first image':>12s} {'peak above idle':>16s} {'absolute peak':>14s}",
+    ]
     for route in ROUTES:
         x = r[route]
-        lines.append(f"   {route:10s} {x['s_per_image']:8.2f}s {x['first_s']:11.2f}s {x['peak_above_mib']:12.1f} MiB "
-                     f"{x['peak_mib']:10.1f} MiB")
-    lines += [f"   native/reference: time {_x(r['time_ratio'])}, peak above idle {_x(r['peak_ratio'])}, "
-              f"absolute peak {_x(r['abs_peak_ratio'])}",
-              f"   time: {r['native']['timing']}; {memory}: {r['native']['measure']}, peak over each timed image, "
-              "'idle' = after the warm-up (models resident)",
-              f"   native: KSampler ddpm + ddim_uniform; reference: ddpm from the LQ latent; both latent tile "
-              f"{tile}/{overlap}; VAE tile {vae_tile} px; first image includes loading the models"]
+        lines.append(
+            f"   {route:10s} {x['s_per_image']:8.2f}s {x['first_s']:11.2f}s {x['peak_above_mib']:12.1f} MiB "
+            f"{x['peak_mib']:10.1f} MiB"
+        )
+    lines += [
+        f"   native/reference: time {_x(r['time_ratio'])}, peak above idle {_x(r['peak_ratio'])}, "
+        f"absolute peak {_x(r['abs_peak_ratio'])}",
+        f"   time: {r['native']['timing']}; {memory}: {r['native']['measure']}, peak over each timed image, "
+        "'idle' = after the warm-up (models resident)",
+        f"   native: KSampler ddpm + ddim_uniform; reference: ddpm from the LQ latent; both latent tile "
+        f"{tile}/{overlap}; VAE tile {vae_tile} px; first image includes loading the models",
+    ]
     if "reserved_peak_mib" in r["native"]:
-        lines.append(f"   torch reserved peak: native {r['native']['reserved_peak_mib']:.0f} MiB, reference "
-                     f"{r['reference']['reserved_peak_mib']:.0f} MiB")
+        lines.append(
+            f"   torch reserved peak: native {r['native']['reserved_peak_mib']:.0f} MiB, reference "
+            f"{r['reference']['reserved_peak_mib']:.0f} MiB"
+        )
     return lines
 
 
@@ -435,10 +569,12 @@ def native_summary(r: dict[str, Any]) -> str:
     n, ref = r["native"], r["reference"]
     memory = "VRAM" if r["device"].startswith("cuda") else "RSS"
     files = "demo files" if r["demo_files"] else Path(r["files"]["checkpoint"]).name
-    return (f"native vs reference ({files}; --config not used) {r['input_px']}->{r['size_px']}px {r['steps']} steps: "
-            f"{n['s_per_image']:.2f} vs "
-            f"{ref['s_per_image']:.2f} s/image ({_x(r['time_ratio'])}), {memory} peak +{n['peak_above_mib']:.0f} vs "
-            f"+{ref['peak_above_mib']:.0f} MiB above idle ({n['peak_mib']:.0f} vs {ref['peak_mib']:.0f} MiB absolute)")
+    return (
+        f"native vs reference ({files}; --config not used) {r['input_px']}->{r['size_px']}px {r['steps']} steps: "
+        f"{n['s_per_image']:.2f} vs "
+        f"{ref['s_per_image']:.2f} s/image ({_x(r['time_ratio'])}), {memory} peak +{n['peak_above_mib']:.0f} vs "
+        f"+{ref['peak_above_mib']:.0f} MiB above idle ({n['peak_mib']:.0f} vs {ref['peak_mib']:.0f} MiB absolute)"
+    )
 
 
 EXTRA_PARTS["native"] = (bench_native, native_lines)

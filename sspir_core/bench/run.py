@@ -1,6 +1,5 @@
 """One bench run: build the config once (only if a part measures in this process), measure the parts asked for."""
 
-
 from __future__ import annotations
 
 import time
@@ -23,8 +22,9 @@ def _needs_pipeline(parts: Sequence[str], device: torch.device) -> bool:
     return any(p in IN_PROCESS_PARTS for p in parts) or ("memory" in parts and device.type == "cuda")
 
 
-def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors", "memory"),
-              log: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_bench(
+    settings: BenchSettings, parts: Sequence[str] = ("step", "priors", "memory"), log: Callable[[str], Any] = print
+) -> dict[str, Any]:
     """Build the config once (only if a part measures in this process) and measure the requested parts."""
     device = torch.device(settings.device)
     if settings.threads:
@@ -33,9 +33,14 @@ def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors",
     pipe = None
     if _needs_pipeline(parts, device):
         pipe = build_bench_pipeline(settings.config, device, torch_dtype(settings.dtype), settings.seed)
-    result: dict[str, Any] = {"config": settings.config, "dtype": settings.dtype, "env": environment(device),
-                              "build_s": time.perf_counter() - t0, "compile": settings.compile,
-                              "parent_built_models": pipe is not None}
+    result: dict[str, Any] = {
+        "config": settings.config,
+        "dtype": settings.dtype,
+        "env": environment(device),
+        "build_s": time.perf_counter() - t0,
+        "compile": settings.compile,
+        "parent_built_models": pipe is not None,
+    }
     if "flops" in parts:
         assert pipe is not None
         from .flops import restore_flops
@@ -49,8 +54,10 @@ def run_bench(settings: BenchSettings, parts: Sequence[str] = ("step", "priors",
     if "step" in parts:
         assert pipe is not None
         extra = ", each fast path left out" if settings.ablate and not settings.compile else ""
-        log(f"timing steps ({settings.repeats} x {settings.step_steps} steps: ours, plain path, "
-            f"stock diffusers{extra})...")
+        log(
+            f"timing steps ({settings.repeats} x {settings.step_steps} steps: ours, plain path, "
+            f"stock diffusers{extra})..."
+        )
         result["step"] = bench_step(pipe, settings)
     if "priors" in parts:
         assert pipe is not None

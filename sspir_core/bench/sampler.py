@@ -4,7 +4,6 @@ share of a run, and one whole restore.
 Functions are timed alternately (:func:`time_interleaved`) so background load hits all of them alike.
 """
 
-
 from __future__ import annotations
 
 import statistics
@@ -41,8 +40,9 @@ def time_call(fn: Callable[[], Any], repeats: int, device: torch.device, warmup:
     return out
 
 
-def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, device: torch.device,
-                     warmup: int = 1) -> list[list[float]]:
+def time_interleaved(
+    fns: Sequence[Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> list[list[float]]:
     """Like :func:`time_call` for several functions, alternating them so background load hits all alike.
 
     Each round starts one function later than the previous one, so no function always runs right after
@@ -73,16 +73,20 @@ def random_lq(size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
 def _priors(pipe: RestorePipeline, lq: torch.Tensor, options: RestoreOptions) -> dict[str, Any]:
     generators = [torch.Generator(device=pipe.device).manual_seed(options.seed)]
     text, negative = pipe.encode_text([CAPTION], options.negative_prompt, options.max_chunks)
-    return {"text": text, "negative": negative, "image_emb": pipe.encode_image(lq),
-            "features": pipe.structure_prior(lq)[0], "latents": pipe.vae_encode(lq, generators, options.vae_tile)}
+    return {
+        "text": text,
+        "negative": negative,
+        "image_emb": pipe.encode_image(lq),
+        "features": pipe.structure_prior(lq)[0],
+        "latents": pipe.vae_encode(lq, generators, options.vae_tile),
+    }
 
 
 def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]:
     """Median ms per CFG step: ``RestorePipeline.denoise`` itself vs the same loop on stock diffusers models."""
     from ..restore.schedulers import make_scheduler
 
-    options = RestoreOptions(steps=settings.step_steps, cfg=settings.cfg, tile=None, vae_tile=None,
-                             seed=settings.seed)
+    options = RestoreOptions(steps=settings.step_steps, cfg=settings.cfg, tile=None, vae_tile=None, seed=settings.seed)
     lq = random_lq(settings.size, pipe.device, settings.seed)
     p = _priors(pipe, lq, options)
     generators = [torch.Generator(device=pipe.device).manual_seed(settings.seed)]
@@ -106,15 +110,21 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
     def sampler(paths: FastPaths, keep_heap: bool = True) -> Callable[[], None]:
         def run() -> None:
             set_heap(keep_heap)
-            pipe.denoise(latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators,
-                         paths=paths)
+            pipe.denoise(
+                latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators, paths=paths
+            )
             if keep_heap and not state["size"]:  # the heap one kept-heap run leaves (fixed: never chases growth)
                 state["size"] = heap_bytes() or 0
+
         return run
 
     ours, ours_plain = sampler(FastPaths()), sampler(FastPaths.none(), keep_heap=False)
-    left_out: list[str] = FastPaths.names() + ([HEAP] if heap else []) if settings.ablate and not settings.compile else []
-    without = [sampler(FastPaths(), keep_heap=False) if n == HEAP else sampler(FastPaths().toggled(n)) for n in left_out]
+    left_out: list[str] = (
+        FastPaths.names() + ([HEAP] if heap else []) if settings.ablate and not settings.compile else []
+    )
+    without = [
+        sampler(FastPaths(), keep_heap=False) if n == HEAP else sampler(FastPaths().toggled(n)) for n in left_out
+    ]
 
     unet, controlnet = build_stock_pair(pipe)
     text_in = torch.cat([p["negative"], p["text"]])
@@ -130,8 +140,7 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
             z_in = scheduler.scale_model_input(z, t).to(pipe.dtype)
             z2 = torch.cat([z_in, z_in])
             down, mid = controlnet(z2, t, text_in, controlnet_cond=image_in, return_dict=False)
-            eps = unet(z2, t, text_in, down_block_additional_residuals=down,
-                       mid_block_additional_residual=mid).sample
+            eps = unet(z2, t, text_in, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
             uncond, cond = eps.chunk(2)
             eps = uncond + options.cfg * (cond - uncond)
             z = scheduler.step(eps.float(), t, z.float(), generator=generators).prev_sample
@@ -147,34 +156,48 @@ def bench_step(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]
         without_s: list[list[float]] = []
     else:
         ours_s, plain_s, base_s, *without_s = time_interleaved(
-            [ours, ours_plain, baseline, *without], settings.repeats, pipe.device)
+            [ours, ours_plain, baseline, *without], settings.repeats, pipe.device
+        )
     set_heap(True)
     ours_ms = 1000 * statistics.median(ours_s) / options.steps
     plain_ms = 1000 * statistics.median(plain_s) / options.steps
     base_ms = 1000 * statistics.median(base_s) / options.steps
     return {
-        "size_px": settings.size, "latent": list(latents.shape[-2:]), "cfg_batch": 2, "kept_heap": bool(heap),
-        "text_tokens": int(text_in.shape[1]), "image_tokens": int(p["image_emb"].shape[1]),
-        "steps_per_repeat": options.steps, "repeats": len(ours_s),
-        "ours_ms": ours_ms, "plain_ms": plain_ms, "baseline_ms": base_ms, "ratio": ours_ms / base_ms,
+        "size_px": settings.size,
+        "latent": list(latents.shape[-2:]),
+        "cfg_batch": 2,
+        "kept_heap": bool(heap),
+        "text_tokens": int(text_in.shape[1]),
+        "image_tokens": int(p["image_emb"].shape[1]),
+        "steps_per_repeat": options.steps,
+        "repeats": len(ours_s),
+        "ours_ms": ours_ms,
+        "plain_ms": plain_ms,
+        "baseline_ms": base_ms,
+        "ratio": ours_ms / base_ms,
         # speed-up of the fast paths: median of the per-repeat ratios (each pair ran back to back)
         "fast_ratio": statistics.median(a / b for a, b in zip(ours_s, plain_s, strict=True)),
         # each fast path's own share: time with it switched (off if on by default, else on) over time with
         # the defaults (> 1: the default choice is the faster one)
-        "toggled": {n: statistics.median(w / a for w, a in zip(ws, ours_s, strict=True))
-                    for n, ws in zip(left_out, without_s, strict=True)},
+        "toggled": {
+            n: statistics.median(w / a for w, a in zip(ws, ours_s, strict=True))
+            for n, ws in zip(left_out, without_s, strict=True)
+        },
         "defaults": {**{n: getattr(FastPaths(), n) for n in FastPaths.names()}, **({HEAP: True} if heap else {})},
         "ours_ms_all": [1000 * s / options.steps for s in ours_s],
         "plain_ms_all": [1000 * s / options.steps for s in plain_s],
         "baseline_ms_all": [1000 * s / options.steps for s in base_s],
-        "toggled_ms_all": {n: [1000 * s / options.steps for s in ws] for n, ws in zip(left_out, without_s, strict=True)},
+        "toggled_ms_all": {
+            n: [1000 * s / options.steps for s in ws] for n, ws in zip(left_out, without_s, strict=True)
+        },
     }
 
 
 def bench_priors(pipe: RestorePipeline, settings: BenchSettings, step_ms: float | None = None) -> dict[str, Any]:
     """Median ms of each per-image prior and their share of a ``settings.steps``-step denoise."""
-    options = RestoreOptions(steps=settings.steps, cfg=settings.cfg, tile=None, vae_tile=settings.vae_tile,
-                             seed=settings.seed)
+    options = RestoreOptions(
+        steps=settings.steps, cfg=settings.cfg, tile=None, vae_tile=settings.vae_tile, seed=settings.seed
+    )
     lq = random_lq(settings.size, pipe.device, settings.seed)
     generators = [torch.Generator(device=pipe.device).manual_seed(settings.seed)]
     parts: dict[str, Callable[[], Any]] = {
@@ -192,23 +215,52 @@ def bench_priors(pipe: RestorePipeline, settings: BenchSettings, step_ms: float 
     else:
         p = _priors(pipe, lq, options)
         latents = p["latents"].float()
-        run_ms = 1000 * time_call(lambda: pipe.denoise(latents, p["text"], p["negative"], p["image_emb"],
-                                                       p["features"], options, generators), 1, pipe.device,
-                                  warmup=0)[0]
+        run_ms = (
+            1000
+            * time_call(
+                lambda: pipe.denoise(
+                    latents, p["text"], p["negative"], p["image_emb"], p["features"], options, generators
+                ),
+                1,
+                pipe.device,
+                warmup=0,
+            )[0]
+        )
         measured = True
-    return {"size_px": settings.size, "parts_ms": part_ms, "priors_ms": total, "run_steps": settings.steps,
-            "run_ms": run_ms, "run_measured": measured, "percent": 100 * total / run_ms}
-
+    return {
+        "size_px": settings.size,
+        "parts_ms": part_ms,
+        "priors_ms": total,
+        "run_steps": settings.steps,
+        "run_ms": run_ms,
+        "run_measured": measured,
+        "percent": 100 * total / run_ms,
+    }
 
 
 def bench_image(pipe: RestorePipeline, settings: BenchSettings) -> dict[str, Any]:
     """Seconds for one whole restore: (size/4 px input) x4, ``image_steps`` steps, CFG, tiling as set."""
     from ..restore.pipeline import restore_image
 
-    options = RestoreOptions(steps=settings.image_steps, cfg=settings.cfg, tile=settings.tile or None,
-                             tile_overlap=settings.tile_overlap, vae_tile=settings.vae_tile, seed=settings.seed)
+    options = RestoreOptions(
+        steps=settings.image_steps,
+        cfg=settings.cfg,
+        tile=settings.tile or None,
+        tile_overlap=settings.tile_overlap,
+        vae_tile=settings.vae_tile,
+        seed=settings.seed,
+    )
     lq = random_lq(settings.size // 4, pipe.device, settings.seed)
-    s = time_call(lambda: restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=settings.output_bits),
-                  1, pipe.device, warmup=1)[0]
-    return {"size_px": settings.size, "input_px": settings.size // 4, "steps": settings.image_steps,
-            "cfg": settings.cfg, "seconds": s}
+    s = time_call(
+        lambda: restore_image(pipe, lq, CAPTION, options, upscale=4, output_bits=settings.output_bits),
+        1,
+        pipe.device,
+        warmup=1,
+    )[0]
+    return {
+        "size_px": settings.size,
+        "input_px": settings.size // 4,
+        "steps": settings.image_steps,
+        "cfg": settings.cfg,
+        "seconds": s,
+    }

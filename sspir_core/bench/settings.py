@@ -4,7 +4,6 @@ Configs: ``tiny`` (the tiny-random preset), ``tiny-medium`` (SD1.5's 4-level lay
 width) and ``sd15`` (full size). Timings do not depend on the weights, so no files are needed.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -71,8 +70,9 @@ class BenchSettings:
 # Extra parts other modules plug in (e.g. a training step): name -> (measure(settings, pipe), report lines).
 # ``measure`` gets the bench pipeline when a built-in part built one, else None (build what you need), and
 # returns plain data; ``lines`` turns that data into report lines. Register, then name the part in --parts.
-ExtraPart = tuple[Callable[["BenchSettings", "RestorePipeline | None"], dict[str, Any]],
-                  Callable[[dict[str, Any]], list[str]]]
+ExtraPart = tuple[
+    Callable[["BenchSettings", "RestorePipeline | None"], dict[str, Any]], Callable[[dict[str, Any]], list[str]]
+]
 EXTRA_PARTS: dict[str, ExtraPart] = {}
 # Their optional pieces of the one-line summary: name -> summary(data) (a part without one is only in the table).
 EXTRA_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {}
@@ -81,8 +81,9 @@ EXTRA_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {}
 # ---------------------------------------------------------------------------------------------- models
 
 
-def build_bench_pipeline(config: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                         seed: int = 0) -> RestorePipeline:
+def build_bench_pipeline(
+    config: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> RestorePipeline:
     """A restore pipeline with random weights at a named size (no files needed: timings do not depend on weights)."""
     if config == "tiny":
         from ..demo.presets import tiny_random_pipeline
@@ -100,21 +101,39 @@ def build_bench_pipeline(config: str, device: str | torch.device = "cpu", dtype:
     if config == "tiny-medium":
         models = build_models(unet_config=TINY_MEDIUM_UNET, clip_dim=TINY_MEDIUM_CLIP_DIM, device=device)
         text_cfg: dict[str, Any] = {
-            "vocab_size": 49408, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 3,
-            "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 256,
+            "vocab_size": 49408,
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": 256,
         }
         vae_cfg: dict[str, Any] = {
-            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
-            "norm_num_groups": 8, "scaling_factor": 0.18215, "sample_size": 256,
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "block_out_channels": [16, 32, 64, 64],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 8,
+            "scaling_factor": 0.18215,
+            "sample_size": 256,
         }
-        vision = {"hidden_size": TINY_MEDIUM_CLIP_DIM, "intermediate_size": 4 * TINY_MEDIUM_CLIP_DIM,
-                  "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 224, "patch_size": 14,
-                  "hidden_act": "quick_gelu"}
+        vision = {
+            "hidden_size": TINY_MEDIUM_CLIP_DIM,
+            "intermediate_size": 4 * TINY_MEDIUM_CLIP_DIM,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        }
     else:  # sd15: full size
         models = build_models("sd15", device=device)
         sd_dir = sd_config_dir("sd15")
-        text_cfg = {k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")}
+        text_cfg = {
+            k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")
+        }
         vae_cfg = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
         vision = read_json(CLIP_VISION_CONFIG)
     return random_pipeline(models, text_cfg, vae_cfg, vision, device, dtype)

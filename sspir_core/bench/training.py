@@ -35,9 +35,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_train_step(config: str, device: str | torch.device = "cpu", dtype: str = "fp32", size: int = 256,
-                     batch: int = 1, repeats: int = 3, gradient_checkpointing: bool = False, find_max_batch: bool = False,
-                     seed: int = 0) -> dict[str, Any]:
+def bench_train_step(
+    config: str,
+    device: str | torch.device = "cpu",
+    dtype: str = "fp32",
+    size: int = 256,
+    batch: int = 1,
+    repeats: int = 3,
+    gradient_checkpointing: bool = False,
+    find_max_batch: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Median seconds per optimisation step (one micro-step) at ``batch`` x ``size`` px, plus CUDA peak memory."""
     from ..devices import torch_dtype
     from ..models.build import move_module
@@ -60,8 +68,17 @@ def bench_train_step(config: str, device: str | torch.device = "cpu", dtype: str
         lq = torch.rand(b, 3, size, size, device=device, generator=g)
         _sync(device)
         t0 = time.perf_counter()
-        losses = training_losses(pipe, module, scheduler, gt, lq, ["a photo of a house by a lake"] * b, g,
-                                 frozen_dtype=frozen, autocast=autocast)
+        losses = training_losses(
+            pipe,
+            module,
+            scheduler,
+            gt,
+            lq,
+            ["a photo of a house by a lake"] * b,
+            g,
+            frozen_dtype=frozen,
+            autocast=autocast,
+        )
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -74,8 +91,13 @@ def bench_train_step(config: str, device: str | torch.device = "cpu", dtype: str
         torch.cuda.reset_peak_memory_stats(device)
     times = [step(batch) for _ in range(repeats)]
     result: dict[str, Any] = {
-        "config": config, "device": str(device), "dtype": dtype, "size": size, "batch": batch,
-        "gradient_checkpointing": gradient_checkpointing, "step_s": statistics.median(times),
+        "config": config,
+        "device": str(device),
+        "dtype": dtype,
+        "size": size,
+        "batch": batch,
+        "gradient_checkpointing": gradient_checkpointing,
+        "step_s": statistics.median(times),
         "samples_per_s": batch / statistics.median(times),
         "trainable_params": sum(p.numel() for p in params),
     }
@@ -101,9 +123,11 @@ def _largest_batch(step, start: int, device: torch.device, limit: int = 256) -> 
 
 
 def format_train_report(r: dict[str, Any]) -> str:
-    line = (f"train step ({r['config']}, {r['device']}, {r['dtype']}, {r['batch']} x {r['size']} px"
-            f"{', grad ckpt' if r['gradient_checkpointing'] else ''}): {r['step_s'] * 1000:.0f} ms/step, "
-            f"{r['samples_per_s']:.2f} samples/s, {r['trainable_params'] / 1e6:.1f}M trainable parameters")
+    line = (
+        f"train step ({r['config']}, {r['device']}, {r['dtype']}, {r['batch']} x {r['size']} px"
+        f"{', grad ckpt' if r['gradient_checkpointing'] else ''}): {r['step_s'] * 1000:.0f} ms/step, "
+        f"{r['samples_per_s']:.2f} samples/s, {r['trainable_params'] / 1e6:.1f}M trainable parameters"
+    )
     if "peak_gib" in r:
         line += f", peak {r['peak_gib']:.2f} GiB"
     if "max_batch" in r:

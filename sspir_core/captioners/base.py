@@ -19,6 +19,7 @@ from .text import clean_caption
 PAPER_PROMPT = "Describe the image in a very detailed manner if we remove the degradation artifacts from the image."
 PAPER_DECODING: dict = {"do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512}
 
+
 class CaptionerError(SSPIRError):
     """A captioner could not produce a caption (model failed to load or run, server unreachable)."""
 

@@ -31,16 +31,21 @@ class Florence2Captioner(LocalModelCaptioner):
 
     name: ClassVar[str] = "florence2"
     default_prompt: ClassVar[str | None] = "<MORE_DETAILED_CAPTION>"
-    expected_layout: ClassVar[str] = "florence-community/Florence-2-large (or microsoft/Florence-2-large with remote code)"
+    expected_layout: ClassVar[str] = (
+        "florence-community/Florence-2-large (or microsoft/Florence-2-large with remote code)"
+    )
     default_decoding: ClassVar[dict[str, Any]] = {"num_beams": 3, "max_new_tokens": 1024, "do_sample": False}
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
         super().__init__(model_dir, **options)
         if self.prompt not in CAPTION_TASKS:
-            raise InputError(f"Florence-2 takes a caption task as prompt, one of {', '.join(CAPTION_TASKS)}; got {self.prompt!r}")
+            raise InputError(
+                f"Florence-2 takes a caption task as prompt, one of {', '.join(CAPTION_TASKS)}; got {self.prompt!r}"
+            )
         if self.config.get("model_type") != "florence2":
             raise CheckpointError(
-                f"{self.model_dir} holds a {self.config.get('model_type')!r} model, not Florence-2 ({self.expected_layout})"
+                f"{self.model_dir} holds a {self.config.get('model_type')!r} model, not Florence-2 "
+                f"({self.expected_layout})"
             )
         self.remote_code = needs_remote_code(self.config)
         if self.remote_code and not self.trust_remote_code:

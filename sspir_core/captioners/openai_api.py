@@ -171,8 +171,12 @@ class OpenAICaptioner(Captioner):
         (``model_name``, CLI ``--model-name``) to keep captions of different models apart.
         """
         return {
-            **super().identity(), "url": self.endpoint, "model": self.model_name,
-            "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+            **super().identity(),
+            "url": self.endpoint,
+            "model": self.model_name,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
         }
 
     # -- HTTP ---------------------------------------------------------------------------------------
@@ -274,8 +278,7 @@ class OpenAICaptioner(Captioner):
                 raise CaptionerError(f"the server at {url} did not answer with JSON: {payload[:200]!r}") from exc
         raise CaptionerError(self._failure_message(url, tries, last_kind, last_error, last_timeout, out_of_time))
 
-    def _failure_message(self, url: str, tries: int, kind: str, error: str, timeout: float,
-                         out_of_time: bool) -> str:
+    def _failure_message(self, url: str, tries: int, kind: str, error: str, timeout: float, out_of_time: bool) -> str:
         """Says which failure it was: nothing listening, no answer to the connection, or connected and then
         no answer (a busy server is reachable: the advice differs)."""
         after = f"after {tries} {'try' if tries == 1 else 'tries'}"
@@ -296,8 +299,10 @@ class OpenAICaptioner(Captioner):
         if kind == "refused":
             return f"nothing accepts connections at {url} (connection refused, {after}). {check}"
         if kind == "connect-timeout":
-            return (f"could not connect to {url} within {timeout:g} s, {after} (no answer to the connection: a "
-                    f"wrong host, or a firewall). {check}")
+            return (
+                f"could not connect to {url} within {timeout:g} s, {after} (no answer to the connection: a "
+                f"wrong host, or a firewall). {check}"
+            )
         return f"could not reach the captioning server at {url} {after} ({error}). {check}"
 
     def resolved_model_name(self) -> str:
@@ -320,13 +325,15 @@ class OpenAICaptioner(Captioner):
     def request_body(self, image: Image.Image) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.resolved_model_name(),
-            "messages": [{
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": self.prompt},
-                    {"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                ],
-            }],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": self.prompt},
+                        {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                    ],
+                }
+            ],
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,

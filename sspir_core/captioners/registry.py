@@ -15,15 +15,24 @@ from .openai_api import OpenAICaptioner
 from .qwen_vl import QwenVLCaptioner
 from .typed import TextCaptioner
 
-CAPTIONERS: MappingProxyType[str, type[Captioner]] = MappingProxyType({
-    cls.name: cls
-    for cls in (LlavaCaptioner, QwenVLCaptioner, Florence2Captioner, BlipCaptioner, OpenAICaptioner, TextCaptioner)
-})
+CAPTIONERS: MappingProxyType[str, type[Captioner]] = MappingProxyType(
+    {
+        cls.name: cls
+        for cls in (LlavaCaptioner, QwenVLCaptioner, Florence2Captioner, BlipCaptioner, OpenAICaptioner, TextCaptioner)
+    }
+)
 
-ALIASES = MappingProxyType({
-    "llava-1.5": "llava", "qwen": "qwen2-vl", "qwen2.5-vl": "qwen2-vl", "qwen-vl": "qwen2-vl",
-    "florence-2": "florence2", "ollama": "openai", "typed": "text",
-})
+ALIASES = MappingProxyType(
+    {
+        "llava-1.5": "llava",
+        "qwen": "qwen2-vl",
+        "qwen2.5-vl": "qwen2-vl",
+        "qwen-vl": "qwen2-vl",
+        "florence-2": "florence2",
+        "ollama": "openai",
+        "typed": "text",
+    }
+)
 
 
 def get_captioner(name: str, **options: Any) -> Captioner:

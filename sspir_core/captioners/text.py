@@ -51,9 +51,7 @@ def normalize_captions(captions: str | Sequence[str] | None, batch_size: int) ->
     if len(items) == 1:
         return [clean_caption(items[0])] * batch_size
     if len(items) != batch_size:
-        raise InputError(
-            f"got {len(items)} captions for {batch_size} images: give one caption, or one per image"
-        )
+        raise InputError(f"got {len(items)} captions for {batch_size} images: give one caption, or one per image")
     return [clean_caption(c) for c in items]
 
 

@@ -59,21 +59,38 @@ def build_llava(folder: Path, *, chat_template: bool = True) -> Path:
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"]),
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
     image_token_id = tok.convert_tokens_to_ids("<image>")
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=28, patch_size=14, projection_dim=32,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=32,
         ),
         text_config=LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=1024,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         ),
-        image_token_id=image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
     seed_weights(0)
@@ -83,8 +100,12 @@ def build_llava(folder: Path, *, chat_template: bool = True) -> Path:
         size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE if chat_template else None, num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE if chat_template else None,
+        num_additional_image_tokens=1,
     )
     with _quiet_progress():  # a bar for one tiny shard is a line the user of `sspir demo-models` must ignore
         model.save_pretrained(folder, safe_serialization=True)

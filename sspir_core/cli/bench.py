@@ -24,19 +24,28 @@ def _sizes(text: str) -> list[int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark: ms/step vs stock diffusers, priors share, peak memory vs size",
-                       description="Random-weight models; nothing is downloaded. Timings are noisy when other "
-                                   "processes share the cores: check the load printed in the header.")
-    p.add_argument("--config", choices=("tiny", "tiny-medium", "sd15"),
-                   help="model size (default: sd15 with CUDA, else tiny-medium)")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark: ms/step vs stock diffusers, priors share, peak memory vs size",
+        description="Random-weight models; nothing is downloaded. Timings are noisy when other "
+        "processes share the cores: check the load printed in the header.",
+    )
+    p.add_argument(
+        "--config",
+        choices=("tiny", "tiny-medium", "sd15"),
+        help="model size (default: sd15 with CUDA, else tiny-medium)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="default fp16 on CUDA, else fp32")
-    p.add_argument("--parts", default=None,
-                   help=f"comma-separated subset of {','.join(PARTS)},one-step,native,cuda-dry-run (default: "
-                        f"{','.join(DEFAULT_PARTS)}; sd15 adds image). native: the native route against PGA Sampler "
-                        "in real ComfyUI servers (needs a checkout with `bash scripts/setup.sh --comfyui`). "
-                        "cuda-dry-run: every route at full SD1.5 size on fake CUDA tensors (no GPU needed), its "
-                        "device/dtype checks and the VRAM they imply (--config does not apply)")
+    p.add_argument(
+        "--parts",
+        default=None,
+        help=f"comma-separated subset of {','.join(PARTS)},one-step,native,cuda-dry-run (default: "
+        f"{','.join(DEFAULT_PARTS)}; sd15 adds image). native: the native route against PGA Sampler "
+        "in real ComfyUI servers (needs a checkout with `bash scripts/setup.sh --comfyui`). "
+        "cuda-dry-run: every route at full SD1.5 size on fake CUDA tensors (no GPU needed), its "
+        "device/dtype checks and the VRAM they imply (--config does not apply)",
+    )
     p.add_argument("--size", type=int, help="output px for the step/priors/image parts (default 256 CPU, 512 sd15)")
     p.add_argument("--steps", type=int, default=50, help="steps of the run the priors are compared with")
     p.add_argument("--estimate-run", action="store_true", help="estimate that run as steps x ms/step (faster)")
@@ -49,28 +58,57 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae-tile", type=int, default=512, help="VAE tile in px")
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-bits", type=int, default=8, choices=(0, 8, 16),
-                   help="output of the memory/image runs: 8/16-bit integers from the streamed tail (what "
-                        "`sspir restore` writes) or 0 for the float tensor path")
-    p.add_argument("--memory-method", default="tensors", choices=("tensors", "rss"),
-                   help="CPU memory runs: peak tensor bytes from torch's allocator accounting (repeatable, what "
-                        "CUDA's max_memory_allocated counts) or peak process RSS (what the OS sees; moves with "
-                        "the C heap's fragmentation)")
+    p.add_argument(
+        "--output-bits",
+        type=int,
+        default=8,
+        choices=(0, 8, 16),
+        help="output of the memory/image runs: 8/16-bit integers from the streamed tail (what "
+        "`sspir restore` writes) or 0 for the float tensor path",
+    )
+    p.add_argument(
+        "--memory-method",
+        default="tensors",
+        choices=("tensors", "rss"),
+        help="CPU memory runs: peak tensor bytes from torch's allocator accounting (repeatable, what "
+        "CUDA's max_memory_allocated counts) or peak process RSS (what the OS sees; moves with "
+        "the C heap's fragmentation)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives the steadiest ratios on shared cores)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the ControlNet + UNet (falls back to eager with a message if it cannot)")
-    p.add_argument("--ablate", action="store_true",
-                   help="step part: also time the sampler with each fast path switched, one at a time (their shares)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the ControlNet + UNet (falls back to eager with a message if it cannot)",
+    )
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="step part: also time the sampler with each fast path switched, one at a time (their shares)",
+    )
     native = p.add_argument_group("native part (--parts native: the same restore through both ComfyUI routes)")
-    native.add_argument("--native-size", type=int, help="output px, a multiple of 32; the LQ is a quarter of it "
-                        "(default 64 on the CPU, 2048 on CUDA)")
-    native.add_argument("--native-steps", type=int, help="denoising steps (default 4 on the CPU, 50 on CUDA); "
-                        "--repeats timed images per route follow one warm-up, --cfg and --seed apply")
-    native.add_argument("--native-order", choices=("interleaved", "sequential"), help="interleaved: both servers "
-                        "up, prompts alternating (background load hits both alike; default on the CPU); sequential: "
-                        "one server after the other (the idle one's models never hold VRAM; default on CUDA)")
-    native.add_argument("--native-checkpoint", help="SD1.5 single-file checkpoint for both routes (with the next two; "
-                        "default: the random native demo files, cached)")
+    native.add_argument(
+        "--native-size",
+        type=int,
+        help="output px, a multiple of 32; the LQ is a quarter of it (default 64 on the CPU, 2048 on CUDA)",
+    )
+    native.add_argument(
+        "--native-steps",
+        type=int,
+        help="denoising steps (default 4 on the CPU, 50 on CUDA); "
+        "--repeats timed images per route follow one warm-up, --cfg and --seed apply",
+    )
+    native.add_argument(
+        "--native-order",
+        choices=("interleaved", "sequential"),
+        help="interleaved: both servers "
+        "up, prompts alternating (background load hits both alike; default on the CPU); sequential: "
+        "one server after the other (the idle one's models never hold VRAM; default on CUDA)",
+    )
+    native.add_argument(
+        "--native-checkpoint",
+        help="SD1.5 single-file checkpoint for both routes (with the next two; "
+        "default: the random native demo files, cached)",
+    )
     native.add_argument("--native-sspir", help="SSP-IR weights (.safetensors) for both routes")
     native.add_argument("--native-clip-vision", help="CLIP ViT-L vision file for both routes")
     p.add_argument("--json", help="also write all numbers to this JSON file")
@@ -87,12 +125,18 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
     config = args.config or ("sd15" if device.startswith("cuda") else "tiny-medium")
     if device.startswith("cuda") and not cuda:
-        print(f"error: --device {device} but CUDA is not available here (torch {torch.__version__}); "
-              "use --device cpu --config tiny-medium on the CPU", file=sys.stderr)
+        print(
+            f"error: --device {device} but CUDA is not available here (torch {torch.__version__}); "
+            "use --device cpu --config tiny-medium on the CPU",
+            file=sys.stderr,
+        )
         return 2
     if config == "sd15" and not device.startswith("cuda") and args.device != "cpu":
-        print("error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
-              "Use --config tiny-medium here, or --device cpu to force it.", file=sys.stderr)
+        print(
+            "error: --config sd15 needs a CUDA GPU (--device cuda); it is far too slow on the CPU. "
+            "Use --config tiny-medium here, or --device cpu to force it.",
+            file=sys.stderr,
+        )
         return 2
     from ..bench import dry_run, native, one_step  # noqa: F401 (register the one-step, native and dry-run parts)
     from ..bench.settings import EXTRA_PARTS
@@ -107,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: --threads must be >= 1", file=sys.stderr)
         return 2
     if min(args.steps, args.step_steps, args.repeats) < 1 or not 0 <= args.tile_overlap < args.tile:
-        print("error: --steps, --step-steps and --repeats must be >= 1 and 0 <= --tile-overlap < --tile",
-              file=sys.stderr)
+        print(
+            "error: --steps, --step-steps and --repeats must be >= 1 and 0 <= --tile-overlap < --tile", file=sys.stderr
+        )
         return 2
     settings = build_settings(args, device, config)
     if "native" in parts:
@@ -123,8 +168,19 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.training import bench_train_step, format_train_report
 
         cuda_run = device.startswith("cuda")
-        print(format_train_report(bench_train_step(config, device, settings.dtype, settings.size, repeats=args.repeats,
-                                                   gradient_checkpointing=cuda_run, find_max_batch=cuda_run)))
+        print(
+            format_train_report(
+                bench_train_step(
+                    config,
+                    device,
+                    settings.dtype,
+                    settings.size,
+                    repeats=args.repeats,
+                    gradient_checkpointing=cuda_run,
+                    find_max_batch=cuda_run,
+                )
+            )
+        )
         parts = [p for p in parts if p != "train"]
         if not parts:
             return 0
@@ -147,13 +203,31 @@ def build_settings(args: argparse.Namespace, device: str, config: str):
     from ..bench.settings import BenchSettings
 
     return BenchSettings(
-        config=config, device=device, dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
-        size=args.size or (512 if config == "sd15" else 256), steps=args.steps, step_steps=args.step_steps,
-        repeats=args.repeats, estimate_run=args.estimate_run, sizes=args.sizes,
-        memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1), tile=args.tile,
-        tile_overlap=args.tile_overlap, vae_tile=args.vae_tile, image_steps=args.steps, cfg=args.cfg, seed=args.seed,
-        threads=args.threads, output_bits=args.output_bits or None, memory_method=args.memory_method,
-        compile=args.compile, ablate=args.ablate, native_size=args.native_size, native_steps=args.native_steps,
-        native_order=args.native_order, native_checkpoint=args.native_checkpoint, native_sspir=args.native_sspir,
+        config=config,
+        device=device,
+        dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
+        size=args.size or (512 if config == "sd15" else 256),
+        steps=args.steps,
+        step_steps=args.step_steps,
+        repeats=args.repeats,
+        estimate_run=args.estimate_run,
+        sizes=args.sizes,
+        memory_steps=args.memory_steps or (2 if device.startswith("cuda") else 1),
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        vae_tile=args.vae_tile,
+        image_steps=args.steps,
+        cfg=args.cfg,
+        seed=args.seed,
+        threads=args.threads,
+        output_bits=args.output_bits or None,
+        memory_method=args.memory_method,
+        compile=args.compile,
+        ablate=args.ablate,
+        native_size=args.native_size,
+        native_steps=args.native_steps,
+        native_order=args.native_order,
+        native_checkpoint=args.native_checkpoint,
+        native_sspir=args.native_sspir,
         native_clip_vision=args.native_clip_vision,
     )

@@ -23,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("-o", "--output-dir", required=True, type=Path, metavar="OUTDIR", help="where <stem>.txt go")
-    p.add_argument("--captioner", default="llava",
-                   help="llava (default, the paper's), qwen2-vl, florence2, blip, openai or text")
+    p.add_argument(
+        "--captioner", default="llava", help="llava (default, the paper's), qwen2-vl, florence2, blip, openai or text"
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="DIR", help="local model folder (e.g. a download of llava-hf/llava-1.5-7b-hf)")
     src.add_argument("--url", help="OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 (Ollama)")
@@ -35,17 +36,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model-name", help="for openai: the model name the server knows (default: its only model)")
     p.add_argument("--api-key-env", metavar="VAR", help="for openai: environment variable holding the API key")
     p.add_argument("--timeout", type=float, default=120.0, help="for openai: seconds per request (default 120)")
-    p.add_argument("--deadline", type=float, default=300.0,
-                   help="for openai: most seconds one caption may take, retries included (default 300)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=300.0,
+        help="for openai: most seconds one caption may take, retries included (default 300)",
+    )
     p.add_argument("--retries", type=int, default=2, help="for openai: retries after a failed request (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow Python code shipped in the model folder to run (original Florence-2 folders)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow Python code shipped in the model folder to run (original Florence-2 folders)",
+    )
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--overwrite", action="store_true", help="caption again even when the .txt exists")
     cache = p.add_mutually_exclusive_group()
-    cache.add_argument("--cache-dir", type=Path, help="caption cache folder (default: $SSPIR_CACHE_DIR or ~/.cache/sspir)")
+    cache.add_argument(
+        "--cache-dir", type=Path, help="caption cache folder (default: $SSPIR_CACHE_DIR or ~/.cache/sspir)"
+    )
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the caption cache")
     p.set_defaults(func=run)
     return p
@@ -77,15 +87,26 @@ def _captioner_options(args: argparse.Namespace) -> dict:
         opts["cache_dir"] = args.cache_dir
     name = args.captioner.lower()
     if name in ("openai", "ollama"):
-        opts.update(url=args.url, model_name=args.model_name, api_key_env=args.api_key_env,
-                    timeout=args.timeout, deadline=args.deadline, retries=args.retries)
+        opts.update(
+            url=args.url,
+            model_name=args.model_name,
+            api_key_env=args.api_key_env,
+            timeout=args.timeout,
+            deadline=args.deadline,
+            retries=args.retries,
+        )
         if args.max_new_tokens is not None:
             opts["max_new_tokens"] = args.max_new_tokens
     elif name in ("text", "typed"):
         opts = {"text": args.text}
     else:
-        opts.update(model_dir=args.model, device=args.device, dtype=args.dtype,
-                    max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code)
+        opts.update(
+            model_dir=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_new_tokens=args.max_new_tokens,
+            trust_remote_code=args.trust_remote_code,
+        )
     return opts
 
 
@@ -97,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import SSPIRError
 
     if args.captioner.lower() in ("text", "typed") and not (args.text or "").strip():
-        print("error: --captioner text writes the caption given with --text; --text is missing or empty",
-              file=sys.stderr)
+        print(
+            "error: --captioner text writes the caption given with --text; --text is missing or empty", file=sys.stderr
+        )
         return 2
     images, problems = find_images(args.inputs, args.recursive)
     for msg in problems:
@@ -112,8 +134,11 @@ def run(args: argparse.Namespace) -> int:
     skipped = 0
     for img_path in images:
         if img_path.stem in seen:
-            print(f"error: {img_path} and {seen[img_path.stem]} would both write {img_path.stem}.txt; "
-                  "caption them into different output folders", file=sys.stderr)
+            print(
+                f"error: {img_path} and {seen[img_path.stem]} would both write {img_path.stem}.txt; "
+                "caption them into different output folders",
+                file=sys.stderr,
+            )
             failed += 1
             continue
         seen[img_path.stem] = img_path
@@ -143,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # report this image, keep captioning the rest
                     failed += 1
                     bar.write(f"failed: {img_path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    print(f"captioned {done}, skipped {skipped} (already captioned), failed {failed}; output in {out_dir}",
-          file=sys.stderr)
+    print(
+        f"captioned {done}, skipped {skipped} (already captioned), failed {failed}; output in {out_dir}",
+        file=sys.stderr,
+    )
     return 1 if failed else 0

@@ -17,13 +17,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="write files that already exist again")
     p.add_argument("--no-captioner", action="store_true", help="skip the tiny LLaVA folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--native", action="store_true", help=(
-        "also write the native route's set for ComfyUI's own loaders (example_workflows/sspir_native.json): the smallest "
-        "SD1.5 checkpoint ComfyUI's model detection takes, an SSP-IR patch for it and a CLIP ViT-L vision file "
-        "(full-size random text encoder, VAE and CLIP vision; about 1.3 GB)"))
-    p.add_argument("--native-full-size", action="store_true", help=(
-        "write the native route's set at SD1.5's full size instead (random weights, about 4.7 GB; for "
-        "`sspir bench --parts native` on a GPU: --native-checkpoint/--native-sspir/--native-clip-vision)"))
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help=(
+            "also write the native route's set for ComfyUI's own loaders (example_workflows/sspir_native.json): "
+            "the smallest "
+            "SD1.5 checkpoint ComfyUI's model detection takes, an SSP-IR patch for it and a CLIP ViT-L vision file "
+            "(full-size random text encoder, VAE and CLIP vision; about 1.3 GB)"
+        ),
+    )
+    p.add_argument(
+        "--native-full-size",
+        action="store_true",
+        help=(
+            "write the native route's set at SD1.5's full size instead (random weights, about 4.7 GB; for "
+            "`sspir bench --parts native` on a GPU: --native-checkpoint/--native-sspir/--native-clip-vision)"
+        ),
+    )
     p.set_defaults(func=run)
 
 
@@ -36,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         if args.native or args.native_full_size:
             from ..demo.native_models import write_native_demo_models
 
-            native = write_native_demo_models(args.dir, seed=args.seed, overwrite=args.overwrite,
-                                              full_size=args.native_full_size)
+            native = write_native_demo_models(
+                args.dir, seed=args.seed, overwrite=args.overwrite, full_size=args.native_full_size
+            )
             paths.update({f"native_{k}": v for k, v in native.items()})
     except (SSPIRError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,16 +8,25 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-pairs", help="degrade GT images into the official paired training layout",
-                       description="Real-ESRGAN second-order degradation (x4, then bicubic back to the GT size), "
-                                   "deterministic per --seed and image. Bad images are reported and skipped.")
+    p = sub.add_parser(
+        "make-pairs",
+        help="degrade GT images into the official paired training layout",
+        description="Real-ESRGAN second-order degradation (x4, then bicubic back to the GT size), "
+        "deterministic per --seed and image. Bad images are reported and skipped.",
+    )
     p.add_argument("gt_dir", help="folder of GT (high-quality) images")
     p.add_argument("out_dir", help="output folder; gets gt/, sr_bicubic/ and gt_llm_caption/")
     p.add_argument("--captions", help="folder of <stem>.txt captions to copy (default: empty captions)")
-    p.add_argument("--crop", type=int, default=512, help="random crop size in px (0 = whole image, cut to a multiple of --scale)")
+    p.add_argument(
+        "--crop", type=int, default=512, help="random crop size in px (0 = whole image, cut to a multiple of --scale)"
+    )
     p.add_argument("--scale", type=int, default=4, help="degradation scale (official x4)")
-    p.add_argument("--copies", type=int, default=1, help="degraded versions per GT image (different crops and degradations)")
-    p.add_argument("--no-usm", action="store_true", help="write the GT as is instead of USM-sharpened (Real-ESRGAN's target)")
+    p.add_argument(
+        "--copies", type=int, default=1, help="degraded versions per GT image (different crops and degradations)"
+    )
+    p.add_argument(
+        "--no-usm", action="store_true", help="write the GT as is instead of USM-sharpened (Real-ESRGAN's target)"
+    )
     p.add_argument("--allow-gray", action="store_true", help="keep grayscale images (skipped by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto")
@@ -66,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.crop:
                     top = int(torch.randint(0, h - args.crop + 1, (), generator=g))
                     left = int(torch.randint(0, w - args.crop + 1, (), generator=g))
-                    gt = gt[:, top:top + args.crop, left:left + args.crop]
+                    gt = gt[:, top : top + args.crop, left : left + args.crop]
                 else:
                     gt = gt[:, : h - h % args.scale, : w - w % args.scale]
                 gt = gt.to(device)

@@ -62,8 +62,9 @@ class _DeferBitsandbytesLoader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any, target: types.ModuleType | None = None
-                  ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, name: str, path: Any, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if name not in IMPORTERS or BNB in sys.modules:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)

@@ -21,9 +21,17 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # RestoreOptions field -> the flag that sets it, so option errors name what the user typed.
 FLAGS = {
-    "steps": "--steps", "cfg": "--cfg", "scheduler": "--scheduler", "negative_prompt": "--negative",
-    "conditioning_scale": "--conditioning-scale", "start": "--start", "seed": "--seed", "color_fix": "--color-fix",
-    "tile": "--tile", "tile_overlap": "--tile-overlap", "vae_tile": "--vae-tile",
+    "steps": "--steps",
+    "cfg": "--cfg",
+    "scheduler": "--scheduler",
+    "negative_prompt": "--negative",
+    "conditioning_scale": "--conditioning-scale",
+    "start": "--start",
+    "seed": "--seed",
+    "color_fix": "--color-fix",
+    "tile": "--tile",
+    "tile_overlap": "--tile-overlap",
+    "vae_tile": "--vae-tile",
 }
 LARGE_OUTPUT = 4096 * 4096
 """Outputs with more pixels than this are announced (with their size) before any model is loaded."""
@@ -46,13 +54,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", default="", help="caption for every image (the explicit semantic prior)")
     p.add_argument("--captions", help="folder of <stem>.txt captions (e.g. from `sspir caption`)")
     p.add_argument("--negative", default=own.negative_prompt, help="negative prompt (default: empty, as in the paper)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"sampling steps (default: the checkpoint's: {own.steps}, or 1 for a one-step checkpoint)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance on the text (1 = off; default: "
-                   f"{own.cfg:g}, or 1 for a one-step checkpoint)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampling steps (default: the checkpoint's: {own.steps}, or 1 for a one-step checkpoint)",
+    )
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance on the text (1 = off; default: {own.cfg:g}, or 1 for a one-step checkpoint)",
+    )
     p.add_argument("--scheduler", default=own.scheduler, choices=tuple(SCHEDULERS))
-    p.add_argument("--start", default=own.start, choices=START_CHOICES,
-                   help="start from the noised LQ latent or noise")
+    p.add_argument("--start", default=own.start, choices=START_CHOICES, help="start from the noised LQ latent or noise")
     p.add_argument("--conditioning-scale", type=float, default=own.conditioning_scale, help="ControlNet strength")
     p.add_argument("--seed", type=int, default=own.seed)
     p.add_argument("--upscale", type=float, default=4.0, help="output = input size x this")
@@ -66,9 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages (less GPU memory)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (never replaces an input)")
     p.add_argument("--debug", action="store_true", help="print the traceback of every failure")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the ControlNet + UNet (faster steps after a one-time compile; falls back "
-                        "to eager with a message where it cannot compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the ControlNet + UNet (faster steps after a one-time compile; falls back "
+        "to eager with a message where it cannot compile)",
+    )
     p.set_defaults(func=run)
 
 
@@ -85,19 +103,39 @@ def collect_inputs(items: list[str]) -> list[Path]:
 
 def missing_weights_message(args: argparse.Namespace) -> str | None:
     needed = [
-        ("--sd", args.sd, "Stable Diffusion 1.5 (or 2.1-base) weights", "ComfyUI models/checkpoints/ "
-         "(e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder; from any SD1.5 mirror you trust"),
-        ("--sspir", args.sspir, "SSP-IR weights", "models/sspir/: a checkpoint-N/ folder written by the official "
-         "train.py, or a compact .safetensors; none are published, train them with this pack"),
-        ("--clip-vision", args.clip_vision, "CLIP ViT-L/14 (224 px) vision weights", "ComfyUI models/clip_vision/ "
-         "(e.g. clip-vit-large-patch14 model.safetensors) or an OpenCLIP ViT-L-14 file"),
+        (
+            "--sd",
+            args.sd,
+            "Stable Diffusion 1.5 (or 2.1-base) weights",
+            "ComfyUI models/checkpoints/ "
+            "(e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder; from any SD1.5 mirror you trust",
+        ),
+        (
+            "--sspir",
+            args.sspir,
+            "SSP-IR weights",
+            "models/sspir/: a checkpoint-N/ folder written by the official "
+            "train.py, or a compact .safetensors; none are published, train them with this pack",
+        ),
+        (
+            "--clip-vision",
+            args.clip_vision,
+            "CLIP ViT-L/14 (224 px) vision weights",
+            "ComfyUI models/clip_vision/ (e.g. clip-vit-large-patch14 model.safetensors) or an OpenCLIP ViT-L-14 file",
+        ),
     ]
-    lines = [f"  {flag:14s} {what}: {value!r} not found; looked in {where}" if value else
-             f"  {flag:14s} {what}: not given; put it in {where}" for flag, value, what, where in needed
-             if not value or not Path(value).exists()]
+    lines = [
+        f"  {flag:14s} {what}: {value!r} not found; looked in {where}"
+        if value
+        else f"  {flag:14s} {what}: not given; put it in {where}"
+        for flag, value, what, where in needed
+        if not value or not Path(value).exists()
+    ]
     if not lines:
         return None
-    return "missing weights (or use --preset tiny-random to try the pipeline with untrained toy models):\n" + "\n".join(lines)
+    return "missing weights (or use --preset tiny-random to try the pipeline with untrained toy models):\n" + "\n".join(
+        lines
+    )
 
 
 def build_pipeline(args: argparse.Namespace, device, dtype):
@@ -109,8 +147,9 @@ def build_pipeline(args: argparse.Namespace, device, dtype):
         return tiny_random_pipeline(args.sspir, device=device, dtype=dtype)
     from ..restore.components import load_pipeline
 
-    return load_pipeline(args.sd, args.sspir, args.clip_vision, base=args.base, device=device, dtype=dtype,
-                         offload=args.offload)
+    return load_pipeline(
+        args.sd, args.sspir, args.clip_vision, base=args.base, device=device, dtype=dtype, offload=args.offload
+    )
 
 
 # ------------------------------------------------------------------------------------------ checks first
@@ -138,10 +177,20 @@ def _options(args: argparse.Namespace):
     mode = read_mode(args.sspir) if args.sspir else "multi-step"  # metadata only: no weights loaded yet
     try:
         return options_for_mode(
-            mode, args.steps, args.cfg, warn=lambda w: print(f"{w} (--steps)", file=sys.stderr),
-            source=f"--sspir {args.sspir}", scheduler=args.scheduler, negative_prompt=args.negative,
-            conditioning_scale=args.conditioning_scale, start=args.start, seed=args.seed, color_fix=args.color_fix,
-            tile=args.tile, tile_overlap=args.tile_overlap, vae_tile=args.vae_tile,
+            mode,
+            args.steps,
+            args.cfg,
+            warn=lambda w: print(f"{w} (--steps)", file=sys.stderr),
+            source=f"--sspir {args.sspir}",
+            scheduler=args.scheduler,
+            negative_prompt=args.negative,
+            conditioning_scale=args.conditioning_scale,
+            start=args.start,
+            seed=args.seed,
+            color_fix=args.color_fix,
+            tile=args.tile,
+            tile_overlap=args.tile_overlap,
+            vae_tile=args.vae_tile,
         )
     except OptionError as e:
         raise InputError(e.named(FLAGS)) from None
@@ -199,13 +248,17 @@ def plan_jobs(args: argparse.Namespace, files: list[Path], out_dir: Path) -> lis
     shared = {out: srcs for out, srcs in by_output.items() if len(srcs) > 1}
     if shared:
         lines = [f"  {out} <- {', '.join(str(s) for s in srcs)}" for out, srcs in shared.items()]
-        raise InputError("inputs with the same name would write the same output; rename them or restore them "
-                         "into separate folders:\n" + "\n".join(lines))
+        raise InputError(
+            "inputs with the same name would write the same output; rename them or restore them "
+            "into separate folders:\n" + "\n".join(lines)
+        )
     inputs = {_identity(f) for f in files}
     clobbered = [job.output for job in jobs if _identity(job.output) in inputs]
     if clobbered:
-        raise InputError(f"-o {out_dir}: the restored images would replace the input file(s) "
-                         f"{', '.join(str(p) for p in clobbered)}; choose another output folder")
+        raise InputError(
+            f"-o {out_dir}: the restored images would replace the input file(s) "
+            f"{', '.join(str(p) for p in clobbered)}; choose another output folder"
+        )
     if args.captions:
         folder = Path(args.captions)
         for job in jobs:
@@ -230,9 +283,11 @@ def _announce(jobs: list[Job], upscale: float, target: tuple[int, int] | None) -
         w, h = output_size(info.width, info.height, upscale, target)
         if w * h > LARGE_OUTPUT:
             how = "--size" if target else f"x{upscale:g}"
-            print(f"note: {job.source} is {info.width}x{info.height} px: the output will be {w}x{h} px "
-                  f"({w * h / 1e6:.0f} MP, {how}), which takes long and needs much memory; "
-                  "--upscale or --size make it smaller")
+            print(
+                f"note: {job.source} is {info.width}x{info.height} px: the output will be {w}x{h} px "
+                f"({w * h / 1e6:.0f} MP, {how}), which takes long and needs much memory; "
+                "--upscale or --size make it smaller"
+            )
 
 
 def _failure(path: Path, exc: BaseException, debug: bool) -> str:
@@ -327,10 +382,14 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
 
         compile_denoiser(pipe)
     if pipe.untrained:
-        trained = "the SSP-IR parts come from --sspir, the SD and CLIP parts are random" if args.sspir else \
-            "the weights are random and untrained"
-        print(f"NOTE: tiny-random preset: {trained}, so outputs are noise-like. "
-              "It only shows that the whole path runs.")
+        trained = (
+            "the SSP-IR parts come from --sspir, the SD and CLIP parts are random"
+            if args.sspir
+            else "the weights are random and untrained"
+        )
+        print(
+            f"NOTE: tiny-random preset: {trained}, so outputs are noise-like. It only shows that the whole path runs."
+        )
 
     failed: list[Path] = []
     timings = getattr(args, "timings", None)  # `sspir eval --restore` passes a dict: seconds per output stem
@@ -341,9 +400,16 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
             caption = _read_caption(job, args.caption)
             image = load_image(job.source)
             with tqdm(total=options.steps, desc=job.source.name, leave=False, disable=None) as steps:
-                out = restore_image(pipe, image.rgb, caption, options, upscale=args.upscale, target_size=target,
-                                    callback=lambda i, n, z, bar=steps: bar.update(1),
-                                    output_bits=job.bits)  # streamed integer tail: flat memory
+                out = restore_image(
+                    pipe,
+                    image.rgb,
+                    caption,
+                    options,
+                    upscale=args.upscale,
+                    target_size=target,
+                    callback=lambda i, n, z, bar=steps: bar.update(1),
+                    output_bits=job.bits,
+                )  # streamed integer tail: flat memory
             alpha = None if image.alpha is None else resize_image(image.alpha, tuple(out.shape[-2:])).clamp(0, 1)
             _save(out, job.output, alpha, job.bits)
             if timings is not None:
@@ -357,6 +423,8 @@ def _restore_all(args, todo: list[Job], options, target, device, out_dir: Path) 
     if args.captions:
         uncaptioned = [j.source.name for j in todo if j.caption_file is None]
         if uncaptioned:
-            print(f"no caption file in {args.captions} for {len(uncaptioned)} image(s), used --caption "
-                  f"{args.caption!r}: {', '.join(uncaptioned)}")
+            print(
+                f"no caption file in {args.captions} for {len(uncaptioned)} image(s), used --caption "
+                f"{args.caption!r}: {', '.join(uncaptioned)}"
+            )
     return 1 if failed else 0

@@ -1,4 +1,4 @@
-"""`sspir train`: train SSP-IR (one stage, official recipe by default); under `accelerate launch` for many GPUs/nodes."""
+"""`sspir train`: train SSP-IR (one stage, official recipe by default); `accelerate launch` for many GPUs/nodes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ def _flag_type(annotation: str):
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..training.config import HELP, config_fields
 
-    p = sub.add_parser("train", help="train SSP-IR weights (accelerate: one GPU to many nodes)",
-                       description="Defaults are the official recipe. Multi-GPU / multi-node: "
-                                   "`accelerate launch -m sspir_core.cli train ...` (see docs/training.md, Several GPUs or nodes).")
+    p = sub.add_parser(
+        "train",
+        help="train SSP-IR weights (accelerate: one GPU to many nodes)",
+        description="Defaults are the official recipe. Multi-GPU / multi-node: "
+        "`accelerate launch -m sspir_core.cli train ...` (see docs/training.md, Several GPUs or nodes).",
+    )
     p.add_argument("--config", help="JSON, YAML or TOML file of options (flags given here override it)")
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")
@@ -57,4 +60,3 @@ def run(args: argparse.Namespace) -> int:
     if trainer.accelerator.is_main_process:
         print(f"trained to step {result.step}; last checkpoint: {result.last_checkpoint}")
     return 0
-

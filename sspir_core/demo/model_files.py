@@ -46,8 +46,9 @@ def one_step_model(models, seed: int = 0):
     return models, lora
 
 
-def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
-                      captioner: bool = True) -> dict[str, Path]:
+def write_demo_models(
+    root: str | Path, seed: int = 0, overwrite: bool = False, captioner: bool = True
+) -> dict[str, Path]:
     """Write the demo models under ``root`` (``checkpoints/``, ``sspir/``, ``clip_vision/``, ``LLM/``).
 
     Existing files are kept unless ``overwrite``. Returns ``{kind: path}`` for every model.
@@ -79,9 +80,18 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
         stock = stock_unet_from_config(TINY_UNET)
         stock.load_state_dict({k: v for k, v in models.unet.state_dict().items() if not is_prior_attention_key(k)})
         vae = AutoencoderKL.from_config(TINY_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, projection_dim=text_dim, hidden_act="quick_gelu"))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=text_dim,
+                intermediate_size=2 * text_dim,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                projection_dim=text_dim,
+                hidden_act="quick_gelu",
+            )
+        )
         state = {**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text_encoder)}
         configs = {"unet": json_config(stock), "vae": json_config(vae), "text_encoder": text_encoder.config.to_dict()}
         save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
@@ -93,9 +103,16 @@ def write_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False,
         one_step, lora = one_step_model(models, seed)
         save_compact(one_step, todo["sspir_one_step"], lora)
     if "clip_vision" in todo:
-        vision = {"hidden_size": TINY_CLIP_DIM, "intermediate_size": 2 * TINY_CLIP_DIM, "num_hidden_layers": 2,
-                  "num_attention_heads": 2, "image_size": TINY_CLIP_IMAGE, "patch_size": 14,
-                  "hidden_act": "quick_gelu", "projection_dim": TINY_CLIP_DIM}
+        vision = {
+            "hidden_size": TINY_CLIP_DIM,
+            "intermediate_size": 2 * TINY_CLIP_DIM,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": TINY_CLIP_IMAGE,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+            "projection_dim": TINY_CLIP_DIM,
+        }
         tower = CLIPVisionModel(CLIPVisionConfig(**vision))
         state = {k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")}
         save_tensors(state, todo["clip_vision"], {"format": "pt", CLIP_VISION_CONFIG_METADATA: json.dumps(vision)})

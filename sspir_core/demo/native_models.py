@@ -25,8 +25,12 @@ SSPIR_NAME = "sspir-native-demo.safetensors"
 CLIP_VISION_NAME = "sspir-native-demo-clip-vit-l.safetensors"
 ONE_STEP_NAME = "sspir-native-demo-one-step.safetensors"
 """The same SSP-IR weights as a one-step model (a random UNet LoRA that changes the output), for both routes."""
-NATIVE_FILES = {"sd": ("checkpoints", SD_NAME), "sspir": ("sspir", SSPIR_NAME),
-                "sspir_one_step": ("sspir", ONE_STEP_NAME), "clip_vision": ("clip_vision", CLIP_VISION_NAME)}
+NATIVE_FILES = {
+    "sd": ("checkpoints", SD_NAME),
+    "sspir": ("sspir", SSPIR_NAME),
+    "sspir_one_step": ("sspir", ONE_STEP_NAME),
+    "clip_vision": ("clip_vision", CLIP_VISION_NAME),
+}
 NATIVE_UNET = {
     "block_out_channels": [320, 320, 320],
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
@@ -38,9 +42,11 @@ NATIVE_UNET = {
     "sample_size": 64,
 }
 CLIP_DIM = 1024
-FULL_FILES = {"sd": ("checkpoints", "sspir-native-random-sd15-full.safetensors"),
-              "sspir": ("sspir", "sspir-native-random-sd15-full.safetensors"),
-              "clip_vision": ("clip_vision", "sspir-native-random-clip-vit-l.safetensors")}
+FULL_FILES = {
+    "sd": ("checkpoints", "sspir-native-random-sd15-full.safetensors"),
+    "sspir": ("sspir", "sspir-native-random-sd15-full.safetensors"),
+    "clip_vision": ("clip_vision", "sspir-native-random-clip-vit-l.safetensors"),
+}
 """The same set at SD1.5's full size (:func:`write_native_demo_models` ``full_size``): for benchmarks on a GPU."""
 
 
@@ -58,8 +64,9 @@ def narrow_posterior(vae: torch.nn.Module, log_variance: float = -30.0) -> None:
         conv.bias[half:] = log_variance
 
 
-def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = False, full_size: bool = False
-                             ) -> dict[str, Path]:
+def write_native_demo_models(
+    root: str | Path, seed: int = 0, overwrite: bool = False, full_size: bool = False
+) -> dict[str, Path]:
     """Write the native demo set under ``root`` (``checkpoints/``, ``sspir/``, ``clip_vision/``); returns the paths.
 
     Existing files are kept unless ``overwrite``. Random values come from a generator seeded with ``seed``.
@@ -108,15 +115,17 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         for m in (vae, text):
             fill_random(m, generator)
         narrow_posterior(vae)
-        stock.load_state_dict({k: v for k, v in models.unet.state_dict().items() if not is_prior_attention_key(k)},
-                              assign=True)
+        stock.load_state_dict(
+            {k: v for k, v in models.unet.state_dict().items() if not is_prior_attention_key(k)}, assign=True
+        )
         state = half({**unet_to_ldm(stock), **vae_to_ldm(vae), **clip_text_to_ldm(text)})
         configs = {"unet": json_config(stock), "vae": json_config(vae), "text_encoder": text.config.to_dict()}
         save_tensors(state, todo["sd"], {"format": "pt", SD_CONFIGS_METADATA: json.dumps(configs)})
     if "sspir_one_step" in todo:  # before the fp16 cast below: the LoRA is drawn in fp32 either way
         one_step, lora = one_step_model(models, seed)
-        save_compact(one_step.to(dtype=torch.float16), todo["sspir_one_step"],
-                     {k: v.to(torch.float16) for k, v in lora.items()})
+        save_compact(
+            one_step.to(dtype=torch.float16), todo["sspir_one_step"], {k: v.to(torch.float16) for k, v in lora.items()}
+        )
     if "sspir" in todo:
         models.to(dtype=torch.float16)
         save_compact(models, todo["sspir"])
@@ -124,8 +133,13 @@ def write_native_demo_models(root: str | Path, seed: int = 0, overwrite: bool = 
         with empty_weights():
             tower = CLIPVisionModel(CLIPVisionConfig(**read_json(CLIP_VISION_CONFIG)))
         fill_random(tower, generator)
-        state = half({k if k.startswith("vision_model.") else f"vision_model.{k}": v  # ComfyUI's key layout
-                      for k, v in tower.state_dict().items() if not k.endswith("position_ids")})
+        state = half(
+            {
+                k if k.startswith("vision_model.") else f"vision_model.{k}": v  # ComfyUI's key layout
+                for k, v in tower.state_dict().items()
+                if not k.endswith("position_ids")
+            }
+        )
         save_tensors(state, todo["clip_vision"], {"format": "pt"})
     return paths
 

@@ -31,9 +31,14 @@ TINY_UNET = {
 }
 TINY_CLIP_DIM = 64
 TINY_VAE: dict[str, Any] = {
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4,
-    "scaling_factor": 0.18215, "sample_size": 64,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 16, 16, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "scaling_factor": 0.18215,
+    "sample_size": 64,
 }
 TINY_CLIP_IMAGE = 224  # 16x16 = 256 patch tokens, as CLIP ViT-L/14-224
 
@@ -73,8 +78,12 @@ def empty_weights() -> Iterator[None]:
         yield
 
 
-def tiny_models(sspir: str | Path | None = None, seed: int = 0, unet_config: dict[str, Any] | None = None,
-                clip_dim: int = TINY_CLIP_DIM) -> SSPIRModels:
+def tiny_models(
+    sspir: str | Path | None = None,
+    seed: int = 0,
+    unet_config: dict[str, Any] | None = None,
+    clip_dim: int = TINY_CLIP_DIM,
+) -> SSPIRModels:
     """Tiny SSP-IR networks: random from ``seed`` (the ControlNet starts as a copy of the UNet encoder, as the
     official trainer does), or the weights in ``sspir``. ``unet_config``/``clip_dim`` size the random ones
     (default the tiny preset's)."""
@@ -119,8 +128,13 @@ def random_pipeline(
     generator = torch.Generator().manual_seed(seed)
     for m in (text_encoder, vae, tower):
         fill_random(m, generator)
-    clip = ClipVisionEncoder(tower, "transformers", int(vision_config["image_size"]), int(vision_config["patch_size"]),
-                             int(vision_config["hidden_size"]))
+    clip = ClipVisionEncoder(
+        tower,
+        "transformers",
+        int(vision_config["image_size"]),
+        int(vision_config["patch_size"]),
+        int(vision_config["hidden_size"]),
+    )
     tokenizer = load_tokenizer(sd_config_dir("sd15") / "tokenizer")
     return RestorePipeline(models, vae, text_encoder, tokenizer, clip, device=device, dtype=dtype, untrained=True)
 
@@ -135,8 +149,22 @@ def tiny_random_pipeline(
     models = tiny_models(sspir, seed)
     text_dim = models.unet.config.cross_attention_dim
     clip_dim = models.refine.config["clip_dim"]
-    text = {"vocab_size": 49408, "hidden_size": text_dim, "intermediate_size": 2 * text_dim, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 77, "projection_dim": text_dim}
-    vision = {"hidden_size": clip_dim, "intermediate_size": 2 * clip_dim, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "image_size": TINY_CLIP_IMAGE, "patch_size": 14, "hidden_act": "quick_gelu"}
+    text = {
+        "vocab_size": 49408,
+        "hidden_size": text_dim,
+        "intermediate_size": 2 * text_dim,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+        "projection_dim": text_dim,
+    }
+    vision = {
+        "hidden_size": clip_dim,
+        "intermediate_size": 2 * clip_dim,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": TINY_CLIP_IMAGE,
+        "patch_size": 14,
+        "hidden_act": "quick_gelu",
+    }
     return random_pipeline(models, text, TINY_VAE, vision, device, dtype, seed=seed + 1)

@@ -61,8 +61,10 @@ def ssim_y(pred: torch.Tensor, gt: torch.Tensor, border: int = 0) -> float:
     x, y = crop_border(rgb_to_y(pred), border), crop_border(rgb_to_y(gt), border)
     if min(x.shape[-2:]) < SSIM_WINDOW:
         h, w = x.shape[-2:]
-        raise NotScorable(f"smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window after the border crop",
-                          f"{w}x{h} px after a {border} px border crop")
+        raise NotScorable(
+            f"smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window after the border crop",
+            f"{w}x{h} px after a {border} px border crop",
+        )
     w = _gaussian_window().to(x.device)
     mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)  # no padding: only windows inside the image
     var_x = F.conv2d(x * x, w) - mu_x**2

@@ -45,14 +45,17 @@ def pyiqa_scorer(spec: MetricSpec, weights: WeightsConfig, device: torch.device)
     metric.eval()
 
     if spec.kind == "set":
+
         def score_set(pred_dir: Path, gt_dir: Path) -> float:
             return float(metric(str(pred_dir), str(gt_dir), verbose=False, num_workers=0))  # no worker processes
+
         return score_set
 
     @torch.no_grad()
     def score(pred: torch.Tensor, gt: torch.Tensor | None = None) -> float:
         args = (pred.to(device),) if spec.kind == "nr" else (pred.to(device), gt.to(device))
         return float(metric(*args).mean())
+
     return score
 
 
@@ -82,10 +85,15 @@ class ClipSimilarity:
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
-        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-                          mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        x = F.interpolate(
+            x,
+            size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        ).clamp(0, 1)
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
-        x = x[..., top:top + self.size, left:left + self.size]
+        x = x[..., top : top + self.size, left : left + self.size]
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         return F.normalize(self.visual(((x - mean) / std).to(self.device)).float(), dim=-1)

@@ -38,17 +38,22 @@ class Pairing:
 
     def describe_missing(self) -> list[str]:
         what = {"gt": "no ground truth", "pred": "no restored image", "lq": "no LQ image"}
-        return [f"{len(v)} image(s) with {what[k]}: {', '.join(v[:10])}{' ...' if len(v) > 10 else ''}"
-                for k, v in self.missing.items() if v]
+        return [
+            f"{len(v)} image(s) with {what[k]}: {', '.join(v[:10])}{' ...' if len(v) > 10 else ''}"
+            for k, v in self.missing.items()
+            if v
+        ]
 
     def describe_subfolders(self) -> list[str]:
         """One line per folder whose subfolders hold images that were not paired, saying how to pair them."""
         lines = []
         for key, subs in self.in_subfolders.items():
             where = ", ".join(f"{s}/ ({n})" for s, n in list(subs.items())[:10]) + (" ..." if len(subs) > 10 else "")
-            lines.append(f"{FOLDER_FLAGS[key]}: {sum(subs.values())} image(s) in subfolders of "
-                         f"{self.folders.get(key, key)} are not paired: {where}; pass --recursive to pair "
-                         "them by relative path")
+            lines.append(
+                f"{FOLDER_FLAGS[key]}: {sum(subs.values())} image(s) in subfolders of "
+                f"{self.folders.get(key, key)} are not paired: {where}; pass --recursive to pair "
+                "them by relative path"
+            )
         return lines
 
 
@@ -87,15 +92,18 @@ def list_images(folder: str | Path, flag: str, recursive: bool = False) -> dict[
     for path in paths:
         name = path.relative_to(folder).with_suffix("").as_posix()
         if name in found:
-            raise InputError(f"{flag}: two images share the name {name!r} in {folder} "
-                             f"({found[name].relative_to(folder)}, {path.relative_to(folder)}); pairing is by "
-                             "name, so keep one")
+            raise InputError(
+                f"{flag}: two images share the name {name!r} in {folder} "
+                f"({found[name].relative_to(folder)}, {path.relative_to(folder)}); pairing is by "
+                "name, so keep one"
+            )
         found[name] = path
     return found
 
 
-def pair_images(pred_dir: str | Path, gt_dir: str | Path, lq_dir: str | Path | None = None,
-                recursive: bool = False) -> Pairing:
+def pair_images(
+    pred_dir: str | Path, gt_dir: str | Path, lq_dir: str | Path | None = None, recursive: bool = False
+) -> Pairing:
     """Pair ``pred_dir`` and ``gt_dir`` (and ``lq_dir``) by name; raises when no pair at all is found.
 
     Without ``recursive`` only the folders' own images are paired and those in their subfolders are
@@ -110,10 +118,14 @@ def pair_images(pred_dir: str | Path, gt_dir: str | Path, lq_dir: str | Path | N
         missing["lq"] = [n for n in names if n not in lqs]
     nested = {} if recursive else {k: subs for k, v in folders.items() if (subs := subfolder_images(v))}
     if not names:
-        hint = (" (their subfolders hold images: pass --recursive to pair by relative path)"
-                if "pred" in nested or "gt" in nested else "")
-        raise InputError(f"no image in --pred {pred_dir} has a partner with the same name in --gt {gt_dir} "
-                         f"({len(preds)} restored, {len(gts)} ground-truth images){hint}")
+        hint = (
+            " (their subfolders hold images: pass --recursive to pair by relative path)"
+            if "pred" in nested or "gt" in nested
+            else ""
+        )
+        raise InputError(
+            f"no image in --pred {pred_dir} has a partner with the same name in --gt {gt_dir} "
+            f"({len(preds)} restored, {len(gts)} ground-truth images){hint}"
+        )
     pairs = [Pair(n, preds[n], gts[n], lqs.get(n) if lqs is not None else None) for n in names]
-    return Pairing(pairs, {k: v for k, v in missing.items() if v}, nested,
-                   {k: str(v) for k, v in folders.items()})
+    return Pairing(pairs, {k: v for k, v in missing.items() if v}, nested, {k: str(v) for k, v in folders.items()})

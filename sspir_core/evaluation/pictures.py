@@ -34,7 +34,7 @@ def _centre(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     s_h, s_w = min(size, h), min(size, w)
     top, left = (h - s_h) // 2, (w - s_w) // 2
-    return x[..., top:top + s_h, left:left + s_w]
+    return x[..., top : top + s_h, left : left + s_w]
 
 
 def rank(result: EvalResult, metric: str) -> tuple[str, str]:
@@ -95,8 +95,7 @@ def distribution(result: EvalResult, width: int = 480, row_h: int = 44) -> Image
     return canvas
 
 
-def write_pictures(result: EvalResult, pairs: list[Pair], protocol: Protocol, metric: str,
-                   out_dir: Path) -> list[Path]:
+def write_pictures(result: EvalResult, pairs: list[Pair], protocol: Protocol, metric: str, out_dir: Path) -> list[Path]:
     """``best_<metric>.png``, ``worst_<metric>.png`` and ``distribution.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     by_name = {p.name: p for p in pairs}

@@ -32,8 +32,9 @@ class Protocol:
         if self.name == "none":
             return 0, 0, h, w
         if min(h, w) < self.gt_size:
-            raise InputError(f"--protocol {self.name}: {what} is {w}x{h} px, smaller than the "
-                             f"{self.gt_size} px centre crop")
+            raise InputError(
+                f"--protocol {self.name}: {what} is {w}x{h} px, smaller than the {self.gt_size} px centre crop"
+            )
         top = self.scale * ((h // self.scale - self.lq_size) // 2)
         left = self.scale * ((w // self.scale - self.lq_size) // 2)
         return top, left, self.gt_size, self.gt_size
@@ -44,10 +45,11 @@ class Protocol:
             return lq
         h, w = lq.shape[-2:]
         if min(h, w) < self.lq_size:
-            raise InputError(f"--protocol {self.name}: {what} is {w}x{h} px, smaller than the "
-                             f"{self.lq_size} px LQ centre crop")
+            raise InputError(
+                f"--protocol {self.name}: {what} is {w}x{h} px, smaller than the {self.lq_size} px LQ centre crop"
+            )
         top, left = (h - self.lq_size) // 2, (w - self.lq_size) // 2
-        return lq[..., top:top + self.lq_size, left:left + self.lq_size]
+        return lq[..., top : top + self.lq_size, left : left + self.lq_size]
 
     def check_sizes(self, pred_hw: tuple[int, int], gt_hw: tuple[int, int], name: str) -> None:
         """Raise :class:`InputError` unless a restored image of ``pred_hw`` can be scored against ``gt_hw``.
@@ -57,8 +59,10 @@ class Protocol:
         _, _, h, w = self.gt_box(gh, gw, f"GT {name}")
         if (ph, pw) != (gh, gw) and (ph, pw) != (h, w):
             wanted = f" (protocol {self.name} accepts {w}x{h} or the GT size)" if self.name != "none" else ""
-            raise InputError(f"{name}: restored image is {pw}x{ph} px but GT is {gw}x{gh} px{wanted}; "
-                             "sizes must match, nothing is resized behind your back")
+            raise InputError(
+                f"{name}: restored image is {pw}x{ph} px but GT is {gw}x{gh} px{wanted}; "
+                "sizes must match, nothing is resized behind your back"
+            )
 
     def crop_pair(self, pred: torch.Tensor, gt: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Scored regions of a restored image and its GT (see :meth:`check_sizes`)."""
@@ -66,8 +70,8 @@ class Protocol:
         self.check_sizes(tuple(pred.shape[-2:]), (gh, gw), name)
         top, left, h, w = self.gt_box(gh, gw, f"GT {name}")
         if tuple(pred.shape[-2:]) == (gh, gw):
-            pred = pred[..., top:top + h, left:left + w]
-        return pred, gt[..., top:top + h, left:left + w]
+            pred = pred[..., top : top + h, left : left + w]
+        return pred, gt[..., top : top + h, left : left + w]
 
 
 def get_protocol(name: str) -> Protocol:

@@ -35,8 +35,9 @@ def _hf_cached(spec: str) -> bool:
 
 def missing_requirements(spec: MetricSpec, weights: WeightsConfig) -> list[str]:
     """What is absent: ``package X`` or the full path of each missing file (empty: ready to build)."""
-    missing = [f"package {p} ({INSTALL_HINTS.get(p, _EXTRA)})" for p in spec.packages
-               if importlib.util.find_spec(p) is None]
+    missing = [
+        f"package {p} ({INSTALL_HINTS.get(p, _EXTRA)})" for p in spec.packages if importlib.util.find_spec(p) is None
+    ]
     for f in required_files(spec, weights):
         if f.startswith("hf:"):
             if not _hf_cached(f):
@@ -46,8 +47,11 @@ def missing_requirements(spec: MetricSpec, weights: WeightsConfig) -> list[str]:
     return missing
 
 
-def build_scorers(names: Sequence[str], weights: WeightsConfig, device: torch.device,
-                  ) -> tuple[dict[str, Scorer], dict[str, dict[str, object]]]:
+def build_scorers(
+    names: Sequence[str],
+    weights: WeightsConfig,
+    device: torch.device,
+) -> tuple[dict[str, Scorer], dict[str, dict[str, object]]]:
     """Scorers for ``names`` and ``{name: {"needs": [...], "reason": str}}`` for those that cannot run."""
     from . import fidelity, learned  # torchmetrics / pyiqa / open_clip load only when scorers are built
 

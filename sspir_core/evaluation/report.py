@@ -34,22 +34,35 @@ def markdown(result: EvalResult) -> str:
     lines = ["| image | " + " | ".join(_header(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in result.images.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(c, row.get(c)) for c in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{_fmt(c, result.mean[c])}**" if _fmt(c, result.mean.get(c)) else ""
-                                             for c in cols) + " |")  # no empty bold (****) for a NaN mean
-    notes = [f"- skipped `{n}`: {info['reason']}; needs " + ", ".join(f"`{f}`" for f in info["needs"])
-             for n, info in result.skipped.items()]
+    lines.append(
+        "| **mean** | "
+        + " | ".join(f"**{_fmt(c, result.mean[c])}**" if _fmt(c, result.mean.get(c)) else "" for c in cols)
+        + " |"
+    )  # no empty bold (****) for a NaN mean
+    notes = [
+        f"- skipped `{n}`: {info['reason']}; needs " + ", ".join(f"`{f}`" for f in info["needs"])
+        for n, info in result.skipped.items()
+    ]
     for metric, info in result.not_scored_summary().items():
         scored = info["of"] - info["images"]
-        notes += [f"- `{metric}` not scored for {len(images)} of {info['of']} image(s), {reason}: {', '.join(images)} "
-                  f"(its mean is over the other {scored})" for reason, images in info["reasons"].items()]
+        notes += [
+            f"- `{metric}` not scored for {len(images)} of {info['of']} image(s), {reason}: {', '.join(images)} "
+            f"(its mean is over the other {scored})"
+            for reason, images in info["reasons"].items()
+        ]
     for metric, names in result.infinite().items():
         finite = sum(metric in r for r in result.images.values()) - len(names)
         mean = f"its mean is over the other {finite}" if finite else "so is its mean"
-        notes.append(f"- `{metric}` is infinite (identical to GT) for {len(names)} image(s): {', '.join(names)} ({mean})")
+        notes.append(
+            f"- `{metric}` is infinite (identical to GT) for {len(names)} image(s): {', '.join(names)} ({mean})"
+        )
     notes += [f"- not scored, cannot be read: `{n}`: {why['error']}" for n, why in result.failed.items()]
     notes += [f"- missing partner: {len(v)} image(s) without {k}: {', '.join(v)}" for k, v in result.missing.items()]
-    notes += [f"- not paired: {sum(subs.values())} image(s) in subfolders of --{k} ({', '.join(subs)}); "
-              "`--recursive` pairs them" for k, subs in result.in_subfolders.items()]
+    notes += [
+        f"- not paired: {sum(subs.values())} image(s) in subfolders of --{k} ({', '.join(subs)}); "
+        "`--recursive` pairs them"
+        for k, subs in result.in_subfolders.items()
+    ]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

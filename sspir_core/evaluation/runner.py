@@ -76,15 +76,24 @@ class EvalResult:
         only: a mean over no scored image. An image a metric did not score has no key for it in its row and an
         entry in ``not_scored`` (or the whole pair in ``failed``).
         """
+
         def value(v: float) -> float | str:
             return v if math.isfinite(v) else ("Infinity" if v > 0 else "-Infinity" if v < 0 else "NaN")
 
         mean = {k: None if math.isnan(v) else value(v) for k, v in self.mean.items()}
-        return {"images": {n: {k: value(v) for k, v in r.items()} for n, r in self.images.items()}, "mean": mean,
-                "infinite": self.infinite(), "failed": self.failed,
-                "skipped": self.skipped, "not_scored": self.not_scored,
-                "not_scored_summary": self.not_scored_summary(), "missing": self.missing,
-                "in_subfolders": self.in_subfolders, "protocol": self.protocol, "crop_border": self.crop_border}
+        return {
+            "images": {n: {k: value(v) for k, v in r.items()} for n, r in self.images.items()},
+            "mean": mean,
+            "infinite": self.infinite(),
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "not_scored": self.not_scored,
+            "not_scored_summary": self.not_scored_summary(),
+            "missing": self.missing,
+            "in_subfolders": self.in_subfolders,
+            "protocol": self.protocol,
+            "crop_border": self.crop_border,
+        }
 
 
 class _UnreadableFile(InputError):
@@ -151,11 +160,14 @@ def check_crop_border(sizes: dict[str, tuple[int, int]], crop_border: int) -> No
     (sh, sw), (lh, lw) = sizes[small], sizes[large]
     head = f"--crop-border {crop_border} leaves nothing to score: it drops {crop_border} px on each side, and "
     if min(sh, sw) == min(lh, lw):
-        raise InputError(head + f"the smallest image is {sw}x{sh} px ({small}); use --crop-border "
-                         f"{(min(sh, sw) - 1) // 2} or less")
-    raise InputError(head + f"the smallest image is {sw}x{sh} px ({small}), the largest {lw}x{lh} px ({large}); "
-                     f"--crop-border {(min(lh, lw) - 1) // 2} or less leaves something of the largest, "
-                     f"{(min(sh, sw) - 1) // 2} or less of every image")
+        raise InputError(
+            head + f"the smallest image is {sw}x{sh} px ({small}); use --crop-border {(min(sh, sw) - 1) // 2} or less"
+        )
+    raise InputError(
+        head + f"the smallest image is {sw}x{sh} px ({small}), the largest {lw}x{lh} px ({large}); "
+        f"--crop-border {(min(lh, lw) - 1) // 2} or less leaves something of the largest, "
+        f"{(min(sh, sw) - 1) // 2} or less of every image"
+    )
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -220,11 +232,21 @@ def evaluate(
             if set_metrics:  # set metrics read one flat folder each: give them exactly the scored regions
                 save_png(pred, Path(scratch) / "pred" / f"{index:06d}.png")  # names may hold subfolders
                 save_png(gt, Path(scratch) / "gt" / f"{index:06d}.png")
-        set_values = {n: scorers[n](Path(scratch) / "pred", Path(scratch) / "gt") if images else math.nan
-                      for n in set_metrics}
+        set_values = {
+            n: scorers[n](Path(scratch) / "pred", Path(scratch) / "gt") if images else math.nan for n in set_metrics
+        }
     columns = [m for m in scorers if METRICS[m].kind != "set"] + ([TIME_COLUMN] if timings else [])
     mean = {c: _mean([r[c] for r in images.values() if c in r]) for c in columns}
     mean.update(set_values)
     failed = {p.name: failed[p.name] for p in pairing.pairs if p.name in failed}  # in pairing order
-    return EvalResult(images, mean, skipped, dict(pairing.missing), protocol.name, crop_border, not_scored,
-                      dict(pairing.in_subfolders), failed)
+    return EvalResult(
+        images,
+        mean,
+        skipped,
+        dict(pairing.missing),
+        protocol.name,
+        crop_border,
+        not_scored,
+        dict(pairing.in_subfolders),
+        failed,
+    )

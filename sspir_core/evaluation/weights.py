@@ -66,8 +66,10 @@ def check_torch_pickle(path: Path) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: refused, it does not load with torch.load(weights_only=True) ({exc}); "
-                              "use the original file from the metric's authors") from exc
+        raise CheckpointError(
+            f"{path}: refused, it does not load with torch.load(weights_only=True) ({exc}); "
+            "use the original file from the metric's authors"
+        ) from exc
 
 
 @contextlib.contextmanager

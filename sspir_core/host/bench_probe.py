@@ -130,8 +130,10 @@ class Peaks:
 
             device = self._cuda_device()
             torch.cuda.synchronize(device)
-            out.update(peak_bytes=torch.cuda.max_memory_allocated(device),
-                       reserved_peak_bytes=torch.cuda.max_memory_reserved(device))
+            out.update(
+                peak_bytes=torch.cuda.max_memory_allocated(device),
+                reserved_peak_bytes=torch.cuda.max_memory_reserved(device),
+            )
         elif self.measure == VMHWM:
             out["peak_bytes"] = _proc_status()["VmHWM"]
         elif self.measure == SAMPLED and self._sampler is not None:

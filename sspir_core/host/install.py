@@ -392,8 +392,10 @@ def prepare_venv(version: str, folder: Path, base_python: str | None = None) -> 
     for cmd in venv_steps(folder, str(python), pack_requirements):
         _log(" ".join(cmd[1:]))
         _run(cmd, f"preparing ComfyUI {version}'s venv")
-    _run([str(python), "-c", "import torch, torchaudio, torchvision, transformers, diffusers, open_clip"],
-         f"ComfyUI {version}'s venv does not import torch/torchaudio/the pack's requirements")
+    _run(
+        [str(python), "-c", "import torch, torchaudio, torchvision, transformers, diffusers, open_clip"],
+        f"ComfyUI {version}'s venv does not import torch/torchaudio/the pack's requirements",
+    )
     (target / _VENV_MARKER).write_text(" ".join([*VENV_TORCH, VENV_TORCHAUDIO]) + "\n")
     _log(f"ComfyUI {version}'s venv ready in {target} ({time.monotonic() - t0:.1f} s)")
     return str(python)

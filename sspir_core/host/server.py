@@ -135,11 +135,15 @@ class ComfyServer:
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUIError(f"no ComfyUI in {self.comfy_dir} (run: python -m sspir_core.host fetch)")
         if os.sep in self.python and not Path(self.python).is_file():
-            raise ComfyUIError(f"no Python at {self.python} to run {self.comfy_dir}: prepare it first "
-                               "(python -m sspir_core.host fetch --version VERSION) or set COMFYUI_PYTHON")
+            raise ComfyUIError(
+                f"no Python at {self.python} to run {self.comfy_dir}: prepare it first "
+                "(python -m sspir_core.host fetch --version VERSION) or set COMFYUI_PYTHON"
+            )
         if not (self.pack_dir / "__init__.py").is_file() or not (self.pack_dir / "nodes").is_dir():
-            raise ComfyUIError(f"{self.pack_dir} is not the ComfyUI-SSPIR pack (no __init__.py and nodes/): pass "
-                               "pack_dir, the folder of a checkout of the pack")
+            raise ComfyUIError(
+                f"{self.pack_dir} is not the ComfyUI-SSPIR pack (no __init__.py and nodes/): pass "
+                "pack_dir, the folder of a checkout of the pack"
+            )
         args = self._lay_out()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         env.setdefault("DO_NOT_TRACK", "1")
@@ -172,8 +176,10 @@ class ComfyServer:
             return
         logged = self.logged_version()
         if logged != expected:
-            raise ComfyUIError(f"the server in {self.comfy_dir} logged ComfyUI version {logged!r}, expected "
-                               f"{expected} (log {self.log_path})")
+            raise ComfyUIError(
+                f"the server in {self.comfy_dir} logged ComfyUI version {logged!r}, expected "
+                f"{expected} (log {self.log_path})"
+            )
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

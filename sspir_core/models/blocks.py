@@ -61,7 +61,12 @@ def image_attentions_for(block: nn.Module, channels: int, heads: int, depth: int
     """One image attention (context = Refine-layer embedding) per text attention of a block."""
     return nn.ModuleList(
         prior_attention(
-            channels, heads, IMAGE_CONTEXT_DIM, config.norm_num_groups, config.use_linear_projection, depth,
+            channels,
+            heads,
+            IMAGE_CONTEXT_DIM,
+            config.norm_num_groups,
+            config.use_linear_projection,
+            depth,
             config.upcast_attention,
         )
         for _ in block.attentions
@@ -94,7 +99,9 @@ def _semantic_attentions(
     image_attentions = getattr(block, "image_attentions", None)
     if image_attentions is not None:
         if image is None:
-            raise ValueError("this model has image attentions: pass image_encoder_hidden_states (the Refine-layer output)")
+            raise ValueError(
+                "this model has image attentions: pass image_encoder_hidden_states (the Refine-layer output)"
+            )
         h = _attend(image_attentions[j], h, first_rows(image, h.shape[0]), checkpoint)
     return _attend(block.attentions[j], h if text is None else widen(h, text.shape[0]), text, checkpoint)
 
@@ -103,8 +110,10 @@ def check_shared_batch(sample: torch.Tensor, text: torch.Tensor) -> None:
     """A latent batch B with a context batch k*B is the shared-prefix convention (see :func:`run_down_blocks`)."""
     b, n = sample.shape[0], text.shape[0]
     if n != b and (b == 0 or n % b != 0):
-        raise ValueError(f"sample batch {b} and encoder_hidden_states batch {n}: give equal batches, or a context "
-                         f"batch that is a multiple of the sample batch (CFG copies sharing one latent)")
+        raise ValueError(
+            f"sample batch {b} and encoder_hidden_states batch {n}: give equal batches, or a context "
+            f"batch that is a multiple of the sample batch (CFG copies sharing one latent)"
+        )
 
 
 def widen(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -207,8 +216,9 @@ def reject_unused(kwargs: dict[str, Any], owner: str) -> None:
         raise TypeError(f"{owner}.forward does not support {extra}")
 
 
-def time_embedding(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                   batch: int | None = None) -> torch.Tensor:
+def time_embedding(
+    model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor | float | int, batch: int | None = None
+) -> torch.Tensor:
     """Sinusoidal projection + MLP, broadcast to ``batch`` rows (default: the sample's; per-sample timesteps
     allowed, repeated like the sample when ``batch`` is a multiple of it)."""
     t = timestep

@@ -22,8 +22,15 @@ CUSTOM_BASE = "custom"
 
 # Config entries that decide parameter shapes: two UNets agreeing on these hold the same keys and shapes.
 _STRUCTURE_KEYS = (
-    "in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
-    "cross_attention_dim", "use_linear_projection", "norm_num_groups",
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "layers_per_block",
+    "cross_attention_dim",
+    "use_linear_projection",
+    "norm_num_groups",
 )
 
 
@@ -56,7 +63,8 @@ def infer_base(unet_config: dict[str, Any] | Any) -> str:
 
 def describe_base(unet_config: dict[str, Any] | Any) -> str:
     cfg = dict(unet_config)
-    return f"cross_attention_dim={cfg.get('cross_attention_dim')}, block_out_channels={list(cfg.get('block_out_channels', []))}"
+    channels = list(cfg.get("block_out_channels", []))
+    return f"cross_attention_dim={cfg.get('cross_attention_dim')}, block_out_channels={channels}"
 
 
 def stock_unet_from_config(config: dict[str, Any]) -> UNet2DConditionModel:
@@ -91,7 +99,8 @@ class SSPIRModels:
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What SSP-IR trains: the whole ControlNet (with the Processor), the UNet's new attentions, the Refine layer."""
+        """What SSP-IR trains: the whole ControlNet (with the Processor), the UNet's new attentions, the Refine
+        layer."""
         return [*self.controlnet.parameters(), *self.unet.sspir_parameters(), *self.refine.parameters()]
 
     def set_trainable(self) -> list[nn.Parameter]:

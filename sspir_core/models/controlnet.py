@@ -39,8 +39,12 @@ class SSPIRControlNet(ControlNetModel):
     """diffusers' ControlNetModel with the SSP-IR Processor and image attentions. Build with :func:`make_controlnet`."""
 
     def encode_condition(
-        self, lq: torch.Tensor, return_rgbs: bool = True, tile: int | None = None,
-        cast: tuple[torch.device, torch.dtype] | None = None, on_tile: Callable[[], None] | None = None,
+        self,
+        lq: torch.Tensor,
+        return_rgbs: bool = True,
+        tile: int | None = None,
+        cast: tuple[torch.device, torch.dtype] | None = None,
+        on_tile: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the Processor once per image; the result can be reused at every denoising step.
 
@@ -49,8 +53,9 @@ class SSPIRControlNet(ControlNetModel):
         (once when untiled).
         """
         if tile is not None:
-            return self.controlnet_cond_embedding.forward_tiled(lq, tile, return_rgbs=return_rgbs, cast=cast,
-                                                                on_tile=on_tile)
+            return self.controlnet_cond_embedding.forward_tiled(
+                lq, tile, return_rgbs=return_rgbs, cast=cast, on_tile=on_tile
+            )
         if on_tile is not None:
             on_tile()
         return self.controlnet_cond_embedding(lq, return_rgbs=return_rgbs)
@@ -99,13 +104,30 @@ class SSPIRControlNet(ControlNetModel):
         return ControlResiduals(rgbs, downs, mid)
 
 
-def controlnet_config_from_unet(unet_config: dict, processor_channels: Sequence[int] = DEFAULT_PROCESSOR_CHANNELS) -> dict:
+def controlnet_config_from_unet(
+    unet_config: dict, processor_channels: Sequence[int] = DEFAULT_PROCESSOR_CHANNELS
+) -> dict:
     """The ControlNet config that the official ``ControlNetModel.from_unet`` derives from a UNet config."""
     keys = (
-        "in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
-        "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
-        "norm_num_groups", "norm_eps", "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim",
-        "num_attention_heads", "use_linear_projection", "upcast_attention", "resnet_time_scale_shift",
+        "in_channels",
+        "flip_sin_to_cos",
+        "freq_shift",
+        "down_block_types",
+        "only_cross_attention",
+        "block_out_channels",
+        "layers_per_block",
+        "downsample_padding",
+        "mid_block_scale_factor",
+        "act_fn",
+        "norm_num_groups",
+        "norm_eps",
+        "cross_attention_dim",
+        "transformer_layers_per_block",
+        "attention_head_dim",
+        "num_attention_heads",
+        "use_linear_projection",
+        "upcast_attention",
+        "resnet_time_scale_shift",
     )
     cfg = {k: unet_config[k] for k in keys if k in unet_config}
     cfg["conditioning_embedding_out_channels"] = list(processor_channels)
@@ -116,8 +138,10 @@ def make_controlnet(config: dict, zero_init: bool = True) -> SSPIRControlNet:
     """Build an SSP-IR ControlNet from a (official or UNet-derived) config on the current default device."""
     check_supported(config, "ControlNet")
     if config.get("use_srresnet", False):
-        raise ValueError("ControlNet config has use_srresnet=true (an MSRResNet pre-processor): SSP-IR's train.py "
-                         "uses use_srresnet=false and this pack does not implement that variant")
+        raise ValueError(
+            "ControlNet config has use_srresnet=true (an MSRResNet pre-processor): SSP-IR's train.py "
+            "uses use_srresnet=false and this pack does not implement that variant"
+        )
     known = init_kwargs(ControlNetModel, dict(config))
     known["conditioning_embedding_out_channels"] = tuple(
         config.get("conditioning_embedding_out_channels") or DEFAULT_PROCESSOR_CHANNELS
@@ -140,18 +164,26 @@ def make_controlnet(config: dict, zero_init: bool = True) -> SSPIRControlNet:
             block.image_attentions = image_attentions_for(block, channels[i], heads[i], depth[i], net.config)
     net.mid_block.image_attentions = image_attentions_for(net.mid_block, channels[-1], heads[-1], depth[-1], net.config)
     net.__class__ = SSPIRControlNet
-    net.register_to_config(use_image_cross_attention=True, return_rgbs=config.get("return_rgbs", True), use_srresnet=False)
+    net.register_to_config(
+        use_image_cross_attention=True, return_rgbs=config.get("return_rgbs", True), use_srresnet=False
+    )
     return net  # type: ignore[return-value]
 
 
-def controlnet_from_unet(unet: UNet2DConditionModel, processor_channels: Sequence[int] = DEFAULT_PROCESSOR_CHANNELS) -> SSPIRControlNet:
+def controlnet_from_unet(
+    unet: UNet2DConditionModel, processor_channels: Sequence[int] = DEFAULT_PROCESSOR_CHANNELS
+) -> SSPIRControlNet:
     """Initialise a ControlNet from a patched UNet's encoder (weights copied), as the official trainer does."""
     with torch.device(next(unet.parameters()).device):
         net = make_controlnet(controlnet_config_from_unet(dict(unet.config), processor_channels))
     prefixes = ("conv_in.", "time_proj.", "time_embedding.", "down_blocks.", "mid_block.")
     source = {k: v for k, v in unet.state_dict().items() if k.startswith(prefixes)}
     missing, unexpected = net.load_state_dict(source, strict=False)
-    not_copied = [k for k in missing if not k.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block."))]
+    not_copied = [
+        k
+        for k in missing
+        if not k.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block."))
+    ]
     if not_copied or unexpected:
         raise RuntimeError(f"UNet -> ControlNet copy mismatch: missing {not_copied[:5]}, unexpected {unexpected[:5]}")
     dtype = next(unet.parameters()).dtype

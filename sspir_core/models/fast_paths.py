@@ -73,9 +73,13 @@ def _conv_projection_stages(*models: nn.Module) -> list[Transformer2DModel]:
     found = []
     for model in models:
         for module in model.modules():
-            if (isinstance(module, Transformer2DModel) and getattr(module, "is_input_continuous", False)
-                    and not module.use_linear_projection and isinstance(module.proj_in, nn.Conv2d)
-                    and isinstance(module.proj_out, nn.Conv2d)):
+            if (
+                isinstance(module, Transformer2DModel)
+                and getattr(module, "is_input_continuous", False)
+                and not module.use_linear_projection
+                and isinstance(module.proj_in, nn.Conv2d)
+                and isinstance(module.proj_out, nn.Conv2d)
+            ):
                 found.append(module)
     return found
 
@@ -120,6 +124,8 @@ def fast_paths(*models: nn.Module, paths: FastPaths) -> Iterator[None]:
     ``shared_cfg_prefix`` is a calling convention, not a module change: the caller passes the latent once
     (see :meth:`sspir_core.restore.pipeline.RestorePipeline.denoise`).
     """
-    with context_kv_cache(*models, enabled=paths.context_kv), \
-            linear_projections(*models, enabled=paths.linear_projections):
+    with (
+        context_kv_cache(*models, enabled=paths.context_kv),
+        linear_projections(*models, enabled=paths.linear_projections),
+    ):
         yield

@@ -43,9 +43,15 @@ def _same_view(a: torch.Tensor | None, b: torch.Tensor) -> bool:
     """
     if a is b:
         return True
-    return (a is not None and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
-            and a.device == b.device and a.storage_offset() == b.storage_offset()
-            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+    return (
+        a is not None
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+        and a.storage_offset() == b.storage_offset()
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    )
 
 
 class CachedKVProcessor:
@@ -66,8 +72,13 @@ class CachedKVProcessor:
     def clear(self) -> None:
         self._context, self._kv, self._version = None, None, -1
 
-    def _usable(self, attn: Attention, encoder_hidden_states: torch.Tensor | None,
-                attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> bool:
+    def _usable(
+        self,
+        attn: Attention,
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+    ) -> bool:
         return (
             encoder_hidden_states is not None
             and attention_mask is None
@@ -126,8 +137,10 @@ def constant_context_attentions(*models: nn.Module) -> list[Attention]:
     for model in models:
         for name, module in model.named_modules():
             parts = name.split(".")
-            if isinstance(module, Attention) and parts[-1] == "attn2" and any(
-                stage in parts for stage in CONSTANT_CONTEXT_STAGES
+            if (
+                isinstance(module, Attention)
+                and parts[-1] == "attn2"
+                and any(stage in parts for stage in CONSTANT_CONTEXT_STAGES)
             ):
                 found.append(module)
     return found

@@ -31,8 +31,22 @@ ONE_STEP_TIMESTEP = 999
 
 # cswry/OSEDiff osediff.py initialize_unet: a weight whose name holds one of these (and not "bias"/"norm")
 # gets a LoRA. We apply the same rule to the SD part of the patched UNet; the SSP-IR attentions are trained whole.
-LORA_PATTERNS = ("to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
-                 "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj")
+LORA_PATTERNS = (
+    "to_k",
+    "to_q",
+    "to_v",
+    "to_out.0",
+    "conv",
+    "conv1",
+    "conv2",
+    "conv_in",
+    "conv_shortcut",
+    "conv_out",
+    "proj_out",
+    "proj_in",
+    "ff.net.2",
+    "ff.net.0.proj",
+)
 LORA_RANK = 4  # cswry/OSEDiff train_osediff.py --lora_rank default 4
 LORA_ALPHA = 8  # OSEDiff leaves LoraConfig.lora_alpha at peft's default, 8 (scaling alpha/r = 2)
 ADAPTER = "one_step"
@@ -63,7 +77,9 @@ def alpha_bar(scheduler_config: dict[str, Any] | None, timestep: int = ONE_STEP_
     elif cfg["beta_schedule"] == "linear":
         betas = torch.linspace(cfg["beta_start"], cfg["beta_end"], n, dtype=torch.float64)
     else:
-        raise ValueError(f"one-step SSP-IR supports the linear and scaled_linear schedules, not {cfg['beta_schedule']!r}")
+        raise ValueError(
+            f"one-step SSP-IR supports the linear and scaled_linear schedules, not {cfg['beta_schedule']!r}"
+        )
     return float(torch.cumprod(1 - betas, 0)[timestep])
 
 
@@ -78,8 +94,9 @@ def one_step_sigma(scheduler_config: dict[str, Any] | None = None) -> tuple[int,
     return ONE_STEP_TIMESTEP, math.sqrt((1 - a) / a)
 
 
-def predict_x0(sample: torch.Tensor, model_output: torch.Tensor, abar: float, prediction_type: str = "epsilon"
-               ) -> torch.Tensor:
+def predict_x0(
+    sample: torch.Tensor, model_output: torch.Tensor, abar: float, prediction_type: str = "epsilon"
+) -> torch.Tensor:
     """The clean latent from the UNet output at a timestep with cumulative alpha ``abar`` (DDPM's formula)."""
     a, s = math.sqrt(abar), math.sqrt(1 - abar)
     if prediction_type == "epsilon":
@@ -90,6 +107,7 @@ def predict_x0(sample: torch.Tensor, model_output: torch.Tensor, abar: float, pr
 
 
 # ---------------------------------------------------------------- LoRA (peft)
+
 
 def lora_targets(unet: nn.Module) -> tuple[str, ...]:
     """OSEDiff's LoRA target modules in ``unet``, leaving out the SSP-IR attentions (trained in full)."""
@@ -110,21 +128,24 @@ def _peft() -> Any:
     except ImportError as e:
         from ..errors import InputError
 
-        raise InputError("one-step SSP-IR needs peft for its LoRA: pip install 'comfyui-sspir[train]' "
-                         "(or pip install peft)") from e
+        raise InputError(
+            "one-step SSP-IR needs peft for its LoRA: pip install 'comfyui-sspir[train]' (or pip install peft)"
+        ) from e
     return peft
 
 
-def add_lora(unet: nn.Module, spec: LoraSpec, generator: torch.Generator | None = None,
-             adapter: str = ADAPTER) -> list[nn.Parameter]:
+def add_lora(
+    unet: nn.Module, spec: LoraSpec, generator: torch.Generator | None = None, adapter: str = ADAPTER
+) -> list[nn.Parameter]:
     """Inject a LoRA adapter on ``spec.targets`` (A Gaussian, B zero, as OSEDiff's ``init_lora_weights="gaussian"``).
 
     A is drawn from ``generator`` (normal, std 1/r: peft's Gaussian init) so building never touches torch's global RNG.
     Returns the LoRA parameters.
     """
     peft = _peft()
-    config = peft.LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.targets),
-                             init_lora_weights=False)
+    config = peft.LoraConfig(
+        r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.targets), init_lora_weights=False
+    )
     peft.inject_adapter_in_model(config, unet, adapter_name=adapter)
     params = []
     for name, p in unet.named_parameters():
@@ -140,8 +161,9 @@ def add_lora(unet: nn.Module, spec: LoraSpec, generator: torch.Generator | None 
     return params
 
 
-def random_lora(unet: nn.Module, spec: LoraSpec, generator: torch.Generator, b_std: float = 0.0
-                ) -> dict[str, torch.Tensor]:
+def random_lora(
+    unet: nn.Module, spec: LoraSpec, generator: torch.Generator, b_std: float = 0.0
+) -> dict[str, torch.Tensor]:
     """LoRA tensors in the saved layout (``<module>.lora_A.weight``/``lora_B``) drawn without peft.
 
     A as :func:`add_lora` draws it (normal, std 1/r); B normal with ``b_std`` (0: add_lora's zero B). A conv
@@ -167,17 +189,23 @@ def lora_state_dict(module: nn.Module, adapter: str = ADAPTER) -> dict[str, torc
     return out
 
 
-def load_lora_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str, adapter: str = ADAPTER
-                         ) -> None:
+def load_lora_state_dict(
+    module: nn.Module, state: dict[str, torch.Tensor], source: str, adapter: str = ADAPTER
+) -> None:
     from ..errors import CheckpointError
 
-    own = {n.replace(f".{adapter}.", "."): t for n, t in module.state_dict().items()
-           if f".lora_A.{adapter}." in n or f".lora_B.{adapter}." in n}
+    own = {
+        n.replace(f".{adapter}.", "."): t
+        for n, t in module.state_dict().items()
+        if f".lora_A.{adapter}." in n or f".lora_B.{adapter}." in n
+    }
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
-        raise CheckpointError(f"{source}: the LoRA does not fit the UNet ({len(missing)} missing, {len(unexpected)} "
-                              f"unexpected, {len(shapes)} other shapes; first: {(missing + unexpected + shapes)[:3]})")
+        raise CheckpointError(
+            f"{source}: the LoRA does not fit the UNet ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(shapes)} other shapes; first: {(missing + unexpected + shapes)[:3]})"
+        )
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(state[k].to(t.device, t.dtype))

@@ -51,8 +51,13 @@ class Processor(nn.Module):
         return self.conv_out(h), rgbs
 
     def forward_tiled(
-        self, lq: torch.Tensor, tile: int, halo: int = RECEPTIVE_HALO, return_rgbs: bool = True,
-        cast: tuple[torch.device, torch.dtype] | None = None, on_tile: Callable[[], None] | None = None,
+        self,
+        lq: torch.Tensor,
+        tile: int,
+        halo: int = RECEPTIVE_HALO,
+        return_rgbs: bool = True,
+        cast: tuple[torch.device, torch.dtype] | None = None,
+        on_tile: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Same result as :meth:`forward` (up to float rounding) with memory bounded by the tile size.
 
@@ -82,12 +87,14 @@ class Processor(nn.Module):
                 f, r = run(lq[..., py0:py1, px0:px1])
                 if features is None:
                     features = f.new_empty(*f.shape[:2], h // 8, w // 8)
-                    rgbs = [t.new_empty(*t.shape[:2], h * t.shape[-2] // (py1 - py0), w * t.shape[-1] // (px1 - px0))
-                            for t in r]
+                    rgbs = [
+                        t.new_empty(*t.shape[:2], h * t.shape[-2] // (py1 - py0), w * t.shape[-1] // (px1 - px0))
+                        for t in r
+                    ]
                 for full, part in ((features, f), *zip(rgbs, r)):
                     s = (py1 - py0) // part.shape[-2]  # this output's downscale factor
-                    full[..., y0 // s:y1 // s, x0 // s:x1 // s] = part[
-                        ..., (y0 - py0) // s:(y1 - py0) // s, (x0 - px0) // s:(x1 - px0) // s
+                    full[..., y0 // s : y1 // s, x0 // s : x1 // s] = part[
+                        ..., (y0 - py0) // s : (y1 - py0) // s, (x0 - px0) // s : (x1 - px0) // s
                     ]
         assert features is not None
         return features, rgbs

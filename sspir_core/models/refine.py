@@ -32,10 +32,14 @@ class RefineLayer(nn.Module):
     def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
         """Read ``clip_dim``, ``out_dim`` and ``num_layers`` off a state dict's shapes."""
         linear = sorted(
-            int(k.split(".")[1]) for k in state_dict if k.startswith("visual_projection.") and k.endswith(".weight")
-            and state_dict[k].ndim == 2
+            int(k.split(".")[1])
+            for k in state_dict
+            if k.startswith("visual_projection.") and k.endswith(".weight") and state_dict[k].ndim == 2
         )
         if not linear:
             raise KeyError("no visual_projection.N.weight Linear keys")
-        first, last = state_dict[f"visual_projection.{linear[0]}.weight"], state_dict[f"visual_projection.{linear[-1]}.weight"]
+        first, last = (
+            state_dict[f"visual_projection.{linear[0]}.weight"],
+            state_dict[f"visual_projection.{linear[-1]}.weight"],
+        )
         return {"clip_dim": int(first.shape[1]), "out_dim": int(last.shape[0]), "num_layers": len(linear) - 1}

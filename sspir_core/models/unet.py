@@ -91,8 +91,15 @@ class SSPIRUNet(UNet2DConditionModel):
             is_final = i == len(self.up_blocks) - 1
             upsample_size = skips[-1].shape[2:] if (forward_upsample_size and not is_final) else None
             h = run_up_block(
-                block, h, block_skips, block_contexts, temb, encoder_hidden_states, image_encoder_hidden_states,
-                upsample_size, ckpt,
+                block,
+                h,
+                block_skips,
+                block_contexts,
+                temb,
+                encoder_hidden_states,
+                image_encoder_hidden_states,
+                upsample_size,
+                ckpt,
             )
 
         if self.conv_norm_out is not None:
@@ -123,7 +130,10 @@ def patch_unet(unet: UNet2DConditionModel) -> SSPIRUNet:
     levels = len(cfg.block_out_channels)
     if list(cfg.down_block_types) != [t for t in cfg.down_block_types if t in (CROSS_DOWN, PLAIN_DOWN)]:
         raise ValueError(f"unsupported down blocks {cfg.down_block_types}")
-    if any(t not in (CROSS_UP, PLAIN_UP) for t in cfg.up_block_types) or cfg.get("mid_block_type", CROSS_MID) != CROSS_MID:
+    if (
+        any(t not in (CROSS_UP, PLAIN_UP) for t in cfg.up_block_types)
+        or cfg.get("mid_block_type", CROSS_MID) != CROSS_MID
+    ):
         raise ValueError(f"unsupported up/mid blocks {cfg.up_block_types} / {cfg.get('mid_block_type')}")
     param = next(unet.parameters())
     heads = heads_per_level(cfg)
@@ -145,8 +155,15 @@ def patch_unet(unet: UNet2DConditionModel) -> SSPIRUNet:
             if cfg.up_block_types[i] == CROSS_UP:
                 block.image_attentions = image_attentions_for(block, out_ch, rev_heads[i], rev_depth[i], cfg)
                 block.pixel_attentions = nn.ModuleList(
-                    prior_attention(out_ch, rev_heads[i], skip_ch_last if j == n - 1 else out_ch, groups, linear,
-                                    rev_depth[i], upcast)
+                    prior_attention(
+                        out_ch,
+                        rev_heads[i],
+                        skip_ch_last if j == n - 1 else out_ch,
+                        groups,
+                        linear,
+                        rev_depth[i],
+                        upcast,
+                    )
                     for j in range(n)
                 )
             else:

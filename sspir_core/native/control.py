@@ -21,8 +21,9 @@ import torch
 from ..errors import InputError
 
 
-def merge_control(control: Mapping[str, Sequence[torch.Tensor | None]] | None, downs: Sequence[torch.Tensor],
-                  mid: torch.Tensor) -> dict[str, list[torch.Tensor | None]]:
+def merge_control(
+    control: Mapping[str, Sequence[torch.Tensor | None]] | None, downs: Sequence[torch.Tensor], mid: torch.Tensor
+) -> dict[str, list[torch.Tensor | None]]:
     """A new ``control`` dict: ``downs`` added to ``"output"``, ``mid`` to the ``"middle"`` entry the UNet pops.
 
     ``control`` (another ControlNet's, or None) is not modified; ``None`` entries and missing or empty lists mean
@@ -32,8 +33,10 @@ def merge_control(control: Mapping[str, Sequence[torch.Tensor | None]] | None, d
     out: dict[str, list[torch.Tensor | None]] = {k: list(v) for k, v in (control or {}).items()}
     theirs = out.get("output") or [None] * len(downs)
     if len(theirs) != len(downs):
-        raise InputError(f"another ControlNet gives {len(theirs)} skip residuals, SSP-IR {len(downs)}: they cannot be "
-                         "combined on this UNet (is that ControlNet made for this base model?)")
+        raise InputError(
+            f"another ControlNet gives {len(theirs)} skip residuals, SSP-IR {len(downs)}: they cannot be "
+            "combined on this UNet (is that ControlNet made for this base model?)"
+        )
     out["output"] = [d if t is None else t + d for t, d in zip(theirs, downs)]
     middle = out.get("middle") or [None]
     last = middle[-1]  # the one entry apply_control pops

@@ -63,8 +63,10 @@ def hook_sites(config: Mapping[str, Any]) -> list[HookSite]:
     sites = []
     for i in range(levels):
         if down[i] == CROSS_DOWN:
-            sites += [HookSite("image", "input", 1 + i * (layers + 1) + j, f"down_blocks.{i}.image_attentions.{j}")
-                      for j in range(layers)]
+            sites += [
+                HookSite("image", "input", 1 + i * (layers + 1) + j, f"down_blocks.{i}.image_attentions.{j}")
+                for j in range(layers)
+            ]
     sites.append(HookSite("image", "middle", 0, "mid_block.image_attentions.0"))
     for i in range(levels):
         for j in range(layers + 1):

@@ -55,8 +55,9 @@ def lora_keys(targets: tuple[str, ...], unet_config: Mapping[str, Any]) -> dict[
     return {t: comfy_unet_key(t, unet_config) for t in targets}
 
 
-def comfy_lora_patches(lora: OneStepLora, unet_config: Mapping[str, Any], model_weights: Mapping[str, torch.Size]
-                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+def comfy_lora_patches(
+    lora: OneStepLora, unet_config: Mapping[str, Any], model_weights: Mapping[str, torch.Size]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """``{ComfyUI key: (B, A, alpha)}`` checked against the MODEL's weight shapes (``model_weights``).
 
     ``ModelPatcher.add_patches`` silently skips keys the model lacks, which would sample the model without
@@ -66,13 +67,16 @@ def comfy_lora_patches(lora: OneStepLora, unet_config: Mapping[str, Any], model_
     for target, key in lora_keys(lora.spec.targets, unet_config).items():
         a, b = lora.factors(target)
         if key not in model_weights:
-            raise CheckpointError(f"{lora.source}: the one-step LoRA's layer {target} ({key}) is not in the MODEL; "
-                                  "load the SD checkpoint the SSP-IR weights were trained on")
+            raise CheckpointError(
+                f"{lora.source}: the one-step LoRA's layer {target} ({key}) is not in the MODEL; "
+                "load the SD checkpoint the SSP-IR weights were trained on"
+            )
         shape = tuple(model_weights[key])
         delta = (b.shape[0], *a.shape[1:])
         if math.prod(delta) != math.prod(shape) or delta[0] != shape[0]:
-            raise CheckpointError(f"{lora.source}: the one-step LoRA of {target} makes a {delta} weight, the MODEL's "
-                                  f"{key} is {shape}")
+            raise CheckpointError(
+                f"{lora.source}: the one-step LoRA of {target} makes a {delta} weight, the MODEL's {key} is {shape}"
+            )
         out[key] = (b, a, float(lora.spec.alpha))
     return out
 

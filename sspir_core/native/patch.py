@@ -37,8 +37,15 @@ class NativePatch(nn.Module):
     module: it belongs on the user's SD UNet, where Apply SSP-IR adds it as weight patches.
     """
 
-    def __init__(self, controlnet: SSPIRControlNet, refine: RefineLayer, attentions: Mapping[str, nn.Module],
-                 unet_config: Mapping[str, Any], base: str, one_step: OneStepLora | None = None) -> None:
+    def __init__(
+        self,
+        controlnet: SSPIRControlNet,
+        refine: RefineLayer,
+        attentions: Mapping[str, nn.Module],
+        unet_config: Mapping[str, Any],
+        base: str,
+        one_step: OneStepLora | None = None,
+    ) -> None:
         super().__init__()
         self.one_step = one_step
         self.controlnet = controlnet
@@ -75,8 +82,15 @@ class NativePatch(nn.Module):
 
     # ------------------------------------------------------------------ every model call
 
-    def control(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, image_emb: torch.Tensor,
-                features: torch.Tensor, scale: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def control(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        image_emb: torch.Tensor,
+        features: torch.Tensor,
+        scale: float,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The ControlNet on the model input ``x`` (``k * B`` rows: k conditionings of a B-image batch).
 
         ``image_emb`` and ``features`` hold B rows and are the same for every conditioning (CFG acts on the
@@ -86,8 +100,12 @@ class NativePatch(nn.Module):
         dtype = self.dtype
         rows = x.shape[0]
         out = self.controlnet(
-            x.to(dtype), t, context.to(dtype), processor_features=widen(features.to(x.device, dtype), rows),
-            conditioning_scale=scale, image_encoder_hidden_states=widen(image_emb.to(x.device, dtype), rows),
+            x.to(dtype),
+            t,
+            context.to(dtype),
+            processor_features=widen(features.to(x.device, dtype), rows),
+            conditioning_scale=scale,
+            image_encoder_hidden_states=widen(image_emb.to(x.device, dtype), rows),
             return_rgbs=False,
         )
         return [d.to(x.dtype) for d in out.down_residuals], out.mid_residual.to(x.dtype)
@@ -112,8 +130,9 @@ def _attention_modules(unet_config: Mapping[str, Any]) -> dict[str, nn.Module]:
     return {site.key: unet.get_submodule(site.key) for site in hook_sites(unet_config)}
 
 
-def _load_attentions(unet_config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str, base: str
-                     ) -> dict[str, nn.Module]:
+def _load_attentions(
+    unet_config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str, base: str
+) -> dict[str, nn.Module]:
     modules = _attention_modules(unet_config)
     holder = nn.ModuleDict({_module_name(k): m for k, m in modules.items()})
     expected = {k: v for k, v in holder.state_dict().items()}
@@ -121,7 +140,7 @@ def _load_attentions(unet_config: Mapping[str, Any], state: Mapping[str, torch.T
     for k, v in state.items():
         for key in modules:
             if k.startswith(key + "."):
-                renamed[_module_name(key) + k[len(key):]] = v
+                renamed[_module_name(key) + k[len(key) :]] = v
                 break
         else:
             renamed[k] = v  # reported as unexpected
@@ -130,8 +149,9 @@ def _load_attentions(unet_config: Mapping[str, Any], state: Mapping[str, torch.T
     return modules
 
 
-def load_native_patch(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-                      ) -> NativePatch:
+def load_native_patch(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> NativePatch:
     """Load SSP-IR weights for the native route: a compact ``.safetensors`` or an official ``checkpoint-N/``.
 
     For an official folder only the SSP-IR parts of ``unet/`` are kept (its SD weights come from the user's
@@ -140,8 +160,10 @@ def load_native_patch(path: str | Path, device: str | torch.device = "cpu", dtyp
     """
     path = Path(path)
     if path.is_dir() and not (path / "refine").is_dir():
-        raise CheckpointError(f"{path}: no 'refine/' folder; point at a checkpoint-N/ folder written by SSP-IR's "
-                              "train.py (it holds unet/, controlnet/ and refine/)")
+        raise CheckpointError(
+            f"{path}: no 'refine/' folder; point at a checkpoint-N/ folder written by SSP-IR's "
+            "train.py (it holds unet/, controlnet/ and refine/)"
+        )
     file = SSPIRFile(path)
     base, unet_config = file.base, file.unet_config
     unet = file.part("unet")

@@ -110,8 +110,9 @@ def paper_start_applies(sigmas: torch.Tensor, sigma_table: torch.Tensor) -> bool
     return (t0 - 1) % r == 0 and t0 + r >= train_steps
 
 
-def paper_start(latent: torch.Tensor, noise: torch.Tensor, sigma: float | torch.Tensor, sigma_start: float | torch.Tensor
-                ) -> torch.Tensor:
+def paper_start(
+    latent: torch.Tensor, noise: torch.Tensor, sigma: float | torch.Tensor, sigma_start: float | torch.Tensor
+) -> torch.Tensor:
     """The official start ``sqrt(a) x0 + sqrt(1 - a) eps`` (``a`` of t=999, ``sigma_start``) as the k-diffusion
     ``x`` at the schedule's first ``sigma``, so the model's first input is exactly that latent."""
     s = torch.as_tensor(sigma_start, dtype=torch.float64).item()

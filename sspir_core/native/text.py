@@ -40,8 +40,9 @@ MIXED_LENGTHS = ("pad to longest", "refuse")
 """What SSP-IR Text Encode does with a batch whose captions need different chunk counts (first: the default)."""
 
 
-def layout_pair(tokenizer: Any, captions: Sequence[str], negative: str, max_chunks: int,
-                mixed: str = MIXED_LENGTHS[0]) -> tuple[LongTokens, LongTokens]:
+def layout_pair(
+    tokenizer: Any, captions: Sequence[str], negative: str, max_chunks: int, mixed: str = MIXED_LENGTHS[0]
+) -> tuple[LongTokens, LongTokens]:
     """Positive and negative ids laid out as the official code does, one chunk count for the batch.
 
     One CONDITIONING holds one length. ``mixed`` says what to do when the captions need different chunk counts:
@@ -58,7 +59,8 @@ def layout_pair(tokenizer: Any, captions: Sequence[str], negative: str, max_chun
             f"the captions need different numbers of 75-token chunks ({', '.join(map(str, counts))}); one "
             "CONDITIONING holds one length, and padding a caption changes its image. Set mixed_lengths to "
             "'pad to longest' (the official code's batched layout), restore these images in separate prompts, or "
-            "use PGA Sampler (it samples each chunk count apart).")
+            "use PGA Sampler (it samples each chunk count apart)."
+        )
     pos = tokenize_long(tokenizer, list(captions), max_chunks)
     neg = tokenize_negative(tokenizer, [negative] * len(captions), pos.length)
     return pos, neg
@@ -69,7 +71,7 @@ def encode_windows(tokens: LongTokens, encode: Callable[[list[list[int]]], torch
     m = tokens.num_chunks
     rows = []
     for b in range(tokens.input_ids.shape[0]):
-        windows = chunk_windows(tokens.input_ids[b:b + 1], m)
+        windows = chunk_windows(tokens.input_ids[b : b + 1], m)
         hidden = encode([w.tolist() for w in windows])
         if hidden.shape[-2] != WINDOW * m:
             raise InputError(f"the text encoder returned {hidden.shape[-2]} positions for {m} windows of {WINDOW} ids")

@@ -43,11 +43,13 @@ def crop_control(control: dict | None, box: Box, size: tuple[int, int]) -> dict 
                 continue
             f = _level_factor(size, tuple(t.shape[-2:])) if t.ndim == 4 else None
             if f is None:
-                raise InputError(f"another ControlNet's {key} residual of shape {tuple(t.shape)} does not match the "
-                                 f"{size[1]}x{size[0]} latent, so it cannot be cut into Apply SSP-IR's latent tiles: "
-                                 "set Apply SSP-IR's tile to 0 (no tiling)")
+                raise InputError(
+                    f"another ControlNet's {key} residual of shape {tuple(t.shape)} does not match the "
+                    f"{size[1]}x{size[0]} latent, so it cannot be cut into Apply SSP-IR's latent tiles: "
+                    "set Apply SSP-IR's tile to 0 (no tiling)"
+                )
             hh, ww = -(-(y1 - y0) // f), -(-(x1 - x0) // f)
             top, left = min(y0 // f, t.shape[-2] - hh), min(x0 // f, t.shape[-1] - ww)
-            cut.append(t[..., top:top + hh, left:left + ww])
+            cut.append(t[..., top : top + hh, left : left + ww])
         out[key] = cut
     return out

@@ -26,9 +26,7 @@ WAVELET_LEVELS = 5
 def _check_pair(target: torch.Tensor, source: torch.Tensor, same_size: bool) -> None:
     for name, t in (("target", target), ("source", source)):
         if not isinstance(t, torch.Tensor) or t.ndim != 4:
-            raise InputError(
-                f"colour fix: {name} must be a [B, C, H, W] tensor, got {getattr(t, 'shape', type(t))}"
-            )
+            raise InputError(f"colour fix: {name} must be a [B, C, H, W] tensor, got {getattr(t, 'shape', type(t))}")
     if target.shape[1] != source.shape[1]:
         raise InputError(f"colour fix: target has {target.shape[1]} channels, source {source.shape[1]}")
     if source.shape[0] not in (1, target.shape[0]):
@@ -79,9 +77,7 @@ def wavelet_lowpass(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tens
     return x
 
 
-def wavelet_color_fix(
-    target: torch.Tensor, source: torch.Tensor, levels: int = WAVELET_LEVELS
-) -> torch.Tensor:
+def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
     """Replace the low-frequency band of ``target`` with that of ``source``, keeping target's detail.
 
     The a-trous split is ``x = sum_i high_i + low`` with ``low = L(x)``, so the result

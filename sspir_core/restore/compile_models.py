@@ -39,13 +39,19 @@ class _GuardedForward:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
                 self.failed = True
-                self.log(f"--compile: could not compile the {self.name} ({_cause(e)}); "
-                         "running it eagerly (same results, no speed-up)")
+                self.log(
+                    f"--compile: could not compile the {self.name} ({_cause(e)}); "
+                    "running it eagerly (same results, no speed-up)"
+                )
         return self.eager(*args, **kwargs)
 
 
-def compile_denoiser(pipe: Any, mode: str | None = None, log: Callable[[str], Any] | None = None,
-                     backend: str | Callable[..., Any] = "inductor") -> list[str]:
+def compile_denoiser(
+    pipe: Any,
+    mode: str | None = None,
+    log: Callable[[str], Any] | None = None,
+    backend: str | Callable[..., Any] = "inductor",
+) -> list[str]:
     """``torch.compile`` the pipeline's ControlNet and UNet in place; returns the names compiled.
 
     ``mode``: a ``torch.compile`` mode (None = default; "max-autotune" on a GPU for long runs);
@@ -81,8 +87,11 @@ def is_compiled(module: nn.Module) -> bool:
 @contextlib.contextmanager
 def eager_denoiser(pipe: Any) -> Iterator[None]:
     """Inside the block the ControlNet and UNet run their eager forwards (the bench's uncompiled baseline)."""
-    saved = [(m, m.__dict__.pop("forward")) for m in (pipe.models.controlnet, pipe.models.unet)
-             if isinstance(m.__dict__.get("forward"), _GuardedForward)]
+    saved = [
+        (m, m.__dict__.pop("forward"))
+        for m in (pipe.models.controlnet, pipe.models.unet)
+        if isinstance(m.__dict__.get("forward"), _GuardedForward)
+    ]
     try:
         yield
     finally:

@@ -131,10 +131,17 @@ class CaptionerSpec:
         if cls is None:
             raise InputError(f"unknown captioner {self.backend!r}; choose one of {', '.join(CAPTIONER_CLASSES)}")
         wanted = {
-            "model_dir": self.model_dir, "url": self.url, "model_name": self.model_name or None,
-            "prompt": self.prompt or None, "device": self.device, "dtype": self.dtype, "seed": self.seed,
-            "max_new_tokens": self.max_new_tokens, "trust_remote_code": self.trust_remote_code,
-            "keep_loaded": self.keep_loaded, "text": self.text,
+            "model_dir": self.model_dir,
+            "url": self.url,
+            "model_name": self.model_name or None,
+            "prompt": self.prompt or None,
+            "device": self.device,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens,
+            "trust_remote_code": self.trust_remote_code,
+            "keep_loaded": self.keep_loaded,
+            "text": self.text,
         }
         accepted = accepted_options(cls)
         return {k: v for k, v in wanted.items() if k in accepted and v is not None}
@@ -158,8 +165,9 @@ class PipelineParts:
     scheduler_config: dict[str, Any]
 
 
-def load_pipeline_parts(sd: str | Path, sspir: str | Path, base: str | None = None,
-                        dtype: torch.dtype = torch.float32) -> PipelineParts:
+def load_pipeline_parts(
+    sd: str | Path, sspir: str | Path, base: str | None = None, dtype: torch.dtype = torch.float32
+) -> PipelineParts:
     """SD parts from ``sd`` and SSP-IR weights from ``sspir`` (a ``checkpoint-N/`` folder holds the full UNet;
     a compact file is applied to the SD UNet)."""
     from ..weights import load_sd_components
@@ -168,23 +176,40 @@ def load_pipeline_parts(sd: str | Path, sspir: str | Path, base: str | None = No
     official = Path(sspir).is_dir()
     parts = ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder")
     components = load_sd_components(sd, base=base, parts=parts, dtype=dtype)
-    models = load_sspir_weights(sspir, sd_unet=None if official else components.unet,
-                                base=base or components.base, dtype=dtype)
-    return PipelineParts(models, components.vae, components.text_encoder, components.tokenizer,
-                         components.scheduler_config)
+    models = load_sspir_weights(
+        sspir, sd_unet=None if official else components.unet, base=base or components.base, dtype=dtype
+    )
+    return PipelineParts(
+        models, components.vae, components.text_encoder, components.tokenizer, components.scheduler_config
+    )
 
 
-def load_pipeline(sd: str | Path, sspir: str | Path, clip_vision: str | Path, base: str | None = None,
-                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  offload: bool = False) -> RestorePipeline:
+def load_pipeline(
+    sd: str | Path,
+    sspir: str | Path,
+    clip_vision: str | Path,
+    base: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    offload: bool = False,
+) -> RestorePipeline:
     """A restore pipeline from files: the SD checkpoint, the SSP-IR weights and the CLIP ViT-L/14 vision file."""
     from ..weights import load_clip_vision
     from .pipeline import RestorePipeline
 
     parts = load_pipeline_parts(sd, sspir, base=base)
     clip = load_clip_vision(clip_vision)
-    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, clip, parts.scheduler_config,
-                           device=device, dtype=dtype, offload=offload)
+    return RestorePipeline(
+        parts.models,
+        parts.vae,
+        parts.text_encoder,
+        parts.tokenizer,
+        clip,
+        parts.scheduler_config,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+    )
 
 
 class MissingClipVision(nn.Module):
@@ -202,13 +227,26 @@ def pipeline_for(model: ModelSpec, clip: ClipVisionSpec | None) -> RestorePipeli
     parts = MODELS.get(model.key(), lambda: load_pipeline_parts(model.sd, model.sspir, model.base, model.dtype))
     encoder = CLIP_VISION.get(clip.key(), lambda: load_clip_vision(clip.path)) if clip else MissingClipVision()
     # lazy: each stage places only its own modules (a prior node moves no UNet); the cache's lock is the pipeline's
-    return RestorePipeline(parts.models, parts.vae, parts.text_encoder, parts.tokenizer, encoder,
-                           parts.scheduler_config, device=model.device, dtype=model.dtype,
-                           offload=model.offload, lazy=True, lock=RUN_LOCK)
+    return RestorePipeline(
+        parts.models,
+        parts.vae,
+        parts.text_encoder,
+        parts.tokenizer,
+        encoder,
+        parts.scheduler_config,
+        device=model.device,
+        dtype=model.dtype,
+        offload=model.offload,
+        lazy=True,
+        lock=RUN_LOCK,
+    )
 
 
-def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None,
-              priors: tuple[ImageEmbedPrior | StructurePrior | None, ...] = ()) -> None:
+def after_run(
+    model: ModelSpec,
+    clip: ClipVisionSpec | None = None,
+    priors: tuple[ImageEmbedPrior | StructurePrior | None, ...] = (),
+) -> None:
     """Apply the spec's cache choice once a run is over (see :data:`CACHE_CHOICES`); the ``priors`` the run used
     follow it: they stay on the device with "on device" and go to RAM with "in RAM" and "off"."""
     from ..models.build import move_module
@@ -224,7 +262,9 @@ def after_run(model: ModelSpec, clip: ClipVisionSpec | None = None,
                 CLIP_VISION.drop(clip.key())
         elif model.cache == "in RAM" and model.device.type != "cpu":
             parts = MODELS.peek(model.key())
-            modules = [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
+            modules = (
+                [] if parts is None else [parts.vae, parts.text_encoder, *(m for _, m in parts.models.named_modules_())]
+            )
             if clip is not None and CLIP_VISION.peek(clip.key()) is not None:
                 modules.append(CLIP_VISION.peek(clip.key()))
             for m in modules:
@@ -306,8 +346,9 @@ class StructurePrior:
         if size not in self.computed:
             prepared = prepare_lq(self.image, target_size=size)
             if run is not None:
-                run.begin(plan_prior("processor", processor_tiles(*prepared.image.shape[-2:], self.tile), size,
-                                     self.batch))
+                run.begin(
+                    plan_prior("processor", processor_tiles(*prepared.image.shape[-2:], self.tile), size, self.batch)
+                )
             with RUN_LOCK:
                 pipe = pipeline_for(self.model, None)
                 features, rgbs = pipe.structure_prior(prepared.image, tile=self.tile, run=run)
@@ -346,12 +387,18 @@ def restore_components(
     b = image.shape[0]
     for prior, what in ((image_embed, "CLIP image embedding"), (structure, "structure prior")):
         if prior is not None and prior.batch != b:
-            raise InputError(f"the {what} was made from {prior.batch} image(s) but the sampler got {b}: "
-                             "connect the same IMAGE to both nodes")
+            raise InputError(
+                f"the {what} was made from {prior.batch} image(s) but the sampler got {b}: "
+                "connect the same IMAGE to both nodes"
+            )
     for prior in (image_embed, structure):
         if prior is not None and prior.image.shape[-2:] != image.shape[-2:]:
-            log.info("SSP-IR: a prior was made from a %s image, the sampler's LQ is %s; using the prior's image "
-                     "at the output size", tuple(prior.image.shape[-2:]), tuple(image.shape[-2:]))
+            log.info(
+                "SSP-IR: a prior was made from a %s image, the sampler's LQ is %s; using the prior's image "
+                "at the output size",
+                tuple(prior.image.shape[-2:]),
+                tuple(image.shape[-2:]),
+            )
     from .pipeline import Priors
 
     clip = clip or (image_embed.clip if image_embed is not None else None)
@@ -359,5 +406,6 @@ def restore_components(
         emb = image_embed.at(out_size, run) if image_embed is not None else None
         features = structure.at(out_size, run)[0] if structure is not None else None
         pipe = pipeline_for(model, clip)
-        return pipe.restore(prepared.image, captions, options, callback, box=prepared.box,
-                            priors=Priors(emb, features), run=run)
+        return pipe.restore(
+            prepared.image, captions, options, callback, box=prepared.box, priors=Priors(emb, features), run=run
+        )

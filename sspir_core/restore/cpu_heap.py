@@ -63,8 +63,14 @@ def keep_freed_memory(enable: bool = True) -> bool:
         return False
     if enable:
         return _mallopt(libc, {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: _NEVER_TRIM})
-    return _mallopt(libc, {_M_MMAP_MAX: _GLIBC_DEFAULT_MMAP_MAX, _M_MMAP_THRESHOLD: _GLIBC_MAX_MMAP_THRESHOLD,
-                           _M_TRIM_THRESHOLD: 2 * _GLIBC_MAX_MMAP_THRESHOLD})
+    return _mallopt(
+        libc,
+        {
+            _M_MMAP_MAX: _GLIBC_DEFAULT_MMAP_MAX,
+            _M_MMAP_THRESHOLD: _GLIBC_MAX_MMAP_THRESHOLD,
+            _M_TRIM_THRESHOLD: 2 * _GLIBC_MAX_MMAP_THRESHOLD,
+        },
+    )
 
 
 def keep_freed_memory_from_env() -> bool:
@@ -75,9 +81,21 @@ def keep_freed_memory_from_env() -> bool:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def heap_bytes() -> int | None:

@@ -41,17 +41,22 @@ class OneStepScheduler:
         return SimpleNamespace(prev_sample=predict_x0(sample, model_output, self.abar, self.prediction_type))
 
 
-def resolve_sampling(mode: str, steps: int | None, cfg: float | None, source: str = "the checkpoint"
-                     ) -> tuple[int, float, str | None]:
+def resolve_sampling(
+    mode: str, steps: int | None, cfg: float | None, source: str = "the checkpoint"
+) -> tuple[int, float, str | None]:
     """(steps, cfg, warning): None takes the mode's own value; a step count the mode was not trained for warns."""
     own_steps, own_cfg = ONE_STEP_DEFAULTS if mode == ONE_STEP else MULTI_STEP_DEFAULTS
     steps = own_steps if steps is None else int(steps)
     cfg = own_cfg if cfg is None else float(cfg)
     warning = None
     if mode == ONE_STEP and steps != 1:
-        warning = (f"warning: {source} is a one-step SSP-IR model (trained at t = {ONE_STEP_TIMESTEP} only); "
-                   f"{steps} sampling steps run it as a multi-step sampler it was not trained for. Use 1 step.")
+        warning = (
+            f"warning: {source} is a one-step SSP-IR model (trained at t = {ONE_STEP_TIMESTEP} only); "
+            f"{steps} sampling steps run it as a multi-step sampler it was not trained for. Use 1 step."
+        )
     elif mode != ONE_STEP and steps == 1:
-        warning = (f"warning: {source} is a 50-step SSP-IR model; 1 step runs one DDPM step of it (not a one-step "
-                   "model), which gives a poor image. Use 50 steps, or a checkpoint trained with --mode one-step.")
+        warning = (
+            f"warning: {source} is a 50-step SSP-IR model; 1 step runs one DDPM step of it (not a one-step "
+            "model), which gives a poor image. Use 50 steps, or a checkpoint trained with --mode one-step."
+        )
     return steps, cfg, warning

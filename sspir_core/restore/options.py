@@ -51,14 +51,22 @@ class RestoreOptions:
             raise OptionError("start", f"must be one of {', '.join(START_CHOICES)}, got {self.start!r}")
         _check_int("seed", self.seed)
         if self.color_fix not in COLOR_FIX_METHODS:
-            raise OptionError("color_fix", f"{self.color_fix!r} is unknown: choose one of {', '.join(COLOR_FIX_METHODS)}")
+            raise OptionError(
+                "color_fix", f"{self.color_fix!r} is unknown: choose one of {', '.join(COLOR_FIX_METHODS)}"
+            )
         check_tiling(self.tile, self.tile_overlap, self.vae_tile)
         _check_int("max_chunks", self.max_chunks, 1)
 
 
-def options_for_mode(mode: str, steps: int | None = None, cfg: float | None = None, *,
-                     warn: Callable[[str], Any] | None = None, source: str = "the checkpoint",
-                     **settings: Any) -> RestoreOptions:
+def options_for_mode(
+    mode: str,
+    steps: int | None = None,
+    cfg: float | None = None,
+    *,
+    warn: Callable[[str], Any] | None = None,
+    source: str = "the checkpoint",
+    **settings: Any,
+) -> RestoreOptions:
     """The options a restore of a checkpoint of ``mode`` (``multi-step``/``one-step``) runs with, as the CLI and
     the sampler nodes both ask for them.
 
@@ -124,8 +132,12 @@ def _check_int(name: str, value: Any, low: int | None = None, high: int | None =
 
 def _check_number(name: str, value: Any) -> None:
     low, high = LIMITS[name]
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not low <= value <= high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise OptionError(name, f"must be a finite number between {low:g} and {high:g}, got {value!r}")
 
 

@@ -96,8 +96,9 @@ def stream_decoded_rows(
                 acc, wsum, top = new_acc, new_w, py0
             key = (by1 - by0, bx1 - bx0)
             if key not in weights:
-                weights[key] = gaussian_weights(key[0] * scale, key[1] * scale, sigma_scale=sigma_scale,
-                                                device=res.device)
+                weights[key] = gaussian_weights(
+                    key[0] * scale, key[1] * scale, sigma_scale=sigma_scale, device=res.device
+                )
             wgt = weights[key]
             acc[..., :, bx0 * scale : bx1 * scale] += res.float() * wgt
             wsum[..., :, bx0 * scale : bx1 * scale] += wgt
@@ -105,9 +106,7 @@ def stream_decoded_rows(
     yield top, acc.div_(wsum).to(out_dtype)
 
 
-def _cropped_rows(
-    chunks: Iterator[tuple[int, torch.Tensor]], box: Box
-) -> Iterator[tuple[int, torch.Tensor]]:
+def _cropped_rows(chunks: Iterator[tuple[int, torch.Tensor]], box: Box) -> Iterator[tuple[int, torch.Tensor]]:
     """Map decoder rows ([-1,1], any dtype) to [0,1] float32 as ``vae_decode`` does, cropped to ``box``."""
     y0, y1, x0, x1 = box
     for r0, rows in chunks:
@@ -189,8 +188,9 @@ def decode_to_integers(
     h, w = y1 - y0, x1 - x0
     if tuple(source.shape[-2:]) != (h, w):
         raise InputError(f"colour fix source is {tuple(source.shape[-2:])}, the output crop is {(h, w)}")
-    chunks = _cropped_rows(stream_decoded_rows(decode_fn, latents, tile_latent, overlap_latent, scale,
-                                               on_tile=on_tile), box)
+    chunks = _cropped_rows(
+        stream_decoded_rows(decode_fn, latents, tile_latent, overlap_latent, scale, on_tile=on_tile), box
+    )
     b = latents.shape[0]
     out = _empty_output(b, 3, h, w, bits, latents.device)
     if method == "none":

@@ -59,15 +59,17 @@ class Priors(NamedTuple):
     image_emb: torch.Tensor | None = None
     features: torch.Tensor | None = None
 
-    def check(self, lq: torch.Tensor, device: torch.device, dtype: torch.dtype
-              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def check(
+        self, lq: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Both on ``device``/``dtype``, after checking they belong to ``lq`` (batch and latent size)."""
         b, h, w = lq.shape[0], lq.shape[-2] // 8, lq.shape[-1] // 8
         if self.image_emb is not None and self.image_emb.shape[0] != b:
             raise InputError(f"image embedding has batch {self.image_emb.shape[0]}, the LQ batch is {b}")
         if self.features is not None and (self.features.shape[0] != b or tuple(self.features.shape[-2:]) != (h, w)):
-            raise InputError(f"structure features {tuple(self.features.shape)} do not fit an LQ of batch {b} "
-                             f"and latent size {h}x{w}")
+            raise InputError(
+                f"structure features {tuple(self.features.shape)} do not fit an LQ of batch {b} and latent size {h}x{w}"
+            )
         return tuple(None if t is None else t.to(device, dtype) for t in self)  # type: ignore[return-value]
 
     def select(self, index: list[int]) -> Priors:
@@ -107,8 +109,14 @@ class RestorePipeline:
             move_module(m, home, self.dtype)
 
     def _all_modules(self) -> list[nn.Module]:
-        return [self.models.unet, self.models.controlnet, self.models.refine, self.vae, self.text_encoder,
-                self.clip_vision]
+        return [
+            self.models.unet,
+            self.models.controlnet,
+            self.models.refine,
+            self.vae,
+            self.text_encoder,
+            self.clip_vision,
+        ]
 
     @contextlib.contextmanager
     def _stage(self, *modules: nn.Module, run: Run | None = None) -> Iterator[None]:
@@ -138,8 +146,9 @@ class RestorePipeline:
     @torch.no_grad()
     def encode_text(self, captions: Sequence[str], negative: str, max_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self._stage(self.text_encoder):
-            pos, neg = encode_prompt_pair(self.text_encoder, self.tokenizer, list(captions), negative,
-                                          max_chunks=max_chunks, device=self.device)
+            pos, neg = encode_prompt_pair(
+                self.text_encoder, self.tokenizer, list(captions), negative, max_chunks=max_chunks, device=self.device
+            )
         return pos.to(self.dtype), neg.to(self.dtype)
 
     @torch.no_grad()
@@ -168,26 +177,36 @@ class RestorePipeline:
     # ------------------------------------------------------------------ VAE
 
     @torch.no_grad()
-    def vae_encode(self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None,
-                   run: Run | None = None) -> torch.Tensor:
+    def vae_encode(
+        self, lq: torch.Tensor, generators: list[torch.Generator], vae_tile: int | None, run: Run | None = None
+    ) -> torch.Tensor:
         with self._stage(self.vae, run=run):
+
             def moments(img: torch.Tensor) -> torch.Tensor:  # cast, then [0,1] -> [-1,1], per tile:
-                img = img.to(self.device, self.dtype)        # no image-sized copy
+                img = img.to(self.device, self.dtype)  # no image-sized copy
                 return self.vae.encode(2 * img - 1).latent_dist.parameters
 
             if vae_tile is None:
                 _unit(run, "vae encode")
                 params = moments(lq)
             else:
-                params = tiled_vae_encode(moments, lq, tile_px=vae_tile, overlap_px=vae_encode_overlap(vae_tile),
-                                          on_tile=_on_tile(run, "vae encode"))
-        latents = [DiagonalGaussianDistribution(params[i:i + 1]).sample(generator=g) for i, g in enumerate(generators)]
+                params = tiled_vae_encode(
+                    moments,
+                    lq,
+                    tile_px=vae_tile,
+                    overlap_px=vae_encode_overlap(vae_tile),
+                    on_tile=_on_tile(run, "vae encode"),
+                )
+        latents = [
+            DiagonalGaussianDistribution(params[i : i + 1]).sample(generator=g) for i, g in enumerate(generators)
+        ]
         return torch.cat(latents) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def vae_decode(self, latents: torch.Tensor, vae_tile: int | None, run: Run | None = None) -> torch.Tensor:
         z = (latents / self.vae.config.scaling_factor).to(self.dtype)
         with self._stage(self.vae, run=run):
+
             def decode(t: torch.Tensor) -> torch.Tensor:
                 return self.vae.decode(t).sample
 
@@ -196,13 +215,22 @@ class RestorePipeline:
                 _unit(run, "vae decode")
                 out = decode(z)
             else:
-                out = tiled_vae_decode(decode, z, tile_latent=tile, overlap_latent=overlap,
-                                       on_tile=_on_tile(run, "vae decode"))
+                out = tiled_vae_decode(
+                    decode, z, tile_latent=tile, overlap_latent=overlap, on_tile=_on_tile(run, "vae decode")
+                )
         return out.float().add_(1).div_(2).clamp_(0, 1)
 
     @torch.no_grad()
-    def decode_to_integers(self, latents: torch.Tensor, source: torch.Tensor, box: tuple[int, int, int, int],
-                           color_fix: str, bits: int, vae_tile: int | None, run: Run | None = None) -> torch.Tensor:
+    def decode_to_integers(
+        self,
+        latents: torch.Tensor,
+        source: torch.Tensor,
+        box: tuple[int, int, int, int],
+        color_fix: str,
+        bits: int,
+        vae_tile: int | None,
+        run: Run | None = None,
+    ) -> torch.Tensor:
         """:meth:`vae_decode`, crop to ``box``, colour fix against ``source`` and 8/16-bit quantising, streamed.
 
         Never holds a float image of the whole output (see :mod:`sspir_core.restore.output_stream`); returns
@@ -211,8 +239,17 @@ class RestorePipeline:
         z = (latents / self.vae.config.scaling_factor).to(self.dtype)
         tile, overlap = vae_decode_tile(vae_tile)
         with self._stage(self.vae, run=run):
-            return decode_to_integers(lambda t: self.vae.decode(t).sample, z, source.to(self.device), box,
-                                      color_fix, bits, tile, overlap, on_tile=_on_tile(run, "vae decode"))
+            return decode_to_integers(
+                lambda t: self.vae.decode(t).sample,
+                z,
+                source.to(self.device),
+                box,
+                color_fix,
+                bits,
+                tile,
+                overlap,
+                on_tile=_on_tile(run, "vae decode"),
+            )
 
     # ------------------------------------------------------------------ denoising
 
@@ -260,11 +297,23 @@ class RestorePipeline:
             y0, y1, x0, x1 = box
             feats = features[..., y0:y1, x0:x1]  # doubled per tile, never the whole image twice
             z_in, feats = (torch.cat([z, z]), torch.cat([feats, feats])) if guided and not share else (z, feats)
-            res = cn(z_in, t, text_in, processor_features=feats, conditioning_scale=options.conditioning_scale,
-                     image_encoder_hidden_states=image_in, return_rgbs=False)
-            eps = unet(z_in, t, text_in, image_encoder_hidden_states=image_in,
-                       down_block_additional_residuals=res.down_residuals,
-                       mid_block_additional_residual=res.mid_residual).sample
+            res = cn(
+                z_in,
+                t,
+                text_in,
+                processor_features=feats,
+                conditioning_scale=options.conditioning_scale,
+                image_encoder_hidden_states=image_in,
+                return_rgbs=False,
+            )
+            eps = unet(
+                z_in,
+                t,
+                text_in,
+                image_encoder_hidden_states=image_in,
+                down_block_additional_residuals=res.down_residuals,
+                mid_block_additional_residual=res.mid_residual,
+            ).sample
             if guided:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + options.cfg * (cond - uncond)
@@ -280,8 +329,13 @@ class RestorePipeline:
                     _unit(run, "denoise")
                     eps = predict(z_in, (0, h, 0, w), t)
                 else:
-                    eps = blend_tiles(lambda z, box, t=t: predict(z, box, t), z_in, options.tile, options.tile_overlap,
-                                      on_tile=on_tile)
+                    eps = blend_tiles(
+                        lambda z, box, t=t: predict(z, box, t),
+                        z_in,
+                        options.tile,
+                        options.tile_overlap,
+                        on_tile=on_tile,
+                    )
                 latents = scheduler.step(eps.float(), t, latents.float(), **extra).prev_sample
                 if callback is not None and callback(i + 1, total, latents) is False:
                     raise RestoreCancelled(f"stopped at step {i + 1}/{total}")
@@ -312,8 +366,8 @@ class RestorePipeline:
         Use :func:`restore_image` to upscale, pad and crop arbitrary inputs. ``output_bits`` 8 or 16: return
         ``uint8``/``uint16`` from a streamed decode -> colour fix -> quantise tail that never holds a float
         image of the whole output (what a file writer needs; memory stays flat on large images).
-        ``run`` (:class:`~sspir_core.restore.work.Run`): the work is counted and logged before it starts, then every tile
-        reports progress and every model block is a cancel point (its ``check`` raises to stop).
+        ``run`` (:class:`~sspir_core.restore.work.Run`): the work is counted and logged before it starts, then
+        every tile reports progress and every model block is a cancel point (its ``check`` raises to stop).
         """
         options = options or RestoreOptions()
         options.validate()  # again: a field may have been changed since it was made
@@ -331,21 +385,40 @@ class RestorePipeline:
         groups = group_by_chunks(self.tokenizer, caps, options.max_chunks)
         priors = priors or Priors()
         if run is not None:
-            run.begin(plan_restore(
-                tuple(lq.shape[-2:]), b, options.steps, options.cfg != 1.0, options.tile, options.tile_overlap,
-                options.vae_tile, options.start, len(groups), clip=priors.image_emb is None,
-                processor=priors.features is None, output=(box[3] - box[2], box[1] - box[0])))
+            run.begin(
+                plan_restore(
+                    tuple(lq.shape[-2:]),
+                    b,
+                    options.steps,
+                    options.cfg != 1.0,
+                    options.tile,
+                    options.tile_overlap,
+                    options.vae_tile,
+                    options.start,
+                    len(groups),
+                    clip=priors.image_emb is None,
+                    processor=priors.features is None,
+                    output=(box[3] - box[2], box[1] - box[0]),
+                )
+            )
         try:
             with self.lock:  # one run at a time (a server may call from several threads)
                 if len(groups) == 1:
                     return self._restore(lq, caps, options, callback, box, priors, output_bits, run)
                 out: list[torch.Tensor | None] = [None] * b
                 for g, idx in enumerate(groups):
-                    part = self._restore(lq[idx], [caps[i] for i in idx], options,
-                                         _group_progress(callback, g, len(groups)), box, priors.select(idx),
-                                         output_bits, run)
+                    part = self._restore(
+                        lq[idx],
+                        [caps[i] for i in idx],
+                        options,
+                        _group_progress(callback, g, len(groups)),
+                        box,
+                        priors.select(idx),
+                        output_bits,
+                        run,
+                    )
                     for j, i in enumerate(idx):
-                        out[i] = part[j:j + 1]
+                        out[i] = part[j : j + 1]
                 return torch.cat(out)  # type: ignore[arg-type]
         except torch.OutOfMemoryError as e:
             raise OutOfMemory(
@@ -353,9 +426,17 @@ class RestorePipeline:
                 f"dtype fp16/bf16 (now {self.dtype}), offload between stages, or a smaller upscale."
             ) from e
 
-    def _restore(self, lq: torch.Tensor, captions: list[str], options: RestoreOptions,
-                 callback: StepCallback | None, box: tuple[int, int, int, int], priors: Priors,
-                 output_bits: int | None = None, run: Run | None = None) -> torch.Tensor:
+    def _restore(
+        self,
+        lq: torch.Tensor,
+        captions: list[str],
+        options: RestoreOptions,
+        callback: StepCallback | None,
+        box: tuple[int, int, int, int],
+        priors: Priors,
+        output_bits: int | None = None,
+        run: Run | None = None,
+    ) -> torch.Tensor:
         y0, y1, x0, x1 = box
         real = lq[..., y0:y1, x0:x1]
         generators = seeded_generators(self.device, options.seed, lq.shape[0])
@@ -364,8 +445,9 @@ class RestorePipeline:
         if image_emb is None:
             image_emb = self.encode_image(real, run)
         if features is None:  # features only: the RGB maps are not needed here
-            features, _ = self.structure_prior(lq, tile=None if options.tile is None else 8 * options.tile,
-                                               return_rgbs=False, run=run)
+            features, _ = self.structure_prior(
+                lq, tile=None if options.tile is None else 8 * options.tile, return_rgbs=False, run=run
+            )
         shape = (lq.shape[0], self.models.unet.config.in_channels, lq.shape[-2] // 8, lq.shape[-1] // 8)
         if self.models.mode == ONE_STEP and options.steps == 1:  # one-step model: the LQ latent at t = 999 -> x0
             noise, scheduler = None, OneStepScheduler(self.scheduler_config, self.device)
@@ -378,8 +460,9 @@ class RestorePipeline:
                 latents = noise_to(scheduler, clean, noise, START_TIMESTEP)
             else:
                 latents = noise * scheduler.init_noise_sigma
-        latents = self.denoise(latents, text, text_negative, image_emb, features, options, generators, callback,
-                               scheduler, run=run)
+        latents = self.denoise(
+            latents, text, text_negative, image_emb, features, options, generators, callback, scheduler, run=run
+        )
         del features, image_emb, noise  # not needed by the decode: free them before its peak
         if output_bits is not None:
             return self.decode_to_integers(latents, real, box, options.color_fix, output_bits, options.vae_tile, run)
@@ -450,5 +533,6 @@ def restore_image(
     from ..image_io import prepare_lq
 
     prepared = prepare_lq(image, upscale=upscale, target_size=target_size)
-    return pipe.restore(prepared.image, captions, options, callback, box=prepared.box, priors=priors,
-                        output_bits=output_bits, run=run)
+    return pipe.restore(
+        prepared.image, captions, options, callback, box=prepared.box, priors=priors, output_bits=output_bits, run=run
+    )

@@ -111,8 +111,9 @@ def tokenize_long(
     return LongTokens(torch.tensor(rows, dtype=torch.long), num_chunks, bos, eos)
 
 
-def warn_cut_prompts(tokenizer: Any, prompts: Sequence[str], max_chunks: int = DEFAULT_MAX_CHUNKS,
-                     what: str = "caption") -> list[tuple[int, int, int]]:
+def warn_cut_prompts(
+    tokenizer: Any, prompts: Sequence[str], max_chunks: int = DEFAULT_MAX_CHUNKS, what: str = "caption"
+) -> list[tuple[int, int, int]]:
     """Log a warning for every prompt longer than ``max_chunks`` chunks (only its first ``75 * max_chunks``
     tokens are encoded, as in the official code); returns ``(index, tokens kept, tokens in all)`` of each."""
     limit = CHUNK_TOKENS * max_chunks
@@ -124,9 +125,19 @@ def warn_cut_prompts(tokenizer: Any, prompts: Sequence[str], max_chunks: int = D
         if len(ids) > limit:
             total = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
             cut.append((i, limit, total))
-            log.warning("%s %d (%d characters, starting %r) has %d tokens: only the first %d are used (%d chunks "
-                        "of %d, as SSP-IR was trained); the other %d are ignored", what, i + 1, len(text), text[:40],
-                        total, limit, max_chunks, CHUNK_TOKENS, total - limit)
+            log.warning(
+                "%s %d (%d characters, starting %r) has %d tokens: only the first %d are used (%d chunks "
+                "of %d, as SSP-IR was trained); the other %d are ignored",
+                what,
+                i + 1,
+                len(text),
+                text[:40],
+                total,
+                limit,
+                max_chunks,
+                CHUNK_TOKENS,
+                total - limit,
+            )
     return cut
 
 
@@ -161,8 +172,12 @@ def tokenize_negative(tokenizer: Any, prompts: str | Sequence[str], length: int)
     for text, ids in zip(items, enc["input_ids"]):
         ids = list(ids)
         if len(ids) > room:
-            log.warning("negative prompt %r is longer than the caption (%d tokens): cut to that length, as the "
-                        "official code does", text[:40], room)
+            log.warning(
+                "negative prompt %r is longer than the caption (%d tokens): cut to that length, as the "
+                "official code does",
+                text[:40],
+                room,
+            )
             ids = ids[:room]
         rows.append([bos] + ids + [eos] + [pad] * (room - len(ids)))
     return LongTokens(torch.tensor(rows, dtype=torch.long), (length - 2) // CHUNK_TOKENS, bos, eos)
@@ -178,9 +193,7 @@ def _encoder_device(text_encoder: Any) -> torch.device | None:
         return None
 
 
-def encode_tokens(
-    text_encoder: Any, tokens: LongTokens, device: torch.device | str | None = None
-) -> torch.Tensor:
+def encode_tokens(text_encoder: Any, tokens: LongTokens, device: torch.device | str | None = None) -> torch.Tensor:
     """Encode laid-out ids chunk by chunk and stitch them: ``[B, 75m + 2, D]``.
 
     All chunks of all prompts go through the encoder as one batch of 77-id rows (same result as one call per
@@ -270,7 +283,11 @@ def encode_prompt_pair(
         )
     pos_tokens = tokenize_long(tokenizer, pos, max_chunks)
     neg_tokens = tokenize_negative(tokenizer, neg, pos_tokens.length)
-    both = LongTokens(torch.cat([pos_tokens.input_ids, neg_tokens.input_ids]), pos_tokens.num_chunks,
-                      pos_tokens.bos_id, pos_tokens.eos_id)
+    both = LongTokens(
+        torch.cat([pos_tokens.input_ids, neg_tokens.input_ids]),
+        pos_tokens.num_chunks,
+        pos_tokens.bos_id,
+        pos_tokens.eos_id,
+    )
     embeds = encode_tokens(text_encoder, both, device)
     return embeds[: len(pos)], embeds[len(pos) :]

@@ -46,9 +46,7 @@ def _axis_starts(size: int, tile: int, overlap: int) -> list[int]:
     return [round(i * span / (n - 1)) for i in range(n)]
 
 
-def tile_grid(
-    height: int, width: int, tile: int | tuple[int, int], overlap: int | tuple[int, int]
-) -> list[Box]:
+def tile_grid(height: int, width: int, tile: int | tuple[int, int], overlap: int | tuple[int, int]) -> list[Box]:
     """Boxes ``(y0, y1, x0, x1)`` covering a ``height x width`` grid, row-major.
 
     ``tile``/``overlap`` are one int or ``(tile_h, tile_w)``. Tiles are ``tile`` big (clipped to the image),
@@ -117,7 +115,8 @@ def _accumulate(
         res = run(box)
         if res.ndim != 4 or tuple(res.shape[-2:]) != (y1 - y0, x1 - x0):
             raise ValueError(
-                f"tile function returned shape {tuple(res.shape)} for box {box}; expected spatial size {(y1 - y0, x1 - x0)}"
+                f"tile function returned shape {tuple(res.shape)} for box {box}; "
+                f"expected spatial size {(y1 - y0, x1 - x0)}"
             )
         if acc is None:
             out_dtype = res.dtype
@@ -229,9 +228,7 @@ def tiled_vae_encode(
     _check_4d(image, "image")
     hp, wp = image.shape[-2:]
     if hp % scale or wp % scale:
-        raise InputError(
-            f"tiled VAE encode needs height and width divisible by {scale}, got {hp}x{wp}; pad first"
-        )
+        raise InputError(f"tiled VAE encode needs height and width divisible by {scale}, got {hp}x{wp}; pad first")
     if tile_px < scale:
         raise InputError(f"tile_px must be at least {scale}, got {tile_px}")
     h, w = hp // scale, wp // scale

@@ -26,8 +26,12 @@ from .tiling import tile_grid, vae_encode_boxes
 log = logging.getLogger("sspir")
 
 STAGES = ("clip", "processor", "vae encode", "denoise", "vae decode")
-_UNIT_NAMES = {"clip": "CLIP pass(es)", "processor": "Processor tile(s)", "vae encode": "VAE encode tile(s)",
-               "vae decode": "VAE decode tile(s)"}
+_UNIT_NAMES = {
+    "clip": "CLIP pass(es)",
+    "processor": "Processor tile(s)",
+    "vae encode": "VAE encode tile(s)",
+    "vae decode": "VAE decode tile(s)",
+}
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,13 @@ class WorkPlan:
     def describe(self, speed: Speed | None = None) -> str:
         """One paragraph: the sizes, each stage's units, and a time estimate when a speed measured on units of
         about this size is known."""
-        parts = [f"{self.steps} steps x {self.per_step} latent tile(s)" if stage == "denoise" else
-                 f"{n} {_UNIT_NAMES[stage]}" for stage, n in self.units.items() if n]
+        parts = [
+            f"{self.steps} steps x {self.per_step} latent tile(s)"
+            if stage == "denoise"
+            else f"{n} {_UNIT_NAMES[stage]}"
+            for stage, n in self.units.items()
+            if n
+        ]
         text = "; ".join([*self.lines, ", ".join(parts)])
         seconds = None if speed is None else speed.estimate(self.units.get("denoise", 0), self.unit_area)
         if seconds is not None:
@@ -125,9 +134,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_restore(padded: tuple[int, int], batch: int, steps: int, guided: bool, tile: int | None, tile_overlap: int,
-                 vae_tile: int | None, start: str = "lq", groups: int = 1, clip: bool = True,
-                 processor: bool = True, output: tuple[int, int] | None = None) -> WorkPlan:
+def plan_restore(
+    padded: tuple[int, int],
+    batch: int,
+    steps: int,
+    guided: bool,
+    tile: int | None,
+    tile_overlap: int,
+    vae_tile: int | None,
+    start: str = "lq",
+    groups: int = 1,
+    clip: bool = True,
+    processor: bool = True,
+    output: tuple[int, int] | None = None,
+) -> WorkPlan:
     """The units of a restore of a padded ``(H, W)`` px LQ batch (``clip``/``processor``: whether those priors are
     computed here, not given). Each caption group runs every stage once."""
     h, w = padded
@@ -141,9 +161,11 @@ def plan_restore(padded: tuple[int, int], batch: int, steps: int, guided: bool, 
     }
     rows = len({b[0] for b in lat})
     out_w, out_h = output or (w, h)
-    lines = (f"{batch} image(s) to {out_w}x{out_h} px ({out_w * out_h / 1e6:.1f} MP)"
-             + (f", latent tiles {rows}x{len(lat) // rows} of {tile} (overlap {tile_overlap})" if len(lat) > 1 else "")
-             + (", CFG doubles each denoiser pass" if guided else ""),)
+    lines = (
+        f"{batch} image(s) to {out_w}x{out_h} px ({out_w * out_h / 1e6:.1f} MP)"
+        + (f", latent tiles {rows}x{len(lat) // rows} of {tile} (overlap {tile_overlap})" if len(lat) > 1 else "")
+        + (", CFG doubles each denoiser pass" if guided else ""),
+    )
     unit_area = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in lat) / len(lat)
     return WorkPlan(units, steps=steps, per_step=groups * len(lat), lines=lines, unit_area=unit_area)
 
@@ -211,8 +233,13 @@ class Run:
             _RATES[self.rate_key] = Speed(rate / self._unit_area, self._unit_area)
         if step >= self._next_eta:
             left = rate * self._per_step * (self._steps - step)
-            log.info("SSP-IR: step %d/%d, %.1f s per step: about %s of denoising left", step, self._steps,
-                     rate * self._per_step, _duration(left))
+            log.info(
+                "SSP-IR: step %d/%d, %.1f s per step: about %s of denoising left",
+                step,
+                self._steps,
+                rate * self._per_step,
+                _duration(left),
+            )
             self._next_eta = step + max(1, self._steps // 4)
 
 

@@ -110,8 +110,9 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def check_image(path: Path, min_side: int, allow_gray: bool = False, size_flag: str = "--resolution"
-                ) -> tuple[str | None, str | None]:
+def check_image(
+    path: Path, min_side: int, allow_gray: bool = False, size_flag: str = "--resolution"
+) -> tuple[str | None, str | None]:
     """(reason to skip, note): unreadable, truncated, smaller than a crop, grayscale; 16-bit is a note.
 
     The pixels are decoded once here (after the cheap header checks pass), so a file whose header is fine but
@@ -124,8 +125,9 @@ def check_image(path: Path, min_side: int, allow_gray: bool = False, size_flag: 
             mode = img.mode
             bands = img.getbands()
             if min(w, h) < min_side:
-                return (f"too small ({w}x{h}; crops are {min_side} px: {size_flag} {min(w, h)} or less would use "
-                        "it)"), None
+                return (
+                    f"too small ({w}x{h}; crops are {min_side} px: {size_flag} {min(w, h)} or less would use it)"
+                ), None
             if not allow_gray and (mode in _GRAY_MODES or len(bands) < 3 and mode != "P"):
                 return f"grayscale ({mode}); pass --allow-gray to train on it", None
             try:
@@ -167,8 +169,9 @@ def read_caption(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"caption file {path} is not UTF-8 text ({e.reason} at byte {e.start}): "
-                         "save it as UTF-8") from None
+        raise InputError(
+            f"caption file {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8"
+        ) from None
     return " ".join(text.split())
 
 
@@ -185,6 +188,7 @@ def _caption_problem(path: Path | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ datasets
+
 
 @dataclass
 class Item:
@@ -223,13 +227,14 @@ def paired_items(root: Path, problems: Problems | None = None) -> list[Item]:
     if cap_dir.is_dir():
         captions = _captions(cap_dir, problems)
         errors += [f"{gts[s]} has no caption {cap_dir / (s + '.txt')}" for s in sorted(gts.keys() - captions.keys())]
-        problems += [(captions[s], f"caption without an image: no {gt_dir / s}.<ext>")
-                     for s in sorted(captions.keys() - gts.keys())]
+        problems += [
+            (captions[s], f"caption without an image: no {gt_dir / s}.<ext>")
+            for s in sorted(captions.keys() - gts.keys())
+        ]
     if errors:
         more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
         also = "".join(f"\n  {p}: {why}" for p, why in problems[seen:])
-        raise InputError(f"{root}: unpaired files in the official layout:\n  " + "\n  ".join(errors[:10]) + more
-                         + also)
+        raise InputError(f"{root}: unpaired files in the official layout:\n  " + "\n  ".join(errors[:10]) + more + also)
     if not gts:
         raise InputError(f"{gt_dir}: no images" + "".join(f"\n  {p}: {why}" for p, why in problems[seen:]))
     return [Item(gts[s], lqs[s], captions.get(s)) for s in sorted(gts)]
@@ -249,11 +254,15 @@ def gt_items(folders: Sequence[Path], caption_dir: Path | None, problems: Proble
         for p in list_images(folder, problems):
             items.append(Item(p, None, captions.get(p.stem)))
     stems = {it.gt.stem for it in items}
-    problems += [(captions[s], f"caption without an image: no {s}.<ext> in {', '.join(map(str, folders))}")
-                 for s in sorted(captions.keys() - stems)]
+    problems += [
+        (captions[s], f"caption without an image: no {s}.<ext> in {', '.join(map(str, folders))}")
+        for s in sorted(captions.keys() - stems)
+    ]
     if not items:
-        raise InputError(f"no images in {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})"
-                         + "".join(f"\n  {p}: {why}" for p, why in problems[seen:]))
+        raise InputError(
+            f"no images in {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})"
+            + "".join(f"\n  {p}: {why}" for p, why in problems[seen:])
+        )
     return items
 
 
@@ -265,15 +274,22 @@ def random_crop(x: torch.Tensor, size: int, g: torch.Generator) -> tuple[torch.T
     h, w = x.shape[-2:]
     top = int(torch.randint(0, h - size + 1, (), generator=g))
     left = int(torch.randint(0, w - size + 1, (), generator=g))
-    return x[..., top:top + size, left:left + size], (top, left)
+    return x[..., top : top + size, left : left + size], (top, left)
 
 
 class TrainingSet(Dataset):
     """Samples keyed by ``(index, position)``; returns a dict with ``gt`` (and ``lq`` for paired data) in [0, 1]."""
 
-    def __init__(self, items: Sequence[Item], resolution: int, seed: int, caption_dropout: float = 0.5,
-                 allow_gray: bool = False, log: Callable[[str], None] | None = None,
-                 problems: Sequence[tuple[Path, str]] = ()):
+    def __init__(
+        self,
+        items: Sequence[Item],
+        resolution: int,
+        seed: int,
+        caption_dropout: float = 0.5,
+        allow_gray: bool = False,
+        log: Callable[[str], None] | None = None,
+        problems: Sequence[tuple[Path, str]] = (),
+    ):
         """``problems``: what listing the folders left out (see :func:`gt_items`), reported as skipped.
         ``log`` gets one line per image skipped mid-run; the trainer passes a no-op and reports the samples'
         ``skipped`` itself, once per file, because every DataLoader worker holds its own copy of this set."""
@@ -338,9 +354,13 @@ class TrainingSet(Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    out = {"gt": torch.stack([s["gt"] for s in samples]), "caption": [s["caption"] for s in samples],
-           "seed": [s["seed"] for s in samples], "index": [s["index"] for s in samples],
-           "skipped": [x for s in samples for x in s.get("skipped", [])]}
+    out = {
+        "gt": torch.stack([s["gt"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+        "seed": [s["seed"] for s in samples],
+        "index": [s["index"] for s in samples],
+        "skipped": [x for s in samples for x in s.get("skipped", [])],
+    }
     if all("lq" in s for s in samples):
         out["lq"] = torch.stack([s["lq"] for s in samples])
     elif any("lq" in s for s in samples):

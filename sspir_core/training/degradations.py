@@ -62,15 +62,35 @@ class StageSettings:
 
 
 STAGE1 = StageSettings(
-    blur_prob=1.0, max_kernel=21, kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03), sinc_prob=0.1,
-    blur_sigma=(0.2, 3.0), betag=(0.5, 4.0), betap=(1.0, 2.0), resize_probs=(0.2, 0.7, 0.1), resize_range=(0.15, 1.5),
-    gaussian_noise_prob=0.5, noise_sigma=(1.0, 30.0), poisson_scale=(0.05, 3.0), gray_noise_prob=0.4,
+    blur_prob=1.0,
+    max_kernel=21,
+    kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
+    sinc_prob=0.1,
+    blur_sigma=(0.2, 3.0),
+    betag=(0.5, 4.0),
+    betap=(1.0, 2.0),
+    resize_probs=(0.2, 0.7, 0.1),
+    resize_range=(0.15, 1.5),
+    gaussian_noise_prob=0.5,
+    noise_sigma=(1.0, 30.0),
+    poisson_scale=(0.05, 3.0),
+    gray_noise_prob=0.4,
     jpeg_range=(30.0, 95.0),
 )
 STAGE2 = StageSettings(  # max_kernel 21 as stage 1: the official `blur_kernel_size2: 11` is never read
-    blur_prob=0.8, max_kernel=21, kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03), sinc_prob=0.1,
-    blur_sigma=(0.2, 1.5), betag=(0.5, 4.0), betap=(1.0, 2.0), resize_probs=(0.3, 0.4, 0.3), resize_range=(0.3, 1.2),
-    gaussian_noise_prob=0.5, noise_sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5), gray_noise_prob=0.4,
+    blur_prob=0.8,
+    max_kernel=21,
+    kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
+    sinc_prob=0.1,
+    blur_sigma=(0.2, 1.5),
+    betag=(0.5, 4.0),
+    betap=(1.0, 2.0),
+    resize_probs=(0.3, 0.4, 0.3),
+    resize_range=(0.3, 1.2),
+    gaussian_noise_prob=0.5,
+    noise_sigma=(1.0, 25.0),
+    poisson_scale=(0.05, 2.5),
+    gray_noise_prob=0.4,
     jpeg_range=(30.0, 95.0),
 )
 
@@ -117,6 +137,7 @@ class DegradationParams:
 
 
 # ------------------------------------------------------------------------------------------ kernels
+
 
 def _grid(size: int) -> torch.Tensor:
     ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -171,6 +192,7 @@ def pulse_kernel(size: int = PAD_KERNEL) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ sampling
 
+
 class _Draw:
     """Uniform / choice draws from one CPU generator (the only randomness of a sample's parameters)."""
 
@@ -193,8 +215,9 @@ def _kernel_sizes(max_kernel: int) -> list[int]:
     return list(range(7, max_kernel + 1, 2))
 
 
-def _sample_blur(d: _Draw, s: StageSettings
-                 ) -> tuple[torch.Tensor, str, int, tuple[float, float] | None, float | None, float | None]:
+def _sample_blur(
+    d: _Draw, s: StageSettings
+) -> tuple[torch.Tensor, str, int, tuple[float, float] | None, float | None, float | None]:
     size = d.choice(_kernel_sizes(s.max_kernel))
     if d.coin(s.sinc_prob):  # the official cutoff rule for kernels of 7..21 (stronger low-pass when large)
         cutoff = d.uniform(math.pi / 3, math.pi) if size < 13 else d.uniform(math.pi / 5, math.pi)
@@ -221,15 +244,31 @@ def _sample_stage(d: _Draw, s: StageSettings) -> StageParams:
     if d.coin(s.blur_prob):
         kernel, kind, size, sigma, beta, cutoff = _sample_blur(d, s)
     resize_kind = d.choice(("up", "down", "keep"), s.resize_probs)
-    scale = {"up": lambda: d.uniform(1.0, s.resize_range[1]), "down": lambda: d.uniform(s.resize_range[0], 1.0),
-             "keep": lambda: 1.0}[resize_kind]()
+    scale = {
+        "up": lambda: d.uniform(1.0, s.resize_range[1]),
+        "down": lambda: d.uniform(s.resize_range[0], 1.0),
+        "keep": lambda: 1.0,
+    }[resize_kind]()
     mode = d.choice(RESIZE_MODES)
     gaussian = d.coin(s.gaussian_noise_prob)
     level = d.uniform(*s.noise_sigma) if gaussian else d.uniform(*s.poisson_scale)
     gray = d.coin(s.gray_noise_prob)
     quality = int(round(d.uniform(*s.jpeg_range)))
-    return StageParams(kernel, kind, size, sigma, beta, scale, resize_kind, mode, "gaussian" if gaussian else "poisson",
-                       level, gray, quality, cutoff)
+    return StageParams(
+        kernel,
+        kind,
+        size,
+        sigma,
+        beta,
+        scale,
+        resize_kind,
+        mode,
+        "gaussian" if gaussian else "poisson",
+        level,
+        gray,
+        quality,
+        cutoff,
+    )
 
 
 def sample_degradation(seed: int, settings: DegradationSettings = DegradationSettings()) -> DegradationParams:
@@ -251,6 +290,7 @@ def sample_degradation(seed: int, settings: DegradationSettings = DegradationSet
 
 
 # ------------------------------------------------------------------------------------------ applying
+
 
 def filter2d(img: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Convolve ``[C, H, W]`` with one 2-D kernel per channel, reflect padding (as Real-ESRGAN's filter2D)."""
@@ -355,6 +395,7 @@ def degrade(gt: torch.Tensor, seed: int, settings: DegradationSettings = Degrada
 
 
 # ------------------------------------------------------------------------------------------ target
+
 
 def usm_sharpen(img: torch.Tensor, weight: float = 0.5, threshold: float = 10.0, radius: int = 50) -> torch.Tensor:
     """Unsharp mask as Real-ESRGAN sharpens its GT targets (Gaussian 51x51, sigma 8, soft threshold mask).

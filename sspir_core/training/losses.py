@@ -39,7 +39,9 @@ def processor_losses(rgbs: Sequence[torch.Tensor], gt: torch.Tensor) -> tuple[li
     return rgb_terms, fft_terms
 
 
-def sspir_losses(noise_pred: torch.Tensor, noise: torch.Tensor, rgbs: Sequence[torch.Tensor], gt: torch.Tensor) -> SSPIRLosses:
+def sspir_losses(
+    noise_pred: torch.Tensor, noise: torch.Tensor, rgbs: Sequence[torch.Tensor], gt: torch.Tensor
+) -> SSPIRLosses:
     """``MSE(eps_hat, eps) + sum_s 0.1*L1 + sum_s 0.01*FFT-L1`` (sums over scales, as in train.py)."""
     diffusion = F.mse_loss(noise_pred.float(), noise.float())
     rgb_terms, fft_terms = processor_losses(rgbs, gt)

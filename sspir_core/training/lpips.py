@@ -50,8 +50,13 @@ class LPIPS(nn.Module):
             else:
                 layers.append(nn.ReLU(inplace=False))
         self.features = nn.Sequential(*layers)
-        self.features.load_state_dict({k.removeprefix("features."): v for k, v in vgg_state.items()
-                                       if k.startswith("features.") and int(k.split(".")[1]) < SLICE_ENDS[-1]})
+        self.features.load_state_dict(
+            {
+                k.removeprefix("features."): v
+                for k, v in vgg_state.items()
+                if k.startswith("features.") and int(k.split(".")[1]) < SLICE_ENDS[-1]
+            }
+        )
         self.lins = nn.ParameterList([nn.Parameter(lin_state[i].float()) for i in range(len(SLICE_ENDS))])
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
@@ -96,7 +101,8 @@ def lpips_files(folder: str | Path | None) -> tuple[Path, Path]:
             f"LPIPS loss needs {' and '.join(str(p) for p in missing)} (VGG16 ImageNet weights and the LPIPS v0.1 "
             f"linear layers; never downloaded). Put them under --lpips-weights (now {root}) in the torch-hub layout "
             "(checkpoints/vgg16-397923af.pth, pyiqa/LPIPS_v0.1_vgg-a78928a0.pth), or turn the loss off with "
-            "--lambda-lpips 0")
+            "--lambda-lpips 0"
+        )
     return vgg, lin
 
 

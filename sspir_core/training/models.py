@@ -23,14 +23,26 @@ class TrainModule(nn.Module):
         self.controlnet = models.controlnet
         self.refine = models.refine
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, clip_tokens: torch.Tensor,
-                lq: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        clip_tokens: torch.Tensor,
+        lq: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         image_emb = self.refine(clip_tokens)
-        res = self.controlnet(noisy, timesteps, text, controlnet_cond=lq, image_encoder_hidden_states=image_emb,
-                              return_rgbs=True)
-        eps = self.unet(noisy, timesteps, text, image_encoder_hidden_states=image_emb,
-                        down_block_additional_residuals=res.down_residuals,
-                        mid_block_additional_residual=res.mid_residual).sample
+        res = self.controlnet(
+            noisy, timesteps, text, controlnet_cond=lq, image_encoder_hidden_states=image_emb, return_rgbs=True
+        )
+        eps = self.unet(
+            noisy,
+            timesteps,
+            text,
+            image_encoder_hidden_states=image_emb,
+            down_block_additional_residuals=res.down_residuals,
+            mid_block_additional_residual=res.mid_residual,
+        ).sample
         return eps, res.rgbs
 
 

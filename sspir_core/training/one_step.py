@@ -80,15 +80,25 @@ class OneStepModule(TrainModule):
         self.abar, self.prediction_type = abar, prediction_type
         self.vsd = vsd
 
-    def predict(self, z_lq: torch.Tensor, text: torch.Tensor, clip_tokens: torch.Tensor, lq: torch.Tensor
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def predict(
+        self, z_lq: torch.Tensor, text: torch.Tensor, clip_tokens: torch.Tensor, lq: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The one-step clean latent and the Processor's RGB maps (what restore computes for the same input)."""
         t = torch.full((z_lq.shape[0],), ONE_STEP_TIMESTEP, device=z_lq.device, dtype=torch.long)
         out, rgbs = super().forward(z_lq, t, text, clip_tokens, lq)
         return predict_x0(z_lq.float(), out.float(), self.abar, self.prediction_type), rgbs
 
-    def forward(self, z_lq: torch.Tensor, text: torch.Tensor, negative: torch.Tensor, clip_tokens: torch.Tensor,
-                lq: torch.Tensor, gt: torch.Tensor, frozen: Frozen, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        z_lq: torch.Tensor,
+        text: torch.Tensor,
+        negative: torch.Tensor,
+        clip_tokens: torch.Tensor,
+        lq: torch.Tensor,
+        gt: torch.Tensor,
+        frozen: Frozen,
+        g: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
         w = frozen.weights
         x0, rgbs = self.predict(z_lq, text, clip_tokens, lq)
         vae = frozen.vae
@@ -96,13 +106,15 @@ class OneStepModule(TrainModule):
         image = vae.decode((x0 / vae.config.scaling_factor).to(dtype)).sample.float().clamp(-1, 1)
         target = 2 * gt - 1
         zero = x0.new_zeros(())
-        parts = {"loss_mse": F.mse_loss(image, target) * w.l2 if w.l2 else zero,
-                 "loss_lpips": frozen.lpips(image, target).mean() * w.lpips if w.lpips else zero,
-                 "loss_vsd": zero, "loss_vsd_lora": zero}
+        parts = {
+            "loss_mse": F.mse_loss(image, target) * w.l2 if w.l2 else zero,
+            "loss_lpips": frozen.lpips(image, target).mean() * w.lpips if w.lpips else zero,
+            "loss_vsd": zero,
+            "loss_vsd_lora": zero,
+        }
         if self.vsd is not None:
             if w.vsd:
-                parts["loss_vsd"] = w.vsd * vsd_loss(self.vsd, frozen.alphas_cumprod, x0, text, negative,
-                                                     w.cfg_vsd, g)
+                parts["loss_vsd"] = w.vsd * vsd_loss(self.vsd, frozen.alphas_cumprod, x0, text, negative, w.cfg_vsd, g)
             if w.vsd_lora:
                 parts["loss_vsd_lora"] = w.vsd_lora * fake_score_loss(self.vsd, frozen.alphas_cumprod, x0, text, g)
         rgb_terms, fft_terms = processor_losses(rgbs, target)
@@ -113,8 +125,15 @@ class OneStepModule(TrainModule):
 
 
 def weights_from(cfg: Any) -> LossWeights:
-    return LossWeights(cfg.lambda_l2, cfg.lambda_lpips, cfg.lambda_vsd, cfg.lambda_vsd_lora, cfg.lambda_rgb,
-                       cfg.lambda_fft, cfg.cfg_vsd)
+    return LossWeights(
+        cfg.lambda_l2,
+        cfg.lambda_lpips,
+        cfg.lambda_vsd,
+        cfg.lambda_vsd_lora,
+        cfg.lambda_rgb,
+        cfg.lambda_fft,
+        cfg.cfg_vsd,
+    )
 
 
 class OneStepTraining:
@@ -153,19 +172,22 @@ class OneStepTraining:
         self.negative_prompt = cfg.vsd_negative_prompt
 
     @torch.no_grad()
-    def encode(self, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(LQ latent, text, VSD negative text, CLIP tokens): the frozen encoders, as restore runs them."""
         pipe = self.pipe
         dist = pipe.vae.encode((2 * lq - 1).to(self.frozen_dtype)).latent_dist
         z = dist.sample(generator=g).float() * pipe.vae.config.scaling_factor
-        text, negative = encode_prompt_pair(pipe.text_encoder, pipe.tokenizer, captions, self.negative_prompt,
-                                            self.max_chunks, lq.device)
+        text, negative = encode_prompt_pair(
+            pipe.text_encoder, pipe.tokenizer, captions, self.negative_prompt, self.max_chunks, lq.device
+        )
         clip_tokens = pipe.clip_vision(lq.to(self.frozen_dtype))
         return z, text.float(), negative.float(), clip_tokens.float()
 
-    def losses(self, trainer: Any, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator
-               ) -> dict[str, torch.Tensor]:
+    def losses(
+        self, trainer: Any, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         with trainer.accelerator.autocast():
             z, text, negative, clip_tokens = self.encode(gt, lq, captions, g)
             return trainer.module_p(z, text, negative, clip_tokens, lq, gt, self.frozen, g)
@@ -184,8 +206,11 @@ class OneStepTraining:
         from ..weights.checkpoint import save_tensors
 
         if self.module.vsd is not None:
-            save_tensors(lora_state_dict(self.module.vsd.unet, VSD_ADAPTER), Path(output_dir) / VSD_FILE,
-                          {"format": "pt", "what": "one-step VSD fake-score LoRA (training state only)"})
+            save_tensors(
+                lora_state_dict(self.module.vsd.unet, VSD_ADAPTER),
+                Path(output_dir) / VSD_FILE,
+                {"format": "pt", "what": "one-step VSD fake-score LoRA (training state only)"},
+            )
 
     def load(self, input_dir: str | Path) -> None:
         from ..weights.checkpoint import read_state_dict
@@ -195,6 +220,8 @@ class OneStepTraining:
             if not path.is_file():
                 from ..errors import InputError
 
-                raise InputError(f"--resume {input_dir}: no {VSD_FILE} (the VSD fake-score LoRA); it was not written "
-                                 "by a one-step run with VSD on (give --lambda-vsd 0 --lambda-vsd-lora 0 to match)")
+                raise InputError(
+                    f"--resume {input_dir}: no {VSD_FILE} (the VSD fake-score LoRA); it was not written "
+                    "by a one-step run with VSD on (give --lambda-vsd 0 --lambda-vsd-lora 0 to match)"
+                )
             load_lora_state_dict(self.module.vsd.unet, read_state_dict(path), str(path), VSD_ADAPTER)

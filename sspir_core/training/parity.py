@@ -36,7 +36,11 @@ def run_parity_fixture(path: str | Path) -> dict[str, torch.Tensor]:
     image = models.refine(tokens)
     out["refine_out"] = image
     rgbs, downs, mid = models.controlnet(
-        sample, t, encoder_hidden_states=text, controlnet_cond=x["lq"], conditioning_scale=scale,
+        sample,
+        t,
+        encoder_hidden_states=text,
+        controlnet_cond=x["lq"],
+        conditioning_scale=scale,
         image_encoder_hidden_states=image,
     )
     for i, r in enumerate(rgbs):
@@ -46,8 +50,9 @@ def run_parity_fixture(path: str | Path) -> dict[str, torch.Tensor]:
     out["cn_mid_res"] = mid
 
     def unet(**kw: object) -> torch.Tensor:
-        return models.unet(sample, t, encoder_hidden_states=text, image_encoder_hidden_states=image,
-                           return_dict=False, **kw)[0]
+        return models.unet(
+            sample, t, encoder_hidden_states=text, image_encoder_hidden_states=image, return_dict=False, **kw
+        )[0]
 
     out["unet_out"] = unet(down_block_additional_residuals=downs, mid_block_additional_residual=mid)
     out["unet_out_zero_residuals"] = unet(
@@ -55,7 +60,8 @@ def run_parity_fixture(path: str | Path) -> dict[str, torch.Tensor]:
         mid_block_additional_residual=torch.zeros_like(mid),
     )
     out["unet_out_pixel_ctx_zeroed"] = unet(
-        down_block_additional_residuals=downs, mid_block_additional_residual=mid,
+        down_block_additional_residuals=downs,
+        mid_block_additional_residual=mid,
         pixel_attention_context=[torch.zeros_like(d) for d in downs],
     )
     losses = sspir_losses(out["unet_out"], x["noise"], rgbs, x["gt"])

@@ -20,10 +20,17 @@ from .losses import SSPIRLosses, sspir_losses
 
 
 @torch.no_grad()
-def encode_frozen(pipe: RestorePipeline, gt: torch.Tensor, lq: torch.Tensor, captions: list[str], g: torch.Generator,
-                  max_chunks: int = 4, dtype: torch.dtype = torch.float32
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Frozen encoders: GT latents (VAE posterior sample x scaling), long-prompt text embedding, CLIP tokens of the LQ."""
+def encode_frozen(
+    pipe: RestorePipeline,
+    gt: torch.Tensor,
+    lq: torch.Tensor,
+    captions: list[str],
+    g: torch.Generator,
+    max_chunks: int = 4,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen encoders: GT latents (VAE posterior sample x scaling), long-prompt text embedding, CLIP tokens of the
+    LQ."""
     dist = pipe.vae.encode((2 * gt - 1).to(dtype)).latent_dist
     latents = dist.sample(generator=g).float() * pipe.vae.config.scaling_factor
     text = encode_long_prompt(pipe.text_encoder, pipe.tokenizer, captions, max_chunks, gt.device)
@@ -50,8 +57,9 @@ def training_losses(
     with autocast():
         latents, text, clip_tokens = encode_frozen(pipe, gt, lq, captions, g, max_chunks, frozen_dtype)
     noise = torch.randn(latents.shape, generator=g, device=latents.device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g,
-                      device=latents.device).long()
+    t = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g, device=latents.device
+    ).long()
     noisy = noise_scheduler.add_noise(latents, noise, t)
     with autocast():
         eps, rgbs = module(noisy, t, text, clip_tokens, lq)

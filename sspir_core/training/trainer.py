@@ -61,8 +61,12 @@ STATE_FILE = "trainer_state.json"
 DATA_REPORT = "data-report.txt"
 COMPACT_NAME = "sspir.safetensors"
 STATE_KEYS = ("step", "micro_step", "world_size", "batch_size", "seed")
-WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
-                "refine/refine.pt", COMPACT_NAME)
+WEIGHT_FILES = (
+    "unet/diffusion_pytorch_model.safetensors",
+    "controlnet/diffusion_pytorch_model.safetensors",
+    "refine/refine.pt",
+    COMPACT_NAME,
+)
 ACCELERATE_FILES = ("optimizer.bin", "scheduler.bin")  # accelerate's save_state; random_states_R.pkl per process
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # torch.save files in a checkpoint (accelerate's and ours)
 FAULT_ENV = "SSPIR_FAULT"
@@ -77,8 +81,10 @@ class TrainResult:
 
 
 def _numbered(output: Path) -> list[Path]:
-    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [
+        p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 def list_checkpoints(output: Path) -> list[Path]:
@@ -138,9 +144,11 @@ def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path
     if not cfg.resume:
         found = _numbered(Path(cfg.output)) if cfg.output else []
         if found:
-            log(f"warning: {cfg.output} already has checkpoint folders (newest {found[-1].name}) and --resume is not "
+            log(
+                f"warning: {cfg.output} already has checkpoint folders (newest {found[-1].name}) and --resume is not "
                 "given: starting at step 1 (give --resume latest to continue; --resume none says this is meant). "
-                "Its metrics.jsonl rows are moved aside and its checkpoints are replaced as this run reaches them")
+                "Its metrics.jsonl rows are moved aside and its checkpoints are replaced as this run reaches them"
+            )
         return None
     if cfg.resume.lower() == "none":
         return None
@@ -156,9 +164,11 @@ def resolve_resume(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path
                 continue
             return path
         if found:
-            raise InputError(f"--resume latest: none of the {len(found)} checkpoint folder(s) in {cfg.output} can be "
-                             "resumed:\n" + "\n".join(problems) + "\nRestore or remove the damaged files, give "
-                             "--resume CHECKPOINT-FOLDER, or start over with --resume none or a new --output folder")
+            raise InputError(
+                f"--resume latest: none of the {len(found)} checkpoint folder(s) in {cfg.output} can be "
+                "resumed:\n" + "\n".join(problems) + "\nRestore or remove the damaged files, give "
+                "--resume CHECKPOINT-FOLDER, or start over with --resume none or a new --output folder"
+            )
         return None  # nothing yet: a fresh start
     path = Path(cfg.resume)
     read_state(path)
@@ -176,10 +186,13 @@ def build_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> TrainingSet:
     else:
         paired = [r for r in roots if is_paired_layout(r)]
         if paired:
-            raise InputError(f"{paired[0]} is in the paired layout: give it alone as --data (not mixed with GT folders)")
+            raise InputError(
+                f"{paired[0]} is in the paired layout: give it alone as --data (not mixed with GT folders)"
+            )
         items = gt_items(roots, Path(cfg.captions) if cfg.captions else None, problems)
-    return TrainingSet(items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=_quiet,
-                       problems=problems)
+    return TrainingSet(
+        items, cfg.resolution, cfg.seed, cfg.caption_dropout, cfg.allow_gray, log=_quiet, problems=problems
+    )
 
 
 def _quiet(message: str) -> None:
@@ -187,8 +200,12 @@ def _quiet(message: str) -> None:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    kwargs = {"lr": cfg.lr, "betas": (cfg.adam_beta1, cfg.adam_beta2), "weight_decay": cfg.weight_decay,
-              "eps": cfg.adam_eps}
+    kwargs = {
+        "lr": cfg.lr,
+        "betas": (cfg.adam_beta1, cfg.adam_beta2),
+        "weight_decay": cfg.weight_decay,
+        "eps": cfg.adam_eps,
+    }
     if cfg.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -208,16 +225,24 @@ class Trainer:
         self.cfg = cfg.validate()
         self.out = Path(cfg.output)
         if cfg.report_to == "tensorboard" and not _importable("tensorboard"):
-            print("warning: tensorboard is not installed (pip install tensorboard): not logging to it; metrics.jsonl "
-                  "has every step", file=sys.stderr)
+            print(
+                "warning: tensorboard is not installed (pip install tensorboard): not logging to it; metrics.jsonl "
+                "has every step",
+                file=sys.stderr,
+            )
             cfg.report_to = "none"
         if cfg.mixed_precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
-            print("warning: fp16 mixed precision needs a CUDA GPU; training in fp32 on the CPU (--mixed-precision bf16 "
-                  "also works on CPUs)", file=sys.stderr)
+            print(
+                "warning: fp16 mixed precision needs a CUDA GPU; training in fp32 on the CPU (--mixed-precision bf16 "
+                "also works on CPUs)",
+                file=sys.stderr,
+            )
             cfg.mixed_precision = "no"
         trackers = None if cfg.report_to in ("", "none") else cfg.report_to
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision, log_with=trackers,
+            gradient_accumulation_steps=cfg.grad_accum,
+            mixed_precision=cfg.mixed_precision,
+            log_with=trackers,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
             cpu=cfg.cpu,
         )
@@ -230,8 +255,11 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log(f"data: {self.dataset.report.summary()}")
-            (self.out / DATA_REPORT).write_text(_report_lines("skipped", self.dataset.report.skipped)
-                                                + _report_lines("note", self.dataset.report.notes), encoding="utf-8")
+            (self.out / DATA_REPORT).write_text(
+                _report_lines("skipped", self.dataset.report.skipped)
+                + _report_lines("note", self.dataset.report.notes),
+                encoding="utf-8",
+            )
         self._reported: set[str] = set()
         fp32 = cfg.mixed_precision == "no" or (self.device.type == "cpu" and cfg.mixed_precision != "bf16")
         self.frozen_dtype = torch.float32 if fp32 else torch_dtype(cfg.mixed_precision)
@@ -260,8 +288,12 @@ class Trainer:
         from ..restore.schedulers import make_scheduler
 
         optimizer = make_optimizer(params, cfg)
-        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * self.world,
-                                     num_training_steps=cfg.max_steps * self.world)
+        lr_scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps * self.world,
+            num_training_steps=cfg.max_steps * self.world,
+        )
         self.noise_scheduler = make_scheduler("ddpm", self.pipe.scheduler_config)
         self.module_p, self.optimizer, self.lr_scheduler = acc.prepare(self.module, optimizer, lr_scheduler)
         acc.register_save_state_pre_hook(self._save_hook)
@@ -348,19 +380,38 @@ class Trainer:
 
     def micro_step(self, batch: dict, micro: int) -> dict[str, torch.Tensor]:
         self.report_skipped(batch.get("skipped", []))
-        self.trace({"step": self.step + 1, "micro_step": micro,
-                    "images": [self.dataset.items[i].gt.name for i in batch["index"]]})
+        self.trace(
+            {
+                "step": self.step + 1,
+                "micro_step": micro,
+                "images": [self.dataset.items[i].gt.name for i in batch["index"]],
+            }
+        )
         g = self._generator(micro, self.rank)
         gt, lq = self.prepare_batch(batch)
         if self.one_step is not None:
             parts = self.one_step.losses(self, gt, lq, batch["caption"], g)
             self.accelerator.backward(parts["loss"])
             return {k: v.detach() for k, v in parts.items()}
-        losses = training_losses(self.pipe, self.module_p, self.noise_scheduler, gt, lq, batch["caption"], g,
-                                 self.cfg.max_chunks, self.frozen_dtype, self.accelerator.autocast)
+        losses = training_losses(
+            self.pipe,
+            self.module_p,
+            self.noise_scheduler,
+            gt,
+            lq,
+            batch["caption"],
+            g,
+            self.cfg.max_chunks,
+            self.frozen_dtype,
+            self.accelerator.autocast,
+        )
         self.accelerator.backward(losses.total)
-        return {"loss": losses.total.detach(), "loss_mse": losses.diffusion.detach(), "loss_rgb": losses.rgb.detach(),
-                "loss_fft": losses.fft.detach()}
+        return {
+            "loss": losses.total.detach(),
+            "loss_mse": losses.diffusion.detach(),
+            "loss_rgb": losses.rgb.detach(),
+            "loss_fft": losses.fft.detach(),
+        }
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -386,8 +437,14 @@ class Trainer:
             _fault("before-state", self.step)
             if acc.is_main_process:
                 fsync_tree(path)  # accelerate's files (plain torch.save) are on the disk before the marker
-                state = {"step": self.step, "micro_step": self.step * self.cfg.grad_accum, "world_size": self.world,
-                         "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, "base": self.models.base}
+                state = {
+                    "step": self.step,
+                    "micro_step": self.step * self.cfg.grad_accum,
+                    "world_size": self.world,
+                    "batch_size": self.cfg.batch_size,
+                    "seed": self.cfg.seed,
+                    "base": self.models.base,
+                }
                 write_text_atomic(path / STATE_FILE, json.dumps(state, indent=2))  # last: marks the checkpoint done
         except Exception as e:
             if not _out_of_space(e):
@@ -401,8 +458,10 @@ class Trainer:
 
                 gc.collect()
                 shutil.rmtree(path, ignore_errors=True)
-            raise NoSpaceError(self._no_space_message(path, self._size_estimate(path)) + " (the save failed: "
-                               f"{_first_line(failed)}); its partial folder was removed") from failed
+            raise NoSpaceError(
+                self._no_space_message(path, self._size_estimate(path)) + " (the save failed: "
+                f"{_first_line(failed)}); its partial folder was removed"
+            ) from failed
         _fault("after-state", self.step)
         acc.wait_for_everyone()
         if acc.is_main_process and self.cfg.checkpoints_total_limit:
@@ -420,7 +479,7 @@ class Trainer:
         n = _number(new)
         older = [p for p in _numbered(self.out) if _number(p) < n]
         complete = [p for p in older if (p / STATE_FILE).is_file()]
-        keep = set(complete[max(0, len(complete) - (self.cfg.checkpoints_total_limit - 1)):])
+        keep = set(complete[max(0, len(complete) - (self.cfg.checkpoints_total_limit - 1)) :])
         for stale in older:
             if stale not in keep:
                 _delete_checkpoint(stale, fault_step=self.step)
@@ -433,15 +492,22 @@ class Trainer:
         tensors = [t for _, m in self.models.named_modules_() for t in (*m.parameters(), *m.buffers())]  # official
         tensors += self.params  # the compact file: about the trainable parameters
         opt = getattr(self.optimizer, "optimizer", self.optimizer)
-        tensors += [t for st in getattr(opt, "state", {}).values() if isinstance(st, dict) for t in st.values()
-                    if isinstance(t, torch.Tensor)]
+        tensors += [
+            t
+            for st in getattr(opt, "state", {}).values()
+            if isinstance(st, dict)
+            for t in st.values()
+            if isinstance(t, torch.Tensor)
+        ]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _no_space_message(self, path: Path, need: int) -> str:
         free = shutil.disk_usage(self.out).free
-        return (f"no space left on {_mount_point(self.out)} for {path.name} (needs about {_gb(need)}, {_gb(free)} "
-                "free): free some space or write to another --output; the previous checkpoint is kept until a new "
-                "one is complete, so --checkpoints-total-limit N needs room for N + 1")
+        return (
+            f"no space left on {_mount_point(self.out)} for {path.name} (needs about {_gb(need)}, {_gb(free)} "
+            "free): free some space or write to another --output; the previous checkpoint is kept until a new "
+            "one is complete, so --checkpoints-total-limit N needs room for N + 1"
+        )
 
     def _check_space(self, path: Path) -> None:
         """Stop before writing when the main process's disk cannot hold the new checkpoint (all processes stop)."""
@@ -459,17 +525,24 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = read_state(path)
-        if state["world_size"] * state["batch_size"] != self.world * self.cfg.batch_size or state["seed"] != self.cfg.seed:
-            self.log(f"warning: {path} was written with {state['world_size']} process(es) x batch {state['batch_size']}"
-                     f" and seed {state['seed']}: the data stream will not continue exactly")
+        if (
+            state["world_size"] * state["batch_size"] != self.world * self.cfg.batch_size
+            or state["seed"] != self.cfg.seed
+        ):
+            self.log(
+                f"warning: {path} was written with {state['world_size']} process(es) x batch {state['batch_size']}"
+                f" and seed {state['seed']}: the data stream will not continue exactly"
+            )
         try:
             self.accelerator.load_state(str(path))
         except SSPIRError:
             raise
         except Exception as e:  # accelerate/torch errors name no file
-            raise InputError(f"could not resume from {path}: loading its state failed ({type(e).__name__}: "
-                             f"{_first_line(e)}); resume from an earlier checkpoint (--resume FOLDER) or start over "
-                             "with --resume none") from e
+            raise InputError(
+                f"could not resume from {path}: loading its state failed ({type(e).__name__}: "
+                f"{_first_line(e)}); resume from an earlier checkpoint (--resume FOLDER) or start over "
+                "with --resume none"
+            ) from e
         self.step = int(state["step"])
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -511,8 +584,9 @@ class Trainer:
         self.module.eval()
         try:
             with self.accelerator.autocast():
-                out = torch.cat([restore_image(self.pipe, lq[i:i + 1], "", options, upscale=upscale)
-                                 for i in range(lq.shape[0])]).cpu()
+                out = torch.cat(
+                    [restore_image(self.pipe, lq[i : i + 1], "", options, upscale=upscale) for i in range(lq.shape[0])]
+                ).cpu()
         finally:
             self.module.train()
         size = tuple(out.shape[-2:])
@@ -540,19 +614,31 @@ class Trainer:
             metrics_file = self.out / "metrics.jsonl"
             aside = set_metrics_aside(metrics_file, self.step)
             if aside is not None:
-                self.log(f"note: metrics.jsonl had rows past step {self.step} (from the run before this one); "
-                         f"they were moved to {aside}")
+                self.log(
+                    f"note: metrics.jsonl had rows past step {self.step} (from the run before this one); "
+                    f"they were moved to {aside}"
+                )
         if cfg.report_to not in ("", "none"):
-            acc.init_trackers("sspir", config={k: v for k, v in json.loads(cfg.to_json()).items()
-                                               if isinstance(v, (int, float, str, bool))})
-        sampler = PositionSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.rank, self.world,
-                                  start=self.step * cfg.grad_accum)
-        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+            acc.init_trackers(
+                "sspir",
+                config={k: v for k, v in json.loads(cfg.to_json()).items() if isinstance(v, (int, float, str, bool))},
+            )
+        sampler = PositionSampler(
+            len(self.dataset), cfg.batch_size, cfg.seed, self.rank, self.world, start=self.step * cfg.grad_accum
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+        )
         batches = iter(loader)
         end = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
-                   disable=not acc.is_main_process or None)
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not acc.is_main_process or None
+        )
         losses: list[float] = []
         last: Path | None = None
         grad_norm = None
@@ -564,8 +650,11 @@ class Trainer:
                 with acc.accumulate(self.module_p):
                     out = self.micro_step(batch, self.step * cfg.grad_accum + k)
                     if acc.sync_gradients:
-                        grad_norm = (self.one_step.clip(acc, cfg.max_grad_norm) if self.one_step is not None
-                                     else self.clip_gradients())
+                        grad_norm = (
+                            self.one_step.clip(acc, cfg.max_grad_norm)
+                            if self.one_step is not None
+                            else self.clip_gradients()
+                        )
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -574,9 +663,14 @@ class Trainer:
             self.step += 1
             means = {k: float(acc.reduce(v.detach().clone(), reduction="mean")) for k, v in parts.items()}
             dt = time.perf_counter() - t0
-            record = {"step": self.step, **means, "lr": self.lr_scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm) if grad_norm is not None else None, "step_time_s": round(dt, 4),
-                      "samples_per_s": round(cfg.batch_size * cfg.grad_accum * self.world / dt, 3)}
+            record = {
+                "step": self.step,
+                **means,
+                "lr": self.lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "step_time_s": round(dt, 4),
+                "samples_per_s": round(cfg.batch_size * cfg.grad_accum * self.world / dt, 3),
+            }
             losses.append(means["loss"])
             if not math.isfinite(means["loss"]):
                 raise FloatingPointError(f"loss is {means['loss']} at step {self.step}; lower --lr or use bf16")
@@ -586,8 +680,11 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
                 if self.step % cfg.log_every == 0:
-                    bar.write(f"step {self.step}: loss {means['loss']:.4f} (mse {means['loss_mse']:.4f} rgb "
-                              f"{means['loss_rgb']:.4f} fft {means['loss_fft']:.4f})", file=sys.stderr)
+                    bar.write(
+                        f"step {self.step}: loss {means['loss']:.4f} (mse {means['loss_mse']:.4f} rgb "
+                        f"{means['loss_rgb']:.4f} fft {means['loss_fft']:.4f})",
+                        file=sys.stderr,
+                    )
             if cfg.report_to not in ("", "none"):
                 acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
             if self.step % cfg.validate_every == 0:
@@ -596,8 +693,14 @@ class Trainer:
                 last = self.save_checkpoint()
             t0 = time.perf_counter()  # step_time_s leaves out validation and saving
         bar.close()
-        self.trace({"final_step": self.step, "weights_checksum": self.weights_checksum(), "world_size": self.world,
-                    "backend": str(acc.state.backend)})
+        self.trace(
+            {
+                "final_step": self.step,
+                "weights_checksum": self.weights_checksum(),
+                "world_size": self.world,
+                "backend": str(acc.state.backend),
+            }
+        )
         if cfg.report_to not in ("", "none"):
             acc.end_training()
         return TrainResult(self.step, last, losses)
@@ -641,7 +744,7 @@ def set_metrics_aside(path: Path, step: int) -> Path | None:
 
 
 def _number(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX):])
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
 
 
 def _delete_checkpoint(path: Path, fault_step: int | None = None) -> None:
@@ -758,4 +861,3 @@ def _importable(name: str) -> bool:
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
     return Trainer(cfg, log).train()
-

@@ -27,8 +27,9 @@ VSD_TIMESTEPS = (20, 980)  # OSEDiff_reg.distribution_matching_loss: torch.randi
 class VSDScores(nn.Module):
     """The real (adapter off) and fake (adapter on) score UNet in one SD UNet; only the LoRA trains."""
 
-    def __init__(self, sd_unet_state: dict[str, torch.Tensor], unet_config: dict, rank: int,
-                 generator: torch.Generator):
+    def __init__(
+        self, sd_unet_state: dict[str, torch.Tensor], unet_config: dict, rank: int, generator: torch.Generator
+    ):
         super().__init__()
         self.unet = stock_unet_from_config(dict(unet_config))
         self.unet.load_state_dict(sd_unet_state)
@@ -56,8 +57,15 @@ def _noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, 
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def vsd_loss(scores: VSDScores, alphas_cumprod: torch.Tensor, x0: torch.Tensor, text: torch.Tensor,
-             negative: torch.Tensor, cfg: float, g: torch.Generator) -> torch.Tensor:
+def vsd_loss(
+    scores: VSDScores,
+    alphas_cumprod: torch.Tensor,
+    x0: torch.Tensor,
+    text: torch.Tensor,
+    negative: torch.Tensor,
+    cfg: float,
+    g: torch.Generator,
+) -> torch.Tensor:
     """OSEDiff's distribution-matching loss on the generator's latents ``x0`` (gradient to ``x0`` only)."""
     b = x0.shape[0]
     t = torch.randint(*VSD_TIMESTEPS, (b,), generator=g, device=x0.device).long()
@@ -74,8 +82,9 @@ def vsd_loss(scores: VSDScores, alphas_cumprod: torch.Tensor, x0: torch.Tensor, 
     return F.mse_loss(x0.float(), target)
 
 
-def fake_score_loss(scores: VSDScores, alphas_cumprod: torch.Tensor, x0: torch.Tensor, text: torch.Tensor,
-                    g: torch.Generator) -> torch.Tensor:
+def fake_score_loss(
+    scores: VSDScores, alphas_cumprod: torch.Tensor, x0: torch.Tensor, text: torch.Tensor, g: torch.Generator
+) -> torch.Tensor:
     """The fake score's own diffusion loss on the detached latents (OSEDiff_reg.diff_loss)."""
     x0 = x0.detach().float()
     t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=g, device=x0.device).long()

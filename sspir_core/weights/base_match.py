@@ -16,16 +16,37 @@ from typing import Any
 BASE_WORDS = {"sd15": "SD1.5", "sd21": "SD2.1-base"}
 # ComfyUI 0.3.75 comfy/supported_models.py class names (a MODEL's model_config), said as users say them
 COMFY_MODEL_WORDS = {
-    "SD15": "SD1.5", "SD15_instructpix2pix": "SD1.5 InstructPix2Pix", "SD20": "SD2.x",
-    "SD21UnclipL": "SD2.1 unCLIP", "SD21UnclipH": "SD2.1 unCLIP", "SD_X4Upscaler": "the SD x4 upscaler",
-    "LotusD": "Lotus-D (SD2.x)", "SDXL": "SDXL", "SDXLRefiner": "the SDXL refiner", "SSD1B": "SDXL (SSD-1B)",
-    "Segmind_Vega": "SDXL (Segmind Vega)", "KOALA_700M": "SDXL (KOALA)", "KOALA_1B": "SDXL (KOALA)",
-    "SDXL_instructpix2pix": "SDXL InstructPix2Pix", "SVD_img2vid": "Stable Video Diffusion",
-    "Stable_Zero123": "Stable Zero123", "Stable_Cascade_C": "Stable Cascade", "SD3": "SD3", "Flux": "Flux",
+    "SD15": "SD1.5",
+    "SD15_instructpix2pix": "SD1.5 InstructPix2Pix",
+    "SD20": "SD2.x",
+    "SD21UnclipL": "SD2.1 unCLIP",
+    "SD21UnclipH": "SD2.1 unCLIP",
+    "SD_X4Upscaler": "the SD x4 upscaler",
+    "LotusD": "Lotus-D (SD2.x)",
+    "SDXL": "SDXL",
+    "SDXLRefiner": "the SDXL refiner",
+    "SSD1B": "SDXL (SSD-1B)",
+    "Segmind_Vega": "SDXL (Segmind Vega)",
+    "KOALA_700M": "SDXL (KOALA)",
+    "KOALA_1B": "SDXL (KOALA)",
+    "SDXL_instructpix2pix": "SDXL InstructPix2Pix",
+    "SVD_img2vid": "Stable Video Diffusion",
+    "Stable_Zero123": "Stable Zero123",
+    "Stable_Cascade_C": "Stable Cascade",
+    "SD3": "SD3",
+    "Flux": "Flux",
 }
 # ComfyUI 0.3.75 comfy/model_sampling.py prediction classes: a MODEL's model_sampling derives from one of them
-PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v-prediction", "EDM": "EDM", "V_PREDICTION_EDM": "v-prediction (EDM)",
-               "X0": "x0", "IMG_TO_IMG": "x0 (img2img)", "CONST": "flow (rectified)", "COSMOS_RFLOW": "flow (Cosmos)"}
+PREDICTIONS = {
+    "EPS": "epsilon",
+    "V_PREDICTION": "v-prediction",
+    "EDM": "EDM",
+    "V_PREDICTION_EDM": "v-prediction (EDM)",
+    "X0": "x0",
+    "IMG_TO_IMG": "x0 (img2img)",
+    "CONST": "flow (rectified)",
+    "COSMOS_RFLOW": "flow (Cosmos)",
+}
 _SPECIFIC_FIRST = ("V_PREDICTION_EDM", "EDM", "V_PREDICTION", "IMG_TO_IMG", "X0", "COSMOS_RFLOW", "CONST", "EPS")
 
 
@@ -55,9 +76,14 @@ def prediction(sampling_class_names: Sequence[str]) -> str:
     return next((p for p in _SPECIFIC_FIRST if p in names), "unknown")
 
 
-def native_model_problem(patch_name: str, patch_base: str, expected: Mapping[str, Any],
-                         unet_config: Mapping[str, Any] | None, model_classes: Sequence[str],
-                         sampling_classes: Sequence[str]) -> str | None:
+def native_model_problem(
+    patch_name: str,
+    patch_base: str,
+    expected: Mapping[str, Any],
+    unet_config: Mapping[str, Any] | None,
+    model_classes: Sequence[str],
+    sampling_classes: Sequence[str],
+) -> str | None:
     """Why Apply SSP-IR cannot use this MODEL with this patch (None when it can), naming both sides.
 
     ``expected``: :func:`sspir_core.native.layout.expected_ldm_config` of the patch; ``unet_config``: ComfyUI's
@@ -68,18 +94,25 @@ def native_model_problem(patch_name: str, patch_base: str, expected: Mapping[str
 
     trained = base_words(patch_base)
     words = model_words(model_classes)
-    advice = (f"Load the {trained} checkpoint the SSP-IR weights were trained on (SD1.5 weights need an SD1.5 "
-              "MODEL, SD2.1 weights an SD2.1-base MODEL: epsilon prediction, 512 px).")
+    advice = (
+        f"Load the {trained} checkpoint the SSP-IR weights were trained on (SD1.5 weights need an SD1.5 "
+        "MODEL, SD2.1 weights an SD2.1-base MODEL: epsilon prediction, 512 px)."
+    )
     if unet_config is None:
-        return f"the SSP-IR patch {patch_name} was trained on {trained}, but this MODEL is {words} (not an SD1.x/2.x " \
-               f"UNet with input/output blocks). {advice}"
+        return (
+            f"the SSP-IR patch {patch_name} was trained on {trained}, but this MODEL is {words} (not an SD1.x/2.x "
+            f"UNet with input/output blocks). {advice}"
+        )
     kind = prediction(sampling_classes)
     if kind != "EPS":
         what = PREDICTIONS.get(kind, kind)
-        hint = " (e.g. SD2.1-768-v; or a ModelSamplingDiscrete node set to v_prediction)" if kind == "V_PREDICTION" \
-            else ""
-        return (f"the SSP-IR patch {patch_name} was trained on {trained} with epsilon prediction, but this MODEL "
-                f"({words}) uses {what}{hint}. {advice}")
+        hint = (
+            " (e.g. SD2.1-768-v; or a ModelSamplingDiscrete node set to v_prediction)" if kind == "V_PREDICTION" else ""
+        )
+        return (
+            f"the SSP-IR patch {patch_name} was trained on {trained} with epsilon prediction, but this MODEL "
+            f"({words}) uses {what}{hint}. {advice}"
+        )
     diff = ldm_mismatch(expected, unet_config)
     if unet_config.get("adm_in_channels") is not None:
         diff.insert(0, f"adm_in_channels={unet_config.get('adm_in_channels')} (an SDXL-style UNet)")
@@ -87,12 +120,15 @@ def native_model_problem(patch_name: str, patch_base: str, expected: Mapping[str
         return None
     same = family(words) == family(trained)
     said = f"{words} of another size" if same else words
-    return f"the SSP-IR patch {patch_name} was trained on {trained}, but this MODEL is {said}: {'; '.join(diff)}. " \
-           + advice
+    return (
+        f"the SSP-IR patch {patch_name} was trained on {trained}, but this MODEL is {said}: {'; '.join(diff)}. "
+        + advice
+    )
 
 
-def unet_shape_differences(unet_config: Mapping[str, Any], shapes: Mapping[str, Sequence[int]],
-                           ldm: bool = True) -> list[str]:
+def unet_shape_differences(
+    unet_config: Mapping[str, Any], shapes: Mapping[str, Sequence[int]], ldm: bool = True
+) -> list[str]:
     """Every UNet weight whose shape in a file (``shapes``: its header) differs from the one SSP-IR weights
     trained on a UNet with ``unet_config`` (diffusers) need; ``ldm``: the file uses LDM names, else diffusers'."""
     import torch
@@ -135,8 +171,9 @@ def _unet_words(shapes: Mapping[str, Sequence[int]], ldm: bool) -> str:
     return f"UNet width {width}, text context {context if context is not None else '?'}"
 
 
-def check_sd_fits_sspir(sd: str | Path, sspir: str | Path, unet_config: Mapping[str, Any], base: str,
-                        sd_base: str) -> None:
+def check_sd_fits_sspir(
+    sd: str | Path, sspir: str | Path, unet_config: Mapping[str, Any], base: str, sd_base: str
+) -> None:
     """Refuse, naming both files, an SD model whose UNet is not the shape the compact SSP-IR file was trained on
     (only headers are read: a full-size SSP-IR file on a small SD model used to fail in Structure Processor)."""
     from ..errors import CheckpointError
@@ -147,11 +184,14 @@ def check_sd_fits_sspir(sd: str | Path, sspir: str | Path, unet_config: Mapping[
     diff = unet_shape_differences(unet_config, *found)
     if diff:
         more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-        trained = f"UNet width {unet_config['block_out_channels'][0]}, text context {unet_config['cross_attention_dim']}"
+        trained = (
+            f"UNet width {unet_config['block_out_channels'][0]}, text context {unet_config['cross_attention_dim']}"
+        )
         raise CheckpointError(
             f"{Path(sspir).name} was trained on {base_words(base)} ({trained}), but base_model {Path(sd).name} is "
             f"{base_words(sd_base)} with a UNet of another shape ({_unet_words(*found)}): {'; '.join(diff[:3])}{more}. "
-            "Pick the SD checkpoint the SSP-IR weights were trained on.")
+            "Pick the SD checkpoint the SSP-IR weights were trained on."
+        )
 
 
 def sd_v_prediction(sd: str | Path) -> str | None:

@@ -56,9 +56,7 @@ def component_config(config_dir: str | Path, part: str) -> dict[str, Any]:
     """``<config_dir>/<part>/config.json`` of a diffusers-layout folder."""
     path = Path(config_dir) / part / "config.json"
     if not path.is_file():
-        raise CheckpointError(
-            f"Config folder {config_dir} has no {part}/config.json (diffusers layout expected)."
-        )
+        raise CheckpointError(f"Config folder {config_dir} has no {part}/config.json (diffusers layout expected).")
     return read_json(path)
 
 

@@ -50,6 +50,7 @@ from .sspir_file import (  # noqa: F401 (read_compact_metadata, read_config, REF
 
 # ---------------------------------------------------------------- official layout
 
+
 def load_official_checkpoint(
     path: str | Path,
     base: str | None = None,
@@ -71,8 +72,13 @@ def load_official_checkpoint(
     detected = file.base
     base = base or detected
     model_cfg = unet_cfg if base == detected else base_unet_config(base)
-    note = "" if base == detected else (
-        f" Its config.json describes {detected} ({describe_base(unet_cfg)}), not {base} ({describe_base(model_cfg)})."
+    note = (
+        ""
+        if base == detected
+        else (
+            f" Its config.json describes {detected} ({describe_base(unet_cfg)}), not {base} "
+            f"({describe_base(model_cfg)})."
+        )
     )
 
     unet_part = file.part("unet")
@@ -87,15 +93,26 @@ def load_official_checkpoint(
 
 def official_unet_config(models: SSPIRModels) -> dict[str, Any]:
     cfg = {k: v for k, v in dict(models.unet.config).items() if not k.startswith("_")}
-    return {"_class_name": "UNet2DConditionModel", "_diffusers_version": _diffusers_version(), **cfg,
-            "use_image_cross_attention": True, "use_textual_restore": False}
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": _diffusers_version(),
+        **cfg,
+        "use_image_cross_attention": True,
+        "use_textual_restore": False,
+    }
 
 
 def official_controlnet_config(models: SSPIRModels) -> dict[str, Any]:
     cfg = {k: v for k, v in dict(models.controlnet.config).items() if not k.startswith("_")}
     cfg["conditioning_embedding_out_channels"] = list(cfg["conditioning_embedding_out_channels"])
-    return {"_class_name": "ControlNetModel", "_diffusers_version": _diffusers_version(), **cfg,
-            "use_image_cross_attention": True, "return_rgbs": True, "use_srresnet": False}
+    return {
+        "_class_name": "ControlNetModel",
+        "_diffusers_version": _diffusers_version(),
+        **cfg,
+        "use_image_cross_attention": True,
+        "return_rgbs": True,
+        "use_srresnet": False,
+    }
 
 
 def _diffusers_version() -> str:
@@ -153,6 +170,7 @@ def save_official_checkpoint(models: SSPIRModels, out_dir: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------- compact layout
+
 
 def compact_state_dict(models: SSPIRModels) -> dict[str, torch.Tensor]:
     state = {f"unet.{k}": v for k, v in base_state_dict(models.unet).items() if is_prior_attention_key(k)}
@@ -253,11 +271,14 @@ def check_sspir_weights(path: str | Path, base: str | None = None) -> str:
         known = ("unet", "controlnet", "refine", *(("lora",) if meta.get("mode") == ONE_STEP else ()))
         stray = [k for k in keys if k.partition(".")[0] not in known]
         if stray:
-            raise CheckpointError(f"{path}: unexpected keys {first_keys(stray)} (expected "
-                                  f"{'/'.join(p + '.' for p in known)} prefixes)")
+            raise CheckpointError(
+                f"{path}: unexpected keys {first_keys(stray)} (expected {'/'.join(p + '.' for p in known)} prefixes)"
+            )
     if base is not None and base != detected:
-        raise CheckpointError(f"{path} holds SSP-IR weights for {detected}, but base={base!r} was asked for: "
-                              f"pick base {detected!r} (or auto) and a {detected} base model")
+        raise CheckpointError(
+            f"{path} holds SSP-IR weights for {detected}, but base={base!r} was asked for: "
+            f"pick base {detected!r} (or auto) and a {detected} base model"
+        )
     return detected
 
 

@@ -68,9 +68,7 @@ class ClipVisionEncoder(nn.Module):
         resize kernel. Only the 224 px result travels to the device.
         """
         if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(
-                f"CLIP vision expects images [B, 3, H, W] in [0, 1]; got shape {tuple(images.shape)}."
-            )
+            raise InputError(f"CLIP vision expects images [B, 3, H, W] in [0, 1]; got shape {tuple(images.shape)}.")
         x = images.to(device="cpu", dtype=torch.float32)
         if x.shape[-2:] != (self.image_size, self.image_size):  # same size: bicubic would be the identity
             size = (self.image_size, self.image_size)
@@ -103,16 +101,12 @@ def _check_geometry(path: Path, config: dict[str, Any], patch_weight: torch.Size
         )
 
 
-def _fill_unused(
-    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], unused: tuple[str, ...]
-) -> None:
+def _fill_unused(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], unused: tuple[str, ...]) -> None:
     """Neutral values for the pooled-output head (never used here), so files pruned of it still load."""
     for key in unused:
         if key in expected and key not in state:
             ref = expected[key]
-            state[key] = (
-                torch.ones(ref.shape) if key.endswith("weight") and ref.ndim == 1 else torch.zeros(ref.shape)
-            )
+            state[key] = torch.ones(ref.shape) if key.endswith("weight") and ref.ndim == 1 else torch.zeros(ref.shape)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, unused: tuple[str, ...]) -> None:
@@ -147,9 +141,7 @@ def _build_transformers(config: dict[str, Any], state: dict[str, torch.Tensor], 
         state[model_prefix + "embeddings.patch_embedding.weight"].shape,
         state[model_prefix + "embeddings.position_embedding.weight"].shape[0],
     )
-    _load_into(
-        model, state, path, unused=tuple(model_prefix + f"post_layernorm.{p}" for p in ("weight", "bias"))
-    )
+    _load_into(model, state, path, unused=tuple(model_prefix + f"post_layernorm.{p}" for p in ("weight", "bias")))
     return model
 
 
@@ -160,9 +152,7 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
     state = {k.removeprefix(_OPEN_CLIP_PREFIX): v for k, v in state.items()}
     _check_geometry(path, config, state["conv1.weight"].shape, state["positional_embedding"].shape[0])
     if config["hidden_act"] != "quick_gelu":
-        raise CheckpointError(
-            f"Config for {path} must use quick_gelu (OpenAI CLIP); got {config['hidden_act']}."
-        )
+        raise CheckpointError(f"Config for {path} must use quick_gelu (OpenAI CLIP); got {config['hidden_act']}.")
     vision_cfg = {
         "image_size": config["image_size"],
         "patch_size": config["patch_size"],
@@ -176,8 +166,9 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
     # The CLIP class itself, not create_model: create_model logs "initialized randomly" on the root logger
     # for a model built empty on purpose, and silencing that would touch process-wide logging.
     with init_empty_weights(include_buffers=False):
-        clip = open_clip.CLIP(embed_dim=config["projection_dim"], vision_cfg=vision_cfg, text_cfg=text_cfg,
-                              quick_gelu=True)  # OpenAI weights were trained with QuickGELU
+        clip = open_clip.CLIP(
+            embed_dim=config["projection_dim"], vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True
+        )  # OpenAI weights were trained with QuickGELU
     tower = clip.visual
     if any(True for _ in tower.buffers()):
         raise CheckpointError("This open_clip_torch version adds buffers to the vision tower; not supported.")
@@ -190,9 +181,7 @@ def _build_open_clip(config: dict[str, Any], state: dict[str, torch.Tensor], pat
 def split_formats(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """Which layout a file uses, and only its vision-tower tensors."""
     hf = {
-        k: v
-        for k, v in state.items()
-        if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."))
+        k: v for k, v in state.items() if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."))
     }
     hf |= {k: v for k, v in state.items() if k.startswith(_HF_PREFIX)}
     if any(k.endswith("embeddings.patch_embedding.weight") for k in hf):
@@ -220,9 +209,7 @@ def load_clip_vision(
     path = Path(source).expanduser()
     if path.is_dir():
         folder_config = read_json(path / "config.json") if (path / "config.json").is_file() else None
-        weights = next(
-            (path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None
-        )
+        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
         if weights is None:
             raise CheckpointError(
                 f"{path} has no model.safetensors or pytorch_model.bin: pass the weights file itself."

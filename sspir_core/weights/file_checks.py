@@ -27,13 +27,17 @@ def check_model_files(sd: str | Path, sspir: str | Path, base: str | None = None
     sd_base = check_sd_source(sd, base, ("vae", "text_encoder") if official else ("unet", "vae", "text_encoder"))
     v_pred = sd_v_prediction(sd)
     if v_pred:
-        raise CheckpointError(f"base_model {Path(sd).name} is a v-prediction model ({v_pred}), such as SD2.1-768-v; "
-                              "SSP-IR was trained on epsilon-prediction SD1.5 or SD2.1-base (512 px): pick one of those")
+        raise CheckpointError(
+            f"base_model {Path(sd).name} is a v-prediction model ({v_pred}), such as SD2.1-768-v; "
+            "SSP-IR was trained on epsilon-prediction SD1.5 or SD2.1-base (512 px): pick one of those"
+        )
     sspir_base = check_sspir_weights(sspir)
     if sspir_base != sd_base and sspir_base in BASES:  # "custom" (tiny test configs) has no SD to match
-        raise CheckpointError(f"{Path(sspir).name} was trained on {base_words(sspir_base)}, but base_model "
-                              f"{Path(sd).name} is {base_words(sd_base)}: use a {base_words(sspir_base)} base model "
-                              f"(or SSP-IR weights trained on {base_words(sd_base)})")
+        raise CheckpointError(
+            f"{Path(sspir).name} was trained on {base_words(sspir_base)}, but base_model "
+            f"{Path(sd).name} is {base_words(sd_base)}: use a {base_words(sspir_base)} base model "
+            f"(or SSP-IR weights trained on {base_words(sd_base)})"
+        )
     if not official:  # a compact file runs on base_model's UNet: it must be the shape it was trained on
         check_sd_fits_sspir(sd, sspir, read_compact_metadata(sspir)["unet_config"], sspir_base, sd_base)
     return sd_base

@@ -143,9 +143,7 @@ def open_clip_text_key_to_ldm(key: str) -> str:
     return f"{OPEN_CLIP_TEXT_PREFIX}transformer.resblocks.{m[1]}.{name}"
 
 
-def expected_ldm_keys(
-    part: str, model_keys: Iterable[str], config: Mapping[str, Any], base: str
-) -> list[str]:
+def expected_ldm_keys(part: str, model_keys: Iterable[str], config: Mapping[str, Any], base: str) -> list[str]:
     """The LDM keys a single file must hold to fill every parameter of one diffusers component, in order.
 
     ``part`` is "unet", "vae" or "text_encoder"; ``base`` is "sd15" or "sd21" (it picks the text layout).

@@ -53,10 +53,17 @@ def mode_metadata(models: SSPIRModels) -> dict[str, Any] | None:
     if models.mode != ONE_STEP:
         return None
     if models.lora is None:
-        raise CheckpointError("a one-step model whose LoRA was merged cannot be saved as a checkpoint; save it before "
-                              "merging (the trainer does)")
-    return {"mode": ONE_STEP, "timestep": ONE_STEP_TIMESTEP, "output": "x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)",
-            "input": "VAE latent of the upscaled LQ, no noise added", "lora": models.lora.to_json()}
+        raise CheckpointError(
+            "a one-step model whose LoRA was merged cannot be saved as a checkpoint; save it before "
+            "merging (the trainer does)"
+        )
+    return {
+        "mode": ONE_STEP,
+        "timestep": ONE_STEP_TIMESTEP,
+        "output": "x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)",
+        "input": "VAE latent of the upscaled LQ, no noise added",
+        "lora": models.lora.to_json(),
+    }
 
 
 def write_official(models: SSPIRModels, out: Path, save_tensors: Any) -> None:
@@ -69,8 +76,9 @@ def write_official(models: SSPIRModels, out: Path, save_tensors: Any) -> None:
     write_text_atomic(out / MODE_FILE, json.dumps(meta, indent=2, sort_keys=True))
 
 
-def compact_extras(models: SSPIRModels, lora: dict[str, torch.Tensor] | None = None
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def compact_extras(
+    models: SSPIRModels, lora: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) a one-step model adds to the compact file; empty for a 50-step model. ``lora``: the
     LoRA tensors in the saved layout when the UNet does not carry them as a peft adapter (demo files)."""
     meta = mode_metadata(models)
@@ -91,16 +99,20 @@ def read_mode(path: str | Path) -> str:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("mode", "multi-step")
     except Exception as e:  # missing, truncated, not safetensors: each has its own error type
-        raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {e}); give an SSP-IR checkpoint-N/ folder "
-                              "or compact .safetensors") from e
+        raise CheckpointError(
+            f"{path}: cannot read ({type(e).__name__}: {e}); give an SSP-IR checkpoint-N/ folder "
+            "or compact .safetensors"
+        ) from e
 
 
 def one_step_spec(meta: dict[str, Any], source: str) -> LoraSpec:
     """The LoRA spec of one-step metadata (``one_step.json`` or the compact ``one_step`` entry), refused with an
     error naming ``source`` when it is not a t = 999 one-step description."""
     if meta.get("mode") != ONE_STEP or int(meta.get("timestep", -1)) != ONE_STEP_TIMESTEP:
-        raise CheckpointError(f"{source}: one-step metadata says mode={meta.get('mode')!r}, timestep="
-                              f"{meta.get('timestep')!r}; this pack runs one-step models at t = {ONE_STEP_TIMESTEP}")
+        raise CheckpointError(
+            f"{source}: one-step metadata says mode={meta.get('mode')!r}, timestep="
+            f"{meta.get('timestep')!r}; this pack runs one-step models at t = {ONE_STEP_TIMESTEP}"
+        )
     try:
         return LoraSpec.from_json(meta["lora"])
     except (KeyError, TypeError, ValueError) as e:

@@ -45,7 +45,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for k, v in read_tensors(path).items():
         for prefix in _ROOT_PREFIXES:
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -73,15 +73,19 @@ def read_compact_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is truncated or not safetensors") from e
+        raise CheckpointError(
+            f"{path}: cannot read ({type(e).__name__}: {e}); the file is truncated or not safetensors"
+        ) from e
     if meta.get("format") != COMPACT_FORMAT:
         raise CheckpointError(
             f"{path} is not an SSP-IR compact file (metadata format={meta.get('format')!r}). For a checkpoint-N/ "
             "folder from train.py, pass the folder instead."
         )
     if meta.get("format_version") != COMPACT_VERSION:
-        raise CheckpointError(f"{path}: compact format version {meta.get('format_version')} is not supported "
-                              f"(this pack reads version {COMPACT_VERSION}); update the pack")
+        raise CheckpointError(
+            f"{path}: compact format version {meta.get('format_version')} is not supported "
+            f"(this pack reads version {COMPACT_VERSION}); update the pack"
+        )
     out: dict[str, Any] = dict(meta)
     for key in ("unet_config", "controlnet_config", "refine_config"):
         out[key] = json.loads(meta[key])
@@ -236,8 +240,9 @@ class SSPIRFile:
         for k, v in read_state_dict(self.path).items():
             head, _, rest = k.partition(".")
             if head not in parts or not rest:
-                raise CheckpointError(f"{self.path}: unexpected key {k!r} (expected "
-                                      f"{'/'.join(p + '.' for p in PARTS)} prefixes)")
+                raise CheckpointError(
+                    f"{self.path}: unexpected key {k!r} (expected {'/'.join(p + '.' for p in PARTS)} prefixes)"
+                )
             parts[head][rest] = v
         return parts
 
@@ -280,19 +285,22 @@ class SSPIRFile:
             if not mode_file.is_file():
                 return None
             if not lora_file.is_file():
-                raise CheckpointError(f"{mode_file} says one-step but {lora_file} is missing: copy the whole "
-                                      "checkpoint folder")
+                raise CheckpointError(
+                    f"{mode_file} says one-step but {lora_file} is missing: copy the whole checkpoint folder"
+                )
             try:
                 meta = json.loads(mode_file.read_text())
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{mode_file}: not valid JSON ({e})") from e
-            return OneStepPart(one_step_spec(meta, str(mode_file)), read_tensors(lora_file), str(mode_file),
-                               str(lora_file))
+            return OneStepPart(
+                one_step_spec(meta, str(mode_file)), read_tensors(lora_file), str(mode_file), str(lora_file)
+            )
         tensors = self._compact_parts["lora"]
         if self.metadata.get("mode", "multi-step") != ONE_STEP:
             if tensors:
-                raise CheckpointError(f"{self.path}: {LORA_PREFIX}* tensors in a file whose metadata does not say "
-                                      "one-step")
+                raise CheckpointError(
+                    f"{self.path}: {LORA_PREFIX}* tensors in a file whose metadata does not say one-step"
+                )
             return None
         try:
             meta = json.loads(self.metadata["one_step"])

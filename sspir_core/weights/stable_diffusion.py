@@ -74,9 +74,7 @@ def _reject_other_families(weights: WeightsFile) -> None:
     path = weights.path
     advice = "SSP-IR needs a Stable Diffusion 1.5 or 2.1-base checkpoint."
     if _has_prefix(keys, "conditioner.embedders.") or UNET_PREFIX + "label_emb.0.0.weight" in weights:
-        raise CheckpointError(
-            f"{path} is an SDXL checkpoint (it has conditioner.embedders.*/label_emb keys). {advice}"
-        )
+        raise CheckpointError(f"{path} is an SDXL checkpoint (it has conditioner.embedders.*/label_emb keys). {advice}")
     if _has_prefix(keys, UNET_PREFIX + "joint_blocks.", "joint_blocks."):
         raise CheckpointError(f"{path} is a Stable Diffusion 3 checkpoint (joint_blocks keys). {advice}")
     if _has_prefix(keys, UNET_PREFIX + "double_blocks.", "double_blocks."):
@@ -179,7 +177,8 @@ def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
     if len(tokenizer) != CLIP_VOCAB_SIZE or tokenizer.model_max_length != CLIP_MAX_LENGTH:
         raise CheckpointError(
             f"Tokenizer in {folder} has {len(tokenizer)} tokens and max length {tokenizer.model_max_length}; "
-            f"a CLIP tokenizer has {CLIP_VOCAB_SIZE} and {CLIP_MAX_LENGTH}. Its vocab.json/merges.txt are missing or wrong."
+            f"a CLIP tokenizer has {CLIP_VOCAB_SIZE} and {CLIP_MAX_LENGTH}. Its vocab.json/merges.txt are missing "
+            "or wrong."
         )
     return tokenizer
 
@@ -283,9 +282,7 @@ def _variant(subfolder: Path) -> str | None:
     return None
 
 
-def _load_diffusers_folder(
-    folder: Path, base: str | None, parts: tuple[str, ...], dtype: torch.dtype
-) -> SDComponents:
+def _load_diffusers_folder(folder: Path, base: str | None, parts: tuple[str, ...], dtype: torch.dtype) -> SDComponents:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -300,9 +297,7 @@ def _load_diffusers_folder(
     base = _resolve_base(base, detected, f"unet cross_attention_dim of {folder}", folder)
     for part in (*parts, "scheduler"):
         if not (folder / part).is_dir():
-            raise CheckpointError(
-                f"Diffusers folder {folder} has no {part}/ subfolder: the copy is incomplete."
-            )
+            raise CheckpointError(f"Diffusers folder {folder} has no {part}/ subfolder: the copy is incomplete.")
 
     models: dict[str, Any] = {}
     for part in parts:
@@ -348,7 +343,9 @@ def check_sd_source(source: str | Path, base: str | None = None, parts: Sequence
     for part in parts:
         files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in (path / part).glob(pattern))
         if not files:
-            raise CheckpointError(f"Diffusers folder {path} has no {part} weights in {path / part}: the copy is incomplete.")
+            raise CheckpointError(
+                f"Diffusers folder {path} has no {part} weights in {path / part}: the copy is incomplete."
+            )
         for f in files:
             check_weights_file(f)
     return base

@@ -20,8 +20,25 @@ from ..errors import CheckpointError
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
-                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
 DAMAGED_ADVICE = "The file is truncated or corrupt (an interrupted download or copy?): download or copy it again."
 
 
@@ -37,7 +54,8 @@ def _header_too_large(path: Path, n: int) -> CheckpointError:
     return CheckpointError(
         f"{path} is not a readable safetensors file: its header is too large ({n} bytes; the safetensors format "
         f"allows at most {_MAX_HEADER_BYTES}, and the safetensors library refuses it too). It was not written by a "
-        "standard safetensors writer: re-save the weights with safetensors.torch.save_file.")
+        "standard safetensors writer: re-save the weights with safetensors.torch.save_file."
+    )
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -70,15 +88,19 @@ def safetensors_header(path: Path) -> dict[str, dict]:
     for key, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if not (isinstance(begin, int) and isinstance(end, int) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            if not (
+                isinstance(begin, int) and isinstance(end, int) and all(isinstance(d, int) and d >= 0 for d in shape)
+            ):
                 raise TypeError
         except (TypeError, KeyError, ValueError):
             raise bad(f"tensor {key!r} has a malformed entry {str(entry)[:120]}") from None
         if not 0 <= begin <= end <= data_bytes:
             raise bad(f"tensor {key!r} lies at bytes {begin}-{end} of a data section of only {data_bytes} bytes")
         if dtype in _DTYPE_BYTES and end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
-            raise bad(f"tensor {key!r} ({dtype} {shape}) should take {math.prod(shape) * _DTYPE_BYTES[dtype]} "
-                      f"bytes, its entry gives {end - begin}")
+            raise bad(
+                f"tensor {key!r} ({dtype} {shape}) should take {math.prod(shape) * _DTYPE_BYTES[dtype]} "
+                f"bytes, its entry gives {end - begin}"
+            )
     return header
 
 
@@ -176,7 +198,9 @@ def check_torch_archive(path: str | Path) -> None:
         raise
     except zipfile.BadZipFile as exc:
         if "not a zip file" in str(exc):  # zipfile's words for a missing end-of-directory record
-            raise bad(f"its zip directory, at the end of the file, is missing: it is cut short ({size} bytes)") from None
+            raise bad(
+                f"its zip directory, at the end of the file, is missing: it is cut short ({size} bytes)"
+            ) from None
         raise bad(f"its zip archive does not read ({exc})") from None
     except (zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         raise bad(f"its zip archive does not read ({type(exc).__name__}: {exc})") from None

@@ -46,8 +46,9 @@ def host_versions() -> tuple[str, ...]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "comfy_host" in metafunc.fixturenames:
         versions = host_versions()
-        metafunc.parametrize("comfy_host", versions, ids=[f"comfyui-{v}" for v in versions], indirect=True,
-                             scope="session")
+        metafunc.parametrize(
+            "comfy_host", versions, ids=[f"comfyui-{v}" for v in versions], indirect=True, scope="session"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,8 +82,9 @@ def _default_host() -> harness.Host:
     except harness.ComfyUIError as err:
         if _require("SSPIR_REQUIRE_COMFYUI"):
             raise
-        pytest.skip(f"ComfyUI {harness.DEFAULT_VERSION} could not be fetched ({err}); run "
-                    "`python scripts/comfyui.py fetch`")
+        pytest.skip(
+            f"ComfyUI {harness.DEFAULT_VERSION} could not be fetched ({err}); run `python scripts/comfyui.py fetch`"
+        )
     return harness.prepare()  # its requirements; a conflict is an error, not a skip
 
 
@@ -91,11 +93,15 @@ def _prepared_host(version: str) -> harness.Host:
     if not harness.is_ready(version):
         tarball = harness.tarball_path()
         if not tarball.is_file():
-            why = (f"ComfyUI {version} runs need its source tarball, absent from {tarball} (a lone clone has none; "
-                   f"set {harness.TARBALL_ENV})")
+            why = (
+                f"ComfyUI {version} runs need its source tarball, absent from {tarball} (a lone clone has none; "
+                f"set {harness.TARBALL_ENV})"
+            )
         else:
-            why = (f"ComfyUI {version} is not prepared in {harness.cached_dir(version)}: run "
-                   f"`bash scripts/setup.sh --comfyui={version}`")
+            why = (
+                f"ComfyUI {version} is not prepared in {harness.cached_dir(version)}: run "
+                f"`bash scripts/setup.sh --comfyui={version}`"
+            )
         if _require("SSPIR_REQUIRE_COMFYUI_033"):
             pytest.fail(f"SSPIR_REQUIRE_COMFYUI_033 is set but {why}")
         pytest.skip(why)
@@ -122,8 +128,13 @@ def demo_models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(comfy_host, demo_models, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"comfyui-{comfy_host.version}-work")
-    srv = harness.ComfyServer(work, models_dir=demo_models, comfy_dir=comfy_host.folder, python=comfy_host.python,
-                              expect_version=comfy_host.version)
+    srv = harness.ComfyServer(
+        work,
+        models_dir=demo_models,
+        comfy_dir=comfy_host.folder,
+        python=comfy_host.python,
+        expect_version=comfy_host.version,
+    )
     # The bundled workflows' LoadImage names the sample image (NODES-CONTRACT.md).
     srv.input_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "examples" / "astronaut_lq.png", srv.input_dir / "astronaut_lq.png")

@@ -54,15 +54,31 @@ class SSPIRTestReport:
             patcher = lm.model
             inner = getattr(patcher, "model", None)
             params = sum(p.numel() * p.element_size() for p in inner.parameters()) if inner is not None else 0
-            loaded.append({"class": type(inner).__name__, "size": patcher.model_size(), "param_bytes": params,
-                           "loaded": patcher.loaded_size(), "device": str(lm.device)})
+            loaded.append(
+                {
+                    "class": type(inner).__name__,
+                    "size": patcher.model_size(),
+                    "param_bytes": params,
+                    "loaded": patcher.loaded_size(),
+                    "device": str(lm.device),
+                }
+            )
         to = model.model_options.get("transformer_options", {})
-        patches = {k: [type(p).__name__ if not isinstance(p, tuple) else [getattr(x, "__name__", type(x).__name__)
-                                                                           for x in p] for p in v]
-                   for k, v in to.get("patches", {}).items()}
-        info = {"loaded": loaded, "rss": psutil.Process().memory_info().rss, "patches": patches,
-                "object_patches": sorted(model.object_patches), "additional": sorted(model.additional_models),
-                "wrappers": {k: sorted(v) for k, v in model.wrappers.items() if v}}
+        patches = {
+            k: [
+                type(p).__name__ if not isinstance(p, tuple) else [getattr(x, "__name__", type(x).__name__) for x in p]
+                for p in v
+            ]
+            for k, v in to.get("patches", {}).items()
+        }
+        info = {
+            "loaded": loaded,
+            "rss": psutil.Process().memory_info().rss,
+            "patches": patches,
+            "object_patches": sorted(model.object_patches),
+            "additional": sorted(model.additional_models),
+            "wrappers": {k: sorted(v) for k, v in model.wrappers.items() if v},
+        }
         with open(_out(name, "json"), "w") as f:
             json.dump(info, f)
         return {}
@@ -131,8 +147,13 @@ class SSPIRTestPartialLoad:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"sspir_patch": ("SSPIR_PATCH",), "budget_mb": ("FLOAT", {"default": 64.0}),
-                             "name": ("STRING", {"default": "p"})}}
+        return {
+            "required": {
+                "sspir_patch": ("SSPIR_PATCH",),
+                "budget_mb": ("FLOAT", {"default": 64.0}),
+                "name": ("STRING", {"default": "p"}),
+            }
+        }
 
     RETURN_TYPES = ("SSPIR_PATCH",)
     FUNCTION = "load"
@@ -151,18 +172,29 @@ class SSPIRTestPartialLoad:
         g = torch.Generator().manual_seed(0)
         dtype = module.dtype
         clip_dim = module.refine.config["clip_dim"]
-        inputs = {"tokens": torch.randn(1, 256, clip_dim, generator=g), "lq": torch.rand(1, 3, 32, 32, generator=g),
-                  "x": torch.randn(2, 4, 4, 4, generator=g), "t": torch.tensor([500.0, 500.0]),
-                  "context": torch.randn(2, 77, module.unet_config["cross_attention_dim"], generator=g)}
-        hs = {site.key: torch.randn(2, module.attention(site.key).in_channels, 2, 2, generator=g)
-              for site in module.sites}
+        inputs = {
+            "tokens": torch.randn(1, 256, clip_dim, generator=g),
+            "lq": torch.rand(1, 3, 32, 32, generator=g),
+            "x": torch.randn(2, 4, 4, 4, generator=g),
+            "t": torch.tensor([500.0, 500.0]),
+            "context": torch.randn(2, 77, module.unet_config["cross_attention_dim"], generator=g),
+        }
+        hs = {
+            site.key: torch.randn(2, module.attention(site.key).in_channels, 2, 2, generator=g) for site in module.sites
+        }
 
         def outputs():
             with torch.no_grad():
                 emb = module.image_embedding(inputs["tokens"].to(device))
                 feats = module.structure(inputs["lq"].to(device, dtype))
-                downs, mid = module.control(inputs["x"].to(device, dtype), inputs["t"].to(device),
-                                            inputs["context"].to(device, dtype), emb, feats, 1.0)
+                downs, mid = module.control(
+                    inputs["x"].to(device, dtype),
+                    inputs["t"].to(device),
+                    inputs["context"].to(device, dtype),
+                    emb,
+                    feats,
+                    1.0,
+                )
                 out = {"emb": emb, "feats": feats, "mid": mid, **{f"down{i}": d for i, d in enumerate(downs)}}
                 for site in module.sites:
                     ctx = emb if site.kind == "image" else downs[site.residual]
@@ -177,10 +209,14 @@ class SSPIRTestPartialLoad:
             return original(s, *args, **kwargs)
 
         layers = {id(m): n for n, m in module.named_modules() if list(m.parameters(recurse=False))}
-        info = {"model_size": patcher.model_size(), "budget": budget,
-                "layers": len(layers), "layers_not_cast_ops": sorted(n for n, m in module.named_modules()
-                                                                     if id(m) in layers
-                                                                     and not hasattr(m, "comfy_cast_weights"))}
+        info = {
+            "model_size": patcher.model_size(),
+            "budget": budget,
+            "layers": len(layers),
+            "layers_not_cast_ops": sorted(
+                n for n, m in module.named_modules() if id(m) in layers and not hasattr(m, "comfy_cast_weights")
+            ),
+        }
         results = {}
         comfy.ops.cast_bias_weight = spy
         try:
@@ -188,19 +224,27 @@ class SSPIRTestPartialLoad:
                 patcher.load(device, **kwargs)
                 cast_calls.append(set())
                 results[tag] = outputs()
-                cast = sorted(layers[id(m)] for m in module.modules() if id(m) in layers
-                              and getattr(m, "comfy_cast_weights", False))
+                cast = sorted(
+                    layers[id(m)]
+                    for m in module.modules()
+                    if id(m) in layers and getattr(m, "comfy_cast_weights", False)
+                )
                 loaded = [layers[id(m)] for m in module.modules() if getattr(m, "comfy_patched_weights", False)]
-                info[tag] = {"loaded_size": patcher.loaded_size(), "cast_layers": cast, "loaded_layers": len(loaded),
-                             "cast_layers_run": sorted(layers[i] for i in cast_calls[-1] if i in layers),
-                             "lowvram": bool(module.model_lowvram)}
+                info[tag] = {
+                    "loaded_size": patcher.loaded_size(),
+                    "cast_layers": cast,
+                    "loaded_layers": len(loaded),
+                    "cast_layers_run": sorted(layers[i] for i in cast_calls[-1] if i in layers),
+                    "lowvram": bool(module.model_lowvram),
+                }
                 patcher.detach()
         finally:
             comfy.ops.cast_bias_weight = original
-        info["after_detach_cast_layers"] = sum(bool(getattr(m, "comfy_cast_weights", False))
-                                               for m in module.modules())
-        save_file({f"{tag}.{k}": v.float().contiguous().cpu() for tag, out in results.items() for k, v in out.items()},
-                  _out(name, "safetensors"))
+        info["after_detach_cast_layers"] = sum(bool(getattr(m, "comfy_cast_weights", False)) for m in module.modules())
+        save_file(
+            {f"{tag}.{k}": v.float().contiguous().cpu() for tag, out in results.items() for k, v in out.items()},
+            _out(name, "safetensors"),
+        )
         with open(_out(name, "json"), "w") as f:
             json.dump(info, f)
         patcher.__class__ = _partial_patcher_class(type(patcher), budget)
@@ -267,6 +311,10 @@ class SSPIRTestHostProbes:
         return {}
 
 
-NODE_CLASS_MAPPINGS = {"SSPIRTestSaveTensor": SSPIRTestSaveTensor, "SSPIRTestReport": SSPIRTestReport,
-                       "SSPIRTestAddPatches": SSPIRTestAddPatches, "SSPIRTestPartialLoad": SSPIRTestPartialLoad,
-                       "SSPIRTestHostProbes": SSPIRTestHostProbes}
+NODE_CLASS_MAPPINGS = {
+    "SSPIRTestSaveTensor": SSPIRTestSaveTensor,
+    "SSPIRTestReport": SSPIRTestReport,
+    "SSPIRTestAddPatches": SSPIRTestAddPatches,
+    "SSPIRTestPartialLoad": SSPIRTestPartialLoad,
+    "SSPIRTestHostProbes": SSPIRTestHostProbes,
+}

@@ -15,7 +15,12 @@ def test_native_part_measures_both_routes(comfy_dir):
     default order); one thread per server: with two, a neighbour on the shared cores made it 5x slower."""
     settings = BenchSettings(device="cpu", dtype="fp32", native_size=32, native_steps=2, repeats=1, threads=1)
     result = native.bench_native(settings)
-    assert (result["input_px"], result["size_px"], result["demo_files"], result["order"]) == (8, 32, True, "interleaved")
+    assert (result["input_px"], result["size_px"], result["demo_files"], result["order"]) == (
+        8,
+        32,
+        True,
+        "interleaved",
+    )
     weights = sum(native.Path(p).stat().st_size for p in result["files"].values())
     for route in native.ROUTES:
         r = result[route]

@@ -75,8 +75,17 @@ def _check(server, tmp_path, workflow: str, env: dict | None = None) -> tuple[di
     node, chromium, playwright = _browser_tools()
     shot = _artifacts() / f"{Path(workflow).stem}.png"
     proc = subprocess.run(
-        [node, str(HERE / "browser_check.js"), server.url, str(WORKFLOWS / workflow), str(shot), chromium,
-         str(playwright), str(tmp_path / "profile"), harness.PACK_NAME],
+        [
+            node,
+            str(HERE / "browser_check.js"),
+            server.url,
+            str(WORKFLOWS / workflow),
+            str(shot),
+            chromium,
+            str(playwright),
+            str(tmp_path / "profile"),
+            harness.PACK_NAME,
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -97,8 +106,13 @@ def test_a_bad_widget_is_outlined_alone(server, tmp_path, widget, value):
 
 
 # on every ComfyUI: the reference and the native route's graphs (the others repeat their nodes)
-@pytest.mark.parametrize("workflow", [pytest.param(w, marks=every_comfyui) if w in EVERY_VERSION_TEMPLATES else w
-                                      for w in sorted(p.name for p in WORKFLOWS.glob("*.json"))])
+@pytest.mark.parametrize(
+    "workflow",
+    [
+        pytest.param(w, marks=every_comfyui) if w in EVERY_VERSION_TEMPLATES else w
+        for w in sorted(p.name for p in WORKFLOWS.glob("*.json"))
+    ],
+)
 def test_template_loads_wired_from_the_templates_dialog(server, tmp_path, workflow):
     """Templates -> SSP-IR's category -> click: the graph loads whole and wired, its thumbnail is served, no node
     covers a group's title, and the front end reports no error once the page was ready (the errors it logs

@@ -16,25 +16,38 @@ pytestmark = pytest.mark.comfyui
 ALARM = re.compile(r"warn|error|fail|traceback|exception|deprecat|broken|missing|cannot", re.IGNORECASE)
 # What ComfyUI 0.3.75 itself prints on every start without torchaudio (not needed by this pack): its own lines,
 # whatever the custom nodes are (seen in a run with no custom node).
-COMFYUI_OWN = [re.compile(p) for p in (
-    r"^Traceback \(most recent call last\):$",
-    r"^ModuleNotFoundError: No module named 'torchaudio'$",
-    r"^Cannot import .*comfy_extras/nodes_audio(_encoder)?\.py module for custom nodes: No module named 'torchaudio'$",
-    r"^IMPORT FAILED: nodes_audio(_encoder)?\.py$",
-    r"^WARNING: some comfy_extras/ nodes did not import correctly\. This may be because they are missing some "
-    r"dependencies\.$",
-    r"^This issue might be caused by new missing dependencies added the last time you updated ComfyUI\.$",
-    r"^torchaudio missing, (ACE model|MMAudio VAE model) will be broken$",
-)]
+COMFYUI_OWN = [
+    re.compile(p)
+    for p in (
+        r"^Traceback \(most recent call last\):$",
+        r"^ModuleNotFoundError: No module named 'torchaudio'$",
+        r"^Cannot import .*comfy_extras/nodes_audio(_encoder)?\.py module for custom nodes: No module named 'torchaudio'$",  # noqa: E501 (one key, one pattern)
+        r"^IMPORT FAILED: nodes_audio(_encoder)?\.py$",
+        r"^WARNING: some comfy_extras/ nodes did not import correctly\. This may be because they are missing some "
+        r"dependencies\.$",
+        r"^This issue might be caused by new missing dependencies added the last time you updated ComfyUI\.$",
+        r"^torchaudio missing, (ACE model|MMAudio VAE model) will be broken$",
+    )
+]
 
 
 @pytest.fixture(scope="module")
 def first_run(comfy_dir, demo_models, tmp_path_factory):
     work = tmp_path_factory.mktemp("first-run")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_workflow.py"), str(WORKFLOWS / "api" / "sspir_restore.json"),
-         "--models", str(demo_models), "--work-dir", str(work)],
-        capture_output=True, text=True, cwd=REPO, timeout=900,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "run_workflow.py"),
+            str(WORKFLOWS / "api" / "sspir_restore.json"),
+            "--models",
+            str(demo_models),
+            "--work-dir",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
     )
     return proc, work
 
@@ -46,7 +59,10 @@ def test_the_terminal_shows_live_progress_and_ends_with_the_output_path(first_ru
     proc, work = first_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert last == f"restored image: {work / 'output' / 'sspir_00001_.png'}" and (work / "output" / "sspir_00001_.png").is_file()
+    assert (
+        last == f"restored image: {work / 'output' / 'sspir_00001_.png'}"
+        and (work / "output" / "sspir_00001_.png").is_file()
+    )
     lines = proc.stderr.splitlines()
     sampler = [line for line in lines if "] PGA Sampler (SSP-IR): " in line]
     values = [int(re.search(r": (\d+)/(\d+)", line).group(1)) for line in sampler]

@@ -31,8 +31,10 @@ from tests.comfyui.comfy_helpers import (
 
 pytestmark = pytest.mark.comfyui
 
-LONG_CAPTION = ("a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, the "
-                "American flag and a model of the space shuttle behind her, " * 2).strip()  # 2 chunks of 75
+LONG_CAPTION = (
+    "a portrait photo of a smiling astronaut in an orange flight suit holding a white helmet, the "
+    "American flag and a model of the space shuttle behind her, " * 2
+).strip()  # 2 chunks of 75
 STEPS = 10  # the paper's leading schedule (901, 801, ..., 1); 50 steps cost 5x the time and test nothing more
 CFG = 7.5
 UNIT_ROUNDOFF = torch.finfo(torch.float32).eps / 2
@@ -44,8 +46,10 @@ def _layers(path, prefixes: tuple[str, ...] = ("",)) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return sum(k.startswith(prefixes) and k.endswith(".weight") and len(f.get_slice(k).get_shape()) in (2, 4)
-                   for k in f.keys())
+        return sum(
+            k.startswith(prefixes) and k.endswith(".weight") and len(f.get_slice(k).get_shape()) in (2, 4)
+            for k in f.keys()
+        )
 
 
 def equality_bound(native_files, steps: int, cfg: float = CFG) -> float:
@@ -69,10 +73,19 @@ def equality_bound(native_files, steps: int, cfg: float = CFG) -> float:
     by 7x to 400x.
     """
     ckpt = native_files / "checkpoints" / native_models.SD_NAME
-    depth = (_layers(ckpt, ("model.diffusion_model.", "first_stage_model.decoder.",
-                            "first_stage_model.post_quant_conv.", "cond_stage_model."))
-             + _layers(native_files / "sspir" / native_models.SSPIR_NAME)
-             + _layers(native_files / "clip_vision" / native_models.CLIP_VISION_NAME))
+    depth = (
+        _layers(
+            ckpt,
+            (
+                "model.diffusion_model.",
+                "first_stage_model.decoder.",
+                "first_stage_model.post_quant_conv.",
+                "cond_stage_model.",
+            ),
+        )
+        + _layers(native_files / "sspir" / native_models.SSPIR_NAME)
+        + _layers(native_files / "clip_vision" / native_models.CLIP_VISION_NAME)
+    )
     return CONFIDENCE * math.sqrt(depth * steps) * UNIT_ROUNDOFF * (1 + 2 * cfg)
 
 
@@ -125,7 +138,7 @@ def _write_lora(native_files, path):
         for key in f.keys():
             if ".transformer_blocks." in key and key.endswith(("to_q.weight", "to_k.weight", "to_v.weight")):
                 w = f.get_slice(key).get_shape()
-                name = "lora_unet_" + key[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+                name = "lora_unet_" + key[len("model.diffusion_model.") : -len(".weight")].replace(".", "_")
                 out[f"{name}.lora_up.weight"] = torch.randn(w[0], 4, generator=g) * 0.5
                 out[f"{name}.lora_down.weight"] = torch.randn(4, w[1], generator=g) * 0.5
                 out[f"{name}.alpha"] = torch.tensor(4.0)
@@ -134,62 +147,175 @@ def _write_lora(native_files, path):
 
 # ---------------------------------------------------------------------------------------------- graphs
 
-def _native(image: str, *, seed: int = 0, steps: int = STEPS, start: str = "paper", color_fix: str = "none",
-            caption: str = LONG_CAPTION, sampler: str = "custom", strength: float = 1.0, sspir: str | None = None,
-            upscale: float = 4.0, tile: int = 96, tile_overlap: int = 32) -> dict:
+
+def _native(
+    image: str,
+    *,
+    seed: int = 0,
+    steps: int = STEPS,
+    start: str = "paper",
+    color_fix: str = "none",
+    caption: str = LONG_CAPTION,
+    sampler: str = "custom",
+    strength: float = 1.0,
+    sspir: str | None = None,
+    upscale: float = 4.0,
+    tile: int = 96,
+    tile_overlap: int = 32,
+) -> dict:
     """The native route in API format; ``sampler`` custom = SamplerCustom + SSP-IR Schedule (ddim) + euler."""
     p = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": native_models.SD_NAME}},
         "cv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": native_models.CLIP_VISION_NAME}},
         "img": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "patch": {"class_type": "SSPIRPatchLoader", "inputs": {"sspir_weights": sspir or native_models.SSPIR_NAME,
-                                                                 "dtype": "fp32"}},
-        "lat": {"class_type": "SSPIRLQLatent", "inputs": {"image": ["img", 0], "vae": ["ckpt", 2], "upscale": upscale,
-                                                           "width": 0, "height": 0, "vae_tile": 1024}},
-        "txt": {"class_type": "SSPIRTextEncode", "inputs": {"clip": ["ckpt", 1], "caption": caption,
-                                                             "negative_prompt": "", "max_chunks": 4,
-                                                             "mixed_lengths": "pad to longest"}},
-        "apply": {"class_type": "SSPIRApply", "inputs": {
-            "model": ["ckpt", 0], "sspir_patch": ["patch", 0], "clip_vision": ["cv", 0], "image": ["lat", 1],
-            "strength": strength, "start_percent": 0.0, "end_percent": 1.0, "start": start, "processor_tile": 1024,
-            "tile": tile, "tile_overlap": tile_overlap}},
+        "patch": {
+            "class_type": "SSPIRPatchLoader",
+            "inputs": {"sspir_weights": sspir or native_models.SSPIR_NAME, "dtype": "fp32"},
+        },
+        "lat": {
+            "class_type": "SSPIRLQLatent",
+            "inputs": {
+                "image": ["img", 0],
+                "vae": ["ckpt", 2],
+                "upscale": upscale,
+                "width": 0,
+                "height": 0,
+                "vae_tile": 1024,
+            },
+        },
+        "txt": {
+            "class_type": "SSPIRTextEncode",
+            "inputs": {
+                "clip": ["ckpt", 1],
+                "caption": caption,
+                "negative_prompt": "",
+                "max_chunks": 4,
+                "mixed_lengths": "pad to longest",
+            },
+        },
+        "apply": {
+            "class_type": "SSPIRApply",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "sspir_patch": ["patch", 0],
+                "clip_vision": ["cv", 0],
+                "image": ["lat", 1],
+                "strength": strength,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+                "start": start,
+                "processor_tile": 1024,
+                "tile": tile,
+                "tile_overlap": tile_overlap,
+            },
+        },
         "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["smp", 0], "vae": ["ckpt", 2]}},
-        "fix": {"class_type": "SSPIRColorFix", "inputs": {"image": ["dec", 0], "reference": ["lat", 1],
-                                                           "method": color_fix}},
+        "fix": {
+            "class_type": "SSPIRColorFix",
+            "inputs": {"image": ["dec", 0], "reference": ["lat", 1], "method": color_fix},
+        },
     }
     if sampler == "custom":
         p["sched"] = {"class_type": "SSPIRSchedule", "inputs": {"model": ["apply", 0], "steps": steps, "end": "ddim"}}
         p["sel"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-        p["smp"] = {"class_type": "SamplerCustom", "inputs": {
-            "model": ["apply", 0], "add_noise": True, "noise_seed": seed, "cfg": CFG, "positive": ["txt", 0],
-            "negative": ["txt", 1], "sampler": ["sel", 0], "sigmas": ["sched", 0], "latent_image": ["lat", 0]}}
+        p["smp"] = {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": ["apply", 0],
+                "add_noise": True,
+                "noise_seed": seed,
+                "cfg": CFG,
+                "positive": ["txt", 0],
+                "negative": ["txt", 1],
+                "sampler": ["sel", 0],
+                "sigmas": ["sched", 0],
+                "latent_image": ["lat", 0],
+            },
+        }
     else:
-        p["smp"] = {"class_type": "KSampler", "inputs": {
-            "model": ["apply", 0], "seed": seed, "steps": steps, "cfg": CFG, "sampler_name": "ddpm",
-            "scheduler": "ddim_uniform", "positive": ["txt", 0], "negative": ["txt", 1],
-            "latent_image": ["lat", 0], "denoise": 1.0}}
+        p["smp"] = {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["apply", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": CFG,
+                "sampler_name": "ddpm",
+                "scheduler": "ddim_uniform",
+                "positive": ["txt", 0],
+                "negative": ["txt", 1],
+                "latent_image": ["lat", 0],
+                "denoise": 1.0,
+            },
+        }
     return p
 
 
-def _reference(image: str, *, seed: int = 0, steps: int = STEPS, color_fix: str = "none",
-               caption: str = LONG_CAPTION, tile: int = 96, tile_overlap: int = 32) -> dict:
+def _reference(
+    image: str,
+    *,
+    seed: int = 0,
+    steps: int = STEPS,
+    color_fix: str = "none",
+    caption: str = LONG_CAPTION,
+    tile: int = 96,
+    tile_overlap: int = 32,
+) -> dict:
     """The existing component graph (PGA Sampler) on the same files, DDIM from the LQ latent at t=999."""
     return {
         "img": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "m": {"class_type": "SSPIRModelLoader", "inputs": {
-            "base_model": native_models.SD_NAME, "sspir_weights": native_models.SSPIR_NAME, "base": "auto",
-            "device": "auto", "dtype": "fp32", "offload": "auto", "cache": "off"}},
+        "m": {
+            "class_type": "SSPIRModelLoader",
+            "inputs": {
+                "base_model": native_models.SD_NAME,
+                "sspir_weights": native_models.SSPIR_NAME,
+                "base": "auto",
+                "device": "auto",
+                "dtype": "fp32",
+                "offload": "auto",
+                "cache": "off",
+            },
+        },
         "cv": {"class_type": "SSPIRClipVisionLoader", "inputs": {"clip_name": native_models.CLIP_VISION_NAME}},
-        "emb": {"class_type": "SSPIRClipImageEmbed", "inputs": {"sspir_model": ["m", 0], "clip_vision": ["cv", 0],
-                                                                 "image": ["img", 0], "upscale": 4.0, "width": 0,
-                                                                 "height": 0}},
-        "st": {"class_type": "SSPIRStructureProcessor", "inputs": {"sspir_model": ["m", 0], "image": ["img", 0],
-                                                                   "upscale": 4.0, "width": 0, "height": 0}},
-        "s": {"class_type": "SSPIRSampler", "inputs": {
-            "sspir_model": ["m", 0], "image": ["img", 0], "image_embed": ["emb", 0], "structure": ["st", 0],
-            "caption": caption, "negative_prompt": "", "seed": seed, "steps": steps, "cfg": CFG,
-            "scheduler": "ddim", "start": "lq", "conditioning_scale": 1.0, "upscale": 4.0, "width": 0, "height": 0,
-            "tile": tile, "tile_overlap": tile_overlap, "vae_tile": 1024, "color_fix": color_fix}},
+        "emb": {
+            "class_type": "SSPIRClipImageEmbed",
+            "inputs": {
+                "sspir_model": ["m", 0],
+                "clip_vision": ["cv", 0],
+                "image": ["img", 0],
+                "upscale": 4.0,
+                "width": 0,
+                "height": 0,
+            },
+        },
+        "st": {
+            "class_type": "SSPIRStructureProcessor",
+            "inputs": {"sspir_model": ["m", 0], "image": ["img", 0], "upscale": 4.0, "width": 0, "height": 0},
+        },
+        "s": {
+            "class_type": "SSPIRSampler",
+            "inputs": {
+                "sspir_model": ["m", 0],
+                "image": ["img", 0],
+                "image_embed": ["emb", 0],
+                "structure": ["st", 0],
+                "caption": caption,
+                "negative_prompt": "",
+                "seed": seed,
+                "steps": steps,
+                "cfg": CFG,
+                "scheduler": "ddim",
+                "start": "lq",
+                "conditioning_scale": 1.0,
+                "upscale": 4.0,
+                "width": 0,
+                "height": 0,
+                "tile": tile,
+                "tile_overlap": tile_overlap,
+                "vae_tile": 1024,
+                "color_fix": color_fix,
+            },
+        },
     }
 
 
@@ -210,10 +336,16 @@ def _lq(server, seed: int = 0, size: tuple[int, int] = (16, 16)) -> str:
 
 # ---------------------------------------------------------------------------------------------- tests
 
+
 def _prefixed(prompt: dict, pre: str) -> dict:
     """The same graph with node ids prefixed, to run several graphs in one prompt."""
-    return {f"{pre}{k}": {**v, "inputs": {ik: [f"{pre}{iv[0]}", iv[1]] if isinstance(iv, list) else iv
-                                          for ik, iv in v["inputs"].items()}} for k, v in prompt.items()}
+    return {
+        f"{pre}{k}": {
+            **v,
+            "inputs": {ik: [f"{pre}{iv[0]}", iv[1]] if isinstance(iv, list) else iv for ik, iv in v["inputs"].items()},
+        }
+        for k, v in prompt.items()
+    }
 
 
 @every_comfyui
@@ -230,10 +362,15 @@ def test_native_equals_the_reference_sampler(native_server, native_files):
 
     image = _lq(native_server, 1, (8, 8))
     prompt = _native(image)
-    prompt["fix_adain"] = {"class_type": "SSPIRColorFix", "inputs": {"image": ["dec", 0], "reference": ["lat", 1],
-                                                                     "method": "adain"}}
-    names = {"native": _save(prompt, ["fix", 0], "native"), "adain": _save(prompt, ["fix_adain", 0], "adain"),
-             "lq": _save(prompt, ["lat", 1], "lq")}
+    prompt["fix_adain"] = {
+        "class_type": "SSPIRColorFix",
+        "inputs": {"image": ["dec", 0], "reference": ["lat", 1], "method": "adain"},
+    }
+    names = {
+        "native": _save(prompt, ["fix", 0], "native"),
+        "adain": _save(prompt, ["fix_adain", 0], "adain"),
+        "lq": _save(prompt, ["lat", 1], "lq"),
+    }
     prompt.update(_prefixed(_reference(image), "r_"))
     names["reference"] = _save(prompt, ["r_s", 0], "reference")
     for tag, changes in (("comfy_start", {"start": "comfy"}), ("strength", {"strength": 0.95})):
@@ -288,9 +425,16 @@ def test_lora_and_other_patches_compose(native_server):
     plain = _native(image, steps=3)
     names = {"plain": _save(plain, ["fix", 0], "plain")}
     lora = _prefixed(_native(image, steps=3), "l_")
-    lora["l_lora"] = {"class_type": "LoraLoader", "inputs": {"model": ["l_ckpt", 0], "clip": ["l_ckpt", 1],
-                                                           "lora_name": "sspir-test-lora.safetensors",
-                                                           "strength_model": 1.0, "strength_clip": 0.0}}
+    lora["l_lora"] = {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "model": ["l_ckpt", 0],
+            "clip": ["l_ckpt", 1],
+            "lora_name": "sspir-test-lora.safetensors",
+            "strength_model": 1.0,
+            "strength_clip": 0.0,
+        },
+    }
     lora["l_other"] = {"class_type": "SSPIRTestAddPatches", "inputs": {"model": ["l_lora", 0]}}
     lora["l_apply"]["inputs"]["model"] = ["l_other", 0]
     names["lora"] = _save(lora, ["l_fix", 0], "lora")
@@ -335,7 +479,10 @@ def test_model_management_holds_our_weights_and_memory_stays_flat(native_server)
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(native_server, case):
     image = _lq(native_server, 3, (8, 8))
     if case == "sd21_patch":
-        prompt, match = _native(image, steps=2, sspir="sspir-test-sd21.safetensors"), "trained on SD2.1-base, but this MODEL is SD1.5: .*context_dim"
+        prompt, match = (
+            _native(image, steps=2, sspir="sspir-test-sd21.safetensors"),
+            "trained on SD2.1-base, but this MODEL is SD1.5: .*context_dim",
+        )
     elif case == "corrupt_patch":
         prompt, match = _native(image, steps=2, sspir="sspir-test-corrupt.safetensors"), "sspir-test-corrupt"
     else:  # Apply SSP-IR gets 2 LQ images, the sampler the latent of 1
@@ -350,6 +497,7 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(native_server, c
 
 
 # ---------------------------------------------------------------------------------------------- latent tiles
+
 
 def test_native_latent_tiles_equal_the_reference_tiles(native_server, native_files):
     """Apply SSP-IR's tile: a 64x96 px output (latent 8x12) in two 8x8 latent tiles overlapping by 4 equals PGA
@@ -402,7 +550,7 @@ def _write_controlnet(native_files, path, *, zero: bool):
     out = {}
     with safe_open(str(native_files / "checkpoints" / native_models.SD_NAME), framework="pt") as f:
         for key in f.keys():
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             if key.startswith(prefix) and rest.startswith(("time_embed.", "input_blocks.", "middle_block.")):
                 out[rest] = f.get_tensor(key)
     g = torch.Generator().manual_seed(11)
@@ -433,15 +581,27 @@ def _with_controlnet(prompt: dict, hint: str, name: str) -> dict:
     positive and negative, as a user adds one; the sampler takes the conditioning it returns."""
     prompt["cn_load"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
     prompt["cn_hint"] = {"class_type": "LoadImage", "inputs": {"image": hint}}
-    prompt["cn_apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": ["txt", 0], "negative": ["txt", 1], "control_net": ["cn_load", 0], "image": ["cn_hint", 0],
-        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    prompt["cn_apply"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {
+            "positive": ["txt", 0],
+            "negative": ["txt", 1],
+            "control_net": ["cn_load", 0],
+            "image": ["cn_hint", 0],
+            "strength": 1.0,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+        },
+    }
     prompt["smp"]["inputs"].update(positive=["cn_apply", 0], negative=["cn_apply", 1])
     return prompt
 
 
-@pytest.mark.parametrize(("lq_size", "tile"), [pytest.param((8, 8), (96, 32), marks=every_comfyui), ((16, 24), (8, 4))],
-                         ids=["whole", "tiled"])
+@pytest.mark.parametrize(
+    ("lq_size", "tile"),
+    [pytest.param((8, 8), (96, 32), marks=every_comfyui), ((16, 24), (8, 4))],
+    ids=["whole", "tiled"],
+)
 def test_standard_controlnet_composes_with_sspir(native_server, lq_size, tile):
     """ComfyUI's Apply ControlNet on the native graph: both ControlNets' residuals reach the UNet, summed.
 
@@ -495,8 +655,10 @@ def test_partial_low_vram_load_gives_the_same_outputs_and_image(native_server):
     names = {"plain": _save(prompt, ["fix", 0], "plain")}
     partial = _prefixed(_native(image, steps=3), "p_")
     probe = unique("partial")
-    partial["p_partial"] = {"class_type": "SSPIRTestPartialLoad", "inputs": {"sspir_patch": ["p_patch", 0],
-                                                                           "budget_mb": 64.0, "name": probe}}
+    partial["p_partial"] = {
+        "class_type": "SSPIRTestPartialLoad",
+        "inputs": {"sspir_patch": ["p_patch", 0], "budget_mb": 64.0, "name": probe},
+    }
     partial["p_apply"]["inputs"]["sspir_patch"] = ["p_partial", 0]
     names["partial"] = _save(partial, ["p_fix", 0], "partial")
     report = _report(partial, ["p_apply", 0], ["p_fix", 0])
@@ -504,9 +666,11 @@ def test_partial_low_vram_load_gives_the_same_outputs_and_image(native_server):
 
     info = _read_report(native_server, probe)
     size, budget, full, part = info["model_size"], info["budget"], info["full"], info["partial"]
-    print(f"\npatch {size / 2**20:.1f} MiB, budget {budget / 2**20:.0f} MiB: loaded {part['loaded_size'] / 2**20:.1f} "
-          f"MiB, {len(part['cast_layers'])} of {info['layers']} layers left to the casting path, "
-          f"{len(part['cast_layers_run'])} of them ran through it")
+    print(
+        f"\npatch {size / 2**20:.1f} MiB, budget {budget / 2**20:.0f} MiB: loaded {part['loaded_size'] / 2**20:.1f} "
+        f"MiB, {len(part['cast_layers'])} of {info['layers']} layers left to the casting path, "
+        f"{len(part['cast_layers_run'])} of them ran through it"
+    )
     assert info["layers_not_cast_ops"] == []  # a plain layer left offloaded would meet GPU inputs on the CPU
     assert full["loaded_size"] == size and not full["lowvram"] and full["cast_layers"] == full["cast_layers_run"] == []
     assert part["lowvram"] and 0 < part["loaded_size"] <= budget < size
@@ -514,7 +678,7 @@ def test_partial_low_vram_load_gives_the_same_outputs_and_image(native_server):
     assert part["cast_layers_run"] and set(part["cast_layers_run"]) <= set(part["cast_layers"])
     assert info["after_detach_cast_layers"] == 0  # ComfyUI's detach restores the plain forward
     tensors = load_file(str(native_server.output_dir / f"{probe}.safetensors"))
-    keys = sorted(k[len("full."):] for k in tensors if k.startswith("full."))
+    keys = sorted(k[len("full.") :] for k in tensors if k.startswith("full."))
     assert len(keys) > 5 and all(float(tensors[f"full.{k}"].abs().max()) > 0 for k in keys)
     diffs = {k: float((tensors[f"full.{k}"] - tensors[f"partial.{k}"]).abs().max()) for k in keys}
     assert max(diffs.values()) <= SAME, {k: v for k, v in diffs.items() if v > SAME}

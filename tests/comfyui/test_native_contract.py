@@ -18,9 +18,13 @@ pytestmark = [pytest.mark.comfyui, every_comfyui]  # the contract is what a new 
 
 def test_host_probes(native_server):  # noqa: F811
     name = unique("probes")
-    prompt = {"patch": {"class_type": "SSPIRPatchLoader", "inputs": {"sspir_weights": native_models.SSPIR_NAME,
-                                                                       "dtype": "fp32"}},
-              "probe": {"class_type": "SSPIRTestHostProbes", "inputs": {"sspir_patch": ["patch", 0], "name": name}}}
+    prompt = {
+        "patch": {
+            "class_type": "SSPIRPatchLoader",
+            "inputs": {"sspir_weights": native_models.SSPIR_NAME, "dtype": "fp32"},
+        },
+        "probe": {"class_type": "SSPIRTestHostProbes", "inputs": {"sspir_patch": ["patch", 0], "name": name}},
+    }
     native_server.run(prompt, timeout=600)
     info = json.loads((native_server.output_dir / f"{name}.json").read_text())
     print(json.dumps(info))

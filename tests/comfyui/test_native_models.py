@@ -34,19 +34,30 @@ SD21V_UNET = "sspir-test-sd21-768-v-unet.safetensors"
 # transformer_depth [0, 0, 2, 2, 10, 10], context_dim 2048, adm_in_channels 2816) and SD2.x (SD20: context 1024,
 # linear projections, no adm); channel_mult is not part of either, so every level is 320 wide (small files).
 SDXL_CONFIG = {
-    "block_out_channels": [320, 320, 320], "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
+    "block_out_channels": [320, 320, 320],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "cross_attention_dim": 2048, "use_linear_projection": True, "attention_head_dim": [5, 5, 5],
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32, "sample_size": 128,
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "attention_head_dim": [5, 5, 5],
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+    "sample_size": 128,
 }
 SD21_CONFIG = {
-    "block_out_channels": [320, 320, 320, 320], "layers_per_block": 2,
+    "block_out_channels": [320, 320, 320, 320],
+    "layers_per_block": 2,
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 1024, "use_linear_projection": True, "attention_head_dim": [5, 5, 5, 5],
-    "norm_num_groups": 32, "sample_size": 96,
+    "cross_attention_dim": 1024,
+    "use_linear_projection": True,
+    "attention_head_dim": [5, 5, 5, 5],
+    "norm_num_groups": 32,
+    "sample_size": 96,
 }
 
 
@@ -103,8 +114,11 @@ def server(comfy_dir, demo_models, native_files, tmp_path_factory):
     probe.mkdir(parents=True)
     shutil.copy2(REPO / "tests" / "comfyui" / "native_probe.py", probe / "__init__.py")
     unets = work / "models" / "diffusion_models"
-    _write_unet_only(SDXL_CONFIG, unets / SDXL_UNET,
-                     extra={"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"})
+    _write_unet_only(
+        SDXL_CONFIG,
+        unets / SDXL_UNET,
+        extra={"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"},
+    )
     _write_unet_only(SD21_CONFIG, unets / SD21V_UNET, spread=("output_blocks.11.1.transformer_blocks.0.norm1.bias",))
     srv = harness.ComfyServer(work, models_dir=models, comfy_dir=comfy_dir)
     srv.input_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +130,7 @@ def server(comfy_dir, demo_models, native_files, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- one-step
+
 
 def _native_one_step(image: str, sspir: str, scheduler: str = "simple") -> dict:
     """Apply SSP-IR with the one-step file, then plain KSampler: 1 step, cfg 1, euler (sigma_999 -> 0)."""
@@ -141,7 +156,8 @@ def _depth(native_files) -> int:
 
 def test_native_one_step_equals_the_reference_one_step(server, native_files):
     """The one-step file (compact, and as an official checkpoint-N/ folder) through Patch Loader + Apply SSP-IR +
-    KSampler (1 step, cfg 1, euler; scheduler simple, normal or karras) gives PGA Sampler's one-step image (steps 0 / cfg 0: the checkpoint's own 1 step, no CFG; its LoRA merged).
+    KSampler (1 step, cfg 1, euler; scheduler simple, normal or karras) gives PGA Sampler's one-step image (steps 0 /
+    cfg 0: the checkpoint's own 1 step, no CFG; its LoRA merged).
 
     Bound: both routes compute the same network in fp32 with sums in other orders (ComfyUI's UNet and LoRA
     arithmetic vs diffusers' and the reference merge); each of the L linear/conv layers on the path adds a
@@ -204,12 +220,19 @@ def test_bundled_native_one_step_workflow_runs(server):
 
 # ---------------------------------------------------------------------------------------------- base models
 
-@pytest.mark.parametrize("case, match", [
-    ("sd21_768_v", r"\(SSPIRApply\) failed: .*trained on SD1\.5 with epsilon prediction, but this MODEL \(SD2\.x\) "
-                   r"uses v-prediction"),
-    ("v_prediction_node", r"\(SSPIRApply\) failed: .*but this MODEL \(SD1\.5\) uses v-prediction"),
-    ("sdxl", r"\(SSPIRApply\) failed: .*trained on SD1\.5, but this MODEL is SDXL: adm_in_channels=2816"),
-])
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        (
+            "sd21_768_v",
+            r"\(SSPIRApply\) failed: .*trained on SD1\.5 with epsilon prediction, but this MODEL \(SD2\.x\) "
+            r"uses v-prediction",
+        ),
+        ("v_prediction_node", r"\(SSPIRApply\) failed: .*but this MODEL \(SD1\.5\) uses v-prediction"),
+        ("sdxl", r"\(SSPIRApply\) failed: .*trained on SD1\.5, but this MODEL is SDXL: adm_in_channels=2816"),
+    ],
+)
 def test_apply_refuses_a_model_it_was_not_trained_on(server, case, match):
     """Models ComfyUI loads and detects itself (Load Diffusion Model on a zero-weight SD2.1-768-v / SDXL file, or
     ModelSamplingDiscrete v_prediction on the SD1.5 demo) stop at Apply SSP-IR, before the priors and sampling,
@@ -217,11 +240,15 @@ def test_apply_refuses_a_model_it_was_not_trained_on(server, case, match):
     image = _lq(server, 5, (8, 8))
     prompt = _native(image, steps=1)
     if case == "v_prediction_node":
-        prompt["unet"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0],
-                                                                          "sampling": "v_prediction", "zsnr": False}}
+        prompt["unet"] = {
+            "class_type": "ModelSamplingDiscrete",
+            "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction", "zsnr": False},
+        }
     else:
-        prompt["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": SD21V_UNET if case != "sdxl" else SDXL_UNET,
-                                                                 "weight_dtype": "default"}}
+        prompt["unet"] = {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": SD21V_UNET if case != "sdxl" else SDXL_UNET, "weight_dtype": "default"},
+        }
     prompt["apply"]["inputs"]["model"] = ["unet", 0]
     _save(prompt, ["fix", 0], case)
     with pytest.raises(harness.ComfyUIError, match=match):
@@ -236,8 +263,10 @@ def test_model_loader_refuses_sspir_weights_of_another_unet_shape(server):
     ref = _reference(image)
     ref["m"]["inputs"]["base_model"] = model_files.DEMO_FILES["sd"][1]
     _save(ref, ["s", 0], "shape_mismatch")
-    match = (r"node m \(SSPIRModelLoader\) failed: .*sspir-native-demo\.safetensors was trained on SD1\.5 \(UNet "
-             r"width 320, text context 768\), but base_model sspir-demo-sd15\.safetensors is SD1\.5 with a UNet of "
-             r"another shape \(UNet width 24")
+    match = (
+        r"node m \(SSPIRModelLoader\) failed: .*sspir-native-demo\.safetensors was trained on SD1\.5 \(UNet "
+        r"width 320, text context 768\), but base_model sspir-demo-sd15\.safetensors is SD1\.5 with a UNet of "
+        r"another shape \(UNet width 24"
+    )
     with pytest.raises(harness.ComfyUIError, match=match):
         server.run(ref, timeout=600)

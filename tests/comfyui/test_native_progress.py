@@ -21,13 +21,16 @@ def test_lq_latent_and_apply_announce_size_and_tiles(native_server):  # noqa: F8
     native_server.run(prompt, timeout=900)
     log = native_server.log_path.read_text(errors="replace")
     assert "SSP-IR LQ Latent: 1 image(s) at 128x96 px (0.0 MP), VAE tiles of 64 px; 6 VAE encode tile(s)" in log, (
-        native_server.log_tail())
+        native_server.log_tail()
+    )
     assert "Apply SSP-IR: processor prior of 1 image(s) at 128x96 px; 1 Processor tile(s)" in log, (
-        native_server.log_tail())
+        native_server.log_tail()
+    )
 
 
-@pytest.mark.parametrize("changes, widget", [({"start_percent": 0.6, "end_percent": 0.2}, "end_percent"),
-                                             ({"tile": 12}, "tile")])
+@pytest.mark.parametrize(
+    "changes, widget", [({"start_percent": 0.6, "end_percent": 0.2}, "end_percent"), ({"tile": 12}, "tile")]
+)
 def test_apply_reports_a_bad_widget_once_on_it(native_server, changes, widget):  # noqa: F811
     """Apply SSP-IR checks tile, tile_overlap, start_percent and end_percent when queued; the error names only the
     widget it is about (issue 27: it was repeated on every input the check takes)."""

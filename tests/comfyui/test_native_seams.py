@@ -31,12 +31,25 @@ VISIBLE = 1 / 255
 
 # (scheduler, steps, denoise). Before the fix all but karras and exponential started these at t=999: their first
 # sigma is an exact table value at t >= 501 (ddim_uniform 640, simple 799, normal 666, sgm_uniform 666).
-PARTIAL = [("ddim_uniform", 10, 0.7), ("simple", 4, 0.7), ("normal", 3, 0.7), ("sgm_uniform", 4, 0.6),
-           ("karras", 4, 0.7), ("exponential", 4, 0.7)]
+PARTIAL = [
+    ("ddim_uniform", 10, 0.7),
+    ("simple", 4, 0.7),
+    ("normal", 3, 0.7),
+    ("sgm_uniform", 4, 0.6),
+    ("karras", 4, 0.7),
+    ("exponential", 4, 0.7),
+]
 # Full denoise: ddim_uniform 4 is the paper's leading schedule (751, 501, 251, 1); ddim_uniform 6 starts at
 # t=997 below the table's top (uniform from t=1, at its top); the others start at sigma_max.
-FULL = [("ddim_uniform", 4), ("ddim_uniform", 6), ("simple", 3), ("normal", 3), ("karras", 3), ("exponential", 3),
-        ("sgm_uniform", 3)]
+FULL = [
+    ("ddim_uniform", 4),
+    ("ddim_uniform", 6),
+    ("simple", 3),
+    ("normal", 3),
+    ("karras", 3),
+    ("exponential", 3),
+    ("sgm_uniform", 3),
+]
 
 
 def _base(image: str) -> dict:
@@ -53,32 +66,69 @@ def _apply(start: str) -> list:
 
 
 def _ksampler(start: str, scheduler: str, steps: int, denoise: float, cfg: float = CFG) -> dict:
-    return {"class_type": "KSampler", "inputs": {
-        "model": _apply(start), "seed": 0, "steps": steps, "cfg": cfg, "sampler_name": "euler",
-        "scheduler": scheduler, "positive": ["txt", 0], "negative": ["txt", 1], "latent_image": ["lat", 0],
-        "denoise": denoise}}
+    return {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": _apply(start),
+            "seed": 0,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler_name": "euler",
+            "scheduler": scheduler,
+            "positive": ["txt", 0],
+            "negative": ["txt", 1],
+            "latent_image": ["lat", 0],
+            "denoise": denoise,
+        },
+    }
 
 
 def _advanced(start: str, scheduler: str, steps: int, start_at: int) -> dict:
-    return {"class_type": "KSamplerAdvanced", "inputs": {
-        "model": _apply(start), "add_noise": "enable", "noise_seed": 0, "steps": steps, "cfg": CFG,
-        "sampler_name": "euler", "scheduler": scheduler, "positive": ["txt", 0], "negative": ["txt", 1],
-        "latent_image": ["lat", 0], "start_at_step": start_at, "end_at_step": 10000,
-        "return_with_leftover_noise": "disable"}}
+    return {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            "model": _apply(start),
+            "add_noise": "enable",
+            "noise_seed": 0,
+            "steps": steps,
+            "cfg": CFG,
+            "sampler_name": "euler",
+            "scheduler": scheduler,
+            "positive": ["txt", 0],
+            "negative": ["txt", 1],
+            "latent_image": ["lat", 0],
+            "start_at_step": start_at,
+            "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
+        },
+    }
 
 
 def _custom(prompt: dict, tag: str, start: str, steps: int, split: int | None) -> dict:
     """SamplerCustom on SSP-IR Schedule (ddpm end, euler); with ``split``, the low part of SplitSigmas."""
-    prompt[f"{tag}_sched"] = {"class_type": "SSPIRSchedule", "inputs": {"model": _apply(start), "steps": steps,
-                                                                        "end": "ddpm"}}
+    prompt[f"{tag}_sched"] = {
+        "class_type": "SSPIRSchedule",
+        "inputs": {"model": _apply(start), "steps": steps, "end": "ddpm"},
+    }
     sigmas = [f"{tag}_sched", 0]
     if split is not None:
         prompt[f"{tag}_split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": sigmas, "step": split}}
         sigmas = [f"{tag}_split", 1]
     prompt.setdefault("sel", {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}})
-    return {"class_type": "SamplerCustom", "inputs": {
-        "model": _apply(start), "add_noise": True, "noise_seed": 0, "cfg": CFG, "positive": ["txt", 0],
-        "negative": ["txt", 1], "sampler": ["sel", 0], "sigmas": sigmas, "latent_image": ["lat", 0]}}
+    return {
+        "class_type": "SamplerCustom",
+        "inputs": {
+            "model": _apply(start),
+            "add_noise": True,
+            "noise_seed": 0,
+            "cfg": CFG,
+            "positive": ["txt", 0],
+            "negative": ["txt", 1],
+            "sampler": ["sel", 0],
+            "sigmas": sigmas,
+            "latent_image": ["lat", 0],
+        },
+    }
 
 
 def _add(prompt: dict, names: dict, tag: str, sampler: dict) -> None:
@@ -114,8 +164,10 @@ def test_paper_start_changes_full_denoise_only(native_server):
     img2img = {k: diff(f"{k}_paper", f"{k}_comfy") for k in same}
     full = {f"{s}{n}": diff(f"full_{s}{n}_paper", f"full_{s}{n}_comfy") for s, n in FULL}
     bridge = diff("full_ddim_uniform4_paper", "sched4_paper")
-    print(f"\nimg2img paper vs comfy: {img2img}\nfull denoise paper vs comfy: {full}\nKSampler ddim_uniform 4 vs "
-          f"SSP-IR Schedule 4: {bridge:.2e}")
+    print(
+        f"\nimg2img paper vs comfy: {img2img}\nfull denoise paper vs comfy: {full}\nKSampler ddim_uniform 4 vs "
+        f"SSP-IR Schedule 4: {bridge:.2e}"
+    )
     assert img2img == dict.fromkeys(same, 0.0), img2img
     assert all(v > 0 for v in full.values()) and full["ddim_uniform4"] > VISIBLE, full
     assert bridge == 0.0
@@ -142,7 +194,10 @@ def test_end_percent_below_start_percent_is_refused_at_queue_time(native_server)
     _save(prompt, ["fix", 0], "bad_range")
     # once, on end_percent (nodes/host.py's attach_errors_to_widgets; tests/comfyui/test_native_progress.py
     # checks it is the only error and on that input)
-    with pytest.raises(harness.ComfyUIError, match=r"rejected the prompt.*node apply \(SSPIRApply\): Custom "
-                                                  r"validation failed for node: end_percent \(0\.2\) is below "
-                                                  r"start_percent \(0\.6\)"):
+    with pytest.raises(
+        harness.ComfyUIError,
+        match=r"rejected the prompt.*node apply \(SSPIRApply\): Custom "
+        r"validation failed for node: end_percent \(0\.2\) is below "
+        r"start_percent \(0\.6\)",
+    ):
         native_server.queue(prompt)

@@ -18,8 +18,13 @@ pytestmark = [pytest.mark.comfyui, every_comfyui]
 
 def test_nodes_import_load_and_restore_without_network(comfy_dir, demo_models, tmp_path):
     log = tmp_path / "net.jsonl"
-    env = {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "PYTHONPATH": str(GUARD),
-           "SSPIR_NETGUARD_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    env = {
+        "HF_HUB_OFFLINE": "",
+        "TRANSFORMERS_OFFLINE": "",
+        "PYTHONPATH": str(GUARD),
+        "SSPIR_NETGUARD_LOG": str(log),
+        "OMP_NUM_THREADS": "1",
+    }
     srv = harness.ComfyServer(tmp_path / "work", models_dir=demo_models, comfy_dir=comfy_dir, env=env)
     srv.input_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "examples" / "astronaut_lq.png", srv.input_dir / "astronaut_lq.png")

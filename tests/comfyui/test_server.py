@@ -45,7 +45,9 @@ def test_pack_imports_without_failure(server):
 
 @pytest.mark.parametrize("node_id", sorted(CONTRACT))
 def test_node_in_object_info(object_info, node_id):
-    assert node_id in object_info, f"{node_id} not registered; SSP-IR nodes present: {sorted(k for k in object_info if 'SSPIR' in k)}"
+    assert node_id in object_info, (
+        f"{node_id} not registered; SSP-IR nodes present: {sorted(k for k in object_info if 'SSPIR' in k)}"
+    )
     info = object_info[node_id]
     display, category, outputs = CONTRACT[node_id]
     assert info["display_name"] == display

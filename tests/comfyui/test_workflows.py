@@ -106,8 +106,9 @@ def run_and_read(server, prompt: dict) -> list[Image.Image]:
 
 
 @pytest.mark.parametrize("kind", sorted(odd_inputs()))
-@pytest.mark.parametrize("workflow", [pytest.param(w, marks=every_comfyui) if w == "sspir_restore.json" else w
-                                      for w in api_workflows()])
+@pytest.mark.parametrize(
+    "workflow", [pytest.param(w, marks=every_comfyui) if w == "sspir_restore.json" else w for w in api_workflows()]
+)
 def test_workflow_on_odd_input(server, workflow, kind):
     array, mode = odd_inputs()[kind]
     name = put_image(server, array, mode, tag=kind)
@@ -204,11 +205,14 @@ def test_missing_model_file_is_a_clear_node_error(server):
 CORRUPT = b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(range(256)) * 4
 
 
-@pytest.mark.parametrize("folder, loader, widget", [
-    ("sspir", "SSPIRModelLoader", "sspir_weights"),
-    ("checkpoints", "SSPIRModelLoader", "base_model"),
-    ("clip_vision", "SSPIRClipVisionLoader", "clip_name"),
-])
+@pytest.mark.parametrize(
+    "folder, loader, widget",
+    [
+        ("sspir", "SSPIRModelLoader", "sspir_weights"),
+        ("checkpoints", "SSPIRModelLoader", "base_model"),
+        ("clip_vision", "SSPIRClipVisionLoader", "clip_name"),
+    ],
+)
 def test_corrupt_model_file_fails_at_its_loader_node(server, folder, loader, widget):
     """Loading is lazy, but the file is checked (header only) at the loader the user must fix: that node is
     the one history reports, not Structure Processor or CLIP Image Embed, and the message names the file."""
@@ -226,12 +230,15 @@ def test_corrupt_model_file_fails_at_its_loader_node(server, folder, loader, wid
     _assert_still_serves(server)
 
 
-@pytest.mark.parametrize("changes, widget, words", [
-    ({"tile": 1}, "tile", "multiple of 8"),
-    ({"tile": 7}, "tile", "got 7: try 8"),
-    ({"tile": 32, "tile_overlap": 32}, "tile_overlap", "must be smaller than tile"),
-    ({"cfg": 0.5}, "cfg", "between 1 and 30"),
-])
+@pytest.mark.parametrize(
+    "changes, widget, words",
+    [
+        ({"tile": 1}, "tile", "multiple of 8"),
+        ({"tile": 7}, "tile", "got 7: try 8"),
+        ({"tile": 32, "tile_overlap": 32}, "tile_overlap", "must be smaller than tile"),
+        ({"cfg": 0.5}, "cfg", "between 1 and 30"),
+    ],
+)
 def test_bad_widget_is_refused_when_queued_once_on_its_widget(server, changes, widget, words):
     """tile 1 passes the widget's min of 0; the node's validate_inputs refuses it (and tile <= tile_overlap,
     cfg between 0 and 1) when the prompt is queued, so nothing runs and no model loads. The node's errors

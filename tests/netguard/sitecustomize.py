@@ -47,17 +47,23 @@ def _guard_host(what: str, index: int = 0):
             if not _is_loopback(host):
                 _refuse(what, host)
             return fn(*args, **kwargs)
+
         return guarded
+
     return wrap
 
 
 def _guard_address(fn, what: str, address_index: int):
     def guarded(self, *args):
         address = args[address_index] if len(args) > address_index else None
-        if isinstance(address, tuple) and self.family in (socket.AF_INET, socket.AF_INET6) \
-                and not _is_loopback(address[0]):
+        if (
+            isinstance(address, tuple)
+            and self.family in (socket.AF_INET, socket.AF_INET6)
+            and not _is_loopback(address[0])
+        ):
             _refuse(what, address[0])
         return fn(self, *args)
+
     return guarded
 
 
