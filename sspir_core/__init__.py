@@ -8,7 +8,8 @@ random models) and ``cli/``.
 
 Layers, bottom to top; a package imports only its own modules and lower layers (``tests/test_code_layers.py``):
 
-1. ``errors``; then ``files``, ``image_io``, ``devices`` (and the ``configs/`` data): no model knowledge.
+1. ``errors``; then ``files``, ``image_io``, ``devices``, ``host`` (the ComfyUI harness) and the ``configs/``
+   data: no model knowledge.
 2. ``captioners``: self-contained, on the base only.
 3. ``models``: the networks; they read no files and know no sampler (SD's training schedule is
    ``models/sd_schedule.py``).

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"files", "image_io", "devices"},
+    {"files", "image_io", "devices", "host"},  # host: the ComfyUI harness, standard library only
     {"captioners"},
     {"models"},
     {"weights"},

@@ -19,6 +19,7 @@ import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .fake_cuda import CUDA_BLOCK, DryRunWatch, fake_cuda, retype, stand_in_generator, watched
+from .settings import model_configs
 
 DEVICE = "cuda:0"  # with an index: a module built on "cuda" reports cuda:0, and move_module compares the two
 COLOR_FIX_FP32 = "colour fix in fp32 by design (color_fix.py: .float() before the blur)"
@@ -58,73 +59,6 @@ class DryRunResult:
 # ------------------------------------------------------------------------------------------ models
 
 
-def _configs(config: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(SSP-IR models builder args, text, VAE, vision configs) of a bench config, as ``sspir bench`` has them."""
-    from ..weights import CLIP_VISION_CONFIG, sd_config_dir
-    from ..weights.bundled_configs import read_json
-    from . import settings as s
-
-    if config == "sd15":
-        sd_dir = sd_config_dir("sd15")
-        text = {k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")}
-        vae = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
-        return {"base": "sd15"}, text, vae, read_json(CLIP_VISION_CONFIG)
-    if config == "tiny-medium":
-        text = {
-            "vocab_size": 49408,
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "projection_dim": 256,
-        }
-        vae = {
-            "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "block_out_channels": [16, 32, 64, 64],
-            "layers_per_block": 1,
-            "latent_channels": 4,
-            "norm_num_groups": 8,
-            "scaling_factor": 0.18215,
-            "sample_size": 256,
-        }
-        vision = {
-            "hidden_size": s.TINY_MEDIUM_CLIP_DIM,
-            "intermediate_size": 4 * s.TINY_MEDIUM_CLIP_DIM,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "image_size": 224,
-            "patch_size": 14,
-            "hidden_act": "quick_gelu",
-        }
-        return {"unet_config": s.TINY_MEDIUM_UNET, "clip_dim": s.TINY_MEDIUM_CLIP_DIM}, text, vae, vision
-    if config == "tiny":
-        from ..demo import presets as t
-
-        d, c = t.TINY_UNET["cross_attention_dim"], t.TINY_CLIP_DIM
-        text = {
-            "vocab_size": 49408,
-            "hidden_size": d,
-            "intermediate_size": 2 * d,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "projection_dim": d,
-        }
-        vision = {
-            "hidden_size": c,
-            "intermediate_size": 2 * c,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": t.TINY_CLIP_IMAGE,
-            "patch_size": 14,
-            "hidden_act": "quick_gelu",
-        }
-        return {"unet_config": t.TINY_UNET, "clip_dim": c}, text, dict(t.TINY_VAE), vision
-    raise ValueError(f"unknown config {config!r}")
-
-
 def build_pipeline(config: str, dtype: torch.dtype, device: str | torch.device) -> Any:
     """A restore pipeline built where the current mode puts tensors (fake CUDA, or real CPU to compare).
 
@@ -138,7 +72,7 @@ def build_pipeline(config: str, dtype: torch.dtype, device: str | torch.device) 
     from ..restore.pipeline import RestorePipeline
     from ..weights import ClipVisionEncoder, load_tokenizer, sd_config_dir
 
-    model_args, text_cfg, vae_cfg, vision = _configs(config)
+    model_args, text_cfg, vae_cfg, vision = model_configs(config)
     with torch.device(device):
         models = build_models(device=device, **model_args)
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
@@ -563,6 +497,7 @@ def training_dry_run(
     ``extra["saved_bytes"]``: what autograd keeps for backward (the activation memory), weights excluded.
     """
     from ..restore.schedulers import make_scheduler
+    from ..training import one_step as training_one_step
     from ..training.models import TrainModule
     from ..training.step import training_losses
 
@@ -571,11 +506,8 @@ def training_dry_run(
         with (
             watch.in_stage("build"),
             gpu_attention(),
-            mock.patch.object(
-                __import__("sspir_core.models.one_step", fromlist=["alpha_bar"]),
-                "alpha_bar",
-                on_real_tensors(__import__("sspir_core.models.one_step", fromlist=["alpha_bar"]).alpha_bar),
-            ),
+            # the one-step trainer holds its own reference to alpha_bar (imported by name): patch it where it is called
+            mock.patch.object(training_one_step, "alpha_bar", on_real_tensors(training_one_step.alpha_bar)),
         ):
             pipe = build_pipeline(config, torch.float32, device)
             for m in (pipe.vae, pipe.text_encoder, pipe.clip_vision):
@@ -731,7 +663,7 @@ def native_dry_run(
         mock.patch.object(comfy_attention, "optimized_attention_masked", pytorch),
     ):
         with watch.in_stage("build"):
-            model_args, _, _, vision = _configs(config)
+            model_args, _, _, vision = model_configs(config)
             from ..models.build import build_models
 
             models = build_models(device=device, **model_args)

@@ -81,26 +81,19 @@ EXTRA_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {}
 # ---------------------------------------------------------------------------------------------- models
 
 
-def build_bench_pipeline(
-    config: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
-) -> RestorePipeline:
-    """A restore pipeline with random weights at a named size (no files needed: timings do not depend on weights)."""
-    if config == "tiny":
-        from ..demo.presets import tiny_random_pipeline
-
-        return tiny_random_pipeline(device=device, dtype=dtype, seed=seed)
-    if config not in CONFIGS:
-        raise ValueError(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
-    from ..demo.presets import random_pipeline
-    from ..models.build import build_models
+def model_configs(config: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(``build_models`` arguments, text, VAE, vision configs) of a named size: the one home of the sizes that the
+    bench and the CUDA dry run build."""
     from ..weights import CLIP_VISION_CONFIG, sd_config_dir
     from ..weights.bundled_configs import read_json
 
-    device = torch.device(device)
-    torch.manual_seed(seed)
+    if config == "sd15":
+        sd_dir = sd_config_dir("sd15")
+        text = {k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")}
+        vae = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
+        return {"base": "sd15"}, text, vae, read_json(CLIP_VISION_CONFIG)
     if config == "tiny-medium":
-        models = build_models(unet_config=TINY_MEDIUM_UNET, clip_dim=TINY_MEDIUM_CLIP_DIM, device=device)
-        text_cfg: dict[str, Any] = {
+        text = {
             "vocab_size": 49408,
             "hidden_size": 256,
             "intermediate_size": 1024,
@@ -109,7 +102,7 @@ def build_bench_pipeline(
             "max_position_embeddings": 77,
             "projection_dim": 256,
         }
-        vae_cfg: dict[str, Any] = {
+        vae = {
             "down_block_types": ["DownEncoderBlock2D"] * 4,
             "up_block_types": ["UpDecoderBlock2D"] * 4,
             "block_out_channels": [16, 32, 64, 64],
@@ -128,14 +121,50 @@ def build_bench_pipeline(
             "patch_size": 14,
             "hidden_act": "quick_gelu",
         }
-    else:  # sd15: full size
-        models = build_models("sd15", device=device)
-        sd_dir = sd_config_dir("sd15")
-        text_cfg = {
-            k: v for k, v in read_json(sd_dir / "text_encoder" / "config.json").items() if not k.startswith("_")
+        return {"unet_config": TINY_MEDIUM_UNET, "clip_dim": TINY_MEDIUM_CLIP_DIM}, text, vae, vision
+    if config == "tiny":
+        from ..demo import presets as t
+
+        d, c = t.TINY_UNET["cross_attention_dim"], t.TINY_CLIP_DIM
+        text = {
+            "vocab_size": 49408,
+            "hidden_size": d,
+            "intermediate_size": 2 * d,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "projection_dim": d,
         }
-        vae_cfg = {k: v for k, v in read_json(sd_dir / "vae" / "config.json").items() if not k.startswith("_")}
-        vision = read_json(CLIP_VISION_CONFIG)
+        vision = {
+            "hidden_size": c,
+            "intermediate_size": 2 * c,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": t.TINY_CLIP_IMAGE,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        }
+        return {"unet_config": t.TINY_UNET, "clip_dim": c}, text, dict(t.TINY_VAE), vision
+    raise ValueError(f"unknown config {config!r}")
+
+
+def build_bench_pipeline(
+    config: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> RestorePipeline:
+    """A restore pipeline with random weights at a named size (no files needed: timings do not depend on weights)."""
+    if config == "tiny":
+        from ..demo.presets import tiny_random_pipeline
+
+        return tiny_random_pipeline(device=device, dtype=dtype, seed=seed)
+    if config not in CONFIGS:
+        raise ValueError(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
+    from ..demo.presets import random_pipeline
+    from ..models.build import build_models
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model_args, text_cfg, vae_cfg, vision = model_configs(config)
+    models = build_models(**model_args, device=device)
     return random_pipeline(models, text_cfg, vae_cfg, vision, device, dtype)
 
 
