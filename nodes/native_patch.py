@@ -43,11 +43,12 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from sspir_core.errors import InputError
 from sspir_core.image_io import pad_to_multiple
 from sspir_core.native.control import merge_control as _merge_control
-from sspir_core.native.layout import HookSite
+from sspir_core.native.layout import HookSite, residual_shapes
 from sspir_core.native.patch import NativePatch, load_native_patch
 from sspir_core.native.schedule import paper_start, paper_start_applies, to_ddpm
 from sspir_core.native.tiles import crop_control
@@ -202,16 +203,19 @@ def check_model(model: Any, patch: SSPIRPatch) -> None:
 
 
 class _ComfyTower(nn.Module):
-    """ComfyUI's CLIP vision model in the call shape of a transformers tower (last layer, before post-LN)."""
+    """ComfyUI's CLIP vision model in the call shape of a transformers ``CLIPVisionModel``: pixels in, a
+    ``BaseModelOutputWithPooling`` out, whose ``last_hidden_state`` (the last encoder layer, before post-LN:
+    ComfyUI's first output) is what :class:`ClipVisionEncoder` reads. The pooled output is left out: ComfyUI's
+    pooled one is already projected, transformers' is not, and nothing here reads it."""
 
     def __init__(self, clip_vision: Any) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)  # the dtype pixels are cast to (fp32)
         self._clip = clip_vision
 
-    def forward(self, pixel_values: torch.Tensor) -> Any:
+    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
         out = self._clip.model(pixel_values=pixel_values.to(self._clip.load_device), intermediate_output=-2)
-        return type("Out", (), {"last_hidden_state": out[0]})
+        return BaseModelOutputWithPooling(last_hidden_state=out[0])
 
 
 def clip_tokens(clip_vision: Any, real: torch.Tensor) -> torch.Tensor:
@@ -416,28 +420,12 @@ class NativeRun:
             control = _merge_control(control, downs, mid)
             residuals = downs
         else:  # pixel attentions then see zeros, as the reference UNet without residuals
-            shapes = _residual_shapes(x, module)
+            shapes = residual_shapes(module.controlnet.config, *x.shape[-2:])
         options = dict(transformer_options)
         runs = dict(options.get(STATE_KEY, {}))
         runs[self.owner] = {"patch": module, "image_emb": image_emb, "residuals": residuals, "residual_shapes": shapes}
         options[STATE_KEY] = runs
         return executor(x, timesteps, context, y, control, options, **kwargs)
-
-
-def _residual_shapes(x: torch.Tensor, module: NativePatch) -> list[tuple[int, int, int]]:
-    """(C, H, W) of each ControlNet residual for a latent ``x`` (for the zeros of an inactive ControlNet)."""
-    cn = module.controlnet
-    shapes = []
-    h, w = x.shape[-2:]
-    channels = list(cn.config.block_out_channels)
-    shapes.append((channels[0], h, w))
-    for i, block in enumerate(cn.down_blocks):
-        for _ in block.resnets:
-            shapes.append((channels[i], h, w))
-        if block.downsamplers is not None:
-            h, w = (h + 1) // 2, (w + 1) // 2
-            shapes.append((channels[i], h, w))
-    return shapes
 
 
 # ---------------------------------------------------------------------------------------------- paper start
