@@ -28,7 +28,6 @@ Hooks used (all public, all on the clone, all appended to what is there; checked
 
 from __future__ import annotations
 
-import copy
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -470,11 +469,21 @@ def paper_model_sampling(base: Any) -> Any:
 
 
 def retyped_sampling(base: Any, cls: type) -> Any:
-    """A shallow copy of a ``model_sampling`` module as ``cls`` (a subclass of its own class): the MODEL's
-    schedule buffers are shared, the clone's patch changes only how sampling starts."""
-    out = copy.copy(base)
+    """The MODEL's ``model_sampling`` as a new instance of ``cls``, a subclass of its own class.
+
+    As the host's ModelSampling* nodes (``comfy_extras/nodes_model_advanced.py``), ``cls`` is a class combined at
+    run time (there: ``ModelSamplingAdvanced(sampling_base, sampling_type)``; here: the MODEL's sampling class,
+    whatever it is, plus our start) and the clone gets a fresh instance by ``add_object_patch``. Unlike those
+    nodes, the instance is not built by ``cls(model_config)``: that recomputes the schedule from the checkpoint's
+    settings and drops what the MODEL's sampling holds beyond them (another ModelSampling node's zsnr, a distilled
+    table, ``set_sigmas``; custom sampling classes take other arguments). It is made without ``__init__`` and given
+    ``base``'s attributes, with its own dicts of buffers, parameters and submodules holding the same tensors: the
+    schedule is shared, ``base`` is left as it is, and the clone's patch changes only how sampling starts.
+    """
+    out = cls.__new__(cls)
+    out.__dict__.update(base.__dict__)
     out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
-    out.__class__ = cls
+    out._non_persistent_buffers_set = set(base._non_persistent_buffers_set)
     return out
 
 
