@@ -128,6 +128,28 @@ def _register_copies(patch: SSPIRPatch) -> None:
     patch.patcher.add_callback(event, remember)
 
 
+def _to_cast_layers(module: nn.Module) -> None:
+    """Make the torch leaf layers of ``module`` ComfyUI's casting layers, in place, keeping their tensors.
+
+    Partial (low-VRAM) loading can then leave some on the offload device: the host's layers cast each weight to
+    the input's device at call time. The host's own model-patch loaders get these layers by building their
+    (ComfyUI-written) modules with ``operations=comfy.ops.manual_cast``; ours are diffusers' modules
+    (``ControlNetModel``, ``Transformer2DModel``, ...), which call ``nn.Linear``/``nn.Conv2d``/... directly and take
+    no operations argument, so sspir_core (which never imports ComfyUI) cannot hand them a factory short of
+    reimplementing them or patching ``torch.nn`` while they are built (process-wide, not thread-safe). Rebuilding
+    each leaf through the host's constructors and moving its tensors over would tie us to their signatures, which
+    change between hosts (0.33's ``Linear`` skips ``nn.Linear.__init__`` under its lazy loader). The class swap
+    is sound because each host class is a subclass of the exact torch class it replaces that adds methods (the
+    casting ``forward``, loading) and class-level flags (``CastWeightBiasOp``) but no state a loaded layer lacks:
+    the per-weight dtypes that 0.33's lazy ``Linear`` sets in ``__init__`` are set here by
+    ``archive_model_dtypes`` (0.3.75 has neither). Subclasses of the torch layers are left as they are.
+    """
+    for m in module.modules():
+        cast = _CAST_OPS.get(type(m))
+        if cast is not None:
+            m.__class__ = cast
+
+
 def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """SSP-IR weights on ComfyUI's offload device in the patcher the host's own model-patch loaders build.
 
@@ -135,10 +157,7 @@ def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) 
     non-dynamic delegate).
     """
     module = load_native_patch(path, device=mm.unet_offload_device(), dtype=dtype)
-    for m in module.modules():  # ComfyUI's casting layers: partial (low-VRAM) loading can leave them offloaded
-        cast = _CAST_OPS.get(type(m))
-        if cast is not None:
-            m.__class__ = cast
+    _to_cast_layers(module)
     archive = getattr(mm, "archive_model_dtypes", None)
     if archive is not None:  # dynamic loading casts each weight back to its archived dtype
         archive(module)
