@@ -110,3 +110,29 @@ def test_the_paper_start_sampling_is_a_new_instance_sharing_the_models_schedule(
     latent, noise = torch.ones(1, 4, 2, 2), torch.full((1, 4, 2, 2), 0.5)
     assert torch.equal(ours.noise_scaling(torch.tensor(2.0), noise, latent), latent + 1.0)  # not KSAMPLER's start
     assert ours.sspir_paper_start is None
+
+
+def test_an_inactive_controlnet_gives_the_pixel_attentions_zeros_of_its_residuals_shapes(
+    monkeypatch, tmp_path, weights
+):
+    """Outside its sigma range the ControlNet does not run; the hooks get the (C, H, W) of the residuals it
+    would have returned, here taken from a real run on an odd-sized latent (the downsampling rounds up)."""
+    glue = _glue(monkeypatch, tmp_path, "0.3.75")
+    patch = glue.load_patch(str(weights), torch.float32)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 13, generator=g)  # cond and uncond rows of one image
+    t = torch.tensor([500.0, 500.0])
+    text = torch.randn(2, 77, 32, generator=g)
+    priors = glue.Priors(torch.randn(1, 256, 512, generator=g), torch.randn(1, 24, 9, 13, generator=g), (72, 104))
+    downs, _ = patch.module.control(x, t, text, priors.image_emb, priors.features, 1.0)
+    seen = {}
+
+    def executor(x, timesteps, context, y, control, options, **kwargs):  # noqa: ANN001, ANN202
+        seen.update(options[glue.STATE_KEY]["me"])
+        return x
+
+    run = glue.NativeRun(patch, priors, 1.0, (1.0, 0.5), "me")  # active for 0.5 <= sigma <= 1 only
+    options = {"sigmas": torch.tensor([14.6]), "cond_or_uncond": [0, 1]}
+    run(executor, x, t, text, None, None, options)
+    assert seen["residuals"] is None
+    assert seen["residual_shapes"] == [tuple(d.shape[1:]) for d in downs]
