@@ -28,7 +28,6 @@ Hooks used (all public, all on the clone, all appended to what is there; checked
 
 from __future__ import annotations
 
-import copy
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -43,11 +42,12 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from sspir_core.errors import InputError
 from sspir_core.image_io import pad_to_multiple
 from sspir_core.native.control import merge_control as _merge_control
-from sspir_core.native.layout import HookSite
+from sspir_core.native.layout import HookSite, residual_shapes
 from sspir_core.native.patch import NativePatch, load_native_patch
 from sspir_core.native.schedule import paper_start, paper_start_applies, to_ddpm
 from sspir_core.native.tiles import crop_control
@@ -128,6 +128,28 @@ def _register_copies(patch: SSPIRPatch) -> None:
     patch.patcher.add_callback(event, remember)
 
 
+def _to_cast_layers(module: nn.Module) -> None:
+    """Make the torch leaf layers of ``module`` ComfyUI's casting layers, in place, keeping their tensors.
+
+    Partial (low-VRAM) loading can then leave some on the offload device: the host's layers cast each weight to
+    the input's device at call time. The host's own model-patch loaders get these layers by building their
+    (ComfyUI-written) modules with ``operations=comfy.ops.manual_cast``; ours are diffusers' modules
+    (``ControlNetModel``, ``Transformer2DModel``, ...), which call ``nn.Linear``/``nn.Conv2d``/... directly and take
+    no operations argument, so sspir_core (which never imports ComfyUI) cannot hand them a factory short of
+    reimplementing them or patching ``torch.nn`` while they are built (process-wide, not thread-safe). Rebuilding
+    each leaf through the host's constructors and moving its tensors over would tie us to their signatures, which
+    change between hosts (0.33's ``Linear`` skips ``nn.Linear.__init__`` under its lazy loader). The class swap
+    is sound because each host class is a subclass of the exact torch class it replaces that adds methods (the
+    casting ``forward``, loading) and class-level flags (``CastWeightBiasOp``) but no state a loaded layer lacks:
+    the per-weight dtypes that 0.33's lazy ``Linear`` sets in ``__init__`` are set here by
+    ``archive_model_dtypes`` (0.3.75 has neither). Subclasses of the torch layers are left as they are.
+    """
+    for m in module.modules():
+        cast = _CAST_OPS.get(type(m))
+        if cast is not None:
+            m.__class__ = cast
+
+
 def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """SSP-IR weights on ComfyUI's offload device in the patcher the host's own model-patch loaders build.
 
@@ -135,10 +157,7 @@ def build_patcher(path: str, dtype: torch.dtype, disable_dynamic: bool = False) 
     non-dynamic delegate).
     """
     module = load_native_patch(path, device=mm.unet_offload_device(), dtype=dtype)
-    for m in module.modules():  # ComfyUI's casting layers: partial (low-VRAM) loading can leave them offloaded
-        cast = _CAST_OPS.get(type(m))
-        if cast is not None:
-            m.__class__ = cast
+    _to_cast_layers(module)
     archive = getattr(mm, "archive_model_dtypes", None)
     if archive is not None:  # dynamic loading casts each weight back to its archived dtype
         archive(module)
@@ -202,16 +221,19 @@ def check_model(model: Any, patch: SSPIRPatch) -> None:
 
 
 class _ComfyTower(nn.Module):
-    """ComfyUI's CLIP vision model in the call shape of a transformers tower (last layer, before post-LN)."""
+    """ComfyUI's CLIP vision model in the call shape of a transformers ``CLIPVisionModel``: pixels in, a
+    ``BaseModelOutputWithPooling`` out, whose ``last_hidden_state`` (the last encoder layer, before post-LN:
+    ComfyUI's first output) is what :class:`ClipVisionEncoder` reads. The pooled output is left out: ComfyUI's
+    pooled one is already projected, transformers' is not, and nothing here reads it."""
 
     def __init__(self, clip_vision: Any) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)  # the dtype pixels are cast to (fp32)
         self._clip = clip_vision
 
-    def forward(self, pixel_values: torch.Tensor) -> Any:
+    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
         out = self._clip.model(pixel_values=pixel_values.to(self._clip.load_device), intermediate_output=-2)
-        return type("Out", (), {"last_hidden_state": out[0]})
+        return BaseModelOutputWithPooling(last_hidden_state=out[0])
 
 
 def clip_tokens(clip_vision: Any, real: torch.Tensor) -> torch.Tensor:
@@ -416,28 +438,12 @@ class NativeRun:
             control = _merge_control(control, downs, mid)
             residuals = downs
         else:  # pixel attentions then see zeros, as the reference UNet without residuals
-            shapes = _residual_shapes(x, module)
+            shapes = residual_shapes(module.controlnet.config, *x.shape[-2:])
         options = dict(transformer_options)
         runs = dict(options.get(STATE_KEY, {}))
         runs[self.owner] = {"patch": module, "image_emb": image_emb, "residuals": residuals, "residual_shapes": shapes}
         options[STATE_KEY] = runs
         return executor(x, timesteps, context, y, control, options, **kwargs)
-
-
-def _residual_shapes(x: torch.Tensor, module: NativePatch) -> list[tuple[int, int, int]]:
-    """(C, H, W) of each ControlNet residual for a latent ``x`` (for the zeros of an inactive ControlNet)."""
-    cn = module.controlnet
-    shapes = []
-    h, w = x.shape[-2:]
-    channels = list(cn.config.block_out_channels)
-    shapes.append((channels[0], h, w))
-    for i, block in enumerate(cn.down_blocks):
-        for _ in block.resnets:
-            shapes.append((channels[i], h, w))
-        if block.downsamplers is not None:
-            h, w = (h + 1) // 2, (w + 1) // 2
-            shapes.append((channels[i], h, w))
-    return shapes
 
 
 # ---------------------------------------------------------------------------------------------- paper start
@@ -482,11 +488,21 @@ def paper_model_sampling(base: Any) -> Any:
 
 
 def retyped_sampling(base: Any, cls: type) -> Any:
-    """A shallow copy of a ``model_sampling`` module as ``cls`` (a subclass of its own class): the MODEL's
-    schedule buffers are shared, the clone's patch changes only how sampling starts."""
-    out = copy.copy(base)
+    """The MODEL's ``model_sampling`` as a new instance of ``cls``, a subclass of its own class.
+
+    As the host's ModelSampling* nodes (``comfy_extras/nodes_model_advanced.py``), ``cls`` is a class combined at
+    run time (there: ``ModelSamplingAdvanced(sampling_base, sampling_type)``; here: the MODEL's sampling class,
+    whatever it is, plus our start) and the clone gets a fresh instance by ``add_object_patch``. Unlike those
+    nodes, the instance is not built by ``cls(model_config)``: that recomputes the schedule from the checkpoint's
+    settings and drops what the MODEL's sampling holds beyond them (another ModelSampling node's zsnr, a distilled
+    table, ``set_sigmas``; custom sampling classes take other arguments). It is made without ``__init__`` and given
+    ``base``'s attributes, with its own dicts of buffers, parameters and submodules holding the same tensors: the
+    schedule is shared, ``base`` is left as it is, and the clone's patch changes only how sampling starts.
+    """
+    out = cls.__new__(cls)
+    out.__dict__.update(base.__dict__)
     out._parameters, out._buffers, out._modules = dict(base._parameters), dict(base._buffers), dict(base._modules)
-    out.__class__ = cls
+    out._non_persistent_buffers_set = set(base._non_persistent_buffers_set)
     return out
 
 

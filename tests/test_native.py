@@ -14,7 +14,13 @@ import torch
 from sspir_core.demo.presets import TINY_UNET, tiny_models
 from sspir_core.errors import CheckpointError, InputError
 from sspir_core.models.build import base_unet_config
-from sspir_core.native.layout import expected_ldm_config, hook_sites, input_block_count, ldm_mismatch
+from sspir_core.native.layout import (
+    expected_ldm_config,
+    hook_sites,
+    input_block_count,
+    ldm_mismatch,
+    residual_shapes,
+)
 from sspir_core.native.patch import load_native_patch
 from sspir_core.native.schedule import (
     leading_steps,
@@ -294,6 +300,37 @@ def test_native_patch_attention_and_control_run_like_the_reference_modules():
     )
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(downs, out.down_residuals))
     assert torch.allclose(mid, out.mid_residual, atol=1e-6)
+
+
+def test_sd15_residual_shapes_are_the_official_ones():
+    """SD1.5, 64x64 latent (512 px): conv_in + 2 layers per level at 320/640/1280/1280, halved after levels 0-2
+    (the 12 ControlNet residuals, read off the official UNet's skips)."""
+    cfg = dict(base_unet_config("sd15"))
+    expected = [(320, 64, 64)] * 3 + [(320, 32, 32)]
+    expected += [(640, 32, 32)] * 2 + [(640, 16, 16)] + [(1280, 16, 16)] * 2 + [(1280, 8, 8)] * 3
+    assert residual_shapes(cfg, 64, 64) == expected
+
+
+@pytest.mark.parametrize("padding", [1, 0])
+def test_residual_shapes_match_the_controlnets_residuals(padding):
+    """The pure shapes equal those of the residuals a real (tiny) ControlNet returns, on odd latent sizes where
+    the downsampling rounds, with both of diffusers' downsample paddings."""
+    from sspir_core.models.controlnet import controlnet_config_from_unet, make_controlnet
+
+    config = controlnet_config_from_unet({**TINY_UNET, "downsample_padding": padding})
+    torch.manual_seed(0)
+    net = make_controlnet(config).eval()
+    assert net.config.downsample_padding == padding
+    g = torch.Generator().manual_seed(2)
+    for h, w in [(9, 13), (8, 6), (7, 7)]:
+        x = torch.randn(1, 4, h, w, generator=g)
+        feats = torch.randn(1, TINY_UNET["block_out_channels"][0], h, w, generator=g)
+        text = torch.randn(1, 77, TINY_UNET["cross_attention_dim"], generator=g)
+        emb = torch.randn(1, 256, 512, generator=g)
+        with torch.no_grad():
+            out = net(x, torch.tensor([10]), text, processor_features=feats, image_encoder_hidden_states=emb)
+        got = [tuple(r.shape[1:]) for r in out.down_residuals]
+        assert residual_shapes(net.config, h, w) == got, (h, w)
 
 
 def load_native_patch_from(models):

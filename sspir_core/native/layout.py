@@ -55,6 +55,34 @@ def input_block_count(config: Mapping[str, Any]) -> int:
     return levels * (layers + 1)
 
 
+def residual_shapes(config: Mapping[str, Any], height: int, width: int) -> list[tuple[int, int, int]]:
+    """``(C, H, W)`` of each ControlNet down residual (skip order, ``conv_in``'s first) for a latent of
+    ``height`` x ``width``, from the ControlNet's (diffusers) config alone.
+
+    As in diffusers' ControlNet encoder: ``conv_in`` keeps the size at ``block_out_channels[0]``; level ``i``
+    has ``layers_per_block`` layers at ``block_out_channels[i]``; every level but the last ends with a
+    ``Downsample2D``, a 3x3 stride-2 conv with padding ``downsample_padding`` (with 0, one row and column of
+    zeros are added at the bottom and right first), whose output is a residual too.
+    """
+    levels = len(config["block_out_channels"])
+    channels = list(config["block_out_channels"])
+    layers = per_level(config.get("layers_per_block", 2), levels)
+    pad = int(config.get("downsample_padding", 1))
+    padded = 1 if pad == 0 else 2 * pad  # rows (and columns) the conv sees beyond the input's
+
+    def down(n: int) -> int:
+        return (n + padded - 3) // 2 + 1
+
+    h, w = int(height), int(width)
+    shapes = [(channels[0], h, w)]
+    for i in range(levels):
+        shapes += [(channels[i], h, w)] * layers[i]
+        if i < levels - 1:
+            h, w = down(h), down(w)
+            shapes.append((channels[i], h, w))
+    return shapes
+
+
 def hook_sites(config: Mapping[str, Any]) -> list[HookSite]:
     """Every SSP-IR attention of a UNet with this (diffusers) config, in the order the UNet runs them."""
     levels, layers = _levels(config)
