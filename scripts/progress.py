@@ -1,6 +1,7 @@
 """Live progress of a queued ComfyUI prompt on the terminal, from ComfyUI's websocket (``/ws?clientId=``).
 
-ComfyUI tells a client which node runs (``executing``) and how far a node's progress bar is (``progress``:
+ComfyUI tells a client which node runs (``executing``) and how far a node's progress bar is (``progress``, or
+``progress_state`` alone when a node reports through the V3 API's ``set_progress``:
 steps, or the pack's units of work: tiles of every stage); the pack's own log lines go to comfyui.log, which a
 newcomer never sees. :class:`ProgressView` turns those events into text (a pure class, tested without a
 server); :class:`ProgressWatcher` reads the websocket in a thread with aiohttp, which ComfyUI itself requires
@@ -81,6 +82,15 @@ class ProgressView:
             self._emit(f"[{self.nodes_done + 1}/{len(self.names)}] {self._name(node)}")
         elif kind == "progress":
             self._progress(str(data.get("node", self.node)), int(data.get("value", 0)), int(data.get("max", 0)))
+        elif kind == "progress_state":  # the V3 API's set_progress sends only this (no "progress" message)
+            running = {
+                str(n): state
+                for n, state in (data.get("nodes") or {}).items()
+                if state.get("state") == "running" and float(state.get("max", 0)) > 1
+            }
+            node = self.node if self.node in running else next(iter(running), None)
+            if node is not None:
+                self._progress(node, int(running[node].get("value", 0)), int(running[node].get("max", 0)))
         elif kind == "execution_error":
             self.finish()
 

@@ -196,6 +196,36 @@ def test_progress_prints_plain_lines_in_order_when_not_a_terminal():
     assert "\r" not in out.getvalue() and "node 9" not in out.getvalue()
 
 
+def test_progress_from_progress_state_alone_gives_the_same_lines():
+    """The V3 API's set_progress (what the nodes use where the host offers it) sends only ``progress_state``
+    (ComfyUI's ``comfy_execution/progress.py``): every non-pending node with its state. The lines must be the ones
+    the legacy ``progress`` messages give; finished nodes and a node without a bar (max 1) add nothing."""
+    import io
+
+    import progress
+
+    def as_state(event: dict) -> dict:
+        if event["type"] != "progress":
+            return event
+        d = event["data"]
+        nodes = {
+            "2": {"value": 1, "max": 1, "state": "finished"},
+            d["node"]: {"value": d["value"], "max": d["max"], "state": "running"},
+        }
+        return {"type": "progress_state", "data": {"prompt_id": d["prompt_id"], "nodes": nodes}}
+
+    names = {"1": "Load Image", "2": "Loader", "3": "PGA Sampler (SSP-IR)"}
+    texts = []
+    for events in (_events(), [as_state(e) for e in _events()]):
+        out = io.StringIO()
+        view = progress.ProgressView(names, out, tty=False, clock=_Clock())
+        view.prompt_id = "p1"
+        for event in events:
+            view.event(event)
+        texts.append(out.getvalue())
+    assert texts[1] == texts[0] and "10/10" in texts[1]
+
+
 def test_progress_rewrites_one_line_on_a_terminal_and_ends_it():
     import io
 
