@@ -6,15 +6,13 @@ import math
 from typing import Any
 
 from sspir_core.errors import InputError
-from sspir_core.restore.options import LIMITS, RestoreOptions
 from sspir_core.restore.work import cancel_points, plan_prior, processor_tiles
 
 from . import host
 from .api import io
+from .sampling import latent_tile_inputs
 from .sockets import NATIVE, SSPIRPatchSocket
 from .support import TILE_STEP, images_from_list, problems_message, single, tiling_widget_problems
-
-_DEFAULTS = RestoreOptions()  # PGA Sampler's tiling defaults: one source for both routes
 
 
 def percent_range_problems(start_percent: Any = None, end_percent: Any = None) -> dict[str, str]:
@@ -126,25 +124,10 @@ class SSPIRApply(io.ComfyNode):
                     step=64,
                     tooltip=("Pixel tile for the Processor (exact; bounds memory on large images); 0 = never tile."),
                 ),
-                io.Int.Input(
-                    "tile",
-                    default=_DEFAULTS.tile or 0,
-                    min=0,
-                    max=LIMITS["tile"][1],
-                    step=TILE_STEP,
-                    tooltip=(
-                        f"Latent tile (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Each "
-                        "model call then runs tile by tile, blended with Gaussian weights as PGA Sampler does: pixel "
-                        "attention is quadratic in the area, so outputs above about 1024 px need it."
-                    ),
-                ),
-                io.Int.Input(
-                    "tile_overlap",
-                    default=_DEFAULTS.tile_overlap,
-                    min=LIMITS["tile_overlap"][0],
-                    max=LIMITS["tile_overlap"][1],
-                    step=TILE_STEP,
-                    tooltip="Latent overlap between tiles; must be smaller than tile.",
+                *latent_tile_inputs(
+                    f"Latent tile (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Each "
+                    "model call then runs tile by tile, blended with Gaussian weights as PGA Sampler does: pixel "
+                    "attention is quadratic in the area, so outputs above about 1024 px need it."
                 ),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with SSP-IR; sample it with KSampler.")],

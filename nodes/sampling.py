@@ -60,6 +60,23 @@ def _range(name: str) -> dict[str, Any]:
     return {"min": low, "max": high}
 
 
+def latent_tile_inputs(tile_tooltip: str) -> list:
+    """``tile`` (0 = never) and ``tile_overlap`` in latent pixels: one definition for PGA Sampler and Apply SSP-IR,
+    bounds from the library's limits (what ``tiling_widget_problems`` checks when queued)."""
+    return [
+        io.Int.Input(
+            "tile", default=_DEFAULTS.tile or 0, min=0, max=LIMITS["tile"][1], step=TILE_STEP, tooltip=tile_tooltip
+        ),
+        io.Int.Input(
+            "tile_overlap",
+            default=_DEFAULTS.tile_overlap,
+            **_range("tile_overlap"),
+            step=TILE_STEP,
+            tooltip="Latent overlap between tiles; must be smaller than tile.",
+        ),
+    ]
+
+
 def sampling_inputs() -> list:
     return [
         io.Int.Input(
@@ -113,24 +130,9 @@ def sampling_inputs() -> list:
         ),
         *size_inputs(),
         # min 0 = never tile; the steps and tile > tile_overlap are checked by validate_sampling when queued
-        io.Int.Input(
-            "tile",
-            default=_DEFAULTS.tile or 0,
-            min=0,
-            max=LIMITS["tile"][1],
-            step=TILE_STEP,
-            tooltip=(
-                f"Latent tile size (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Tiles are "
-                "blended with Gaussian weights and the colour fix is applied once after stitching, so there are "
-                "no seams."
-            ),
-        ),
-        io.Int.Input(
-            "tile_overlap",
-            default=_DEFAULTS.tile_overlap,
-            **_range("tile_overlap"),
-            step=TILE_STEP,
-            tooltip="Latent overlap between tiles; must be smaller than tile.",
+        *latent_tile_inputs(
+            f"Latent tile size (x8 pixels) for large outputs, a multiple of {TILE_STEP}; 0 = never tile. Tiles are "
+            "blended with Gaussian weights and the colour fix is applied once after stitching, so there are no seams."
         ),
         io.Int.Input(
             "vae_tile",
